@@ -1,0 +1,363 @@
+//! The persistent chunk allocator: one bit per 4 KiB store block, kept whole in memory (32 KiB
+//! of RAM per GiB of store; it grows with the store's size, never with the number of
+//! exceptions) and persisted as two alternating on-disk copies.
+//!
+//! Invariants:
+//! - A block used by the last committed generation is never handed out before the next commit
+//!   lands: frees of committed blocks are deferred (`pending_free`) and applied by
+//!   [`ChunkAllocator::prepare_commit`]; blocks allocated and freed within one transaction are
+//!   reused at once.
+//! - Data chunks are `chunk_blocks` blocks aligned to their size ("groups"). Metadata blocks are
+//!   packed into groups already holding metadata before a fresh group is broken up, so metadata
+//!   does not fragment the space data chunks need.
+//! - The on-disk copy the next commit writes equals the previous-but-one generation, so only
+//!   bitmap blocks dirtied by the last two transactions need writing (all of them after an open,
+//!   since a crashed commit may have left that copy half-written).
+
+use crate::blockdev::BlockDev;
+use crate::error::{Result, StoreError};
+use crate::format::bitmap::{self, BITS_PER_BLOCK};
+use crate::format::BLOCK_SIZE;
+use crate::ids::{MetaBlock, StoreChunk};
+use std::collections::{BTreeSet, HashSet};
+
+const WORDS_PER_BITMAP_BLOCK: usize = (BITS_PER_BLOCK / 64) as usize;
+
+pub struct ChunkAllocator {
+    words: Vec<u64>,
+    total_blocks: u64,
+    chunk_blocks: u64,
+    /// Used blocks per group; empty when `chunk_blocks == 1` (the bits say it all).
+    group_used: Vec<u16>,
+    /// Groups with some but not all blocks used: where metadata goes first.
+    partial_groups: BTreeSet<u64>,
+    used: u64,
+    /// Groups with no block used (only maintained when `chunk_blocks > 1`).
+    free_groups: u64,
+    fresh_meta: HashSet<u64>,
+    fresh_chunks: HashSet<u64>,
+    pending_free_meta: Vec<u64>,
+    pending_free_chunks: Vec<u64>,
+    dirty: BTreeSet<u64>,
+    prev_dirty: BTreeSet<u64>,
+    force_full_write: bool,
+    data_cursor: u64,
+}
+
+impl ChunkAllocator {
+    /// A fresh allocator for a store of `total_blocks`, with blocks `0..reserved` in use.
+    pub fn new(total_blocks: u64, chunk_blocks: u64, reserved: u64) -> ChunkAllocator {
+        let nwords = total_blocks.div_ceil(64) as usize;
+        let ngroups = total_blocks / chunk_blocks;
+        let mut a = ChunkAllocator {
+            words: vec![0; nwords],
+            total_blocks,
+            chunk_blocks,
+            group_used: if chunk_blocks > 1 {
+                vec![0; ngroups as usize]
+            } else {
+                Vec::new()
+            },
+            partial_groups: BTreeSet::new(),
+            used: 0,
+            free_groups: if chunk_blocks > 1 { ngroups } else { 0 },
+            fresh_meta: HashSet::new(),
+            fresh_chunks: HashSet::new(),
+            pending_free_meta: Vec::new(),
+            pending_free_chunks: Vec::new(),
+            dirty: BTreeSet::new(),
+            prev_dirty: BTreeSet::new(),
+            force_full_write: true,
+            data_cursor: 0,
+        };
+        for b in 0..reserved.min(total_blocks) {
+            a.set(b, true);
+        }
+        a
+    }
+
+    /// Loads the bitmap copy named by the superblock, checking every block.
+    pub fn load(
+        dev: &dyn BlockDev,
+        total_blocks: u64,
+        chunk_blocks: u64,
+        copy_start: u64,
+        bitmap_blocks: u64,
+    ) -> Result<ChunkAllocator> {
+        let mut a = ChunkAllocator::new(total_blocks, chunk_blocks, 0);
+        let mut buf = vec![0u8; BLOCK_SIZE];
+        for index in 0..bitmap_blocks {
+            let at = copy_start + index;
+            dev.read_at(&mut buf, at * BLOCK_SIZE as u64)
+                .map_err(|e| StoreError::io("store", at * BLOCK_SIZE as u64, BLOCK_SIZE, e))?;
+            let bits =
+                bitmap::unpack(&buf, at, index).map_err(|reason| StoreError::CorruptBitmap {
+                    index,
+                    block: MetaBlock(at),
+                    reason,
+                })?;
+            let first_word = index as usize * WORDS_PER_BITMAP_BLOCK;
+            for (w, bytes) in bits.chunks_exact(8).enumerate() {
+                let word_index = first_word + w;
+                let mut arr = [0u8; 8];
+                arr.copy_from_slice(bytes);
+                let word = u64::from_le_bytes(arr);
+                if word_index < a.words.len() {
+                    a.words[word_index] = word;
+                } else if word != 0 {
+                    return Err(StoreError::CorruptBitmap {
+                        index,
+                        block: MetaBlock(at),
+                        reason: "bits set past the end of the store".into(),
+                    });
+                }
+            }
+        }
+        if !total_blocks.is_multiple_of(64) {
+            let last = a.words.len() - 1;
+            if a.words[last] >> (total_blocks % 64) != 0 {
+                return Err(StoreError::CorruptBitmap {
+                    index: bitmap_blocks.saturating_sub(1),
+                    block: MetaBlock(copy_start + bitmap_blocks.saturating_sub(1)),
+                    reason: "bits set past the end of the store".into(),
+                });
+            }
+        }
+        a.recount();
+        Ok(a)
+    }
+
+    fn recount(&mut self) {
+        self.used = self.words.iter().map(|w| w.count_ones() as u64).sum();
+        if self.chunk_blocks > 1 {
+            self.partial_groups.clear();
+            let mut free = 0;
+            for g in 0..self.group_used.len() as u64 {
+                let n = (g * self.chunk_blocks..(g + 1) * self.chunk_blocks)
+                    .filter(|&b| self.is_used(b))
+                    .count() as u16;
+                self.group_used[g as usize] = n;
+                if n == 0 {
+                    free += 1;
+                }
+                if n > 0 && (n as u64) < self.chunk_blocks {
+                    self.partial_groups.insert(g);
+                }
+            }
+            self.free_groups = free;
+        }
+    }
+
+    pub fn is_used(&self, block: u64) -> bool {
+        self.words[(block / 64) as usize] & (1 << (block % 64)) != 0
+    }
+
+    fn set(&mut self, block: u64, on: bool) {
+        let (w, bit) = ((block / 64) as usize, 1u64 << (block % 64));
+        let was = self.words[w] & bit != 0;
+        if was == on {
+            return;
+        }
+        if on {
+            self.words[w] |= bit;
+            self.used += 1;
+        } else {
+            self.words[w] &= !bit;
+            self.used -= 1;
+        }
+        self.dirty.insert(block / BITS_PER_BLOCK);
+        if self.chunk_blocks > 1 {
+            let g = block / self.chunk_blocks;
+            if let Some(n) = self.group_used.get_mut(g as usize) {
+                if on {
+                    if *n == 0 {
+                        self.free_groups -= 1;
+                    }
+                    *n += 1;
+                } else {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.free_groups += 1;
+                    }
+                }
+                if *n > 0 && (*n as u64) < self.chunk_blocks {
+                    self.partial_groups.insert(g);
+                } else {
+                    self.partial_groups.remove(&g);
+                }
+            }
+        }
+    }
+
+    fn group_is_free(&self, g: u64) -> bool {
+        if self.chunk_blocks == 1 {
+            !self.is_used(g)
+        } else {
+            self.group_used.get(g as usize) == Some(&0)
+        }
+    }
+
+    fn ngroups(&self) -> u64 {
+        self.total_blocks / self.chunk_blocks
+    }
+
+    fn find_free_group(&mut self) -> Option<u64> {
+        let n = self.ngroups();
+        if n == 0 {
+            return None;
+        }
+        let mut g = self.data_cursor % n;
+        let mut scanned = 0u64;
+        while scanned < n {
+            let whole_word_used = self.chunk_blocks == 1
+                && g.is_multiple_of(64)
+                && g + 64 <= n
+                && self.words[(g / 64) as usize] == u64::MAX;
+            if whole_word_used {
+                g += 64;
+                scanned += 64;
+            } else {
+                if self.group_is_free(g) {
+                    self.data_cursor = g + 1;
+                    return Some(g);
+                }
+                g += 1;
+                scanned += 1;
+            }
+            if g >= n {
+                g = 0;
+            }
+        }
+        None
+    }
+
+    /// Allocates a data chunk; `None` when no whole chunk is free.
+    pub fn alloc_chunk(&mut self) -> Option<StoreChunk> {
+        let g = self.find_free_group()?;
+        for b in g * self.chunk_blocks..(g + 1) * self.chunk_blocks {
+            self.set(b, true);
+        }
+        self.fresh_chunks.insert(g);
+        Some(StoreChunk(g))
+    }
+
+    /// Allocates one metadata block; `None` when the store is full.
+    pub fn alloc_meta(&mut self) -> Option<MetaBlock> {
+        let block = if let Some(&g) = self.partial_groups.iter().next() {
+            (g * self.chunk_blocks..(g + 1) * self.chunk_blocks).find(|&b| !self.is_used(b))?
+        } else if let Some(g) = self.find_free_group() {
+            g * self.chunk_blocks
+        } else {
+            // Blocks in a trailing partial group can still hold metadata.
+            (self.ngroups() * self.chunk_blocks..self.total_blocks).find(|&b| !self.is_used(b))?
+        };
+        self.set(block, true);
+        self.fresh_meta.insert(block);
+        Some(MetaBlock(block))
+    }
+
+    /// True if `block` was allocated in the current transaction (so it may be rewritten).
+    pub fn is_fresh_meta(&self, block: MetaBlock) -> bool {
+        self.fresh_meta.contains(&block.0)
+    }
+
+    pub fn free_meta(&mut self, block: MetaBlock) {
+        if self.fresh_meta.remove(&block.0) {
+            self.set(block.0, false);
+        } else {
+            self.pending_free_meta.push(block.0);
+        }
+    }
+
+    pub fn free_chunk(&mut self, chunk: StoreChunk) {
+        if self.fresh_chunks.remove(&chunk.0) {
+            for b in chunk.0 * self.chunk_blocks..(chunk.0 + 1) * self.chunk_blocks {
+                self.set(b, false);
+            }
+        } else {
+            self.pending_free_chunks.push(chunk.0);
+        }
+    }
+
+    /// Applies deferred frees; call with the commit about to be written.
+    pub fn prepare_commit(&mut self) {
+        for b in std::mem::take(&mut self.pending_free_meta) {
+            self.set(b, false);
+        }
+        for g in std::mem::take(&mut self.pending_free_chunks) {
+            for b in g * self.chunk_blocks..(g + 1) * self.chunk_blocks {
+                self.set(b, false);
+            }
+        }
+    }
+
+    /// Writes this generation's bitmap into the copy starting at `copy_start`.
+    pub fn write_copy(
+        &self,
+        dev: &dyn BlockDev,
+        copy_start: u64,
+        bitmap_blocks: u64,
+    ) -> Result<()> {
+        let indices: Vec<u64> = if self.force_full_write {
+            (0..bitmap_blocks).collect()
+        } else {
+            self.dirty.union(&self.prev_dirty).copied().collect()
+        };
+        let mut bytes = vec![0u8; WORDS_PER_BITMAP_BLOCK * 8];
+        for index in indices {
+            let first = index as usize * WORDS_PER_BITMAP_BLOCK;
+            for (i, chunk) in bytes.chunks_exact_mut(8).enumerate() {
+                let w = self.words.get(first + i).copied().unwrap_or(0);
+                chunk.copy_from_slice(&w.to_le_bytes());
+            }
+            let at = copy_start + index;
+            let block = bitmap::pack(at, index, &bytes);
+            dev.write_at(&block, at * BLOCK_SIZE as u64)
+                .map_err(|e| StoreError::io("store", at * BLOCK_SIZE as u64, BLOCK_SIZE, e))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the next commit write every bitmap block (needed until both copies are whole).
+    pub fn force_full_write(&mut self) {
+        self.force_full_write = true;
+    }
+
+    /// Call once the commit has landed.
+    pub fn commit_done(&mut self) {
+        self.prev_dirty = std::mem::take(&mut self.dirty);
+        self.force_full_write = false;
+        self.fresh_meta.clear();
+        self.fresh_chunks.clear();
+    }
+
+    pub fn used_blocks(&self) -> u64 {
+        self.used
+    }
+    pub fn total_blocks(&self) -> u64 {
+        self.total_blocks
+    }
+    /// Whole data chunks that could be allocated now.
+    pub fn free_chunks(&self) -> u64 {
+        if self.chunk_blocks == 1 {
+            self.total_blocks - self.used
+        } else {
+            self.free_groups
+        }
+    }
+    pub fn chunk_blocks(&self) -> u64 {
+        self.chunk_blocks
+    }
+    /// Blocks whose free is deferred to the next commit.
+    pub fn pending_frees(&self) -> usize {
+        self.pending_free_meta.len() + self.pending_free_chunks.len() * self.chunk_blocks as usize
+    }
+}
+
+/// Bitmap blocks needed per copy for a store of `total_blocks`.
+pub fn bitmap_blocks_for(total_blocks: u64) -> u64 {
+    total_blocks.div_ceil(BITS_PER_BLOCK).max(1)
+}
+
+#[cfg(test)]
+mod tests;

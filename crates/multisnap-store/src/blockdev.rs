@@ -1,0 +1,141 @@
+//! All store and origin I/O goes through [`BlockDev`], so tests can run the store on RAM disks
+//! and fault injectors (see `fault`) exactly as it runs on files and block devices.
+
+use parking_lot::RwLock;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// A byte-addressed device with disk semantics: writes may sit in a volatile cache until
+/// [`BlockDev::flush`] returns, after which they survive a power cut.
+pub trait BlockDev: Send + Sync {
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes every completed write durable.
+    fn flush(&self) -> io::Result<()>;
+    /// Current size in bytes.
+    fn size(&self) -> io::Result<u64>;
+}
+
+/// A regular file or block device, accessed with positional reads and writes.
+pub struct FileDev {
+    file: File,
+}
+
+impl FileDev {
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?;
+        Ok(FileDev { file })
+    }
+
+    /// Creates (or truncates) a sparse file of `size` bytes.
+    pub fn create_sparse(path: &Path, size: u64) -> io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        file.set_len(size)?;
+        Ok(FileDev { file })
+    }
+
+    pub fn from_file(file: File) -> Self {
+        FileDev { file }
+    }
+}
+
+impl BlockDev for FileDev {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+    fn size(&self) -> io::Result<u64> {
+        use std::os::unix::fs::FileTypeExt;
+        let meta = self.file.metadata()?;
+        if meta.file_type().is_block_device() {
+            // Block devices report a zero length in their metadata; seek to the end instead.
+            use std::io::Seek;
+            let mut f = &self.file;
+            return f.seek(io::SeekFrom::End(0));
+        }
+        Ok(meta.len())
+    }
+}
+
+/// A RAM disk. Flush is a no-op: it never loses anything (see `fault::CrashDev` for one that
+/// does).
+pub struct MemDev {
+    data: RwLock<Vec<u8>>,
+}
+
+impl MemDev {
+    pub fn new(size: u64) -> Self {
+        MemDev {
+            data: RwLock::new(vec![0; size as usize]),
+        }
+    }
+    pub fn from_vec(data: Vec<u8>) -> Self {
+        MemDev {
+            data: RwLock::new(data),
+        }
+    }
+    pub fn contents(&self) -> Vec<u8> {
+        self.data.read().clone()
+    }
+}
+
+fn range_check(len: usize, offset: u64, size: usize) -> io::Result<std::ops::Range<usize>> {
+    let start = usize::try_from(offset).map_err(|_| io::Error::other("offset overflow"))?;
+    let end = start
+        .checked_add(len)
+        .filter(|&e| e <= size)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "access past end of device"))?;
+    Ok(start..end)
+}
+
+impl BlockDev for MemDev {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let data = self.data.read();
+        let r = range_check(buf.len(), offset, data.len())?;
+        buf.copy_from_slice(&data[r]);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut data = self.data.write();
+        let r = range_check(buf.len(), offset, data.len())?;
+        data[r].copy_from_slice(buf);
+        Ok(())
+    }
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.data.read().len() as u64)
+    }
+}
+
+impl<T: BlockDev + ?Sized> BlockDev for std::sync::Arc<T> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_at(buf, offset)
+    }
+    fn flush(&self) -> io::Result<()> {
+        (**self).flush()
+    }
+    fn size(&self) -> io::Result<u64> {
+        (**self).size()
+    }
+}

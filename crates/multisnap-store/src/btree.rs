@@ -1,0 +1,296 @@
+//! Copy-on-write B+tree operations over the [`Pager`].
+//!
+//! Internal entry `i` holds a lower bound of every key in child `i` (exactly its smallest key
+//! after inserts; possibly smaller after removals) and the max stamp of that subtree. Every
+//! update shadows the path from the root, so the committed tree is never touched and a commit
+//! is just "write new nodes, flush, flip the superblock". Removal drops empty nodes but does
+//! not merge underfull siblings: lookups stay O(depth), space is reclaimed as the tree empties.
+
+use crate::error::{Result, StoreError};
+use crate::format::node::{Child, Key, Node};
+use crate::ids::MetaBlock;
+use crate::pager::Pager;
+
+/// Index of the child whose range may hold `key` (0 when `key` is below every bound).
+fn child_index(node: &Node, key: &Key) -> usize {
+    match node.keys.binary_search(key) {
+        Ok(i) => i,
+        Err(0) => 0,
+        Err(i) => i - 1,
+    }
+}
+
+fn check_depth(node: &Node, block: MetaBlock) -> Result<()> {
+    if !node.is_leaf() && node.is_empty() {
+        return Err(StoreError::CorruptNode {
+            block,
+            reason: "internal node with no children".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The value stored under exactly `key`.
+pub fn lookup(p: &mut Pager, root: MetaBlock, key: &Key) -> Result<Option<Vec<u8>>> {
+    let mut block = root;
+    loop {
+        let node = p.read(block)?;
+        check_depth(&node, block)?;
+        if node.is_leaf() {
+            return Ok(node
+                .keys
+                .binary_search(key)
+                .ok()
+                .map(|i| node.value(i).to_vec()));
+        }
+        block = MetaBlock(node.children[child_index(&node, key)].block);
+    }
+}
+
+/// The smallest entry with key >= `key`.
+pub fn seek_ge(p: &mut Pager, root: MetaBlock, key: &Key) -> Result<Option<(Key, Vec<u8>)>> {
+    let node = p.read(root)?;
+    check_depth(&node, root)?;
+    if node.is_leaf() {
+        let i = match node.keys.binary_search(key) {
+            Ok(i) | Err(i) => i,
+        };
+        return Ok((i < node.len()).then(|| (node.keys[i], node.value(i).to_vec())));
+    }
+    for i in child_index(&node, key)..node.len() {
+        if let Some(found) = seek_ge(p, MetaBlock(node.children[i].block), key)? {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
+/// The largest entry with key <= `key`.
+pub fn seek_le(p: &mut Pager, root: MetaBlock, key: &Key) -> Result<Option<(Key, Vec<u8>)>> {
+    let node = p.read(root)?;
+    check_depth(&node, root)?;
+    if node.is_leaf() {
+        let i = match node.keys.binary_search(key) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        };
+        return Ok((i > 0).then(|| (node.keys[i - 1], node.value(i - 1).to_vec())));
+    }
+    if node.keys.first().is_some_and(|k| key < k) {
+        return Ok(None);
+    }
+    for i in (0..=child_index(&node, key)).rev() {
+        if let Some(found) = seek_le(p, MetaBlock(node.children[i].block), key)? {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
+/// Inserts or replaces `key`; returns the new root.
+pub fn insert(p: &mut Pager, root: MetaBlock, key: Key, value: &[u8]) -> Result<MetaBlock> {
+    let root = p.shadow(root)?;
+    let (stamp, split) = insert_into(p, root, key, value)?;
+    let Some((right_key, right_block, right_stamp)) = split else {
+        return Ok(root);
+    };
+    let left = p.read(root)?;
+    let mut new_root = Node::new_internal(left.kind, left.level + 1);
+    new_root.keys.push(left.keys[0]);
+    new_root.children.push(Child {
+        block: root.0,
+        stamp,
+    });
+    new_root.keys.push(right_key);
+    new_root.children.push(Child {
+        block: right_block.0,
+        stamp: right_stamp,
+    });
+    p.write_new(new_root)
+}
+
+type Split = Option<(Key, MetaBlock, u64)>;
+
+/// Inserts into the subtree at `block`, already shadowed by the caller. Returns the subtree's
+/// max stamp and the right half if the node split.
+fn insert_into(p: &mut Pager, block: MetaBlock, key: Key, value: &[u8]) -> Result<(u64, Split)> {
+    let mut node = p.read(block)?;
+    check_depth(&node, block)?;
+    if node.is_leaf() {
+        let vs = node.kind.value_size();
+        if value.len() != vs {
+            return Err(StoreError::CorruptNode {
+                block,
+                reason: format!(
+                    "value of {} bytes for a tree of {vs}-byte values",
+                    value.len()
+                ),
+            });
+        }
+        match node.keys.binary_search(&key) {
+            Ok(i) => node.values[i * vs..(i + 1) * vs].copy_from_slice(value),
+            Err(i) => {
+                node.keys.insert(i, key);
+                let at = i * vs;
+                node.values.splice(at..at, value.iter().copied());
+            }
+        }
+    } else {
+        let i = child_index(&node, &key);
+        if key < node.keys[i] {
+            node.keys[i] = key;
+        }
+        let child = p.shadow(MetaBlock(node.children[i].block))?;
+        node.children[i].block = child.0;
+        let (stamp, split) = insert_into(p, child, key, value)?;
+        node.children[i].stamp = stamp;
+        if let Some((k, b, s)) = split {
+            node.keys.insert(i + 1, k);
+            node.children.insert(
+                i + 1,
+                Child {
+                    block: b.0,
+                    stamp: s,
+                },
+            );
+        }
+    }
+    if node.len() <= node.capacity() {
+        let stamp = node.max_stamp();
+        p.write(block, node)?;
+        return Ok((stamp, None));
+    }
+    let right = split_node(&mut node);
+    let (right_key, right_stamp) = (right.keys[0], right.max_stamp());
+    let right_block = p.write_new(right)?;
+    let stamp = node.max_stamp();
+    p.write(block, node)?;
+    Ok((stamp, Some((right_key, right_block, right_stamp))))
+}
+
+fn split_node(node: &mut Node) -> Node {
+    let mid = node.len() / 2;
+    let mut right = if node.is_leaf() {
+        Node::new_leaf(node.kind)
+    } else {
+        Node::new_internal(node.kind, node.level)
+    };
+    right.keys = node.keys.split_off(mid);
+    if node.is_leaf() {
+        right.values = node.values.split_off(mid * node.kind.value_size());
+    } else {
+        right.children = node.children.split_off(mid);
+    }
+    right
+}
+
+/// Removes `key`; returns the new root and the removed value.
+pub fn remove(p: &mut Pager, root: MetaBlock, key: &Key) -> Result<(MetaBlock, Option<Vec<u8>>)> {
+    if lookup(p, root, key)?.is_none() {
+        return Ok((root, None));
+    }
+    let mut root = p.shadow(root)?;
+    let (removed, _) = remove_from(p, root, key)?;
+    // Collapse internal roots with a single child; an emptied internal root becomes a leaf.
+    loop {
+        let node = p.read(root)?;
+        if node.is_leaf() {
+            break;
+        }
+        match node.len() {
+            0 => {
+                p.write(root, Node::new_leaf(node.kind))?;
+                break;
+            }
+            1 => {
+                let child = MetaBlock(node.children[0].block);
+                p.free(root);
+                root = p.shadow(child)?;
+            }
+            _ => break,
+        }
+    }
+    Ok((root, removed))
+}
+
+/// Removes from the subtree at `block` (already shadowed). Returns the removed value and the
+/// subtree's new max stamp; an emptied child is freed by its parent.
+fn remove_from(p: &mut Pager, block: MetaBlock, key: &Key) -> Result<(Option<Vec<u8>>, u64)> {
+    let mut node = p.read(block)?;
+    check_depth(&node, block)?;
+    let removed = if node.is_leaf() {
+        match node.keys.binary_search(key) {
+            Ok(i) => {
+                let vs = node.kind.value_size();
+                let v = node.values.drain(i * vs..(i + 1) * vs).collect();
+                node.keys.remove(i);
+                Some(v)
+            }
+            Err(_) => None,
+        }
+    } else {
+        let i = child_index(&node, key);
+        let child = p.shadow(MetaBlock(node.children[i].block))?;
+        node.children[i].block = child.0;
+        let (removed, stamp) = remove_from(p, child, key)?;
+        let child_node = p.read(child)?;
+        if child_node.is_empty() {
+            p.free(child);
+            node.keys.remove(i);
+            node.children.remove(i);
+        } else {
+            node.children[i].stamp = stamp;
+        }
+        removed
+    };
+    let stamp = node.max_stamp();
+    p.write(block, node)?;
+    Ok((removed, stamp))
+}
+
+/// Visits, in key order, every entry with `from <= key <= to` whose stamp is >= `min_stamp`,
+/// skipping whole subtrees whose max stamp is below it. `f` returns false to stop.
+pub fn walk(
+    p: &mut Pager,
+    root: MetaBlock,
+    from: &Key,
+    to: &Key,
+    min_stamp: u64,
+    f: &mut dyn FnMut(Key, &[u8]) -> Result<bool>,
+) -> Result<bool> {
+    let node = p.read(root)?;
+    check_depth(&node, root)?;
+    if node.is_leaf() {
+        for i in 0..node.len() {
+            let k = node.keys[i];
+            if k < *from {
+                continue;
+            }
+            if k > *to {
+                return Ok(false);
+            }
+            if node.kind.stamp(&k, node.value(i)) < min_stamp {
+                continue;
+            }
+            if !f(k, node.value(i))? {
+                return Ok(false);
+            }
+        }
+        return Ok(true);
+    }
+    for i in child_index(&node, from)..node.len() {
+        if node.keys[i] > *to {
+            return Ok(false);
+        }
+        if node.children[i].stamp < min_stamp {
+            continue;
+        }
+        if !walk(p, MetaBlock(node.children[i].block), from, to, min_stamp, f)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,108 @@
+//! The node cache: decoded B+tree nodes in an LRU of bounded size. Dirty nodes (written in
+//! the current transaction, always to blocks allocated in it) may be evicted at any time by
+//! writing them out, so a large transaction never needs unbounded memory.
+
+use crate::format::node::Node;
+use crate::format::BLOCK_SIZE;
+use lru::LruCache;
+
+/// Memory charged per cached node: the decoded node plus bookkeeping.
+pub const NODE_MEMORY: usize = BLOCK_SIZE + 256;
+/// The cache never holds fewer nodes than this, whatever it is configured to: one path from
+/// the root to a leaf of each tree plus splits must fit.
+pub const MIN_NODES: usize = 64;
+
+pub struct CachedNode {
+    pub node: Node,
+    pub dirty: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+    pub nodes: u64,
+    pub capacity_nodes: u64,
+}
+
+pub struct NodeCache {
+    lru: LruCache<u64, CachedNode>,
+    capacity: usize,
+    hits: u64,
+    misses: u64,
+    evictions: u64,
+}
+
+impl NodeCache {
+    pub fn with_bytes(bytes: usize) -> NodeCache {
+        let capacity = (bytes / NODE_MEMORY).max(MIN_NODES);
+        NodeCache {
+            lru: LruCache::unbounded(),
+            capacity,
+            hits: 0,
+            misses: 0,
+            evictions: 0,
+        }
+    }
+
+    /// A copy of the cached node, counting a hit or a miss.
+    pub fn get(&mut self, block: u64) -> Option<Node> {
+        match self.lru.get(&block) {
+            Some(c) => {
+                self.hits += 1;
+                Some(c.node.clone())
+            }
+            None => {
+                self.misses += 1;
+                None
+            }
+        }
+    }
+
+    /// Inserts a node; returns the nodes evicted to stay within capacity (the caller must write
+    /// out the dirty ones).
+    pub fn put(&mut self, block: u64, node: Node, dirty: bool) -> Vec<(u64, CachedNode)> {
+        let dirty = dirty || self.lru.peek(&block).is_some_and(|c| c.dirty);
+        self.lru.put(block, CachedNode { node, dirty });
+        let mut evicted = Vec::new();
+        while self.lru.len() > self.capacity {
+            if let Some(e) = self.lru.pop_lru() {
+                self.evictions += 1;
+                evicted.push(e);
+            }
+        }
+        evicted
+    }
+
+    pub fn remove(&mut self, block: u64) {
+        self.lru.pop(&block);
+    }
+
+    /// Every dirty node, marked clean: the commit writes them.
+    pub fn take_dirty(&mut self) -> Vec<(u64, Node)> {
+        let mut out = Vec::new();
+        for (b, c) in self.lru.iter_mut() {
+            if c.dirty {
+                c.dirty = false;
+                out.push((*b, c.node.clone()));
+            }
+        }
+        out
+    }
+
+    /// Forgets everything (after a failed commit, the cache may disagree with the disk).
+    pub fn clear(&mut self) {
+        self.lru.clear();
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits,
+            misses: self.misses,
+            evictions: self.evictions,
+            nodes: self.lru.len() as u64,
+            capacity_nodes: self.capacity as u64,
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! On-disk format, version 1. Every byte is documented in docs/FORMAT.md; this module is the
+//! only code that knows where fields live. Integers are little-endian.
+//!
+//! Store layout (4 KiB metadata blocks, data chunks of `chunk_size` aligned to their size):
+//! block 0 and 1: the two superblock slots; then two copies of the allocator bitmap; the rest is
+//! allocated on demand to B+tree nodes and data chunks.
+
+pub mod bitmap;
+pub mod node;
+pub mod snapshot_record;
+pub mod superblock;
+
+/// Size of every metadata block (superblocks, B+tree nodes, bitmap blocks).
+pub const BLOCK_SIZE: usize = 4096;
+/// The on-disk format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Smallest and largest chunk sizes.
+pub const MIN_CHUNK_SIZE: u32 = 4096;
+pub const MAX_CHUNK_SIZE: u32 = 1 << 20;
+
+pub(crate) fn get_u16(b: &[u8], at: usize) -> u16 {
+    let mut a = [0u8; 2];
+    a.copy_from_slice(&b[at..at + 2]);
+    u16::from_le_bytes(a)
+}
+pub(crate) fn get_u32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+pub(crate) fn get_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+pub(crate) fn put_u16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+}
+pub(crate) fn put_u32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+pub(crate) fn put_u64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,221 @@
+//! The superblock: two slots (blocks 0 and 1); a commit writes generation g+1 into slot
+//! (g+1) % 2, so a torn superblock write always leaves the previous generation intact.
+
+use super::*;
+use crate::checksum::{is_sealed, seal, SUPERBLOCK_SALT};
+
+/// "MSNAPSTR": identifies a multisnap store.
+pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"MSNAPSTR";
+pub const MAX_VOLUME_NAME: usize = 63;
+pub const MAX_ORIGIN_PATH: usize = 1022;
+
+const OFF_VERSION: usize = 4;
+const OFF_MAGIC: usize = 8;
+const OFF_GENERATION: usize = 16;
+const OFF_UUID: usize = 24;
+const OFF_CHUNK_SIZE: usize = 40;
+const OFF_BLOCK_SIZE: usize = 44;
+const OFF_ORIGIN_SIZE: usize = 48;
+const OFF_STORE_BLOCKS: usize = 56;
+const OFF_BITMAP_START: usize = 64;
+const OFF_BITMAP_BLOCKS: usize = 72;
+const OFF_BITMAP_COPY: usize = 80;
+const OFF_FULL_POLICY: usize = 81;
+const OFF_EXCEPTION_ROOT: usize = 88;
+const OFF_SNAPSHOT_ROOT: usize = 96;
+const OFF_NEXT_SNAPSHOT_ID: usize = 104;
+const OFF_EXCEPTION_COUNT: usize = 112;
+const OFF_USED_BLOCKS: usize = 120;
+const OFF_COPIES_TOTAL: usize = 128;
+const OFF_CREATED_AT: usize = 136;
+const OFF_VOLUME_NAME: usize = 256;
+const OFF_ORIGIN_PATH: usize = 320;
+
+/// What to do when a copy is needed and the store has no free chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FullPolicy {
+    /// Fail the write with ENOSPC; nothing changes.
+    Error = 0,
+    /// Drop the oldest snapshots to make room.
+    InvalidateOldest = 1,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Superblock {
+    pub generation: u64,
+    pub volume_uuid: [u8; 16],
+    pub chunk_size: u32,
+    pub origin_size: u64,
+    /// Size of the formatted store in 4 KiB blocks.
+    pub store_blocks: u64,
+    pub bitmap_start: u64,
+    /// Blocks per bitmap copy.
+    pub bitmap_blocks: u64,
+    /// Which copy (0 or 1) holds this generation's bitmap.
+    pub bitmap_copy: u8,
+    pub full_policy: FullPolicy,
+    pub exception_root: u64,
+    pub snapshot_root: u64,
+    pub next_snapshot_id: u64,
+    pub exception_count: u64,
+    pub used_blocks: u64,
+    pub copies_total: u64,
+    pub created_at_ns: u64,
+    pub volume_name: String,
+    pub origin_path: String,
+}
+
+/// Why a superblock slot was rejected.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SuperblockFault {
+    /// No magic: not a store (or never written).
+    NoMagic,
+    /// The magic is there but the version is not ours.
+    Version(u32),
+    /// Magic and version fine, checksum or a field wrong.
+    Corrupt(String),
+}
+
+impl Superblock {
+    pub fn pack(&self) -> Vec<u8> {
+        let mut b = vec![0u8; BLOCK_SIZE];
+        put_u32(&mut b, OFF_VERSION, FORMAT_VERSION);
+        b[OFF_MAGIC..OFF_MAGIC + 8].copy_from_slice(&SUPERBLOCK_MAGIC);
+        put_u64(&mut b, OFF_GENERATION, self.generation);
+        b[OFF_UUID..OFF_UUID + 16].copy_from_slice(&self.volume_uuid);
+        put_u32(&mut b, OFF_CHUNK_SIZE, self.chunk_size);
+        put_u32(&mut b, OFF_BLOCK_SIZE, BLOCK_SIZE as u32);
+        put_u64(&mut b, OFF_ORIGIN_SIZE, self.origin_size);
+        put_u64(&mut b, OFF_STORE_BLOCKS, self.store_blocks);
+        put_u64(&mut b, OFF_BITMAP_START, self.bitmap_start);
+        put_u64(&mut b, OFF_BITMAP_BLOCKS, self.bitmap_blocks);
+        b[OFF_BITMAP_COPY] = self.bitmap_copy;
+        b[OFF_FULL_POLICY] = self.full_policy as u8;
+        put_u64(&mut b, OFF_EXCEPTION_ROOT, self.exception_root);
+        put_u64(&mut b, OFF_SNAPSHOT_ROOT, self.snapshot_root);
+        put_u64(&mut b, OFF_NEXT_SNAPSHOT_ID, self.next_snapshot_id);
+        put_u64(&mut b, OFF_EXCEPTION_COUNT, self.exception_count);
+        put_u64(&mut b, OFF_USED_BLOCKS, self.used_blocks);
+        put_u64(&mut b, OFF_COPIES_TOTAL, self.copies_total);
+        put_u64(&mut b, OFF_CREATED_AT, self.created_at_ns);
+        let name = truncate_utf8(&self.volume_name, MAX_VOLUME_NAME);
+        b[OFF_VOLUME_NAME] = name.len() as u8;
+        b[OFF_VOLUME_NAME + 1..OFF_VOLUME_NAME + 1 + name.len()].copy_from_slice(name.as_bytes());
+        let path = truncate_utf8(&self.origin_path, MAX_ORIGIN_PATH);
+        put_u16(&mut b, OFF_ORIGIN_PATH, path.len() as u16);
+        b[OFF_ORIGIN_PATH + 2..OFF_ORIGIN_PATH + 2 + path.len()].copy_from_slice(path.as_bytes());
+        seal(&mut b, SUPERBLOCK_SALT);
+        b
+    }
+
+    pub fn unpack(b: &[u8]) -> Result<Superblock, SuperblockFault> {
+        if b.len() != BLOCK_SIZE || b[OFF_MAGIC..OFF_MAGIC + 8] != SUPERBLOCK_MAGIC {
+            return Err(SuperblockFault::NoMagic);
+        }
+        let version = get_u32(b, OFF_VERSION);
+        if version != FORMAT_VERSION {
+            return Err(SuperblockFault::Version(version));
+        }
+        if !is_sealed(b, SUPERBLOCK_SALT) {
+            return Err(SuperblockFault::Corrupt("checksum mismatch".into()));
+        }
+        let corrupt = |s: &str| SuperblockFault::Corrupt(s.to_string());
+        if get_u32(b, OFF_BLOCK_SIZE) as usize != BLOCK_SIZE {
+            return Err(corrupt("unexpected metadata block size"));
+        }
+        let full_policy = match b[OFF_FULL_POLICY] {
+            0 => FullPolicy::Error,
+            1 => FullPolicy::InvalidateOldest,
+            _ => return Err(corrupt("unknown store-full policy")),
+        };
+        let name_len = b[OFF_VOLUME_NAME] as usize;
+        if name_len > MAX_VOLUME_NAME {
+            return Err(corrupt("volume name too long"));
+        }
+        let volume_name =
+            String::from_utf8(b[OFF_VOLUME_NAME + 1..OFF_VOLUME_NAME + 1 + name_len].to_vec())
+                .map_err(|_| corrupt("volume name is not UTF-8"))?;
+        let path_len = get_u16(b, OFF_ORIGIN_PATH) as usize;
+        if path_len > MAX_ORIGIN_PATH {
+            return Err(corrupt("origin path too long"));
+        }
+        let origin_path =
+            String::from_utf8(b[OFF_ORIGIN_PATH + 2..OFF_ORIGIN_PATH + 2 + path_len].to_vec())
+                .map_err(|_| corrupt("origin path is not UTF-8"))?;
+        let mut volume_uuid = [0u8; 16];
+        volume_uuid.copy_from_slice(&b[OFF_UUID..OFF_UUID + 16]);
+        let sb = Superblock {
+            generation: get_u64(b, OFF_GENERATION),
+            volume_uuid,
+            chunk_size: get_u32(b, OFF_CHUNK_SIZE),
+            origin_size: get_u64(b, OFF_ORIGIN_SIZE),
+            store_blocks: get_u64(b, OFF_STORE_BLOCKS),
+            bitmap_start: get_u64(b, OFF_BITMAP_START),
+            bitmap_blocks: get_u64(b, OFF_BITMAP_BLOCKS),
+            bitmap_copy: b[OFF_BITMAP_COPY],
+            full_policy,
+            exception_root: get_u64(b, OFF_EXCEPTION_ROOT),
+            snapshot_root: get_u64(b, OFF_SNAPSHOT_ROOT),
+            next_snapshot_id: get_u64(b, OFF_NEXT_SNAPSHOT_ID),
+            exception_count: get_u64(b, OFF_EXCEPTION_COUNT),
+            used_blocks: get_u64(b, OFF_USED_BLOCKS),
+            copies_total: get_u64(b, OFF_COPIES_TOTAL),
+            created_at_ns: get_u64(b, OFF_CREATED_AT),
+            volume_name,
+            origin_path,
+        };
+        sb.sanity().map_err(SuperblockFault::Corrupt)?;
+        Ok(sb)
+    }
+
+    /// Field-level checks that a checksum cannot catch (a bug that wrote nonsense).
+    pub fn sanity(&self) -> Result<(), String> {
+        if !self.chunk_size.is_power_of_two()
+            || self.chunk_size < MIN_CHUNK_SIZE
+            || self.chunk_size > MAX_CHUNK_SIZE
+        {
+            return Err(format!(
+                "chunk size {} is not a power of two in 4KiB..=1MiB",
+                self.chunk_size
+            ));
+        }
+        if self.bitmap_copy > 1 {
+            return Err("bitmap copy index is not 0 or 1".into());
+        }
+        let bitmap_end = self.bitmap_start + 2 * self.bitmap_blocks;
+        if self.bitmap_start < 2 || bitmap_end > self.store_blocks {
+            return Err("bitmap area lies outside the store".into());
+        }
+        if self.bitmap_blocks * bitmap::BITS_PER_BLOCK < self.store_blocks {
+            return Err("bitmap too small for the store".into());
+        }
+        for (what, root) in [
+            ("exception", self.exception_root),
+            ("snapshot", self.snapshot_root),
+        ] {
+            if root < bitmap_end || root >= self.store_blocks {
+                return Err(format!(
+                    "{what} root {root} lies outside the allocatable area"
+                ));
+            }
+        }
+        if self.next_snapshot_id == 0 {
+            return Err("next snapshot id is 0".into());
+        }
+        if self.used_blocks > self.store_blocks {
+            return Err("more blocks used than the store holds".into());
+        }
+        Ok(())
+    }
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

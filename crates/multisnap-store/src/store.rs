@@ -1,0 +1,649 @@
+//! The public face of one volume's store: create/open, snapshots, reads as of a snapshot,
+//! origin writes with copy-out, flush.
+//!
+//! Ordering, the rule everything else serves: an origin chunk is overwritten in place only
+//! after its old contents and the exception pointing to them are durable in the store. Writers
+//! that need copies do them concurrently and share one commit (group commit); writers that need
+//! none go straight to the origin.
+//!
+//! Locks, always taken in this order: `barrier` (shared by writers, exclusive for snapshot
+//! creation, so a snapshot is a clean cut between acknowledged writes), the chunk stripes (an
+//! origin write holds its chunks' stripes exclusively from its copy decision to its origin
+//! write; snapshot reads that fall through to the origin hold them shared), `commit_lock`, and
+//! `meta`, held only for in-memory work and commits.
+
+use crate::alloc::{bitmap_blocks_for, ChunkAllocator};
+use crate::blockdev::BlockDev;
+use crate::cache::CacheStats;
+use crate::error::{Result, StoreError};
+use crate::format::snapshot_record::{SnapshotRecord, SnapshotState, MAX_NAME};
+use crate::format::superblock::{FullPolicy, Superblock, SuperblockFault, MAX_VOLUME_NAME};
+use crate::format::{BLOCK_SIZE, FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use crate::ids::{OriginChunk, SnapshotId, StoreChunk};
+use crate::meta::{Exception, Meta};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Default node cache size.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+const STRIPES: usize = 1024;
+
+/// Parameters for a new store.
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    pub chunk_size: u32,
+    pub volume_name: String,
+    /// Where the origin lives, recorded so the store can be reopened without being told.
+    pub origin_path: String,
+    pub full_policy: FullPolicy,
+    pub cache_bytes: usize,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            chunk_size: 64 * 1024,
+            volume_name: "default".into(),
+            origin_path: String::new(),
+            full_policy: FullPolicy::Error,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+/// Which image a read sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    Origin,
+    Snapshot(SnapshotId),
+}
+
+/// A snapshot as users see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub id: SnapshotId,
+    pub name: String,
+    pub created_at: SystemTime,
+    pub writable: bool,
+    pub state: SnapshotState,
+}
+
+impl SnapshotInfo {
+    fn from_record(id: u64, r: &SnapshotRecord) -> SnapshotInfo {
+        SnapshotInfo {
+            id: SnapshotId(id),
+            name: r.name.clone(),
+            created_at: UNIX_EPOCH + Duration::from_nanos(r.created_at_ns),
+            writable: r.writable,
+            state: r.state,
+        }
+    }
+}
+
+/// Counters for metrics. Cumulative ones end in `_total`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StoreStats {
+    pub chunk_size: u32,
+    pub origin_size: u64,
+    pub copies_total: u64,
+    pub bytes_copied_total: u64,
+    pub exceptions: u64,
+    pub snapshots: u64,
+    pub store_bytes: u64,
+    pub used_bytes: u64,
+    pub free_chunks: u64,
+    pub cache: CacheStats,
+    pub commits_total: u64,
+    pub commit_seconds_total: f64,
+    pub generation: u64,
+}
+
+/// Checks a snapshot name: 1..=128 bytes of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
+pub fn validate_snapshot_name(name: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(StoreError::InvalidName {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > MAX_NAME {
+        return bad("longer than 128 bytes");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return bad("only letters, digits, '.', '_' and '-' are allowed");
+    }
+    if name.starts_with('.') || name.starts_with('-') {
+        return bad("must not start with '.' or '-'");
+    }
+    Ok(())
+}
+
+pub struct Store {
+    origin: Arc<dyn BlockDev>,
+    dev: Arc<dyn BlockDev>,
+    chunk_size: u32,
+    origin_size: u64,
+    meta: Mutex<Meta>,
+    commit_lock: Mutex<()>,
+    durable_generation: AtomicU64,
+    barrier: RwLock<()>,
+    stripes: Vec<RwLock<()>>,
+    bytes_copied: AtomicU64,
+    volume_name: String,
+    volume_uuid: [u8; 16],
+    origin_path: String,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn read_sb_slot(
+    dev: &dyn BlockDev,
+    slot: u64,
+) -> Result<std::result::Result<Superblock, SuperblockFault>> {
+    let mut buf = vec![0u8; BLOCK_SIZE];
+    let off = slot * BLOCK_SIZE as u64;
+    match dev.read_at(&mut buf, off) {
+        Ok(()) => Ok(Superblock::unpack(&buf)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Ok(Err(SuperblockFault::NoMagic))
+        }
+        Err(e) => Err(StoreError::io("store", off, BLOCK_SIZE, e)),
+    }
+}
+
+/// Reads both superblock slots and picks the newest valid one.
+pub fn read_superblock(dev: &dyn BlockDev) -> Result<Superblock> {
+    let a = read_sb_slot(dev, 0)?;
+    let b = read_sb_slot(dev, 1)?;
+    match (a, b) {
+        (Ok(x), Ok(y)) => Ok(if x.generation >= y.generation { x } else { y }),
+        (Ok(x), Err(_)) | (Err(_), Ok(x)) => Ok(x),
+        (Err(SuperblockFault::NoMagic), Err(SuperblockFault::NoMagic)) => {
+            Err(StoreError::NotAStore)
+        }
+        (Err(SuperblockFault::Version(v)), _) | (_, Err(SuperblockFault::Version(v))) => {
+            Err(StoreError::UnsupportedVersion {
+                found: v,
+                supported: FORMAT_VERSION,
+            })
+        }
+        (Err(x), Err(y)) => Err(StoreError::NoValidSuperblock {
+            detail: format!("slot 0: {x:?}; slot 1: {y:?}"),
+        }),
+    }
+}
+
+impl Store {
+    /// Formats `dev` as a new, empty store for `origin`. Everything `dev` held is lost.
+    pub fn create(
+        origin: Arc<dyn BlockDev>,
+        dev: Arc<dyn BlockDev>,
+        opts: &CreateOptions,
+    ) -> Result<Store> {
+        let cs = opts.chunk_size;
+        if !cs.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&cs) {
+            return Err(StoreError::InvalidGeometry(format!(
+                "chunk size {cs} must be a power of two from 4096 to 1048576"
+            )));
+        }
+        if opts.volume_name.len() > MAX_VOLUME_NAME {
+            return Err(StoreError::InvalidGeometry(
+                "volume name longer than 63 bytes".into(),
+            ));
+        }
+        let origin_size = origin
+            .size()
+            .map_err(|e| StoreError::io("origin", 0, 0, e))?;
+        let store_bytes = dev.size().map_err(|e| StoreError::io("store", 0, 0, e))?;
+        let total_blocks = store_bytes / BLOCK_SIZE as u64;
+        let bitmap_blocks = bitmap_blocks_for(total_blocks);
+        let reserved = 2 + 2 * bitmap_blocks;
+        let chunk_blocks = cs as u64 / BLOCK_SIZE as u64;
+        // Room for the reserved area, a few tree nodes and at least one data chunk.
+        let minimum = reserved + 16 + 2 * chunk_blocks;
+        if total_blocks < minimum {
+            return Err(StoreError::InvalidGeometry(format!(
+                "store of {store_bytes} bytes is too small: at least {} bytes are needed",
+                minimum * BLOCK_SIZE as u64
+            )));
+        }
+        let alloc = ChunkAllocator::new(total_blocks, chunk_blocks, reserved);
+        let sb = Superblock {
+            generation: 0,
+            volume_uuid: *uuid::Uuid::new_v4().as_bytes(),
+            chunk_size: cs,
+            origin_size,
+            store_blocks: total_blocks,
+            bitmap_start: 2,
+            bitmap_blocks,
+            bitmap_copy: 1,
+            full_policy: opts.full_policy,
+            exception_root: 0,
+            snapshot_root: 0,
+            next_snapshot_id: 1,
+            exception_count: 0,
+            used_blocks: 0,
+            copies_total: 0,
+            created_at_ns: now_ns(),
+            volume_name: opts.volume_name.clone(),
+            origin_path: opts.origin_path.clone(),
+        };
+        let mut meta = Meta::new(dev.clone(), sb, alloc, opts.cache_bytes);
+        meta.format_empty_trees()?;
+        meta.commit()?;
+        // Both bitmap copies must hold a whole bitmap before incremental writes may start.
+        meta.pager.alloc.force_full_write();
+        meta.dirty = true;
+        meta.commit()?;
+        Ok(Store::assemble(origin, dev, meta))
+    }
+
+    /// Opens an existing store. Refuses a foreign, newer, corrupt or truncated store, and one
+    /// made for an origin of another size.
+    pub fn open(
+        origin: Arc<dyn BlockDev>,
+        dev: Arc<dyn BlockDev>,
+        cache_bytes: usize,
+    ) -> Result<Store> {
+        let sb = read_superblock(&*dev)?;
+        let store_bytes = dev.size().map_err(|e| StoreError::io("store", 0, 0, e))?;
+        let expected = sb.store_blocks * BLOCK_SIZE as u64;
+        if store_bytes < expected {
+            return Err(StoreError::Truncated {
+                expected,
+                found: store_bytes,
+            });
+        }
+        let origin_size = origin
+            .size()
+            .map_err(|e| StoreError::io("origin", 0, 0, e))?;
+        if origin_size != sb.origin_size {
+            return Err(StoreError::OriginMismatch {
+                detail: format!(
+                    "the store was made for an origin of {} bytes, this one has {origin_size}",
+                    sb.origin_size
+                ),
+            });
+        }
+        let chunk_blocks = sb.chunk_size as u64 / BLOCK_SIZE as u64;
+        let copy_start = sb.bitmap_start + sb.bitmap_copy as u64 * sb.bitmap_blocks;
+        let alloc = ChunkAllocator::load(
+            &*dev,
+            sb.store_blocks,
+            chunk_blocks,
+            copy_start,
+            sb.bitmap_blocks,
+        )?;
+        if alloc.used_blocks() != sb.used_blocks {
+            return Err(StoreError::NoValidSuperblock {
+                detail: format!(
+                    "superblock counts {} used blocks, its bitmap {}",
+                    sb.used_blocks,
+                    alloc.used_blocks()
+                ),
+            });
+        }
+        let mut meta = Meta::new(dev.clone(), sb, alloc, cache_bytes);
+        meta.load_snapshots()?;
+        Ok(Store::assemble(origin, dev, meta))
+    }
+
+    fn assemble(origin: Arc<dyn BlockDev>, dev: Arc<dyn BlockDev>, meta: Meta) -> Store {
+        Store {
+            chunk_size: meta.sb.chunk_size,
+            origin_size: meta.sb.origin_size,
+            durable_generation: AtomicU64::new(meta.sb.generation),
+            volume_name: meta.sb.volume_name.clone(),
+            volume_uuid: meta.sb.volume_uuid,
+            origin_path: meta.sb.origin_path.clone(),
+            origin,
+            dev,
+            meta: Mutex::new(meta),
+            commit_lock: Mutex::new(()),
+            barrier: RwLock::new(()),
+            stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
+            bytes_copied: AtomicU64::new(0),
+        }
+    }
+
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk_size
+    }
+    pub fn origin_size(&self) -> u64 {
+        self.origin_size
+    }
+    pub fn volume_name(&self) -> &str {
+        &self.volume_name
+    }
+    pub fn volume_uuid(&self) -> [u8; 16] {
+        self.volume_uuid
+    }
+    pub fn origin_path(&self) -> &str {
+        &self.origin_path
+    }
+    pub fn full_policy(&self) -> FullPolicy {
+        self.meta.lock().sb.full_policy
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.origin_size => Ok(()),
+            _ => Err(StoreError::OutOfRange {
+                offset,
+                len,
+                size: self.origin_size,
+            }),
+        }
+    }
+
+    fn chunks_of(&self, offset: u64, len: u64) -> std::ops::RangeInclusive<u64> {
+        let cs = self.chunk_size as u64;
+        offset / cs..=(offset + len - 1) / cs
+    }
+
+    fn stripe_of(chunk: u64) -> usize {
+        (chunk.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as usize % STRIPES
+    }
+
+    fn lock_stripes(&self, chunks: std::ops::RangeInclusive<u64>) -> Vec<RwLockWriteGuard<'_, ()>> {
+        let mut idx: Vec<usize> = if chunks.end() - chunks.start() >= STRIPES as u64 {
+            (0..STRIPES).collect()
+        } else {
+            chunks.map(Self::stripe_of).collect()
+        };
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter().map(|i| self.stripes[i].write()).collect()
+    }
+
+    fn chunk_len(&self, chunk: u64) -> usize {
+        let cs = self.chunk_size as u64;
+        (self.origin_size - chunk * cs).min(cs) as usize
+    }
+
+    /// Creates a read-only snapshot of the origin as of now: every write acknowledged before
+    /// this returns is in it, none that starts after. Copies no data.
+    pub fn create_snapshot(&self, name: &str) -> Result<SnapshotInfo> {
+        validate_snapshot_name(name)?;
+        let _barrier = self.barrier.write();
+        // Writes acknowledged but not yet flushed are part of the snapshot; make them durable
+        // so a power cut cannot take them out of it.
+        self.origin.flush().map_err(|source| StoreError::Flush {
+            device: "origin",
+            source,
+        })?;
+        let (generation, info) = {
+            let mut m = self.meta.lock();
+            m.check_usable()?;
+            if m.by_name.contains_key(name) {
+                return Err(StoreError::SnapshotExists(name.to_string()));
+            }
+            let rec = SnapshotRecord {
+                created_at_ns: now_ns(),
+                writable: false,
+                state: SnapshotState::Ready,
+                name: name.to_string(),
+            };
+            let id = m.add_snapshot(rec.clone())?;
+            (m.pager.generation, SnapshotInfo::from_record(id.0, &rec))
+        };
+        self.commit_wait(generation)?;
+        tracing::info!(volume = %self.volume_name, snapshot = %name, id = info.id.0, "snapshot created");
+        Ok(info)
+    }
+
+    pub fn list_snapshots(&self) -> Vec<SnapshotInfo> {
+        let m = self.meta.lock();
+        m.snapshots
+            .iter()
+            .map(|(id, r)| SnapshotInfo::from_record(*id, r))
+            .collect()
+    }
+
+    pub fn snapshot_by_name(&self, name: &str) -> Result<SnapshotInfo> {
+        let m = self.meta.lock();
+        m.snapshot_by_name(name)
+            .map(|(id, r)| SnapshotInfo::from_record(id.0, r))
+            .ok_or_else(|| StoreError::SnapshotNotFound(name.to_string()))
+    }
+
+    pub fn snapshot(&self, id: SnapshotId) -> Result<SnapshotInfo> {
+        let m = self.meta.lock();
+        m.snapshots
+            .get(&id.0)
+            .map(|r| SnapshotInfo::from_record(id.0, r))
+            .ok_or(StoreError::SnapshotIdNotFound(id))
+    }
+
+    /// Reads `buf.len()` bytes at `offset` as `view` sees them.
+    pub fn read(&self, view: View, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let snap = match view {
+            View::Origin => {
+                return self
+                    .origin
+                    .read_at(buf, offset)
+                    .map_err(|e| StoreError::io("origin", offset, buf.len(), e));
+            }
+            View::Snapshot(id) => {
+                let m = self.meta.lock();
+                if !m.live.contains(&id.0) {
+                    return Err(StoreError::SnapshotIdNotFound(id));
+                }
+                id
+            }
+        };
+        let cs = self.chunk_size as u64;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let chunk = pos / cs;
+            let within = pos % cs;
+            let n = ((cs - within) as usize).min(buf.len() - done);
+            let piece = &mut buf[done..done + n];
+            let _stripe: RwLockReadGuard<'_, ()> = self.stripes[Self::stripe_of(chunk)].read();
+            let exception = self.meta.lock().find_exception(OriginChunk(chunk), snap)?;
+            match exception {
+                Some(e) => {
+                    let at = e.store.0 * cs + within;
+                    self.dev
+                        .read_at(piece, at)
+                        .map_err(|err| StoreError::io("store", at, n, err))?;
+                }
+                None => self
+                    .origin
+                    .read_at(piece, pos)
+                    .map_err(|err| StoreError::io("origin", pos, n, err))?,
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` to the origin at `offset`, first preserving (once) the old contents of
+    /// every chunk a live snapshot still needs. Returns once the data is in the origin device's
+    /// cache (durable after the next `flush`); the copies it needed are already durable.
+    pub fn write_origin(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.check_range(offset, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let _barrier = self.barrier.read();
+        let chunks = self.chunks_of(offset, data.len() as u64);
+        let _stripes = self.lock_stripes(chunks.clone());
+        let needs = {
+            let mut m = self.meta.lock();
+            m.check_usable()?;
+            let mut needs = Vec::new();
+            for c in chunks {
+                if let Some(need) = m.copy_need(OriginChunk(c))? {
+                    needs.push(need);
+                }
+            }
+            needs
+        };
+        if !needs.is_empty() {
+            let generation = self.copy_out(&needs)?;
+            self.commit_wait(generation)?;
+        }
+        self.origin
+            .write_at(data, offset)
+            .map_err(|e| StoreError::io("origin", offset, data.len(), e))
+    }
+
+    /// Copies each needed chunk into a fresh store chunk and records its exception. Returns the
+    /// generation whose commit makes them durable.
+    fn copy_out(&self, needs: &[crate::meta::CopyNeed]) -> Result<u64> {
+        let mut targets: Vec<StoreChunk> = Vec::with_capacity(needs.len());
+        {
+            let mut m = self.meta.lock();
+            for _ in needs {
+                match m.alloc_chunk() {
+                    Some(c) => targets.push(c),
+                    None => {
+                        let free = m.pager.alloc.free_chunks();
+                        for c in targets.drain(..) {
+                            m.free_chunk(c);
+                        }
+                        return Err(StoreError::StoreFull {
+                            needed: needs.len() as u64,
+                            free,
+                            chunk_size: self.chunk_size,
+                        });
+                    }
+                }
+            }
+        }
+        let cs = self.chunk_size as u64;
+        let mut buf = vec![0u8; self.chunk_size as usize];
+        let mut copy_result = Ok(());
+        for (need, target) in needs.iter().zip(&targets) {
+            let len = self.chunk_len(need.chunk.0);
+            let from = need.chunk.0 * cs;
+            let to = target.0 * cs;
+            copy_result = self
+                .origin
+                .read_at(&mut buf[..len], from)
+                .map_err(|e| StoreError::io("origin", from, len, e))
+                .and_then(|()| {
+                    self.dev
+                        .write_at(&buf[..len], to)
+                        .map_err(|e| StoreError::io("store", to, len, e))
+                });
+            if copy_result.is_err() {
+                break;
+            }
+        }
+        let mut m = self.meta.lock();
+        if let Err(e) = copy_result {
+            for c in targets {
+                m.free_chunk(c);
+            }
+            return Err(e);
+        }
+        for (inserted, (need, target)) in needs.iter().zip(&targets).enumerate() {
+            let e = Exception {
+                chunk: need.chunk,
+                first: need.first,
+                last: need.last,
+                store: *target,
+            };
+            if let Err(err) = m.insert_exception(e) {
+                for c in &targets[inserted..] {
+                    m.free_chunk(*c);
+                }
+                return Err(err);
+            }
+            self.bytes_copied
+                .fetch_add(self.chunk_len(need.chunk.0) as u64, Ordering::Relaxed);
+        }
+        Ok(m.pager.generation)
+    }
+
+    /// Waits until `generation` is durable, committing it if no one else is.
+    fn commit_wait(&self, generation: u64) -> Result<()> {
+        if self.durable_generation.load(Ordering::Acquire) >= generation {
+            return Ok(());
+        }
+        let _c = self.commit_lock.lock();
+        if self.durable_generation.load(Ordering::Acquire) >= generation {
+            return Ok(());
+        }
+        let mut m = self.meta.lock();
+        m.commit()?;
+        self.durable_generation
+            .store(m.sb.generation, Ordering::Release);
+        Ok(())
+    }
+
+    /// Makes every write completed before this call durable, on the origin and in the store.
+    pub fn flush(&self) -> Result<()> {
+        self.origin.flush().map_err(|source| StoreError::Flush {
+            device: "origin",
+            source,
+        })?;
+        let generation = {
+            let m = self.meta.lock();
+            m.check_usable()?;
+            if !m.dirty {
+                return Ok(());
+            }
+            m.pager.generation
+        };
+        self.commit_wait(generation)
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let m = self.meta.lock();
+        StoreStats {
+            chunk_size: self.chunk_size,
+            origin_size: self.origin_size,
+            copies_total: m.copies_total,
+            bytes_copied_total: self.bytes_copied.load(Ordering::Relaxed),
+            exceptions: m.exception_count,
+            snapshots: m.live.len() as u64,
+            store_bytes: m.pager.alloc.total_blocks() * BLOCK_SIZE as u64,
+            used_bytes: m.pager.alloc.used_blocks() * BLOCK_SIZE as u64,
+            free_chunks: m.pager.alloc.free_chunks(),
+            cache: m.pager.cache.stats(),
+            commits_total: m.commits_total,
+            commit_seconds_total: m.commit_time_total.as_secs_f64(),
+            generation: m.sb.generation,
+        }
+    }
+
+    /// The store device (for `verify` of an open store in tests).
+    pub fn store_dev(&self) -> &Arc<dyn BlockDev> {
+        &self.dev
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Best effort: a clean shutdown should have called flush(); losing the open
+        // transaction here is what a power cut would do, which the format survives.
+        let m = self.meta.get_mut();
+        if m.dirty && m.poisoned.is_none() {
+            let _ = self.origin.flush();
+            if let Err(e) = m.commit() {
+                tracing::warn!(error = %e, "final commit on close failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! Offline consistency check of a store: walks every tree straight from the device (no cache,
+//! no trust in the in-memory state) and cross-checks what it reaches against the allocator.
+//!
+//! It reports: unreadable or corrupt blocks (checksum, misdirected, unsorted, wrong level or
+//! kind, stale subtree stamps), exceptions that are malformed, overlap another of the same
+//! chunk, point outside the store, chunks or blocks reachable twice ("doubly owned"), blocks
+//! the allocator marks used that nothing reaches ("leaked"), blocks reached that the allocator
+//! marks free, and counters that disagree with what was found. Memory: one bit per store
+//! block plus one tree path.
+
+use crate::alloc::ChunkAllocator;
+use crate::blockdev::BlockDev;
+use crate::error::Result;
+use crate::format::node::{Key, Node, TreeKind};
+use crate::format::snapshot_record::SnapshotRecord;
+use crate::format::superblock::Superblock;
+use crate::format::BLOCK_SIZE;
+use crate::ids::MetaBlock;
+use crate::meta::Exception;
+use crate::pager::read_node;
+use crate::store::read_superblock;
+use std::collections::HashSet;
+
+/// Problems reported per kind before the report says "and N more".
+const MAX_LISTED: usize = 20;
+
+#[derive(Debug, Default, Clone)]
+pub struct VerifyReport {
+    pub generation: u64,
+    pub exceptions: u64,
+    pub snapshots: u64,
+    pub nodes: u64,
+    pub used_blocks: u64,
+    pub referenced_blocks: u64,
+    /// Things that are wrong.
+    pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+struct Walker<'a> {
+    dev: &'a dyn BlockDev,
+    sb: &'a Superblock,
+    referenced: Vec<u64>,
+    report: VerifyReport,
+    prev_exception: Option<Exception>,
+    names: HashSet<String>,
+    reserved_end: u64,
+}
+
+impl Walker<'_> {
+    fn problem(&mut self, p: String) {
+        self.report.problems.push(p);
+    }
+
+    /// Records that `block` is reachable as `what`.
+    fn claim(&mut self, block: u64, what: &dyn Fn() -> String) {
+        if block < self.reserved_end || block >= self.sb.store_blocks {
+            self.problem(format!(
+                "{} points to block {block}, outside the allocatable area",
+                what()
+            ));
+            return;
+        }
+        let (w, bit) = ((block / 64) as usize, 1u64 << (block % 64));
+        if self.referenced[w] & bit != 0 {
+            self.problem(format!(
+                "block {block} is doubly owned (again reached as {})",
+                what()
+            ));
+            return;
+        }
+        self.referenced[w] |= bit;
+        self.report.referenced_blocks += 1;
+    }
+
+    /// Walks the subtree at `block`; returns its max stamp.
+    fn walk(
+        &mut self,
+        kind: TreeKind,
+        block: u64,
+        level: Option<u16>,
+        lo: Option<Key>,
+        hi: Option<Key>,
+    ) -> u64 {
+        let node = match read_node(self.dev, MetaBlock(block), self.sb.store_blocks) {
+            Ok((node, generation)) => {
+                if generation > self.sb.generation {
+                    self.problem(format!(
+                        "node at block {block} claims generation {generation}, newer than the superblock's {}",
+                        self.sb.generation
+                    ));
+                }
+                node
+            }
+            Err(e) => {
+                self.problem(format!("{kind:?} tree: {e}"));
+                return 0;
+            }
+        };
+        self.report.nodes += 1;
+        self.claim(block, &|| format!("{kind:?} tree node"));
+        if node.kind != kind {
+            self.problem(format!(
+                "block {block} is a {:?} node inside the {kind:?} tree",
+                node.kind
+            ));
+            return 0;
+        }
+        if let Some(l) = level {
+            if node.level != l {
+                self.problem(format!(
+                    "block {block} is at level {} where {l} was expected",
+                    node.level
+                ));
+                return 0;
+            }
+        }
+        if !node.is_leaf() && node.is_empty() {
+            self.problem(format!("internal node at block {block} has no children"));
+            return 0;
+        }
+        for k in &node.keys {
+            let below = lo.is_some_and(|lo| *k < lo);
+            let above = hi.is_some_and(|hi| *k >= hi);
+            if below || above {
+                self.problem(format!(
+                    "block {block}: key {k:?} lies outside its parent's range"
+                ));
+            }
+        }
+        if node.is_leaf() {
+            for i in 0..node.len() {
+                self.entry(kind, node.keys[i], node.value(i));
+            }
+            return node.max_stamp();
+        }
+        let mut max = 0;
+        for i in 0..node.len() {
+            let child = node.children[i];
+            let child_hi = node.keys.get(i + 1).copied().or(hi);
+            let stamp = self.walk(
+                kind,
+                child.block,
+                Some(node.level - 1),
+                Some(node.keys[i]),
+                child_hi,
+            );
+            if stamp != child.stamp && self.report.problems.len() < 10_000 {
+                self.problem(format!(
+                    "block {block}: child {} carries stamp {} but its subtree's newest is {stamp}",
+                    child.block, child.stamp
+                ));
+            }
+            max = max.max(child.stamp);
+        }
+        max
+    }
+
+    fn entry(&mut self, kind: TreeKind, key: Key, value: &[u8]) {
+        match kind {
+            TreeKind::Exceptions => self.exception(Exception::from_entry(key, value)),
+            TreeKind::Snapshots => {
+                self.report.snapshots += 1;
+                match SnapshotRecord::unpack(value) {
+                    Ok(rec) => {
+                        if key.hi == 0 || key.hi >= self.sb.next_snapshot_id {
+                            self.problem(format!(
+                                "snapshot id {} is outside 1..{}",
+                                key.hi, self.sb.next_snapshot_id
+                            ));
+                        }
+                        if !self.names.insert(rec.name.clone()) {
+                            self.problem(format!("snapshot name {:?} is used twice", rec.name));
+                        }
+                    }
+                    Err(e) => self.problem(format!("snapshot {}: {e}", key.hi)),
+                }
+            }
+        }
+    }
+
+    fn exception(&mut self, e: Exception) {
+        self.report.exceptions += 1;
+        let chunk_count = self.sb.origin_size.div_ceil(self.sb.chunk_size as u64);
+        if e.chunk.0 >= chunk_count {
+            self.problem(format!(
+                "exception for {} beyond the origin's {chunk_count} chunks",
+                e.chunk
+            ));
+        }
+        if e.first.0 == 0 || e.first > e.last || e.last.0 >= self.sb.next_snapshot_id {
+            self.problem(format!(
+                "exception for {} has an impossible snapshot range {}..={}",
+                e.chunk, e.first.0, e.last.0
+            ));
+        }
+        if let Some(prev) = self.prev_exception {
+            if prev.chunk == e.chunk && e.first <= prev.last {
+                self.problem(format!(
+                    "exceptions for {} overlap: {}..={} and {}..={}",
+                    e.chunk, prev.first.0, prev.last.0, e.first.0, e.last.0
+                ));
+            }
+        }
+        self.prev_exception = Some(e);
+        let cb = self.sb.chunk_size as u64 / BLOCK_SIZE as u64;
+        let start = e.store.0.saturating_mul(cb);
+        for b in start..start.saturating_add(cb) {
+            self.claim(b, &|| {
+                format!("data of the exception for {} ({})", e.chunk, e.store)
+            });
+        }
+    }
+}
+
+/// Checks the store on `dev`. `origin_size`, when given, must match the store's. Returns an
+/// error only when no store can be found at all (no superblock, newer format, unreadable).
+pub fn verify(dev: &dyn BlockDev, origin_size: Option<u64>) -> Result<VerifyReport> {
+    let sb = read_superblock(dev)?;
+    let mut report = VerifyReport {
+        generation: sb.generation,
+        used_blocks: sb.used_blocks,
+        ..Default::default()
+    };
+    let dev_bytes = dev
+        .size()
+        .map_err(|e| crate::error::StoreError::io("store", 0, 0, e))?;
+    if dev_bytes < sb.store_blocks * BLOCK_SIZE as u64 {
+        report.problems.push(format!(
+            "store is truncated: {dev_bytes} bytes, the superblock needs {}",
+            sb.store_blocks * BLOCK_SIZE as u64
+        ));
+        return Ok(report);
+    }
+    if let Some(size) = origin_size {
+        if size != sb.origin_size {
+            report.problems.push(format!(
+                "origin is {size} bytes but the store was made for {}",
+                sb.origin_size
+            ));
+        }
+    }
+    let cb = sb.chunk_size as u64 / BLOCK_SIZE as u64;
+    let copy_start = sb.bitmap_start + sb.bitmap_copy as u64 * sb.bitmap_blocks;
+    let alloc = match ChunkAllocator::load(dev, sb.store_blocks, cb, copy_start, sb.bitmap_blocks) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            report.problems.push(e.to_string());
+            None
+        }
+    };
+    let reserved_end = sb.bitmap_start + 2 * sb.bitmap_blocks;
+    let mut w = Walker {
+        dev,
+        sb: &sb,
+        referenced: vec![0; sb.store_blocks.div_ceil(64) as usize],
+        report,
+        prev_exception: None,
+        names: HashSet::new(),
+        reserved_end,
+    };
+    w.walk(TreeKind::Exceptions, sb.exception_root, None, None, None);
+    w.walk(TreeKind::Snapshots, sb.snapshot_root, None, None, None);
+    if w.report.exceptions != sb.exception_count {
+        let found = w.report.exceptions;
+        w.problem(format!(
+            "superblock counts {} exceptions, the index holds {found}",
+            sb.exception_count
+        ));
+    }
+    let Some(alloc) = alloc else {
+        return Ok(w.report);
+    };
+    let mut leaked = Vec::new();
+    let mut used_but_free = Vec::new();
+    let (mut n_leaked, mut n_free) = (0u64, 0u64);
+    for b in reserved_end..sb.store_blocks {
+        let reached = w.referenced[(b / 64) as usize] & (1 << (b % 64)) != 0;
+        match (alloc.is_used(b), reached) {
+            (true, false) => {
+                n_leaked += 1;
+                if leaked.len() < MAX_LISTED {
+                    leaked.push(b);
+                }
+            }
+            (false, true) => {
+                n_free += 1;
+                if used_but_free.len() < MAX_LISTED {
+                    used_but_free.push(b);
+                }
+            }
+            _ => {}
+        }
+    }
+    if n_leaked > 0 {
+        w.problem(format!(
+            "{n_leaked} leaked block(s): marked used but unreachable, e.g. {leaked:?}"
+        ));
+    }
+    if n_free > 0 {
+        w.problem(format!(
+            "{n_free} block(s) in use but marked free (would be handed out twice), e.g. {used_but_free:?}"
+        ));
+    }
+    if alloc.used_blocks() != sb.used_blocks {
+        let used = alloc.used_blocks();
+        w.problem(format!(
+            "superblock counts {} used blocks, the bitmap {used}",
+            sb.used_blocks
+        ));
+    }
+    Ok(w.report)
+}
+
+/// Reads one node for tools that inspect a store (e.g. `dump`).
+pub fn read_raw_node(dev: &dyn BlockDev, block: u64, total_blocks: u64) -> Result<Node> {
+    Ok(read_node(dev, MetaBlock(block), total_blocks)?.0)
+}

@@ -1,0 +1,171 @@
+//! Snapshots see the origin as it was; the origin sees its writes; one copy per chunk.
+
+use multisnap_store::{CreateOptions, MemDev, Store, StoreError, View};
+use std::sync::Arc;
+
+const MIB: u64 = 1 << 20;
+
+fn new_store(origin_size: u64, store_size: u64, chunk: u32) -> (Arc<MemDev>, Arc<MemDev>, Store) {
+    let origin = Arc::new(MemDev::new(origin_size));
+    let dev = Arc::new(MemDev::new(store_size));
+    let opts = CreateOptions {
+        chunk_size: chunk,
+        ..Default::default()
+    };
+    let store = Store::create(origin.clone(), dev.clone(), &opts).unwrap();
+    (origin, dev, store)
+}
+
+fn read(store: &Store, view: View, off: u64, len: usize) -> Vec<u8> {
+    let mut b = vec![0; len];
+    store.read(view, off, &mut b).unwrap();
+    b
+}
+
+#[test]
+fn snapshot_keeps_old_data_and_copies_once() {
+    let (_o, _d, store) = new_store(4 * MIB, 8 * MIB, 4096);
+    store.write_origin(0, &[1u8; 8192]).unwrap();
+    let s1 = store.create_snapshot("s1").unwrap();
+    let s2 = store.create_snapshot("s2").unwrap();
+    store.write_origin(100, &[2u8; 5000]).unwrap();
+    assert_eq!(
+        store.stats().copies_total,
+        2,
+        "two chunks touched, copied once each"
+    );
+    store.write_origin(100, &[3u8; 5000]).unwrap();
+    assert_eq!(store.stats().copies_total, 2, "overwrite needs no new copy");
+    for s in [s1.id, s2.id] {
+        assert_eq!(read(&store, View::Snapshot(s), 0, 8192), vec![1u8; 8192]);
+    }
+    let now = read(&store, View::Origin, 0, 8192);
+    assert_eq!(&now[..100], &[1u8; 100][..]);
+    assert_eq!(&now[100..5100], &[3u8; 5000][..]);
+    let s3 = store.create_snapshot("s3").unwrap();
+    store.write_origin(0, &[4u8; 4096]).unwrap();
+    assert_eq!(store.stats().copies_total, 3);
+    let s3_view = read(&store, View::Snapshot(s3.id), 0, 8192);
+    assert_eq!(s3_view, now);
+    assert_eq!(
+        read(&store, View::Snapshot(s1.id), 0, 8192),
+        vec![1u8; 8192]
+    );
+}
+
+#[test]
+fn reopen_keeps_everything() {
+    let (o, d, store) = new_store(2 * MIB, 4 * MIB, 65536);
+    store.write_origin(0, &[9u8; 70000]).unwrap();
+    let s = store.create_snapshot("before").unwrap();
+    store.write_origin(65536, &[8u8; 100]).unwrap();
+    store.flush().unwrap();
+    drop(store);
+    let store = Store::open(o, d, 1 << 20).unwrap();
+    assert_eq!(store.snapshot_by_name("before").unwrap().id, s.id);
+    assert_eq!(
+        read(&store, View::Snapshot(s.id), 0, 70000),
+        vec![9u8; 70000]
+    );
+    assert_eq!(read(&store, View::Origin, 65536, 100), vec![8u8; 100]);
+    let report = multisnap_store::verify(&**store.store_dev(), None).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(report.exceptions, 1);
+}
+
+#[test]
+fn bad_input_is_a_typed_error() {
+    let (o, d, store) = new_store(MIB + 1000, 4 * MIB, 4096);
+    assert!(matches!(
+        store.write_origin(MIB + 999, &[0; 2]),
+        Err(StoreError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        store.read(View::Origin, u64::MAX, &mut [0; 2]),
+        Err(StoreError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        store.create_snapshot("a@b"),
+        Err(StoreError::InvalidName { .. })
+    ));
+    store.create_snapshot("x").unwrap();
+    assert!(matches!(
+        store.create_snapshot("x"),
+        Err(StoreError::SnapshotExists(_))
+    ));
+    // The last, partial chunk works.
+    store.write_origin(MIB + 500, &[5; 500]).unwrap();
+    assert_eq!(read(&store, View::Origin, MIB + 500, 500), vec![5; 500]);
+    assert_eq!(
+        read(
+            &store,
+            View::Snapshot(multisnap_store::SnapshotId(1)),
+            MIB + 500,
+            500
+        ),
+        vec![0; 500]
+    );
+    drop(store);
+    // Another origin size: refused.
+    let other = Arc::new(MemDev::new(2 * MIB));
+    assert!(matches!(
+        Store::open(other, d.clone(), 1 << 20),
+        Err(StoreError::OriginMismatch { .. })
+    ));
+    // A foreign file.
+    let foreign = Arc::new(MemDev::new(4 * MIB));
+    assert!(matches!(
+        Store::open(o.clone(), foreign, 1 << 20),
+        Err(StoreError::NotAStore)
+    ));
+    // A truncated store.
+    let mut img = d.contents();
+    img.truncate(MIB as usize);
+    assert!(matches!(
+        Store::open(o.clone(), Arc::new(MemDev::from_vec(img)), 1 << 20),
+        Err(StoreError::Truncated { .. })
+    ));
+    // A corrupt store (both superblocks).
+    let mut img = d.contents();
+    img[300] ^= 1;
+    img[4096 + 300] ^= 1;
+    assert!(matches!(
+        Store::open(o, Arc::new(MemDev::from_vec(img)), 1 << 20),
+        Err(StoreError::NoValidSuperblock { .. })
+    ));
+}
+
+#[test]
+fn full_store_fails_copying_writes_but_not_others() {
+    // A store with room for only a few chunks.
+    let (_o, _d, store) = new_store(4 * MIB, 200 * 1024, 4096);
+    store.create_snapshot("s").unwrap();
+    let mut failed_at = None;
+    for c in 0..1000u64 {
+        match store.write_origin(c * 4096, &[7; 4096]) {
+            Ok(()) => {}
+            Err(StoreError::StoreFull { .. }) => {
+                failed_at = Some(c);
+                break;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    let c = failed_at.expect("store should fill up");
+    // The failed chunk is untouched on the origin and the snapshot.
+    assert_eq!(read(&store, View::Origin, c * 4096, 4096), vec![0; 4096]);
+    // Chunks already copied can still be overwritten.
+    store.write_origin(0, &[8; 4096]).unwrap();
+    store.flush().unwrap();
+    let report = multisnap_store::verify(&**store.store_dev(), None).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(
+        read(
+            &store,
+            View::Snapshot(multisnap_store::SnapshotId(1)),
+            0,
+            4096
+        ),
+        vec![0; 4096]
+    );
+}
