@@ -1,0 +1,115 @@
+//! The crate's one error type. Backend failures and protocol violations
+//! share it so that every path ends in a single `errno()` mapping.
+
+use crate::proto::Errno;
+
+/// Everything that can go wrong serving NBD, from a bad client byte to a
+/// failed disk read in the backend.
+#[derive(Debug, thiserror::Error)]
+pub enum NbdError {
+    // --- Backend / export errors (reported to the client, connection stays up) ---
+    #[error("export {name:?} does not exist")]
+    ExportNotFound { name: String },
+    #[error("no export name given and the server has no default export")]
+    NoDefaultExport,
+    #[error("export {export:?} is read-only")]
+    ReadOnly { export: String },
+    #[error("{op} of {len} bytes at offset {offset} is outside the export (size {size})")]
+    OutOfRange {
+        op: &'static str,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
+    #[error(
+        "{op} of {len} bytes at offset {offset} goes past the end of the export (size {size})"
+    )]
+    WritePastEnd {
+        op: &'static str,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
+    #[error("request length {len} exceeds the maximum payload of {max} bytes")]
+    TooLarge { len: u64, max: u64 },
+    #[error("invalid request: {reason}")]
+    InvalidRequest { reason: String },
+    #[error("{op} is not supported by this export")]
+    Unsupported { op: &'static str },
+    #[error("no space left for {op} at offset {offset}")]
+    NoSpace { op: &'static str, offset: u64 },
+    #[error("out of memory during {op}")]
+    OutOfMemory { op: &'static str },
+    #[error("I/O error during {op} at offset {offset}: {source}")]
+    Io {
+        op: &'static str,
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server is shutting down")]
+    ShuttingDown,
+    #[error("backend task for {op} failed: {reason}")]
+    BackendPanicked { op: &'static str, reason: String },
+
+    // --- Protocol violations (the connection is closed) ---
+    #[error("bad {what} magic {found:#x}")]
+    BadMagic { what: &'static str, found: u64 },
+    #[error("client sent unknown flags {flags:#x}")]
+    UnknownClientFlags { flags: u32 },
+    #[error("malformed {what}: {reason}")]
+    Malformed {
+        what: &'static str,
+        reason: &'static str,
+    },
+    #[error("option {option} carries {len} bytes, more than the {max} byte limit")]
+    OptionTooLarge { option: u32, len: u32, max: u32 },
+    #[error("write payload of {len} bytes exceeds the {max} byte limit; cannot resync")]
+    PayloadTooLarge { len: u32, max: u32 },
+    #[error("client did not finish the handshake in time")]
+    HandshakeTimeout,
+    #[error("connection I/O failed: {0}")]
+    Connection(#[from] std::io::Error),
+}
+
+impl NbdError {
+    /// The NBD error value sent to the client for this error.
+    pub fn errno(&self) -> Errno {
+        match self {
+            NbdError::ReadOnly { .. } => Errno::EPERM,
+            NbdError::OutOfRange { .. }
+            | NbdError::InvalidRequest { .. }
+            | NbdError::ExportNotFound { .. }
+            | NbdError::NoDefaultExport
+            | NbdError::Malformed { .. }
+            | NbdError::BadMagic { .. }
+            | NbdError::UnknownClientFlags { .. }
+            | NbdError::OptionTooLarge { .. }
+            | NbdError::PayloadTooLarge { .. }
+            | NbdError::TooLarge { .. } => Errno::EINVAL,
+            NbdError::Unsupported { .. } => Errno::ENOTSUP,
+            NbdError::NoSpace { .. } | NbdError::WritePastEnd { .. } => Errno::ENOSPC,
+            NbdError::OutOfMemory { .. } => Errno::ENOMEM,
+            NbdError::ShuttingDown => Errno::ESHUTDOWN,
+            NbdError::Io { source, .. } => errno_from_io(source),
+            NbdError::BackendPanicked { .. }
+            | NbdError::HandshakeTimeout
+            | NbdError::Connection(_) => Errno::EIO,
+        }
+    }
+}
+
+/// Maps OS errors the way the spec asks: EDQUOT/EFBIG become ENOSPC, EROFS
+/// becomes EPERM, anything unknown is EIO.
+fn errno_from_io(e: &std::io::Error) -> Errno {
+    match e.raw_os_error() {
+        Some(1) | Some(30) => Errno::EPERM,               // EPERM, EROFS
+        Some(28) | Some(27) | Some(122) => Errno::ENOSPC, // ENOSPC, EFBIG, EDQUOT
+        Some(12) => Errno::ENOMEM,
+        Some(22) => Errno::EINVAL,
+        Some(75) => Errno::EOVERFLOW,
+        Some(95) => Errno::ENOTSUP,
+        Some(108) => Errno::ESHUTDOWN,
+        _ => Errno::EIO,
+    }
+}

@@ -1,0 +1,522 @@
+//! Fixed-newstyle option haggling: from the greeting to the moment a client
+//! picks an export with NBD_OPT_EXPORT_NAME or NBD_OPT_GO.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::error::NbdError;
+use crate::export::{Export, ExportInfo, ExportProvider};
+use crate::proto::{self, ContextId, OptionHeader};
+use crate::server::{blocking, ServerConfig};
+
+/// Options bigger than this are refused with NBD_REP_ERR_TOO_BIG rather than
+/// buffered; no legitimate option comes near it.
+pub const MAX_OPTION_LEN: u32 = 64 * 1024;
+/// Oversized options up to this size are skipped so the client can go on;
+/// beyond it we treat the client as hostile and close.
+const MAX_OPTION_DISCARD: u32 = 1024 * 1024;
+
+/// A metadata context selected with NBD_OPT_SET_META_CONTEXT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaContext {
+    BaseAllocation,
+    /// A context the export defines itself (see `Export::meta_contexts`).
+    Named(String),
+}
+
+impl MetaContext {
+    pub fn name(&self) -> &str {
+        match self {
+            MetaContext::BaseAllocation => proto::BASE_ALLOCATION,
+            MetaContext::Named(n) => n,
+        }
+    }
+}
+
+/// What the handshake settled on; everything transmission needs.
+pub struct Session {
+    pub export_name: String,
+    pub export: Arc<dyn Export>,
+    pub info: ExportInfo,
+    pub structured: bool,
+    pub contexts: Vec<(ContextId, MetaContext)>,
+    pub transmission_flags: u16,
+    /// Largest READ/WRITE payload accepted on this connection.
+    pub max_payload: u32,
+}
+
+/// Transmission flags, advertised only for what the server really does.
+pub fn transmission_flags(info: &ExportInfo, structured: bool) -> u16 {
+    let mut f = proto::TFLAG_HAS_FLAGS | proto::TFLAG_SEND_FLUSH | proto::TFLAG_SEND_FUA;
+    if info.read_only {
+        f |= proto::TFLAG_READ_ONLY;
+    } else {
+        f |= proto::TFLAG_SEND_TRIM | proto::TFLAG_SEND_WRITE_ZEROES;
+    }
+    if structured {
+        // DF is only meaningful with structured replies; the spec forbids
+        // advertising it otherwise.
+        f |= proto::TFLAG_SEND_DF;
+    }
+    if info.multi_conn {
+        f |= proto::TFLAG_CAN_MULTI_CONN;
+    }
+    f
+}
+
+/// Option-phase state that survives between options.
+struct Haggle {
+    structured: bool,
+    /// Contexts chosen by the last SET_META_CONTEXT and the export they were
+    /// chosen for; they only apply if GO names the same export.
+    contexts: Option<(String, Vec<(ContextId, MetaContext)>)>,
+}
+
+/// Runs the handshake. `Ok(None)` means the client went away or aborted
+/// politely; `Err` means a protocol violation and the caller closes.
+pub async fn negotiate<S>(
+    stream: &mut S,
+    provider: &Arc<dyn ExportProvider>,
+    config: &ServerConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<Session>, NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stream.write_all(&proto::encode_greeting()).await?;
+    stream.flush().await?;
+
+    let mut word = [0u8; 4];
+    if read_or_eof(stream, &mut word).await?.is_none() {
+        return Ok(None);
+    }
+    let client_flags = proto::parse_client_flags(word)?;
+    let no_zeroes = client_flags & proto::FLAG_C_NO_ZEROES != 0;
+
+    let mut st = Haggle {
+        structured: false,
+        contexts: None,
+    };
+
+    loop {
+        let mut hdr = [0u8; proto::OPTION_HEADER_LEN];
+        if read_or_eof(stream, &mut hdr).await?.is_none() {
+            return Ok(None);
+        }
+        let OptionHeader { option, length } = proto::parse_option_header(&hdr)?;
+        debug!(option, length, "option");
+
+        if length > MAX_OPTION_LEN {
+            let err = NbdError::OptionTooLarge {
+                option,
+                len: length,
+                max: MAX_OPTION_LEN,
+            };
+            if option == proto::OPT_EXPORT_NAME || length > MAX_OPTION_DISCARD {
+                // EXPORT_NAME has no error reply; a huge payload is not
+                // worth reading. Either way the connection ends.
+                if option != proto::OPT_EXPORT_NAME {
+                    reply_err(stream, option, proto::REP_ERR_TOO_BIG, &err.to_string()).await?;
+                }
+                return Err(err);
+            }
+            let mut sink = tokio::io::sink();
+            let skipped =
+                tokio::io::copy(&mut (&mut *stream).take(u64::from(length)), &mut sink).await?;
+            if skipped != u64::from(length) {
+                return Ok(None);
+            }
+            reply_err(stream, option, proto::REP_ERR_TOO_BIG, &err.to_string()).await?;
+            continue;
+        }
+
+        let mut data = vec![0u8; length as usize];
+        if read_or_eof(stream, &mut data).await?.is_none() {
+            return Ok(None);
+        }
+
+        if shutdown.is_cancelled() && option != proto::OPT_ABORT {
+            reply_err(
+                stream,
+                option,
+                proto::REP_ERR_SHUTDOWN,
+                "server is shutting down",
+            )
+            .await?;
+            continue;
+        }
+
+        match option {
+            proto::OPT_EXPORT_NAME => {
+                let name = proto::parse_string(&data, "NBD_OPT_EXPORT_NAME name")?;
+                let (name, export) = open_export(provider, &name).await?;
+                let info = export.info();
+                let flags = transmission_flags(&info, st.structured);
+                let mut out = Vec::with_capacity(10 + 124);
+                out.extend_from_slice(&info.size.to_be_bytes());
+                out.extend_from_slice(&flags.to_be_bytes());
+                if !no_zeroes {
+                    out.extend_from_slice(&[0u8; 124]);
+                }
+                stream.write_all(&out).await?;
+                stream.flush().await?;
+                let contexts = take_contexts(&mut st, &name);
+                return Ok(Some(session(name, export, info, &st, contexts, config)));
+            }
+            proto::OPT_ABORT => {
+                // The client may already have closed; a failed ACK is fine.
+                let _ = reply_ack(stream, option).await;
+                return Ok(None);
+            }
+            proto::OPT_LIST => {
+                if !data.is_empty() {
+                    reply_err(
+                        stream,
+                        option,
+                        proto::REP_ERR_INVALID,
+                        "NBD_OPT_LIST takes no data",
+                    )
+                    .await?;
+                    continue;
+                }
+                let p = provider.clone();
+                match blocking("list exports", move || p.list()).await {
+                    Ok(list) => {
+                        let mut out = Vec::new();
+                        for e in list {
+                            let mut d = Vec::new();
+                            let name = proto::clip_message(&e.name);
+                            d.extend_from_slice(&(name.len() as u32).to_be_bytes());
+                            d.extend_from_slice(name.as_bytes());
+                            if let Some(desc) = &e.description {
+                                d.extend_from_slice(proto::clip_message(desc).as_bytes());
+                            }
+                            out.extend_from_slice(&proto::encode_option_reply(
+                                option,
+                                proto::REP_SERVER,
+                                &d,
+                            ));
+                        }
+                        out.extend_from_slice(&proto::encode_option_reply(
+                            option,
+                            proto::REP_ACK,
+                            &[],
+                        ));
+                        stream.write_all(&out).await?;
+                        stream.flush().await?;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "listing exports failed");
+                        reply_err(stream, option, proto::REP_ERR_POLICY, &e.to_string()).await?;
+                    }
+                }
+            }
+            proto::OPT_INFO | proto::OPT_GO => {
+                let req = match proto::parse_info_request(&data) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        reply_err(stream, option, proto::REP_ERR_INVALID, &e.to_string()).await?;
+                        continue;
+                    }
+                };
+                let (name, export) = match open_export(provider, &req.name).await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let code = match e {
+                            NbdError::ExportNotFound { .. } | NbdError::NoDefaultExport => {
+                                proto::REP_ERR_UNKNOWN
+                            }
+                            NbdError::ShuttingDown => proto::REP_ERR_SHUTDOWN,
+                            _ => proto::REP_ERR_POLICY,
+                        };
+                        reply_err(stream, option, code, &e.to_string()).await?;
+                        continue;
+                    }
+                };
+                let info = export.info();
+                let flags = transmission_flags(&info, st.structured);
+                let mut out = Vec::new();
+                let mut d = Vec::with_capacity(12);
+                d.extend_from_slice(&proto::INFO_EXPORT.to_be_bytes());
+                d.extend_from_slice(&info.size.to_be_bytes());
+                d.extend_from_slice(&flags.to_be_bytes());
+                out.extend_from_slice(&proto::encode_option_reply(option, proto::REP_INFO, &d));
+                // Block sizes are always sent: clients that did not ask
+                // simply ignore them, and it keeps them from guessing.
+                let bs = effective_block_sizes(&info, config);
+                let mut d = Vec::with_capacity(14);
+                d.extend_from_slice(&proto::INFO_BLOCK_SIZE.to_be_bytes());
+                d.extend_from_slice(&bs.0.to_be_bytes());
+                d.extend_from_slice(&bs.1.to_be_bytes());
+                d.extend_from_slice(&bs.2.to_be_bytes());
+                out.extend_from_slice(&proto::encode_option_reply(option, proto::REP_INFO, &d));
+                let mut sent_name = false;
+                let mut sent_desc = false;
+                for r in &req.requests {
+                    match *r {
+                        proto::INFO_NAME if !sent_name => {
+                            sent_name = true;
+                            let mut d = proto::INFO_NAME.to_be_bytes().to_vec();
+                            d.extend_from_slice(name.as_bytes());
+                            out.extend_from_slice(&proto::encode_option_reply(
+                                option,
+                                proto::REP_INFO,
+                                &d,
+                            ));
+                        }
+                        proto::INFO_DESCRIPTION if !sent_desc => {
+                            sent_desc = true;
+                            let p = provider.clone();
+                            let n = name.clone();
+                            let desc = blocking("describe export", move || Ok(p.description(&n)))
+                                .await
+                                .ok()
+                                .flatten();
+                            if let Some(desc) = desc {
+                                let mut d = proto::INFO_DESCRIPTION.to_be_bytes().to_vec();
+                                d.extend_from_slice(proto::clip_message(&desc).as_bytes());
+                                out.extend_from_slice(&proto::encode_option_reply(
+                                    option,
+                                    proto::REP_INFO,
+                                    &d,
+                                ));
+                            }
+                        }
+                        // Unknown or repeated requests are ignored, as the spec allows.
+                        _ => {}
+                    }
+                }
+                out.extend_from_slice(&proto::encode_option_reply(option, proto::REP_ACK, &[]));
+                stream.write_all(&out).await?;
+                stream.flush().await?;
+                if option == proto::OPT_GO {
+                    let contexts = take_contexts(&mut st, &name);
+                    return Ok(Some(session(name, export, info, &st, contexts, config)));
+                }
+            }
+            proto::OPT_STRUCTURED_REPLY => {
+                if !data.is_empty() {
+                    reply_err(
+                        stream,
+                        option,
+                        proto::REP_ERR_INVALID,
+                        "NBD_OPT_STRUCTURED_REPLY takes no data",
+                    )
+                    .await?;
+                    continue;
+                }
+                st.structured = true;
+                reply_ack(stream, option).await?;
+            }
+            proto::OPT_LIST_META_CONTEXT | proto::OPT_SET_META_CONTEXT => {
+                meta_context(stream, provider, &mut st, option, &data).await?;
+            }
+            proto::OPT_STARTTLS => {
+                reply_err(stream, option, proto::REP_ERR_UNSUP, "TLS is not supported").await?;
+            }
+            _ => {
+                reply_err(
+                    stream,
+                    option,
+                    proto::REP_ERR_UNSUP,
+                    &format!("option {option} is not supported"),
+                )
+                .await?;
+            }
+        }
+    }
+}
+
+fn session(
+    export_name: String,
+    export: Arc<dyn Export>,
+    info: ExportInfo,
+    st: &Haggle,
+    contexts: Vec<(ContextId, MetaContext)>,
+    config: &ServerConfig,
+) -> Session {
+    let transmission_flags = transmission_flags(&info, st.structured);
+    let max_payload = effective_block_sizes(&info, config).2;
+    Session {
+        export_name,
+        export,
+        info,
+        structured: st.structured,
+        contexts,
+        transmission_flags,
+        max_payload,
+    }
+}
+
+/// (min, preferred, max) after clamping the export's wishes to what the
+/// spec allows and what this server is configured to buffer.
+fn effective_block_sizes(info: &ExportInfo, config: &ServerConfig) -> (u32, u32, u32) {
+    let bs = info.block_sizes;
+    let min = if bs.min.is_power_of_two() && bs.min <= 64 * 1024 {
+        bs.min
+    } else {
+        1
+    };
+    let preferred = if bs.preferred.is_power_of_two() && bs.preferred >= min {
+        bs.preferred
+    } else {
+        min.max(4096)
+    };
+    let mut max = bs.max.min(config.max_payload).max(min);
+    max -= max % min;
+    (min, preferred, max)
+}
+
+fn take_contexts(st: &mut Haggle, export: &str) -> Vec<(ContextId, MetaContext)> {
+    match st.contexts.take() {
+        Some((name, ctx)) if name == export && st.structured => ctx,
+        _ => Vec::new(),
+    }
+}
+
+async fn open_export(
+    provider: &Arc<dyn ExportProvider>,
+    requested: &str,
+) -> Result<(String, Arc<dyn Export>), NbdError> {
+    let name = if requested.is_empty() {
+        provider.default_export().ok_or(NbdError::NoDefaultExport)?
+    } else {
+        requested.to_owned()
+    };
+    let p = provider.clone();
+    let n = name.clone();
+    let export = blocking("open export", move || p.open(&n)).await?;
+    Ok((name, export))
+}
+
+async fn meta_context<S>(
+    stream: &mut S,
+    provider: &Arc<dyn ExportProvider>,
+    st: &mut Haggle,
+    option: u32,
+    data: &[u8],
+) -> Result<(), NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let set = option == proto::OPT_SET_META_CONTEXT;
+    if set {
+        // A failed SET leaves nothing selected, per the spec.
+        st.contexts = None;
+    }
+    if !st.structured {
+        return reply_err(
+            stream,
+            option,
+            proto::REP_ERR_INVALID,
+            "metadata contexts need structured replies first",
+        )
+        .await;
+    }
+    let req = match proto::parse_meta_context_request(data) {
+        Ok(r) => r,
+        Err(e) => return reply_err(stream, option, proto::REP_ERR_INVALID, &e.to_string()).await,
+    };
+    let (name, export) = match open_export(provider, &req.export).await {
+        Ok(x) => x,
+        Err(e) => return reply_err(stream, option, proto::REP_ERR_UNKNOWN, &e.to_string()).await,
+    };
+    let ex = export.clone();
+    let extra = blocking("list meta contexts", move || Ok(ex.meta_contexts()))
+        .await
+        .unwrap_or_default();
+    let mut available = vec![MetaContext::BaseAllocation];
+    available.extend(
+        extra
+            .into_iter()
+            .filter(|n| n != proto::BASE_ALLOCATION)
+            .map(MetaContext::Named),
+    );
+
+    let mut chosen: Vec<MetaContext> = Vec::new();
+    if req.queries.is_empty() {
+        if !set {
+            chosen = available.clone();
+        }
+    } else {
+        for q in &req.queries {
+            for c in &available {
+                if query_matches(q, c.name()) && !chosen.contains(c) {
+                    chosen.push(c.clone());
+                }
+            }
+        }
+    }
+
+    let mut out = Vec::new();
+    let mut selected = Vec::new();
+    for (i, c) in chosen.into_iter().enumerate() {
+        // Ids start at 1 so a stray zero from a confused client never matches.
+        let id = if set { i as u32 + 1 } else { 0 };
+        let mut d = id.to_be_bytes().to_vec();
+        d.extend_from_slice(c.name().as_bytes());
+        out.extend_from_slice(&proto::encode_option_reply(
+            option,
+            proto::REP_META_CONTEXT,
+            &d,
+        ));
+        selected.push((ContextId(id), c));
+    }
+    out.extend_from_slice(&proto::encode_option_reply(option, proto::REP_ACK, &[]));
+    stream.write_all(&out).await?;
+    stream.flush().await?;
+    if set {
+        st.contexts = Some((name, selected));
+    }
+    Ok(())
+}
+
+/// A query selects a context by its exact name, or every context of a
+/// namespace when it is just `namespace:`.
+pub fn query_matches(query: &str, context: &str) -> bool {
+    if query == context {
+        return true;
+    }
+    query.ends_with(':') && query.matches(':').count() == 1 && context.starts_with(query)
+}
+
+async fn reply_ack<S: AsyncWrite + Unpin>(stream: &mut S, option: u32) -> Result<(), NbdError> {
+    stream
+        .write_all(&proto::encode_option_reply(option, proto::REP_ACK, &[]))
+        .await?;
+    stream.flush().await?;
+    Ok(())
+}
+
+async fn reply_err<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    option: u32,
+    code: u32,
+    msg: &str,
+) -> Result<(), NbdError> {
+    debug!(option, code, msg, "option refused");
+    stream
+        .write_all(&proto::encode_option_reply(
+            option,
+            code,
+            proto::clip_message(msg).as_bytes(),
+        ))
+        .await?;
+    stream.flush().await?;
+    Ok(())
+}
+
+/// `read_exact` that reports a clean end of stream as `None` instead of an error.
+pub async fn read_or_eof<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut [u8],
+) -> Result<Option<()>, NbdError> {
+    match r.read_exact(buf).await {
+        Ok(_) => Ok(Some(())),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}

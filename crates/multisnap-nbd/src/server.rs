@@ -1,0 +1,240 @@
+//! Listeners and per-connection driver: accept on TCP or unix sockets, run
+//! the handshake, then the transmission phase, under one shutdown token.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::error::NbdError;
+use crate::export::ExportProvider;
+use crate::handshake;
+use crate::observer::Observer;
+use crate::transmission;
+
+/// Tunables of a server. `Default` gives values suitable for production.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Largest READ/WRITE payload accepted (and advertised as the maximum
+    /// block size); bigger reads get EINVAL, bigger writes close the
+    /// connection. 32 MiB by default, like other NBD servers.
+    pub max_payload: u32,
+    /// Requests executing at once per connection.
+    pub max_in_flight: usize,
+    /// Payload bytes buffered at once per connection (raised to at least
+    /// `max_payload`).
+    pub max_in_flight_bytes: u32,
+    /// Time a client gets to pick an export; `None` waits forever.
+    pub handshake_timeout: Option<Duration>,
+    /// After shutdown, how long connections get to finish in-flight requests
+    /// before they are cut.
+    pub shutdown_grace: Duration,
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_payload: 32 * 1024 * 1024,
+            max_in_flight: 64,
+            max_in_flight_bytes: 256 * 1024 * 1024,
+            handshake_timeout: Some(Duration::from_secs(60)),
+            shutdown_grace: Duration::from_secs(30),
+            observer: None,
+        }
+    }
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("max_payload", &self.max_payload)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("observer", &self.observer.is_some())
+            .finish()
+    }
+}
+
+/// Runs a backend call on the blocking pool. A panic in the backend becomes
+/// an EIO reply instead of taking the connection down.
+pub(crate) async fn blocking<T, F>(op: &'static str, f: F) -> Result<T, NbdError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, NbdError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(NbdError::BackendPanicked {
+            op,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Serves one already-accepted connection to completion. Returns `Ok` when
+/// the client left (or shutdown ended the session) and `Err` for protocol
+/// violations and socket failures; either way the stream is closed.
+pub async fn serve_connection<S>(
+    mut stream: S,
+    provider: Arc<dyn ExportProvider>,
+    config: Arc<ServerConfig>,
+    shutdown: CancellationToken,
+) -> Result<(), NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let negotiated = {
+        let hs = handshake::negotiate(&mut stream, &provider, &config, &shutdown);
+        let timed = async {
+            match config.handshake_timeout {
+                Some(t) => tokio::time::timeout(t, hs)
+                    .await
+                    .unwrap_or(Err(NbdError::HandshakeTimeout)),
+                None => hs.await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            r = timed => r?,
+        }
+    };
+    let Some(session) = negotiated else {
+        debug!("client left during handshake");
+        return Ok(());
+    };
+    let export_name = session.export_name.clone();
+    let span = tracing::Span::current();
+    span.record("export", export_name.as_str());
+    debug!(
+        size = session.info.size,
+        structured = session.structured,
+        contexts = session.contexts.len(),
+        flags = session.transmission_flags,
+        "entering transmission"
+    );
+    if let Some(obs) = &config.observer {
+        obs.connection_opened(&export_name);
+    }
+    let (rd, wr) = tokio::io::split(stream);
+    let res = transmission::run(rd, wr, session, &config, &shutdown).await;
+    if let Some(obs) = &config.observer {
+        obs.connection_closed(&export_name);
+    }
+    res
+}
+
+/// Serves NBD on a TCP listener until `shutdown` is cancelled, then stops
+/// accepting, lets every connection finish its in-flight requests (up to
+/// `config.shutdown_grace`) and returns.
+pub async fn serve_tcp(
+    listener: TcpListener,
+    provider: Arc<dyn ExportProvider>,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    accept_loop(Listener::Tcp(listener), provider, config, shutdown).await
+}
+
+/// Same as [`serve_tcp`] for a unix-domain socket. The socket file is left
+/// for the caller to remove.
+pub async fn serve_unix(
+    listener: UnixListener,
+    provider: Arc<dyn ExportProvider>,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    accept_loop(Listener::Unix(listener), provider, config, shutdown).await
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+async fn accept_loop(
+    listener: Listener,
+    provider: Arc<dyn ExportProvider>,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let config = Arc::new(config);
+    let mut conns = JoinSet::new();
+    let mut next_id: u64 = 0;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            r = accept(&listener) => r,
+        };
+        let (spawn, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Usually EMFILE or a connection reset before accept; back
+                // off a little instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        next_id += 1;
+        let span =
+            info_span!("nbd_conn", id = next_id, peer = %peer, export = tracing::field::Empty);
+        let fut = spawn(provider.clone(), config.clone(), shutdown.clone());
+        conns.spawn(
+            async move {
+                debug!("connected");
+                match fut.await {
+                    Ok(()) => debug!("connection closed"),
+                    Err(e) => info!(error = %e, "connection closed with error"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+    drop(listener);
+    let drain = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(config.shutdown_grace, drain)
+        .await
+        .is_err()
+    {
+        warn!(
+            remaining = conns.len(),
+            "connections did not finish within the shutdown grace period; cutting them"
+        );
+        conns.abort_all();
+        while conns.join_next().await.is_some() {}
+    }
+    Ok(())
+}
+
+type ConnFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), NbdError>> + Send>>;
+type Spawner = Box<
+    dyn FnOnce(Arc<dyn ExportProvider>, Arc<ServerConfig>, CancellationToken) -> ConnFuture + Send,
+>;
+
+async fn accept(listener: &Listener) -> std::io::Result<(Spawner, String)> {
+    match listener {
+        Listener::Tcp(l) => {
+            let (s, peer) = l.accept().await?;
+            // Replies are already batched by the writer; Nagle only adds latency.
+            let _ = s.set_nodelay(true);
+            let f: Spawner = Box::new(move |p, c, t| Box::pin(serve_connection(s, p, c, t)));
+            Ok((f, peer.to_string()))
+        }
+        Listener::Unix(l) => {
+            let (s, _) = l.accept().await?;
+            let f: Spawner = Box::new(move |p, c, t| Box::pin(serve_connection(s, p, c, t)));
+            Ok((f, "unix".to_string()))
+        }
+    }
+}

@@ -1,0 +1,252 @@
+use super::*;
+
+fn limits() -> Limits {
+    Limits {
+        size: 1 << 20,
+        read_only: false,
+        structured: true,
+        has_contexts: true,
+        max_payload: 64 * 1024,
+    }
+}
+
+fn hdr(cmd: u16, flags: u16, offset: u64, length: u32) -> RequestHeader {
+    RequestHeader {
+        flags,
+        command: cmd,
+        handle: Handle(1),
+        offset,
+        length,
+    }
+}
+
+fn errno_of(r: Result<Op, NbdError>) -> Errno {
+    match r {
+        Ok(op) => panic!("expected an error, got {op:?}"),
+        Err(e) => e.errno(),
+    }
+}
+
+#[test]
+fn read_in_range_is_accepted() {
+    let op = validate(&hdr(proto::CMD_READ, 0, 4096, 4096), None, &limits()).unwrap();
+    assert!(matches!(
+        op,
+        Op::Read {
+            offset: 4096,
+            len: 4096,
+            df: false
+        }
+    ));
+}
+
+#[test]
+fn read_past_end_or_overflowing_is_einval() {
+    let l = limits();
+    assert_eq!(
+        errno_of(validate(&hdr(proto::CMD_READ, 0, l.size, 1), None, &l)),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        errno_of(validate(&hdr(proto::CMD_READ, 0, u64::MAX, 10), None, &l)),
+        Errno::EINVAL
+    );
+}
+
+#[test]
+fn read_over_max_payload_is_einval() {
+    let l = limits();
+    assert_eq!(
+        errno_of(validate(
+            &hdr(proto::CMD_READ, 0, 0, l.max_payload + 1),
+            None,
+            &l
+        )),
+        Errno::EINVAL
+    );
+}
+
+#[test]
+fn write_past_end_is_enospc() {
+    let l = limits();
+    let r = validate(
+        &hdr(proto::CMD_WRITE, 0, l.size - 1, 2),
+        Some(vec![0; 2]),
+        &l,
+    );
+    assert_eq!(errno_of(r), Errno::ENOSPC);
+    let r = validate(
+        &hdr(proto::CMD_WRITE, 0, u64::MAX - 1, 2),
+        Some(vec![0; 2]),
+        &l,
+    );
+    assert_eq!(errno_of(r), Errno::ENOSPC);
+}
+
+#[test]
+fn writes_on_read_only_export_are_eperm() {
+    let l = Limits {
+        read_only: true,
+        ..limits()
+    };
+    for cmd in [proto::CMD_WRITE, proto::CMD_TRIM, proto::CMD_WRITE_ZEROES] {
+        let r = validate(&hdr(cmd, 0, 0, 4), Some(vec![0; 4]), &l);
+        assert_eq!(errno_of(r), Errno::EPERM, "command {cmd}");
+    }
+    // Reads and flushes still work.
+    assert!(validate(&hdr(proto::CMD_READ, 0, 0, 4), None, &l).is_ok());
+    assert!(validate(&hdr(proto::CMD_FLUSH, 0, 0, 0), None, &l).is_ok());
+}
+
+#[test]
+fn unknown_command_and_flags_are_einval() {
+    let l = limits();
+    assert_eq!(
+        errno_of(validate(&hdr(99, 0, 0, 0), None, &l)),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        errno_of(validate(&hdr(5, 0, 0, 0), None, &l)),
+        Errno::EINVAL
+    ); // CACHE
+    assert_eq!(
+        errno_of(validate(&hdr(proto::CMD_READ, 0x8000, 0, 1), None, &l)),
+        Errno::EINVAL
+    );
+    // NO_HOLE is only valid on WRITE_ZEROES.
+    assert_eq!(
+        errno_of(validate(
+            &hdr(proto::CMD_TRIM, proto::CMD_FLAG_NO_HOLE, 0, 1),
+            None,
+            &l
+        )),
+        Errno::EINVAL
+    );
+    // DF needs structured replies.
+    let simple = Limits {
+        structured: false,
+        ..l
+    };
+    assert_eq!(
+        errno_of(validate(
+            &hdr(proto::CMD_READ, proto::CMD_FLAG_DF, 0, 1),
+            None,
+            &simple
+        )),
+        Errno::EINVAL
+    );
+}
+
+#[test]
+fn fua_and_no_hole_are_passed_through() {
+    let l = limits();
+    let op = validate(
+        &hdr(
+            proto::CMD_WRITE_ZEROES,
+            proto::CMD_FLAG_FUA | proto::CMD_FLAG_NO_HOLE,
+            0,
+            8192,
+        ),
+        None,
+        &l,
+    )
+    .unwrap();
+    assert!(matches!(
+        op,
+        Op::WriteZeroes {
+            mode: ZeroMode::NoHole,
+            fua: Fua(true),
+            ..
+        }
+    ));
+}
+
+#[test]
+fn block_status_needs_contexts_and_range() {
+    let l = limits();
+    assert!(validate(
+        &hdr(proto::CMD_BLOCK_STATUS, proto::CMD_FLAG_REQ_ONE, 0, 100),
+        None,
+        &l
+    )
+    .is_ok());
+    let none = Limits {
+        has_contexts: false,
+        ..l
+    };
+    assert_eq!(
+        errno_of(validate(
+            &hdr(proto::CMD_BLOCK_STATUS, 0, 0, 100),
+            None,
+            &none
+        )),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        errno_of(validate(
+            &hdr(proto::CMD_BLOCK_STATUS, 0, l.size, 1),
+            None,
+            &l
+        )),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        errno_of(validate(&hdr(proto::CMD_BLOCK_STATUS, 0, 0, 0), None, &l)),
+        Errno::EINVAL
+    );
+}
+
+#[test]
+fn descriptors_clip_merge_and_never_empty() {
+    assert_eq!(descriptors(100, [(60, 3), (60, 3)], false), vec![(100, 3)]);
+    assert_eq!(
+        descriptors(100, [(10, 0), (0, 1), (20, 3)], false),
+        vec![(10, 0), (20, 3)]
+    );
+    assert_eq!(descriptors(100, [], false), vec![(100, 0)]);
+    assert_eq!(descriptors(100, [(10, 0), (90, 3)], true), vec![(10, 0)]);
+    assert_eq!(
+        descriptors(u32::MAX, [(u64::MAX, 1)], false),
+        vec![(u32::MAX, 1)]
+    );
+}
+
+#[test]
+fn read_plan_turns_only_zero_extents_into_holes() {
+    let e = |len, hole, zero| Extent { len, hole, zero };
+    let plan = plan_read(
+        100,
+        &[
+            e(10, false, false),
+            e(20, true, true),
+            e(30, true, false),
+            e(100, true, true),
+        ],
+    );
+    assert_eq!(
+        plan,
+        vec![
+            ReadPiece::Data(0..10),
+            ReadPiece::Hole(10..30),
+            ReadPiece::Data(30..60),
+            ReadPiece::Hole(60..100)
+        ]
+    );
+    // Uncovered tail is data.
+    assert_eq!(
+        plan_read(50, &[e(20, true, true)]),
+        vec![ReadPiece::Hole(0..20), ReadPiece::Data(20..50)]
+    );
+    assert_eq!(plan_read(50, &[]), vec![ReadPiece::Data(0..50)]);
+}
+
+#[test]
+fn meta_context_queries() {
+    use crate::handshake::query_matches;
+    assert!(query_matches("base:allocation", "base:allocation"));
+    assert!(query_matches("base:", "base:allocation"));
+    assert!(!query_matches("base:alloc", "base:allocation"));
+    assert!(!query_matches("multisnap:", "base:allocation"));
+    assert!(query_matches("multisnap:", "multisnap:changed:3"));
+    assert!(!query_matches("", "base:allocation"));
+}

@@ -1,0 +1,179 @@
+//! Shared harness for the integration tests: a server over in-memory
+//! exports on a random loopback port and a temp unix socket, plus helpers to
+//! run the real Debian clients against it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use multisnap_nbd::testing::{MemExport, MemProvider};
+use multisnap_nbd::{serve_tcp, serve_unix, CancellationToken, ExportProvider, ServerConfig};
+use tokio::task::JoinHandle;
+
+pub const DISK_SIZE: u64 = 16 * 1024 * 1024;
+pub const RO_SIZE: u64 = 1024 * 1024;
+
+pub struct TestServer {
+    pub port: u16,
+    pub socket: PathBuf,
+    pub disk: Arc<MemExport>,
+    pub ro: Arc<MemExport>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<std::io::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Exports: `disk` (16 MiB, read-write, the default) and `ro` (1 MiB of
+    /// 0x5a, read-only).
+    pub async fn start() -> TestServer {
+        Self::start_with(ServerConfig::default()).await
+    }
+
+    pub async fn start_with(config: ServerConfig) -> TestServer {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let disk = Arc::new(MemExport::new(DISK_SIZE, false));
+        let ro = Arc::new(MemExport::new(RO_SIZE, true));
+        ro.fill(0, RO_SIZE, 0x5a);
+        let mut p = MemProvider::new();
+        p.add("disk", disk.clone(), Some("scratch disk"));
+        p.add("ro", ro.clone(), Some("read-only image"));
+        p.set_default("disk");
+        let provider: Arc<dyn ExportProvider> = Arc::new(p);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("nbd.sock");
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind tcp");
+        let port = tcp.local_addr().expect("addr").port();
+        let unix = tokio::net::UnixListener::bind(&socket).expect("bind unix");
+        let shutdown = CancellationToken::new();
+        let tasks = vec![
+            tokio::spawn(serve_tcp(
+                tcp,
+                provider.clone(),
+                config.clone(),
+                shutdown.clone(),
+            )),
+            tokio::spawn(serve_unix(unix, provider, config, shutdown.clone())),
+        ];
+        TestServer {
+            port,
+            socket,
+            disk,
+            ro,
+            shutdown,
+            tasks,
+            _dir: dir,
+        }
+    }
+
+    pub fn uri(&self, export: &str) -> String {
+        format!("nbd://127.0.0.1:{}/{}", self.port, export)
+    }
+
+    pub fn unix_uri(&self, export: &str) -> String {
+        format!("nbd+unix:///{}?socket={}", export, self.socket.display())
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Cancels the server and checks that both listeners return promptly.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let r = tokio::time::timeout(Duration::from_secs(20), t)
+                .await
+                .expect("server did not shut down within 20s")
+                .expect("server task panicked");
+            r.expect("server returned an error");
+        }
+    }
+}
+
+/// Path of a client tool, or `None` after printing why the test is skipped.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    for dir in ["/usr/bin", "/usr/local/bin", "/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    println!("SKIP: {name} is not installed (apt-get install -y qemu-utils libnbd-bin)");
+    None
+}
+
+/// True if Debian's python3 can import libnbd's bindings (nbdsh needs them).
+pub fn have_nbdsh() -> bool {
+    if tool("nbdsh").is_none() {
+        return false;
+    }
+    let ok = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import nbd"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        println!("SKIP: /usr/bin/python3 cannot import nbd (apt-get install -y python3-libnbd)");
+    }
+    ok
+}
+
+/// Runs a client with a timeout so a server hang fails the test instead of
+/// hanging it. Debian's /usr/bin comes first on PATH so nbdsh finds the
+/// python3 that has the libnbd bindings.
+pub async fn run(prog: &Path, args: &[&str]) -> Output {
+    let path = format!(
+        "/usr/bin:/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let child = tokio::process::Command::new(prog)
+        .args(args)
+        .env("PATH", path)
+        .env("LIBNBD_DEBUG", "0")
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(120), child)
+        .await
+        .unwrap_or_else(|_| panic!("{} {:?} timed out", prog.display(), args))
+        .expect("spawn client")
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "status: {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs and asserts success, returning stdout.
+pub async fn run_ok(prog: &Path, args: &[&str]) -> String {
+    let o = run(prog, args).await;
+    assert!(
+        o.status.success(),
+        "{} failed\n{}",
+        prog.display(),
+        text(&o)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// qemu-io prints I/O failures on stdout/stderr but may still exit 0, so
+/// scripted checks look for its failure messages too.
+pub fn qemu_io_failed(o: &Output) -> bool {
+    let all = text(o);
+    !o.status.success() || all.contains("failed") || all.contains("Pattern verification")
+}
