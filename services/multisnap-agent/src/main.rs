@@ -1,1 +1,223 @@
-fn main() {}
+//! multisnap-agent: the node agent. Serves every volume in its data directory — the origin as
+//! NBD export `VOLUME`, each snapshot as `VOLUME@SNAPSHOT` — and checks stores offline with
+//! `verify`. On SIGTERM or SIGINT it stops accepting, lets in-flight requests finish, flushes
+//! and commits every volume, and exits 0.
+
+mod datadir;
+mod nbd_exports;
+mod verify_cmd;
+mod volumes;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use multisnap_nbd::{CancellationToken, ServerConfig};
+use multisnap_store::FullPolicy;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use volumes::{NewVolume, Volumes};
+
+#[derive(Parser)]
+#[command(name = "multisnap-agent", version, about = "multisnap node agent")]
+struct Cli {
+    /// Directory holding the volumes (created if missing).
+    #[arg(long, global = true, env = "MULTISNAP_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    serve: ServeArgs,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TCP address for NBD (loopback unless told otherwise).
+    #[arg(long, env = "MULTISNAP_NBD_LISTEN", default_value = "127.0.0.1:10809")]
+    nbd_listen: SocketAddr,
+    /// Unix socket for NBD [default: DATA_DIR/nbd.sock].
+    #[arg(long, env = "MULTISNAP_NBD_SOCKET")]
+    nbd_socket: Option<PathBuf>,
+    /// Bytes of exception-index nodes cached per volume.
+    #[arg(long, env = "MULTISNAP_CACHE_BYTES", default_value_t = 64 << 20)]
+    cache_bytes: usize,
+    /// Size of the `default` volume made in an empty data directory.
+    #[arg(long, default_value_t = 1 << 30)]
+    default_volume_size: u64,
+    /// Chunk size of the `default` volume.
+    #[arg(long, default_value_t = 64 * 1024)]
+    default_chunk_size: u32,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check every store in the data directory offline; exit 0 when all are clean.
+    Verify,
+    /// Manage snapshots offline (the agent must not be running on this data directory).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Create a read-only snapshot of VOLUME named NAME.
+    Create { volume: String, name: String },
+    /// List the snapshots of VOLUME.
+    List { volume: String },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let Some(data_dir) = cli.data_dir.clone() else {
+        eprintln!("error: --data-dir DIR is required (or set MULTISNAP_DATA_DIR)");
+        return ExitCode::from(2);
+    };
+    let result = match cli.command {
+        Some(Command::Verify) => match verify_cmd::run(&data_dir) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
+        Some(Command::Snapshot(cmd)) => snapshot_offline(&data_dir, &cli.serve, cmd),
+        None => serve(&data_dir, &cli.serve),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load_volumes(data_dir: &Path, args: &ServeArgs) -> Result<Volumes> {
+    let dir = datadir::DataDir::open_locked(data_dir)?;
+    Volumes::load(dir, args.cache_bytes)
+}
+
+fn snapshot_offline(data_dir: &Path, args: &ServeArgs, cmd: SnapshotCommand) -> Result<()> {
+    let volumes = load_volumes(data_dir, args)?;
+    let volume_name = match &cmd {
+        SnapshotCommand::Create { volume, .. } | SnapshotCommand::List { volume } => volume,
+    };
+    let volume = volumes
+        .get(volume_name)
+        .with_context(|| format!("no volume named {volume_name} in {}", data_dir.display()))?;
+    match cmd {
+        SnapshotCommand::Create { name, .. } => {
+            let info = volume.store.create_snapshot(&name)?;
+            volume.store.flush()?;
+            println!(
+                "created snapshot {} (id {}) of volume {}",
+                info.name, info.id.0, volume.name
+            );
+        }
+        SnapshotCommand::List { .. } => {
+            println!(
+                "{:>8}  {:<32}  {:<10}  CREATED (unix s)",
+                "ID", "NAME", "STATE"
+            );
+            for s in volume.store.list_snapshots() {
+                let secs = s
+                    .created_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                println!(
+                    "{:>8}  {:<32}  {:<10}  {secs}",
+                    s.id.0,
+                    s.name,
+                    format!("{:?}", s.state).to_lowercase()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
+    let volumes = Arc::new(load_volumes(data_dir, args)?);
+    if volumes.is_empty() {
+        volumes.create(&NewVolume {
+            name: "default".into(),
+            size_bytes: args.default_volume_size,
+            chunk_size: args.default_chunk_size,
+            store_size_bytes: None,
+            origin_path: None,
+            full_policy: FullPolicy::Error,
+        })?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("multisnap")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve_async(data_dir, args, volumes.clone()))?;
+    // Every frontend has stopped; make everything acknowledged durable.
+    volumes.flush_all()?;
+    tracing::info!("all volumes flushed and committed; exiting");
+    Ok(())
+}
+
+async fn serve_async(data_dir: &Path, args: &ServeArgs, volumes: Arc<Volumes>) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    let provider: Arc<dyn multisnap_nbd::ExportProvider> =
+        Arc::new(nbd_exports::NbdProvider::new(volumes.clone()));
+
+    let tcp = tokio::net::TcpListener::bind(args.nbd_listen)
+        .await
+        .with_context(|| format!("cannot listen for NBD on {}", args.nbd_listen))?;
+    let sock_path = args
+        .nbd_socket
+        .clone()
+        .unwrap_or_else(|| data_dir.join("nbd.sock"));
+    // A stale socket from an earlier run: we hold the data directory lock, so it is ours.
+    let _ = std::fs::remove_file(&sock_path);
+    let unix = tokio::net::UnixListener::bind(&sock_path)
+        .with_context(|| format!("cannot listen for NBD on {}", sock_path.display()))?;
+    tracing::info!(tcp = %args.nbd_listen, unix = %sock_path.display(), "serving NBD");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(multisnap_nbd::serve_tcp(
+        tcp,
+        provider.clone(),
+        ServerConfig::default(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(multisnap_nbd::serve_unix(
+        unix,
+        provider,
+        ServerConfig::default(),
+        shutdown.clone(),
+    ));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "listener ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "listener task failed"),
+        }
+    }
+    let _ = std::fs::remove_file(&sock_path);
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! The NBD view of the volumes: export `VOLUME` is the origin (read-write), `VOLUME@SNAPSHOT`
+//! a snapshot (read-only).
+//!
+//! TRIM is accepted and does nothing: deallocating origin chunks could drop data a snapshot
+//! still reads through the origin, and a trim is only a hint, so the safe answer is to keep
+//! everything. WRITE_ZEROES writes zeroes through the normal copy-out path.
+
+use crate::volumes::{Volume, Volumes};
+use multisnap_nbd::{
+    BlockSizes, Export, ExportInfo, ExportListing, ExportProvider, Extent, Fua, NbdError, ZeroMode,
+};
+use multisnap_store::{SnapshotId, StoreError, View};
+use std::sync::Arc;
+
+pub struct NbdProvider {
+    volumes: Arc<Volumes>,
+}
+
+impl NbdProvider {
+    pub fn new(volumes: Arc<Volumes>) -> NbdProvider {
+        NbdProvider { volumes }
+    }
+}
+
+fn store_err(op: &'static str, offset: u64, e: StoreError) -> NbdError {
+    match e {
+        StoreError::StoreFull { .. } => NbdError::NoSpace { op, offset },
+        StoreError::OutOfRange { offset, len, size } => NbdError::OutOfRange {
+            op,
+            offset,
+            len,
+            size,
+        },
+        other => NbdError::Io {
+            op,
+            offset,
+            source: std::io::Error::other(other.to_string()),
+        },
+    }
+}
+
+impl ExportProvider for NbdProvider {
+    fn list(&self) -> Result<Vec<ExportListing>, NbdError> {
+        let mut out = Vec::new();
+        for v in self.volumes.list() {
+            out.push(ExportListing {
+                name: v.name.clone(),
+                description: Some(format!("multisnap volume {} (origin, read-write)", v.name)),
+            });
+            for s in v.store.list_snapshots() {
+                if s.state == multisnap_store::SnapshotState::Ready {
+                    out.push(ExportListing {
+                        name: format!("{}@{}", v.name, s.name),
+                        description: Some(format!(
+                            "snapshot {} (id {}) of volume {}",
+                            s.name, s.id.0, v.name
+                        )),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn default_export(&self) -> Option<String> {
+        self.volumes.get("default").map(|_| "default".to_string())
+    }
+
+    fn open(&self, name: &str) -> Result<Arc<dyn Export>, NbdError> {
+        let not_found = || NbdError::ExportNotFound {
+            name: name.to_string(),
+        };
+        let (vol_name, snap_name) = match name.split_once('@') {
+            Some((v, s)) => (v, Some(s)),
+            None => (name, None),
+        };
+        let volume = self.volumes.get(vol_name).ok_or_else(not_found)?;
+        match snap_name {
+            None => Ok(Arc::new(VolumeExport {
+                volume,
+                view: View::Origin,
+            })),
+            Some(s) => {
+                let info = volume.store.snapshot_by_name(s).map_err(|_| not_found())?;
+                Ok(Arc::new(VolumeExport {
+                    volume,
+                    view: View::Snapshot(info.id),
+                }))
+            }
+        }
+    }
+}
+
+struct VolumeExport {
+    volume: Arc<Volume>,
+    view: View,
+}
+
+const ZERO_PIECE: usize = 1 << 20;
+
+impl VolumeExport {
+    fn writable(&self, op: &'static str) -> Result<(), NbdError> {
+        let _ = op;
+        match self.view {
+            View::Origin => Ok(()),
+            View::Snapshot(_) => Err(NbdError::ReadOnly {
+                export: self.export_name(),
+            }),
+        }
+    }
+
+    fn export_name(&self) -> String {
+        match self.view {
+            View::Origin => self.volume.name.clone(),
+            View::Snapshot(SnapshotId(id)) => format!("{}@#{id}", self.volume.name),
+        }
+    }
+
+    fn fua(&self, fua: Fua, op: &'static str, offset: u64) -> Result<(), NbdError> {
+        if fua.0 {
+            self.volume
+                .store
+                .flush()
+                .map_err(|e| store_err(op, offset, e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Export for VolumeExport {
+    fn info(&self) -> ExportInfo {
+        let chunk = self.volume.store.chunk_size();
+        ExportInfo {
+            size: self.volume.store.origin_size(),
+            read_only: matches!(self.view, View::Snapshot(_)),
+            // A flush on any connection flushes the whole volume, so it covers the writes
+            // every other connection saw completed.
+            multi_conn: true,
+            block_sizes: BlockSizes {
+                min: 1,
+                preferred: chunk.min(64 * 1024),
+                max: 32 * 1024 * 1024,
+            },
+            sparse_reads: false,
+        }
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), NbdError> {
+        self.volume
+            .store
+            .read(self.view, offset, buf)
+            .map_err(|e| store_err("read", offset, e))
+    }
+
+    fn write(&self, offset: u64, data: &[u8], fua: Fua) -> Result<(), NbdError> {
+        self.writable("write")?;
+        self.volume
+            .store
+            .write_origin(offset, data)
+            .map_err(|e| store_err("write", offset, e))?;
+        self.fua(fua, "write", offset)
+    }
+
+    fn flush(&self) -> Result<(), NbdError> {
+        self.volume
+            .store
+            .flush()
+            .map_err(|e| store_err("flush", 0, e))
+    }
+
+    fn trim(&self, offset: u64, _len: u64, fua: Fua) -> Result<(), NbdError> {
+        self.writable("trim")?;
+        self.fua(fua, "trim", offset)
+    }
+
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        _mode: ZeroMode,
+        fua: Fua,
+    ) -> Result<(), NbdError> {
+        self.writable("write_zeroes")?;
+        let zeroes = vec![0u8; ZERO_PIECE.min(len as usize)];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(ZERO_PIECE as u64) as usize;
+            self.volume
+                .store
+                .write_origin(offset + done, &zeroes[..n])
+                .map_err(|e| store_err("write_zeroes", offset + done, e))?;
+            done += n as u64;
+        }
+        self.fua(fua, "write_zeroes", offset)
+    }
+
+    fn block_status(&self, _offset: u64, len: u64) -> Result<Vec<Extent>, NbdError> {
+        // Everything is reported as allocated data: true, if not the most precise answer.
+        Ok(vec![Extent {
+            len,
+            hole: false,
+            zero: false,
+        }])
+    }
+}

@@ -1,0 +1,163 @@
+//! Shared helpers for the end-to-end tests: run the real agent binary on a temporary data
+//! directory and drive it with real clients.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn agent_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_multisnap-agent"))
+}
+
+/// A free loopback port (racy by nature, but the agent fails loudly if it is taken).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// Whether a client tool is installed; tests print why they skip when it is not.
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+#[macro_export]
+macro_rules! require_tools {
+    ($($tool:expr),+) => {
+        for t in [$($tool),+] {
+            if !common::have(t) {
+                eprintln!("SKIP: {t} is not installed (bash .ci/install-deps installs it)");
+                return;
+            }
+        }
+    };
+}
+
+pub struct Agent {
+    pub child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub nbd: SocketAddr,
+}
+
+impl Agent {
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Agent {
+        let port = free_port();
+        let nbd: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new(agent_bin())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--nbd-listen")
+            .arg(nbd.to_string())
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot start multisnap-agent");
+        let agent = Agent {
+            child: Some(child),
+            data_dir: data_dir.to_path_buf(),
+            nbd,
+        };
+        agent.wait_ready();
+        agent
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if TcpStream::connect(self.nbd).is_ok() && self.data_dir.join("nbd.sock").exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("agent did not start listening on {}", self.nbd);
+    }
+
+    pub fn uri(&self, export: &str) -> String {
+        format!("nbd://{}/{}", self.nbd, export)
+    }
+
+    pub fn unix_uri(&self, export: &str) -> String {
+        format!(
+            "nbd+unix:///{}?socket={}",
+            export,
+            self.data_dir.join("nbd.sock").display()
+        )
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        unsafe_sigterm(child.id());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("agent did not exit within 60s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    assert!(
+        status.map(|s| s.success()).unwrap_or(false),
+        "kill -TERM failed"
+    );
+}
+
+/// Runs a command, returning its output (never panics on failure exit: tests assert on it).
+pub fn run(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"))
+}
+
+pub fn run_ok(cmd: &str, args: &[&str]) -> String {
+    let out = run(cmd, args);
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs the agent binary with a subcommand (offline tools).
+pub fn agent_cmd(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(agent_bin())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("cannot run multisnap-agent")
+}
