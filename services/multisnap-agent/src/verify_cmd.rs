@@ -30,7 +30,7 @@ pub fn run(data_dir: &Path) -> Result<bool> {
                 continue;
             }
         };
-        let origin_size = read_superblock(&dev).ok().and_then(|sb| {
+        let origin_size = read_superblock(&dev).ok().map(|sb| {
             let p = Path::new(&sb.origin_path);
             let p = if p.is_absolute() {
                 p.to_path_buf()
@@ -38,8 +38,8 @@ pub fn run(data_dir: &Path) -> Result<bool> {
                 vdir.join(p)
             };
             match FileDev::open(&p).and_then(|o| o.size()) {
-                Ok(size) => Some(Ok(size)),
-                Err(e) => Some(Err(format!("cannot open origin {}: {e}", p.display()))),
+                Ok(size) => Ok(size),
+                Err(e) => Err(format!("cannot open origin {}: {e}", p.display())),
             }
         });
         let origin_size = match origin_size {

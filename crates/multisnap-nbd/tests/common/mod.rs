@@ -177,3 +177,99 @@ pub fn qemu_io_failed(o: &Output) -> bool {
     let all = text(o);
     !o.status.success() || all.contains("failed") || all.contains("Pattern verification")
 }
+
+// --- A tiny raw-socket client for tests that must send what real clients won't. ---
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+pub const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+pub const REQUEST_MAGIC: u32 = 0x2560_9513;
+
+/// Connects and reads the greeting; sends `client_flags`.
+pub async fn raw_greet(addr: &str, client_flags: u32) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut g = [0u8; 18];
+    s.read_exact(&mut g).await.expect("greeting");
+    assert_eq!(&g[..8], b"NBDMAGIC");
+    assert_eq!(&g[8..16], b"IHAVEOPT");
+    s.write_all(&client_flags.to_be_bytes()).await.expect("flags");
+    s
+}
+
+pub async fn send_option(s: &mut TcpStream, opt: u32, data: &[u8]) {
+    let mut b = IHAVEOPT.to_be_bytes().to_vec();
+    b.extend_from_slice(&opt.to_be_bytes());
+    b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    b.extend_from_slice(data);
+    s.write_all(&b).await.expect("send option");
+}
+
+/// Reads one option reply: (option, reply type, data).
+pub async fn read_option_reply(s: &mut TcpStream) -> std::io::Result<(u32, u32, Vec<u8>)> {
+    let mut h = [0u8; 20];
+    s.read_exact(&mut h).await?;
+    assert_eq!(u64::from_be_bytes(h[..8].try_into().unwrap()), OPT_REPLY_MAGIC);
+    let opt = u32::from_be_bytes(h[8..12].try_into().unwrap());
+    let typ = u32::from_be_bytes(h[12..16].try_into().unwrap());
+    let len = u32::from_be_bytes(h[16..20].try_into().unwrap());
+    let mut d = vec![0u8; len as usize];
+    s.read_exact(&mut d).await?;
+    Ok((opt, typ, d))
+}
+
+pub fn go_payload(name: &str) -> Vec<u8> {
+    let mut d = (name.len() as u32).to_be_bytes().to_vec();
+    d.extend_from_slice(name.as_bytes());
+    d.extend_from_slice(&0u16.to_be_bytes());
+    d
+}
+
+/// Full handshake with NBD_OPT_GO and simple replies; returns the socket in
+/// transmission phase.
+pub async fn raw_go(addr: &str, export: &str) -> TcpStream {
+    let mut s = raw_greet(addr, 3).await;
+    send_option(&mut s, 7, &go_payload(export)).await;
+    loop {
+        let (_, typ, _) = read_option_reply(&mut s).await.expect("GO reply");
+        if typ == 1 {
+            return s;
+        }
+        assert_eq!(typ, 3, "unexpected GO reply type {typ:#x}");
+    }
+}
+
+pub async fn send_request(s: &mut TcpStream, flags: u16, cmd: u16, handle: u64, offset: u64, len: u32) {
+    let mut b = REQUEST_MAGIC.to_be_bytes().to_vec();
+    b.extend_from_slice(&flags.to_be_bytes());
+    b.extend_from_slice(&cmd.to_be_bytes());
+    b.extend_from_slice(&handle.to_be_bytes());
+    b.extend_from_slice(&offset.to_be_bytes());
+    b.extend_from_slice(&len.to_be_bytes());
+    s.write_all(&b).await.expect("send request");
+}
+
+/// Reads a simple reply header: (error, handle).
+pub async fn read_simple_reply(s: &mut TcpStream) -> std::io::Result<(u32, u64)> {
+    let mut h = [0u8; 16];
+    s.read_exact(&mut h).await?;
+    assert_eq!(u32::from_be_bytes(h[..4].try_into().unwrap()), 0x6744_6698);
+    Ok((
+        u32::from_be_bytes(h[4..8].try_into().unwrap()),
+        u64::from_be_bytes(h[8..16].try_into().unwrap()),
+    ))
+}
+
+/// True if the server closed the connection (EOF or reset) within 5 s.
+pub async fn closed_by_server(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
