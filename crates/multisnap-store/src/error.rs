@@ -76,6 +76,15 @@ pub enum StoreError {
     #[error("invalid snapshot name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
 
+    #[error("{0} is read-only; create it writable or make it writable first")]
+    SnapshotReadOnly(SnapshotId),
+
+    #[error("{what} is not supported: {why}")]
+    Unsupported {
+        what: &'static str,
+        why: &'static str,
+    },
+
     #[error("the store stopped accepting changes after an earlier failure ({0}); reopen it")]
     Poisoned(String),
 }
@@ -95,6 +104,7 @@ impl StoreError {
         match self {
             StoreError::StoreFull { .. } => libc::ENOSPC,
             StoreError::OutOfRange { .. } | StoreError::InvalidName { .. } => libc::EINVAL,
+            StoreError::SnapshotReadOnly(_) => libc::EPERM,
             _ => libc::EIO,
         }
     }

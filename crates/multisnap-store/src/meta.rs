@@ -1,6 +1,14 @@
-//! The metadata of one store as a transaction: the two B+trees, the allocator, the snapshot
-//! table and the superblock to write next. Everything here runs under the store's metadata
-//! lock; `commit` makes the open transaction durable.
+//! The metadata of one store as a transaction: the three B+trees (exceptions, snapshot table,
+//! writable snapshots' private chunks), the allocator, the in-memory snapshot table and the
+//! reclamation cursor. Everything here runs under the store's metadata lock; `commit` makes
+//! the open transaction durable.
+//!
+//! Reclamation: deleting a snapshot only flips its record to `Deleting` (or `Invalidating`);
+//! `reclaim_step` then removes, a bounded batch at a time, every private chunk of such a
+//! snapshot and every exception whose snapshot range no longer holds a live snapshot, freeing
+//! their chunks. A pass ends at the end of the exception index; then the records of the
+//! snapshots it covered are dropped (or marked `Invalid`). A power cut mid-pass loses nothing:
+//! the records still say what to reclaim, and the next pass redoes what did not commit.
 
 use crate::alloc::ChunkAllocator;
 use crate::blockdev::BlockDev;
@@ -16,6 +24,10 @@ use crate::pager::Pager;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Blocks kept free for reclamation: removing entries shadows tree paths, so a completely
+/// full store could otherwise never free anything.
+pub const RECLAIM_RESERVE_BLOCKS: u64 = 64;
 
 /// One exception: chunk `chunk` as snapshots `first..=last` see it lives at `store`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +58,13 @@ impl Exception {
     }
 }
 
+/// The value of a private-map entry.
+pub fn private_value(chunk: StoreChunk) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    put_u64(&mut v, 0, chunk.0);
+    v
+}
+
 /// What an origin write to a chunk must do first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CopyNeed {
@@ -54,28 +73,67 @@ pub struct CopyNeed {
     pub last: SnapshotId,
 }
 
+/// Where a reclamation pass stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReclaimProgress {
+    /// Snapshots whose space is being reclaimed (this pass and the next).
+    pub pending: Vec<SnapshotId>,
+    /// Origin chunk the exception scan has reached, out of `chunk_count`.
+    pub scanned_chunk: u64,
+    pub chunk_count: u64,
+    /// Store chunks freed by reclamation since the store was opened.
+    pub chunks_freed: u64,
+}
+
+impl ReclaimProgress {
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+#[derive(Default)]
+struct ReclaimPass {
+    /// Snapshots this pass covers; empty when no pass runs.
+    snapshots: BTreeSet<u64>,
+    cursor: Key,
+    private_done: bool,
+}
+
 pub struct Meta {
     pub pager: Pager,
     /// The last committed superblock.
     pub sb: Superblock,
     pub exception_root: MetaBlock,
     pub snapshot_root: MetaBlock,
+    pub private_root: MetaBlock,
     pub snapshots: BTreeMap<u64, SnapshotRecord>,
+    /// Names of snapshots that are not being deleted.
     pub by_name: HashMap<String, u64>,
+    /// Ready snapshots: the ones copy-out preserves data for.
     pub live: BTreeSet<u64>,
     pub next_snapshot_id: u64,
     pub exception_count: u64,
     pub copies_total: u64,
+    pub invalidated_total: u64,
+    pub chunks_reclaimed: u64,
     pub dirty: bool,
     pub poisoned: Option<String>,
     pub commits_total: u64,
     pub commit_time_total: Duration,
+    reclaim: ReclaimPass,
 }
 
 /// Free blocks a single B+tree update may need: a shadow and a split per level, plus a new
 /// root.
 fn blocks_for_update(depth: u16) -> u64 {
     2 * (depth as u64 + 2) + 1
+}
+
+fn successor(k: Key) -> Option<Key> {
+    match k.lo.checked_add(1) {
+        Some(lo) => Some(Key::new(k.hi, lo)),
+        None => k.hi.checked_add(1).map(|hi| Key::new(hi, 0)),
+    }
 }
 
 impl Meta {
@@ -95,9 +153,12 @@ impl Meta {
         Meta {
             exception_root: MetaBlock(sb.exception_root),
             snapshot_root: MetaBlock(sb.snapshot_root),
+            private_root: MetaBlock(sb.private_root),
             next_snapshot_id: sb.next_snapshot_id,
             exception_count: sb.exception_count,
             copies_total: sb.copies_total,
+            invalidated_total: sb.invalidated_total,
+            chunks_reclaimed: 0,
             pager,
             sb,
             snapshots: BTreeMap::new(),
@@ -107,6 +168,7 @@ impl Meta {
             poisoned: None,
             commits_total: 0,
             commit_time_total: Duration::ZERO,
+            reclaim: ReclaimPass::default(),
         }
     }
 
@@ -137,7 +199,9 @@ impl Meta {
             },
         )?;
         for (id, rec) in records {
-            self.by_name.insert(rec.name.clone(), id);
+            if rec.state != SnapshotState::Deleting {
+                self.by_name.insert(rec.name.clone(), id);
+            }
             if rec.state == SnapshotState::Ready {
                 self.live.insert(id);
             }
@@ -150,17 +214,28 @@ impl Meta {
         Ok(self.pager.read(root)?.level + 1)
     }
 
+    fn free_blocks(&self) -> u64 {
+        self.pager.alloc.total_blocks() - self.pager.alloc.used_blocks()
+    }
+
+    fn full_error(&self, needed: u64) -> StoreError {
+        StoreError::StoreFull {
+            needed: needed.max(1),
+            free: self.pager.alloc.free_chunks(),
+            chunk_size: self.sb.chunk_size,
+        }
+    }
+
     /// Fails with `StoreFull` unless a tree update on `root` cannot run out of blocks midway
-    /// (a half-done copy-on-write update would leak the blocks it took).
-    fn reserve_for_update(&mut self, root: MetaBlock, extra_chunks: u64) -> Result<()> {
-        let need = blocks_for_update(self.tree_depth(root)?);
-        let free_blocks = self.pager.alloc.total_blocks() - self.pager.alloc.used_blocks();
-        if free_blocks < need {
-            return Err(StoreError::StoreFull {
-                needed: extra_chunks.max(1),
-                free: self.pager.alloc.free_chunks(),
-                chunk_size: self.sb.chunk_size,
-            });
+    /// (a half-done copy-on-write update would leak the blocks it took). Updates that grow
+    /// the store must also leave the reclamation reserve untouched.
+    fn reserve_for_update(&mut self, root: MetaBlock, growing: bool) -> Result<()> {
+        let mut need = blocks_for_update(self.tree_depth(root)?);
+        if growing {
+            need += RECLAIM_RESERVE_BLOCKS;
+        }
+        if self.free_blocks() < need {
+            return Err(self.full_error(1));
         }
         Ok(())
     }
@@ -180,6 +255,19 @@ impl Meta {
         Ok(found
             .map(|(k, v)| Exception::from_entry(k, &v))
             .filter(|e| e.chunk == chunk && e.first <= snap))
+    }
+
+    /// The writable snapshot's own copy of `chunk`, if it has one.
+    pub fn find_private(
+        &mut self,
+        snap: SnapshotId,
+        chunk: OriginChunk,
+    ) -> Result<Option<StoreChunk>> {
+        let root = self.private_root;
+        Ok(
+            btree::lookup(&mut self.pager, root, &Key::new(snap.0, chunk.0))?
+                .map(|v| StoreChunk(get_u64(&v, 0))),
+        )
     }
 
     /// Whether overwriting `chunk` of the origin must first copy it, and for which snapshots.
@@ -203,7 +291,11 @@ impl Meta {
         }))
     }
 
+    /// A data chunk for new data, keeping the reclamation reserve free.
     pub fn alloc_chunk(&mut self) -> Option<StoreChunk> {
+        if self.free_blocks() < self.pager.alloc.chunk_blocks() + RECLAIM_RESERVE_BLOCKS {
+            return None;
+        }
         let c = self.pager.alloc.alloc_chunk();
         if c.is_some() {
             self.dirty = true;
@@ -218,7 +310,7 @@ impl Meta {
 
     pub fn insert_exception(&mut self, e: Exception) -> Result<()> {
         let root = self.exception_root;
-        self.reserve_for_update(root, 0)?;
+        self.reserve_for_update(root, true)?;
         self.dirty = true;
         match btree::insert(&mut self.pager, root, e.key(), &e.value()) {
             Ok(new_root) => {
@@ -231,10 +323,33 @@ impl Meta {
         }
     }
 
+    pub fn insert_private(
+        &mut self,
+        snap: SnapshotId,
+        chunk: OriginChunk,
+        at: StoreChunk,
+    ) -> Result<()> {
+        let root = self.private_root;
+        self.reserve_for_update(root, true)?;
+        self.dirty = true;
+        match btree::insert(
+            &mut self.pager,
+            root,
+            Key::new(snap.0, chunk.0),
+            &private_value(at),
+        ) {
+            Ok(new_root) => {
+                self.private_root = new_root;
+                Ok(())
+            }
+            Err(err) => Err(self.poison(err)),
+        }
+    }
+
     /// Adds a snapshot record (the caller has checked the name).
     pub fn add_snapshot(&mut self, rec: SnapshotRecord) -> Result<SnapshotId> {
         let root = self.snapshot_root;
-        self.reserve_for_update(root, 0)?;
+        self.reserve_for_update(root, true)?;
         let id = self.next_snapshot_id;
         self.dirty = true;
         match btree::insert(&mut self.pager, root, Key::new(id, 0), &rec.pack()) {
@@ -248,6 +363,204 @@ impl Meta {
         }
         self.snapshots.insert(id, rec);
         Ok(SnapshotId(id))
+    }
+
+    /// Rewrites a snapshot's record (state or flags changed).
+    pub fn update_snapshot(&mut self, id: SnapshotId, rec: SnapshotRecord) -> Result<()> {
+        let root = self.snapshot_root;
+        self.reserve_for_update(root, false)?;
+        self.dirty = true;
+        match btree::insert(&mut self.pager, root, Key::new(id.0, 0), &rec.pack()) {
+            Ok(new_root) => self.snapshot_root = new_root,
+            Err(err) => return Err(self.poison(err)),
+        }
+        if rec.state == SnapshotState::Ready {
+            self.live.insert(id.0);
+        } else {
+            self.live.remove(&id.0);
+        }
+        if rec.state == SnapshotState::Deleting {
+            if self.by_name.get(&rec.name) == Some(&id.0) {
+                self.by_name.remove(&rec.name);
+            }
+        } else {
+            self.by_name.insert(rec.name.clone(), id.0);
+        }
+        self.snapshots.insert(id.0, rec);
+        Ok(())
+    }
+
+    pub fn drop_snapshot_record(&mut self, id: u64) -> Result<()> {
+        let root = self.snapshot_root;
+        self.reserve_for_update(root, false)?;
+        self.dirty = true;
+        match btree::remove(&mut self.pager, root, &Key::new(id, 0)) {
+            Ok((new_root, _)) => self.snapshot_root = new_root,
+            Err(err) => return Err(self.poison(err)),
+        }
+        if let Some(rec) = self.snapshots.remove(&id) {
+            if self.by_name.get(&rec.name) == Some(&id) {
+                self.by_name.remove(&rec.name);
+            }
+        }
+        self.live.remove(&id);
+        Ok(())
+    }
+
+    /// Snapshots waiting for their space to be reclaimed.
+    fn reclaim_pending(&self) -> BTreeSet<u64> {
+        self.snapshots
+            .iter()
+            .filter(|(_, r)| {
+                matches!(
+                    r.state,
+                    SnapshotState::Deleting | SnapshotState::Invalidating
+                )
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    pub fn reclaim_progress(&self) -> ReclaimProgress {
+        ReclaimProgress {
+            pending: self.reclaim_pending().into_iter().map(SnapshotId).collect(),
+            scanned_chunk: if self.reclaim.snapshots.is_empty() {
+                0
+            } else {
+                self.reclaim.cursor.hi
+            },
+            chunk_count: self.sb.origin_size.div_ceil(self.sb.chunk_size as u64),
+            chunks_freed: self.chunks_reclaimed,
+        }
+    }
+
+    /// Does a bounded amount of reclamation: at most `budget` removals and `4 * budget`
+    /// entries examined. Returns where things stand.
+    pub fn reclaim_step(&mut self, budget: usize) -> Result<ReclaimProgress> {
+        self.check_usable()?;
+        let budget = budget.max(1);
+        if self.reclaim.snapshots.is_empty() {
+            let pending = self.reclaim_pending();
+            if pending.is_empty() {
+                return Ok(self.reclaim_progress());
+            }
+            self.reclaim = ReclaimPass {
+                snapshots: pending,
+                cursor: Key::MIN,
+                private_done: false,
+            };
+        }
+        if !self.reclaim.private_done {
+            let removed = self.reclaim_private(budget)?;
+            if removed >= budget {
+                return Ok(self.reclaim_progress());
+            }
+            self.reclaim.private_done = true;
+        }
+        let finished = self.reclaim_exceptions(budget)?;
+        if finished {
+            let covered = std::mem::take(&mut self.reclaim.snapshots);
+            for id in covered {
+                let Some(rec) = self.snapshots.get(&id).cloned() else {
+                    continue;
+                };
+                match rec.state {
+                    SnapshotState::Deleting => self.drop_snapshot_record(id)?,
+                    SnapshotState::Invalidating => {
+                        let rec = SnapshotRecord {
+                            state: SnapshotState::Invalid,
+                            ..rec
+                        };
+                        self.update_snapshot(SnapshotId(id), rec)?;
+                    }
+                    _ => {}
+                }
+            }
+            self.reclaim = ReclaimPass::default();
+        }
+        Ok(self.reclaim_progress())
+    }
+
+    fn reclaim_private(&mut self, budget: usize) -> Result<usize> {
+        let mut victims = Vec::new();
+        let root = self.private_root;
+        for &id in &self.reclaim.snapshots {
+            let room = budget - victims.len();
+            if room == 0 {
+                break;
+            }
+            btree::walk(
+                &mut self.pager,
+                root,
+                &Key::new(id, 0),
+                &Key::new(id, u64::MAX),
+                0,
+                &mut |k, v| {
+                    victims.push((k, StoreChunk(get_u64(v, 0))));
+                    Ok(victims.len() < budget)
+                },
+            )?;
+        }
+        for (k, chunk) in &victims {
+            let root = self.private_root;
+            self.reserve_for_update(root, false)?;
+            self.dirty = true;
+            match btree::remove(&mut self.pager, root, k) {
+                Ok((new_root, _)) => self.private_root = new_root,
+                Err(err) => return Err(self.poison(err)),
+            }
+            self.free_chunk(*chunk);
+            self.chunks_reclaimed += 1;
+        }
+        Ok(victims.len())
+    }
+
+    /// Scans exceptions from the cursor; returns true when the scan reached the end.
+    fn reclaim_exceptions(&mut self, budget: usize) -> Result<bool> {
+        let Some(&oldest_pending) = self.reclaim.snapshots.iter().next() else {
+            return Ok(true);
+        };
+        let mut victims = Vec::new();
+        let mut examined = 0usize;
+        let mut last_seen = None;
+        let root = self.exception_root;
+        let from = self.reclaim.cursor;
+        let live = &self.live;
+        let reached_end = btree::walk(
+            &mut self.pager,
+            root,
+            &from,
+            &Key::MAX,
+            oldest_pending,
+            &mut |k, v| {
+                let e = Exception::from_entry(k, v);
+                examined += 1;
+                last_seen = Some(k);
+                if live.range(e.first.0..=e.last.0).next().is_none() {
+                    victims.push(e);
+                }
+                Ok(victims.len() < budget && examined < 4 * budget)
+            },
+        )?;
+        for e in &victims {
+            let root = self.exception_root;
+            self.reserve_for_update(root, false)?;
+            self.dirty = true;
+            match btree::remove(&mut self.pager, root, &e.key()) {
+                Ok((new_root, _)) => self.exception_root = new_root,
+                Err(err) => return Err(self.poison(err)),
+            }
+            self.exception_count -= 1;
+            self.free_chunk(e.store);
+            self.chunks_reclaimed += 1;
+        }
+        match last_seen.and_then(successor) {
+            Some(next) if !reached_end => {
+                self.reclaim.cursor = next;
+                Ok(false)
+            }
+            _ => Ok(true),
+        }
     }
 
     /// Marks the store unusable after a failure that may have left the in-memory transaction
@@ -294,10 +607,12 @@ impl Meta {
         sb.bitmap_copy = next_copy;
         sb.exception_root = self.exception_root.0;
         sb.snapshot_root = self.snapshot_root.0;
+        sb.private_root = self.private_root.0;
         sb.next_snapshot_id = self.next_snapshot_id;
         sb.exception_count = self.exception_count;
         sb.used_blocks = self.pager.alloc.used_blocks();
         sb.copies_total = self.copies_total;
+        sb.invalidated_total = self.invalidated_total;
         let slot = sb.generation % 2;
         let off = slot * BLOCK_SIZE as u64;
         dev.write_at(&sb.pack(), off)
@@ -317,6 +632,7 @@ impl Meta {
     pub fn format_empty_trees(&mut self) -> Result<()> {
         self.exception_root = self.pager.write_new(Node::new_leaf(TreeKind::Exceptions))?;
         self.snapshot_root = self.pager.write_new(Node::new_leaf(TreeKind::Snapshots))?;
+        self.private_root = self.pager.write_new(Node::new_leaf(TreeKind::Private))?;
         self.dirty = true;
         Ok(())
     }

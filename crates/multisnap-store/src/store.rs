@@ -20,8 +20,9 @@ use crate::format::snapshot_record::{SnapshotRecord, SnapshotState, MAX_NAME};
 use crate::format::superblock::{FullPolicy, Superblock, SuperblockFault, MAX_VOLUME_NAME};
 use crate::format::{BLOCK_SIZE, FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use crate::ids::{OriginChunk, SnapshotId, StoreChunk};
-use crate::meta::{Exception, Meta};
-use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use crate::meta::{Exception, Meta, ReclaimProgress};
+use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -98,6 +99,12 @@ pub struct StoreStats {
     pub commits_total: u64,
     pub commit_seconds_total: f64,
     pub generation: u64,
+    /// Snapshots dropped by the invalidate-oldest policy, ever.
+    pub invalidated_total: u64,
+    /// Store chunks freed by reclamation since open.
+    pub chunks_reclaimed_total: u64,
+    /// Snapshots whose space is still being reclaimed.
+    pub reclaim_pending: u64,
 }
 
 /// Checks a snapshot name: 1..=128 bytes of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
@@ -137,9 +144,21 @@ pub struct Store {
     barrier: RwLock<()>,
     stripes: Vec<RwLock<()>>,
     bytes_copied: AtomicU64,
+    /// Writes went into committed private chunks in place since the last store flush.
+    private_data_unflushed: AtomicBool,
+    reclaim_wanted: Mutex<bool>,
+    reclaim_wake: Condvar,
     volume_name: String,
     volume_uuid: [u8; 16],
     origin_path: String,
+}
+
+fn m_full(m: &Meta, chunk_size: u32) -> StoreError {
+    StoreError::StoreFull {
+        needed: 1,
+        free: m.pager.alloc.free_chunks(),
+        chunk_size,
+    }
 }
 
 fn now_ns() -> u64 {
@@ -213,7 +232,7 @@ impl Store {
         let reserved = 2 + 2 * bitmap_blocks;
         let chunk_blocks = cs as u64 / BLOCK_SIZE as u64;
         // Room for the reserved area, a few tree nodes and at least one data chunk.
-        let minimum = reserved + 16 + 2 * chunk_blocks;
+        let minimum = reserved + 16 + 2 * chunk_blocks + crate::meta::RECLAIM_RESERVE_BLOCKS;
         if total_blocks < minimum {
             return Err(StoreError::InvalidGeometry(format!(
                 "store of {store_bytes} bytes is too small: at least {} bytes are needed",
@@ -238,6 +257,8 @@ impl Store {
             used_blocks: 0,
             copies_total: 0,
             created_at_ns: now_ns(),
+            private_root: 0,
+            invalidated_total: 0,
             volume_name: opts.volume_name.clone(),
             origin_path: opts.origin_path.clone(),
         };
@@ -316,6 +337,9 @@ impl Store {
             barrier: RwLock::new(()),
             stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
             bytes_copied: AtomicU64::new(0),
+            private_data_unflushed: AtomicBool::new(false),
+            reclaim_wanted: Mutex::new(true),
+            reclaim_wake: Condvar::new(),
         }
     }
 
@@ -377,6 +401,12 @@ impl Store {
     /// Creates a read-only snapshot of the origin as of now: every write acknowledged before
     /// this returns is in it, none that starts after. Copies no data.
     pub fn create_snapshot(&self, name: &str) -> Result<SnapshotInfo> {
+        self.create_snapshot_with(name, false)
+    }
+
+    /// Like [`Store::create_snapshot`]; a writable snapshot takes writes of its own (kept in
+    /// chunks private to it), never touching the origin or other snapshots.
+    pub fn create_snapshot_with(&self, name: &str, writable: bool) -> Result<SnapshotInfo> {
         validate_snapshot_name(name)?;
         let _barrier = self.barrier.write();
         // Writes acknowledged but not yet flushed are part of the snapshot; make them durable
@@ -393,7 +423,7 @@ impl Store {
             }
             let rec = SnapshotRecord {
                 created_at_ns: now_ns(),
-                writable: false,
+                writable,
                 state: SnapshotState::Ready,
                 name: name.to_string(),
             };
@@ -441,14 +471,9 @@ impl Store {
                     .read_at(buf, offset)
                     .map_err(|e| StoreError::io("origin", offset, buf.len(), e));
             }
-            View::Snapshot(id) => {
-                let m = self.meta.lock();
-                if !m.live.contains(&id.0) {
-                    return Err(StoreError::SnapshotIdNotFound(id));
-                }
-                id
-            }
+            View::Snapshot(id) => id,
         };
+        let writable = self.live_snapshot(snap)?.writable;
         let cs = self.chunk_size as u64;
         let mut done = 0usize;
         while done < buf.len() {
@@ -456,24 +481,257 @@ impl Store {
             let chunk = pos / cs;
             let within = pos % cs;
             let n = ((cs - within) as usize).min(buf.len() - done);
-            let piece = &mut buf[done..done + n];
             let _stripe: RwLockReadGuard<'_, ()> = self.stripes[Self::stripe_of(chunk)].read();
-            let exception = self.meta.lock().find_exception(OriginChunk(chunk), snap)?;
-            match exception {
-                Some(e) => {
-                    let at = e.store.0 * cs + within;
-                    self.dev
-                        .read_at(piece, at)
-                        .map_err(|err| StoreError::io("store", at, n, err))?;
-                }
-                None => self
-                    .origin
+            self.read_piece(snap, writable, chunk, within, &mut buf[done..done + n])?;
+            done += n;
+        }
+        // A snapshot deleted mid-read may have had its chunks reclaimed under us: fail rather
+        // than return data that might belong to someone else by now.
+        if !self.meta.lock().live.contains(&snap.0) {
+            return Err(StoreError::SnapshotIdNotFound(snap));
+        }
+        Ok(())
+    }
+
+    fn live_snapshot(&self, id: SnapshotId) -> Result<SnapshotRecord> {
+        let m = self.meta.lock();
+        match m.snapshots.get(&id.0) {
+            Some(r) if m.live.contains(&id.0) => Ok(r.clone()),
+            _ => Err(StoreError::SnapshotIdNotFound(id)),
+        }
+    }
+
+    /// Reads part of one chunk as snapshot `snap` sees it. The caller holds the chunk's stripe.
+    fn read_piece(
+        &self,
+        snap: SnapshotId,
+        writable: bool,
+        chunk: u64,
+        within: u64,
+        piece: &mut [u8],
+    ) -> Result<()> {
+        let cs = self.chunk_size as u64;
+        let located = {
+            let mut m = self.meta.lock();
+            let private = if writable {
+                m.find_private(snap, OriginChunk(chunk))?
+            } else {
+                None
+            };
+            match private {
+                Some(x) => Some(x),
+                None => m.find_exception(OriginChunk(chunk), snap)?.map(|e| e.store),
+            }
+        };
+        let n = piece.len();
+        match located {
+            Some(x) => {
+                let at = x.0 * cs + within;
+                self.dev
+                    .read_at(piece, at)
+                    .map_err(|err| StoreError::io("store", at, n, err))
+            }
+            None => {
+                let pos = chunk * cs + within;
+                self.origin
                     .read_at(piece, pos)
-                    .map_err(|err| StoreError::io("origin", pos, n, err))?,
+                    .map_err(|err| StoreError::io("origin", pos, n, err))
+            }
+        }
+    }
+
+    /// Writes to a writable snapshot. Each chunk it touches first gets a private copy (the
+    /// snapshot's current contents of that chunk), which later writes update in place.
+    pub fn write_snapshot(&self, id: SnapshotId, offset: u64, data: &[u8]) -> Result<()> {
+        self.check_range(offset, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        loop {
+            match self.try_write_snapshot(id, offset, data) {
+                Err(e @ StoreError::StoreFull { .. }) => {
+                    if self.full_policy() != FullPolicy::InvalidateOldest
+                        || !self.invalidate_oldest()?
+                    {
+                        return Err(e);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_write_snapshot(&self, id: SnapshotId, offset: u64, data: &[u8]) -> Result<()> {
+        let _barrier = self.barrier.read();
+        let _stripes = self.lock_stripes(self.chunks_of(offset, data.len() as u64));
+        self.meta.lock().check_usable()?;
+        if !self.live_snapshot(id)?.writable {
+            return Err(StoreError::SnapshotReadOnly(id));
+        }
+        let cs = self.chunk_size as u64;
+        let mut done = 0usize;
+        while done < data.len() {
+            let pos = offset + done as u64;
+            let chunk = pos / cs;
+            let within = (pos % cs) as usize;
+            let n = (cs as usize - within).min(data.len() - done);
+            let piece = &data[done..done + n];
+            let private = self.meta.lock().find_private(id, OriginChunk(chunk))?;
+            match private {
+                Some(x) => {
+                    let at = x.0 * cs + within as u64;
+                    self.dev
+                        .write_at(piece, at)
+                        .map_err(|e| StoreError::io("store", at, n, e))?;
+                    self.private_data_unflushed.store(true, Ordering::Release);
+                }
+                None => {
+                    let len = self.chunk_len(chunk);
+                    let mut buf = vec![0u8; len];
+                    if n < len {
+                        self.read_piece(id, false, chunk, 0, &mut buf)?;
+                    }
+                    buf[within..within + n].copy_from_slice(piece);
+                    let x = {
+                        let mut m = self.meta.lock();
+                        match m.alloc_chunk() {
+                            Some(x) => x,
+                            None => return Err(m_full(&m, self.chunk_size)),
+                        }
+                    };
+                    let at = x.0 * cs;
+                    let written = self
+                        .dev
+                        .write_at(&buf, at)
+                        .map_err(|e| StoreError::io("store", at, len, e));
+                    let mut m = self.meta.lock();
+                    if let Err(e) =
+                        written.and_then(|()| m.insert_private(id, OriginChunk(chunk), x))
+                    {
+                        m.free_chunk(x);
+                        return Err(e);
+                    }
+                }
             }
             done += n;
         }
         Ok(())
+    }
+
+    /// Makes a snapshot writable (or read-only again).
+    pub fn set_writable(&self, id: SnapshotId, writable: bool) -> Result<SnapshotInfo> {
+        let _barrier = self.barrier.write();
+        let (generation, info) = {
+            let mut m = self.meta.lock();
+            m.check_usable()?;
+            let rec = match m.snapshots.get(&id.0) {
+                Some(r) if m.live.contains(&id.0) => r.clone(),
+                _ => return Err(StoreError::SnapshotIdNotFound(id)),
+            };
+            let rec = SnapshotRecord { writable, ..rec };
+            m.update_snapshot(id, rec.clone())?;
+            (m.pager.generation, SnapshotInfo::from_record(id.0, &rec))
+        };
+        self.commit_wait(generation)?;
+        Ok(info)
+    }
+
+    /// Deletes a snapshot: it disappears at once (no longer readable or counted as live); its
+    /// space comes back through reclamation (`reclaim_step`), in the background.
+    pub fn delete_snapshot(&self, id: SnapshotId) -> Result<()> {
+        let _barrier = self.barrier.write();
+        let generation = {
+            let mut m = self.meta.lock();
+            m.check_usable()?;
+            let Some(rec) = m.snapshots.get(&id.0).cloned() else {
+                return Err(StoreError::SnapshotIdNotFound(id));
+            };
+            match rec.state {
+                SnapshotState::Deleting => return Ok(()),
+                // Already reclaimed: only the record remains.
+                SnapshotState::Invalid => m.drop_snapshot_record(id.0)?,
+                SnapshotState::Ready | SnapshotState::Invalidating => {
+                    let rec = SnapshotRecord {
+                        state: SnapshotState::Deleting,
+                        ..rec
+                    };
+                    m.update_snapshot(id, rec)?;
+                }
+            }
+            m.pager.generation
+        };
+        self.commit_wait(generation)?;
+        tracing::info!(volume = %self.volume_name, id = id.0, "snapshot deleted; reclaiming its space");
+        self.wake_reclaimer();
+        Ok(())
+    }
+
+    /// Drops the oldest live snapshot to make room (store-full policy `invalidate-oldest`) and
+    /// reclaims its space at once. False when there is no snapshot left to drop.
+    fn invalidate_oldest(&self) -> Result<bool> {
+        {
+            let _barrier = self.barrier.write();
+            let mut m = self.meta.lock();
+            m.check_usable()?;
+            let Some(&oldest) = m.live.iter().next() else {
+                return Ok(false);
+            };
+            let Some(rec) = m.snapshots.get(&oldest).cloned() else {
+                return Ok(false);
+            };
+            tracing::warn!(volume = %self.volume_name, snapshot = %rec.name, id = oldest,
+                "store full: invalidating the oldest snapshot (policy invalidate-oldest)");
+            let rec = SnapshotRecord {
+                state: SnapshotState::Invalidating,
+                ..rec
+            };
+            m.update_snapshot(SnapshotId(oldest), rec)?;
+            m.invalidated_total += 1;
+        }
+        self.reclaim_all()?;
+        Ok(true)
+    }
+
+    /// One bounded batch of space reclamation, committed. Call repeatedly (the agent does so
+    /// from a background thread) until the progress says idle.
+    pub fn reclaim_step(&self, budget: usize) -> Result<ReclaimProgress> {
+        let (progress, generation, dirty) = {
+            let mut m = self.meta.lock();
+            let p = m.reclaim_step(budget)?;
+            (p, m.pager.generation, m.dirty)
+        };
+        if dirty {
+            self.commit_wait(generation)?;
+        }
+        Ok(progress)
+    }
+
+    /// Reclaims until nothing is pending.
+    pub fn reclaim_all(&self) -> Result<ReclaimProgress> {
+        loop {
+            let p = self.reclaim_step(4096)?;
+            if p.is_idle() {
+                return Ok(p);
+            }
+        }
+    }
+
+    pub fn reclaim_progress(&self) -> ReclaimProgress {
+        self.meta.lock().reclaim_progress()
+    }
+
+    fn wake_reclaimer(&self) {
+        *self.reclaim_wanted.lock() = true;
+        self.reclaim_wake.notify_all();
+    }
+
+    /// Blocks until a deletion may have left work for `reclaim_step`, or `timeout` passes.
+    pub fn wait_for_reclaim_work(&self, timeout: Duration) {
+        let mut wanted = self.reclaim_wanted.lock();
+        if !*wanted {
+            self.reclaim_wake.wait_for(&mut wanted, timeout);
+        }
+        *wanted = false;
     }
 
     /// Writes `data` to the origin at `offset`, first preserving (once) the old contents of
@@ -484,6 +742,22 @@ impl Store {
         if data.is_empty() {
             return Ok(());
         }
+        loop {
+            match self.try_write_origin(offset, data) {
+                Err(e @ StoreError::StoreFull { .. }) => {
+                    // Nothing reached the origin; with invalidate-oldest, make room and retry.
+                    if self.full_policy() != FullPolicy::InvalidateOldest
+                        || !self.invalidate_oldest()?
+                    {
+                        return Err(e);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_write_origin(&self, offset: u64, data: &[u8]) -> Result<()> {
         let _barrier = self.barrier.read();
         let chunks = self.chunks_of(offset, data.len() as u64);
         let _stripes = self.lock_stripes(chunks.clone());
@@ -517,15 +791,14 @@ impl Store {
                 match m.alloc_chunk() {
                     Some(c) => targets.push(c),
                     None => {
-                        let free = m.pager.alloc.free_chunks();
                         for c in targets.drain(..) {
                             m.free_chunk(c);
                         }
-                        return Err(StoreError::StoreFull {
-                            needed: needs.len() as u64,
-                            free,
-                            chunk_size: self.chunk_size,
-                        });
+                        let mut e = m_full(&m, self.chunk_size);
+                        if let StoreError::StoreFull { needed, .. } = &mut e {
+                            *needed = needs.len() as u64;
+                        }
+                        return Err(e);
                     }
                 }
             }
@@ -598,15 +871,25 @@ impl Store {
             device: "origin",
             source,
         })?;
+        let private_unflushed = self.private_data_unflushed.swap(false, Ordering::AcqRel);
         let generation = {
             let m = self.meta.lock();
             m.check_usable()?;
             if !m.dirty {
-                return Ok(());
+                None
+            } else {
+                Some(m.pager.generation)
             }
-            m.pager.generation
         };
-        self.commit_wait(generation)
+        match generation {
+            // The commit flushes the store device, covering in-place private writes too.
+            Some(g) => self.commit_wait(g),
+            None if private_unflushed => self.dev.flush().map_err(|source| StoreError::Flush {
+                device: "store",
+                source,
+            }),
+            None => Ok(()),
+        }
     }
 
     pub fn stats(&self) -> StoreStats {
@@ -625,6 +908,9 @@ impl Store {
             commits_total: m.commits_total,
             commit_seconds_total: m.commit_time_total.as_secs_f64(),
             generation: m.sb.generation,
+            invalidated_total: m.invalidated_total,
+            chunks_reclaimed_total: m.chunks_reclaimed,
+            reclaim_pending: m.reclaim_progress().pending.len() as u64,
         }
     }
 

@@ -11,15 +11,17 @@
 use crate::alloc::ChunkAllocator;
 use crate::blockdev::BlockDev;
 use crate::error::Result;
+use crate::format::get_u64;
 use crate::format::node::{Key, Node, TreeKind};
 use crate::format::snapshot_record::SnapshotRecord;
+use crate::format::snapshot_record::SnapshotState;
 use crate::format::superblock::Superblock;
 use crate::format::BLOCK_SIZE;
 use crate::ids::MetaBlock;
 use crate::meta::Exception;
 use crate::pager::read_node;
 use crate::store::read_superblock;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// Problems reported per kind before the report says "and N more".
 const MAX_LISTED: usize = 20;
@@ -50,6 +52,10 @@ struct Walker<'a> {
     prev_exception: Option<Exception>,
     names: HashSet<String>,
     reserved_end: u64,
+    /// Snapshot id -> record, filled by the snapshot-table walk (done first).
+    records: BTreeMap<u64, SnapshotRecord>,
+    live: BTreeSet<u64>,
+    reclaim_pending: bool,
 }
 
 impl Walker<'_> {
@@ -174,13 +180,56 @@ impl Walker<'_> {
                                 key.hi, self.sb.next_snapshot_id
                             ));
                         }
-                        if !self.names.insert(rec.name.clone()) {
+                        // A snapshot being deleted gives up its name at once.
+                        if rec.state != SnapshotState::Deleting
+                            && !self.names.insert(rec.name.clone())
+                        {
                             self.problem(format!("snapshot name {:?} is used twice", rec.name));
                         }
+                        match rec.state {
+                            SnapshotState::Ready => {
+                                self.live.insert(key.hi);
+                            }
+                            SnapshotState::Deleting | SnapshotState::Invalidating => {
+                                self.reclaim_pending = true
+                            }
+                            SnapshotState::Invalid => {}
+                        }
+                        self.records.insert(key.hi, rec);
                     }
                     Err(e) => self.problem(format!("snapshot {}: {e}", key.hi)),
                 }
             }
+            TreeKind::Private => self.private(key, get_u64(value, 0)),
+        }
+    }
+
+    fn private(&mut self, key: Key, store: u64) {
+        let (snap, chunk) = (key.hi, key.lo);
+        let chunk_count = self.sb.origin_size.div_ceil(self.sb.chunk_size as u64);
+        if chunk >= chunk_count {
+            self.problem(format!(
+                "private chunk of snapshot {snap} for origin chunk {chunk}, beyond the origin"
+            ));
+        }
+        match self.records.get(&snap) {
+            None => self.problem(format!(
+                "private chunks of snapshot {snap}, which does not exist (leaked)"
+            )),
+            Some(r) if !r.writable && r.state == SnapshotState::Ready => {
+                // Made read-only after writes: its private chunks still hold its contents.
+            }
+            Some(r) if r.state == SnapshotState::Invalid => self.problem(format!(
+                "private chunks of snapshot {snap}, invalidated and already reclaimed (leaked)"
+            )),
+            Some(_) => {}
+        }
+        let cb = self.sb.chunk_size as u64 / BLOCK_SIZE as u64;
+        let start = store.saturating_mul(cb);
+        for b in start..start.saturating_add(cb) {
+            self.claim(b, &|| {
+                format!("private chunk of snapshot {snap} for origin chunk {chunk}")
+            });
         }
     }
 
@@ -208,6 +257,12 @@ impl Walker<'_> {
             }
         }
         self.prev_exception = Some(e);
+        if !self.reclaim_pending && self.live.range(e.first.0..=e.last.0).next().is_none() {
+            self.problem(format!(
+                "exception for {} (snapshots {}..={}) serves no live snapshot: space not reclaimed",
+                e.chunk, e.first.0, e.last.0
+            ));
+        }
         let cb = self.sb.chunk_size as u64 / BLOCK_SIZE as u64;
         let start = e.store.0.saturating_mul(cb);
         for b in start..start.saturating_add(cb) {
@@ -263,9 +318,14 @@ pub fn verify(dev: &dyn BlockDev, origin_size: Option<u64>) -> Result<VerifyRepo
         prev_exception: None,
         names: HashSet::new(),
         reserved_end,
+        records: BTreeMap::new(),
+        live: BTreeSet::new(),
+        reclaim_pending: false,
     };
-    w.walk(TreeKind::Exceptions, sb.exception_root, None, None, None);
+    // The snapshot table first: the other trees are checked against it.
     w.walk(TreeKind::Snapshots, sb.snapshot_root, None, None, None);
+    w.walk(TreeKind::Exceptions, sb.exception_root, None, None, None);
+    w.walk(TreeKind::Private, sb.private_root, None, None, None);
     if w.report.exceptions != sb.exception_count {
         let found = w.report.exceptions;
         w.problem(format!(

@@ -138,7 +138,7 @@ fn bad_input_is_a_typed_error() {
 #[test]
 fn full_store_fails_copying_writes_but_not_others() {
     // A store with room for only a few chunks.
-    let (_o, _d, store) = new_store(4 * MIB, 200 * 1024, 4096);
+    let (_o, _d, store) = new_store(4 * MIB, 600 * 1024, 4096);
     store.create_snapshot("s").unwrap();
     let mut failed_at = None;
     for c in 0..1000u64 {

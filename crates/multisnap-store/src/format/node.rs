@@ -38,12 +38,14 @@ pub enum TreeKind {
     Exceptions = 1,
     /// key (snapshot id, 0) -> value: a snapshot record.
     Snapshots = 2,
+    /// Writable snapshots' own chunks: key (snapshot id, origin chunk) -> value (store chunk, 0).
+    Private = 3,
 }
 
 impl TreeKind {
     pub fn value_size(self) -> usize {
         match self {
-            TreeKind::Exceptions => 16,
+            TreeKind::Exceptions | TreeKind::Private => 16,
             TreeKind::Snapshots => snapshot_record::RECORD_SIZE,
         }
     }
@@ -51,6 +53,7 @@ impl TreeKind {
         match v {
             1 => Some(TreeKind::Exceptions),
             2 => Some(TreeKind::Snapshots),
+            3 => Some(TreeKind::Private),
             _ => None,
         }
     }
@@ -67,7 +70,7 @@ impl TreeKind {
     pub fn stamp(self, key: &Key, _value: &[u8]) -> u64 {
         match self {
             TreeKind::Exceptions => key.lo,
-            TreeKind::Snapshots => key.hi,
+            TreeKind::Snapshots | TreeKind::Private => key.hi,
         }
     }
 }

@@ -15,9 +15,15 @@ const FLAG_WRITABLE: u64 = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SnapshotState {
+    /// Live: readable, counted by copy-out.
     Ready = 0,
+    /// Deleted by a user: its space is being reclaimed, then the record goes.
     Deleting = 1,
+    /// Dropped by the invalidate-oldest policy and reclaimed; the record stays so users can
+    /// see what happened, until they delete it.
     Invalid = 2,
+    /// Dropped by the invalidate-oldest policy, space not yet reclaimed.
+    Invalidating = 3,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +63,7 @@ impl SnapshotRecord {
             0 => SnapshotState::Ready,
             1 => SnapshotState::Deleting,
             2 => SnapshotState::Invalid,
+            3 => SnapshotState::Invalidating,
             s => return Err(format!("unknown snapshot state {s}")),
         };
         let n = b[OFF_NAME_LEN] as usize;

@@ -28,6 +28,8 @@ const OFF_EXCEPTION_COUNT: usize = 112;
 const OFF_USED_BLOCKS: usize = 120;
 const OFF_COPIES_TOTAL: usize = 128;
 const OFF_CREATED_AT: usize = 136;
+const OFF_PRIVATE_ROOT: usize = 144;
+const OFF_INVALIDATED_TOTAL: usize = 152;
 const OFF_VOLUME_NAME: usize = 256;
 const OFF_ORIGIN_PATH: usize = 320;
 
@@ -61,6 +63,10 @@ pub struct Superblock {
     pub used_blocks: u64,
     pub copies_total: u64,
     pub created_at_ns: u64,
+    /// Root of the writable snapshots' private chunk map.
+    pub private_root: u64,
+    /// Snapshots dropped by the invalidate-oldest store-full policy, ever.
+    pub invalidated_total: u64,
     pub volume_name: String,
     pub origin_path: String,
 }
@@ -98,6 +104,8 @@ impl Superblock {
         put_u64(&mut b, OFF_USED_BLOCKS, self.used_blocks);
         put_u64(&mut b, OFF_COPIES_TOTAL, self.copies_total);
         put_u64(&mut b, OFF_CREATED_AT, self.created_at_ns);
+        put_u64(&mut b, OFF_PRIVATE_ROOT, self.private_root);
+        put_u64(&mut b, OFF_INVALIDATED_TOTAL, self.invalidated_total);
         let name = truncate_utf8(&self.volume_name, MAX_VOLUME_NAME);
         b[OFF_VOLUME_NAME] = name.len() as u8;
         b[OFF_VOLUME_NAME + 1..OFF_VOLUME_NAME + 1 + name.len()].copy_from_slice(name.as_bytes());
@@ -161,6 +169,8 @@ impl Superblock {
             used_blocks: get_u64(b, OFF_USED_BLOCKS),
             copies_total: get_u64(b, OFF_COPIES_TOTAL),
             created_at_ns: get_u64(b, OFF_CREATED_AT),
+            private_root: get_u64(b, OFF_PRIVATE_ROOT),
+            invalidated_total: get_u64(b, OFF_INVALIDATED_TOTAL),
             volume_name,
             origin_path,
         };

@@ -22,6 +22,8 @@ fn sample_sb() -> Superblock {
         used_blocks: 30,
         copies_total: 11,
         created_at_ns: 123,
+        private_root: 22,
+        invalidated_total: 0,
         volume_name: "default".into(),
         origin_path: "origin.raw".into(),
     }
