@@ -6,7 +6,9 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nbdinfo_map_shows_data_and_holes() {
-    let Some(nbdinfo) = tool("nbdinfo") else { return };
+    let Some(nbdinfo) = tool("nbdinfo") else {
+        return;
+    };
     let srv = TestServer::start().await;
     srv.disk.fill(1 << 20, 65536, 9);
     let out = run_ok(&nbdinfo, &["--map", &srv.uri("disk")]).await;
@@ -39,7 +41,11 @@ async fn qemu_img_map_sees_allocation() {
     let Some(qimg) = tool("qemu-img") else { return };
     let srv = TestServer::start().await;
     srv.disk.fill(2 << 20, 4096, 9);
-    let out = run_ok(&qimg, &["map", "--output=json", "-f", "raw", &srv.uri("disk")]).await;
+    let out = run_ok(
+        &qimg,
+        &["map", "--output=json", "-f", "raw", &srv.uri("disk")],
+    )
+    .await;
     assert!(
         out.contains(&format!("\"start\": {}, \"length\": 4096, \"depth\": 0, \"present\": true, \"zero\": false, \"data\": true", 2 << 20)),
         "{out}"

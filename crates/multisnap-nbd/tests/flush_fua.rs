@@ -33,21 +33,36 @@ async fn qemu_io_fua_write_and_flush_reach_the_export() {
     run_ok(
         &qio,
         &[
-            "-f", "raw", &srv.uri("disk"),
-            "-c", "write -f -P 7 0 4k",
-            "-c", "write -P 8 4k 4k",
-            "-c", "flush",
+            "-f",
+            "raw",
+            &srv.uri("disk"),
+            "-c",
+            "write -f -P 7 0 4k",
+            "-c",
+            "write -P 8 4k 4k",
+            "-c",
+            "flush",
         ],
     )
     .await;
-    assert!(srv.disk.fua_ops.load(Ordering::Relaxed) >= 1, "FUA write did not arrive with FUA");
-    assert!(srv.disk.flushes.load(Ordering::Relaxed) >= 1, "FLUSH did not reach the export");
+    assert!(
+        srv.disk.fua_ops.load(Ordering::Relaxed) >= 1,
+        "FUA write did not arrive with FUA"
+    );
+    assert!(
+        srv.disk.flushes.load(Ordering::Relaxed) >= 1,
+        "FLUSH did not reach the export"
+    );
     let ev = rec.0.lock().unwrap().clone();
     assert!(
-        ev.iter().any(|&(k, b, err)| k == RequestKind::Write && b == 4096 && !err),
+        ev.iter()
+            .any(|&(k, b, err)| k == RequestKind::Write && b == 4096 && !err),
         "observer saw {ev:?}"
     );
-    assert!(ev.iter().any(|&(k, _, _)| k == RequestKind::Flush), "observer saw {ev:?}");
+    assert!(
+        ev.iter().any(|&(k, _, _)| k == RequestKind::Flush),
+        "observer saw {ev:?}"
+    );
     srv.stop().await;
 }
 

@@ -5,7 +5,9 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nbdinfo_lists_exports_with_descriptions() {
-    let Some(nbdinfo) = tool("nbdinfo") else { return };
+    let Some(nbdinfo) = tool("nbdinfo") else {
+        return;
+    };
     let srv = TestServer::start().await;
     let uri = format!("nbd://127.0.0.1:{}", srv.port);
     let out = run_ok(&nbdinfo, &["--list", "--json", &uri]).await;
@@ -27,7 +29,9 @@ async fn nbdinfo_lists_exports_with_descriptions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nbdinfo_json_reports_flags_and_block_sizes() {
-    let Some(nbdinfo) = tool("nbdinfo") else { return };
+    let Some(nbdinfo) = tool("nbdinfo") else {
+        return;
+    };
     let srv = TestServer::start().await;
     let out = run_ok(&nbdinfo, &["--json", &srv.uri("disk")]).await;
     for needle in [
@@ -46,7 +50,11 @@ async fn nbdinfo_json_reports_flags_and_block_sizes() {
         assert!(out.contains(needle), "missing {needle:?} in\n{out}");
     }
     let out = run_ok(&nbdinfo, &["--json", &srv.uri("ro")]).await;
-    for needle in ["\"is_read_only\": true", "\"can_trim\": false", "\"can_zero\": false"] {
+    for needle in [
+        "\"is_read_only\": true",
+        "\"can_trim\": false",
+        "\"can_zero\": false",
+    ] {
         assert!(out.contains(needle), "missing {needle:?} in\n{out}");
     }
     srv.stop().await;
@@ -57,6 +65,9 @@ async fn qemu_img_info_sees_size() {
     let Some(qimg) = tool("qemu-img") else { return };
     let srv = TestServer::start().await;
     let out = run_ok(&qimg, &["info", "--output=json", &srv.uri("disk")]).await;
-    assert!(out.contains(&format!("\"virtual-size\": {DISK_SIZE}")), "{out}");
+    assert!(
+        out.contains(&format!("\"virtual-size\": {DISK_SIZE}")),
+        "{out}"
+    );
     srv.stop().await;
 }

@@ -48,7 +48,17 @@ print("ok")
 async fn qemu_io_read_past_end_fails() {
     let Some(qio) = tool("qemu-io") else { return };
     let srv = TestServer::start().await;
-    let o = run(&qio, &["-f", "raw", &srv.uri("disk"), "-c", &format!("read {} 4k", DISK_SIZE)]).await;
+    let o = run(
+        &qio,
+        &[
+            "-f",
+            "raw",
+            &srv.uri("disk"),
+            "-c",
+            &format!("read {} 4k", DISK_SIZE),
+        ],
+    )
+    .await;
     assert!(qemu_io_failed(&o), "{}", text(&o));
     srv.stop().await;
 }

@@ -33,7 +33,10 @@ print("ok")
     );
     let out = run_ok(&nbdsh, &["-c", &script]).await;
     assert!(out.contains("ok") && !out.contains("UNEXPECTED"), "{out}");
-    assert!(srv.ro.snapshot().iter().all(|&b| b == 0x5a), "read-only export changed");
+    assert!(
+        srv.ro.snapshot().iter().all(|&b| b == 0x5a),
+        "read-only export changed"
+    );
     srv.stop().await;
 }
 
@@ -41,9 +44,17 @@ print("ok")
 async fn qemu_io_cannot_write_read_only_export() {
     let Some(qio) = tool("qemu-io") else { return };
     let srv = TestServer::start().await;
-    let o = run(&qio, &["-f", "raw", &srv.uri("ro"), "-c", "write -P 1 0 4k"]).await;
+    let o = run(
+        &qio,
+        &["-f", "raw", &srv.uri("ro"), "-c", "write -P 1 0 4k"],
+    )
+    .await;
     assert!(qemu_io_failed(&o), "{}", text(&o));
-    let out = run_ok(&qio, &["-r", "-f", "raw", &srv.uri("ro"), "-c", "read -P 0x5a 0 4k"]).await;
+    let out = run_ok(
+        &qio,
+        &["-r", "-f", "raw", &srv.uri("ro"), "-c", "read -P 0x5a 0 4k"],
+    )
+    .await;
     assert!(!out.contains("verification"), "{out}");
     assert!(srv.ro.snapshot().iter().all(|&b| b == 0x5a));
     srv.stop().await;

@@ -6,7 +6,9 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_get_an_error_for_unknown_exports() {
-    let Some(nbdinfo) = tool("nbdinfo") else { return };
+    let Some(nbdinfo) = tool("nbdinfo") else {
+        return;
+    };
     let srv = TestServer::start().await;
     let o = run(&nbdinfo, &[&srv.uri("nope")]).await;
     assert!(!o.status.success(), "{}", text(&o));

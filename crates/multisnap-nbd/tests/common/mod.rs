@@ -194,7 +194,9 @@ pub async fn raw_greet(addr: &str, client_flags: u32) -> TcpStream {
     s.read_exact(&mut g).await.expect("greeting");
     assert_eq!(&g[..8], b"NBDMAGIC");
     assert_eq!(&g[8..16], b"IHAVEOPT");
-    s.write_all(&client_flags.to_be_bytes()).await.expect("flags");
+    s.write_all(&client_flags.to_be_bytes())
+        .await
+        .expect("flags");
     s
 }
 
@@ -210,7 +212,10 @@ pub async fn send_option(s: &mut TcpStream, opt: u32, data: &[u8]) {
 pub async fn read_option_reply(s: &mut TcpStream) -> std::io::Result<(u32, u32, Vec<u8>)> {
     let mut h = [0u8; 20];
     s.read_exact(&mut h).await?;
-    assert_eq!(u64::from_be_bytes(h[..8].try_into().unwrap()), OPT_REPLY_MAGIC);
+    assert_eq!(
+        u64::from_be_bytes(h[..8].try_into().unwrap()),
+        OPT_REPLY_MAGIC
+    );
     let opt = u32::from_be_bytes(h[8..12].try_into().unwrap());
     let typ = u32::from_be_bytes(h[12..16].try_into().unwrap());
     let len = u32::from_be_bytes(h[16..20].try_into().unwrap());
@@ -240,7 +245,14 @@ pub async fn raw_go(addr: &str, export: &str) -> TcpStream {
     }
 }
 
-pub async fn send_request(s: &mut TcpStream, flags: u16, cmd: u16, handle: u64, offset: u64, len: u32) {
+pub async fn send_request(
+    s: &mut TcpStream,
+    flags: u16,
+    cmd: u16,
+    handle: u64,
+    offset: u64,
+    len: u32,
+) {
     let mut b = REQUEST_MAGIC.to_be_bytes().to_vec();
     b.extend_from_slice(&flags.to_be_bytes());
     b.extend_from_slice(&cmd.to_be_bytes());
