@@ -111,6 +111,8 @@ pub struct Meta {
     pub by_name: HashMap<String, u64>,
     /// Ready snapshots: the ones copy-out preserves data for.
     pub live: BTreeSet<u64>,
+    /// Snapshots with entries in the private map (writable now or once).
+    pub private_owners: BTreeSet<u64>,
     pub next_snapshot_id: u64,
     pub exception_count: u64,
     pub copies_total: u64,
@@ -164,6 +166,7 @@ impl Meta {
             snapshots: BTreeMap::new(),
             by_name: HashMap::new(),
             live: BTreeSet::new(),
+            private_owners: BTreeSet::new(),
             dirty: false,
             poisoned: None,
             commits_total: 0,
@@ -198,6 +201,16 @@ impl Meta {
                 Ok(true)
             },
         )?;
+        // Owners of private chunks: one seek per owner, not a scan of the map.
+        let root = self.private_root;
+        let mut from = Key::MIN;
+        while let Some((k, _)) = btree::seek_ge(&mut self.pager, root, &from)? {
+            self.private_owners.insert(k.hi);
+            match k.hi.checked_add(1) {
+                Some(next) => from = Key::new(next, 0),
+                None => break,
+            }
+        }
         for (id, rec) in records {
             if rec.state != SnapshotState::Deleting {
                 self.by_name.insert(rec.name.clone(), id);
@@ -340,6 +353,7 @@ impl Meta {
         ) {
             Ok(new_root) => {
                 self.private_root = new_root;
+                self.private_owners.insert(snap.0);
                 Ok(())
             }
             Err(err) => Err(self.poison(err)),
@@ -461,6 +475,7 @@ impl Meta {
         if finished {
             let covered = std::mem::take(&mut self.reclaim.snapshots);
             for id in covered {
+                self.private_owners.remove(&id);
                 let Some(rec) = self.snapshots.get(&id).cloned() else {
                     continue;
                 };

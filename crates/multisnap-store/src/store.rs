@@ -473,7 +473,8 @@ impl Store {
             }
             View::Snapshot(id) => id,
         };
-        let writable = self.live_snapshot(snap)?.writable;
+        self.live_snapshot(snap)?;
+        let has_private = self.meta.lock().private_owners.contains(&snap.0);
         let cs = self.chunk_size as u64;
         let mut done = 0usize;
         while done < buf.len() {
@@ -482,7 +483,7 @@ impl Store {
             let within = pos % cs;
             let n = ((cs - within) as usize).min(buf.len() - done);
             let _stripe: RwLockReadGuard<'_, ()> = self.stripes[Self::stripe_of(chunk)].read();
-            self.read_piece(snap, writable, chunk, within, &mut buf[done..done + n])?;
+            self.read_piece(snap, has_private, chunk, within, &mut buf[done..done + n])?;
             done += n;
         }
         // A snapshot deleted mid-read may have had its chunks reclaimed under us: fail rather
@@ -505,7 +506,7 @@ impl Store {
     fn read_piece(
         &self,
         snap: SnapshotId,
-        writable: bool,
+        has_private: bool,
         chunk: u64,
         within: u64,
         piece: &mut [u8],
@@ -513,7 +514,7 @@ impl Store {
         let cs = self.chunk_size as u64;
         let located = {
             let mut m = self.meta.lock();
-            let private = if writable {
+            let private = if has_private {
                 m.find_private(snap, OriginChunk(chunk))?
             } else {
                 None

@@ -10,9 +10,10 @@
 //! `MULTISNAP_CRASH_SEEDS=N` raises the number of workloads for a soak.
 
 use multisnap_store::fault::{CrashDev, PowerRail};
-use multisnap_store::{verify, BlockDev, CreateOptions, MemDev, Store, View};
+use multisnap_store::{verify, CreateOptions, MemDev, SnapshotState, Store, View};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 const ORIGIN: usize = 192 * 1024 + 1536; // not a chunk multiple: the last chunk is partial
@@ -21,46 +22,124 @@ const CHUNK: u32 = 4096;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Write { offset: u64, data: Vec<u8> },
-    Snapshot(String),
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+    },
+    Snapshot {
+        name: String,
+        writable: bool,
+    },
+    SnapshotWrite {
+        name: String,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    Delete(String),
+    Reclaim,
     Flush,
+}
+
+fn random_write(rng: &mut StdRng) -> (u64, Vec<u8>) {
+    let len = rng.gen_range(1..3 * CHUNK as usize);
+    let offset = rng.gen_range(0..(ORIGIN - len) as u64);
+    (offset, vec![rng.gen(); len])
 }
 
 fn workload(seed: u64, ops: usize) -> Vec<Op> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out = Vec::new();
     let mut snaps = 0;
+    let mut live: Vec<(String, bool)> = Vec::new();
     for _ in 0..ops {
-        match rng.gen_range(0..10) {
-            0..=5 => {
-                let len = rng.gen_range(1..3 * CHUNK as usize);
-                let offset = rng.gen_range(0..(ORIGIN - len) as u64);
-                let byte: u8 = rng.gen();
-                out.push(Op::Write {
-                    offset,
-                    data: vec![byte; len],
-                });
+        match rng.gen_range(0..100) {
+            0..=44 => {
+                let (offset, data) = random_write(&mut rng);
+                out.push(Op::Write { offset, data });
             }
-            6..=7 => {
+            45..=56 => {
                 snaps += 1;
-                out.push(Op::Snapshot(format!("s{snaps}")));
+                let writable = rng.gen_range(0..3) == 0;
+                let name = format!("s{snaps}");
+                live.push((name.clone(), writable));
+                out.push(Op::Snapshot { name, writable });
             }
+            57..=69 => {
+                let writable: Vec<&String> =
+                    live.iter().filter(|(_, w)| *w).map(|(n, _)| n).collect();
+                if let Some(name) = writable.get(rng.gen_range(0..writable.len().max(1))) {
+                    let (offset, data) = random_write(&mut rng);
+                    out.push(Op::SnapshotWrite {
+                        name: name.to_string(),
+                        offset,
+                        data,
+                    });
+                }
+            }
+            70..=79 if !live.is_empty() => {
+                let (name, _) = live.remove(rng.gen_range(0..live.len()));
+                out.push(Op::Delete(name));
+            }
+            80..=87 => out.push(Op::Reclaim),
             _ => out.push(Op::Flush),
         }
     }
     out
 }
 
+/// An image as the workload knows it: what a completed flush fixed, and the writes since.
+#[derive(Clone, Debug)]
+struct Image {
+    durable: Vec<u8>,
+    unflushed: Vec<(u64, Vec<u8>)>,
+    current: Vec<u8>,
+}
+
+impl Image {
+    fn new(data: Vec<u8>) -> Image {
+        Image {
+            durable: data.clone(),
+            unflushed: Vec::new(),
+            current: data,
+        }
+    }
+    fn issue(&mut self, offset: u64, data: &[u8]) {
+        self.unflushed.push((offset, data.to_vec()));
+    }
+    fn acknowledged(&mut self, offset: u64, data: &[u8]) {
+        let o = offset as usize;
+        self.current[o..o + data.len()].copy_from_slice(data);
+    }
+    fn flushed(&mut self) {
+        self.durable = self.current.clone();
+        self.unflushed.clear();
+    }
+    /// Each byte is what the last completed flush left or what a write since put there.
+    fn check(&self, found: &[u8], what: &str) {
+        for (i, &b) in found.iter().enumerate() {
+            if b == self.durable[i] {
+                continue;
+            }
+            let explained = self.unflushed.iter().any(|(off, d)| {
+                (*off as usize..*off as usize + d.len()).contains(&i) && d[i - *off as usize] == b
+            });
+            assert!(
+                explained,
+                "{what}: byte {i} is {b:#x}, which no write put there"
+            );
+        }
+    }
+}
+
 /// What the workload knows when the power goes.
 struct Outcome {
-    /// The origin as of the last flush known to have completed.
-    durable_origin: Vec<u8>,
-    /// Writes issued since then (acknowledged or interrupted), any of which may have landed.
-    unflushed: Vec<(u64, Vec<u8>)>,
-    /// Acknowledged snapshots and their contents.
-    snapshots: Vec<(String, Vec<u8>)>,
+    origin: Image,
+    /// Acknowledged, not deleted snapshots.
+    snapshots: BTreeMap<String, Image>,
     /// A snapshot whose creation was interrupted: it may exist, and then must look like this.
-    maybe_snapshot: Option<(String, Vec<u8>)>,
+    maybe_created: Option<(String, Vec<u8>)>,
+    /// A snapshot whose deletion was interrupted: it may still exist, intact.
+    maybe_deleted: Option<(String, Image)>,
 }
 
 struct Rig {
@@ -92,44 +171,77 @@ fn run(ops: &[Op], base: &(Vec<u8>, Vec<u8>), cut_at: Option<u64>) -> (Rig, Outc
         rail,
     };
     let mut out = Outcome {
-        durable_origin: base.0.clone(),
-        unflushed: Vec::new(),
-        snapshots: Vec::new(),
-        maybe_snapshot: None,
+        origin: Image::new(base.0.clone()),
+        snapshots: BTreeMap::new(),
+        maybe_created: None,
+        maybe_deleted: None,
     };
-    let mut current = base.0.clone();
     let store = match Store::open(rig.origin.clone(), rig.store_dev.clone(), 0) {
         Ok(s) => s,
         Err(_) => return (rig, out),
     };
     for op in ops {
-        match op {
+        let ok = match op {
             Op::Write { offset, data } => {
-                out.unflushed.push((*offset, data.clone()));
-                if store.write_origin(*offset, data).is_err() {
-                    break;
+                out.origin.issue(*offset, data);
+                let ok = store.write_origin(*offset, data).is_ok();
+                if ok {
+                    out.origin.acknowledged(*offset, data);
                 }
-                let o = *offset as usize;
-                current[o..o + data.len()].copy_from_slice(data);
+                ok
             }
-            Op::Snapshot(name) => match store.create_snapshot(name) {
+            Op::Snapshot { name, writable } => match store.create_snapshot_with(name, *writable) {
                 Ok(_) => {
-                    out.durable_origin = current.clone();
-                    out.unflushed.clear();
-                    out.snapshots.push((name.clone(), current.clone()));
+                    // Creation flushes the origin: everything acknowledged is now durable.
+                    out.origin.flushed();
+                    out.snapshots
+                        .insert(name.clone(), Image::new(out.origin.current.clone()));
+                    true
                 }
                 Err(_) => {
-                    out.maybe_snapshot = Some((name.clone(), current.clone()));
-                    break;
+                    out.maybe_created = Some((name.clone(), out.origin.current.clone()));
+                    false
                 }
             },
-            Op::Flush => {
-                if store.flush().is_err() {
-                    break;
+            Op::SnapshotWrite { name, offset, data } => {
+                let Some(img) = out.snapshots.get_mut(name) else {
+                    continue;
+                };
+                img.issue(*offset, data);
+                let id = store.snapshot_by_name(name).map(|s| s.id);
+                let ok = id
+                    .and_then(|id| store.write_snapshot(id, *offset, data))
+                    .is_ok();
+                if ok {
+                    img.acknowledged(*offset, data);
                 }
-                out.durable_origin = current.clone();
-                out.unflushed.clear();
+                ok
             }
+            Op::Delete(name) => {
+                let Some(img) = out.snapshots.remove(name) else {
+                    continue;
+                };
+                let id = store.snapshot_by_name(name).map(|s| s.id);
+                let ok = id.and_then(|id| store.delete_snapshot(id)).is_ok();
+                if !ok {
+                    out.maybe_deleted = Some((name.clone(), img));
+                }
+                ok
+            }
+            Op::Reclaim => store.reclaim_step(8).is_ok(),
+            Op::Flush => {
+                let ok = store.flush().is_ok();
+                if ok {
+                    out.origin.flushed();
+                    for img in out.snapshots.values_mut() {
+                        img.flushed();
+                    }
+                }
+                ok
+            }
+        };
+        if !ok {
+            break;
         }
     }
     // Power off without a clean close: the Drop's final commit fails on a cut rail, and on an
@@ -154,49 +266,46 @@ fn check_recovered(origin_img: Vec<u8>, store_img: Vec<u8>, out: &Outcome, what:
     let store = Store::open(origin.clone(), dev.clone(), 1 << 20)
         .unwrap_or_else(|e| panic!("{what}: open: {e}"));
 
-    let listed = store.list_snapshots();
+    let live: Vec<String> = store
+        .list_snapshots()
+        .into_iter()
+        .filter(|s| s.state == SnapshotState::Ready)
+        .map(|s| s.name)
+        .collect();
     for (name, image) in &out.snapshots {
         let info = store
             .snapshot_by_name(name)
             .unwrap_or_else(|_| panic!("{what}: acknowledged snapshot {name} lost"));
-        assert!(
-            read_all(&store, View::Snapshot(info.id)) == *image,
-            "{what}: snapshot {name} changed"
+        image.check(
+            &read_all(&store, View::Snapshot(info.id)),
+            &format!("{what}: snapshot {name}"),
         );
     }
-    let mut expected = out.snapshots.len();
-    if let Some((name, image)) = &out.maybe_snapshot {
-        if let Ok(info) = store.snapshot_by_name(name) {
-            expected += 1;
-            assert!(
-                read_all(&store, View::Snapshot(info.id)) == *image,
-                "{what}: half-created snapshot {name} exists with wrong contents"
-            );
-        }
-    }
-    assert_eq!(
-        listed.len(),
-        expected,
-        "{what}: unexpected snapshots {listed:?}"
-    );
-
-    // Each origin byte is either what the last completed flush left or what one of the
-    // writes since then put there.
-    let now = read_all(&store, View::Origin);
-    for (i, &b) in now.iter().enumerate() {
-        if b == out.durable_origin[i] {
+    for name in &live {
+        if out.snapshots.contains_key(name) {
             continue;
         }
-        let explained = out.unflushed.iter().any(|(off, d)| {
-            (*off as usize..*off as usize + d.len()).contains(&i) && d[i - *off as usize] == b
-        });
-        assert!(
-            explained,
-            "{what}: origin byte {i} is {b:#x}, which no write put there"
-        );
+        let info = store.snapshot_by_name(name).expect("listed snapshot");
+        let found = read_all(&store, View::Snapshot(info.id));
+        match (&out.maybe_created, &out.maybe_deleted) {
+            (Some((n, image)), _) if n == name => {
+                assert!(
+                    found == *image,
+                    "{what}: half-created snapshot {name} has wrong contents"
+                )
+            }
+            (_, Some((n, image))) if n == name => {
+                image.check(&found, &format!("{what}: half-deleted {name}"))
+            }
+            _ => panic!("{what}: snapshot {name} should not exist (deleted or never made)"),
+        }
     }
+    out.origin
+        .check(&read_all(&store, View::Origin), &format!("{what}: origin"));
 
-    // The recovered store keeps working: copy-out, commit, reopen, verify.
+    // The recovered store keeps working: reclamation, copy-out, commit, reopen, verify.
+    store.reclaim_all().expect("reclaim after recovery");
+    let now = read_all(&store, View::Origin);
     let snap = store
         .create_snapshot("after-recovery")
         .expect("snapshot after recovery");
@@ -254,32 +363,30 @@ fn power_cut_at_every_write() {
     let seeds: u64 = std::env::var("MULTISNAP_CRASH_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
+        .unwrap_or(6);
     let mut cases = 0;
     for seed in 0..seeds {
-        cases += crash_every_write(seed, 40);
+        cases += crash_every_write(seed, 50);
     }
     println!("power-cut cases checked: {cases}");
-    assert!(cases >= 1000, "only {cases} crash cases ran");
+    assert!(cases >= 2000, "only {cases} crash cases ran");
 }
 
 #[test]
 fn uncut_run_matches_the_model() {
     let base = format_rig();
-    let work = workload(99, 60);
-    let (rig, out) = run(&work, &base, None);
+    let mut work = workload(99, 80);
+    work.push(Op::Flush);
+    let (rig, mut out) = run(&work, &base, None);
     // Nothing lost: the images with every write applied.
-    let full = Outcome {
-        durable_origin: rig.origin.current_image(),
-        unflushed: Vec::new(),
-        snapshots: out.snapshots.clone(),
-        maybe_snapshot: None,
-    };
-    let _ = rig.store_dev.size();
+    out.origin.flushed();
+    for img in out.snapshots.values_mut() {
+        img.flushed();
+    }
     check_recovered(
         rig.origin.current_image(),
         rig.store_dev.current_image(),
-        &full,
+        &out,
         "no crash",
     );
 }
