@@ -159,7 +159,7 @@ fn thousand_snapshots_created_and_deleted_randomly_under_writes() {
         if rng.gen_range(0..20) == 0 {
             store.reclaim_step(64).unwrap();
         }
-        if created % 250 == 0 && !live.is_empty() && rng.gen_range(0..10) == 0 {
+        if created.is_multiple_of(250) && !live.is_empty() && rng.gen_range(0..10) == 0 {
             // Spot-check a random live snapshot.
             let keys: Vec<u64> = live.keys().copied().collect();
             let (id, image) = &live[&keys[rng.gen_range(0..keys.len())]];
