@@ -122,3 +122,183 @@ fn snapshot_record_round_trip() {
     };
     assert_eq!(SnapshotRecord::unpack(&r.pack()).unwrap(), r);
 }
+
+/// Pins the byte offsets documented in docs/FORMAT.md: if a field moves, this fails until the
+/// document (and, for an incompatible change, the format version) is updated with it.
+#[test]
+fn documented_offsets_are_the_packed_offsets() {
+    use crate::checksum::{block_checksum, BITMAP_SALT, NODE_SALT, SUPERBLOCK_SALT};
+
+    // Checksum rule and salts.
+    assert_eq!(SUPERBLOCK_SALT, 0x5355_5052);
+    assert_eq!(NODE_SALT, 0x4E4F_4445);
+    assert_eq!(BITMAP_SALT, 0x424D_4150);
+    assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
+    assert_eq!(block_checksum(&[0u8; BLOCK_SIZE], NODE_SALT), 0xD6B6_05CC);
+    let mut sealed = vec![0x5au8; BLOCK_SIZE];
+    sealed[..4].copy_from_slice(&[1, 2, 3, 4]);
+    let mut zeroed = sealed.clone();
+    zeroed[..4].fill(0);
+    assert_eq!(
+        block_checksum(&sealed, BITMAP_SALT),
+        crc32c::crc32c(&zeroed) ^ BITMAP_SALT,
+        "the checksum field is taken as zero"
+    );
+
+    // Superblock: distinctive values, so a field landing at another's offset shows.
+    let mut sb = sample_sb();
+    sb.generation = 0x1011_1213_1415_1617;
+    sb.volume_uuid = std::array::from_fn(|i| 0xA0 + i as u8);
+    sb.chunk_size = 1 << 17;
+    sb.origin_size = 0x2021_2223_2425_2627;
+    sb.store_blocks = 0x3031_3233_3435_3637;
+    sb.bitmap_start = 0x4041_4243_4445_4647;
+    sb.bitmap_blocks = 0x5051_5253_5455_5657;
+    sb.bitmap_copy = 1;
+    sb.full_policy = FullPolicy::InvalidateOldest;
+    sb.exception_root = 0x6061_6263_6465_6667;
+    sb.snapshot_root = 0x7071_7273_7475_7677;
+    sb.next_snapshot_id = 0x8081_8283_8485_8687;
+    sb.exception_count = 0x9091_9293_9495_9697;
+    sb.used_blocks = 0xA0A1_A2A3_A4A5_A6A7;
+    sb.copies_total = 0xB0B1_B2B3_B4B5_B6B7;
+    sb.created_at_ns = 0xC0C1_C2C3_C4C5_C6C7;
+    sb.private_root = 0xD0D1_D2D3_D4D5_D6D7;
+    sb.invalidated_total = 0xE0E1_E2E3_E4E5_E6E7;
+    sb.volume_name = "vol-\u{e9}".into();
+    sb.origin_path = "/var/lib/multisnap/vol/origin.raw".into();
+    let b = sb.pack();
+    assert_eq!(b.len(), 4096);
+    assert_eq!(get_u32(&b, 0), block_checksum(&b, SUPERBLOCK_SALT));
+    assert_eq!(get_u32(&b, 4), 1);
+    assert_eq!(FORMAT_VERSION, 1);
+    assert_eq!(&b[8..16], b"MSNAPSTR");
+    assert_eq!(get_u64(&b, 16), sb.generation);
+    assert_eq!(&b[24..40], &sb.volume_uuid[..]);
+    assert_eq!(get_u32(&b, 40), 1 << 17);
+    assert_eq!(get_u32(&b, 44), 4096);
+    assert_eq!(get_u64(&b, 48), sb.origin_size);
+    assert_eq!(get_u64(&b, 56), sb.store_blocks);
+    assert_eq!(get_u64(&b, 64), sb.bitmap_start);
+    assert_eq!(get_u64(&b, 72), sb.bitmap_blocks);
+    assert_eq!(b[80], 1);
+    assert_eq!(b[81], 1);
+    assert_eq!(&b[82..88], &[0u8; 6]);
+    assert_eq!(get_u64(&b, 88), sb.exception_root);
+    assert_eq!(get_u64(&b, 96), sb.snapshot_root);
+    assert_eq!(get_u64(&b, 104), sb.next_snapshot_id);
+    assert_eq!(get_u64(&b, 112), sb.exception_count);
+    assert_eq!(get_u64(&b, 120), sb.used_blocks);
+    assert_eq!(get_u64(&b, 128), sb.copies_total);
+    assert_eq!(get_u64(&b, 136), sb.created_at_ns);
+    assert_eq!(get_u64(&b, 144), sb.private_root);
+    assert_eq!(get_u64(&b, 152), sb.invalidated_total);
+    assert!(b[160..256].iter().all(|&x| x == 0));
+    let name = sb.volume_name.as_bytes();
+    assert_eq!(b[256] as usize, name.len());
+    assert_eq!(&b[257..257 + name.len()], name);
+    assert!(b[257 + name.len()..320].iter().all(|&x| x == 0));
+    let path = sb.origin_path.as_bytes();
+    assert_eq!(get_u16(&b, 320) as usize, path.len());
+    assert_eq!(&b[322..322 + path.len()], path);
+    assert!(b[322 + path.len()..].iter().all(|&x| x == 0));
+    assert_eq!(322 + superblock::MAX_ORIGIN_PATH, 1344);
+    assert_eq!(superblock::MAX_VOLUME_NAME, 63);
+
+    // Node header and entries.
+    let mut leaf = Node::new_leaf(TreeKind::Exceptions);
+    let e = crate::meta::Exception {
+        chunk: crate::ids::OriginChunk(0x0102_0304_0506_0708),
+        first: crate::ids::SnapshotId(0x1112_1314_1516_1718),
+        last: crate::ids::SnapshotId(0x2122_2324_2526_2728),
+        store: crate::ids::StoreChunk(0x3132_3334_3536_3738),
+    };
+    leaf.keys.push(e.key());
+    leaf.values.extend_from_slice(&e.value());
+    let b = leaf.pack(0x4142_4344_4546_4748, 0x5152_5354_5556_5758);
+    assert_eq!(get_u32(&b, 0), block_checksum(&b, NODE_SALT));
+    assert_eq!(&b[4..8], &[0u8; 4]);
+    assert_eq!(get_u64(&b, 8), 0x4142_4344_4546_4748);
+    assert_eq!(get_u64(&b, 16), 0x5152_5354_5556_5758);
+    assert_eq!(get_u16(&b, 24), 1);
+    assert_eq!(get_u16(&b, 26), 16);
+    assert_eq!(b[28], 1);
+    assert_eq!(b[29], 0);
+    assert_eq!(get_u16(&b, 30), 0);
+    assert_eq!(get_u64(&b, 32), e.chunk.0, "key hi: origin chunk");
+    assert_eq!(get_u64(&b, 40), e.last.0, "key lo: last snapshot");
+    assert_eq!(get_u64(&b, 48), e.first.0, "value: first snapshot");
+    assert_eq!(get_u64(&b, 56), e.store.0, "value: store chunk");
+    assert!(b[64..].iter().all(|&x| x == 0));
+
+    let mut int = Node::new_internal(TreeKind::Snapshots, 3);
+    int.keys.push(Key::new(0x6162_6364_6566_6768, 0));
+    int.children.push(Child {
+        block: 0x7172_7374_7576_7778,
+        stamp: 0x8182_8384_8586_8788,
+    });
+    let b = int.pack(99, 1);
+    assert_eq!(get_u16(&b, 26), 160);
+    assert_eq!(b[28], 2);
+    assert_eq!(get_u16(&b, 30), 3);
+    assert_eq!(get_u64(&b, 32), 0x6162_6364_6566_6768);
+    assert_eq!(get_u64(&b, 40), 0);
+    assert_eq!(get_u64(&b, 48), 0x7172_7374_7576_7778, "child block");
+    assert_eq!(get_u64(&b, 56), 0x8182_8384_8586_8788, "child stamp");
+    assert_eq!(node::ENTRIES_OFFSET, 32);
+    assert_eq!(TreeKind::Exceptions.leaf_capacity(), 127);
+    assert_eq!(TreeKind::Snapshots.leaf_capacity(), 23);
+    assert_eq!(TreeKind::Exceptions.internal_capacity(), 127);
+    assert_eq!(TreeKind::Snapshots.internal_capacity(), 127);
+    assert_eq!(TreeKind::Private as u8, 3);
+    assert_eq!(TreeKind::Private.value_size(), 16);
+    assert_eq!(TreeKind::Private.leaf_capacity(), 127);
+    let private = crate::meta::private_value(crate::ids::StoreChunk(0x0123_4567_89AB_CDEF));
+    assert_eq!(get_u64(&private, 0), 0x0123_4567_89AB_CDEF);
+    assert_eq!(get_u64(&private, 8), 0);
+
+    // Bitmap block.
+    let mut bits = vec![0u8; BLOCK_SIZE - bitmap::BITS_OFFSET];
+    bits[0] = 0b0000_0101;
+    bits[4071] = 0x80;
+    let b = bitmap::pack(0x0A0B_0C0D_0E0F_1011, 0x1213_1415_1617_1819, &bits);
+    assert_eq!(get_u32(&b, 0), block_checksum(&b, BITMAP_SALT));
+    assert_eq!(&b[4..8], &[0u8; 4]);
+    assert_eq!(get_u64(&b, 8), 0x0A0B_0C0D_0E0F_1011);
+    assert_eq!(get_u64(&b, 16), 0x1213_1415_1617_1819);
+    assert_eq!(bitmap::BITS_OFFSET, 24);
+    assert_eq!(b[24], 0b0000_0101);
+    assert_eq!(b[4095], 0x80);
+    assert_eq!(bitmap::BITS_PER_BLOCK, 32576);
+    assert_eq!(crate::alloc::bitmap_blocks_for(32576), 1);
+    assert_eq!(crate::alloc::bitmap_blocks_for(32577), 2);
+
+    // Snapshot record.
+    let rec = SnapshotRecord {
+        created_at_ns: 0x9192_9394_9596_9798,
+        writable: true,
+        state: SnapshotState::Deleting,
+        name: "n".repeat(snapshot_record::MAX_NAME),
+    };
+    let r = rec.pack();
+    assert_eq!(r.len(), 160);
+    assert_eq!(get_u64(&r, 0), 0x9192_9394_9596_9798);
+    assert_eq!(get_u64(&r, 8), 1);
+    assert_eq!(get_u64(&r, 16), 1);
+    assert_eq!(r[24], 128);
+    assert_eq!(&r[25..153], "n".repeat(128).as_bytes());
+    assert_eq!(&r[153..], &[0u8; 7]);
+    for (state, code) in [
+        (SnapshotState::Ready, 0),
+        (SnapshotState::Deleting, 1),
+        (SnapshotState::Invalid, 2),
+        (SnapshotState::Invalidating, 3),
+    ] {
+        let r = SnapshotRecord {
+            state,
+            ..rec.clone()
+        }
+        .pack();
+        assert_eq!(get_u64(&r, 16), code);
+    }
+}
