@@ -5,6 +5,7 @@
 
 mod datadir;
 mod nbd_exports;
+mod reclaimer;
 mod verify_cmd;
 mod volumes;
 
@@ -165,7 +166,12 @@ fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
         .thread_name("multisnap")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve_async(data_dir, args, volumes.clone()))?;
+    let stop_reclaimer = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reclaimer = reclaimer::spawn(volumes.clone(), stop_reclaimer.clone());
+    let served = runtime.block_on(serve_async(data_dir, args, volumes.clone()));
+    stop_reclaimer.store(true, std::sync::atomic::Ordering::Release);
+    let _ = reclaimer.join();
+    served?;
     // Every frontend has stopped; make everything acknowledged durable.
     volumes.flush_all()?;
     tracing::info!("all volumes flushed and committed; exiting");
