@@ -11,6 +11,7 @@
 
 use multisnap_store::{CreateOptions, MemDev, SnapshotId, Store, View};
 use proptest::prelude::*;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 const KIB: u64 = 1024;
@@ -34,9 +35,14 @@ struct Model {
     /// (id, full image as of creation), oldest first.
     snaps: Vec<(u64, Vec<u8>)>,
     newest: u64,
+    /// Every live snapshot id (also those without an image in `snaps`).
+    live: BTreeSet<u64>,
     /// Per origin chunk: the newest snapshot id whose view of the chunk is already preserved
     /// (0: none).
     preserved: Vec<u64>,
+    /// Per origin chunk: the snapshot ranges of its exceptions, as the store should hold them
+    /// once reclamation has run.
+    ranges: Vec<Vec<(u64, u64)>>,
     copies: u64,
 }
 
@@ -48,7 +54,9 @@ impl Model {
             origin,
             snaps: Vec::new(),
             newest: 0,
+            live: BTreeSet::new(),
             preserved: vec![0; chunks],
+            ranges: vec![Vec::new(); chunks],
             copies: 0,
         }
     }
@@ -61,17 +69,34 @@ impl Model {
         let first = off / self.cs;
         let last = (off + data.len() as u64 - 1) / self.cs;
         for c in first..=last {
-            let p = &mut self.preserved[c as usize];
-            if self.newest > *p {
+            let p = self.preserved[c as usize];
+            // A copy is needed iff a live snapshot newer than the last preservation exists.
+            if self.live.range(p + 1..).next().is_some() {
                 self.copies += 1;
-                *p = self.newest;
+                self.ranges[c as usize].push((p + 1, self.newest));
+                self.preserved[c as usize] = self.newest;
             }
         }
         self.origin[off as usize..off as usize + data.len()].copy_from_slice(data);
     }
 
+    /// Deletes a snapshot and applies what a full reclamation pass must do: drop every range
+    /// left without a live snapshot.
+    fn delete(&mut self, id: u64) {
+        self.snaps.retain(|(s, _)| *s != id);
+        self.live.remove(&id);
+        for r in &mut self.ranges {
+            r.retain(|&(first, last)| self.live.range(first..=last).next().is_some());
+        }
+    }
+
+    fn exceptions(&self) -> u64 {
+        self.ranges.iter().map(|r| r.len() as u64).sum()
+    }
+
     fn snapshot(&mut self) -> u64 {
         self.newest += 1;
+        self.live.insert(self.newest);
         self.snaps.push((self.newest, self.origin.clone()));
         self.newest
     }
@@ -132,6 +157,10 @@ enum Op {
         pos: Pos,
         len: Len,
     },
+    /// Deletes the snapshot `pick % count` (nothing when none exists) and reclaims its space.
+    Delete {
+        pick: usize,
+    },
     Flush,
     /// Drops the store and opens it again from the same devices. `flush` says whether the
     /// store is flushed first (otherwise the close-time commit must do it); `tiny_cache` opens
@@ -184,6 +213,7 @@ fn ops_weighted(writes: u32, write_len: BoxedStrategy<Len>) -> impl Strategy<Val
         2 => (pos(), len()).prop_map(|(pos, len)| Op::ReadOrigin { pos, len }),
         4 => (any::<usize>(), pos(), len())
             .prop_map(|(pick, pos, len)| Op::ReadSnapshot { pick, pos, len }),
+        1 => any::<usize>().prop_map(|pick| Op::Delete { pick }),
         1 => Just(Op::Flush),
         1 => (any::<bool>(), any::<bool>())
             .prop_map(|(flush, tiny_cache)| Op::Reopen { flush, tiny_cache }),
@@ -296,7 +326,12 @@ impl Harness {
             "step {}: copies_total disagrees with the model",
             self.step
         );
-        assert_eq!(stats.exceptions, self.model.copies, "step {}", self.step);
+        assert_eq!(
+            stats.exceptions,
+            self.model.exceptions(),
+            "step {}",
+            self.step
+        );
         assert_eq!(
             stats.snapshots,
             self.model.snaps.len() as u64,
@@ -313,7 +348,12 @@ impl Harness {
             self.step,
             report.problems
         );
-        assert_eq!(report.exceptions, self.model.copies, "step {}", self.step);
+        assert_eq!(
+            report.exceptions,
+            self.model.exceptions(),
+            "step {}",
+            self.step
+        );
         assert_eq!(
             report.snapshots,
             self.model.snaps.len() as u64,
@@ -385,6 +425,23 @@ impl Harness {
                     k => View::Snapshot(SnapshotId(self.model.snaps[pick % k].0)),
                 };
                 self.check_range(view, off, n);
+            }
+            Op::Delete { pick } => {
+                if !self.model.snaps.is_empty() {
+                    let id = self.model.snaps[pick % self.model.snaps.len()].0;
+                    self.store().delete_snapshot(SnapshotId(id)).unwrap();
+                    self.store().reclaim_all().unwrap();
+                    self.model.delete(id);
+                    let mut buf = [0u8; 1];
+                    assert!(
+                        self.store()
+                            .read(View::Snapshot(SnapshotId(id)), 0, &mut buf)
+                            .is_err(),
+                        "step {}: a deleted snapshot must not be readable",
+                        self.step
+                    );
+                    self.check_all();
+                }
             }
             Op::Flush => {
                 self.store().flush().unwrap();
@@ -517,6 +574,7 @@ fn over_a_thousand_snapshots() {
         let info = h.store().create_snapshot(&format!("s{id}")).unwrap();
         assert_eq!(info.id, SnapshotId(id));
         h.model.newest = id;
+        h.model.live.insert(id);
         let keep = id % SAMPLE_EVERY == 1 || id == SNAPSHOTS;
         if keep {
             h.model.snaps.push((id, h.model.origin.clone()));
@@ -571,7 +629,7 @@ impl Harness {
     fn verify_clean_many(&self, snapshots: u64) {
         let report = multisnap_store::verify(&*self.dev, Some(self.model.size())).unwrap();
         assert!(report.is_clean(), "verify found {:?}", report.problems);
-        assert_eq!(report.exceptions, self.model.copies);
+        assert_eq!(report.exceptions, self.model.exceptions());
         assert_eq!(report.snapshots, snapshots);
     }
 }
