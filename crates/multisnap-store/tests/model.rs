@@ -1,6 +1,6 @@
-//! Model-based tests: random sequences of origin writes, snapshot creations, reads, flushes and
-//! reopens, checked after every step against a plain in-memory model that keeps the origin and
-//! a full copy of every snapshot image.
+//! Model-based tests: random sequences of origin writes, snapshot creations and deletions, reads,
+//! flushes and reopens, checked after every step against a plain in-memory model that keeps the
+//! origin and a full copy of every snapshot image.
 //!
 //! The model also predicts the exact number of copy-outs ("one copy, not N"): each origin chunk
 //! remembers the newest snapshot whose view of it has been preserved; a write needs a copy iff a
