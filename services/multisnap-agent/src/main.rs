@@ -4,6 +4,7 @@
 //! and commits every volume, and exits 0.
 
 mod datadir;
+mod grpc;
 mod nbd_exports;
 mod reclaimer;
 mod verify_cmd;
@@ -38,6 +39,9 @@ struct ServeArgs {
     /// TCP address for NBD (loopback unless told otherwise).
     #[arg(long, env = "MULTISNAP_NBD_LISTEN", default_value = "127.0.0.1:10809")]
     nbd_listen: SocketAddr,
+    /// TCP address for the gRPC API.
+    #[arg(long, env = "MULTISNAP_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
+    grpc_listen: SocketAddr,
     /// Unix socket for NBD [default: DATA_DIR/nbd.sock].
     #[arg(long, env = "MULTISNAP_NBD_SOCKET")]
     nbd_socket: Option<PathBuf>,
@@ -196,19 +200,18 @@ async fn serve_async(data_dir: &Path, args: &ServeArgs, volumes: Arc<Volumes>) -
         .with_context(|| format!("cannot listen for NBD on {}", sock_path.display()))?;
     tracing::info!(tcp = %args.nbd_listen, unix = %sock_path.display(), "serving NBD");
 
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(multisnap_nbd::serve_tcp(
-        tcp,
-        provider.clone(),
-        ServerConfig::default(),
-        shutdown.clone(),
-    ));
-    tasks.spawn(multisnap_nbd::serve_unix(
-        unix,
-        provider,
-        ServerConfig::default(),
-        shutdown.clone(),
-    ));
+    let mut tasks: tokio::task::JoinSet<Result<()>> = tokio::task::JoinSet::new();
+    let (p, sd) = (provider.clone(), shutdown.clone());
+    tasks.spawn(
+        async move { Ok(multisnap_nbd::serve_tcp(tcp, p, ServerConfig::default(), sd).await?) },
+    );
+    let sd = shutdown.clone();
+    tasks.spawn(async move {
+        Ok(multisnap_nbd::serve_unix(unix, provider, ServerConfig::default(), sd).await?)
+    });
+    let grpc_sock = data_dir.join("grpc.sock");
+    let (v, sd, addr) = (volumes.clone(), shutdown.clone(), args.grpc_listen);
+    tasks.spawn(async move { grpc::serve(v, addr, &grpc_sock, sd).await });
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;

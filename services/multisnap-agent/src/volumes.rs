@@ -2,7 +2,7 @@
 //! every frontend.
 
 use crate::datadir::{validate_volume_name, DataDir, ORIGIN_FILE, STORE_FILE};
-use anyhow::{bail, Context, Result};
+use anyhow::Context;
 use multisnap_store::store::read_superblock;
 use multisnap_store::{BlockDev, CreateOptions, FileDev, FullPolicy, Store};
 use parking_lot::RwLock;
@@ -10,11 +10,38 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// What can go wrong managing volumes; the gRPC layer maps each to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("no volume named {0:?}")]
+    NotFound(String),
+    #[error("a volume named {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] multisnap_store::StoreError),
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> VolumeError {
+    move |source| VolumeError::Io { what, source }
+}
+
 pub struct Volume {
     pub name: String,
     pub store: Store,
     pub origin_path: PathBuf,
     pub store_path: PathBuf,
+    /// The origin file was made by the agent (and goes when the volume is deleted).
+    pub owns_origin: bool,
 }
 
 /// Parameters for a new volume.
@@ -44,7 +71,7 @@ fn resolve_origin(dir: &Path, recorded: &str) -> PathBuf {
     }
 }
 
-fn open_volume(dir: &Path, name: &str, cache_bytes: usize) -> Result<Volume> {
+fn open_volume(dir: &Path, name: &str, cache_bytes: usize) -> anyhow::Result<Volume> {
     let store_path = dir.join(STORE_FILE);
     let dev = Arc::new(
         FileDev::open(&store_path)
@@ -60,17 +87,19 @@ fn open_volume(dir: &Path, name: &str, cache_bytes: usize) -> Result<Volume> {
     })?);
     let store = Store::open(origin, dev, cache_bytes)
         .with_context(|| format!("cannot open volume {name} ({})", store_path.display()))?;
+    let owns_origin = !Path::new(store.origin_path()).is_absolute();
     Ok(Volume {
         name: name.to_string(),
         store,
         origin_path,
         store_path,
+        owns_origin,
     })
 }
 
 impl Volumes {
     /// Opens every volume in the data directory.
-    pub fn load(data_dir: DataDir, cache_bytes: usize) -> Result<Volumes> {
+    pub fn load(data_dir: DataDir, cache_bytes: usize) -> anyhow::Result<Volumes> {
         let mut map = BTreeMap::new();
         for name in data_dir.volume_names()? {
             let v = open_volume(&data_dir.volume_dir(&name), &name, cache_bytes)?;
@@ -97,47 +126,29 @@ impl Volumes {
     }
 
     /// Makes a new volume: origin (a new sparse file unless given) and store.
-    pub fn create(&self, spec: &NewVolume) -> Result<Arc<Volume>> {
-        validate_volume_name(&spec.name).map_err(anyhow::Error::msg)?;
+    pub fn create(&self, spec: &NewVolume) -> Result<Arc<Volume>, VolumeError> {
+        validate_volume_name(&spec.name).map_err(VolumeError::InvalidArgument)?;
         let mut map = self.map.write();
         if map.contains_key(&spec.name) {
-            bail!("volume {} already exists", spec.name);
+            return Err(VolumeError::AlreadyExists(spec.name.clone()));
         }
         let dir = self.data_dir.volume_dir(&spec.name);
         if dir.join(STORE_FILE).exists() {
-            bail!("{} already holds a store", dir.display());
+            return Err(VolumeError::FailedPrecondition(format!(
+                "{} already holds a store that is not loaded; move it away first",
+                dir.display()
+            )));
         }
         std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        let (origin, origin_path, recorded): (Arc<dyn BlockDev>, PathBuf, String) =
-            match &spec.origin_path {
-                Some(p) => {
-                    let abs = std::fs::canonicalize(p)
-                        .with_context(|| format!("origin {} not found", p.display()))?;
-                    let dev = FileDev::open(&abs)
-                        .with_context(|| format!("cannot open origin {}", abs.display()))?;
-                    let recorded = abs.to_string_lossy().into_owned();
-                    (Arc::new(dev), abs, recorded)
-                }
-                None => {
-                    if spec.size_bytes == 0 {
-                        bail!("volume size must be greater than 0");
-                    }
-                    let p = dir.join(ORIGIN_FILE);
-                    let dev = FileDev::create_sparse(&p, spec.size_bytes)
-                        .with_context(|| format!("cannot create origin {}", p.display()))?;
-                    (Arc::new(dev), p, ORIGIN_FILE.to_string())
-                }
-            };
-        let origin_size = origin.size().context("cannot size the origin")?;
-        let store_size = spec
-            .store_size_bytes
-            .unwrap_or(origin_size + origin_size / 8 + (16 << 20));
-        let store_path = dir.join(STORE_FILE);
-        let dev = Arc::new(
-            FileDev::create_sparse(&store_path, store_size)
-                .with_context(|| format!("cannot create store {}", store_path.display()))?,
-        );
+            .map_err(io_err(format!("cannot create {}", dir.display())))?;
+        let made = self.make_files(spec, &dir);
+        let (origin, origin_path, recorded, dev, store_path) = match made {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         let opts = CreateOptions {
             chunk_size: spec.chunk_size,
             volume_name: spec.name.clone(),
@@ -148,27 +159,117 @@ impl Volumes {
         let store = match Store::create(origin, dev, &opts) {
             Ok(s) => s,
             Err(e) => {
-                let _ = std::fs::remove_file(&store_path);
-                if spec.origin_path.is_none() {
-                    let _ = std::fs::remove_file(&origin_path);
-                }
-                let _ = std::fs::remove_dir(&dir);
-                return Err(e).context(format!("cannot create volume {}", spec.name));
+                // Only our own files go; an origin given by the user is never touched.
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(match e {
+                    multisnap_store::StoreError::InvalidGeometry(m) => {
+                        VolumeError::InvalidArgument(m)
+                    }
+                    other => VolumeError::Store(other),
+                });
             }
         };
-        tracing::info!(volume = %spec.name, size = origin_size, chunk_size = spec.chunk_size, "volume created");
+        tracing::info!(volume = %spec.name, size = store.origin_size(), chunk_size = spec.chunk_size, "volume created");
         let v = Arc::new(Volume {
             name: spec.name.clone(),
             store,
             origin_path,
             store_path,
+            owns_origin: spec.origin_path.is_none(),
         });
         map.insert(spec.name.clone(), v.clone());
         Ok(v)
     }
 
+    #[allow(clippy::type_complexity)]
+    fn make_files(
+        &self,
+        spec: &NewVolume,
+        dir: &Path,
+    ) -> Result<(Arc<dyn BlockDev>, PathBuf, String, Arc<FileDev>, PathBuf), VolumeError> {
+        let (origin, origin_path, recorded): (Arc<dyn BlockDev>, PathBuf, String) = match &spec
+            .origin_path
+        {
+            Some(p) => {
+                let abs = std::fs::canonicalize(p).map_err(|e| {
+                    VolumeError::InvalidArgument(format!("origin {}: {e}", p.display()))
+                })?;
+                let dev = FileDev::open(&abs).map_err(|e| {
+                    VolumeError::InvalidArgument(format!(
+                        "cannot open origin {}: {e}",
+                        abs.display()
+                    ))
+                })?;
+                let size = dev
+                    .size()
+                    .map_err(io_err(format!("cannot size {}", abs.display())))?;
+                if spec.size_bytes != 0 && spec.size_bytes != size {
+                    return Err(VolumeError::InvalidArgument(format!(
+                        "size_bytes {} does not match origin {} of {size} bytes (give 0 to use its size)",
+                        spec.size_bytes,
+                        abs.display()
+                    )));
+                }
+                let recorded = abs.to_string_lossy().into_owned();
+                (Arc::new(dev), abs, recorded)
+            }
+            None => {
+                if spec.size_bytes == 0 {
+                    return Err(VolumeError::InvalidArgument(
+                        "size_bytes must be greater than 0 (or give origin_path)".into(),
+                    ));
+                }
+                let p = dir.join(ORIGIN_FILE);
+                let dev = FileDev::create_sparse(&p, spec.size_bytes)
+                    .map_err(io_err(format!("cannot create origin {}", p.display())))?;
+                (Arc::new(dev), p, ORIGIN_FILE.to_string())
+            }
+        };
+        let origin_size = origin
+            .size()
+            .map_err(io_err("cannot size the origin".into()))?;
+        let store_size = spec
+            .store_size_bytes
+            .unwrap_or(origin_size + origin_size / 8 + (16 << 20));
+        let store_path = dir.join(STORE_FILE);
+        let dev = Arc::new(
+            FileDev::create_sparse(&store_path, store_size).map_err(io_err(format!(
+                "cannot create store {}",
+                store_path.display()
+            )))?,
+        );
+        Ok((origin, origin_path, recorded, dev, store_path))
+    }
+
+    /// Removes a volume: its store, and its origin if the agent made it. Refused while it has
+    /// snapshots unless `force`.
+    pub fn delete(&self, name: &str, force: bool) -> Result<(), VolumeError> {
+        let mut map = self.map.write();
+        let v = map
+            .get(name)
+            .cloned()
+            .ok_or_else(|| VolumeError::NotFound(name.to_string()))?;
+        let snaps = v.store.list_snapshots().len();
+        if snaps > 0 && !force {
+            return Err(VolumeError::FailedPrecondition(format!(
+                "volume {name} has {snaps} snapshot(s); delete them first or pass force"
+            )));
+        }
+        map.remove(name);
+        let dir = self.data_dir.volume_dir(name);
+        // Remove the store first: without it the folder is no longer a volume.
+        std::fs::remove_file(&v.store_path)
+            .map_err(io_err(format!("cannot remove {}", v.store_path.display())))?;
+        if v.owns_origin {
+            let _ = std::fs::remove_file(&v.origin_path);
+        }
+        let _ = std::fs::remove_dir(&dir);
+        tracing::info!(volume = %name, "volume deleted");
+        Ok(())
+    }
+
     /// Flushes and commits every volume (shutdown).
-    pub fn flush_all(&self) -> Result<()> {
+    pub fn flush_all(&self) -> anyhow::Result<()> {
         let mut failed = Vec::new();
         for v in self.list() {
             if let Err(e) = v.store.flush() {
@@ -177,7 +278,7 @@ impl Volumes {
             }
         }
         if !failed.is_empty() {
-            bail!("flush failed for volume(s): {}", failed.join(", "));
+            anyhow::bail!("flush failed for volume(s): {}", failed.join(", "));
         }
         Ok(())
     }

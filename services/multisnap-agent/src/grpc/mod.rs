@@ -1,0 +1,89 @@
+//! The gRPC control plane: `multisnap.v1` services plus server reflection (v1 and v1alpha, so
+//! both grpcurl and Python's grpcio-reflection work without proto files) and
+//! `grpc.health.v1`, on TCP and a unix socket.
+
+mod snapshots;
+mod status;
+mod volumes;
+
+use crate::volumes::Volumes;
+use anyhow::Context;
+use multisnap_proto::v1::snapshot_service_server::SnapshotServiceServer;
+use multisnap_proto::v1::volume_service_server::VolumeServiceServer;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+/// Serves gRPC on `addr` and the unix socket `sock` until `shutdown`.
+pub async fn serve(
+    volumes: Arc<Volumes>,
+    addr: SocketAddr,
+    sock: &Path,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let tcp = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for gRPC on {addr}"))?;
+    let _ = std::fs::remove_file(sock);
+    let unix = tokio::net::UnixListener::bind(sock)
+        .with_context(|| format!("cannot listen for gRPC on {}", sock.display()))?;
+    tracing::info!(tcp = %addr, unix = %sock.display(), "serving gRPC");
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<VolumeServiceServer<volumes::VolumeApi>>()
+        .await;
+    reporter
+        .set_serving::<SnapshotServiceServer<snapshots::SnapshotApi>>()
+        .await;
+    let build = |vols: Arc<Volumes>| -> anyhow::Result<tonic::transport::server::Router> {
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(multisnap_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("cannot build the reflection service")?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(multisnap_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("cannot build the reflection service")?;
+        Ok(Server::builder()
+            .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
+            .add_service(health.clone())
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(VolumeServiceServer::new(volumes::VolumeApi {
+                volumes: vols.clone(),
+            }))
+            .add_service(SnapshotServiceServer::new(snapshots::SnapshotApi {
+                volumes: vols,
+            })))
+    };
+    let tcp_router = build(volumes.clone())?;
+    let unix_router = build(volumes)?;
+    let s1 = shutdown.clone();
+    let tcp_task = tokio::spawn(async move {
+        tcp_router
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(tcp),
+                s1.cancelled(),
+            )
+            .await
+    });
+    let unix_task = tokio::spawn(async move {
+        unix_router
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(unix),
+                shutdown.cancelled(),
+            )
+            .await
+    });
+    let (a, b) = tokio::join!(tcp_task, unix_task);
+    let _ = std::fs::remove_file(sock);
+    a.context("gRPC TCP task failed")?
+        .context("gRPC TCP server failed")?;
+    b.context("gRPC unix task failed")?
+        .context("gRPC unix server failed")?;
+    Ok(())
+}

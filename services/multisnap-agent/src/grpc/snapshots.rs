@@ -1,0 +1,141 @@
+//! `multisnap.v1.SnapshotService`.
+
+use super::status::{blocking, from_store};
+use crate::volumes::{Volume, Volumes};
+use multisnap_proto::v1 as pb;
+use multisnap_store::{SnapshotInfo, SnapshotState, StoreError};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct SnapshotApi {
+    pub volumes: Arc<Volumes>,
+}
+
+fn snapshot_message(volume: &str, s: &SnapshotInfo) -> pb::Snapshot {
+    let since = s
+        .created_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let state = match s.state {
+        SnapshotState::Ready => pb::SnapshotState::Ready,
+        SnapshotState::Deleting => pb::SnapshotState::Deleting,
+        SnapshotState::Invalid | SnapshotState::Invalidating => pb::SnapshotState::Invalid,
+    };
+    pb::Snapshot {
+        id: s.id.0,
+        name: s.name.clone(),
+        volume: volume.to_string(),
+        created_at: Some(prost_types::Timestamp {
+            seconds: since.as_secs() as i64,
+            nanos: since.subsec_nanos() as i32,
+        }),
+        writable: s.writable,
+        state: state as i32,
+        nbd_export: format!("{volume}@{}", s.name),
+        exclusive_bytes: None,
+    }
+}
+
+impl SnapshotApi {
+    fn volume(&self, name: &str) -> Result<Arc<Volume>, Status> {
+        if name.is_empty() {
+            return Err(Status::invalid_argument("volume is required"));
+        }
+        self.volumes
+            .get(name)
+            .ok_or_else(|| Status::not_found(format!("no volume named {name:?}")))
+    }
+}
+
+fn require_name(name: &str) -> Result<(), Status> {
+    if name.is_empty() {
+        return Err(Status::invalid_argument("name is required"));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl pb::snapshot_service_server::SnapshotService for SnapshotApi {
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume, snapshot = %req.get_ref().name))]
+    async fn create_snapshot(
+        &self,
+        req: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<pb::Snapshot>, Status> {
+        let r = req.into_inner();
+        require_name(&r.name)?;
+        let v = self.volume(&r.volume)?;
+        blocking(move || {
+            let existing = |v: &Volume| -> Result<Response<pb::Snapshot>, Status> {
+                let s = v.store.snapshot_by_name(&r.name).map_err(from_store)?;
+                if s.writable != r.writable {
+                    return Err(Status::already_exists(format!(
+                        "volume {} already has a snapshot named {:?} with writable={}",
+                        v.name, r.name, s.writable
+                    )));
+                }
+                Ok(Response::new(snapshot_message(&v.name, &s)))
+            };
+            // CSI-style idempotency: the same name on the same volume is the same snapshot.
+            if v.store.snapshot_by_name(&r.name).is_ok() {
+                return existing(&v);
+            }
+            match v.store.create_snapshot_with(&r.name, r.writable) {
+                Ok(s) => Ok(Response::new(snapshot_message(&v.name, &s))),
+                // Lost a race with an identical request.
+                Err(StoreError::SnapshotExists(_)) => existing(&v),
+                Err(e) => Err(from_store(e)),
+            }
+        })
+        .await
+    }
+
+    async fn list_snapshots(
+        &self,
+        req: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        let v = self.volume(&req.into_inner().volume)?;
+        blocking(move || {
+            Ok(Response::new(pb::ListSnapshotsResponse {
+                snapshots: v
+                    .store
+                    .list_snapshots()
+                    .iter()
+                    .map(|s| snapshot_message(&v.name, s))
+                    .collect(),
+            }))
+        })
+        .await
+    }
+
+    async fn get_snapshot(
+        &self,
+        req: Request<pb::GetSnapshotRequest>,
+    ) -> Result<Response<pb::Snapshot>, Status> {
+        let r = req.into_inner();
+        require_name(&r.name)?;
+        let v = self.volume(&r.volume)?;
+        blocking(move || {
+            let s = v.store.snapshot_by_name(&r.name).map_err(from_store)?;
+            Ok(Response::new(snapshot_message(&v.name, &s)))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume, snapshot = %req.get_ref().name))]
+    async fn delete_snapshot(
+        &self,
+        req: Request<pb::DeleteSnapshotRequest>,
+    ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        require_name(&r.name)?;
+        let v = self.volume(&r.volume)?;
+        blocking(move || {
+            let s = v.store.snapshot_by_name(&r.name).map_err(from_store)?;
+            v.store.delete_snapshot(s.id).map_err(from_store)?;
+            Ok(Response::new(pb::DeleteSnapshotResponse {
+                reclaim_pending: v.store.reclaim_progress().pending.len() as u64,
+            }))
+        })
+        .await
+    }
+}

@@ -1,0 +1,126 @@
+//! `multisnap.v1.VolumeService`.
+
+use super::status::{blocking, from_volume};
+use crate::volumes::{NewVolume, Volume, Volumes};
+use multisnap_proto::v1 as pb;
+use multisnap_store::FullPolicy;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct VolumeApi {
+    pub volumes: Arc<Volumes>,
+}
+
+pub fn volume_message(v: &Volume) -> pb::Volume {
+    let stats = v.store.stats();
+    let policy = match v.store.full_policy() {
+        FullPolicy::Error => pb::StoreFullPolicy::Error,
+        FullPolicy::InvalidateOldest => pb::StoreFullPolicy::InvalidateOldest,
+    };
+    let uuid = v.store.volume_uuid();
+    let uuid = uuid.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    pb::Volume {
+        name: v.name.clone(),
+        size_bytes: stats.origin_size,
+        chunk_size_bytes: stats.chunk_size,
+        store_size_bytes: stats.store_bytes,
+        store_used_bytes: stats.used_bytes,
+        store_free_bytes: stats.free_chunks * stats.chunk_size as u64,
+        snapshot_count: stats.snapshots,
+        store_full_policy: policy as i32,
+        origin_path: v.origin_path.display().to_string(),
+        store_path: v.store_path.display().to_string(),
+        uuid: format!(
+            "{}-{}-{}-{}-{}",
+            &uuid[0..8],
+            &uuid[8..12],
+            &uuid[12..16],
+            &uuid[16..20],
+            &uuid[20..32]
+        ),
+        exception_count: stats.exceptions,
+        reclaim_pending: stats.reclaim_pending,
+    }
+}
+
+fn policy_from(p: i32) -> Result<FullPolicy, Status> {
+    match pb::StoreFullPolicy::try_from(p) {
+        Ok(pb::StoreFullPolicy::Unspecified) | Ok(pb::StoreFullPolicy::Error) => {
+            Ok(FullPolicy::Error)
+        }
+        Ok(pb::StoreFullPolicy::InvalidateOldest) => Ok(FullPolicy::InvalidateOldest),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown store_full_policy {p}"
+        ))),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::volume_service_server::VolumeService for VolumeApi {
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().name))]
+    async fn create_volume(
+        &self,
+        req: Request<pb::CreateVolumeRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let r = req.into_inner();
+        let chunk_size = if r.chunk_size_bytes == 0 {
+            65536
+        } else {
+            r.chunk_size_bytes
+        };
+        let spec = NewVolume {
+            name: r.name,
+            size_bytes: r.size_bytes,
+            chunk_size,
+            store_size_bytes: (r.store_size_bytes != 0).then_some(r.store_size_bytes),
+            origin_path: (!r.origin_path.is_empty()).then(|| r.origin_path.into()),
+            full_policy: policy_from(r.store_full_policy)?,
+        };
+        let volumes = self.volumes.clone();
+        blocking(move || {
+            let v = volumes.create(&spec).map_err(from_volume)?;
+            Ok(Response::new(volume_message(&v)))
+        })
+        .await
+    }
+
+    async fn list_volumes(
+        &self,
+        _req: Request<pb::ListVolumesRequest>,
+    ) -> Result<Response<pb::ListVolumesResponse>, Status> {
+        let volumes = self.volumes.clone();
+        blocking(move || {
+            Ok(Response::new(pb::ListVolumesResponse {
+                volumes: volumes.list().iter().map(|v| volume_message(v)).collect(),
+            }))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().name))]
+    async fn get_volume(
+        &self,
+        req: Request<pb::GetVolumeRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let name = req.into_inner().name;
+        let v = self
+            .volumes
+            .get(&name)
+            .ok_or_else(|| Status::not_found(format!("no volume named {name:?}")))?;
+        blocking(move || Ok(Response::new(volume_message(&v)))).await
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().name))]
+    async fn delete_volume(
+        &self,
+        req: Request<pb::DeleteVolumeRequest>,
+    ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
+        let r = req.into_inner();
+        let volumes = self.volumes.clone();
+        blocking(move || {
+            volumes.delete(&r.name, r.force).map_err(from_volume)?;
+            Ok(Response::new(pb::DeleteVolumeResponse {}))
+        })
+        .await
+    }
+}
