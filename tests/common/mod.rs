@@ -46,17 +46,26 @@ pub struct Agent {
     pub child: Option<Child>,
     pub data_dir: PathBuf,
     pub nbd: SocketAddr,
+    /// gRPC address (a free port unless `extra` named one).
+    pub grpc: String,
 }
 
 impl Agent {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Agent {
         let port = free_port();
         let nbd: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let child = Command::new(agent_bin())
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--nbd-listen")
-            .arg(nbd.to_string())
+        // Tests run in parallel: never let two agents fight over a default port.
+        let mut cmd = Command::new(agent_bin());
+        cmd.arg("--data-dir").arg(data_dir).arg("--nbd-listen").arg(nbd.to_string());
+        let grpc = match extra.iter().position(|a| *a == "--grpc-listen") {
+            Some(i) => extra.get(i + 1).map(|s| s.to_string()).unwrap_or_default(),
+            None => {
+                let g = format!("127.0.0.1:{}", free_port());
+                cmd.arg("--grpc-listen").arg(&g);
+                g
+            }
+        };
+        let child = cmd
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -67,6 +76,7 @@ impl Agent {
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
             nbd,
+            grpc,
         };
         agent.wait_ready();
         agent
