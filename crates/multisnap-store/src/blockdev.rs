@@ -18,6 +18,14 @@ pub trait BlockDev: Send + Sync {
     fn flush(&self) -> io::Result<()>;
     /// Current size in bytes.
     fn size(&self) -> io::Result<u64>;
+
+    /// Which parts of `offset..offset+len` hold data (`true`) and which are holes that read
+    /// as zeroes (`false`), as consecutive `(length, data)` runs covering the range. Devices
+    /// that cannot tell say "all data", which is always a truthful answer.
+    fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {
+        let _ = offset;
+        Ok(vec![(len, true)])
+    }
 }
 
 /// A regular file or block device, accessed with positional reads and writes.
@@ -50,6 +58,23 @@ impl FileDev {
     }
 }
 
+/// `lseek(fd, offset, whence)` for SEEK_DATA / SEEK_HOLE; `None` past the last data (ENXIO).
+fn seek_extent(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+    use std::os::fd::AsRawFd;
+    let off = libc::off_t::try_from(offset).map_err(|_| io::Error::other("offset overflow"))?;
+    // SAFETY: lseek on a valid descriptor we own; it only moves the file offset, which this
+    // type never uses (all I/O is positional).
+    let r = unsafe { libc::lseek(file.as_raw_fd(), off, whence) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    Ok(Some(r as u64))
+}
+
 impl BlockDev for FileDev {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
@@ -60,6 +85,31 @@ impl BlockDev for FileDev {
     fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
     }
+    fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {
+        let end = offset + len;
+        let mut out = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let data_at = match seek_extent(&self.file, pos, libc::SEEK_DATA) {
+                Ok(d) => d.unwrap_or(end).min(end),
+                // Filesystems or devices without SEEK_DATA: everything is data.
+                Err(_) => return Ok(vec![(len, true)]),
+            };
+            if data_at > pos {
+                out.push((data_at - pos, false));
+                pos = data_at;
+                continue;
+            }
+            let hole_at = seek_extent(&self.file, pos, libc::SEEK_HOLE)?
+                .unwrap_or(end)
+                .min(end);
+            let hole_at = hole_at.max(pos + 1);
+            out.push((hole_at - pos, true));
+            pos = hole_at;
+        }
+        Ok(out)
+    }
+
     fn size(&self) -> io::Result<u64> {
         use std::os::unix::fs::FileTypeExt;
         let meta = self.file.metadata()?;
@@ -126,6 +176,9 @@ impl BlockDev for MemDev {
 }
 
 impl<T: BlockDev + ?Sized> BlockDev for std::sync::Arc<T> {
+    fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {
+        (**self).allocation(offset, len)
+    }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         (**self).read_at(buf, offset)
     }

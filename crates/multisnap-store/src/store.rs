@@ -541,6 +541,54 @@ impl Store {
         }
     }
 
+    /// Allocation of `offset..offset+len` as `view` sees it: `(length, data)` runs, where
+    /// `false` means a hole that reads as zeroes. May cover less than `len` (at most 4096
+    /// chunks per call), never more.
+    pub fn allocation(&self, view: View, offset: u64, len: u64) -> Result<Vec<(u64, bool)>> {
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let origin_map = |off: u64, n: u64| {
+            self.origin
+                .allocation(off, n)
+                .map_err(|e| StoreError::io("origin", off, n as usize, e))
+        };
+        let snap = match view {
+            View::Origin => return origin_map(offset, len),
+            View::Snapshot(id) => id,
+        };
+        self.live_snapshot(snap)?;
+        let has_private = self.meta.lock().private_owners.contains(&snap.0);
+        let cs = self.chunk_size as u64;
+        let end = offset + len.min(4096 * cs);
+        let end = end.min(offset + len);
+        let mut out: Vec<(u64, bool)> = Vec::new();
+        let mut push = |n: u64, data: bool| match out.last_mut() {
+            Some((m, d)) if *d == data => *m += n,
+            _ => out.push((n, data)),
+        };
+        let mut pos = offset;
+        while pos < end {
+            let chunk = pos / cs;
+            let n = ((chunk + 1) * cs).min(end) - pos;
+            let in_store = {
+                let mut m = self.meta.lock();
+                (has_private && m.find_private(snap, OriginChunk(chunk))?.is_some())
+                    || m.find_exception(OriginChunk(chunk), snap)?.is_some()
+            };
+            if in_store {
+                push(n, true);
+            } else {
+                for (l, d) in origin_map(pos, n)? {
+                    push(l, d);
+                }
+            }
+            pos += n;
+        }
+        Ok(out)
+    }
+
     /// Writes to a writable snapshot. Each chunk it touches first gets a private copy (the
     /// snapshot's current contents of that chunk), which later writes update in place.
     pub fn write_snapshot(&self, id: SnapshotId, offset: u64, data: &[u8]) -> Result<()> {

@@ -1,5 +1,5 @@
 //! The NBD view of the volumes: export `VOLUME` is the origin (read-write), `VOLUME@SNAPSHOT`
-//! a snapshot (read-only).
+//! a snapshot (read-only, or read-write if the snapshot is writable).
 //!
 //! TRIM is accepted and does nothing: deallocating origin chunks could drop data a snapshot
 //! still reads through the origin, and a trim is only a hint, so the safe answer is to keep
@@ -79,12 +79,17 @@ impl ExportProvider for NbdProvider {
             None => Ok(Arc::new(VolumeExport {
                 volume,
                 view: View::Origin,
+                writable: true,
             })),
             Some(s) => {
                 let info = volume.store.snapshot_by_name(s).map_err(|_| not_found())?;
+                if info.state != multisnap_store::SnapshotState::Ready {
+                    return Err(not_found());
+                }
                 Ok(Arc::new(VolumeExport {
                     volume,
                     view: View::Snapshot(info.id),
+                    writable: info.writable,
                 }))
             }
         }
@@ -94,19 +99,29 @@ impl ExportProvider for NbdProvider {
 struct VolumeExport {
     volume: Arc<Volume>,
     view: View,
+    /// Fixed when the client connects (NBD cannot change it mid-session).
+    writable: bool,
 }
 
 const ZERO_PIECE: usize = 1 << 20;
 
 impl VolumeExport {
-    fn writable(&self, op: &'static str) -> Result<(), NbdError> {
-        let _ = op;
-        match self.view {
-            View::Origin => Ok(()),
-            View::Snapshot(_) => Err(NbdError::ReadOnly {
+    fn check_writable(&self) -> Result<(), NbdError> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(NbdError::ReadOnly {
                 export: self.export_name(),
-            }),
+            })
         }
+    }
+
+    fn write_at(&self, op: &'static str, offset: u64, data: &[u8]) -> Result<(), NbdError> {
+        let r = match self.view {
+            View::Origin => self.volume.store.write_origin(offset, data),
+            View::Snapshot(id) => self.volume.store.write_snapshot(id, offset, data),
+        };
+        r.map_err(|e| store_err(op, offset, e))
     }
 
     fn export_name(&self) -> String {
@@ -132,7 +147,7 @@ impl Export for VolumeExport {
         let chunk = self.volume.store.chunk_size();
         ExportInfo {
             size: self.volume.store.origin_size(),
-            read_only: matches!(self.view, View::Snapshot(_)),
+            read_only: !self.writable,
             // A flush on any connection flushes the whole volume, so it covers the writes
             // every other connection saw completed.
             multi_conn: true,
@@ -153,11 +168,8 @@ impl Export for VolumeExport {
     }
 
     fn write(&self, offset: u64, data: &[u8], fua: Fua) -> Result<(), NbdError> {
-        self.writable("write")?;
-        self.volume
-            .store
-            .write_origin(offset, data)
-            .map_err(|e| store_err("write", offset, e))?;
+        self.check_writable()?;
+        self.write_at("write", offset, data)?;
         self.fua(fua, "write", offset)
     }
 
@@ -169,7 +181,7 @@ impl Export for VolumeExport {
     }
 
     fn trim(&self, offset: u64, _len: u64, fua: Fua) -> Result<(), NbdError> {
-        self.writable("trim")?;
+        self.check_writable()?;
         self.fua(fua, "trim", offset)
     }
 
@@ -180,26 +192,32 @@ impl Export for VolumeExport {
         _mode: ZeroMode,
         fua: Fua,
     ) -> Result<(), NbdError> {
-        self.writable("write_zeroes")?;
+        self.check_writable()?;
         let zeroes = vec![0u8; ZERO_PIECE.min(len as usize)];
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(ZERO_PIECE as u64) as usize;
-            self.volume
-                .store
-                .write_origin(offset + done, &zeroes[..n])
-                .map_err(|e| store_err("write_zeroes", offset + done, e))?;
+            self.write_at("write_zeroes", offset + done, &zeroes[..n])?;
             done += n as u64;
         }
         self.fua(fua, "write_zeroes", offset)
     }
 
-    fn block_status(&self, _offset: u64, len: u64) -> Result<Vec<Extent>, NbdError> {
-        // Everything is reported as allocated data: true, if not the most precise answer.
-        Ok(vec![Extent {
-            len,
-            hole: false,
-            zero: false,
-        }])
+    fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>, NbdError> {
+        // Holes are the origin file's own holes (SEEK_HOLE) where the view reads the origin;
+        // chunks held in the store are data.
+        let runs = self
+            .volume
+            .store
+            .allocation(self.view, offset, len)
+            .map_err(|e| store_err("block_status", offset, e))?;
+        Ok(runs
+            .into_iter()
+            .map(|(len, data)| Extent {
+                len,
+                hole: !data,
+                zero: !data,
+            })
+            .collect())
     }
 }

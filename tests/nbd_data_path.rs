@@ -1,0 +1,360 @@
+//! The data path with clients nobody here wrote: nbdinfo --map, kill -9 after FUA and FLUSH,
+//! nbdcopy checksums, fio with verify=crc32c while snapshots are taken, writable snapshots.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn sha256(path: &std::path::Path) -> String {
+    run_ok("sha256sum", &[path.to_str().unwrap()])
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn grpc(agent: &Agent, method: &str, body: &str) -> String {
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/grpc/grpcurl.py"
+        ))
+        .args([&agent.grpc, "call", method, body])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{method}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn have_grpcio() -> bool {
+    Command::new("python3")
+        .args(["-c", "import grpc, grpc_reflection"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn nbdinfo_map_shows_holes_and_data() {
+    require_tools!("nbdinfo", "qemu-io");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let agent = Agent::start(&dir, &["--default-volume-size", "16777216"]);
+    let map = run_ok("nbdinfo", &["--map", &agent.uri("default")]);
+    assert!(
+        map.contains("hole,zero"),
+        "a fresh sparse origin is one hole: {map}"
+    );
+    assert!(!map.contains(" data"), "{map}");
+    run_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            &agent.uri("default"),
+            "-c",
+            "write -P 1 1M 64k",
+        ],
+    );
+    let map = run_ok("nbdinfo", &["--map", &agent.uri("default")]);
+    assert!(map.contains("data"), "{map}");
+    assert!(map.lines().count() >= 3, "hole, data, hole: {map}");
+    assert!(agent.stop().success());
+}
+
+#[test]
+fn fua_and_flushed_writes_survive_kill_9() {
+    require_tools!("qemu-io");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let agent = Agent::start(&dir, &["--default-volume-size", "16777216"]);
+    assert!(
+        agent_cmd(&dir, &["verify"]).status.code() != Some(0),
+        "lock must be held while running"
+    );
+    let mut agent = agent;
+    // A snapshot first, so the writes below go through copy-out.
+    if have_grpcio() {
+        grpc(
+            &agent,
+            "multisnap.v1.SnapshotService/CreateSnapshot",
+            r#"{"volume":"default","name":"base"}"#,
+        );
+    }
+    run_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            &agent.uri("default"),
+            "-c",
+            "write -f -P 0x33 0 64k",
+        ],
+    );
+    run_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            &agent.uri("default"),
+            "-c",
+            "write -P 0x44 1M 128k",
+            "-c",
+            "flush",
+        ],
+    );
+    let mut child = agent.child.take().unwrap();
+    child.kill().unwrap(); // SIGKILL: no flush, no commit, no clean exit
+    child.wait().unwrap();
+    let v = agent_cmd(&dir, &["verify"]);
+    assert!(
+        v.status.success(),
+        "store after kill -9: {}",
+        String::from_utf8_lossy(&v.stdout)
+    );
+    let agent = Agent::start(&dir, &[]);
+    run_ok(
+        "qemu-io",
+        &[
+            "-r",
+            "-f",
+            "raw",
+            &agent.uri("default"),
+            "-c",
+            "read -P 0x33 0 64k",
+            "-c",
+            "read -P 0x44 1M 128k",
+        ],
+    );
+    if have_grpcio() {
+        run_ok(
+            "qemu-io",
+            &[
+                "-r",
+                "-f",
+                "raw",
+                &agent.uri("default@base"),
+                "-c",
+                "read -P 0 0 2M",
+            ],
+        );
+    }
+    assert!(agent.stop().success());
+}
+
+#[test]
+fn nbdcopy_of_a_snapshot_matches_the_image_before_the_writes() {
+    require_tools!("qemu-io", "nbdcopy", "qemu-img");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let agent = Agent::start(&dir, &["--default-volume-size", "33554432"]);
+    for (i, off) in ["0", "3M", "17M", "31M"].iter().enumerate() {
+        run_ok(
+            "qemu-io",
+            &[
+                "-f",
+                "raw",
+                &agent.uri("default"),
+                "-c",
+                &format!("write -P {} {off} 300k", i + 1),
+            ],
+        );
+    }
+    let before = tmp.path().join("before.raw");
+    run_ok(
+        "nbdcopy",
+        &[&agent.uri("default"), before.to_str().unwrap()],
+    );
+    assert!(agent.stop().success());
+    assert!(agent_cmd(&dir, &["snapshot", "create", "default", "s"])
+        .status
+        .success());
+    let agent = Agent::start(&dir, &[]);
+    for off in ["100k", "3M", "20M"] {
+        run_ok(
+            "qemu-io",
+            &[
+                "-f",
+                "raw",
+                &agent.uri("default"),
+                "-c",
+                &format!("write -P 0xee {off} 1M"),
+            ],
+        );
+    }
+    let snap = tmp.path().join("snap.raw");
+    run_ok(
+        "nbdcopy",
+        &[
+            "--connections=4",
+            &agent.uri("default@s"),
+            snap.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        sha256(&before),
+        sha256(&snap),
+        "snapshot differs from the image before the writes"
+    );
+    run_ok(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            before.to_str().unwrap(),
+            &agent.uri("default@s"),
+        ],
+    );
+    let now = tmp.path().join("now.raw");
+    run_ok("nbdcopy", &[&agent.uri("default"), now.to_str().unwrap()]);
+    assert_ne!(sha256(&before), sha256(&now));
+    assert!(agent.stop().success());
+}
+
+#[test]
+fn fio_verify_passes_while_snapshots_are_taken() {
+    require_tools!("fio", "qemu-io");
+    if !have_grpcio() {
+        eprintln!("SKIP: python grpcio missing (bash .ci/install-deps installs it)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let agent = Agent::start(&dir, &["--default-volume-size", "67108864"]);
+    let uri = agent.uri("default");
+    let fio = std::thread::spawn(move || {
+        Command::new("fio")
+            .args([
+                "--name=verify",
+                "--ioengine=nbd",
+                &format!("--uri={uri}"),
+                "--rw=randwrite",
+                "--bs=4k",
+                "--size=16m",
+                "--iodepth=16",
+                "--verify=crc32c",
+                "--do_verify=1",
+                "--verify_fatal=1",
+                "--loops=3",
+                "--verify_state_save=0",
+            ])
+            .output()
+            .expect("fio")
+    });
+    // Each snapshot lets the job copy up to its 16 MiB once more: four fit the default store.
+    let mut taken = 0;
+    while !fio.is_finished() && taken < 4 {
+        grpc(
+            &agent,
+            "multisnap.v1.SnapshotService/CreateSnapshot",
+            &format!(r#"{{"volume":"default","name":"during-{taken}"}}"#),
+        );
+        taken += 1;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let out = fio.join().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "fio failed: {text}");
+    assert!(!text.contains("verify: bad"), "{text}");
+    assert!(
+        taken >= 2,
+        "snapshots should have been taken during the run ({taken})"
+    );
+    assert!(agent.stop().success());
+    let v = agent_cmd(&dir, &["verify"]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+}
+
+#[test]
+fn writable_snapshot_export_takes_writes_of_its_own() {
+    require_tools!("qemu-io", "nbdinfo");
+    if !have_grpcio() {
+        eprintln!("SKIP: python grpcio missing (bash .ci/install-deps installs it)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let agent = Agent::start(&dir, &["--default-volume-size", "16777216"]);
+    run_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            &agent.uri("default"),
+            "-c",
+            "write -P 0x10 0 1M",
+        ],
+    );
+    grpc(
+        &agent,
+        "multisnap.v1.SnapshotService/CreateSnapshot",
+        r#"{"volume":"default","name":"clone","writable":true}"#,
+    );
+    grpc(
+        &agent,
+        "multisnap.v1.SnapshotService/CreateSnapshot",
+        r#"{"volume":"default","name":"ro"}"#,
+    );
+    let info = run_ok("nbdinfo", &[&agent.uri("default@clone")]);
+    assert!(info.contains("is_read_only: false"), "{info}");
+    run_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            &agent.uri("default@clone"),
+            "-c",
+            "write -P 0x20 4k 8k",
+            "-c",
+            "flush",
+        ],
+    );
+    run_ok(
+        "qemu-io",
+        &[
+            "-r",
+            "-f",
+            "raw",
+            &agent.uri("default@clone"),
+            "-c",
+            "read -P 0x10 0 4k",
+            "-c",
+            "read -P 0x20 4k 8k",
+            "-c",
+            "read -P 0x10 12k 1012k",
+        ],
+    );
+    run_ok(
+        "qemu-io",
+        &[
+            "-r",
+            "-f",
+            "raw",
+            &agent.uri("default"),
+            "-c",
+            "read -P 0x10 0 1M",
+        ],
+    );
+    run_ok(
+        "qemu-io",
+        &[
+            "-r",
+            "-f",
+            "raw",
+            &agent.uri("default@ro"),
+            "-c",
+            "read -P 0x10 0 1M",
+        ],
+    );
+    assert!(agent.stop().success());
+    let v = agent_cmd(&dir, &["verify"]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+}
