@@ -318,6 +318,25 @@ impl ChunkAllocator {
         Ok(())
     }
 
+    /// Takes in blocks `total_blocks..new_total` (the store grew). The caller has checked the
+    /// bitmap area can describe them.
+    pub fn grow(&mut self, new_total: u64) {
+        if new_total <= self.total_blocks {
+            return;
+        }
+        self.words.resize(new_total.div_ceil(64) as usize, 0);
+        if self.chunk_blocks > 1 {
+            let old_groups = self.group_used.len() as u64;
+            let new_groups = new_total / self.chunk_blocks;
+            self.group_used.resize(new_groups as usize, 0);
+            // A formerly trailing partial group may now be whole: recount it.
+            self.free_groups += new_groups - old_groups;
+        }
+        self.total_blocks = new_total;
+        self.recount();
+        self.force_full_write = true;
+    }
+
     /// Makes the next commit write every bitmap block (needed until both copies are whole).
     pub fn force_full_write(&mut self) {
         self.force_full_write = true;

@@ -27,6 +27,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// How much a store can grow in place: its bitmap area is sized for this multiple of the
+/// size it was made with.
+pub const GROWTH_FACTOR: u64 = 8;
+
 /// Default node cache size.
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 const STRIPES: usize = 1024;
@@ -228,7 +232,8 @@ impl Store {
             .map_err(|e| StoreError::io("origin", 0, 0, e))?;
         let store_bytes = dev.size().map_err(|e| StoreError::io("store", 0, 0, e))?;
         let total_blocks = store_bytes / BLOCK_SIZE as u64;
-        let bitmap_blocks = bitmap_blocks_for(total_blocks);
+        // Room in the bitmap for the store to grow to 8x its size in place (see `open`).
+        let bitmap_blocks = bitmap_blocks_for(total_blocks.saturating_mul(GROWTH_FACTOR));
         let reserved = 2 + 2 * bitmap_blocks;
         let chunk_blocks = cs as u64 / BLOCK_SIZE as u64;
         // Room for the reserved area, a few tree nodes and at least one data chunk.
@@ -319,7 +324,32 @@ impl Store {
         }
         let mut meta = Meta::new(dev.clone(), sb, alloc, cache_bytes);
         meta.load_snapshots()?;
+        Store::grow_if_bigger(&mut meta, store_bytes)?;
         Ok(Store::assemble(origin, dev, meta))
+    }
+
+    /// A store file or device made bigger while closed is taken in on open, up to what the
+    /// bitmap area can describe (`GROWTH_FACTOR` times the original size).
+    fn grow_if_bigger(meta: &mut Meta, store_bytes: u64) -> Result<()> {
+        let dev_blocks = store_bytes / BLOCK_SIZE as u64;
+        let capacity = meta.sb.bitmap_blocks * crate::format::bitmap::BITS_PER_BLOCK;
+        let new_total = dev_blocks.min(capacity);
+        if new_total <= meta.sb.store_blocks {
+            return Ok(());
+        }
+        if dev_blocks > capacity {
+            tracing::warn!(
+                volume = %meta.sb.volume_name,
+                usable_bytes = capacity * BLOCK_SIZE as u64,
+                device_bytes = store_bytes,
+                "store device is larger than its bitmap can describe; using only the first part"
+            );
+        }
+        tracing::info!(volume = %meta.sb.volume_name, from_blocks = meta.sb.store_blocks, to_blocks = new_total, "store grew; taking in the new space");
+        meta.pager.alloc.grow(new_total);
+        meta.sb.store_blocks = new_total;
+        meta.dirty = true;
+        meta.commit()
     }
 
     fn assemble(origin: Arc<dyn BlockDev>, dev: Arc<dyn BlockDev>, meta: Meta) -> Store {
