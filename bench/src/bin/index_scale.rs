@@ -50,8 +50,9 @@ struct Args {
     /// Also append the summary (Markdown) to this file.
     #[arg(long)]
     summary_out: Option<PathBuf>,
-    /// Internal: reopen the store already built in this directory, read, verify.
-    #[arg(long, hide = true)]
+    /// Only reopen, read and verify the store already built in this directory (what a build
+    /// runs in a child process; also for rerunning that phase on a kept store).
+    #[arg(long)]
     reopen_dir: Option<PathBuf>,
 }
 
@@ -128,9 +129,18 @@ fn main() -> Result<()> {
     if let Some(path) = &args.summary_out {
         child.arg("--summary-out").arg(path);
     }
-    let status = child.status().context("running the reopen phase")?;
-    if !status.success() {
-        bail!("the reopen phase failed: {status}");
+    let status = child.status();
+    if !matches!(&status, Ok(s) if s.success()) {
+        // A 10M-exception build takes many minutes: keep it, so the reopen phase can be rerun
+        // alone with `--reopen-dir`.
+        let kept = tmp.keep();
+        bail!(
+            "the reopen phase failed ({status:?}); the store is kept in {}: rerun with \
+             --reopen-dir {} --exceptions {exceptions} --snapshots {}",
+            kept.display(),
+            kept.display(),
+            args.snapshots
+        );
     }
     if args.keep {
         println!("files kept in {}", tmp.keep().display());
