@@ -62,7 +62,12 @@ impl NodeCache {
 
     /// Inserts a node; returns the nodes evicted to stay within capacity (the caller must write
     /// out the dirty ones).
-    pub fn put(&mut self, block: u64, node: Node, dirty: bool) -> Vec<(u64, CachedNode)> {
+    pub fn put(&mut self, block: u64, mut node: Node, dirty: bool) -> Vec<(u64, CachedNode)> {
+        // A node that grew by one entry may carry twice its size in spare Vec capacity; the
+        // cache charges NODE_MEMORY per node, so hold it to that.
+        node.keys.shrink_to_fit();
+        node.values.shrink_to_fit();
+        node.children.shrink_to_fit();
         let dirty = dirty || self.lru.peek(&block).is_some_and(|c| c.dirty);
         self.lru.put(block, CachedNode { node, dirty });
         let mut evicted = Vec::new();
