@@ -10,7 +10,9 @@
 //! `MULTISNAP_CRASH_SEEDS=N` raises the number of workloads for a soak.
 
 use multisnap_store::fault::{CrashDev, PowerRail};
-use multisnap_store::{verify, CreateOptions, MemDev, SnapshotState, Store, View};
+use multisnap_store::{
+    verify, CreateOptions, FullPolicy, MemDev, SnapshotState, Store, StoreError, View,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -18,6 +20,19 @@ use std::sync::Arc;
 
 const ORIGIN: usize = 192 * 1024 + 1536; // not a chunk multiple: the last chunk is partial
 const STORE: usize = 1024 * 1024;
+/// A store that fills up within a workload: the store-full paths run under power cuts too.
+const SMALL_STORE: usize = 440 * 1024;
+
+#[derive(Clone, Copy, Debug)]
+struct Setup {
+    store: usize,
+    policy: FullPolicy,
+}
+
+const ROOMY: Setup = Setup {
+    store: STORE,
+    policy: FullPolicy::Error,
+};
 const CHUNK: u32 = 4096;
 
 #[derive(Clone, Debug)]
@@ -133,6 +148,12 @@ impl Image {
 
 /// What the workload knows when the power goes.
 struct Outcome {
+    setup: Setup,
+    /// Creation order of the snapshots in `snapshots` (oldest first).
+    order: Vec<String>,
+    /// Operations refused with StoreFull, and snapshots dropped by invalidate-oldest.
+    full_hits: usize,
+    invalidations: usize,
     origin: Image,
     /// Acknowledged, not deleted snapshots.
     snapshots: BTreeMap<String, Image>,
@@ -148,11 +169,12 @@ struct Rig {
     store_dev: Arc<CrashDev>,
 }
 
-fn format_rig() -> (Vec<u8>, Vec<u8>) {
+fn format_rig(setup: Setup) -> (Vec<u8>, Vec<u8>) {
     let origin = Arc::new(MemDev::new(ORIGIN as u64));
-    let dev = Arc::new(MemDev::new(STORE as u64));
+    let dev = Arc::new(MemDev::new(setup.store as u64));
     let opts = CreateOptions {
         chunk_size: CHUNK,
+        full_policy: setup.policy,
         cache_bytes: 0, // the minimum: dirty nodes get evicted mid-transaction too
         ..Default::default()
     };
@@ -160,7 +182,11 @@ fn format_rig() -> (Vec<u8>, Vec<u8>) {
     (origin.contents(), dev.contents())
 }
 
-fn run(ops: &[Op], base: &(Vec<u8>, Vec<u8>), cut_at: Option<u64>) -> (Rig, Outcome) {
+fn is_full(r: &Result<(), StoreError>) -> bool {
+    matches!(r, Err(StoreError::StoreFull { .. }))
+}
+
+fn run(ops: &[Op], base: &(Vec<u8>, Vec<u8>), setup: Setup, cut_at: Option<u64>) -> (Rig, Outcome) {
     let rail = PowerRail::new();
     if let Some(k) = cut_at {
         rail.cut_at_write(k);
@@ -171,6 +197,10 @@ fn run(ops: &[Op], base: &(Vec<u8>, Vec<u8>), cut_at: Option<u64>) -> (Rig, Outc
         rail,
     };
     let mut out = Outcome {
+        setup,
+        order: Vec::new(),
+        full_hits: 0,
+        invalidations: 0,
         origin: Image::new(base.0.clone()),
         snapshots: BTreeMap::new(),
         maybe_created: None,
@@ -184,11 +214,13 @@ fn run(ops: &[Op], base: &(Vec<u8>, Vec<u8>), cut_at: Option<u64>) -> (Rig, Outc
         let ok = match op {
             Op::Write { offset, data } => {
                 out.origin.issue(*offset, data);
-                let ok = store.write_origin(*offset, data).is_ok();
-                if ok {
+                let r = store.write_origin(*offset, data);
+                if r.is_ok() {
                     out.origin.acknowledged(*offset, data);
                 }
-                ok
+                // A full store refuses the write and changes nothing: the workload goes on.
+                out.full_hits += is_full(&r) as usize;
+                r.is_ok() || is_full(&r)
             }
             Op::Snapshot { name, writable } => match store.create_snapshot_with(name, *writable) {
                 Ok(_) => {
@@ -196,6 +228,12 @@ fn run(ops: &[Op], base: &(Vec<u8>, Vec<u8>), cut_at: Option<u64>) -> (Rig, Outc
                     out.origin.flushed();
                     out.snapshots
                         .insert(name.clone(), Image::new(out.origin.current.clone()));
+                    out.order.push(name.clone());
+                    true
+                }
+                Err(StoreError::StoreFull { .. }) => {
+                    out.origin.flushed();
+                    out.full_hits += 1;
                     true
                 }
                 Err(_) => {
@@ -209,13 +247,12 @@ fn run(ops: &[Op], base: &(Vec<u8>, Vec<u8>), cut_at: Option<u64>) -> (Rig, Outc
                 };
                 img.issue(*offset, data);
                 let id = store.snapshot_by_name(name).map(|s| s.id);
-                let ok = id
-                    .and_then(|id| store.write_snapshot(id, *offset, data))
-                    .is_ok();
-                if ok {
+                let r = id.and_then(|id| store.write_snapshot(id, *offset, data));
+                if r.is_ok() {
                     img.acknowledged(*offset, data);
                 }
-                ok
+                out.full_hits += is_full(&r) as usize;
+                r.is_ok() || is_full(&r)
             }
             Op::Delete(name) => {
                 let Some(img) = out.snapshots.remove(name) else {
@@ -242,6 +279,28 @@ fn run(ops: &[Op], base: &(Vec<u8>, Vec<u8>), cut_at: Option<u64>) -> (Rig, Outc
         };
         if !ok {
             break;
+        }
+        // invalidate-oldest may have dropped snapshots to make room; they are gone for good
+        // (the drop is committed before the write that needed it returns).
+        let dropped: Vec<String> = out
+            .snapshots
+            .keys()
+            .filter(|n| {
+                store
+                    .snapshot_by_name(n)
+                    .map(|s| s.state != SnapshotState::Ready)
+                    .unwrap_or(true)
+            })
+            .cloned()
+            .collect();
+        for n in dropped {
+            assert_eq!(
+                setup.policy,
+                FullPolicy::InvalidateOldest,
+                "snapshot {n} vanished under the error policy"
+            );
+            out.snapshots.remove(&n);
+            out.invalidations += 1;
         }
     }
     // Power off without a clean close: the Drop's final commit fails on a cut rail, and on an
@@ -272,14 +331,22 @@ fn check_recovered(origin_img: Vec<u8>, store_img: Vec<u8>, out: &Outcome, what:
         .filter(|s| s.state == SnapshotState::Ready)
         .map(|s| s.name)
         .collect();
-    for (name, image) in &out.snapshots {
-        let info = store
-            .snapshot_by_name(name)
-            .unwrap_or_else(|_| panic!("{what}: acknowledged snapshot {name} lost"));
-        image.check(
-            &read_all(&store, View::Snapshot(info.id)),
-            &format!("{what}: snapshot {name}"),
-        );
+    // An interrupted write under invalidate-oldest may have dropped the oldest snapshots, and
+    // only those: whatever is missing must be a prefix of the creation order.
+    let mut missing_prefix = true;
+    for name in out.order.iter().filter(|n| out.snapshots.contains_key(*n)) {
+        let image = &out.snapshots[name];
+        match store.snapshot_by_name(name) {
+            Ok(info) if info.state == SnapshotState::Ready => {
+                missing_prefix = false;
+                let found = read_all(&store, View::Snapshot(info.id));
+                image.check(&found, &format!("{what}: snapshot {name}"));
+            }
+            _ => assert!(
+                out.setup.policy == FullPolicy::InvalidateOldest && missing_prefix,
+                "{what}: acknowledged snapshot {name} lost"
+            ),
+        }
     }
     for name in &live {
         if out.snapshots.contains_key(name) {
@@ -309,9 +376,12 @@ fn check_recovered(origin_img: Vec<u8>, store_img: Vec<u8>, out: &Outcome, what:
     let snap = store
         .create_snapshot("after-recovery")
         .expect("snapshot after recovery");
-    store
-        .write_origin(0, &vec![0xee; 3 * CHUNK as usize])
-        .expect("write after recovery");
+    match store.write_origin(0, &vec![0xee; 3 * CHUNK as usize]) {
+        Ok(()) => {}
+        // A store that was full before the cut may still be full under the error policy.
+        Err(StoreError::StoreFull { .. }) if out.setup.policy == FullPolicy::Error => {}
+        Err(e) => panic!("{what}: write after recovery: {e}"),
+    }
     store.flush().expect("flush after recovery");
     assert_eq!(
         read_all(&store, View::Snapshot(snap.id)),
@@ -327,10 +397,10 @@ fn check_recovered(origin_img: Vec<u8>, store_img: Vec<u8>, out: &Outcome, what:
     );
 }
 
-fn crash_every_write(seed: u64, ops: usize) -> u64 {
-    let base = format_rig();
+fn crash_every_write(seed: u64, ops: usize, setup: Setup) -> u64 {
+    let base = format_rig(setup);
     let work = workload(seed, ops);
-    let (dry, _) = run(&work, &base, None);
+    let (dry, _) = run(&work, &base, setup, None);
     let total = dry.rail.writes();
     assert!(
         total > 20,
@@ -339,7 +409,7 @@ fn crash_every_write(seed: u64, ops: usize) -> u64 {
     let mut cases = 0;
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     for k in 1..=total {
-        let (rig, out) = run(&work, &base, Some(k));
+        let (rig, out) = run(&work, &base, setup, Some(k));
         assert!(rig.rail.is_cut());
         // Every unflushed write lost; every one kept; two random subsets with tearing.
         let variants: [(f64, f64); 4] = [(0.0, 0.0), (1.0, 0.0), (0.5, 0.3), (0.5, 0.8)];
@@ -366,7 +436,7 @@ fn power_cut_at_every_write() {
         .unwrap_or(6);
     let mut cases = 0;
     for seed in 0..seeds {
-        cases += crash_every_write(seed, 50);
+        cases += crash_every_write(seed, 50, ROOMY);
     }
     println!("power-cut cases checked: {cases}");
     assert!(cases >= 2000, "only {cases} crash cases ran");
@@ -374,10 +444,10 @@ fn power_cut_at_every_write() {
 
 #[test]
 fn uncut_run_matches_the_model() {
-    let base = format_rig();
+    let base = format_rig(ROOMY);
     let mut work = workload(99, 80);
     work.push(Op::Flush);
-    let (rig, mut out) = run(&work, &base, None);
+    let (rig, mut out) = run(&work, &base, ROOMY, None);
     // Nothing lost: the images with every write applied.
     out.origin.flushed();
     for img in out.snapshots.values_mut() {
@@ -389,4 +459,48 @@ fn uncut_run_matches_the_model() {
         &out,
         "no crash",
     );
+}
+
+/// The store fills up during the workload: with the error policy copying writes fail and the
+/// workload goes on; with invalidate-oldest the oldest snapshots are dropped. Power cuts at
+/// every write of both.
+#[test]
+fn power_cut_with_a_full_store() {
+    let mut cases = 0;
+    for policy in [FullPolicy::Error, FullPolicy::InvalidateOldest] {
+        let setup = Setup {
+            store: SMALL_STORE,
+            policy,
+        };
+        let base = format_rig(setup);
+        // Workloads that really hit the full store (or this test proves nothing): the first
+        // two seeds whose uncut run is refused for space (error) or drops a snapshot.
+        let mut chosen = Vec::new();
+        for seed in 100..200 {
+            let work = workload(seed, 80);
+            let (_, out) = run(&work, &base, setup, None);
+            let hit = match policy {
+                FullPolicy::Error => out.full_hits > 0,
+                FullPolicy::InvalidateOldest => out.invalidations > 0,
+            };
+            if hit {
+                println!(
+                    "{policy:?} seed {seed}: {} refusals for space, {} snapshots invalidated, {} made",
+                    out.full_hits,
+                    out.invalidations,
+                    out.order.len()
+                );
+                chosen.push(seed);
+                if chosen.len() == 2 {
+                    break;
+                }
+            }
+        }
+        assert_eq!(chosen.len(), 2, "{policy:?}: no workload filled the store");
+        for seed in chosen {
+            cases += crash_every_write(seed, 80, setup);
+        }
+    }
+    println!("full-store power-cut cases checked: {cases}");
+    assert!(cases >= 1000, "only {cases} crash cases ran");
 }
