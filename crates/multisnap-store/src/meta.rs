@@ -283,6 +283,61 @@ impl Meta {
         )
     }
 
+    /// Chunks in `first..=last` whose contents differ between snapshot `a` and `b` (or the
+    /// live origin when `b` is `None`), in order. Only exceptions whose last snapshot lies in
+    /// `[min(a,b), max(a,b))` mark a difference, so the scan skips every subtree whose newest
+    /// exception is older than both (the per-node stamps). Private chunks of either snapshot
+    /// count as differences too.
+    pub fn changed_chunks(
+        &mut self,
+        a: SnapshotId,
+        b: Option<SnapshotId>,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<u64>> {
+        let (lo, hi) = match b {
+            Some(b) => (a.0.min(b.0), a.0.max(b.0)),
+            None => (a.0, u64::MAX),
+        };
+        let mut out: Vec<u64> = Vec::new();
+        if lo != hi {
+            let root = self.exception_root;
+            btree::walk(
+                &mut self.pager,
+                root,
+                &Key::new(first, 0),
+                &Key::new(last, u64::MAX),
+                lo,
+                &mut |k, _| {
+                    if k.lo >= lo && k.lo < hi && out.last() != Some(&k.hi) {
+                        out.push(k.hi);
+                    }
+                    Ok(true)
+                },
+            )?;
+        }
+        for snap in [Some(a), b].into_iter().flatten() {
+            if !self.private_owners.contains(&snap.0) {
+                continue;
+            }
+            let root = self.private_root;
+            btree::walk(
+                &mut self.pager,
+                root,
+                &Key::new(snap.0, first),
+                &Key::new(snap.0, last),
+                0,
+                &mut |k, _| {
+                    out.push(k.lo);
+                    Ok(true)
+                },
+            )?;
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
     /// Whether overwriting `chunk` of the origin must first copy it, and for which snapshots.
     pub fn copy_need(&mut self, chunk: OriginChunk) -> Result<Option<CopyNeed>> {
         let newest = self.newest_snapshot();

@@ -619,6 +619,54 @@ impl Store {
         Ok(out)
     }
 
+    /// Which parts of `offset..offset+len` differ between snapshot `base` and `view`:
+    /// `(length, changed)` runs at chunk granularity, covering at most 65,536 chunks per call
+    /// (less than `len` then, never more). Cost follows the number of changes, not the range.
+    pub fn changed_extents(
+        &self,
+        base: SnapshotId,
+        view: View,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, bool)>> {
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        self.live_snapshot(base)?;
+        let target = match view {
+            View::Origin => None,
+            View::Snapshot(id) => {
+                self.live_snapshot(id)?;
+                Some(id)
+            }
+        };
+        let cs = self.chunk_size as u64;
+        let first = offset / cs;
+        let end = (offset + len).min(offset + 65_536 * cs);
+        let last = (end - 1) / cs;
+        let changed = self.meta.lock().changed_chunks(base, target, first, last)?;
+        let mut out: Vec<(u64, bool)> = Vec::new();
+        let mut push = |n: u64, c: bool| match out.last_mut() {
+            Some((m, p)) if *p == c => *m += n,
+            _ => out.push((n, c)),
+        };
+        let mut pos = offset;
+        for c in changed {
+            let start = (c * cs).max(offset);
+            let stop = ((c + 1) * cs).min(end);
+            if start > pos {
+                push(start - pos, false);
+            }
+            push(stop - start, true);
+            pos = stop;
+        }
+        if pos < end {
+            push(end - pos, false);
+        }
+        Ok(out)
+    }
+
     /// Writes to a writable snapshot. Each chunk it touches first gets a private copy (the
     /// snapshot's current contents of that chunk), which later writes update in place.
     pub fn write_snapshot(&self, id: SnapshotId, offset: u64, data: &[u8]) -> Result<()> {
