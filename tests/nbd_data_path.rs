@@ -358,3 +358,73 @@ fn writable_snapshot_export_takes_writes_of_its_own() {
     let v = agent_cmd(&dir, &["verify"]);
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
 }
+
+#[test]
+fn nbdinfo_maps_the_chunks_changed_since_a_snapshot() {
+    require_tools!("qemu-io", "nbdinfo");
+    if !have_grpcio() {
+        eprintln!("SKIP: python grpcio missing (bash .ci/install-deps installs it)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let agent = Agent::start(&dir, &["--default-volume-size", "16777216"]);
+    let create = |name: &str| {
+        grpc(
+            &agent,
+            "multisnap.v1.SnapshotService/CreateSnapshot",
+            &format!(r#"{{"volume":"default","name":"{name}"}}"#),
+        )
+    };
+    run_ok(
+        "qemu-io",
+        &["-f", "raw", &agent.uri("default"), "-c", "write -P 1 0 4M"],
+    );
+    create("a");
+    run_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            &agent.uri("default"),
+            "-c",
+            "write -P 2 1M 64k",
+            "-c",
+            "write -P 2 3M 100k",
+        ],
+    );
+    create("b");
+    run_ok(
+        "qemu-io",
+        &["-f", "raw", &agent.uri("default"), "-c", "write -P 3 8M 4k"],
+    );
+    // Parse "offset length flags" lines into the changed ranges.
+    let changed = |uri: &str, base: &str| -> Vec<(u64, u64)> {
+        run_ok(
+            "nbdinfo",
+            &[&format!("--map=multisnap:changed:{base}"), uri],
+        )
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .take(3)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (f.len() == 3 && f[2] == 1).then(|| (f[0], f[1]))
+        })
+        .collect()
+    };
+    let mib = 1u64 << 20;
+    assert_eq!(
+        changed(&agent.uri("default@b"), "a"),
+        vec![(mib, 65536), (3 * mib, 131072)]
+    );
+    assert_eq!(
+        changed(&agent.uri("default"), "a"),
+        vec![(mib, 65536), (3 * mib, 131072), (8 * mib, 65536)]
+    );
+    assert_eq!(changed(&agent.uri("default"), "b"), vec![(8 * mib, 65536)]);
+    assert_eq!(changed(&agent.uri("default@b"), "b"), vec![]);
+    assert!(agent.stop().success());
+}

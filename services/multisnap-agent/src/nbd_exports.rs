@@ -1,13 +1,19 @@
 //! The NBD view of the volumes: export `VOLUME` is the origin (read-write), `VOLUME@SNAPSHOT`
 //! a snapshot (read-only, or read-write if the snapshot is writable).
 //!
+//! Besides `base:allocation`, every export offers `multisnap:changed:BASE` for each live
+//! snapshot BASE of its volume: flag 1 marks the chunks that differ between BASE and what the
+//! export shows, so any libnbd-based backup tool can pull an increment
+//! (`nbdinfo --map=multisnap:changed:BASE nbd://HOST/VOLUME@TARGET`).
+//!
 //! TRIM is accepted and does nothing: deallocating origin chunks could drop data a snapshot
 //! still reads through the origin, and a trim is only a hint, so the safe answer is to keep
 //! everything. WRITE_ZEROES writes zeroes through the normal copy-out path.
 
 use crate::volumes::{Volume, Volumes};
 use multisnap_nbd::{
-    BlockSizes, Export, ExportInfo, ExportListing, ExportProvider, Extent, Fua, NbdError, ZeroMode,
+    BlockSizes, ContextExtent, Export, ExportInfo, ExportListing, ExportProvider, Extent, Fua,
+    NbdError, ZeroMode,
 };
 use multisnap_store::{SnapshotId, StoreError, View};
 use std::sync::Arc;
@@ -104,6 +110,8 @@ struct VolumeExport {
 }
 
 const ZERO_PIECE: usize = 1 << 20;
+/// Metadata context naming the chunks changed since a snapshot.
+const CHANGED_PREFIX: &str = "multisnap:changed:";
 
 impl VolumeExport {
     fn check_writable(&self) -> Result<(), NbdError> {
@@ -201,6 +209,48 @@ impl Export for VolumeExport {
             done += n as u64;
         }
         self.fua(fua, "write_zeroes", offset)
+    }
+
+    fn meta_contexts(&self) -> Vec<String> {
+        self.volume
+            .store
+            .list_snapshots()
+            .into_iter()
+            .filter(|s| s.state == multisnap_store::SnapshotState::Ready)
+            .map(|s| format!("{CHANGED_PREFIX}{}", s.name))
+            .collect()
+    }
+
+    fn context_status(
+        &self,
+        context: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<ContextExtent>, NbdError> {
+        let unsupported = || NbdError::Unsupported {
+            op: "metadata context",
+        };
+        let base_name = context
+            .strip_prefix(CHANGED_PREFIX)
+            .ok_or_else(unsupported)?;
+        // The base may have been deleted since the client negotiated it.
+        let base = self
+            .volume
+            .store
+            .snapshot_by_name(base_name)
+            .map_err(|e| store_err("block_status", offset, e))?;
+        let runs = self
+            .volume
+            .store
+            .changed_extents(base.id, self.view, offset, len)
+            .map_err(|e| store_err("block_status", offset, e))?;
+        Ok(runs
+            .into_iter()
+            .map(|(len, changed)| ContextExtent {
+                len,
+                flags: u32::from(changed),
+            })
+            .collect())
     }
 
     fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>, NbdError> {
