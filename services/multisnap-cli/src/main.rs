@@ -1,0 +1,140 @@
+//! `multisnap`: the command-line client of the agent's gRPC API (`multisnap.v1`), for people
+//! (tables, progress bars) and scripts (`--output json`, documented exit codes).
+
+mod endpoint;
+mod exit;
+mod output;
+mod reclaim;
+mod size;
+mod snapshot;
+mod volume;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "multisnap",
+    version,
+    about = "Manage multisnap volumes and snapshots through the agent's gRPC API",
+    after_help = exit::HELP
+)]
+struct Cli {
+    /// The agent: http://HOST:PORT or unix:/path/to/DATA_DIR/grpc.sock.
+    #[arg(
+        long,
+        global = true,
+        env = "MULTISNAP_ENDPOINT",
+        default_value = "http://127.0.0.1:50051",
+        value_parser = endpoint::parse
+    )]
+    endpoint: endpoint::Target,
+    /// Output format: human tables, or one JSON document for scripts.
+    #[arg(long, short, global = true, value_enum, default_value = "table")]
+    output: output::Format,
+    /// Limit for connecting and for each call, e.g. 30s, 500ms, 2m (a bare number is seconds).
+    #[arg(long, global = true, default_value = "30s", value_parser = parse_timeout)]
+    timeout: Duration,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Volumes: an origin plus its copy-on-write store.
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
+    /// Snapshots: point-in-time views of a volume (NBD export VOLUME@NAME).
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
+}
+
+/// What every command needs: a connected channel and how to print.
+pub struct Ctx {
+    pub channel: tonic::transport::Channel,
+    pub format: output::Format,
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (t, 1.0)
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 500ms, 2m)"))?;
+    if !n.is_finite() || n <= 0.0 {
+        return Err(format!("{s:?}: the timeout must be positive"));
+    }
+    Duration::try_from_secs_f64(n * scale).map_err(|e| format!("{s:?}: {e}"))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let channel = endpoint::connect(&cli.endpoint, cli.timeout).await?;
+    let ctx = Ctx {
+        channel,
+        format: cli.output,
+    };
+    match cli.command {
+        Command::Volume(cmd) => volume::run(&ctx, cmd).await,
+        Command::Snapshot(cmd) => snapshot::run(&ctx, cmd).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not errors.
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("multisnap: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::OTHER);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("multisnap: {e:#}");
+            exit::code_for(&e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_parse() {
+        assert_eq!(parse_timeout("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_timeout("5"), Ok(Duration::from_secs(5)));
+        assert!(parse_timeout("0").is_err());
+        assert!(parse_timeout("soon").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

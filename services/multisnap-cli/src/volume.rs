@@ -1,0 +1,186 @@
+//! `multisnap volume …`: VolumeService.
+
+use crate::exit::rpc;
+use crate::output::{self, bytes_detail, policy_word, Format, Table};
+use crate::size::{human, parse_chunk_size, parse_size};
+use crate::Ctx;
+use anyhow::{Context, Result};
+use clap::{Subcommand, ValueEnum};
+use multisnap_proto::v1 as pb;
+use multisnap_proto::v1::volume_service_client::VolumeServiceClient;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum VolumeCommand {
+    /// Make a new volume: a sparse origin file (or an existing one) plus its store.
+    Create(CreateArgs),
+    /// List the agent's volumes.
+    List,
+    /// Show one volume, with its store usage.
+    Show { name: String },
+    /// Delete a volume, its store and (if the agent made it) its origin file.
+    Delete {
+        name: String,
+        /// Delete even if the volume still has snapshots (otherwise refused, exit 5).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    /// Volume name: 1-63 bytes of [A-Za-z0-9._-], not starting with '.' or '-'.
+    name: String,
+    /// Origin size, e.g. 10G, 512MiB, 1073741824. Required unless --origin is given.
+    #[arg(long, value_parser = parse_size, required_unless_present = "origin")]
+    size: Option<u64>,
+    /// Copy unit, a power of two from 4K to 1M [agent default: 64K].
+    #[arg(long, value_parser = parse_chunk_size)]
+    chunk_size: Option<u32>,
+    /// An existing file or block device on the agent's machine to use as the origin.
+    #[arg(long)]
+    origin: Option<PathBuf>,
+    /// Store size [agent default: the origin's size plus 1/8 plus 16 MiB].
+    #[arg(long, value_parser = parse_size)]
+    store_size: Option<u64>,
+    /// What a write needing a copy does when the store is full.
+    #[arg(long, value_enum)]
+    store_full_policy: Option<Policy>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Policy {
+    /// The write fails with ENOSPC and nothing changes.
+    Error,
+    /// The oldest snapshots are invalidated until the copy fits.
+    InvalidateOldest,
+}
+
+pub async fn run(ctx: &Ctx, cmd: VolumeCommand) -> Result<()> {
+    let mut client = VolumeServiceClient::new(ctx.channel.clone());
+    match cmd {
+        VolumeCommand::Create(a) => {
+            let origin_path = match &a.origin {
+                // The agent's working directory is not ours: send an absolute path.
+                Some(p) => std::path::absolute(p)
+                    .with_context(|| format!("cannot resolve {}", p.display()))?
+                    .display()
+                    .to_string(),
+                None => String::new(),
+            };
+            let req = pb::CreateVolumeRequest {
+                name: a.name.clone(),
+                size_bytes: a.size.unwrap_or(0),
+                chunk_size_bytes: a.chunk_size.unwrap_or(0),
+                origin_path,
+                store_size_bytes: a.store_size.unwrap_or(0),
+                store_full_policy: match a.store_full_policy {
+                    None => pb::StoreFullPolicy::Unspecified,
+                    Some(Policy::Error) => pb::StoreFullPolicy::Error,
+                    Some(Policy::InvalidateOldest) => pb::StoreFullPolicy::InvalidateOldest,
+                } as i32,
+            };
+            let v = client
+                .create_volume(req)
+                .await
+                .map_err(rpc(format!("cannot create volume {:?}", a.name)))?
+                .into_inner();
+            show(ctx.format, &v)
+        }
+        VolumeCommand::List => {
+            let vols = client
+                .list_volumes(pb::ListVolumesRequest {})
+                .await
+                .map_err(rpc("cannot list volumes"))?
+                .into_inner()
+                .volumes;
+            match ctx.format {
+                Format::Json => output::print_json(&serde_json::json!({
+                    "volumes": vols.iter().map(output::volume_json).collect::<Vec<_>>()
+                })),
+                Format::Table => list_table(&vols).print(),
+            }?;
+            Ok(())
+        }
+        VolumeCommand::Show { name } => {
+            let v = get(&mut client, &name).await?;
+            show(ctx.format, &v)
+        }
+        VolumeCommand::Delete { name, force } => {
+            client
+                .delete_volume(pb::DeleteVolumeRequest {
+                    name: name.clone(),
+                    force,
+                })
+                .await
+                .map_err(rpc(format!("cannot delete volume {name:?}")))?;
+            match ctx.format {
+                Format::Json => output::print_json(&serde_json::json!({})),
+                Format::Table => output::print_line(&format!("deleted volume {name}")),
+            }?;
+            Ok(())
+        }
+    }
+}
+
+pub async fn get(
+    client: &mut VolumeServiceClient<tonic::transport::Channel>,
+    name: &str,
+) -> Result<pb::Volume> {
+    Ok(client
+        .get_volume(pb::GetVolumeRequest {
+            name: name.to_string(),
+        })
+        .await
+        .map_err(rpc(format!("cannot get volume {name:?}")))?
+        .into_inner())
+}
+
+fn list_table(vols: &[pb::Volume]) -> Table {
+    let mut t = Table::new(&[
+        ("NAME", false),
+        ("SIZE", true),
+        ("CHUNK", true),
+        ("STORE", true),
+        ("USED", true),
+        ("FREE", true),
+        ("SNAPSHOTS", true),
+        ("POLICY", false),
+    ]);
+    for v in vols {
+        t.row(vec![
+            v.name.clone(),
+            human(v.size_bytes),
+            human(v.chunk_size_bytes.into()),
+            human(v.store_size_bytes),
+            human(v.store_used_bytes),
+            human(v.store_free_bytes),
+            v.snapshot_count.to_string(),
+            policy_word(v.store_full_policy),
+        ]);
+    }
+    t
+}
+
+fn show(format: Format, v: &pb::Volume) -> Result<()> {
+    match format {
+        Format::Json => output::print_json(&output::volume_json(v)),
+        Format::Table => output::print_details(&[
+            ("name", v.name.clone()),
+            ("uuid", v.uuid.clone()),
+            ("size", bytes_detail(v.size_bytes)),
+            ("chunk size", bytes_detail(v.chunk_size_bytes.into())),
+            ("store size", bytes_detail(v.store_size_bytes)),
+            ("store used", bytes_detail(v.store_used_bytes)),
+            ("store free", bytes_detail(v.store_free_bytes)),
+            ("snapshots", v.snapshot_count.to_string()),
+            ("exceptions", v.exception_count.to_string()),
+            ("reclaim pending", v.reclaim_pending.to_string()),
+            ("store-full policy", policy_word(v.store_full_policy)),
+            ("origin", v.origin_path.clone()),
+            ("store", v.store_path.clone()),
+            ("nbd export", v.name.clone()),
+        ]),
+    }?;
+    Ok(())
+}
