@@ -5,6 +5,7 @@
 
 mod datadir;
 mod grpc;
+mod metrics;
 mod nbd_exports;
 mod reclaimer;
 mod verify_cmd;
@@ -42,6 +43,13 @@ struct ServeArgs {
     /// TCP address for the gRPC API.
     #[arg(long, env = "MULTISNAP_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
     grpc_listen: SocketAddr,
+    /// TCP address for Prometheus metrics (served at /metrics).
+    #[arg(
+        long,
+        env = "MULTISNAP_METRICS_LISTEN",
+        default_value = "127.0.0.1:9500"
+    )]
+    metrics_listen: SocketAddr,
     /// Unix socket for NBD [default: DATA_DIR/nbd.sock].
     #[arg(long, env = "MULTISNAP_NBD_SOCKET")]
     nbd_socket: Option<PathBuf>,
@@ -201,13 +209,26 @@ async fn serve_async(data_dir: &Path, args: &ServeArgs, volumes: Arc<Volumes>) -
     tracing::info!(tcp = %args.nbd_listen, unix = %sock_path.display(), "serving NBD");
 
     let mut tasks: tokio::task::JoinSet<Result<()>> = tokio::task::JoinSet::new();
-    let (p, sd) = (provider.clone(), shutdown.clone());
-    tasks.spawn(
-        async move { Ok(multisnap_nbd::serve_tcp(tcp, p, ServerConfig::default(), sd).await?) },
+    let metrics = metrics::Metrics::new(volumes.clone());
+    let nbd_config = || ServerConfig {
+        observer: Some(metrics.nbd.clone() as Arc<dyn multisnap_nbd::Observer>),
+        ..ServerConfig::default()
+    };
+    let (p, sd, cfg) = (provider.clone(), shutdown.clone(), nbd_config());
+    tasks.spawn(async move { Ok(multisnap_nbd::serve_tcp(tcp, p, cfg, sd).await?) });
+    let (sd, cfg) = (shutdown.clone(), nbd_config());
+    tasks.spawn(async move { Ok(multisnap_nbd::serve_unix(unix, provider, cfg, sd).await?) });
+    // Like gRPC, a metrics port that cannot be bound is logged, not fatal: block I/O matters more.
+    let (reg, sd, addr) = (
+        metrics.registry.clone(),
+        shutdown.clone(),
+        args.metrics_listen,
     );
-    let sd = shutdown.clone();
     tasks.spawn(async move {
-        Ok(multisnap_nbd::serve_unix(unix, provider, ServerConfig::default(), sd).await?)
+        if let Err(e) = metrics::serve(addr, reg, sd).await {
+            tracing::error!(error = format!("{e:#}"), "no metrics endpoint");
+        }
+        Ok(())
     });
     let grpc_sock = data_dir.join("grpc.sock");
     let (v, sd, addr) = (volumes.clone(), shutdown.clone(), args.grpc_listen);
