@@ -90,6 +90,19 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The error chain on one line, like anyhow's `{:#}`, minus the repeats hyper's nested
+/// connect errors produce ("tcp connect error: tcp connect error: …").
+fn message(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -112,7 +125,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("multisnap: {e:#}");
+            eprintln!("multisnap: {}", message(&e));
             exit::code_for(&e)
         }
     }
