@@ -516,3 +516,40 @@ proptest! {
         let _ = decode_pieces(&bytes, &[3]);
     }
 }
+
+/// Writes a few valid streams as fuzz seeds: `DELTA_SEED_DIR=dir cargo test -- --ignored`.
+#[test]
+#[ignore]
+fn write_fuzz_seeds() {
+    let Ok(dir) = std::env::var("DELTA_SEED_DIR") else {
+        return;
+    };
+    let (h, recs) = sample();
+    let small = header(512, 3 * 512 + 7);
+    let seeds = [
+        encode(&h, &recs),
+        encode(&h, &[]),
+        encode(
+            &DeltaHeader {
+                base: None,
+                target: Target::Origin,
+                ..small.clone()
+            },
+            &[Record::Data {
+                chunk_index: 1,
+                chunk_count: 3,
+                bytes: vec![9; 512 * 2 + 7],
+            }],
+        ),
+        encode(
+            &small,
+            &[Record::Zero {
+                chunk_index: 0,
+                chunk_count: 4,
+            }],
+        ),
+    ];
+    for (i, s) in seeds.iter().enumerate() {
+        std::fs::write(format!("{dir}/seed{i}"), s).unwrap();
+    }
+}
