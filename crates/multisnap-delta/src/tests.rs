@@ -553,3 +553,163 @@ fn write_fuzz_seeds() {
         std::fs::write(format!("{dir}/seed{i}"), s).unwrap();
     }
 }
+
+#[test]
+fn remaining_error_variants() {
+    let (h, recs) = sample();
+    let good = encode(&h, &recs);
+    let hlen = h.pack().len();
+
+    let mut b = good.clone();
+    b[H_VOLUME_SIZE] ^= 1;
+    assert!(matches!(
+        read_all(&b),
+        Err(DeltaError::HeaderChecksum { .. })
+    ));
+
+    // Header fields with a correct crc but forbidden values.
+    let fix_crc = |mut b: Vec<u8>| {
+        let crc = checksum(&[&b[..hlen - 4]]);
+        put_u32(&mut b, hlen - 4, crc);
+        b
+    };
+    let mut b = good[..hlen].to_vec();
+    put_u16(&mut b, H_FLAGS, 0x80 | FLAG_HAS_BASE);
+    assert!(matches!(
+        read_all(&fix_crc(b)),
+        Err(DeltaError::InvalidHeader { field: "flags", .. })
+    ));
+    let mut b = good[..hlen].to_vec();
+    b[HEADER_FIXED_LEN] = 0xff;
+    assert!(matches!(
+        read_all(&fix_crc(b)),
+        Err(DeltaError::InvalidHeader {
+            field: "base name",
+            ..
+        })
+    ));
+    let mut b = good[..hlen].to_vec();
+    put_u32(&mut b, H_CHUNK_SIZE, 3000);
+    assert!(matches!(
+        read_all(&fix_crc(b)),
+        Err(DeltaError::InvalidHeader {
+            field: "chunk_size",
+            ..
+        })
+    ));
+    let mut b = good[..hlen].to_vec();
+    put_u16(&mut b, H_BASE_NAME_LEN, 129);
+    assert!(matches!(
+        read_all(&b),
+        Err(DeltaError::InvalidHeader {
+            field: "base name",
+            ..
+        })
+    ));
+
+    let mut raw = h.pack();
+    let (mut f, _) = pack_frame(KIND_ZERO, 0, 1, &[]);
+    f[F_RESERVED] = 1;
+    let crc = checksum(&[&f[..FRAME_HEADER_LEN]]);
+    put_u32(&mut f, FRAME_HEADER_LEN, crc);
+    raw.extend(f);
+    assert!(matches!(
+        read_all(&raw),
+        Err(DeltaError::ReservedNotZero { record: 0, .. })
+    ));
+
+    let bad_trailer = with_raw_frames(&h, &[(KIND_TRAILER, 0, 1, vec![0; TRAILER_PAYLOAD_LEN])]);
+    assert!(matches!(
+        read_all(&bad_trailer),
+        Err(DeltaError::TrailerMalformed { .. })
+    ));
+
+    let mut b = good.clone();
+    let at = b.len() - 2;
+    b[at] ^= 1;
+    assert!(matches!(
+        read_all(&b),
+        Err(DeltaError::TrailerChecksum { .. })
+    ));
+
+    assert!(matches!(
+        read_all(&good[..5]),
+        Err(DeltaError::Truncated {
+            while_reading: "header",
+            ..
+        })
+    ));
+    assert!(matches!(
+        read_all(&good[..hlen + 3]),
+        Err(DeltaError::Truncated {
+            while_reading: "record or trailer",
+            ..
+        })
+    ));
+    assert!(matches!(
+        read_all(&[]),
+        Err(DeltaError::Truncated { offset: 0, .. })
+    ));
+}
+
+#[test]
+fn decoder_events_carry_resume_points() {
+    let (h, recs) = sample();
+    let bytes = encode(&h, &recs);
+    let ev = DeltaDecoder::new().feed(&bytes).unwrap();
+    let points: Vec<ResumePoint> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Record(_, p) => Some(*p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        points.iter().map(|p| p.next_chunk).collect::<Vec<_>>(),
+        [2, 5, 7, 10]
+    );
+    assert_eq!(
+        points.iter().map(|p| p.records_applied).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    assert!(matches!(ev.last(), Some(Event::End(t)) if t.digest == points[3].digest_so_far));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Interrupt after any record, resume with a regenerated header and a full replay: the
+    /// receiver ends with exactly the original records and the original trailer.
+    #[test]
+    fn prop_resume_after_any_record((h, recs) in arb_stream(), stop in any::<prop::sample::Index>(), pieces in 1usize..100) {
+        let whole = encode(&h, &recs);
+        let stop = stop.index(recs.len() + 1);
+        let mut r = DeltaReader::new(&whole[..]).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..stop {
+            got.push(r.next_record().unwrap().unwrap());
+        }
+        let point = ResumePoint::from_bytes(&r.resume_point().to_bytes()).unwrap();
+        let h2 = DeltaHeader { created_unix_nanos: h.created_unix_nanos + 1, ..h.clone() };
+        let mut w = DeltaWriter::resume(Vec::new(), h2, point).unwrap();
+        for rec in &recs {
+            w.push(rec).unwrap();
+        }
+        let (tail, t) = w.finish().unwrap();
+        let mut d = DeltaDecoder::resume(point);
+        let mut end = None;
+        for piece in tail.chunks(pieces) {
+            for e in d.feed(piece).unwrap() {
+                match e {
+                    Event::Record(rec, _) => got.push(rec),
+                    Event::End(t) => end = Some(t),
+                    Event::Header(_) => {}
+                }
+            }
+        }
+        prop_assert_eq!(d.finish().unwrap(), t);
+        prop_assert_eq!(end, Some(t));
+        prop_assert_eq!(got, recs);
+        prop_assert_eq!(Some(t), read_all(&whole).ok().map(|x| x.2));
+    }
+}
