@@ -571,16 +571,28 @@ impl Trailer {
     }
 }
 
-/// Packs a frame: fixed header, payload, crc over both. Returns the bytes and the crc.
-fn pack_frame(kind: u8, chunk_index: u64, chunk_count: u32, payload: &[u8]) -> (Vec<u8>, u32) {
-    let mut f = vec![0u8; FRAME_HEADER_LEN];
+/// A frame's fixed header and the crc of the frame it starts (header plus payload).
+fn frame_head(
+    kind: u8,
+    chunk_index: u64,
+    chunk_count: u32,
+    payload: &[u8],
+) -> ([u8; FRAME_HEADER_LEN], u32) {
+    let mut f = [0u8; FRAME_HEADER_LEN];
     f[F_KIND] = kind;
     put_u64(&mut f, F_CHUNK_INDEX, chunk_index);
     put_u32(&mut f, F_CHUNK_COUNT, chunk_count);
     // Callers check payload against MAX_RECORD_PAYLOAD (< u32::MAX) first.
     put_u32(&mut f, F_PAYLOAD_LEN, payload.len() as u32);
     let crc = checksum(&[&f, payload]);
-    f.reserve(payload.len() + 4);
+    (f, crc)
+}
+
+/// Packs a whole frame into one buffer. Returns the bytes and the crc.
+#[cfg(test)]
+fn pack_frame(kind: u8, chunk_index: u64, chunk_count: u32, payload: &[u8]) -> (Vec<u8>, u32) {
+    let (head, crc) = frame_head(kind, chunk_index, chunk_count, payload);
+    let mut f = head.to_vec();
     f.extend_from_slice(payload);
     f.extend_from_slice(&crc.to_le_bytes());
     (f, crc)
@@ -822,9 +834,12 @@ impl<W: Write> DeltaWriter<W> {
                 expected,
             });
         }
-        let (frame, crc) = pack_frame(kind, chunk_index, chunk_count, payload);
-        self.out.write_all(&frame)?;
-        self.offset += frame.len() as u64;
+        // Three writes rather than one assembled frame: a 16 MiB payload is not copied.
+        let (head, crc) = frame_head(kind, chunk_index, chunk_count, payload);
+        self.out.write_all(&head)?;
+        self.out.write_all(payload)?;
+        self.out.write_all(&crc.to_le_bytes())?;
+        self.offset += (FRAME_OVERHEAD + payload.len()) as u64;
         self.state.advance(chunk_index, chunk_count, expected, crc);
         Ok(())
     }
@@ -832,8 +847,11 @@ impl<W: Write> DeltaWriter<W> {
     /// Writes the trailer, flushes, and hands back the writer and what the trailer says.
     pub fn finish(mut self) -> Result<(W, Trailer)> {
         let t = self.state.trailer();
-        let (frame, _) = pack_frame(KIND_TRAILER, 0, 0, &t.pack_payload());
-        self.out.write_all(&frame)?;
+        let payload = t.pack_payload();
+        let (head, crc) = frame_head(KIND_TRAILER, 0, 0, &payload);
+        self.out.write_all(&head)?;
+        self.out.write_all(&payload)?;
+        self.out.write_all(&crc.to_le_bytes())?;
         self.out.flush()?;
         Ok((self.out, t))
     }

@@ -713,3 +713,71 @@ proptest! {
         prop_assert_eq!(Some(t), read_all(&whole).ok().map(|x| x.2));
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// A flip after the header is caught by the damaged frame's own checksum (naming that
+    /// record), unless it lands in a length field and makes the frame too large or run off
+    /// the end of the stream.
+    #[test]
+    fn prop_flip_in_a_frame_is_a_checksum_error((h, recs) in arb_stream(), at in any::<prop::sample::Index>(), mask in 1u8..=255) {
+        let mut bytes = encode(&h, &recs);
+        let hlen = h.pack().len();
+        let i = hlen + at.index(bytes.len() - hlen);
+        bytes[i] ^= mask;
+        // Which frame holds byte i, and where it starts.
+        let mut start = hlen;
+        let mut record = 0u64;
+        for r in &recs {
+            let len = FRAME_OVERHEAD + match r { Record::Data { bytes, .. } => bytes.len(), Record::Zero { .. } => 0 };
+            if i < start + len { break; }
+            start += len;
+            record += 1;
+        }
+        let e = read_all(&bytes).unwrap_err();
+        let ok = match &e {
+            DeltaError::RecordChecksum { record: r, offset, .. } => *r == record && *offset == start as u64,
+            DeltaError::TrailerChecksum { offset, .. } => *offset == start as u64,
+            DeltaError::PayloadTooLarge { .. } | DeltaError::Truncated { .. } => {
+                (start + F_PAYLOAD_LEN..start + F_PAYLOAD_LEN + 4).contains(&i)
+            }
+            _ => false,
+        };
+        prop_assert!(ok, "flip at {} (frame at {}, record {}): {}", i, start, record, e);
+    }
+}
+
+/// Rough throughput of write + read (ignored: a measurement, not a check).
+#[test]
+#[ignore]
+fn throughput() {
+    let h = header(4096, 1 << 30);
+    let data = vec![0x5a; 1 << 20];
+    let t0 = std::time::Instant::now();
+    let mut w = DeltaWriter::new(Vec::with_capacity(300 << 20), h).unwrap();
+    for i in 0..256u64 {
+        w.push_data(i * 256, 256, &data).unwrap();
+    }
+    let (bytes, _) = w.finish().unwrap();
+    let t1 = std::time::Instant::now();
+    let mut r = DeltaReader::new(&bytes[..]).unwrap();
+    let mut n = 0;
+    while let Some(rec) = r.next_record().unwrap() {
+        n += rec.chunk_count();
+    }
+    let t2 = std::time::Instant::now();
+    let mut d = DeltaDecoder::new();
+    for piece in bytes.chunks(64 << 10) {
+        d.feed(piece).unwrap();
+    }
+    d.finish().unwrap();
+    let t3 = std::time::Instant::now();
+    let mib = bytes.len() as f64 / (1 << 20) as f64;
+    println!(
+        "{n} chunks, {mib:.0} MiB: write {:.0} MiB/s, pull read {:.0} MiB/s, push decode {:.0} MiB/s",
+        mib / (t1 - t0).as_secs_f64(),
+        mib / (t2 - t1).as_secs_f64(),
+        mib / (t3 - t2).as_secs_f64()
+    );
+}
