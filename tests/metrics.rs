@@ -402,6 +402,20 @@ fn promtool_checks_rules_config_and_exposition() {
     );
     assert!(out.contains("SUCCESS"), "{out}");
 
+    // The rules' unit tests: each alert fires on the series it should, and not on others
+    // (EPERM from read-only snapshots is not an I/O error).
+    let out = run_ok(
+        "promtool",
+        &[
+            "test",
+            "rules",
+            &root
+                .join("deploy/prometheus/alerts_test.yml")
+                .to_string_lossy(),
+        ],
+    );
+    assert!(out.contains("SUCCESS"), "{out}");
+
     // promtool's linter on a live exposition: names, units and suffixes per conventions.
     let tmp = tempfile::tempdir().unwrap();
     let r = start(
