@@ -13,13 +13,16 @@ impl Grpc {
     /// Calls METHOD with a JSON request; Ok(json) or Err((code, message)).
     fn call(&self, method: &str, body: &str) -> Result<serde_json::Value, (String, String)> {
         let out = Command::new("python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/grpc/grpcurl.py"))
+            .arg(repo_root().join("tests/grpc/grpcurl.py"))
             .args([&self.addr, "call", method, body])
             .output()
             .expect("python3");
         let text = String::from_utf8_lossy(&out.stdout);
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|_| {
-            panic!("{method}: not JSON: {text}\n{}", String::from_utf8_lossy(&out.stderr))
+            panic!(
+                "{method}: not JSON: {text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
         });
         match v.get("error") {
             Some(code) if !out.status.success() => Err((
@@ -47,22 +50,18 @@ impl Grpc {
 
     fn tool(&self, args: &[&str]) -> String {
         let out = Command::new("python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/grpc/grpcurl.py"))
+            .arg(repo_root().join("tests/grpc/grpcurl.py"))
             .arg(&self.addr)
             .args(args)
             .output()
             .expect("python3");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
-}
-
-fn have_grpcio() -> bool {
-    Command::new("python3")
-        .args(["-c", "import grpc, grpc_reflection"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
 }
 
 const VS: &str = "multisnap.v1.VolumeService";
@@ -70,17 +69,19 @@ const SS: &str = "multisnap.v1.SnapshotService";
 
 #[test]
 fn grpc_api_by_reflection() {
-    if !have_grpcio() {
-        eprintln!("SKIP: python grpcio/grpcio-reflection missing (bash .ci/install-deps installs them)");
-        return;
-    }
+    require_grpcio!();
     require_tools!("qemu-io");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let port = free_port();
     let agent = Agent::start(
         &dir,
-        &["--default-volume-size", "33554432", "--grpc-listen", &format!("127.0.0.1:{port}")],
+        &[
+            "--default-volume-size",
+            "33554432",
+            "--grpc-listen",
+            &format!("127.0.0.1:{port}"),
+        ],
     );
     let g = Grpc {
         addr: format!("127.0.0.1:{port}"),
@@ -93,7 +94,12 @@ fn grpc_api_by_reflection() {
         assert!(services.contains(s), "{services}");
     }
     let methods = g.tool(&["describe", SS]);
-    for m in ["CreateSnapshot", "ListSnapshots", "GetSnapshot", "DeleteSnapshot"] {
+    for m in [
+        "CreateSnapshot",
+        "ListSnapshots",
+        "GetSnapshot",
+        "DeleteSnapshot",
+    ] {
         assert!(methods.contains(m), "{methods}");
     }
     assert!(g.tool(&["health"]).contains("SERVING"));
@@ -107,57 +113,201 @@ fn grpc_api_by_reflection() {
         r#"{"name":"db","size_bytes":"16777216","chunk_size_bytes":16384,"store_full_policy":"STORE_FULL_POLICY_INVALIDATE_OLDEST"}"#,
     );
     assert_eq!(v["chunk_size_bytes"], 16384);
-    assert_eq!(v["store_full_policy"], "STORE_FULL_POLICY_INVALIDATE_OLDEST");
-    assert_eq!(g.code(&format!("{VS}/CreateVolume"), r#"{"name":"db","size_bytes":"1048576"}"#), "ALREADY_EXISTS");
-    assert_eq!(g.code(&format!("{VS}/CreateVolume"), r#"{"name":"bad/name","size_bytes":"1048576"}"#), "INVALID_ARGUMENT");
-    assert_eq!(g.code(&format!("{VS}/CreateVolume"), r#"{"name":"zero"}"#), "INVALID_ARGUMENT");
     assert_eq!(
-        g.code(&format!("{VS}/CreateVolume"), r#"{"name":"odd","size_bytes":"1048576","chunk_size_bytes":3000}"#),
+        v["store_full_policy"],
+        "STORE_FULL_POLICY_INVALIDATE_OLDEST"
+    );
+    assert_eq!(
+        g.code(
+            &format!("{VS}/CreateVolume"),
+            r#"{"name":"db","size_bytes":"1048576"}"#
+        ),
+        "ALREADY_EXISTS"
+    );
+    assert_eq!(
+        g.code(
+            &format!("{VS}/CreateVolume"),
+            r#"{"name":"bad/name","size_bytes":"1048576"}"#
+        ),
         "INVALID_ARGUMENT"
     );
-    assert_eq!(g.code(&format!("{VS}/GetVolume"), r#"{"name":"nope"}"#), "NOT_FOUND");
-    assert_eq!(g.ok(&format!("{VS}/GetVolume"), r#"{"name":"db"}"#)["size_bytes"], "16777216");
+    assert_eq!(
+        g.code(&format!("{VS}/CreateVolume"), r#"{"name":"zero"}"#),
+        "INVALID_ARGUMENT"
+    );
+    assert_eq!(
+        g.code(
+            &format!("{VS}/CreateVolume"),
+            r#"{"name":"odd","size_bytes":"1048576","chunk_size_bytes":3000}"#
+        ),
+        "INVALID_ARGUMENT"
+    );
+    assert_eq!(
+        g.code(&format!("{VS}/GetVolume"), r#"{"name":"nope"}"#),
+        "NOT_FOUND"
+    );
+    assert_eq!(
+        g.ok(&format!("{VS}/GetVolume"), r#"{"name":"db"}"#)["size_bytes"],
+        "16777216"
+    );
 
     // Snapshots: idempotent create, codes, delete.
-    let a = g.ok(&format!("{SS}/CreateSnapshot"), r#"{"volume":"default","name":"a"}"#);
-    let again = g.ok(&format!("{SS}/CreateSnapshot"), r#"{"volume":"default","name":"a"}"#);
+    let a = g.ok(
+        &format!("{SS}/CreateSnapshot"),
+        r#"{"volume":"default","name":"a"}"#,
+    );
+    let again = g.ok(
+        &format!("{SS}/CreateSnapshot"),
+        r#"{"volume":"default","name":"a"}"#,
+    );
     assert_eq!(a["id"], again["id"], "CreateSnapshot must be idempotent");
     assert_eq!(a["nbd_export"], "default@a");
     assert!(a["created_at"].as_str().unwrap().starts_with("20"));
     assert_eq!(
-        g.code(&format!("{SS}/CreateSnapshot"), r#"{"volume":"default","name":"a","writable":true}"#),
+        g.code(
+            &format!("{SS}/CreateSnapshot"),
+            r#"{"volume":"default","name":"a","writable":true}"#
+        ),
         "ALREADY_EXISTS"
     );
-    assert_eq!(g.code(&format!("{SS}/CreateSnapshot"), r#"{"volume":"nope","name":"a"}"#), "NOT_FOUND");
-    assert_eq!(g.code(&format!("{SS}/CreateSnapshot"), r#"{"volume":"default","name":"a@b"}"#), "INVALID_ARGUMENT");
-    assert_eq!(g.code(&format!("{SS}/CreateSnapshot"), r#"{"volume":"default"}"#), "INVALID_ARGUMENT");
-    assert_eq!(g.code(&format!("{SS}/CreateSnapshot"), r#"{"name":"x"}"#), "INVALID_ARGUMENT");
-    assert_eq!(g.code(&format!("{SS}/GetSnapshot"), r#"{"volume":"default","name":"zz"}"#), "NOT_FOUND");
-    let w = g.ok(&format!("{SS}/CreateSnapshot"), r#"{"volume":"default","name":"rw","writable":true}"#);
+    assert_eq!(
+        g.code(
+            &format!("{SS}/CreateSnapshot"),
+            r#"{"volume":"nope","name":"a"}"#
+        ),
+        "NOT_FOUND"
+    );
+    assert_eq!(
+        g.code(
+            &format!("{SS}/CreateSnapshot"),
+            r#"{"volume":"default","name":"a@b"}"#
+        ),
+        "INVALID_ARGUMENT"
+    );
+    assert_eq!(
+        g.code(&format!("{SS}/CreateSnapshot"), r#"{"volume":"default"}"#),
+        "INVALID_ARGUMENT"
+    );
+    assert_eq!(
+        g.code(&format!("{SS}/CreateSnapshot"), r#"{"name":"x"}"#),
+        "INVALID_ARGUMENT"
+    );
+    assert_eq!(
+        g.code(
+            &format!("{SS}/GetSnapshot"),
+            r#"{"volume":"default","name":"zz"}"#
+        ),
+        "NOT_FOUND"
+    );
+    let w = g.ok(
+        &format!("{SS}/CreateSnapshot"),
+        r#"{"volume":"default","name":"rw","writable":true}"#,
+    );
     assert_eq!(w["writable"], true);
     let list = g.ok(&format!("{SS}/ListSnapshots"), r#"{"volume":"default"}"#);
     assert_eq!(list["snapshots"].as_array().unwrap().len(), 2);
 
     // A snapshot taken through the API is a point in time for NBD clients.
-    run_ok("qemu-io", &["-f", "raw", &agent.uri("default"), "-c", "write -P 0x5a 0 256k"]);
-    let b = g.ok(&format!("{SS}/CreateSnapshot"), r#"{"volume":"default","name":"b"}"#);
-    run_ok("qemu-io", &["-f", "raw", &agent.uri("default"), "-c", "write -P 0x77 0 128k"]);
-    run_ok("qemu-io", &["-r", "-f", "raw", &agent.uri("default@b"), "-c", "read -P 0x5a 0 256k"]);
-    run_ok("qemu-io", &["-r", "-f", "raw", &agent.uri("default@a"), "-c", "read -P 0 0 256k"]);
-    assert!(b["id"].as_str().unwrap().parse::<u64>().unwrap() > a["id"].as_str().unwrap().parse::<u64>().unwrap());
+    run_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            &agent.uri("default"),
+            "-c",
+            "write -P 0x5a 0 256k",
+        ],
+    );
+    let b = g.ok(
+        &format!("{SS}/CreateSnapshot"),
+        r#"{"volume":"default","name":"b"}"#,
+    );
+    run_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            &agent.uri("default"),
+            "-c",
+            "write -P 0x77 0 128k",
+        ],
+    );
+    run_ok(
+        "qemu-io",
+        &[
+            "-r",
+            "-f",
+            "raw",
+            &agent.uri("default@b"),
+            "-c",
+            "read -P 0x5a 0 256k",
+        ],
+    );
+    run_ok(
+        "qemu-io",
+        &[
+            "-r",
+            "-f",
+            "raw",
+            &agent.uri("default@a"),
+            "-c",
+            "read -P 0 0 256k",
+        ],
+    );
+    assert!(
+        b["id"].as_str().unwrap().parse::<u64>().unwrap()
+            > a["id"].as_str().unwrap().parse::<u64>().unwrap()
+    );
 
     // Volume deletion is refused while snapshots exist, unless forced.
-    assert_eq!(g.code(&format!("{VS}/DeleteVolume"), r#"{"name":"default"}"#), "FAILED_PRECONDITION");
-    g.ok(&format!("{SS}/CreateSnapshot"), r#"{"volume":"db","name":"only"}"#);
-    assert_eq!(g.code(&format!("{VS}/DeleteVolume"), r#"{"name":"db"}"#), "FAILED_PRECONDITION");
-    g.ok(&format!("{VS}/DeleteVolume"), r#"{"name":"db","force":true}"#);
-    assert_eq!(g.code(&format!("{VS}/GetVolume"), r#"{"name":"db"}"#), "NOT_FOUND");
-    assert!(!dir.join("volumes/db").exists(), "deleted volume's files remain");
+    assert_eq!(
+        g.code(&format!("{VS}/DeleteVolume"), r#"{"name":"default"}"#),
+        "FAILED_PRECONDITION"
+    );
+    g.ok(
+        &format!("{SS}/CreateSnapshot"),
+        r#"{"volume":"db","name":"only"}"#,
+    );
+    assert_eq!(
+        g.code(&format!("{VS}/DeleteVolume"), r#"{"name":"db"}"#),
+        "FAILED_PRECONDITION"
+    );
+    g.ok(
+        &format!("{VS}/DeleteVolume"),
+        r#"{"name":"db","force":true}"#,
+    );
+    assert_eq!(
+        g.code(&format!("{VS}/GetVolume"), r#"{"name":"db"}"#),
+        "NOT_FOUND"
+    );
+    assert!(
+        !dir.join("volumes/db").exists(),
+        "deleted volume's files remain"
+    );
 
     // Delete a snapshot: gone at once, space reclaimed in the background.
-    g.ok(&format!("{SS}/DeleteSnapshot"), r#"{"volume":"default","name":"b"}"#);
-    assert_eq!(g.code(&format!("{SS}/GetSnapshot"), r#"{"volume":"default","name":"b"}"#), "NOT_FOUND");
-    let bad = run("qemu-io", &["-r", "-f", "raw", &agent.uri("default@b"), "-c", "read 0 4k"]);
+    g.ok(
+        &format!("{SS}/DeleteSnapshot"),
+        r#"{"volume":"default","name":"b"}"#,
+    );
+    assert_eq!(
+        g.code(
+            &format!("{SS}/GetSnapshot"),
+            r#"{"volume":"default","name":"b"}"#
+        ),
+        "NOT_FOUND"
+    );
+    let bad = run(
+        "qemu-io",
+        &[
+            "-r",
+            "-f",
+            "raw",
+            &agent.uri("default@b"),
+            "-c",
+            "read 0 4k",
+        ],
+    );
     assert!(!bad.status.success(), "deleted snapshot export still opens");
     let mut reclaimed = false;
     for _ in 0..100 {
@@ -169,7 +319,13 @@ fn grpc_api_by_reflection() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(reclaimed, "background reclamation did not finish");
-    assert_eq!(g.code(&format!("{SS}/DeleteSnapshot"), r#"{"volume":"default","name":"b"}"#), "NOT_FOUND");
+    assert_eq!(
+        g.code(
+            &format!("{SS}/DeleteSnapshot"),
+            r#"{"volume":"default","name":"b"}"#
+        ),
+        "NOT_FOUND"
+    );
 
     // The unix socket serves the same API.
     let u = Grpc {
@@ -178,9 +334,7 @@ fn grpc_api_by_reflection() {
     let list = u.ok(&format!("{SS}/ListSnapshots"), r#"{"volume":"default"}"#);
     assert_eq!(list["snapshots"].as_array().unwrap().len(), 2);
 
-    assert!(agent.stop().success());
-    let v = agent_cmd(&dir, &["verify"]);
-    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    agent.stop_and_verify();
 }
 
 fn wait_for_grpc(g: &Grpc) {

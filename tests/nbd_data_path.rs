@@ -13,31 +13,6 @@ fn sha256(path: &std::path::Path) -> String {
         .to_string()
 }
 
-fn grpc(agent: &Agent, method: &str, body: &str) -> String {
-    let out = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/grpc/grpcurl.py"
-        ))
-        .args([&agent.grpc, "call", method, body])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{method}: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn have_grpcio() -> bool {
-    Command::new("python3")
-        .args(["-c", "import grpc, grpc_reflection"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
 #[test]
 fn nbdinfo_map_shows_holes_and_data() {
     require_tools!("nbdinfo", "qemu-io");
@@ -79,8 +54,7 @@ fn fua_and_flushed_writes_survive_kill_9() {
     let mut agent = agent;
     // A snapshot first, so the writes below go through copy-out.
     if have_grpcio() {
-        grpc(
-            &agent,
+        agent.grpc(
             "multisnap.v1.SnapshotService/CreateSnapshot",
             r#"{"volume":"default","name":"base"}"#,
         );
@@ -221,10 +195,7 @@ fn nbdcopy_of_a_snapshot_matches_the_image_before_the_writes() {
 #[test]
 fn fio_verify_passes_while_snapshots_are_taken() {
     require_tools!("fio", "qemu-io");
-    if !have_grpcio() {
-        eprintln!("SKIP: python grpcio missing (bash .ci/install-deps installs it)");
-        return;
-    }
+    require_grpcio!();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let agent = Agent::start(&dir, &["--default-volume-size", "67108864"]);
@@ -251,8 +222,7 @@ fn fio_verify_passes_while_snapshots_are_taken() {
     // Each snapshot lets the job copy up to its 16 MiB once more: four fit the default store.
     let mut taken = 0;
     while !fio.is_finished() && taken < 4 {
-        grpc(
-            &agent,
+        agent.grpc(
             "multisnap.v1.SnapshotService/CreateSnapshot",
             &format!(r#"{{"volume":"default","name":"during-{taken}"}}"#),
         );
@@ -268,18 +238,13 @@ fn fio_verify_passes_while_snapshots_are_taken() {
         taken >= 2,
         "snapshots should have been taken during the run ({taken})"
     );
-    assert!(agent.stop().success());
-    let v = agent_cmd(&dir, &["verify"]);
-    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    agent.stop_and_verify();
 }
 
 #[test]
 fn writable_snapshot_export_takes_writes_of_its_own() {
     require_tools!("qemu-io", "nbdinfo");
-    if !have_grpcio() {
-        eprintln!("SKIP: python grpcio missing (bash .ci/install-deps installs it)");
-        return;
-    }
+    require_grpcio!();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let agent = Agent::start(&dir, &["--default-volume-size", "16777216"]);
@@ -293,13 +258,11 @@ fn writable_snapshot_export_takes_writes_of_its_own() {
             "write -P 0x10 0 1M",
         ],
     );
-    grpc(
-        &agent,
+    agent.grpc(
         "multisnap.v1.SnapshotService/CreateSnapshot",
         r#"{"volume":"default","name":"clone","writable":true}"#,
     );
-    grpc(
-        &agent,
+    agent.grpc(
         "multisnap.v1.SnapshotService/CreateSnapshot",
         r#"{"volume":"default","name":"ro"}"#,
     );
@@ -354,24 +317,18 @@ fn writable_snapshot_export_takes_writes_of_its_own() {
             "read -P 0x10 0 1M",
         ],
     );
-    assert!(agent.stop().success());
-    let v = agent_cmd(&dir, &["verify"]);
-    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    agent.stop_and_verify();
 }
 
 #[test]
 fn nbdinfo_maps_the_chunks_changed_since_a_snapshot() {
     require_tools!("qemu-io", "nbdinfo");
-    if !have_grpcio() {
-        eprintln!("SKIP: python grpcio missing (bash .ci/install-deps installs it)");
-        return;
-    }
+    require_grpcio!();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let agent = Agent::start(&dir, &["--default-volume-size", "16777216"]);
     let create = |name: &str| {
-        grpc(
-            &agent,
+        agent.grpc(
             "multisnap.v1.SnapshotService/CreateSnapshot",
             &format!(r#"{{"volume":"default","name":"{name}"}}"#),
         )

@@ -48,6 +48,20 @@ pub struct Agent {
     pub nbd: SocketAddr,
     /// gRPC address (a free port unless `extra` named one).
     pub grpc: String,
+    /// Metrics address (a free port unless `extra` named one).
+    pub metrics: String,
+}
+
+/// The address `extra` gives for `flag`, or a fresh free loopback port added to `cmd`.
+fn listen_arg(cmd: &mut Command, extra: &[&str], flag: &str) -> String {
+    match extra.iter().position(|a| *a == flag) {
+        Some(i) => extra.get(i + 1).map(|s| s.to_string()).unwrap_or_default(),
+        None => {
+            let addr = format!("127.0.0.1:{}", free_port());
+            cmd.arg(flag).arg(&addr);
+            addr
+        }
+    }
 }
 
 impl Agent {
@@ -56,15 +70,12 @@ impl Agent {
         let nbd: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         // Tests run in parallel: never let two agents fight over a default port.
         let mut cmd = Command::new(agent_bin());
-        cmd.arg("--data-dir").arg(data_dir).arg("--nbd-listen").arg(nbd.to_string());
-        let grpc = match extra.iter().position(|a| *a == "--grpc-listen") {
-            Some(i) => extra.get(i + 1).map(|s| s.to_string()).unwrap_or_default(),
-            None => {
-                let g = format!("127.0.0.1:{}", free_port());
-                cmd.arg("--grpc-listen").arg(&g);
-                g
-            }
-        };
+        cmd.arg("--data-dir")
+            .arg(data_dir)
+            .arg("--nbd-listen")
+            .arg(nbd.to_string());
+        let grpc = listen_arg(&mut cmd, extra, "--grpc-listen");
+        let metrics = listen_arg(&mut cmd, extra, "--metrics-listen");
         let child = cmd
             .args(extra)
             .env("RUST_LOG", "info")
@@ -77,6 +88,7 @@ impl Agent {
             data_dir: data_dir.to_path_buf(),
             nbd,
             grpc,
+            metrics,
         };
         agent.wait_ready();
         agent
@@ -103,6 +115,36 @@ impl Agent {
             export,
             self.data_dir.join("nbd.sock").display()
         )
+    }
+
+    /// SIGTERM, a clean exit, then an offline `verify` that must pass.
+    pub fn stop_and_verify(self) {
+        let dir = self.data_dir.clone();
+        let status = self.stop();
+        assert!(status.success(), "agent exit after SIGTERM: {status:?}");
+        let v = agent_cmd(&dir, &["verify"]);
+        assert!(
+            v.status.success(),
+            "verify: {}",
+            String::from_utf8_lossy(&v.stdout)
+        );
+    }
+
+    /// Calls a gRPC method through the reflection client (tests/grpc/grpcurl.py); panics
+    /// with the status if it fails. Returns the JSON response.
+    pub fn grpc(&self, method: &str, body: &str) -> String {
+        let out = Command::new("python3")
+            .arg(repo_root().join("tests/grpc/grpcurl.py"))
+            .args([&self.grpc, "call", method, body])
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "{method} {body}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// SIGTERM, then the exit status.
@@ -170,4 +212,27 @@ pub fn agent_cmd(data_dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("cannot run multisnap-agent")
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Python grpcio with reflection, the client the gRPC tests script with.
+pub fn have_grpcio() -> bool {
+    Command::new("python3")
+        .args(["-c", "import grpc, grpc_reflection"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+#[macro_export]
+macro_rules! require_grpcio {
+    () => {
+        if !common::have_grpcio() {
+            eprintln!("SKIP: python grpcio/grpcio-reflection missing (bash .ci/install-deps installs them)");
+            return;
+        }
+    };
 }
