@@ -10,6 +10,7 @@ server's reflection service, as a user's script would, with no proto files.
 ADDR is host:port or unix:PATH.
 """
 import json
+import os
 import sys
 
 import grpc
@@ -25,7 +26,21 @@ def main():
     # Over a unix socket grpcio would send the socket path as :authority, which HTTP/2 servers
     # reject; name a plain host instead (grpcurl does the same).
     options = [("grpc.default_authority", "localhost")] if addr.startswith("unix:") else []
-    channel = grpc.insecure_channel(addr, options=options)
+    # TLS when GRPCURL_CACERT names the CA that signed the server's certificate; a client
+    # certificate too (mutual TLS) when GRPCURL_CERT and GRPCURL_KEY are set.
+    ca = os.environ.get("GRPCURL_CACERT")
+    if ca:
+        def read(var):
+            path = os.environ.get(var)
+            return open(path, "rb").read() if path else None
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=read("GRPCURL_CACERT"),
+            private_key=read("GRPCURL_KEY"),
+            certificate_chain=read("GRPCURL_CERT"),
+        )
+        channel = grpc.secure_channel(addr, creds, options=options)
+    else:
+        channel = grpc.insecure_channel(addr, options=options)
     db = ProtoReflectionDescriptorDatabase(channel)
     pool = descriptor_pool.DescriptorPool(db)
     if verb == "list":

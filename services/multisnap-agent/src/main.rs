@@ -43,6 +43,15 @@ struct ServeArgs {
     /// TCP address for the gRPC API.
     #[arg(long, env = "MULTISNAP_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
     grpc_listen: SocketAddr,
+    /// PEM certificate chain: serve gRPC over TLS on the TCP address (needs --grpc-tls-key).
+    #[arg(long, env = "MULTISNAP_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    grpc_tls_cert: Option<PathBuf>,
+    /// PEM private key for --grpc-tls-cert.
+    #[arg(long, env = "MULTISNAP_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    grpc_tls_key: Option<PathBuf>,
+    /// PEM CA: accept only gRPC clients with a certificate it signed (mutual TLS).
+    #[arg(long, env = "MULTISNAP_GRPC_TLS_CLIENT_CA", requires = "grpc_tls_cert")]
+    grpc_tls_client_ca: Option<PathBuf>,
     /// TCP address for Prometheus metrics (served at /metrics).
     #[arg(
         long,
@@ -232,7 +241,18 @@ async fn serve_async(data_dir: &Path, args: &ServeArgs, volumes: Arc<Volumes>) -
     });
     let grpc_sock = data_dir.join("grpc.sock");
     let (v, sd, addr) = (volumes.clone(), shutdown.clone(), args.grpc_listen);
-    tasks.spawn(async move { grpc::serve(v, addr, &grpc_sock, sd).await });
+    let tls = match (&args.grpc_tls_cert, &args.grpc_tls_key) {
+        (Some(cert), Some(key)) => Some(
+            grpc::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.grpc_tls_client_ca.clone(),
+            }
+            .server_config()?,
+        ),
+        _ => None,
+    };
+    tasks.spawn(async move { grpc::serve(v, addr, tls, &grpc_sock, sd).await });
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;

@@ -16,10 +16,35 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
-/// Serves gRPC on `addr` and the unix socket `sock` until `shutdown`.
+/// TLS for the TCP listener: PEM files for the server's certificate chain and key, and
+/// optionally a CA whose clients alone are accepted (mutual TLS).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+impl TlsFiles {
+    /// Reads the files; called before anything listens, so a bad path fails the start.
+    pub fn server_config(&self) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+        let read =
+            |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        let identity = tonic::transport::Identity::from_pem(read(&self.cert)?, read(&self.key)?);
+        let mut cfg = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca {
+            cfg = cfg.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        Ok(cfg)
+    }
+}
+
+/// Serves gRPC on `addr` (with TLS when `tls` is given) and, in plaintext, on the unix socket
+/// `sock` (local only, guarded by the data directory's permissions) until `shutdown`.
 pub async fn serve(
     volumes: Arc<Volumes>,
     addr: SocketAddr,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     sock: &Path,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -29,7 +54,7 @@ pub async fn serve(
     let _ = std::fs::remove_file(sock);
     let unix = tokio::net::UnixListener::bind(sock)
         .with_context(|| format!("cannot listen for gRPC on {}", sock.display()))?;
-    tracing::info!(tcp = %addr, unix = %sock.display(), "serving gRPC");
+    tracing::info!(tcp = %addr, tls = tls.is_some(), unix = %sock.display(), "serving gRPC");
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<VolumeServiceServer<volumes::VolumeApi>>()
@@ -37,7 +62,9 @@ pub async fn serve(
     reporter
         .set_serving::<SnapshotServiceServer<snapshots::SnapshotApi>>()
         .await;
-    let build = |vols: Arc<Volumes>| -> anyhow::Result<tonic::transport::server::Router> {
+    let build = |vols: Arc<Volumes>,
+                 tls: Option<tonic::transport::ServerTlsConfig>|
+     -> anyhow::Result<tonic::transport::server::Router> {
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(multisnap_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -48,7 +75,13 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .context("cannot build the reflection service")?;
-        Ok(Server::builder()
+        let mut server = Server::builder();
+        if let Some(cfg) = tls {
+            server = server
+                .tls_config(cfg)
+                .context("invalid TLS configuration")?;
+        }
+        Ok(server
             .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
             .add_service(health.clone())
             .add_service(reflection_v1)
@@ -60,8 +93,8 @@ pub async fn serve(
                 volumes: vols,
             })))
     };
-    let tcp_router = build(volumes.clone())?;
-    let unix_router = build(volumes)?;
+    let tcp_router = build(volumes.clone(), tls)?;
+    let unix_router = build(volumes, None)?;
     let s1 = shutdown.clone();
     let tcp_task = tokio::spawn(async move {
         tcp_router
