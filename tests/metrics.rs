@@ -236,6 +236,7 @@ const FAMILIES: &[(&str, &str, &str)] = &[
     ("multisnap_store_free_bytes", "gauge", "bytes"),
     ("multisnap_commits", "counter", "-"),
     ("multisnap_commit_seconds", "counter", "seconds"),
+    ("multisnap_commit_duration_seconds", "histogram", "seconds"),
     ("multisnap_reclaim_pending_snapshots", "gauge", "-"),
     ("multisnap_reclaimed_chunks", "counter", "-"),
     ("multisnap_nbd_requests", "counter", "-"),

@@ -122,8 +122,29 @@ pub struct Meta {
     pub poisoned: Option<String>,
     pub commits_total: u64,
     pub commit_time_total: Duration,
+    /// Commits per latency bucket (`COMMIT_LATENCY_BOUNDS`), not cumulative.
+    pub commit_latency_buckets: [u64; 15],
     reclaim: ReclaimPass,
 }
+
+/// Upper bounds (seconds) of the commit-latency histogram's buckets; the last is "+Inf".
+pub const COMMIT_LATENCY_BOUNDS: [f64; 15] = [
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    f64::INFINITY,
+];
 
 /// Free blocks a single B+tree update may need: a shadow and a split per level, plus a new
 /// root.
@@ -171,6 +192,7 @@ impl Meta {
             poisoned: None,
             commits_total: 0,
             commit_time_total: Duration::ZERO,
+            commit_latency_buckets: [0; 15],
             reclaim: ReclaimPass::default(),
         }
     }
@@ -651,8 +673,15 @@ impl Meta {
         let started = Instant::now();
         match self.try_commit() {
             Ok(()) => {
+                let took = started.elapsed();
                 self.commits_total += 1;
-                self.commit_time_total += started.elapsed();
+                self.commit_time_total += took;
+                let secs = took.as_secs_f64();
+                let bucket = COMMIT_LATENCY_BOUNDS
+                    .iter()
+                    .position(|b| secs <= *b)
+                    .unwrap_or(COMMIT_LATENCY_BOUNDS.len() - 1);
+                self.commit_latency_buckets[bucket] += 1;
                 Ok(())
             }
             Err(e) => Err(self.poison(e)),

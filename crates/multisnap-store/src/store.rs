@@ -109,6 +109,9 @@ pub struct StoreStats {
     pub chunks_reclaimed_total: u64,
     /// Snapshots whose space is still being reclaimed.
     pub reclaim_pending: u64,
+    /// Commit latency histogram: (upper bound in seconds, commits in that bucket), the last
+    /// bound being `f64::INFINITY`. Counts are per bucket, not cumulative.
+    pub commit_latency: Vec<(f64, u64)>,
 }
 
 /// Checks a snapshot name: 1..=128 bytes of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
@@ -1038,6 +1041,11 @@ impl Store {
             invalidated_total: m.invalidated_total,
             chunks_reclaimed_total: m.chunks_reclaimed,
             reclaim_pending: m.reclaim_progress().pending.len() as u64,
+            commit_latency: crate::meta::COMMIT_LATENCY_BOUNDS
+                .iter()
+                .copied()
+                .zip(m.commit_latency_buckets)
+                .collect(),
         }
     }
 

@@ -186,6 +186,29 @@ impl Collector for StoreCollector {
                 }
             }
         }
+        if !samples.is_empty() {
+            // Commit latency: the store keeps the buckets, so this is a histogram read at
+            // scrape time like everything above.
+            let mut family = encoder.encode_descriptor(
+                "multisnap_commit_duration",
+                "Latency of store commits (write new metadata, flush, flip the superblock, flush).",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for s in &samples {
+                let labels = VolumeLabel {
+                    volume: s.volume.clone(),
+                };
+                // The last bucket's bound is +Inf, which both encoders print as "+Inf".
+                let mut m = family.encode_family(&labels)?;
+                m.encode_histogram::<VolumeLabel>(
+                    s.stats.commit_seconds_total,
+                    s.stats.commits_total,
+                    &s.stats.commit_latency,
+                    None,
+                )?;
+            }
+        }
         Ok(())
     }
 }
