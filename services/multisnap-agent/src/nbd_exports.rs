@@ -31,6 +31,10 @@ impl NbdProvider {
 fn store_err(op: &'static str, offset: u64, e: StoreError) -> NbdError {
     match e {
         StoreError::StoreFull { .. } => NbdError::NoSpace { op, offset },
+        // Made read-only after this client connected as a writer.
+        StoreError::SnapshotReadOnly(id) => NbdError::ReadOnly {
+            export: format!("snapshot id {}", id.0),
+        },
         StoreError::OutOfRange { offset, len, size } => NbdError::OutOfRange {
             op,
             offset,
