@@ -208,52 +208,14 @@ fn grpc_api_by_reflection() {
     assert_eq!(list["snapshots"].as_array().unwrap().len(), 2);
 
     // A snapshot taken through the API is a point in time for NBD clients.
-    run_ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            &agent.uri("default"),
-            "-c",
-            "write -P 0x5a 0 256k",
-        ],
-    );
+    qemu_io(&agent.uri("default"), &["write -P 0x5a 0 256k"]);
     let b = g.ok(
         &format!("{SS}/CreateSnapshot"),
         r#"{"volume":"default","name":"b"}"#,
     );
-    run_ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            &agent.uri("default"),
-            "-c",
-            "write -P 0x77 0 128k",
-        ],
-    );
-    run_ok(
-        "qemu-io",
-        &[
-            "-r",
-            "-f",
-            "raw",
-            &agent.uri("default@b"),
-            "-c",
-            "read -P 0x5a 0 256k",
-        ],
-    );
-    run_ok(
-        "qemu-io",
-        &[
-            "-r",
-            "-f",
-            "raw",
-            &agent.uri("default@a"),
-            "-c",
-            "read -P 0 0 256k",
-        ],
-    );
+    qemu_io(&agent.uri("default"), &["write -P 0x77 0 128k"]);
+    qemu_io_ro(&agent.uri("default@b"), &["read -P 0x5a 0 256k"]);
+    qemu_io_ro(&agent.uri("default@a"), &["read -P 0 0 256k"]);
     assert!(
         b["id"].as_str().unwrap().parse::<u64>().unwrap()
             > a["id"].as_str().unwrap().parse::<u64>().unwrap()

@@ -12,30 +12,14 @@ fn default_volume_snapshots_and_restart_with_real_clients() {
 
     // Fresh machine: the default volume appears and takes writes over TCP and the unix socket.
     let agent = Agent::start(&dir, &["--default-volume-size", "67108864"]);
-    let out = run_ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            &agent.uri("default"),
-            "-c",
-            "write -P 0xab 0 1M",
-            "-c",
-            "write -P 0x11 5000 3000",
-        ],
+    let out = qemu_io(
+        &agent.uri("default"),
+        &["write -P 0xab 0 1M", "write -P 0x11 5000 3000"],
     );
     assert!(out.contains("wrote"), "{out}");
-    run_ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            &agent.unix_uri("default"),
-            "-c",
-            "read -P 0xab 0 4096",
-            "-c",
-            "read -P 0x11 5000 3000",
-        ],
+    qemu_io(
+        &agent.unix_uri("default"),
+        &["read -P 0xab 0 4096", "read -P 0x11 5000 3000"],
     );
     let list = run_ok("nbdinfo", &["--list", &format!("nbd://{}", agent.nbd)]);
     assert!(list.contains("export=\"default\""), "{list}");
@@ -57,44 +41,17 @@ fn default_volume_snapshots_and_restart_with_real_clients() {
         String::from_utf8_lossy(&out.stderr)
     );
     let agent = Agent::start(&dir, &[]);
-    run_ok(
-        "qemu-io",
+    qemu_io(&agent.uri("default"), &["write -P 0xcd 0 2M"]);
+    qemu_io_ro(
+        &agent.uri("default@before"),
         &[
-            "-f",
-            "raw",
-            &agent.uri("default"),
-            "-c",
-            "write -P 0xcd 0 2M",
-        ],
-    );
-    run_ok(
-        "qemu-io",
-        &[
-            "-r",
-            "-f",
-            "raw",
-            &agent.uri("default@before"),
-            "-c",
             "read -P 0xab 0 5000",
-            "-c",
             "read -P 0x11 5000 3000",
-            "-c",
             "read -P 0xab 8000 1040576",
-            "-c",
             "read -P 0 1M 1M",
         ],
     );
-    run_ok(
-        "qemu-io",
-        &[
-            "-r",
-            "-f",
-            "raw",
-            &agent.uri("default"),
-            "-c",
-            "read -P 0xcd 0 2M",
-        ],
-    );
+    qemu_io_ro(&agent.uri("default"), &["read -P 0xcd 0 2M"]);
 
     // The snapshot export is read-only.
     let w = run(

@@ -25,16 +25,7 @@ fn nbdinfo_map_shows_holes_and_data() {
         "a fresh sparse origin is one hole: {map}"
     );
     assert!(!map.contains(" data"), "{map}");
-    run_ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            &agent.uri("default"),
-            "-c",
-            "write -P 1 1M 64k",
-        ],
-    );
+    qemu_io(&agent.uri("default"), &["write -P 1 1M 64k"]);
     let map = run_ok("nbdinfo", &["--map", &agent.uri("default")]);
     assert!(map.contains("data"), "{map}");
     assert!(map.lines().count() >= 3, "hole, data, hole: {map}");
@@ -59,28 +50,8 @@ fn fua_and_flushed_writes_survive_kill_9() {
             r#"{"volume":"default","name":"base"}"#,
         );
     }
-    run_ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            &agent.uri("default"),
-            "-c",
-            "write -f -P 0x33 0 64k",
-        ],
-    );
-    run_ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            &agent.uri("default"),
-            "-c",
-            "write -P 0x44 1M 128k",
-            "-c",
-            "flush",
-        ],
-    );
+    qemu_io(&agent.uri("default"), &["write -f -P 0x33 0 64k"]);
+    qemu_io(&agent.uri("default"), &["write -P 0x44 1M 128k", "flush"]);
     let mut child = agent.child.take().unwrap();
     child.kill().unwrap(); // SIGKILL: no flush, no commit, no clean exit
     child.wait().unwrap();
@@ -91,31 +62,12 @@ fn fua_and_flushed_writes_survive_kill_9() {
         String::from_utf8_lossy(&v.stdout)
     );
     let agent = Agent::start(&dir, &[]);
-    run_ok(
-        "qemu-io",
-        &[
-            "-r",
-            "-f",
-            "raw",
-            &agent.uri("default"),
-            "-c",
-            "read -P 0x33 0 64k",
-            "-c",
-            "read -P 0x44 1M 128k",
-        ],
+    qemu_io_ro(
+        &agent.uri("default"),
+        &["read -P 0x33 0 64k", "read -P 0x44 1M 128k"],
     );
     if have_grpcio() {
-        run_ok(
-            "qemu-io",
-            &[
-                "-r",
-                "-f",
-                "raw",
-                &agent.uri("default@base"),
-                "-c",
-                "read -P 0 0 2M",
-            ],
-        );
+        qemu_io_ro(&agent.uri("default@base"), &["read -P 0 0 2M"]);
     }
     assert!(agent.stop().success());
 }
@@ -127,15 +79,9 @@ fn nbdcopy_of_a_snapshot_matches_the_image_before_the_writes() {
     let dir = tmp.path().join("data");
     let agent = Agent::start(&dir, &["--default-volume-size", "33554432"]);
     for (i, off) in ["0", "3M", "17M", "31M"].iter().enumerate() {
-        run_ok(
-            "qemu-io",
-            &[
-                "-f",
-                "raw",
-                &agent.uri("default"),
-                "-c",
-                &format!("write -P {} {off} 300k", i + 1),
-            ],
+        qemu_io(
+            &agent.uri("default"),
+            &[&format!("write -P {} {off} 300k", i + 1)],
         );
     }
     let before = tmp.path().join("before.raw");
@@ -149,16 +95,7 @@ fn nbdcopy_of_a_snapshot_matches_the_image_before_the_writes() {
         .success());
     let agent = Agent::start(&dir, &[]);
     for off in ["100k", "3M", "20M"] {
-        run_ok(
-            "qemu-io",
-            &[
-                "-f",
-                "raw",
-                &agent.uri("default"),
-                "-c",
-                &format!("write -P 0xee {off} 1M"),
-            ],
-        );
+        qemu_io(&agent.uri("default"), &[&format!("write -P 0xee {off} 1M")]);
     }
     let snap = tmp.path().join("snap.raw");
     run_ok(
@@ -248,16 +185,7 @@ fn writable_snapshot_export_takes_writes_of_its_own() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let agent = Agent::start(&dir, &["--default-volume-size", "16777216"]);
-    run_ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            &agent.uri("default"),
-            "-c",
-            "write -P 0x10 0 1M",
-        ],
-    );
+    qemu_io(&agent.uri("default"), &["write -P 0x10 0 1M"]);
     agent.grpc(
         "multisnap.v1.SnapshotService/CreateSnapshot",
         r#"{"volume":"default","name":"clone","writable":true}"#,
@@ -268,55 +196,20 @@ fn writable_snapshot_export_takes_writes_of_its_own() {
     );
     let info = run_ok("nbdinfo", &[&agent.uri("default@clone")]);
     assert!(info.contains("is_read_only: false"), "{info}");
-    run_ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            &agent.uri("default@clone"),
-            "-c",
-            "write -P 0x20 4k 8k",
-            "-c",
-            "flush",
-        ],
+    qemu_io(
+        &agent.uri("default@clone"),
+        &["write -P 0x20 4k 8k", "flush"],
     );
-    run_ok(
-        "qemu-io",
+    qemu_io_ro(
+        &agent.uri("default@clone"),
         &[
-            "-r",
-            "-f",
-            "raw",
-            &agent.uri("default@clone"),
-            "-c",
             "read -P 0x10 0 4k",
-            "-c",
             "read -P 0x20 4k 8k",
-            "-c",
             "read -P 0x10 12k 1012k",
         ],
     );
-    run_ok(
-        "qemu-io",
-        &[
-            "-r",
-            "-f",
-            "raw",
-            &agent.uri("default"),
-            "-c",
-            "read -P 0x10 0 1M",
-        ],
-    );
-    run_ok(
-        "qemu-io",
-        &[
-            "-r",
-            "-f",
-            "raw",
-            &agent.uri("default@ro"),
-            "-c",
-            "read -P 0x10 0 1M",
-        ],
-    );
+    qemu_io_ro(&agent.uri("default"), &["read -P 0x10 0 1M"]);
+    qemu_io_ro(&agent.uri("default@ro"), &["read -P 0x10 0 1M"]);
     agent.stop_and_verify();
 }
 
@@ -333,28 +226,14 @@ fn nbdinfo_maps_the_chunks_changed_since_a_snapshot() {
             &format!(r#"{{"volume":"default","name":"{name}"}}"#),
         )
     };
-    run_ok(
-        "qemu-io",
-        &["-f", "raw", &agent.uri("default"), "-c", "write -P 1 0 4M"],
-    );
+    qemu_io(&agent.uri("default"), &["write -P 1 0 4M"]);
     create("a");
-    run_ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            &agent.uri("default"),
-            "-c",
-            "write -P 2 1M 64k",
-            "-c",
-            "write -P 2 3M 100k",
-        ],
+    qemu_io(
+        &agent.uri("default"),
+        &["write -P 2 1M 64k", "write -P 2 3M 100k"],
     );
     create("b");
-    run_ok(
-        "qemu-io",
-        &["-f", "raw", &agent.uri("default"), "-c", "write -P 3 8M 4k"],
-    );
+    qemu_io(&agent.uri("default"), &["write -P 3 8M 4k"]);
     // Parse "offset length flags" lines into the changed ranges.
     let changed = |uri: &str, base: &str| -> Vec<(u64, u64)> {
         run_ok(

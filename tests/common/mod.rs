@@ -204,6 +204,28 @@ pub fn run_ok(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// qemu-io on a raw NBD export, read-write: each of `cmds` is one `-c` command; must succeed.
+pub fn qemu_io(uri: &str, cmds: &[&str]) -> String {
+    qemu_io_args(uri, false, cmds)
+}
+
+/// qemu-io on a raw NBD export opened read-only (`-r`).
+pub fn qemu_io_ro(uri: &str, cmds: &[&str]) -> String {
+    qemu_io_args(uri, true, cmds)
+}
+
+fn qemu_io_args(uri: &str, read_only: bool, cmds: &[&str]) -> String {
+    let mut args = vec!["-f", "raw"];
+    if read_only {
+        args.push("-r");
+    }
+    args.push(uri);
+    for c in cmds {
+        args.extend(["-c", c]);
+    }
+    run_ok("qemu-io", &args)
+}
+
 /// Runs the agent binary with a subcommand (offline tools).
 pub fn agent_cmd(data_dir: &Path, args: &[&str]) -> Output {
     Command::new(agent_bin())
