@@ -160,6 +160,14 @@ pub struct Store {
     origin_path: String,
 }
 
+/// Appends a `(length, flag)` run, merging it into the previous run when the flag matches.
+fn push_run(runs: &mut Vec<(u64, bool)>, len: u64, flag: bool) {
+    match runs.last_mut() {
+        Some((n, f)) if *f == flag => *n += len,
+        _ => runs.push((len, flag)),
+    }
+}
+
 fn m_full(m: &Meta, chunk_size: u32) -> StoreError {
     StoreError::StoreFull {
         needed: 1,
@@ -597,10 +605,7 @@ impl Store {
         let end = offset + len.min(4096 * cs);
         let end = end.min(offset + len);
         let mut out: Vec<(u64, bool)> = Vec::new();
-        let mut push = |n: u64, data: bool| match out.last_mut() {
-            Some((m, d)) if *d == data => *m += n,
-            _ => out.push((n, data)),
-        };
+        let mut push = |n: u64, data: bool| push_run(&mut out, n, data);
         let mut pos = offset;
         while pos < end {
             let chunk = pos / cs;
@@ -650,10 +655,7 @@ impl Store {
         let last = (end - 1) / cs;
         let changed = self.meta.lock().changed_chunks(base, target, first, last)?;
         let mut out: Vec<(u64, bool)> = Vec::new();
-        let mut push = |n: u64, c: bool| match out.last_mut() {
-            Some((m, p)) if *p == c => *m += n,
-            _ => out.push((n, c)),
-        };
+        let mut push = |n: u64, changed: bool| push_run(&mut out, n, changed);
         let mut pos = offset;
         for c in changed {
             let start = (c * cs).max(offset);

@@ -12,7 +12,7 @@ use crate::alloc::ChunkAllocator;
 use crate::blockdev::BlockDev;
 use crate::error::Result;
 use crate::format::get_u64;
-use crate::format::node::{Key, Node, TreeKind};
+use crate::format::node::{Key, TreeKind};
 use crate::format::snapshot_record::SnapshotRecord;
 use crate::format::snapshot_record::SnapshotState;
 use crate::format::superblock::Superblock;
@@ -375,9 +375,4 @@ pub fn verify(dev: &dyn BlockDev, origin_size: Option<u64>) -> Result<VerifyRepo
         ));
     }
     Ok(w.report)
-}
-
-/// Reads one node for tools that inspect a store (e.g. `dump`).
-pub fn read_raw_node(dev: &dyn BlockDev, block: u64, total_blocks: u64) -> Result<Node> {
-    Ok(read_node(dev, MetaBlock(block), total_blocks)?.0)
 }
