@@ -252,7 +252,8 @@ async fn serve_async(data_dir: &Path, args: &ServeArgs, volumes: Arc<Volumes>) -
         ),
         _ => None,
     };
-    tasks.spawn(async move { grpc::serve(v, addr, tls, &grpc_sock, sd).await });
+    let listeners = grpc::bind(addr, &grpc_sock).await?;
+    tasks.spawn(async move { grpc::serve(v, listeners, tls, &grpc_sock, sd).await });
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;

@@ -41,19 +41,29 @@ impl TlsFiles {
 
 /// Serves gRPC on `addr` (with TLS when `tls` is given) and, in plaintext, on the unix socket
 /// `sock` (local only, guarded by the data directory's permissions) until `shutdown`.
-pub async fn serve(
-    volumes: Arc<Volumes>,
+/// Binds the gRPC listeners; done before anything is served, so a taken port or socket path
+/// fails the agent's start instead of leaving it running without its control plane.
+pub async fn bind(
     addr: SocketAddr,
-    tls: Option<tonic::transport::ServerTlsConfig>,
     sock: &Path,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(tokio::net::TcpListener, tokio::net::UnixListener)> {
     let tcp = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for gRPC on {addr}"))?;
     let _ = std::fs::remove_file(sock);
     let unix = tokio::net::UnixListener::bind(sock)
         .with_context(|| format!("cannot listen for gRPC on {}", sock.display()))?;
+    Ok((tcp, unix))
+}
+
+pub async fn serve(
+    volumes: Arc<Volumes>,
+    (tcp, unix): (tokio::net::TcpListener, tokio::net::UnixListener),
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    sock: &Path,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let addr = tcp.local_addr().context("gRPC listener has no address")?;
     tracing::info!(tcp = %addr, tls = tls.is_some(), unix = %sock.display(), "serving gRPC");
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
