@@ -85,6 +85,30 @@ pub enum StoreError {
         why: &'static str,
     },
 
+    #[error("a delta apply into snapshot {name:?} is already in progress on this volume; resume or abort it first")]
+    ReceiveInProgress { name: String },
+
+    #[error("no delta apply is in progress on this volume")]
+    NoReceive,
+
+    #[error("the delta apply into snapshot {name:?} passed its commit point and is being completed; it can no longer be aborted")]
+    ReceiveCommitted { name: String },
+
+    #[error("this volume is a replica of volume {expected}; a delta of volume {found} cannot be applied to it")]
+    ReplicaOfOther { expected: String, found: String },
+
+    #[error("the volume's origin changed in {chunks} chunk(s) since base snapshot {base:?}, so the delta would not recreate its target; apply into a volume left untouched since that snapshot")]
+    OriginDiverged { base: String, chunks: u64 },
+
+    #[error("a full delta needs an empty volume, but this volume's origin holds data; create a new volume to receive it")]
+    OriginNotEmpty,
+
+    #[error("base snapshot {0:?} was written to locally, so it no longer matches the source")]
+    BaseModified(String),
+
+    #[error("invalid staged data: {0}")]
+    BadStage(String),
+
     #[error("the store stopped accepting changes after an earlier failure ({0}); reopen it")]
     Poisoned(String),
 }

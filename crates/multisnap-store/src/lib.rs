@@ -41,5 +41,8 @@ pub use error::StoreError;
 pub use format::snapshot_record::SnapshotState;
 pub use format::superblock::FullPolicy;
 pub use ids::{OriginChunk, SnapshotId, StoreChunk};
-pub use store::{validate_snapshot_name, CreateOptions, SnapshotInfo, Store, StoreStats, View};
+pub use store::{
+    validate_snapshot_name, CreateOptions, ReceivePlan, ReceiveStatus, SnapshotInfo, Store,
+    StoreStats, View,
+};
 pub use verify::{verify, VerifyReport};

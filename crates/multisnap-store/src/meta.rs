@@ -17,7 +17,7 @@ use crate::cache::NodeCache;
 use crate::error::{Result, StoreError};
 use crate::format::node::{Key, Node, TreeKind};
 use crate::format::snapshot_record::{SnapshotRecord, SnapshotState};
-use crate::format::superblock::Superblock;
+use crate::format::superblock::{ReceiveState, Superblock};
 use crate::format::{get_u64, put_u64, BLOCK_SIZE};
 use crate::ids::{MetaBlock, OriginChunk, SnapshotId, StoreChunk};
 use crate::pager::Pager;
@@ -56,6 +56,16 @@ impl Exception {
             store: StoreChunk(get_u64(value, 8)),
         }
     }
+}
+
+/// The private-map value of a chunk a delta apply staged as "reads as zeros": no store chunk
+/// is spent on it. Only `Receiving` records ever hold it.
+pub const ZERO_CHUNK: StoreChunk = StoreChunk(u64::MAX);
+
+/// Whether a snapshot in this state owns its name (deleted snapshots give it up at once, and a
+/// delta being received has not claimed it yet).
+pub fn holds_name(state: SnapshotState) -> bool {
+    !matches!(state, SnapshotState::Deleting | SnapshotState::Receiving)
 }
 
 /// The value of a private-map entry.
@@ -117,6 +127,10 @@ pub struct Meta {
     pub exception_count: u64,
     pub copies_total: u64,
     pub invalidated_total: u64,
+    /// See [`Superblock::replica_source`].
+    pub replica_source: [u8; 16],
+    /// The delta apply in progress; written with every commit.
+    pub receive: Option<ReceiveState>,
     pub chunks_reclaimed: u64,
     pub dirty: bool,
     pub poisoned: Option<String>,
@@ -181,6 +195,8 @@ impl Meta {
             exception_count: sb.exception_count,
             copies_total: sb.copies_total,
             invalidated_total: sb.invalidated_total,
+            replica_source: sb.replica_source,
+            receive: sb.receive.clone(),
             chunks_reclaimed: 0,
             pager,
             sb,
@@ -234,7 +250,7 @@ impl Meta {
             }
         }
         for (id, rec) in records {
-            if rec.state != SnapshotState::Deleting {
+            if holds_name(rec.state) {
                 self.by_name.insert(rec.name.clone(), id);
             }
             if rec.state == SnapshotState::Ready {
@@ -437,6 +453,46 @@ impl Meta {
         }
     }
 
+    /// Removes one private-map entry; the caller frees its chunk.
+    pub fn remove_private(&mut self, k: Key) -> Result<()> {
+        let root = self.private_root;
+        self.reserve_for_update(root, false)?;
+        self.dirty = true;
+        match btree::remove(&mut self.pager, root, &k) {
+            Ok((new_root, _)) => {
+                self.private_root = new_root;
+                Ok(())
+            }
+            Err(err) => Err(self.poison(err)),
+        }
+    }
+
+    /// Up to `limit` private-map entries of snapshot `snap` from chunk `from` on, in order.
+    pub fn private_entries(
+        &mut self,
+        snap: SnapshotId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(OriginChunk, StoreChunk)>> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let root = self.private_root;
+        btree::walk(
+            &mut self.pager,
+            root,
+            &Key::new(snap.0, from),
+            &Key::new(snap.0, u64::MAX),
+            0,
+            &mut |k, v| {
+                out.push((OriginChunk(k.lo), StoreChunk(get_u64(v, 0))));
+                Ok(out.len() < limit)
+            },
+        )?;
+        Ok(out)
+    }
+
     /// Adds a snapshot record (the caller has checked the name).
     pub fn add_snapshot(&mut self, rec: SnapshotRecord) -> Result<SnapshotId> {
         let root = self.snapshot_root;
@@ -448,7 +504,9 @@ impl Meta {
             Err(err) => return Err(self.poison(err)),
         }
         self.next_snapshot_id += 1;
-        self.by_name.insert(rec.name.clone(), id);
+        if holds_name(rec.state) {
+            self.by_name.insert(rec.name.clone(), id);
+        }
         if rec.state == SnapshotState::Ready {
             self.live.insert(id);
         }
@@ -470,7 +528,7 @@ impl Meta {
         } else {
             self.live.remove(&id.0);
         }
-        if rec.state == SnapshotState::Deleting {
+        if !holds_name(rec.state) {
             if self.by_name.get(&rec.name) == Some(&id.0) {
                 self.by_name.remove(&rec.name);
             }
@@ -500,13 +558,14 @@ impl Meta {
 
     /// Snapshots waiting for their space to be reclaimed.
     fn reclaim_pending(&self) -> BTreeSet<u64> {
+        let staging = self.receive.as_ref().map(|r| r.staging);
         self.snapshots
             .iter()
-            .filter(|(_, r)| {
-                matches!(
-                    r.state,
-                    SnapshotState::Deleting | SnapshotState::Invalidating
-                )
+            .filter(|(id, r)| match r.state {
+                SnapshotState::Deleting | SnapshotState::Invalidating => true,
+                // A staging record no apply owns any more (aborted or discarded).
+                SnapshotState::Receiving => Some(**id) != staging,
+                SnapshotState::Ready | SnapshotState::Invalid => false,
             })
             .map(|(id, _)| *id)
             .collect()
@@ -557,7 +616,9 @@ impl Meta {
                     continue;
                 };
                 match rec.state {
-                    SnapshotState::Deleting => self.drop_snapshot_record(id)?,
+                    SnapshotState::Deleting | SnapshotState::Receiving => {
+                        self.drop_snapshot_record(id)?
+                    }
                     SnapshotState::Invalidating => {
                         let rec = SnapshotRecord {
                             state: SnapshotState::Invalid,
@@ -594,15 +655,11 @@ impl Meta {
             )?;
         }
         for (k, chunk) in &victims {
-            let root = self.private_root;
-            self.reserve_for_update(root, false)?;
-            self.dirty = true;
-            match btree::remove(&mut self.pager, root, k) {
-                Ok((new_root, _)) => self.private_root = new_root,
-                Err(err) => return Err(self.poison(err)),
+            self.remove_private(*k)?;
+            if *chunk != ZERO_CHUNK {
+                self.free_chunk(*chunk);
+                self.chunks_reclaimed += 1;
             }
-            self.free_chunk(*chunk);
-            self.chunks_reclaimed += 1;
         }
         Ok(victims.len())
     }
@@ -712,6 +769,8 @@ impl Meta {
         sb.used_blocks = self.pager.alloc.used_blocks();
         sb.copies_total = self.copies_total;
         sb.invalidated_total = self.invalidated_total;
+        sb.replica_source = self.replica_source;
+        sb.receive = self.receive.clone();
         let slot = sb.generation % 2;
         let off = slot * BLOCK_SIZE as u64;
         dev.write_at(&sb.pack(), off)

@@ -27,6 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod receive;
+pub use receive::{ReceivePlan, ReceiveStatus};
+
 /// How much a store can grow in place: its bitmap area is sized for this multiple of the
 /// size it was made with.
 pub const GROWTH_FACTOR: u64 = 8;
@@ -73,16 +76,19 @@ pub struct SnapshotInfo {
     pub created_at: SystemTime,
     pub writable: bool,
     pub state: SnapshotState,
+    /// The snapshot's id on the volume it was replicated from; 0 for local snapshots.
+    pub source_id: u64,
 }
 
 impl SnapshotInfo {
-    fn from_record(id: u64, r: &SnapshotRecord) -> SnapshotInfo {
+    pub(crate) fn from_record(id: u64, r: &SnapshotRecord) -> SnapshotInfo {
         SnapshotInfo {
             id: SnapshotId(id),
             name: r.name.clone(),
             created_at: UNIX_EPOCH + Duration::from_nanos(r.created_at_ns),
             writable: r.writable,
             state: r.state,
+            source_id: r.source_id,
         }
     }
 }
@@ -155,6 +161,8 @@ pub struct Store {
     private_data_unflushed: AtomicBool,
     reclaim_wanted: Mutex<bool>,
     reclaim_wake: Condvar,
+    /// Serializes the steps of a delta apply (see `receive`).
+    receive_lock: Mutex<()>,
     volume_name: String,
     volume_uuid: [u8; 16],
     origin_path: String,
@@ -275,6 +283,8 @@ impl Store {
             created_at_ns: now_ns(),
             private_root: 0,
             invalidated_total: 0,
+            replica_source: [0; 16],
+            receive: None,
             volume_name: opts.volume_name.clone(),
             origin_path: opts.origin_path.clone(),
         };
@@ -336,7 +346,13 @@ impl Store {
         let mut meta = Meta::new(dev.clone(), sb, alloc, cache_bytes);
         meta.load_snapshots()?;
         Store::grow_if_bigger(&mut meta, store_bytes)?;
-        Ok(Store::assemble(origin, dev, meta))
+        let store = Store::assemble(origin, dev, meta);
+        if let Err(e) = store.recover_receive() {
+            // The volume stays usable; the apply's state is kept and `finish_receive` (or the
+            // next open) carries it on.
+            tracing::error!(volume = %store.volume_name, error = %e, "could not complete an interrupted delta apply");
+        }
+        Ok(store)
     }
 
     /// A store file or device made bigger while closed is taken in on open, up to what the
@@ -381,6 +397,7 @@ impl Store {
             private_data_unflushed: AtomicBool::new(false),
             reclaim_wanted: Mutex::new(true),
             reclaim_wake: Condvar::new(),
+            receive_lock: Mutex::new(()),
         }
     }
 
@@ -424,11 +441,18 @@ impl Store {
     }
 
     fn lock_stripes(&self, chunks: std::ops::RangeInclusive<u64>) -> Vec<RwLockWriteGuard<'_, ()>> {
-        let mut idx: Vec<usize> = if chunks.end() - chunks.start() >= STRIPES as u64 {
-            (0..STRIPES).collect()
-        } else {
-            chunks.map(Self::stripe_of).collect()
-        };
+        if chunks.end() - chunks.start() >= STRIPES as u64 {
+            return self.stripes.iter().map(|s| s.write()).collect();
+        }
+        self.lock_chunk_stripes(chunks)
+    }
+
+    /// Exclusive stripes of any set of chunks, taken in stripe order (no deadlock).
+    fn lock_chunk_stripes(
+        &self,
+        chunks: impl IntoIterator<Item = u64>,
+    ) -> Vec<RwLockWriteGuard<'_, ()>> {
+        let mut idx: Vec<usize> = chunks.into_iter().map(Self::stripe_of).collect();
         idx.sort_unstable();
         idx.dedup();
         idx.into_iter().map(|i| self.stripes[i].write()).collect()
@@ -466,6 +490,7 @@ impl Store {
                 created_at_ns: now_ns(),
                 writable,
                 state: SnapshotState::Ready,
+                source_id: 0,
                 name: name.to_string(),
             };
             let id = m.add_snapshot(rec.clone())?;
@@ -476,10 +501,12 @@ impl Store {
         Ok(info)
     }
 
+    /// Every snapshot record users may see (a delta still being applied is not one).
     pub fn list_snapshots(&self) -> Vec<SnapshotInfo> {
         let m = self.meta.lock();
         m.snapshots
             .iter()
+            .filter(|(_, r)| r.state != SnapshotState::Receiving)
             .map(|(id, r)| SnapshotInfo::from_record(*id, r))
             .collect()
     }
@@ -495,6 +522,7 @@ impl Store {
         let m = self.meta.lock();
         m.snapshots
             .get(&id.0)
+            .filter(|r| r.state != SnapshotState::Receiving)
             .map(|r| SnapshotInfo::from_record(id.0, r))
             .ok_or(StoreError::SnapshotIdNotFound(id))
     }
@@ -780,6 +808,8 @@ impl Store {
             };
             match rec.state {
                 SnapshotState::Deleting => return Ok(()),
+                // A delta being applied is not a snapshot yet; `abort_receive` drops it.
+                SnapshotState::Receiving => return Err(StoreError::SnapshotIdNotFound(id)),
                 // Already reclaimed: only the record remains.
                 SnapshotState::Invalid => m.drop_snapshot_record(id.0)?,
                 SnapshotState::Ready | SnapshotState::Invalidating => {

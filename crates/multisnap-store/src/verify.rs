@@ -55,6 +55,8 @@ struct Walker<'a> {
     /// Snapshot id -> record, filled by the snapshot-table walk (done first).
     records: BTreeMap<u64, SnapshotRecord>,
     live: BTreeSet<u64>,
+    /// Records staging a delta apply.
+    receiving: BTreeSet<u64>,
     reclaim_pending: bool,
 }
 
@@ -181,7 +183,7 @@ impl Walker<'_> {
                             ));
                         }
                         // A snapshot being deleted gives up its name at once.
-                        if rec.state != SnapshotState::Deleting
+                        if crate::meta::holds_name(rec.state)
                             && !self.names.insert(rec.name.clone())
                         {
                             self.problem(format!("snapshot name {:?} is used twice", rec.name));
@@ -194,6 +196,9 @@ impl Walker<'_> {
                                 self.reclaim_pending = true
                             }
                             SnapshotState::Invalid => {}
+                            SnapshotState::Receiving => {
+                                self.receiving.insert(key.hi);
+                            }
                         }
                         self.records.insert(key.hi, rec);
                     }
@@ -223,6 +228,14 @@ impl Walker<'_> {
                 "private chunks of snapshot {snap}, invalidated and already reclaimed (leaked)"
             )),
             Some(_) => {}
+        }
+        if store == crate::meta::ZERO_CHUNK.0 {
+            if !self.receiving.contains(&snap) {
+                self.problem(format!(
+                    "snapshot {snap} has a staged-zero private entry for origin chunk {chunk} but is not receiving a delta"
+                ));
+            }
+            return;
         }
         let cb = self.sb.chunk_size as u64 / BLOCK_SIZE as u64;
         let start = store.saturating_mul(cb);
@@ -320,10 +333,30 @@ pub fn verify(dev: &dyn BlockDev, origin_size: Option<u64>) -> Result<VerifyRepo
         reserved_end,
         records: BTreeMap::new(),
         live: BTreeSet::new(),
+        receiving: BTreeSet::new(),
         reclaim_pending: false,
     };
     // The snapshot table first: the other trees are checked against it.
     w.walk(TreeKind::Snapshots, sb.snapshot_root, None, None, None);
+    // A receiving record no apply owns was aborted: reclamation drops it.
+    let staging = sb.receive.as_ref().map(|r| r.staging);
+    if w.receiving.iter().any(|id| Some(*id) != staging) {
+        w.reclaim_pending = true;
+    }
+    if let Some(r) = &sb.receive {
+        if !w.receiving.contains(&r.staging) {
+            w.problem(format!(
+                "the superblock records a delta apply staged in snapshot {}, which is not a receiving record",
+                r.staging
+            ));
+        }
+        if r.base != 0 && !w.live.contains(&r.base) {
+            w.problem(format!(
+                "the delta apply in progress is based on snapshot {}, which is not live",
+                r.base
+            ));
+        }
+    }
     w.walk(TreeKind::Exceptions, sb.exception_root, None, None, None);
     w.walk(TreeKind::Private, sb.private_root, None, None, None);
     if w.report.exceptions != sb.exception_count {

@@ -1,4 +1,4 @@
-//! On-disk format, version 1. Every byte is documented in docs/FORMAT.md; this module is the
+//! On-disk format, version 2. Every byte is documented in docs/FORMAT.md; this module is the
 //! only code that knows where fields live. Integers are little-endian.
 //!
 //! Store layout (4 KiB metadata blocks, data chunks of `chunk_size` aligned to their size):
@@ -13,7 +13,7 @@ pub mod superblock;
 /// Size of every metadata block (superblocks, B+tree nodes, bitmap blocks).
 pub const BLOCK_SIZE: usize = 4096;
 /// The on-disk format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Smallest and largest chunk sizes.
 pub const MIN_CHUNK_SIZE: u32 = 4096;
 pub const MAX_CHUNK_SIZE: u32 = 1 << 20;

@@ -7,11 +7,12 @@ pub const MAX_NAME: usize = 128;
 
 const OFF_CREATED: usize = 0;
 const OFF_FLAGS: usize = 8;
-const OFF_STATE: usize = 16;
+const OFF_STATE: usize = 12;
+const OFF_SOURCE_ID: usize = 16;
 const OFF_NAME_LEN: usize = 24;
 const OFF_NAME: usize = 25;
 
-const FLAG_WRITABLE: u64 = 1;
+const FLAG_WRITABLE: u32 = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SnapshotState {
@@ -24,6 +25,10 @@ pub enum SnapshotState {
     Invalid = 2,
     /// Dropped by the invalidate-oldest policy, space not yet reclaimed.
     Invalidating = 3,
+    /// A delta being received into this record's private chunks (the staging area of an
+    /// apply): invisible to users, never read, and turned into a real snapshot only by the
+    /// apply's commit, or reclaimed like a deleted one when the apply is abandoned.
+    Receiving = 4,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +36,10 @@ pub struct SnapshotRecord {
     pub created_at_ns: u64,
     pub writable: bool,
     pub state: SnapshotState,
+    /// For a snapshot made by applying a delta: the id the snapshot has on the volume the
+    /// delta came from (ids are per store, so this is how the next incremental finds its
+    /// base). 0 for snapshots taken locally.
+    pub source_id: u64,
     pub name: String,
 }
 
@@ -38,12 +47,13 @@ impl SnapshotRecord {
     pub fn pack(&self) -> [u8; RECORD_SIZE] {
         let mut b = [0u8; RECORD_SIZE];
         put_u64(&mut b, OFF_CREATED, self.created_at_ns);
-        put_u64(
+        put_u32(
             &mut b,
             OFF_FLAGS,
             if self.writable { FLAG_WRITABLE } else { 0 },
         );
-        put_u64(&mut b, OFF_STATE, self.state as u64);
+        put_u32(&mut b, OFF_STATE, self.state as u32);
+        put_u64(&mut b, OFF_SOURCE_ID, self.source_id);
         let name = self.name.as_bytes();
         let n = name.len().min(MAX_NAME);
         b[OFF_NAME_LEN] = n as u8;
@@ -55,15 +65,16 @@ impl SnapshotRecord {
         if b.len() != RECORD_SIZE {
             return Err("snapshot record has the wrong size".into());
         }
-        let flags = get_u64(b, OFF_FLAGS);
+        let flags = get_u32(b, OFF_FLAGS);
         if flags & !FLAG_WRITABLE != 0 {
             return Err(format!("unknown snapshot flags {flags:#x}"));
         }
-        let state = match get_u64(b, OFF_STATE) {
+        let state = match get_u32(b, OFF_STATE) {
             0 => SnapshotState::Ready,
             1 => SnapshotState::Deleting,
             2 => SnapshotState::Invalid,
             3 => SnapshotState::Invalidating,
+            4 => SnapshotState::Receiving,
             s => return Err(format!("unknown snapshot state {s}")),
         };
         let n = b[OFF_NAME_LEN] as usize;
@@ -76,6 +87,7 @@ impl SnapshotRecord {
             created_at_ns: get_u64(b, OFF_CREATED),
             writable: flags & FLAG_WRITABLE != 0,
             state,
+            source_id: get_u64(b, OFF_SOURCE_ID),
             name,
         })
     }

@@ -8,6 +8,28 @@ use crate::checksum::{is_sealed, seal, SUPERBLOCK_SALT};
 pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"MSNAPSTR";
 pub const MAX_VOLUME_NAME: usize = 63;
 pub const MAX_ORIGIN_PATH: usize = 1022;
+/// Longest resume token a superblock can keep for an interrupted delta apply.
+pub const MAX_RECEIVE_TOKEN: usize = 56;
+
+/// Receive flag: the apply may be continued after an interruption (its staged data is kept
+/// until it completes or is aborted); without it, an interrupted apply is discarded.
+pub const RECEIVE_RESUMABLE: u32 = 1;
+/// Receive flag: the whole stream verified and the apply passed its commit point; what is
+/// staged is being folded into the origin and must be finished, never discarded.
+pub const RECEIVE_FOLDING: u32 = 2;
+const KNOWN_RECEIVE_FLAGS: u32 = RECEIVE_RESUMABLE | RECEIVE_FOLDING;
+
+/// An apply of a delta in progress: what the superblock remembers of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiveState {
+    /// The `Receiving` snapshot record whose private chunks hold the staged data.
+    pub staging: u64,
+    /// The local snapshot the delta's base maps to; 0 for a full stream.
+    pub base: u64,
+    pub flags: u32,
+    /// Opaque to the store: the delta layer's resume point as of this commit.
+    pub token: Vec<u8>,
+}
 
 const OFF_VERSION: usize = 4;
 const OFF_MAGIC: usize = 8;
@@ -30,6 +52,12 @@ const OFF_COPIES_TOTAL: usize = 128;
 const OFF_CREATED_AT: usize = 136;
 const OFF_PRIVATE_ROOT: usize = 144;
 const OFF_INVALIDATED_TOTAL: usize = 152;
+const OFF_REPLICA_SOURCE: usize = 160;
+const OFF_RECEIVE_STAGING: usize = 176;
+const OFF_RECEIVE_BASE: usize = 184;
+const OFF_RECEIVE_FLAGS: usize = 192;
+const OFF_RECEIVE_TOKEN_LEN: usize = 196;
+const OFF_RECEIVE_TOKEN: usize = 198;
 const OFF_VOLUME_NAME: usize = 256;
 const OFF_ORIGIN_PATH: usize = 320;
 
@@ -67,6 +95,11 @@ pub struct Superblock {
     pub private_root: u64,
     /// Snapshots dropped by the invalidate-oldest store-full policy, ever.
     pub invalidated_total: u64,
+    /// The volume whose deltas this store has applied (a replica's source); all zero when
+    /// it has applied none.
+    pub replica_source: [u8; 16],
+    /// The delta apply in progress, if any.
+    pub receive: Option<ReceiveState>,
     pub volume_name: String,
     pub origin_path: String,
 }
@@ -106,6 +139,15 @@ impl Superblock {
         put_u64(&mut b, OFF_CREATED_AT, self.created_at_ns);
         put_u64(&mut b, OFF_PRIVATE_ROOT, self.private_root);
         put_u64(&mut b, OFF_INVALIDATED_TOTAL, self.invalidated_total);
+        b[OFF_REPLICA_SOURCE..OFF_REPLICA_SOURCE + 16].copy_from_slice(&self.replica_source);
+        if let Some(r) = &self.receive {
+            put_u64(&mut b, OFF_RECEIVE_STAGING, r.staging);
+            put_u64(&mut b, OFF_RECEIVE_BASE, r.base);
+            put_u32(&mut b, OFF_RECEIVE_FLAGS, r.flags);
+            let n = r.token.len().min(MAX_RECEIVE_TOKEN);
+            put_u16(&mut b, OFF_RECEIVE_TOKEN_LEN, n as u16);
+            b[OFF_RECEIVE_TOKEN..OFF_RECEIVE_TOKEN + n].copy_from_slice(&r.token[..n]);
+        }
         let name = truncate_utf8(&self.volume_name, MAX_VOLUME_NAME);
         b[OFF_VOLUME_NAME] = name.len() as u8;
         b[OFF_VOLUME_NAME + 1..OFF_VOLUME_NAME + 1 + name.len()].copy_from_slice(name.as_bytes());
@@ -152,6 +194,27 @@ impl Superblock {
                 .map_err(|_| corrupt("origin path is not UTF-8"))?;
         let mut volume_uuid = [0u8; 16];
         volume_uuid.copy_from_slice(&b[OFF_UUID..OFF_UUID + 16]);
+        let mut replica_source = [0u8; 16];
+        replica_source.copy_from_slice(&b[OFF_REPLICA_SOURCE..OFF_REPLICA_SOURCE + 16]);
+        let receive = match get_u64(b, OFF_RECEIVE_STAGING) {
+            0 => None,
+            staging => {
+                let flags = get_u32(b, OFF_RECEIVE_FLAGS);
+                if flags & !KNOWN_RECEIVE_FLAGS != 0 {
+                    return Err(corrupt("unknown receive flags"));
+                }
+                let n = get_u16(b, OFF_RECEIVE_TOKEN_LEN) as usize;
+                if n > MAX_RECEIVE_TOKEN {
+                    return Err(corrupt("receive token too long"));
+                }
+                Some(ReceiveState {
+                    staging,
+                    base: get_u64(b, OFF_RECEIVE_BASE),
+                    flags,
+                    token: b[OFF_RECEIVE_TOKEN..OFF_RECEIVE_TOKEN + n].to_vec(),
+                })
+            }
+        };
         let sb = Superblock {
             generation: get_u64(b, OFF_GENERATION),
             volume_uuid,
@@ -171,6 +234,8 @@ impl Superblock {
             created_at_ns: get_u64(b, OFF_CREATED_AT),
             private_root: get_u64(b, OFF_PRIVATE_ROOT),
             invalidated_total: get_u64(b, OFF_INVALIDATED_TOTAL),
+            replica_source,
+            receive,
             volume_name,
             origin_path,
         };

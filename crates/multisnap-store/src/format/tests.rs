@@ -24,6 +24,8 @@ fn sample_sb() -> Superblock {
         created_at_ns: 123,
         private_root: 22,
         invalidated_total: 0,
+        replica_source: [0; 16],
+        receive: None,
         volume_name: "default".into(),
         origin_path: "origin.raw".into(),
     }
@@ -34,6 +36,30 @@ fn superblock_round_trip() {
     let sb = sample_sb();
     let packed = sb.pack();
     assert_eq!(Superblock::unpack(&packed).unwrap(), sb);
+    let mut receiving = sample_sb();
+    receiving.replica_source = [9; 16];
+    receiving.receive = Some(superblock::ReceiveState {
+        staging: 4,
+        base: 2,
+        flags: superblock::RECEIVE_RESUMABLE,
+        token: vec![7; 52],
+    });
+    assert_eq!(Superblock::unpack(&receiving.pack()).unwrap(), receiving);
+}
+
+#[test]
+fn superblock_rejects_unknown_receive_flags() {
+    let mut sb = sample_sb();
+    sb.receive = Some(superblock::ReceiveState {
+        staging: 4,
+        base: 0,
+        flags: 0x80,
+        token: vec![],
+    });
+    assert!(matches!(
+        Superblock::unpack(&sb.pack()),
+        Err(SuperblockFault::Corrupt(_))
+    ));
 }
 
 #[test]
@@ -118,6 +144,7 @@ fn snapshot_record_round_trip() {
         created_at_ns: 99,
         writable: true,
         state: SnapshotState::Ready,
+        source_id: 41,
         name: "nightly-2026-11-24".into(),
     };
     assert_eq!(SnapshotRecord::unpack(&r.pack()).unwrap(), r);
@@ -165,13 +192,20 @@ fn documented_offsets_are_the_packed_offsets() {
     sb.created_at_ns = 0xC0C1_C2C3_C4C5_C6C7;
     sb.private_root = 0xD0D1_D2D3_D4D5_D6D7;
     sb.invalidated_total = 0xE0E1_E2E3_E4E5_E6E7;
+    sb.replica_source = std::array::from_fn(|i| 0x10 + i as u8);
+    sb.receive = Some(superblock::ReceiveState {
+        staging: 0xF0F1_F2F3_F4F5_F6F7,
+        base: 0x0A0B_0C0D_0E0F_0A0B,
+        flags: 3,
+        token: (0..56).map(|i| 0x40 + i as u8).collect(),
+    });
     sb.volume_name = "vol-\u{e9}".into();
     sb.origin_path = "/var/lib/multisnap/vol/origin.raw".into();
     let b = sb.pack();
     assert_eq!(b.len(), 4096);
     assert_eq!(get_u32(&b, 0), block_checksum(&b, SUPERBLOCK_SALT));
-    assert_eq!(get_u32(&b, 4), 1);
-    assert_eq!(FORMAT_VERSION, 1);
+    assert_eq!(get_u32(&b, 4), 2);
+    assert_eq!(FORMAT_VERSION, 2);
     assert_eq!(&b[8..16], b"MSNAPSTR");
     assert_eq!(get_u64(&b, 16), sb.generation);
     assert_eq!(&b[24..40], &sb.volume_uuid[..]);
@@ -193,7 +227,19 @@ fn documented_offsets_are_the_packed_offsets() {
     assert_eq!(get_u64(&b, 136), sb.created_at_ns);
     assert_eq!(get_u64(&b, 144), sb.private_root);
     assert_eq!(get_u64(&b, 152), sb.invalidated_total);
-    assert!(b[160..256].iter().all(|&x| x == 0));
+    assert_eq!(&b[160..176], &sb.replica_source[..]);
+    assert_eq!(
+        get_u64(&b, 176),
+        0xF0F1_F2F3_F4F5_F6F7,
+        "receive staging id"
+    );
+    assert_eq!(get_u64(&b, 184), 0x0A0B_0C0D_0E0F_0A0B, "receive base id");
+    assert_eq!(get_u32(&b, 192), 3, "receive flags");
+    assert_eq!(get_u16(&b, 196), 56, "receive token length");
+    assert_eq!(b[198], 0x40);
+    assert_eq!(b[253], 0x40 + 55);
+    assert_eq!(&b[254..256], &[0u8; 2]);
+    assert_eq!(superblock::MAX_RECEIVE_TOKEN, 56);
     let name = sb.volume_name.as_bytes();
     assert_eq!(b[256] as usize, name.len());
     assert_eq!(&b[257..257 + name.len()], name);
@@ -278,13 +324,15 @@ fn documented_offsets_are_the_packed_offsets() {
         created_at_ns: 0x9192_9394_9596_9798,
         writable: true,
         state: SnapshotState::Deleting,
+        source_id: 0xA1A2_A3A4_A5A6_A7A8,
         name: "n".repeat(snapshot_record::MAX_NAME),
     };
     let r = rec.pack();
     assert_eq!(r.len(), 160);
     assert_eq!(get_u64(&r, 0), 0x9192_9394_9596_9798);
-    assert_eq!(get_u64(&r, 8), 1);
-    assert_eq!(get_u64(&r, 16), 1);
+    assert_eq!(get_u32(&r, 8), 1);
+    assert_eq!(get_u32(&r, 12), 1);
+    assert_eq!(get_u64(&r, 16), 0xA1A2_A3A4_A5A6_A7A8);
     assert_eq!(r[24], 128);
     assert_eq!(&r[25..153], "n".repeat(128).as_bytes());
     assert_eq!(&r[153..], &[0u8; 7]);
@@ -293,12 +341,13 @@ fn documented_offsets_are_the_packed_offsets() {
         (SnapshotState::Deleting, 1),
         (SnapshotState::Invalid, 2),
         (SnapshotState::Invalidating, 3),
+        (SnapshotState::Receiving, 4),
     ] {
         let r = SnapshotRecord {
             state,
             ..rec.clone()
         }
         .pack();
-        assert_eq!(get_u64(&r, 16), code);
+        assert_eq!(get_u32(&r, 12), code);
     }
 }

@@ -18,7 +18,9 @@ fn snapshot_message(volume: &str, s: &SnapshotInfo) -> pb::Snapshot {
         .unwrap_or_default();
     let state = match s.state {
         SnapshotState::Ready => pb::SnapshotState::Ready,
-        SnapshotState::Deleting => pb::SnapshotState::Deleting,
+        // The store never lists a receiving (staging) record; if one slipped through it would
+        // be on its way out, which is what DELETING tells a client.
+        SnapshotState::Deleting | SnapshotState::Receiving => pb::SnapshotState::Deleting,
         SnapshotState::Invalid | SnapshotState::Invalidating => pb::SnapshotState::Invalid,
     };
     pb::Snapshot {

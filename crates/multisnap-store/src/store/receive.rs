@@ -1,0 +1,560 @@
+//! Applying a delta: the data is staged where nobody can see it, the whole stream is verified,
+//! and only then is it folded into the origin and published as one new snapshot.
+//!
+//! The phases, and what a power cut leaves in each:
+//! 1. **Staging** (`begin_receive`, `stage`, `checkpoint_receive`): records land in fresh store
+//!    chunks listed in the private map under a `Receiving` snapshot record, which is never
+//!    read, listed or exported. The superblock names that record and keeps the caller's resume
+//!    token as of the last checkpoint. After a crash, `open` keeps what was checkpointed for a
+//!    resumable apply and discards everything of any other; in both cases nothing is visible.
+//! 2. **Commit point** (`finish_receive`): one commit sets `RECEIVE_FOLDING`. From here on the
+//!    apply only goes forward, after a crash too.
+//! 3. **Fold**: the staged chunks are written into the origin under the ordinary copy-out rule
+//!    (every older snapshot keeps its view), a batch at a time: copies committed, origin
+//!    written and flushed, then the batch's staged entries removed and their chunks freed in
+//!    one commit. Redoing a batch after a crash writes the same bytes again, so `open` simply
+//!    carries on.
+//! 4. **Publish**: one commit adds the new snapshot (Ready, carrying the source's id), drops the
+//!    staging record and clears the superblock's apply state.
+//!
+//! So the receiving volume's origin ends up holding the delta's target: the volume is a
+//! replica. That is what keeps every later incremental as cheap as its changes. Origin writers
+//! wait on the write barrier during the fold; a reader of the replica's origin itself can see
+//! the fold in progress, a reader of any snapshot never sees anything but whole snapshots.
+
+use super::{now_ns, validate_snapshot_name, SnapshotInfo, Store};
+use crate::error::{Result, StoreError};
+use crate::format::node::Key;
+use crate::format::snapshot_record::{SnapshotRecord, SnapshotState};
+use crate::format::superblock::{
+    ReceiveState, MAX_RECEIVE_TOKEN, RECEIVE_FOLDING, RECEIVE_RESUMABLE,
+};
+use crate::ids::{OriginChunk, SnapshotId, StoreChunk};
+use crate::meta::{Meta, ZERO_CHUNK};
+
+/// Staged chunks folded into the origin per commit.
+const FOLD_BATCH: usize = 256;
+
+/// What a new apply is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceivePlan {
+    /// Name the new snapshot will have.
+    pub name: String,
+    /// Uuid of the volume the delta comes from.
+    pub source_volume: [u8; 16],
+    /// The target snapshot's id on that volume.
+    pub source_snapshot: u64,
+    /// The local snapshot holding the delta's base; `None` for a full stream.
+    pub base: Option<SnapshotId>,
+    /// Keep staged data across interruptions so the apply can be continued.
+    pub resumable: bool,
+    /// The caller's resume token before any record (opaque to the store).
+    pub token: Vec<u8>,
+}
+
+/// An apply in progress, as the store remembers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiveStatus {
+    pub name: String,
+    pub source_snapshot: u64,
+    pub base: Option<SnapshotId>,
+    pub resumable: bool,
+    /// Past the commit point: it completes, it can no longer be aborted.
+    pub folding: bool,
+    /// The resume token of the last checkpoint.
+    pub token: Vec<u8>,
+    /// Chunks staged so far and the store bytes they hold.
+    pub staged_chunks: u64,
+    pub staged_bytes: u64,
+}
+
+fn hex(b: &[u8; 16]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Store {
+    /// The volume whose deltas this store applies, once it has begun applying one.
+    pub fn replica_source(&self) -> Option<[u8; 16]> {
+        let m = self.meta.lock();
+        (m.replica_source != [0; 16]).then_some(m.replica_source)
+    }
+
+    /// The live snapshot replicated from the source's snapshot `source_id`.
+    pub fn snapshot_by_source_id(&self, source_id: u64) -> Option<SnapshotInfo> {
+        if source_id == 0 {
+            return None;
+        }
+        let m = self.meta.lock();
+        m.snapshots
+            .iter()
+            .find(|(id, r)| r.source_id == source_id && m.live.contains(id))
+            .map(|(id, r)| SnapshotInfo::from_record(*id, r))
+    }
+
+    pub fn receive_status(&self) -> Result<Option<ReceiveStatus>> {
+        let mut m = self.meta.lock();
+        let Some(r) = m.receive.clone() else {
+            return Ok(None);
+        };
+        let (name, source_snapshot) = m
+            .snapshots
+            .get(&r.staging)
+            .map(|rec| (rec.name.clone(), rec.source_id))
+            .unwrap_or_default();
+        let (mut chunks, mut bytes, mut from) = (0u64, 0u64, 0u64);
+        loop {
+            let batch = m.private_entries(SnapshotId(r.staging), from, 4096)?;
+            let Some(&(last, _)) = batch.last() else {
+                break;
+            };
+            for (_, at) in &batch {
+                chunks += 1;
+                if *at != ZERO_CHUNK {
+                    bytes += u64::from(self.chunk_size);
+                }
+            }
+            from = last.0 + 1;
+        }
+        Ok(Some(ReceiveStatus {
+            name,
+            source_snapshot,
+            base: (r.base != 0).then_some(SnapshotId(r.base)),
+            resumable: r.flags & RECEIVE_RESUMABLE != 0,
+            folding: r.flags & RECEIVE_FOLDING != 0,
+            token: r.token,
+            staged_chunks: chunks,
+            staged_bytes: bytes,
+        }))
+    }
+
+    /// Starts an apply. Checks that the result can only be the delta's target: the volume is
+    /// not a replica of another volume, the name is free, and the origin still is the base
+    /// (unchanged since the base snapshot, or empty for a full stream).
+    pub fn begin_receive(&self, plan: &ReceivePlan) -> Result<()> {
+        validate_snapshot_name(&plan.name)?;
+        if plan.token.len() > MAX_RECEIVE_TOKEN {
+            return Err(StoreError::BadStage(format!(
+                "resume token of {} bytes, over {MAX_RECEIVE_TOKEN}",
+                plan.token.len()
+            )));
+        }
+        let _r = self.receive_lock.lock();
+        let _barrier = self.barrier.write();
+        let generation = {
+            let mut m = self.meta.lock();
+            m.check_usable()?;
+            if let Some(r) = &m.receive {
+                let name = m
+                    .snapshots
+                    .get(&r.staging)
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default();
+                return Err(StoreError::ReceiveInProgress { name });
+            }
+            if m.replica_source != [0; 16] && m.replica_source != plan.source_volume {
+                return Err(StoreError::ReplicaOfOther {
+                    expected: hex(&m.replica_source),
+                    found: hex(&plan.source_volume),
+                });
+            }
+            if m.by_name.contains_key(&plan.name) {
+                return Err(StoreError::SnapshotExists(plan.name.clone()));
+            }
+            self.check_origin_is_base(&mut m, plan.base)?;
+            let rec = SnapshotRecord {
+                created_at_ns: now_ns(),
+                writable: false,
+                state: SnapshotState::Receiving,
+                source_id: plan.source_snapshot,
+                name: plan.name.clone(),
+            };
+            let staging = m.add_snapshot(rec)?;
+            m.receive = Some(ReceiveState {
+                staging: staging.0,
+                base: plan.base.map_or(0, |b| b.0),
+                flags: if plan.resumable { RECEIVE_RESUMABLE } else { 0 },
+                token: plan.token.clone(),
+            });
+            if m.replica_source == [0; 16] {
+                m.replica_source = plan.source_volume;
+            }
+            m.pager.generation
+        };
+        self.commit_wait(generation)?;
+        tracing::info!(volume = %self.volume_name, snapshot = %plan.name, base = ?plan.base, "delta apply started");
+        Ok(())
+    }
+
+    /// The origin must read exactly as the base does: otherwise base + delta is not the target.
+    fn check_origin_is_base(&self, m: &mut Meta, base: Option<SnapshotId>) -> Result<()> {
+        let chunks = self.origin_size.div_ceil(u64::from(self.chunk_size));
+        match base {
+            Some(b) => {
+                let Some(rec) = m.snapshots.get(&b.0).filter(|_| m.live.contains(&b.0)) else {
+                    return Err(StoreError::SnapshotIdNotFound(b));
+                };
+                let name = rec.name.clone();
+                if m.private_owners.contains(&b.0) {
+                    return Err(StoreError::BaseModified(name));
+                }
+                if chunks > 0 {
+                    let changed = m.changed_chunks(b, None, 0, chunks - 1)?;
+                    if !changed.is_empty() {
+                        return Err(StoreError::OriginDiverged {
+                            base: name,
+                            chunks: changed.len() as u64,
+                        });
+                    }
+                }
+            }
+            // Holes are free to check; allocated ranges (all of a device that cannot report
+            // holes) are read, since a full stream only says what is not zero.
+            None => {
+                let mut buf = vec![0u8; 1 << 20];
+                let mut pos = 0;
+                while pos < self.origin_size {
+                    let runs = self
+                        .origin
+                        .allocation(pos, self.origin_size - pos)
+                        .map_err(|e| StoreError::io("origin", pos, 0, e))?;
+                    let covered: u64 = runs.iter().map(|(n, _)| n).sum();
+                    if covered == 0 {
+                        break;
+                    }
+                    for (len, data) in runs {
+                        let end = pos + len;
+                        while data && pos < end {
+                            let n = (end - pos).min(buf.len() as u64) as usize;
+                            self.origin
+                                .read_at(&mut buf[..n], pos)
+                                .map_err(|e| StoreError::io("origin", pos, n, e))?;
+                            if buf[..n].iter().any(|&b| b != 0) {
+                                return Err(StoreError::OriginNotEmpty);
+                            }
+                            pos += n as u64;
+                        }
+                        pos = end;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stages `count` chunks from `first`: their bytes (`data`, the chunks back to back, the
+    /// volume's last chunk possibly short), or zeros when `data` is `None`. Staging a chunk
+    /// again replaces it (a resumed stream may resend what the last checkpoint did not cover).
+    /// Durable only with the next checkpoint.
+    pub fn stage(&self, first: u64, count: u32, data: Option<&[u8]>) -> Result<()> {
+        let _r = self.receive_lock.lock();
+        let staging = self.staging_id(false)?;
+        let total_chunks = self.origin_size.div_ceil(u64::from(self.chunk_size));
+        let end = first.checked_add(u64::from(count));
+        if !matches!(end, Some(e) if e <= total_chunks) {
+            return Err(StoreError::BadStage(format!(
+                "chunks {first}+{count} lie outside the volume's {total_chunks} chunks"
+            )));
+        }
+        if let Some(d) = data {
+            let want: u64 = (first..first + u64::from(count))
+                .map(|c| self.chunk_len(c) as u64)
+                .sum();
+            if d.len() as u64 != want {
+                return Err(StoreError::BadStage(format!(
+                    "{} bytes for chunks {first}+{count}, which hold {want}",
+                    d.len()
+                )));
+            }
+        }
+        let cs = u64::from(self.chunk_size);
+        let mut at = 0usize;
+        for c in first..first + u64::from(count) {
+            let len = self.chunk_len(c);
+            let piece = data
+                .map(|d| &d[at..at + len])
+                .filter(|p| p.iter().any(|&b| b != 0));
+            at += len;
+            let existing = self.meta.lock().find_private(staging, OriginChunk(c))?;
+            match (piece, existing) {
+                (Some(p), Some(x)) if x != ZERO_CHUNK => {
+                    let off = x.0 * cs;
+                    self.dev
+                        .write_at(p, off)
+                        .map_err(|e| StoreError::io("store", off, len, e))?;
+                }
+                (Some(p), _) => {
+                    let x = {
+                        let mut m = self.meta.lock();
+                        match m.alloc_chunk() {
+                            Some(x) => x,
+                            None => return Err(super::m_full(&m, self.chunk_size)),
+                        }
+                    };
+                    let off = x.0 * cs;
+                    let written = self
+                        .dev
+                        .write_at(p, off)
+                        .map_err(|e| StoreError::io("store", off, len, e));
+                    let mut m = self.meta.lock();
+                    if let Err(e) =
+                        written.and_then(|()| m.insert_private(staging, OriginChunk(c), x))
+                    {
+                        m.free_chunk(x);
+                        return Err(e);
+                    }
+                }
+                (None, existing) => {
+                    let mut m = self.meta.lock();
+                    m.insert_private(staging, OriginChunk(c), ZERO_CHUNK)?;
+                    if let Some(x) = existing.filter(|x| *x != ZERO_CHUNK) {
+                        m.free_chunk(x);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes everything staged so far durable, together with `token` (the caller's resume
+    /// point just after it).
+    pub fn checkpoint_receive(&self, token: &[u8]) -> Result<()> {
+        let _r = self.receive_lock.lock();
+        self.staging_id(false)?;
+        let generation = {
+            let mut m = self.meta.lock();
+            set_token(&mut m, token)?;
+            m.pager.generation
+        };
+        self.commit_wait(generation)
+    }
+
+    /// Completes the apply once the caller verified the whole stream: commit point, fold into
+    /// the origin, publish. Returns the new snapshot.
+    /// Calling it again after a failure past the commit point (say, the store filled up
+    /// during the fold) carries the fold on.
+    pub fn finish_receive(&self, token: &[u8]) -> Result<SnapshotInfo> {
+        let _r = self.receive_lock.lock();
+        let _barrier = self.barrier.write();
+        let staging = self.staging_id(true)?;
+        let folding = self
+            .meta
+            .lock()
+            .receive
+            .as_ref()
+            .is_some_and(|r| r.flags & RECEIVE_FOLDING != 0);
+        if folding {
+            return self.fold_and_publish(staging);
+        }
+        let generation = {
+            let mut m = self.meta.lock();
+            m.check_usable()?;
+            let Some(r) = m.receive.clone() else {
+                return Err(StoreError::NoReceive);
+            };
+            let Some(rec) = m.snapshots.get(&staging.0).cloned() else {
+                return Err(StoreError::NoReceive);
+            };
+            if m.by_name.contains_key(&rec.name) {
+                return Err(StoreError::SnapshotExists(rec.name));
+            }
+            self.check_origin_is_base(&mut m, (r.base != 0).then_some(SnapshotId(r.base)))?;
+            // The fold copies at most one batch of chunks before it frees one: make sure that
+            // much room exists now, while the apply can still be resumed instead.
+            let needed = FOLD_BATCH as u64 + 1;
+            if m.pager.alloc.free_chunks() < needed {
+                return Err(StoreError::StoreFull {
+                    needed,
+                    free: m.pager.alloc.free_chunks(),
+                    chunk_size: self.chunk_size,
+                });
+            }
+            set_token(&mut m, token)?;
+            if let Some(r) = m.receive.as_mut() {
+                r.flags |= RECEIVE_FOLDING;
+            }
+            m.pager.generation
+        };
+        self.commit_wait(generation)?;
+        self.fold_and_publish(staging)
+    }
+
+    /// Drops an apply that has not reached its commit point; its space comes back through
+    /// reclamation.
+    pub fn abort_receive(&self) -> Result<()> {
+        let _r = self.receive_lock.lock();
+        let generation = {
+            let mut m = self.meta.lock();
+            m.check_usable()?;
+            abort_locked(&mut m)?;
+            m.pager.generation
+        };
+        self.commit_wait(generation)?;
+        self.wake_reclaimer();
+        tracing::info!(volume = %self.volume_name, "delta apply aborted; reclaiming its staged data");
+        Ok(())
+    }
+
+    /// On open: finish an apply past its commit point, drop one that cannot be resumed.
+    pub(super) fn recover_receive(&self) -> Result<()> {
+        let Some(r) = self.meta.lock().receive.clone() else {
+            return Ok(());
+        };
+        if r.flags & RECEIVE_FOLDING != 0 {
+            tracing::info!(volume = %self.volume_name, "completing a delta apply interrupted after its commit point");
+            let _r = self.receive_lock.lock();
+            let _barrier = self.barrier.write();
+            self.fold_and_publish(SnapshotId(r.staging))?;
+        } else if r.flags & RECEIVE_RESUMABLE == 0 {
+            tracing::info!(volume = %self.volume_name, "discarding an interrupted delta apply that was not resumable");
+            self.abort_receive()?;
+        } else {
+            tracing::info!(volume = %self.volume_name, "an interrupted delta apply is kept for resumption");
+        }
+        Ok(())
+    }
+
+    fn staging_id(&self, folding_ok: bool) -> Result<SnapshotId> {
+        let m = self.meta.lock();
+        m.check_usable()?;
+        match &m.receive {
+            None => Err(StoreError::NoReceive),
+            Some(r) if !folding_ok && r.flags & RECEIVE_FOLDING != 0 => {
+                Err(StoreError::ReceiveCommitted {
+                    name: m
+                        .snapshots
+                        .get(&r.staging)
+                        .map(|s| s.name.clone())
+                        .unwrap_or_default(),
+                })
+            }
+            Some(r) => Ok(SnapshotId(r.staging)),
+        }
+    }
+
+    /// Phases 3 and 4; the caller holds the receive lock and the write barrier.
+    fn fold_and_publish(&self, staging: SnapshotId) -> Result<SnapshotInfo> {
+        let cs = u64::from(self.chunk_size);
+        let mut buf = vec![0u8; self.chunk_size as usize];
+        loop {
+            let batch = self.meta.lock().private_entries(staging, 0, FOLD_BATCH)?;
+            if batch.is_empty() {
+                break;
+            }
+            {
+                let _stripes = self.lock_chunk_stripes(batch.iter().map(|(c, _)| c.0));
+                let needs = {
+                    let mut m = self.meta.lock();
+                    let mut needs = Vec::new();
+                    for (c, _) in &batch {
+                        if let Some(n) = m.copy_need(*c)? {
+                            needs.push(n);
+                        }
+                    }
+                    needs
+                };
+                if !needs.is_empty() {
+                    let generation = self.copy_out(&needs)?;
+                    self.commit_wait(generation)?;
+                }
+                for (c, x) in &batch {
+                    let len = self.chunk_len(c.0);
+                    let piece = &mut buf[..len];
+                    if *x == ZERO_CHUNK {
+                        piece.fill(0);
+                    } else {
+                        let off = x.0 * cs;
+                        self.dev
+                            .read_at(piece, off)
+                            .map_err(|e| StoreError::io("store", off, len, e))?;
+                    }
+                    let to = c.0 * cs;
+                    self.origin
+                        .write_at(piece, to)
+                        .map_err(|e| StoreError::io("origin", to, len, e))?;
+                }
+            }
+            self.origin.flush().map_err(|source| StoreError::Flush {
+                device: "origin",
+                source,
+            })?;
+            let generation = {
+                let mut m = self.meta.lock();
+                for (c, x) in &batch {
+                    m.remove_private(Key::new(staging.0, c.0))?;
+                    if *x != ZERO_CHUNK {
+                        m.free_chunk(StoreChunk(x.0));
+                    }
+                }
+                m.pager.generation
+            };
+            self.commit_wait(generation)?;
+        }
+        let (generation, info) = {
+            let mut m = self.meta.lock();
+            let Some(rec) = m.snapshots.get(&staging.0).cloned() else {
+                return Err(StoreError::NoReceive);
+            };
+            let published = SnapshotRecord {
+                created_at_ns: now_ns(),
+                state: SnapshotState::Ready,
+                ..rec
+            };
+            m.drop_snapshot_record(staging.0)?;
+            m.private_owners.remove(&staging.0);
+            let id = m.add_snapshot(published.clone())?;
+            m.receive = None;
+            (
+                m.pager.generation,
+                SnapshotInfo::from_record(id.0, &published),
+            )
+        };
+        self.commit_wait(generation)?;
+        tracing::info!(volume = %self.volume_name, snapshot = %info.name, id = info.id.0, "delta applied");
+        Ok(info)
+    }
+}
+
+fn set_token(m: &mut Meta, token: &[u8]) -> Result<()> {
+    if token.len() > MAX_RECEIVE_TOKEN {
+        return Err(StoreError::BadStage(format!(
+            "resume token of {} bytes, over {MAX_RECEIVE_TOKEN}",
+            token.len()
+        )));
+    }
+    match m.receive.as_mut() {
+        Some(r) => {
+            r.token = token.to_vec();
+            m.dirty = true;
+            Ok(())
+        }
+        None => Err(StoreError::NoReceive),
+    }
+}
+
+fn abort_locked(m: &mut Meta) -> Result<()> {
+    let Some(r) = m.receive.clone() else {
+        return Err(StoreError::NoReceive);
+    };
+    if r.flags & RECEIVE_FOLDING != 0 {
+        return Err(StoreError::ReceiveCommitted {
+            name: m
+                .snapshots
+                .get(&r.staging)
+                .map(|s| s.name.clone())
+                .unwrap_or_default(),
+        });
+    }
+    // The staging record stays `Receiving`, so it is never shown; owned by no apply now, it
+    // is reclaimed like a deleted snapshot.
+    m.receive = None;
+    // A volume that never completed an apply is nobody's replica yet.
+    if !m
+        .snapshots
+        .values()
+        .any(|s| s.source_id != 0 && s.state == SnapshotState::Ready)
+    {
+        m.replica_source = [0; 16];
+    }
+    m.dirty = true;
+    Ok(())
+}

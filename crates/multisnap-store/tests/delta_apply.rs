@@ -1,0 +1,452 @@
+//! Applying deltas at the store level: staged, verified, folded, published as one snapshot.
+//! A replica built from a full apply and incrementals reads exactly as the source; aborted and
+//! interrupted applies leave nothing visible and give their space back; a power cut at any
+//! write of an apply leaves either no new snapshot or the whole of it.
+
+use multisnap_store::fault::{CrashDev, PowerRail};
+use multisnap_store::{
+    verify, BlockDev, CreateOptions, MemDev, ReceivePlan, SnapshotId, SnapshotInfo, Store,
+    StoreError, View,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+
+const CHUNK: u64 = 4096;
+const CHUNKS: u64 = 48;
+/// Not a whole number of chunks: the last chunk is short.
+const SIZE: u64 = CHUNKS * CHUNK - 1000;
+const STORE_BYTES: u64 = 4 << 20;
+const SOURCE_UUID: [u8; 16] = [0x5a; 16];
+
+fn opts() -> CreateOptions {
+    CreateOptions {
+        chunk_size: CHUNK as u32,
+        cache_bytes: 0,
+        ..Default::default()
+    }
+}
+
+fn mem_store() -> Store {
+    Store::create(
+        Arc::new(MemDev::new(SIZE)),
+        Arc::new(MemDev::new(STORE_BYTES)),
+        &opts(),
+    )
+    .unwrap()
+}
+
+fn read_all(store: &Store, view: View) -> Vec<u8> {
+    let mut b = vec![0u8; SIZE as usize];
+    store.read(view, 0, &mut b).unwrap();
+    b
+}
+
+/// One record of a delta at store level: a chunk and its bytes, or `None` for zeros.
+type Rec = (u64, Option<Vec<u8>>);
+
+fn chunks_in(runs: Vec<(u64, bool)>) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    for (len, flag) in runs {
+        if flag {
+            out.extend(pos / CHUNK..=(pos + len - 1) / CHUNK);
+        }
+        pos += len;
+    }
+    out.dedup();
+    out
+}
+
+/// What a sender would put in a stream from `base` to `target`.
+fn delta(src: &Store, base: Option<SnapshotId>, target: SnapshotId) -> Vec<Rec> {
+    let view = View::Snapshot(target);
+    let chunks = match base {
+        Some(b) => chunks_in(src.changed_extents(b, view, 0, SIZE).unwrap()),
+        None => chunks_in(src.allocation(view, 0, SIZE).unwrap()),
+    };
+    chunks
+        .into_iter()
+        .map(|c| {
+            let len = ((c + 1) * CHUNK).min(SIZE) - c * CHUNK;
+            let mut b = vec![0u8; len as usize];
+            src.read(view, c * CHUNK, &mut b).unwrap();
+            (c, b.iter().any(|&x| x != 0).then_some(b))
+        })
+        .collect()
+}
+
+fn token(next_chunk: u64) -> Vec<u8> {
+    next_chunk.to_le_bytes().to_vec()
+}
+
+fn plan(
+    name: &str,
+    source: &SnapshotInfo,
+    base: Option<SnapshotId>,
+    resumable: bool,
+) -> ReceivePlan {
+    ReceivePlan {
+        name: name.to_string(),
+        source_volume: SOURCE_UUID,
+        source_snapshot: source.id.0,
+        base,
+        resumable,
+        token: token(0),
+    }
+}
+
+/// Stages `recs` (skipping chunks below `from`), checkpointing every `every` records.
+fn stage_all(dst: &Store, recs: &[Rec], from: u64, every: usize) -> Result<(), StoreError> {
+    for (i, (c, data)) in recs.iter().filter(|(c, _)| *c >= from).enumerate() {
+        dst.stage(*c, 1, data.as_deref())?;
+        if (i + 1) % every == 0 {
+            dst.checkpoint_receive(&token(c + 1))?;
+        }
+    }
+    Ok(())
+}
+
+fn apply(
+    dst: &Store,
+    p: &ReceivePlan,
+    recs: &[Rec],
+    every: usize,
+) -> Result<SnapshotInfo, StoreError> {
+    dst.begin_receive(p)?;
+    stage_all(dst, recs, 0, every)?;
+    dst.finish_receive(&token(CHUNKS))
+}
+
+fn random_writes(src: &Store, rng: &mut StdRng, n: usize) {
+    for _ in 0..n {
+        let len = rng.gen_range(1..2 * CHUNK);
+        let off = rng.gen_range(0..SIZE - len);
+        // Some writes are zeros, so deltas carry zero records too.
+        let byte: u8 = if rng.gen_bool(0.2) { 0 } else { rng.gen() };
+        src.write_origin(off, &vec![byte; len as usize]).unwrap();
+    }
+}
+
+fn assert_clean(store: &Store, what: &str) {
+    store.reclaim_all().unwrap();
+    store.flush().unwrap();
+    let report = verify(&**store.store_dev(), Some(SIZE)).unwrap();
+    assert!(report.is_clean(), "{what}: {:?}", report.problems);
+}
+
+#[test]
+fn full_then_incrementals_recreate_every_snapshot() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let src = mem_store();
+    let dst = mem_store();
+    random_writes(&src, &mut rng, 30);
+    let mut sent: Vec<SnapshotInfo> = vec![src.create_snapshot("s0").unwrap()];
+    let recs = delta(&src, None, sent[0].id);
+    let first = apply(&dst, &plan("s0", &sent[0], None, false), &recs, 4).unwrap();
+    assert_eq!(first.source_id, sent[0].id.0);
+    assert_eq!(dst.replica_source(), Some(SOURCE_UUID));
+    for round in 1..=5 {
+        random_writes(&src, &mut rng, 6);
+        let name = format!("s{round}");
+        let target = src.create_snapshot(&name).unwrap();
+        let prev = sent.last().unwrap();
+        let base = dst
+            .snapshot_by_source_id(prev.id.0)
+            .expect("base on the replica");
+        let recs = delta(&src, Some(prev.id), target.id);
+        assert!(
+            recs.len() < CHUNKS as usize,
+            "an incremental carries only changes"
+        );
+        let made = apply(&dst, &plan(&name, &target, Some(base.id), false), &recs, 3).unwrap();
+        assert_eq!(made.name, name);
+        sent.push(target);
+        // Every replicated snapshot still reads as its source; the origin is the newest.
+        for s in &sent {
+            let r = dst.snapshot_by_source_id(s.id.0).unwrap();
+            assert_eq!(
+                read_all(&dst, View::Snapshot(r.id)),
+                read_all(&src, View::Snapshot(s.id)),
+                "round {round}: replica of {} differs",
+                s.name
+            );
+        }
+        assert_eq!(
+            read_all(&dst, View::Origin),
+            read_all(&src, View::Snapshot(sent.last().unwrap().id))
+        );
+        assert!(dst.receive_status().unwrap().is_none());
+    }
+    assert_clean(&dst, "replica after 6 applies");
+}
+
+#[test]
+fn aborted_apply_leaves_nothing_and_returns_its_space() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let src = mem_store();
+    let dst = mem_store();
+    random_writes(&src, &mut rng, 40);
+    let s0 = src.create_snapshot("s0").unwrap();
+    let used_before = dst.stats().used_bytes;
+    dst.begin_receive(&plan("s0", &s0, None, true)).unwrap();
+    let recs = delta(&src, None, s0.id);
+    stage_all(&dst, &recs[..recs.len() / 2], 0, 2).unwrap();
+    let status = dst.receive_status().unwrap().expect("apply in progress");
+    assert_eq!(status.name, "s0");
+    assert!(status.staged_chunks > 0 && status.resumable && !status.folding);
+    assert!(dst.stats().used_bytes > used_before);
+    assert!(
+        dst.list_snapshots().is_empty(),
+        "a staged apply is not a snapshot"
+    );
+    assert!(dst.snapshot_by_name("s0").is_err());
+    dst.abort_receive().unwrap();
+    dst.reclaim_all().unwrap();
+    assert_eq!(dst.stats().used_bytes, used_before);
+    assert!(dst.list_snapshots().is_empty());
+    assert_eq!(
+        dst.replica_source(),
+        None,
+        "an abandoned first apply binds nothing"
+    );
+    assert!(matches!(dst.abort_receive(), Err(StoreError::NoReceive)));
+    assert_clean(&dst, "after abort");
+    // The name is free and a new apply works.
+    let made = apply(&dst, &plan("s0", &s0, None, false), &recs, 5).unwrap();
+    assert_eq!(
+        read_all(&dst, View::Snapshot(made.id)),
+        read_all(&src, View::Snapshot(s0.id))
+    );
+}
+
+#[test]
+fn applies_that_cannot_recreate_the_target_are_refused() {
+    let mut rng = StdRng::seed_from_u64(13);
+    let src = mem_store();
+    let dst = mem_store();
+    random_writes(&src, &mut rng, 20);
+    let s0 = src.create_snapshot("s0").unwrap();
+    let recs = delta(&src, None, s0.id);
+    let r0 = apply(&dst, &plan("s0", &s0, None, false), &recs, 8).unwrap();
+    random_writes(&src, &mut rng, 5);
+    let s1 = src.create_snapshot("s1").unwrap();
+    let inc = delta(&src, Some(s0.id), s1.id);
+
+    // A full stream needs an empty origin.
+    let other = ReceivePlan {
+        name: "again".into(),
+        ..plan("again", &s0, None, false)
+    };
+    assert!(matches!(
+        dst.begin_receive(&other),
+        Err(StoreError::OriginNotEmpty)
+    ));
+    // Deltas of another volume.
+    let foreign = ReceivePlan {
+        source_volume: [1; 16],
+        ..plan("s1", &s1, Some(r0.id), false)
+    };
+    assert!(matches!(
+        dst.begin_receive(&foreign),
+        Err(StoreError::ReplicaOfOther { .. })
+    ));
+    // A name already taken.
+    assert!(matches!(
+        dst.begin_receive(&plan("s0", &s1, Some(r0.id), false)),
+        Err(StoreError::SnapshotExists(_))
+    ));
+    // One apply at a time; bad staging input.
+    dst.begin_receive(&plan("s1", &s1, Some(r0.id), false))
+        .unwrap();
+    assert!(matches!(
+        dst.begin_receive(&plan("s1b", &s1, Some(r0.id), false)),
+        Err(StoreError::ReceiveInProgress { .. })
+    ));
+    assert!(matches!(
+        dst.stage(CHUNKS, 1, None),
+        Err(StoreError::BadStage(_))
+    ));
+    assert!(matches!(
+        dst.stage(u64::MAX, 2, None),
+        Err(StoreError::BadStage(_))
+    ));
+    assert!(matches!(
+        dst.stage(0, 1, Some(&[1u8; 100])),
+        Err(StoreError::BadStage(_))
+    ));
+    // The replica's origin written after its base: the delta would not give the target.
+    dst.write_origin(5, b"local write").unwrap();
+    stage_all(&dst, &inc, 0, 100).unwrap();
+    assert!(matches!(
+        dst.finish_receive(&token(CHUNKS)),
+        Err(StoreError::OriginDiverged { chunks: 1, .. })
+    ));
+    dst.abort_receive().unwrap();
+    assert!(matches!(
+        dst.begin_receive(&plan("s1", &s1, Some(r0.id), false)),
+        Err(StoreError::OriginDiverged { .. })
+    ));
+    assert_eq!(dst.replica_source(), Some(SOURCE_UUID));
+    assert_clean(&dst, "after refusals");
+}
+
+#[test]
+fn reopening_keeps_a_resumable_apply_and_drops_any_other() {
+    let mut rng = StdRng::seed_from_u64(14);
+    let src = mem_store();
+    random_writes(&src, &mut rng, 40);
+    let s0 = src.create_snapshot("s0").unwrap();
+    let recs = delta(&src, None, s0.id);
+    let half = recs.len() / 2;
+    for resumable in [false, true] {
+        let origin = Arc::new(MemDev::new(SIZE));
+        let dev = Arc::new(MemDev::new(STORE_BYTES));
+        let dst = Store::create(origin.clone(), dev.clone(), &opts()).unwrap();
+        let used_empty = dst.stats().used_bytes;
+        dst.begin_receive(&plan("s0", &s0, None, resumable))
+            .unwrap();
+        stage_all(&dst, &recs[..half], 0, 1).unwrap();
+        drop(dst);
+        let dst = Store::open(origin.clone(), dev.clone(), 0).unwrap();
+        assert!(dst.list_snapshots().is_empty());
+        match dst.receive_status().unwrap() {
+            None => {
+                assert!(!resumable);
+                dst.reclaim_all().unwrap();
+                assert_eq!(dst.stats().used_bytes, used_empty, "space returned");
+            }
+            Some(st) => {
+                assert!(resumable);
+                assert_eq!(st.staged_chunks, half as u64);
+                let next = u64::from_le_bytes(st.token.as_slice().try_into().unwrap());
+                assert_eq!(next, recs[half - 1].0 + 1);
+                stage_all(&dst, &recs, next, 4).unwrap();
+                let made = dst.finish_receive(&token(CHUNKS)).unwrap();
+                assert_eq!(
+                    read_all(&dst, View::Snapshot(made.id)),
+                    read_all(&src, View::Snapshot(s0.id))
+                );
+            }
+        }
+        assert_clean(&dst, "after reopen");
+    }
+}
+
+struct Rig {
+    rail: Arc<PowerRail>,
+    origin: Arc<CrashDev>,
+    dev: Arc<CrashDev>,
+}
+
+/// A power cut at every write of an incremental apply (resumable, checkpointing every 2
+/// records): after recovery the new snapshot is either wholly there (and the origin is it) or
+/// absent (and the origin is the base); resuming or restarting then completes it.
+#[test]
+fn power_cut_at_every_write_of_an_apply() {
+    let mut rng = StdRng::seed_from_u64(15);
+    let src = mem_store();
+    random_writes(&src, &mut rng, 40);
+    let s0 = src.create_snapshot("s0").unwrap();
+    random_writes(&src, &mut rng, 12);
+    let s1 = src.create_snapshot("s1").unwrap();
+    let full = delta(&src, None, s0.id);
+    let inc = delta(&src, Some(s0.id), s1.id);
+    let want0 = read_all(&src, View::Snapshot(s0.id));
+    let want1 = read_all(&src, View::Snapshot(s1.id));
+
+    // The replica as it stands before the incremental.
+    let origin = Arc::new(MemDev::new(SIZE));
+    let dev = Arc::new(MemDev::new(STORE_BYTES));
+    let dst = Store::create(origin.clone(), dev.clone(), &opts()).unwrap();
+    apply(&dst, &plan("s0", &s0, None, false), &full, 8).unwrap();
+    dst.flush().unwrap();
+    drop(dst);
+    let base = (origin.contents(), dev.contents());
+
+    let run = |cut: Option<u64>| -> Rig {
+        let rail = PowerRail::new();
+        let rig = Rig {
+            origin: Arc::new(CrashDev::from_image(rail.clone(), base.0.clone())),
+            dev: Arc::new(CrashDev::from_image(rail.clone(), base.1.clone())),
+            rail,
+        };
+        if let Some(k) = cut {
+            rig.rail.cut_at_write(k);
+        }
+        let o: Arc<dyn BlockDev> = rig.origin.clone();
+        let d: Arc<dyn BlockDev> = rig.dev.clone();
+        if let Ok(dst) = Store::open(o, d, 0) {
+            let r0 = dst.snapshot_by_source_id(s0.id.0).unwrap();
+            let result = apply(&dst, &plan("s1", &s1, Some(r0.id), true), &inc, 2);
+            if cut.is_none() {
+                result.unwrap();
+            }
+            std::mem::forget(dst); // a cut machine runs no destructor
+        }
+        rig
+    };
+    let total = run(None).rail.writes();
+    assert!(
+        total > 30,
+        "apply too small to be interesting ({total} writes)"
+    );
+    let mut cases = 0;
+    let (mut published, mut resumed, mut restarted) = (0, 0, 0);
+    for k in 1..=total {
+        let rig = run(Some(k));
+        for (keep, tear) in [(0.0, 0.0), (1.0, 0.0), (0.5, 0.3), (0.5, 0.8)] {
+            let what = format!("cut at write {k}/{total}, keep {keep} tear {tear}");
+            let o = Arc::new(MemDev::from_vec(
+                rig.origin.crash_image(&mut rng, keep, tear),
+            ));
+            let d = Arc::new(MemDev::from_vec(rig.dev.crash_image(&mut rng, keep, tear)));
+            let report = verify(&*d, Some(SIZE)).unwrap();
+            assert!(report.is_clean(), "{what}: verify: {:?}", report.problems);
+            let dst = Store::open(o, d, 0).unwrap_or_else(|e| panic!("{what}: open: {e}"));
+            let r0 = dst.snapshot_by_source_id(s0.id.0).expect("base survives");
+            assert_eq!(read_all(&dst, View::Snapshot(r0.id)), want0, "{what}: base");
+            let r1 = match dst.snapshot_by_source_id(s1.id.0) {
+                Some(r1) => {
+                    published += 1;
+                    r1
+                }
+                None => {
+                    assert!(dst.snapshot_by_name("s1").is_err(), "{what}");
+                    assert_eq!(read_all(&dst, View::Origin), want0, "{what}: origin moved");
+                    match dst.receive_status().unwrap() {
+                        Some(st) => {
+                            resumed += 1;
+                            let next = u64::from_le_bytes(st.token.as_slice().try_into().unwrap());
+                            stage_all(&dst, &inc, next, 2).unwrap();
+                            dst.finish_receive(&token(CHUNKS))
+                                .unwrap_or_else(|e| panic!("{what}: resume: {e}"))
+                        }
+                        None => {
+                            restarted += 1;
+                            apply(&dst, &plan("s1", &s1, Some(r0.id), true), &inc, 2)
+                                .unwrap_or_else(|e| panic!("{what}: restart: {e}"))
+                        }
+                    }
+                }
+            };
+            assert_eq!(
+                read_all(&dst, View::Snapshot(r1.id)),
+                want1,
+                "{what}: target"
+            );
+            assert_eq!(read_all(&dst, View::Origin), want1, "{what}: origin");
+            assert_eq!(
+                read_all(&dst, View::Snapshot(r0.id)),
+                want0,
+                "{what}: base after"
+            );
+            assert_clean(&dst, &what);
+            cases += 1;
+        }
+    }
+    println!(
+        "apply power-cut cases: {cases} ({published} published, {resumed} resumed, {restarted} restarted)"
+    );
+    assert!(published > 0 && resumed > 0 && restarted > 0);
+}
