@@ -49,17 +49,27 @@ pub fn parse(s: &str) -> Result<Target, String> {
 }
 
 /// Connects eagerly so an unreachable agent is reported up front (exit code 7) rather than
-/// as a failure of whichever call happens to come first.
-pub async fn connect(target: &Target, timeout: Duration) -> Result<Channel, ConnectError> {
+/// as a failure of whichever call happens to come first. `timeout` bounds the connection and,
+/// unless `streaming`, each call; long streams (deltas) have no per-call limit.
+pub async fn connect(
+    target: &Target,
+    timeout: Duration,
+    streaming: bool,
+) -> Result<Channel, ConnectError> {
+    let limits = |e: Endpoint| {
+        let e = e.connect_timeout(timeout);
+        if streaming {
+            e
+        } else {
+            e.timeout(timeout)
+        }
+    };
     let wrap = |source| ConnectError {
         endpoint: target.to_string(),
         source,
     };
     match target {
-        Target::Tcp(uri) => Endpoint::from_shared(uri.clone())
-            .map_err(wrap)?
-            .connect_timeout(timeout)
-            .timeout(timeout)
+        Target::Tcp(uri) => limits(Endpoint::from_shared(uri.clone()).map_err(wrap)?)
             .connect()
             .await
             .map_err(wrap),
@@ -67,9 +77,7 @@ pub async fn connect(target: &Target, timeout: Duration) -> Result<Channel, Conn
             let path = path.clone();
             // The URI is only used for HTTP/2's :authority, which must be a plain host name:
             // a socket path there is rejected by the server.
-            Endpoint::from_static("http://localhost")
-                .connect_timeout(timeout)
-                .timeout(timeout)
+            limits(Endpoint::from_static("http://localhost"))
                 .connect_with_connector(tower::service_fn(move |_: Uri| {
                     let path = path.clone();
                     async move {

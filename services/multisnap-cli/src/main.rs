@@ -1,6 +1,7 @@
 //! `multisnap`: the command-line client of the agent's gRPC API (`multisnap.v1`), for people
 //! (tables, progress bars) and scripts (`--output json`, documented exit codes).
 
+mod delta;
 mod endpoint;
 mod exit;
 mod output;
@@ -49,6 +50,12 @@ enum Command {
     /// Snapshots: point-in-time views of a volume (NBD export VOLUME@NAME).
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
+    /// Deltas between snapshots: export to a file or stdout, apply from one, resume state.
+    #[command(subcommand)]
+    Delta(delta::DeltaCommand),
+    /// Copy a volume's newest (or --snapshot) snapshot to another agent, sending only what
+    /// changed since the newest snapshot both hold.
+    Replicate(delta::ReplicateArgs),
 }
 
 /// What every command needs: a connected channel and how to print.
@@ -79,7 +86,9 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let channel = endpoint::connect(&cli.endpoint, cli.timeout).await?;
+    // Delta streams run as long as they need to; other calls are bounded by --timeout.
+    let streaming = matches!(cli.command, Command::Delta(_) | Command::Replicate(_));
+    let channel = endpoint::connect(&cli.endpoint, cli.timeout, streaming).await?;
     let ctx = Ctx {
         channel,
         format: cli.output,
@@ -87,6 +96,8 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Volume(cmd) => volume::run(&ctx, cmd).await,
         Command::Snapshot(cmd) => snapshot::run(&ctx, cmd).await,
+        Command::Delta(cmd) => delta::run(&ctx, cmd).await,
+        Command::Replicate(args) => delta::replicate(&ctx, args, cli.timeout).await,
     }
 }
 

@@ -49,6 +49,7 @@ pub fn volume_json(v: &pb::Volume) -> Value {
         "uuid": v.uuid,
         "exceptionCount": v.exception_count,
         "reclaimPending": v.reclaim_pending,
+        "replicaOf": v.replica_of,
     })
 }
 
@@ -61,6 +62,7 @@ pub fn snapshot_json(s: &pb::Snapshot) -> Value {
         "writable": s.writable,
         "state": state_json(s.state),
         "nbdExport": s.nbd_export,
+        "sourceSnapshotId": s.source_snapshot_id,
     });
     // An `optional` field: absent means "not computed", which is not the same as 0.
     if let Some(b) = s.exclusive_bytes {
@@ -203,6 +205,7 @@ mod tests {
             state: pb::SnapshotState::Ready as i32,
             nbd_export: "v@s".into(),
             exclusive_bytes: None,
+            source_snapshot_id: 3,
         };
         let j = snapshot_json(&s);
         assert_eq!(j["id"], 7);
@@ -210,6 +213,7 @@ mod tests {
         assert_eq!(j["state"], "SNAPSHOT_STATE_READY");
         assert_eq!(j["createdAt"], "1970-01-01T00:00:00Z");
         assert!(j.get("exclusiveBytes").is_none());
+        assert_eq!(j["sourceSnapshotId"], 3);
         let v = volume_json(&pb::Volume {
             store_full_policy: 2,
             ..Default::default()

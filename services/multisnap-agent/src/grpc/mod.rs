@@ -2,12 +2,14 @@
 //! both grpcurl and Python's grpcio-reflection work without proto files) and
 //! `grpc.health.v1`, on TCP and a unix socket.
 
+mod deltas;
 mod snapshots;
 mod status;
 mod volumes;
 
 use crate::volumes::Volumes;
 use anyhow::Context;
+use multisnap_proto::v1::delta_service_server::DeltaServiceServer;
 use multisnap_proto::v1::snapshot_service_server::SnapshotServiceServer;
 use multisnap_proto::v1::volume_service_server::VolumeServiceServer;
 use std::net::SocketAddr;
@@ -72,6 +74,10 @@ pub async fn serve(
     reporter
         .set_serving::<SnapshotServiceServer<snapshots::SnapshotApi>>()
         .await;
+    reporter
+        .set_serving::<DeltaServiceServer<deltas::DeltaApi>>()
+        .await;
+    let applying = deltas::Applying::default();
     let build = |vols: Arc<Volumes>,
                  tls: Option<tonic::transport::ServerTlsConfig>|
      -> anyhow::Result<tonic::transport::server::Router> {
@@ -100,8 +106,14 @@ pub async fn serve(
                 volumes: vols.clone(),
             }))
             .add_service(SnapshotServiceServer::new(snapshots::SnapshotApi {
-                volumes: vols,
-            })))
+                volumes: vols.clone(),
+            }))
+            .add_service(
+                // Streams carry up to 1 MiB of delta per message plus framing.
+                DeltaServiceServer::new(deltas::DeltaApi::new(vols, applying.clone()))
+                    .max_decoding_message_size(32 << 20)
+                    .max_encoding_message_size(32 << 20),
+            ))
     };
     let tcp_router = build(volumes.clone(), tls)?;
     let unix_router = build(volumes, None)?;

@@ -11,7 +11,7 @@ pub struct SnapshotApi {
     pub volumes: Arc<Volumes>,
 }
 
-fn snapshot_message(volume: &str, s: &SnapshotInfo) -> pb::Snapshot {
+pub fn snapshot_message(volume: &str, s: &SnapshotInfo) -> pb::Snapshot {
     let since = s
         .created_at
         .duration_since(std::time::UNIX_EPOCH)
@@ -35,6 +35,7 @@ fn snapshot_message(volume: &str, s: &SnapshotInfo) -> pb::Snapshot {
         state: state as i32,
         nbd_export: format!("{volume}@{}", s.name),
         exclusive_bytes: None,
+        source_snapshot_id: s.source_id,
     }
 }
 

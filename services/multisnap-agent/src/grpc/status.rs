@@ -2,6 +2,8 @@
 //! answers the same failure the same way.
 
 use crate::volumes::VolumeError;
+use multisnap_delta::DeltaError;
+use multisnap_replication::ReplicationError;
 use multisnap_store::StoreError;
 use tonic::Status;
 
@@ -14,11 +16,18 @@ pub fn from_store(e: StoreError) -> Status {
         StoreError::SnapshotExists(_) => Status::already_exists(msg),
         StoreError::InvalidName { .. }
         | StoreError::OutOfRange { .. }
-        | StoreError::InvalidGeometry(_) => Status::invalid_argument(msg),
+        | StoreError::InvalidGeometry(_)
+        | StoreError::BadStage(_) => Status::invalid_argument(msg),
         StoreError::StoreFull { .. } => Status::resource_exhausted(msg),
-        StoreError::SnapshotReadOnly(_) | StoreError::Unsupported { .. } => {
-            Status::failed_precondition(msg)
-        }
+        StoreError::SnapshotReadOnly(_)
+        | StoreError::Unsupported { .. }
+        | StoreError::ReceiveInProgress { .. }
+        | StoreError::NoReceive
+        | StoreError::ReceiveCommitted { .. }
+        | StoreError::ReplicaOfOther { .. }
+        | StoreError::OriginDiverged { .. }
+        | StoreError::OriginNotEmpty
+        | StoreError::BaseModified(_) => Status::failed_precondition(msg),
         StoreError::Poisoned(_) => Status::unavailable(msg),
         _ => Status::internal(msg),
     }
@@ -32,6 +41,40 @@ pub fn from_volume(e: VolumeError) -> Status {
         VolumeError::FailedPrecondition(m) => Status::failed_precondition(m),
         VolumeError::Io { .. } => Status::internal(e.to_string()),
         VolumeError::Store(s) => from_store(s),
+    }
+}
+
+pub fn from_delta(e: DeltaError) -> Status {
+    let msg = e.to_string();
+    match e {
+        // The bytes arrived but are not what was sent.
+        DeltaError::HeaderChecksum { .. }
+        | DeltaError::RecordChecksum { .. }
+        | DeltaError::TrailerChecksum { .. }
+        | DeltaError::DigestMismatch { .. }
+        | DeltaError::CountMismatch { .. } => Status::data_loss(msg),
+        // A sound stream this volume cannot take.
+        DeltaError::WrongVolume { .. } | DeltaError::BaseNotHeld { .. } => {
+            Status::failed_precondition(msg)
+        }
+        DeltaError::Io(_) => Status::unavailable(msg),
+        _ => Status::invalid_argument(msg),
+    }
+}
+
+pub fn from_replication(e: ReplicationError) -> Status {
+    let msg = e.to_string();
+    match e {
+        ReplicationError::Delta(d) => from_delta(d),
+        ReplicationError::Store(s) => from_store(s),
+        ReplicationError::Geometry { .. }
+        | ReplicationError::NothingToResume
+        | ReplicationError::ResumeMismatch(_)
+        | ReplicationError::NotReady(_) => Status::failed_precondition(msg),
+        ReplicationError::TargetIsOrigin | ReplicationError::SameSnapshot(_) => {
+            Status::invalid_argument(msg)
+        }
+        ReplicationError::ReceiverGone => Status::cancelled(msg),
     }
 }
 

@@ -40,6 +40,11 @@ pub fn volume_message(v: &Volume) -> pb::Volume {
         ),
         exception_count: stats.exceptions,
         reclaim_pending: stats.reclaim_pending,
+        replica_of: v
+            .store
+            .replica_source()
+            .map(|u| multisnap_replication::hex_uuid(&u))
+            .unwrap_or_default(),
     }
 }
 

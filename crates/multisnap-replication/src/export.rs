@@ -1,0 +1,178 @@
+//! Export: the chunks that differ between a base and a target snapshot (or everything
+//! allocated in the target, for a full stream), read from the target and written as a delta.
+//!
+//! The chunk list comes from the exception index (`Store::changed_extents`), so the cost
+//! follows the number of changed chunks, not the volume size. Records carry up to
+//! `RECORD_BYTES` of data; runs of chunks that read as zeros become zero records (or are left
+//! out of a full stream, whose receiver starts from zeros).
+
+use super::{Progress, ReplicationError, Result};
+use multisnap_delta::{DeltaHeader, DeltaWriter, ResumePoint, SnapshotIdent, Target, Trailer};
+use multisnap_store::{SnapshotInfo, SnapshotState, Store, View};
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Largest data record the exporter writes.
+const RECORD_BYTES: u64 = 1 << 20;
+
+pub struct ExportPlan {
+    pub base: Option<SnapshotInfo>,
+    pub target: SnapshotInfo,
+    /// The receiver's resume point: chunks below it are not sent again.
+    pub resume: Option<ResumePoint>,
+}
+
+impl ExportPlan {
+    pub fn new(
+        store: &Store,
+        base: Option<&str>,
+        target: &str,
+        resume_token: &[u8],
+    ) -> Result<ExportPlan> {
+        let ready = |name: &str| -> Result<SnapshotInfo> {
+            let s = store.snapshot_by_name(name)?;
+            if s.state != SnapshotState::Ready {
+                return Err(ReplicationError::NotReady(name.to_string()));
+            }
+            Ok(s)
+        };
+        let target = ready(target)?;
+        let base = base.map(ready).transpose()?;
+        if base.as_ref().is_some_and(|b| b.id == target.id) {
+            return Err(ReplicationError::SameSnapshot(target.name));
+        }
+        let resume = if resume_token.is_empty() {
+            None
+        } else {
+            Some(ResumePoint::from_bytes(resume_token)?)
+        };
+        Ok(ExportPlan {
+            base,
+            target,
+            resume,
+        })
+    }
+}
+
+/// The stream header for `plan`. Snapshot ids are this store's: a receiver maps them through
+/// the ids it recorded when it applied them.
+pub fn header(store: &Store, plan: &ExportPlan) -> DeltaHeader {
+    let ident = |s: &SnapshotInfo| SnapshotIdent {
+        id: s.id.0,
+        name: s.name.clone(),
+    };
+    DeltaHeader {
+        volume_uuid: store.volume_uuid(),
+        base: plan.base.as_ref().map(ident),
+        target: Target::Snapshot(ident(&plan.target)),
+        chunk_size: store.chunk_size(),
+        volume_size: store.origin_size(),
+        created_unix_nanos: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    }
+}
+
+/// The chunk runs `(first, count)` the stream carries, in order.
+pub fn chunk_runs(store: &Store, plan: &ExportPlan) -> Result<Vec<(u64, u64)>> {
+    let cs = u64::from(store.chunk_size());
+    let size = store.origin_size();
+    let view = View::Snapshot(plan.target.id);
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let map = match &plan.base {
+            Some(b) => store.changed_extents(b.id, view, pos, size - pos)?,
+            None => store.allocation(view, pos, size - pos)?,
+        };
+        let covered: u64 = map.iter().map(|(n, _)| n).sum();
+        if covered == 0 {
+            break;
+        }
+        for (len, flagged) in map {
+            if flagged {
+                let first = pos / cs;
+                let end = (pos + len).div_ceil(cs);
+                match runs.last_mut() {
+                    Some((f, n)) if *f + *n >= first => *n = (*n).max(end - *f),
+                    _ => runs.push((first, end - first)),
+                }
+            }
+            pos += len;
+        }
+    }
+    Ok(runs)
+}
+
+/// Writes the whole stream for `plan` to `out`, calling `progress` after each record.
+pub fn export(
+    store: &Store,
+    plan: &ExportPlan,
+    out: impl Write,
+    mut progress: impl FnMut(Progress),
+) -> Result<Trailer> {
+    let header = header(store, plan);
+    let full = plan.base.is_none();
+    let runs = chunk_runs(store, plan)?;
+    let skip_below = plan.resume.map_or(0, |p| p.next_chunk);
+    let mut w = match plan.resume {
+        Some(p) => DeltaWriter::resume(out, header, p)?,
+        None => DeltaWriter::new(out, header)?,
+    };
+    let cs = u64::from(store.chunk_size());
+    let size = store.origin_size();
+    let per_record = (RECORD_BYTES / cs).max(1);
+    let mut state = Progress {
+        chunks_done: 0,
+        chunks_total: runs.iter().map(|(_, n)| n).sum(),
+        bytes: 0,
+    };
+    let view = View::Snapshot(plan.target.id);
+    let mut buf = Vec::new();
+    for (first, count) in runs {
+        let mut c = first;
+        let end = first + count;
+        while c < end {
+            let n = per_record.min(end - c);
+            if c + n <= skip_below {
+                c += n;
+                state.chunks_done += n;
+                continue;
+            }
+            let from = c * cs;
+            let to = ((c + n) * cs).min(size);
+            buf.resize((to - from) as usize, 0);
+            store.read(view, from, &mut buf)?;
+            // Split into runs of data chunks and zero chunks.
+            let mut i = 0u64;
+            while i < n {
+                let zero = chunk_is_zero(&buf, i, cs);
+                let mut j = i + 1;
+                while j < n && chunk_is_zero(&buf, j, cs) == zero {
+                    j += 1;
+                }
+                let (at, len) = ((i * cs) as usize, (j - i) as u32);
+                let stop = ((j * cs) as usize).min(buf.len());
+                if !zero {
+                    w.push_data(c + i, len, &buf[at..stop])?;
+                } else if !full {
+                    w.push_zero(c + i, len)?;
+                }
+                i = j;
+            }
+            c += n;
+            state.chunks_done += n;
+            state.bytes = w.resume_point().data_bytes;
+            progress(state);
+        }
+    }
+    let (_, trailer) = w.finish()?;
+    Ok(trailer)
+}
+
+fn chunk_is_zero(buf: &[u8], i: u64, cs: u64) -> bool {
+    let start = (i * cs) as usize;
+    let end = ((i + 1) * cs).min(buf.len() as u64) as usize;
+    buf[start..end].iter().all(|&b| b == 0)
+}

@@ -1,0 +1,65 @@
+//! # multisnap-replication
+//!
+//! Replication: turning the difference between two snapshots of a store into a delta stream
+//! (`export`), and a delta stream into a new snapshot of a replica (`apply`). The stream format
+//! is `multisnap-delta`'s; the atomicity of an apply is the store's (`Store::begin_receive` and
+//! friends). This crate only maps one onto the other.
+//!
+//! Invariants: an export reads only the chunks the exception index says changed (or, for a
+//! full stream, the allocated ones); an apply acts on a record only after the decoder verified
+//! it, and publishes only after the trailer verified.
+
+pub mod apply;
+pub mod export;
+
+use multisnap_delta::DeltaError;
+use multisnap_store::StoreError;
+
+/// What can go wrong exporting or applying a delta.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the delta's {what} is {stream}, this volume's is {volume}")]
+    Geometry {
+        what: &'static str,
+        stream: u64,
+        volume: u64,
+    },
+    #[error("the delta's target is the live origin, not a snapshot; apply needs a named target")]
+    TargetIsOrigin,
+    #[error("no resumable apply is in progress on this volume")]
+    NothingToResume,
+    #[error("the stream is not the one the apply in progress expects: {0}")]
+    ResumeMismatch(String),
+    #[error("base and target are the same snapshot {0:?}")]
+    SameSnapshot(String),
+    #[error("snapshot {0:?} is not ready (it is being deleted or was invalidated)")]
+    NotReady(String),
+    #[error("the receiver of the stream went away")]
+    ReceiverGone,
+}
+
+pub type Result<T, E = ReplicationError> = std::result::Result<T, E>;
+
+/// Progress of a long export or apply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub chunks_done: u64,
+    pub chunks_total: u64,
+    pub bytes: u64,
+}
+
+pub fn hex_uuid(b: &[u8; 16]) -> String {
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}

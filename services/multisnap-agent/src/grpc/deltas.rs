@@ -1,0 +1,286 @@
+//! `multisnap.v1.DeltaService`: export and apply delta streams, the apply's resume state.
+
+use super::snapshots::snapshot_message;
+use super::status::{blocking, from_replication, from_store};
+use crate::volumes::{Volume, Volumes};
+use multisnap_proto::v1 as pb;
+use multisnap_replication::apply::{Applier, Outcome};
+use multisnap_replication::export::{export, ExportPlan};
+use multisnap_replication::{Progress, ReplicationError};
+use parking_lot::Mutex;
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::io::Write;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Stream bytes per ExportDelta message.
+const MESSAGE_BYTES: usize = 1 << 20;
+
+pub struct DeltaApi {
+    pub volumes: Arc<Volumes>,
+    /// Volumes with an ApplyDelta call running: one at a time per volume.
+    applying: Applying,
+}
+
+/// Volumes with an ApplyDelta call running, shared by the TCP and unix listeners.
+pub type Applying = Arc<Mutex<HashSet<String>>>;
+
+impl DeltaApi {
+    pub fn new(volumes: Arc<Volumes>, applying: Applying) -> DeltaApi {
+        DeltaApi { volumes, applying }
+    }
+
+    fn volume(&self, name: &str) -> Result<Arc<Volume>, Status> {
+        if name.is_empty() {
+            return Err(Status::invalid_argument("volume is required"));
+        }
+        self.volumes
+            .get(name)
+            .ok_or_else(|| Status::not_found(format!("no volume named {name:?}")))
+    }
+}
+
+/// Releases a volume's ApplyDelta slot when the call ends, however it ends.
+struct ApplySlot {
+    set: Arc<Mutex<HashSet<String>>>,
+    volume: String,
+}
+
+impl Drop for ApplySlot {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.volume);
+    }
+}
+
+/// Cuts the stream into messages, each with the progress as of its last byte.
+struct MessageWriter<'a> {
+    tx: mpsc::Sender<Result<pb::ExportDeltaResponse, Status>>,
+    buf: Vec<u8>,
+    sent: u64,
+    progress: &'a Cell<Progress>,
+}
+
+impl MessageWriter<'_> {
+    fn send(&mut self) -> std::io::Result<()> {
+        let p = self.progress.get();
+        self.sent += self.buf.len() as u64;
+        let msg = pb::ExportDeltaResponse {
+            data: std::mem::take(&mut self.buf),
+            progress: Some(pb::DeltaProgress {
+                chunks_done: p.chunks_done,
+                chunks_total: p.chunks_total,
+                bytes_sent: self.sent,
+            }),
+        };
+        self.tx.blocking_send(Ok(msg)).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+        })
+    }
+}
+
+impl Write for MessageWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= MESSAGE_BYTES {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.send()?;
+        }
+        Ok(())
+    }
+}
+
+type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportDeltaResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::delta_service_server::DeltaService for DeltaApi {
+    type ExportDeltaStream = ExportStream;
+
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume, base = %req.get_ref().base_snapshot, target = %req.get_ref().target_snapshot))]
+    async fn export_delta(
+        &self,
+        req: Request<pb::ExportDeltaRequest>,
+    ) -> Result<Response<ExportStream>, Status> {
+        let r = req.into_inner();
+        if r.target_snapshot.is_empty() {
+            return Err(Status::invalid_argument("target_snapshot is required"));
+        }
+        let v = self.volume(&r.volume)?;
+        let vol = v.clone();
+        let plan = blocking(move || {
+            let base = (!r.base_snapshot.is_empty()).then_some(r.base_snapshot.as_str());
+            ExportPlan::new(&vol.store, base, &r.target_snapshot, &r.resume_token)
+                .map_err(from_replication)
+        })
+        .await?;
+        let (tx, rx) = mpsc::channel(4);
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _enter = span.enter();
+            let progress = Cell::new(Progress::default());
+            let mut out = MessageWriter {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(MESSAGE_BYTES + (64 << 10)),
+                sent: 0,
+                progress: &progress,
+            };
+            let result = export(&v.store, &plan, &mut out, |p| progress.set(p)).and_then(|t| {
+                out.flush()
+                    .map(|()| t)
+                    .map_err(|e| ReplicationError::Delta(e.into()))
+            });
+            match result {
+                Ok(t) => tracing::info!(
+                    records = t.record_count,
+                    data_bytes = t.data_bytes,
+                    stream_bytes = out.sent,
+                    "delta exported"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "delta export failed");
+                    let _ = tx.blocking_send(Err(from_replication(e)));
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = tracing::field::Empty))]
+    async fn apply_delta(
+        &self,
+        req: Request<Streaming<pb::ApplyDeltaRequest>>,
+    ) -> Result<Response<pb::ApplyDeltaResponse>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty ApplyDelta stream"))?;
+        let v = self.volume(&first.volume)?;
+        tracing::Span::current().record("volume", v.name.as_str());
+        if !self.applying.lock().insert(v.name.clone()) {
+            return Err(Status::aborted(format!(
+                "another ApplyDelta is running on volume {}",
+                v.name
+            )));
+        }
+        let _slot = ApplySlot {
+            set: self.applying.clone(),
+            volume: v.name.clone(),
+        };
+        // `None` marks a broken client stream; a closed channel, a clean end.
+        let (tx, mut rx) = mpsc::channel::<Option<Vec<u8>>>(8);
+        let vol = v.clone();
+        let (resumable, resume) = (first.resumable, first.resume);
+        let span = tracing::Span::current();
+        let worker = tokio::task::spawn_blocking(move || {
+            let _enter = span.enter();
+            let mut a = Applier::new(&vol.store, resumable, resume)?;
+            while let Some(piece) = rx.blocking_recv() {
+                let Some(bytes) = piece else {
+                    return Err(a.fail(ReplicationError::ReceiverGone));
+                };
+                if let Err(e) = a.feed(&bytes) {
+                    return Err(a.fail(e));
+                }
+            }
+            let (records, bytes) = (a.records, a.progress.bytes);
+            match a.finish() {
+                Ok(o) => Ok((o, records, bytes)),
+                Err(e) => Err(e),
+            }
+        });
+        let mut next = Some(first.data);
+        while let Some(data) = next.take() {
+            if tx.send(Some(data)).await.is_err() {
+                break; // the worker stopped on an error; it reports it
+            }
+            match stream.message().await {
+                Ok(Some(m)) => next = Some(m.data),
+                Ok(None) => {}
+                Err(status) => {
+                    tracing::warn!(%status, "ApplyDelta client stream broke");
+                    let _ = tx.send(None).await;
+                }
+            }
+        }
+        drop(tx);
+        let result = worker
+            .await
+            .map_err(|e| Status::internal(format!("apply worker failed: {e}")))?;
+        let (outcome, records, bytes) = result.map_err(from_replication)?;
+        let resp = match outcome {
+            Outcome::Complete(s) => pb::ApplyDeltaResponse {
+                complete: true,
+                snapshot: Some(snapshot_message(&v.name, &s)),
+                resume_token: Vec::new(),
+                records_applied: records,
+                bytes_applied: bytes,
+            },
+            Outcome::Incomplete { resume_token } => pb::ApplyDeltaResponse {
+                complete: false,
+                snapshot: None,
+                resume_token: resume_token.unwrap_or_default(),
+                records_applied: records,
+                bytes_applied: bytes,
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn get_apply_state(
+        &self,
+        req: Request<pb::GetApplyStateRequest>,
+    ) -> Result<Response<pb::ApplyState>, Status> {
+        let v = self.volume(&req.into_inner().volume)?;
+        blocking(move || {
+            let Some(s) = v.store.receive_status().map_err(from_store)? else {
+                return Ok(Response::new(pb::ApplyState::default()));
+            };
+            let base = match s.base {
+                Some(id) => v.store.snapshot(id).map(|b| b.name).unwrap_or_default(),
+                None => String::new(),
+            };
+            Ok(Response::new(pb::ApplyState {
+                in_progress: true,
+                snapshot_name: s.name,
+                source_snapshot_id: s.source_snapshot,
+                base_snapshot: base,
+                resumable: s.resumable,
+                committing: s.folding,
+                resume_token: s.token,
+                staged_chunks: s.staged_chunks,
+                staged_bytes: s.staged_bytes,
+            }))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume))]
+    async fn abort_apply(
+        &self,
+        req: Request<pb::AbortApplyRequest>,
+    ) -> Result<Response<pb::AbortApplyResponse>, Status> {
+        let v = self.volume(&req.into_inner().volume)?;
+        if self.applying.lock().contains(&v.name) {
+            return Err(Status::failed_precondition(format!(
+                "an ApplyDelta call is still running on volume {}; cancel it first",
+                v.name
+            )));
+        }
+        blocking(move || {
+            v.store.abort_receive().map_err(from_store)?;
+            Ok(Response::new(pb::AbortApplyResponse {}))
+        })
+        .await
+    }
+}
