@@ -7,55 +7,7 @@ use serde_json::Value;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-/// The CLI binary sits next to the agent's in target/<profile>/, but Cargo only exposes
-/// CARGO_BIN_EXE_* for the package's own binaries, so it is found from our own location.
-fn cli_bin() -> Option<PathBuf> {
-    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().ok()?;
-        // target/<profile>/deps/cli-HASH -> target/<profile>/multisnap
-        let profile_dir = exe.parent()?.parent()?;
-        let bin = profile_dir.join("multisnap");
-        if bin.exists() {
-            return Some(bin);
-        }
-        // `cargo test -p multisnap-agent` does not build other packages' binaries.
-        let target_dir = profile_dir.parent()?;
-        let profile = profile_dir.file_name()?.to_str()?;
-        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        build
-            .args(["build", "-p", "multisnap-cli", "--bin", "multisnap"])
-            .env("CARGO_TARGET_DIR", target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        match profile {
-            "debug" => {}
-            "release" => {
-                build.arg("--release");
-            }
-            other => {
-                build.args(["--profile", other]);
-            }
-        }
-        let ok = build.status().map(|s| s.success()).unwrap_or(false);
-        (ok && bin.exists()).then_some(bin)
-    })
-    .clone()
-}
-
-macro_rules! require_cli {
-    () => {
-        match cli_bin() {
-            Some(b) => b,
-            None => {
-                eprintln!("SKIP: the multisnap CLI binary could not be found or built");
-                return;
-            }
-        }
-    };
-}
 
 /// An agent with gRPC on a free port (and metrics too when the agent has them, so parallel
 /// tests never fight over the default ports).

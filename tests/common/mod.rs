@@ -5,6 +5,7 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub fn agent_bin() -> PathBuf {
@@ -78,7 +79,10 @@ impl Agent {
         let metrics = listen_arg(&mut cmd, extra, "--metrics-listen");
         let child = cmd
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -145,6 +149,23 @@ impl Agent {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// SIGKILL: the agent dies where it stands, like a crashed node.
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9 the agent");
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until the gRPC listener accepts connections.
+    pub fn wait_grpc(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&self.grpc).is_err() {
+            assert!(Instant::now() < deadline, "agent's gRPC never came up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGTERM, then the exit status.
@@ -255,6 +276,54 @@ macro_rules! require_grpcio {
         if !common::have_grpcio() {
             eprintln!("SKIP: python grpcio/grpcio-reflection missing (bash .ci/install-deps installs them)");
             return;
+        }
+    };
+}
+
+/// The CLI binary sits next to the agent's in target/<profile>/, but Cargo only exposes
+/// CARGO_BIN_EXE_* for the package's own binaries, so it is found from our own location.
+pub fn cli_bin() -> Option<PathBuf> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().ok()?;
+        // target/<profile>/deps/cli-HASH -> target/<profile>/multisnap
+        let profile_dir = exe.parent()?.parent()?;
+        let bin = profile_dir.join("multisnap");
+        if bin.exists() {
+            return Some(bin);
+        }
+        // `cargo test -p multisnap-agent` does not build other packages' binaries.
+        let target_dir = profile_dir.parent()?;
+        let profile = profile_dir.file_name()?.to_str()?;
+        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        build
+            .args(["build", "-p", "multisnap-cli", "--bin", "multisnap"])
+            .env("CARGO_TARGET_DIR", target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        match profile {
+            "debug" => {}
+            "release" => {
+                build.arg("--release");
+            }
+            other => {
+                build.args(["--profile", other]);
+            }
+        }
+        let ok = build.status().map(|s| s.success()).unwrap_or(false);
+        (ok && bin.exists()).then_some(bin)
+    })
+    .clone()
+}
+
+#[macro_export]
+macro_rules! require_cli {
+    () => {
+        match common::cli_bin() {
+            Some(b) => b,
+            None => {
+                eprintln!("SKIP: the multisnap CLI binary could not be found or built");
+                return;
+            }
         }
     };
 }

@@ -176,6 +176,7 @@ impl<'a> Applier<'a> {
     fn checkpoint(&mut self) -> Result<()> {
         if let Some(p) = self.point {
             self.store.checkpoint_receive(&p.to_bytes())?;
+            tracing::debug!(volume = %self.store.volume_name(), next_chunk = p.next_chunk, records = p.records_applied, "delta apply checkpoint");
         }
         self.unsaved_bytes = 0;
         self.last_checkpoint = Instant::now();
