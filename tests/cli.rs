@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
