@@ -134,6 +134,65 @@ impl<D: BlockDev> BlockDev for NullOrigin<D> {
     }
 }
 
+/// Counts a device's I/O, so a cost can be stated in operations and bytes rather than time.
+pub struct Counting<D> {
+    inner: D,
+    reads: AtomicU64,
+    read_bytes: AtomicU64,
+    writes: AtomicU64,
+    write_bytes: AtomicU64,
+    flushes: AtomicU64,
+}
+
+impl<D> Counting<D> {
+    pub fn new(inner: D) -> Self {
+        Counting {
+            inner,
+            reads: AtomicU64::new(0),
+            read_bytes: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            write_bytes: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+        }
+    }
+
+    /// `[reads, read bytes, writes, written bytes, flushes]` so far.
+    pub fn snapshot(&self) -> [u64; 5] {
+        [
+            self.reads.load(Ordering::Relaxed),
+            self.read_bytes.load(Ordering::Relaxed),
+            self.writes.load(Ordering::Relaxed),
+            self.write_bytes.load(Ordering::Relaxed),
+            self.flushes.load(Ordering::Relaxed),
+        ]
+    }
+}
+
+impl<D: BlockDev> BlockDev for Counting<D> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.read_bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.write_bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.inner.write_at(buf, offset)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.inner.flush()
+    }
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
+    }
+    fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {
+        self.inner.allocation(offset, len)
+    }
+}
+
 /// Resident memory of this process, from /proc/self/status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rss {

@@ -8,10 +8,9 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use multisnap_bench::{mib, DiscardChunks, NullOrigin};
+use multisnap_bench::{mib, Counting, DiscardChunks, NullOrigin};
 use multisnap_store::{BlockDev, CreateOptions, FileDev, Store, View};
-use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,50 +30,6 @@ struct Args {
     dir: Option<std::path::PathBuf>,
 }
 
-/// Counts store I/O so reclamation's cost can be stated in operations and bytes.
-struct Counting<D> {
-    inner: D,
-    reads: AtomicU64,
-    read_bytes: AtomicU64,
-    writes: AtomicU64,
-    write_bytes: AtomicU64,
-    flushes: AtomicU64,
-}
-
-impl<D: BlockDev> BlockDev for Counting<D> {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.reads.fetch_add(1, Ordering::Relaxed);
-        self.read_bytes
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        self.write_bytes
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        self.inner.write_at(buf, offset)
-    }
-    fn flush(&self) -> io::Result<()> {
-        self.flushes.fetch_add(1, Ordering::Relaxed);
-        self.inner.flush()
-    }
-    fn size(&self) -> io::Result<u64> {
-        self.inner.size()
-    }
-}
-
-impl<D> Counting<D> {
-    fn snapshot(&self) -> [u64; 5] {
-        [
-            self.reads.load(Ordering::Relaxed),
-            self.read_bytes.load(Ordering::Relaxed),
-            self.writes.load(Ordering::Relaxed),
-            self.write_bytes.load(Ordering::Relaxed),
-            self.flushes.load(Ordering::Relaxed),
-        ]
-    }
-}
-
 const CHUNK: u64 = 64 * 1024;
 
 fn main() -> Result<()> {
@@ -92,14 +47,10 @@ fn main() -> Result<()> {
         &origin_path,
         origin_bytes,
     )?));
-    let counting = Arc::new(Counting {
-        inner: DiscardChunks::new(FileDev::create_sparse(&store_path, store_bytes)?, CHUNK)?,
-        reads: AtomicU64::new(0),
-        read_bytes: AtomicU64::new(0),
-        writes: AtomicU64::new(0),
-        write_bytes: AtomicU64::new(0),
-        flushes: AtomicU64::new(0),
-    });
+    let counting = Arc::new(Counting::new(DiscardChunks::new(
+        FileDev::create_sparse(&store_path, store_bytes)?,
+        CHUNK,
+    )?));
     let opts = CreateOptions {
         chunk_size: CHUNK as u32,
         cache_bytes: args.cache_mib << 20,

@@ -62,6 +62,16 @@ impl Exception {
 /// is spent on it. Only `Receiving` records ever hold it.
 pub const ZERO_CHUNK: StoreChunk = StoreChunk(u64::MAX);
 
+/// The private-map value of a chunk a full-stream apply wrote straight into the origin (see
+/// `store::receive`): no store chunk, only the record that the origin chunk must be zeroed
+/// again if the apply is abandoned.
+pub const DIRECT_CHUNK: StoreChunk = StoreChunk(u64::MAX - 1);
+
+/// Whether a private-map value points at a real store chunk.
+pub fn holds_store_chunk(c: StoreChunk) -> bool {
+    c != ZERO_CHUNK && c != DIRECT_CHUNK
+}
+
 /// Whether a snapshot in this state owns its name (deleted snapshots give it up at once, and a
 /// delta being received has not claimed it yet).
 pub fn holds_name(state: SnapshotState) -> bool {
@@ -656,7 +666,7 @@ impl Meta {
         }
         for (k, chunk) in &victims {
             self.remove_private(*k)?;
-            if *chunk != ZERO_CHUNK {
+            if holds_store_chunk(*chunk) {
                 self.free_chunk(*chunk);
                 self.chunks_reclaimed += 1;
             }

@@ -486,6 +486,18 @@ impl Store {
             if m.by_name.contains_key(name) {
                 return Err(StoreError::SnapshotExists(name.to_string()));
             }
+            // A full delta is being written straight into the origin: a snapshot now would
+            // capture (and keep) half of it.
+            if let Some(r) = &m.receive {
+                if r.flags & crate::format::superblock::RECEIVE_DIRECT != 0 {
+                    let name = m
+                        .snapshots
+                        .get(&r.staging)
+                        .map(|s| s.name.clone())
+                        .unwrap_or_default();
+                    return Err(StoreError::ReceiveInProgress { name });
+                }
+            }
             let rec = SnapshotRecord {
                 created_at_ns: now_ns(),
                 writable,

@@ -229,10 +229,10 @@ impl Walker<'_> {
             )),
             Some(_) => {}
         }
-        if store == crate::meta::ZERO_CHUNK.0 {
+        if !crate::meta::holds_store_chunk(crate::ids::StoreChunk(store)) {
             if !self.receiving.contains(&snap) {
                 self.problem(format!(
-                    "snapshot {snap} has a staged-zero private entry for origin chunk {chunk} but is not receiving a delta"
+                    "snapshot {snap} has a delta-apply marker for origin chunk {chunk} but is not receiving a delta"
                 ));
             }
             return;

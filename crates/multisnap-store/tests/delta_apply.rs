@@ -182,28 +182,52 @@ fn full_then_incrementals_recreate_every_snapshot() {
 }
 
 #[test]
-fn aborted_apply_leaves_nothing_and_returns_its_space() {
+fn aborted_applies_leave_nothing_and_return_their_space() {
     let mut rng = StdRng::seed_from_u64(12);
     let src = mem_store();
-    let dst = mem_store();
     random_writes(&src, &mut rng, 40);
     let s0 = src.create_snapshot("s0").unwrap();
-    let used_before = dst.stats().used_bytes;
+    random_writes(&src, &mut rng, 10);
+    let s1 = src.create_snapshot("s1").unwrap();
+    let full = delta(&src, None, s0.id);
+    let inc = delta(&src, Some(s0.id), s1.id);
+    let zeros = vec![0u8; SIZE as usize];
+    let want0 = read_all(&src, View::Snapshot(s0.id));
+
+    // A full stream into an empty volume goes straight into the origin; aborting zeroes it.
+    let dst = mem_store();
+    let used_empty = dst.stats().used_bytes;
     dst.begin_receive(&plan("s0", &s0, None, true)).unwrap();
-    let recs = delta(&src, None, s0.id);
-    stage_all(&dst, &recs[..recs.len() / 2], 0, 2).unwrap();
+    stage_all(&dst, &full[..full.len() / 2], 0, 2).unwrap();
     let status = dst.receive_status().unwrap().expect("apply in progress");
     assert_eq!(status.name, "s0");
-    assert!(status.staged_chunks > 0 && status.resumable && !status.folding);
-    assert!(dst.stats().used_bytes > used_before);
+    assert!(status.direct && status.resumable && !status.folding);
+    assert!(status.staged_chunks > 0 && status.staged_bytes == 0);
+    assert_ne!(
+        read_all(&dst, View::Origin),
+        zeros,
+        "a direct apply writes the origin"
+    );
     assert!(
         dst.list_snapshots().is_empty(),
-        "a staged apply is not a snapshot"
+        "an apply is not a snapshot"
     );
     assert!(dst.snapshot_by_name("s0").is_err());
+    assert!(
+        matches!(
+            dst.create_snapshot("x"),
+            Err(StoreError::ReceiveInProgress { .. })
+        ),
+        "no snapshot of a half-written origin"
+    );
     dst.abort_receive().unwrap();
+    assert_eq!(
+        read_all(&dst, View::Origin),
+        zeros,
+        "abort zeroes what it wrote"
+    );
     dst.reclaim_all().unwrap();
-    assert_eq!(dst.stats().used_bytes, used_before);
+    assert_eq!(dst.stats().used_bytes, used_empty);
     assert!(dst.list_snapshots().is_empty());
     assert_eq!(
         dst.replica_source(),
@@ -211,12 +235,32 @@ fn aborted_apply_leaves_nothing_and_returns_its_space() {
         "an abandoned first apply binds nothing"
     );
     assert!(matches!(dst.abort_receive(), Err(StoreError::NoReceive)));
-    assert_clean(&dst, "after abort");
-    // The name is free and a new apply works.
-    let made = apply(&dst, &plan("s0", &s0, None, false), &recs, 5).unwrap();
+    assert_clean(&dst, "after aborting a direct apply");
+
+    // The name is free again and the full apply works.
+    let r0 = apply(&dst, &plan("s0", &s0, None, false), &full, 5).unwrap();
+    assert_eq!(read_all(&dst, View::Snapshot(r0.id)), want0);
+    dst.reclaim_all().unwrap();
+    let used_replica = dst.stats().used_bytes;
+
+    // An incremental is staged in the store; aborting frees it, the origin never moved.
+    dst.begin_receive(&plan("s1", &s1, Some(r0.id), true))
+        .unwrap();
+    stage_all(&dst, &inc[..inc.len() / 2 + 1], 0, 2).unwrap();
+    let status = dst.receive_status().unwrap().unwrap();
+    assert!(!status.direct && status.staged_bytes > 0);
+    assert!(dst.stats().used_bytes > used_replica);
+    assert_eq!(read_all(&dst, View::Origin), want0);
+    dst.abort_receive().unwrap();
+    dst.reclaim_all().unwrap();
+    assert_eq!(dst.stats().used_bytes, used_replica);
+    assert_eq!(read_all(&dst, View::Origin), want0);
+    assert_eq!(dst.list_snapshots().len(), 1);
+    assert_clean(&dst, "after aborting a staged apply");
+    let r1 = apply(&dst, &plan("s1", &s1, Some(r0.id), false), &inc, 3).unwrap();
     assert_eq!(
-        read_all(&dst, View::Snapshot(made.id)),
-        read_all(&src, View::Snapshot(s0.id))
+        read_all(&dst, View::Snapshot(r1.id)),
+        read_all(&src, View::Snapshot(s1.id))
     );
 }
 
@@ -297,39 +341,77 @@ fn reopening_keeps_a_resumable_apply_and_drops_any_other() {
     let src = mem_store();
     random_writes(&src, &mut rng, 40);
     let s0 = src.create_snapshot("s0").unwrap();
-    let recs = delta(&src, None, s0.id);
-    let half = recs.len() / 2;
-    for resumable in [false, true] {
-        let origin = Arc::new(MemDev::new(SIZE));
-        let dev = Arc::new(MemDev::new(STORE_BYTES));
-        let dst = Store::create(origin.clone(), dev.clone(), &opts()).unwrap();
-        let used_empty = dst.stats().used_bytes;
-        dst.begin_receive(&plan("s0", &s0, None, resumable))
-            .unwrap();
-        stage_all(&dst, &recs[..half], 0, 1).unwrap();
-        drop(dst);
-        let dst = Store::open(origin.clone(), dev.clone(), 0).unwrap();
-        assert!(dst.list_snapshots().is_empty());
-        match dst.receive_status().unwrap() {
-            None => {
-                assert!(!resumable);
-                dst.reclaim_all().unwrap();
-                assert_eq!(dst.stats().used_bytes, used_empty, "space returned");
+    random_writes(&src, &mut rng, 10);
+    let s1 = src.create_snapshot("s1").unwrap();
+    let full = delta(&src, None, s0.id);
+    let inc = delta(&src, Some(s0.id), s1.id);
+    let want0 = read_all(&src, View::Snapshot(s0.id));
+    let want1 = read_all(&src, View::Snapshot(s1.id));
+    for incremental in [false, true] {
+        for resumable in [false, true] {
+            let what = format!("incremental {incremental}, resumable {resumable}");
+            let origin = Arc::new(MemDev::new(SIZE));
+            let dev = Arc::new(MemDev::new(STORE_BYTES));
+            let dst = Store::create(origin.clone(), dev.clone(), &opts()).unwrap();
+            let (recs, p, want, before) = if incremental {
+                let r0 = apply(&dst, &plan("s0", &s0, None, false), &full, 4).unwrap();
+                (
+                    &inc,
+                    plan("s1", &s1, Some(r0.id), resumable),
+                    &want1,
+                    want0.clone(),
+                )
+            } else {
+                (
+                    &full,
+                    plan("s0", &s0, None, resumable),
+                    &want0,
+                    vec![0u8; SIZE as usize],
+                )
+            };
+            dst.reclaim_all().unwrap();
+            let used_before = dst.stats().used_bytes;
+            let half = recs.len() / 2;
+            dst.begin_receive(&p).unwrap();
+            stage_all(&dst, &recs[..half], 0, 1).unwrap();
+            drop(dst);
+            let dst = Store::open(origin.clone(), dev.clone(), 0).unwrap();
+            assert_eq!(
+                dst.list_snapshots().len(),
+                usize::from(incremental),
+                "{what}"
+            );
+            match dst.receive_status().unwrap() {
+                None => {
+                    assert!(!resumable, "{what}");
+                    dst.reclaim_all().unwrap();
+                    assert_eq!(
+                        dst.stats().used_bytes,
+                        used_before,
+                        "{what}: space returned"
+                    );
+                    assert_eq!(read_all(&dst, View::Origin), before, "{what}: origin back");
+                }
+                Some(st) => {
+                    assert!(resumable, "{what}");
+                    assert_eq!(st.direct, !incremental, "{what}");
+                    // A direct apply records only the chunks it wrote (zeros need nothing).
+                    let expect = if incremental {
+                        half
+                    } else {
+                        recs[..half].iter().filter(|r| r.1.is_some()).count()
+                    };
+                    assert_eq!(st.staged_chunks, expect as u64, "{what}");
+                    let next = u64::from_le_bytes(st.token.as_slice().try_into().unwrap());
+                    assert_eq!(next, recs[half - 1].0 + 1, "{what}");
+                    stage_all(&dst, recs, next, 4).unwrap();
+                    let made = dst.finish_receive(&token(CHUNKS)).unwrap();
+                    assert_eq!(&read_all(&dst, View::Snapshot(made.id)), want, "{what}");
+                    assert_eq!(&read_all(&dst, View::Origin), want, "{what}");
+                }
             }
-            Some(st) => {
-                assert!(resumable);
-                assert_eq!(st.staged_chunks, half as u64);
-                let next = u64::from_le_bytes(st.token.as_slice().try_into().unwrap());
-                assert_eq!(next, recs[half - 1].0 + 1);
-                stage_all(&dst, &recs, next, 4).unwrap();
-                let made = dst.finish_receive(&token(CHUNKS)).unwrap();
-                assert_eq!(
-                    read_all(&dst, View::Snapshot(made.id)),
-                    read_all(&src, View::Snapshot(s0.id))
-                );
-            }
+            assert_clean(&dst, &what);
         }
-        assert_clean(&dst, "after reopen");
     }
 }
 
@@ -339,11 +421,13 @@ struct Rig {
     dev: Arc<CrashDev>,
 }
 
-/// A power cut at every write of an incremental apply (resumable, checkpointing every 2
-/// records): after recovery the new snapshot is either wholly there (and the origin is it) or
-/// absent (and the origin is the base); resuming or restarting then completes it.
-#[test]
-fn power_cut_at_every_write_of_an_apply() {
+/// A power cut at every write of an apply (resumable, checkpointing every 2 records), for a
+/// staged incremental and for a direct full stream: after recovery the new snapshot is either
+/// wholly there (and the origin is it) or absent; then the base still reads as before, and
+/// resuming (from the kept token) or restarting completes the apply. A staged apply never
+/// moves the origin before its commit point; a direct one that cannot be resumed leaves the
+/// origin all zeros again.
+fn crash_every_write_of_an_apply(incremental: bool, resumable: bool) {
     let mut rng = StdRng::seed_from_u64(15);
     let src = mem_store();
     random_writes(&src, &mut rng, 40);
@@ -354,15 +438,27 @@ fn power_cut_at_every_write_of_an_apply() {
     let inc = delta(&src, Some(s0.id), s1.id);
     let want0 = read_all(&src, View::Snapshot(s0.id));
     let want1 = read_all(&src, View::Snapshot(s1.id));
+    let zeros = vec![0u8; SIZE as usize];
 
-    // The replica as it stands before the incremental.
+    // The replica as it stands before the apply: holding s0, or empty.
     let origin = Arc::new(MemDev::new(SIZE));
     let dev = Arc::new(MemDev::new(STORE_BYTES));
     let dst = Store::create(origin.clone(), dev.clone(), &opts()).unwrap();
-    apply(&dst, &plan("s0", &s0, None, false), &full, 8).unwrap();
+    if incremental {
+        apply(&dst, &plan("s0", &s0, None, false), &full, 8).unwrap();
+    }
     dst.flush().unwrap();
     drop(dst);
     let base = (origin.contents(), dev.contents());
+    let (target, recs, want, before) = if incremental {
+        (&s1, &inc, &want1, &want0)
+    } else {
+        (&s0, &full, &want0, &zeros)
+    };
+    let the_plan = |dst: &Store| {
+        let b = incremental.then(|| dst.snapshot_by_source_id(s0.id.0).unwrap().id);
+        plan(&target.name, target, b, resumable)
+    };
 
     let run = |cut: Option<u64>| -> Rig {
         let rail = PowerRail::new();
@@ -377,8 +473,7 @@ fn power_cut_at_every_write_of_an_apply() {
         let o: Arc<dyn BlockDev> = rig.origin.clone();
         let d: Arc<dyn BlockDev> = rig.dev.clone();
         if let Ok(dst) = Store::open(o, d, 0) {
-            let r0 = dst.snapshot_by_source_id(s0.id.0).unwrap();
-            let result = apply(&dst, &plan("s1", &s1, Some(r0.id), true), &inc, 2);
+            let result = apply(&dst, &the_plan(&dst), recs, 2);
             if cut.is_none() {
                 result.unwrap();
             }
@@ -396,7 +491,9 @@ fn power_cut_at_every_write_of_an_apply() {
     for k in 1..=total {
         let rig = run(Some(k));
         for (keep, tear) in [(0.0, 0.0), (1.0, 0.0), (0.5, 0.3), (0.5, 0.8)] {
-            let what = format!("cut at write {k}/{total}, keep {keep} tear {tear}");
+            let what = format!(
+                "incremental {incremental}, resumable {resumable}: cut at write {k}/{total}, keep {keep} tear {tear}"
+            );
             let o = Arc::new(MemDev::from_vec(
                 rig.origin.crash_image(&mut rng, keep, tear),
             ));
@@ -404,49 +501,69 @@ fn power_cut_at_every_write_of_an_apply() {
             let report = verify(&*d, Some(SIZE)).unwrap();
             assert!(report.is_clean(), "{what}: verify: {:?}", report.problems);
             let dst = Store::open(o, d, 0).unwrap_or_else(|e| panic!("{what}: open: {e}"));
-            let r0 = dst.snapshot_by_source_id(s0.id.0).expect("base survives");
-            assert_eq!(read_all(&dst, View::Snapshot(r0.id)), want0, "{what}: base");
-            let r1 = match dst.snapshot_by_source_id(s1.id.0) {
-                Some(r1) => {
+            let base_snap = incremental.then(|| dst.snapshot_by_source_id(s0.id.0).unwrap());
+            if let Some(r0) = &base_snap {
+                assert_eq!(read_all(&dst, View::Snapshot(r0.id)), want0, "{what}: base");
+            }
+            let made = match dst.snapshot_by_source_id(target.id.0) {
+                Some(made) => {
                     published += 1;
-                    r1
+                    made
                 }
                 None => {
-                    assert!(dst.snapshot_by_name("s1").is_err(), "{what}");
-                    assert_eq!(read_all(&dst, View::Origin), want0, "{what}: origin moved");
+                    assert!(dst.snapshot_by_name(&target.name).is_err(), "{what}");
                     match dst.receive_status().unwrap() {
                         Some(st) => {
+                            assert!(resumable, "{what}: a non-resumable apply survived");
                             resumed += 1;
+                            if incremental {
+                                assert_eq!(&read_all(&dst, View::Origin), before, "{what}");
+                            }
                             let next = u64::from_le_bytes(st.token.as_slice().try_into().unwrap());
-                            stage_all(&dst, &inc, next, 2).unwrap();
+                            stage_all(&dst, recs, next, 2).unwrap();
                             dst.finish_receive(&token(CHUNKS))
                                 .unwrap_or_else(|e| panic!("{what}: resume: {e}"))
                         }
                         None => {
                             restarted += 1;
-                            apply(&dst, &plan("s1", &s1, Some(r0.id), true), &inc, 2)
+                            assert_eq!(&read_all(&dst, View::Origin), before, "{what}: origin");
+                            apply(&dst, &the_plan(&dst), recs, 2)
                                 .unwrap_or_else(|e| panic!("{what}: restart: {e}"))
                         }
                     }
                 }
             };
             assert_eq!(
-                read_all(&dst, View::Snapshot(r1.id)),
-                want1,
+                &read_all(&dst, View::Snapshot(made.id)),
+                want,
                 "{what}: target"
             );
-            assert_eq!(read_all(&dst, View::Origin), want1, "{what}: origin");
-            assert_eq!(
-                read_all(&dst, View::Snapshot(r0.id)),
-                want0,
-                "{what}: base after"
-            );
+            assert_eq!(&read_all(&dst, View::Origin), want, "{what}: origin");
+            if let Some(r0) = &base_snap {
+                assert_eq!(
+                    read_all(&dst, View::Snapshot(r0.id)),
+                    want0,
+                    "{what}: base after"
+                );
+            }
             assert_clean(&dst, &what);
             cases += 1;
         }
     }
     println!(
-        "apply power-cut cases: {cases} ({published} published, {resumed} resumed, {restarted} restarted)"
+        "apply power-cut cases (incremental {incremental}, resumable {resumable}): {cases} ({published} published, {resumed} resumed, {restarted} restarted)"
     );
-    assert!(published > 0 && resumed > 0 && restarted > 0);
+    assert!(published > 0 && restarted > 0 && (resumed > 0) == resumable);
+}
+
+#[test]
+fn power_cut_at_every_write_of_a_staged_incremental_apply() {
+    crash_every_write_of_an_apply(true, true);
+    crash_every_write_of_an_apply(true, false);
+}
+
+#[test]
+fn power_cut_at_every_write_of_a_direct_full_apply() {
+    crash_every_write_of_an_apply(false, true);
+    crash_every_write_of_an_apply(false, false);
 }

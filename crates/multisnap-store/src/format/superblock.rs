@@ -17,7 +17,11 @@ pub const RECEIVE_RESUMABLE: u32 = 1;
 /// Receive flag: the whole stream verified and the apply passed its commit point; what is
 /// staged is being folded into the origin and must be finished, never discarded.
 pub const RECEIVE_FOLDING: u32 = 2;
-const KNOWN_RECEIVE_FLAGS: u32 = RECEIVE_RESUMABLE | RECEIVE_FOLDING;
+/// Receive flag: a full stream into an empty volume without snapshots, written straight into
+/// the origin (write-ahead: each chunk is recorded before it is written) instead of staged;
+/// abandoning it zeroes the recorded chunks again.
+pub const RECEIVE_DIRECT: u32 = 4;
+const KNOWN_RECEIVE_FLAGS: u32 = RECEIVE_RESUMABLE | RECEIVE_FOLDING | RECEIVE_DIRECT;
 
 /// An apply of a delta in progress: what the superblock remembers of it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,6 +17,13 @@
 //! 4. **Publish**: one commit adds the new snapshot (Ready, carrying the source's id), drops the
 //!    staging record and clears the superblock's apply state.
 //!
+//! A full stream into an empty volume that has no snapshot is the exception: staging it would
+//! need store space for the whole volume, so it is written straight into the origin instead
+//! ("direct" applies). Each chunk is recorded in the private map (as `DIRECT_CHUNK`) and
+//! committed *before* the origin is written, so an abandoned direct apply (aborted, or not
+//! resumable and interrupted) knows every chunk to zero again. No snapshot can be taken while
+//! one runs; until it completes the origin holds part of the data, and no snapshot appears.
+//!
 //! So the receiving volume's origin ends up holding the delta's target: the volume is a
 //! replica. That is what keeps every later incremental as cheap as its changes. Origin writers
 //! wait on the write barrier during the fold; a reader of the replica's origin itself can see
@@ -27,10 +34,10 @@ use crate::error::{Result, StoreError};
 use crate::format::node::Key;
 use crate::format::snapshot_record::{SnapshotRecord, SnapshotState};
 use crate::format::superblock::{
-    ReceiveState, MAX_RECEIVE_TOKEN, RECEIVE_FOLDING, RECEIVE_RESUMABLE,
+    ReceiveState, MAX_RECEIVE_TOKEN, RECEIVE_DIRECT, RECEIVE_FOLDING, RECEIVE_RESUMABLE,
 };
 use crate::ids::{OriginChunk, SnapshotId, StoreChunk};
-use crate::meta::{Meta, ZERO_CHUNK};
+use crate::meta::{holds_store_chunk, Meta, DIRECT_CHUNK, ZERO_CHUNK};
 
 /// Staged chunks folded into the origin per commit.
 const FOLD_BATCH: usize = 256;
@@ -61,6 +68,8 @@ pub struct ReceiveStatus {
     pub resumable: bool,
     /// Past the commit point: it completes, it can no longer be aborted.
     pub folding: bool,
+    /// A full stream written straight into the origin (see the module docs).
+    pub direct: bool,
     /// The resume token of the last checkpoint.
     pub token: Vec<u8>,
     /// Chunks staged so far and the store bytes they hold.
@@ -109,7 +118,7 @@ impl Store {
             };
             for (_, at) in &batch {
                 chunks += 1;
-                if *at != ZERO_CHUNK {
+                if holds_store_chunk(*at) {
                     bytes += u64::from(self.chunk_size);
                 }
             }
@@ -121,6 +130,7 @@ impl Store {
             base: (r.base != 0).then_some(SnapshotId(r.base)),
             resumable: r.flags & RECEIVE_RESUMABLE != 0,
             folding: r.flags & RECEIVE_FOLDING != 0,
+            direct: r.flags & RECEIVE_DIRECT != 0,
             token: r.token,
             staged_chunks: chunks,
             staged_bytes: bytes,
@@ -169,10 +179,16 @@ impl Store {
                 name: plan.name.clone(),
             };
             let staging = m.add_snapshot(rec)?;
+            let mut flags = if plan.resumable { RECEIVE_RESUMABLE } else { 0 };
+            // The origin is all zeros (checked above): with no snapshot to preserve it for,
+            // nothing is lost by writing the stream straight into it.
+            if plan.base.is_none() && m.live.is_empty() {
+                flags |= RECEIVE_DIRECT;
+            }
             m.receive = Some(ReceiveState {
                 staging: staging.0,
                 base: plan.base.map_or(0, |b| b.0),
-                flags: if plan.resumable { RECEIVE_RESUMABLE } else { 0 },
+                flags,
                 token: plan.token.clone(),
             });
             if m.replica_source == [0; 16] {
@@ -266,6 +282,9 @@ impl Store {
                 )));
             }
         }
+        if self.receive_flags() & RECEIVE_DIRECT != 0 {
+            return self.stage_direct(staging, first, count, data);
+        }
         let cs = u64::from(self.chunk_size);
         let mut at = 0usize;
         for c in first..first + u64::from(count) {
@@ -315,11 +334,70 @@ impl Store {
         Ok(())
     }
 
+    /// A direct apply's `stage`: record the chunks (committed), then write them into the
+    /// origin. Zero chunks need nothing: the origin started all zeros.
+    fn stage_direct(
+        &self,
+        staging: SnapshotId,
+        first: u64,
+        count: u32,
+        data: Option<&[u8]>,
+    ) -> Result<()> {
+        let Some(data) = data else {
+            return Ok(());
+        };
+        let cs = u64::from(self.chunk_size);
+        let mut pieces = Vec::new();
+        let mut at = 0usize;
+        for c in first..first + u64::from(count) {
+            let len = self.chunk_len(c);
+            let p = &data[at..at + len];
+            at += len;
+            if p.iter().any(|&b| b != 0) {
+                pieces.push((c, p));
+            }
+        }
+        if pieces.is_empty() {
+            return Ok(());
+        }
+        let generation = {
+            let mut m = self.meta.lock();
+            for (c, _) in &pieces {
+                if m.find_private(staging, OriginChunk(*c))?.is_none() {
+                    m.insert_private(staging, OriginChunk(*c), DIRECT_CHUNK)?;
+                }
+            }
+            m.pager.generation
+        };
+        self.commit_wait(generation)?;
+        for (c, p) in pieces {
+            let off = c * cs;
+            self.origin
+                .write_at(p, off)
+                .map_err(|e| StoreError::io("origin", off, p.len(), e))?;
+        }
+        Ok(())
+    }
+
+    fn receive_flags(&self) -> u32 {
+        self.meta.lock().receive.as_ref().map_or(0, |r| r.flags)
+    }
+
+    fn flush_origin(&self) -> Result<()> {
+        self.origin.flush().map_err(|source| StoreError::Flush {
+            device: "origin",
+            source,
+        })
+    }
+
     /// Makes everything staged so far durable, together with `token` (the caller's resume
     /// point just after it).
     pub fn checkpoint_receive(&self, token: &[u8]) -> Result<()> {
         let _r = self.receive_lock.lock();
         self.staging_id(false)?;
+        if self.receive_flags() & RECEIVE_DIRECT != 0 {
+            self.flush_origin()?;
+        }
         let generation = {
             let mut m = self.meta.lock();
             set_token(&mut m, token)?;
@@ -357,7 +435,10 @@ impl Store {
             if m.by_name.contains_key(&rec.name) {
                 return Err(StoreError::SnapshotExists(rec.name));
             }
-            self.check_origin_is_base(&mut m, (r.base != 0).then_some(SnapshotId(r.base)))?;
+            // A direct apply has been writing the origin; it was checked when it began.
+            if r.flags & RECEIVE_DIRECT == 0 {
+                self.check_origin_is_base(&mut m, (r.base != 0).then_some(SnapshotId(r.base)))?;
+            }
             // The fold copies at most one batch of chunks before it frees one: make sure that
             // much room exists now, while the apply can still be resumed instead.
             let needed = FOLD_BATCH as u64 + 1;
@@ -374,6 +455,8 @@ impl Store {
             }
             m.pager.generation
         };
+        // A direct apply's data is all in the origin: durable before the commit point.
+        self.flush_origin()?;
         self.commit_wait(generation)?;
         self.fold_and_publish(staging)
     }
@@ -382,6 +465,9 @@ impl Store {
     /// reclamation.
     pub fn abort_receive(&self) -> Result<()> {
         let _r = self.receive_lock.lock();
+        if self.receive_flags() & RECEIVE_DIRECT != 0 {
+            self.undo_direct()?;
+        }
         let generation = {
             let mut m = self.meta.lock();
             m.check_usable()?;
@@ -392,6 +478,52 @@ impl Store {
         self.wake_reclaimer();
         tracing::info!(volume = %self.volume_name, "delta apply aborted; reclaiming its staged data");
         Ok(())
+    }
+
+    /// Zeroes every origin chunk a direct apply wrote, so the volume is empty again. First
+    /// the apply stops being resumable (a half-undone apply must never be continued), then
+    /// batches of chunks are zeroed, flushed, and forgotten in one commit each.
+    fn undo_direct(&self) -> Result<()> {
+        let (staging, generation) = {
+            let mut m = self.meta.lock();
+            m.check_usable()?;
+            let Some(r) = m.receive.as_mut() else {
+                return Err(StoreError::NoReceive);
+            };
+            if r.flags & RECEIVE_FOLDING != 0 {
+                return Ok(()); // abort_locked reports it
+            }
+            r.flags &= !RECEIVE_RESUMABLE;
+            let staging = SnapshotId(r.staging);
+            m.dirty = true;
+            (staging, m.pager.generation)
+        };
+        self.commit_wait(generation)?;
+        let _barrier = self.barrier.write();
+        let zeros = vec![0u8; self.chunk_size as usize];
+        let cs = u64::from(self.chunk_size);
+        loop {
+            let batch = self.meta.lock().private_entries(staging, 0, FOLD_BATCH)?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for (c, _) in &batch {
+                let len = self.chunk_len(c.0);
+                let off = c.0 * cs;
+                self.origin
+                    .write_at(&zeros[..len], off)
+                    .map_err(|e| StoreError::io("origin", off, len, e))?;
+            }
+            self.flush_origin()?;
+            let generation = {
+                let mut m = self.meta.lock();
+                for (c, _) in &batch {
+                    m.remove_private(Key::new(staging.0, c.0))?;
+                }
+                m.pager.generation
+            };
+            self.commit_wait(generation)?;
+        }
     }
 
     /// On open: finish an apply past its commit point, drop one that cannot be resumed.
@@ -457,6 +589,9 @@ impl Store {
                     self.commit_wait(generation)?;
                 }
                 for (c, x) in &batch {
+                    if *x == DIRECT_CHUNK {
+                        continue; // already in the origin
+                    }
                     let len = self.chunk_len(c.0);
                     let piece = &mut buf[..len];
                     if *x == ZERO_CHUNK {
@@ -481,7 +616,7 @@ impl Store {
                 let mut m = self.meta.lock();
                 for (c, x) in &batch {
                     m.remove_private(Key::new(staging.0, c.0))?;
-                    if *x != ZERO_CHUNK {
+                    if holds_store_chunk(*x) {
                         m.free_chunk(StoreChunk(x.0));
                     }
                 }
