@@ -201,16 +201,32 @@ pub async fn run(ctx: &Ctx, cmd: DeltaCommand) -> Result<()> {
             resumable,
             resume,
         } => {
-            let mut input: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if file.as_os_str() == "-"
-            {
-                Box::new(tokio::io::stdin())
-            } else {
-                Box::new(
-                    tokio::fs::File::open(&file)
+            let (mut input, size): (Box<dyn tokio::io::AsyncRead + Unpin + Send>, _) =
+                if file.as_os_str() == "-" {
+                    (Box::new(tokio::io::stdin()), None)
+                } else {
+                    let f = tokio::fs::File::open(&file)
                         .await
-                        .with_context(|| format!("cannot open {}", file.display()))?,
-                )
+                        .with_context(|| format!("cannot open {}", file.display()))?;
+                    let size = f.metadata().await.ok().map(|m| m.len());
+                    (Box::new(f), size)
+                };
+            // Progress in stream bytes: the stream's own chunk counts are only known to the
+            // agent. Unknown length (stdin) shows a byte counter.
+            let bar = ProgressBar::new(size.unwrap_or(0));
+            let template = if size.is_some() {
+                "{spinner} applying to {prefix} [{bar:30}] {bytes}/{total_bytes} ({elapsed}, eta {eta})"
+            } else {
+                "{spinner} applying to {prefix}: {bytes} ({elapsed})"
             };
+            bar.set_style(
+                ProgressStyle::with_template(template)
+                    .expect("static template")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(volume.clone());
+            bar.enable_steady_tick(Duration::from_millis(100));
+            let shown = bar.clone();
             let (tx, rx) = mpsc::channel(4);
             let first = pb::ApplyDeltaRequest {
                 volume: volume.clone(),
@@ -231,6 +247,7 @@ pub async fn run(ctx: &Ctx, cmd: DeltaCommand) -> Result<()> {
                         return Ok::<u64, anyhow::Error>(total);
                     }
                     buf.truncate(n);
+                    shown.inc(n as u64);
                     total += n as u64;
                     if tx
                         .send(pb::ApplyDeltaRequest {
@@ -246,6 +263,7 @@ pub async fn run(ctx: &Ctx, cmd: DeltaCommand) -> Result<()> {
             };
             let call = client.apply_delta(ReceiverStream::new(rx));
             let (fed, resp) = tokio::join!(feed, call);
+            bar.finish_and_clear();
             let resp = resp
                 .map_err(rpc(format!("cannot apply the delta to {volume}")))?
                 .into_inner();
