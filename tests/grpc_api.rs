@@ -308,3 +308,175 @@ fn wait_for_grpc(g: &Grpc) {
     }
     panic!("gRPC did not come up on {}", g.addr);
 }
+
+const DS: &str = "multisnap.v1.DeltaService";
+
+/// Writes `messages` (JSON) to a file and returns the `@FILE` argument grpcurl.py reads.
+fn body_file(dir: &std::path::Path, name: &str, messages: &serde_json::Value) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, messages.to_string()).unwrap();
+    format!("@{}", path.display())
+}
+
+/// ApplyDelta requests for a volume: the options first, then the export's data pieces (kept
+/// as the base64 strings grpcio's JSON mapping uses for bytes).
+fn apply_requests(volume: &str, export: &serde_json::Value) -> serde_json::Value {
+    let mut reqs = vec![serde_json::json!({ "volume": volume })];
+    for m in export.as_array().unwrap() {
+        reqs.push(serde_json::json!({ "data": m["data"] }));
+    }
+    serde_json::Value::Array(reqs)
+}
+
+#[test]
+fn delta_service_by_reflection() {
+    require_grpcio!();
+    require_tools!("qemu-io");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let port = free_port();
+    let agent = Agent::start(
+        &dir,
+        &[
+            "--default-volume-size",
+            "8388608",
+            "--grpc-listen",
+            &format!("127.0.0.1:{port}"),
+        ],
+    );
+    let g = Grpc {
+        addr: format!("127.0.0.1:{port}"),
+    };
+    wait_for_grpc(&g);
+    assert!(g.tool(&["list"]).contains(DS));
+    let methods = g.tool(&["describe", DS]);
+    for m in ["ExportDelta", "ApplyDelta", "GetApplyState", "AbortApply"] {
+        assert!(methods.contains(m), "{methods}");
+    }
+    assert!(g.tool(&["health", DS]).contains("SERVING"));
+
+    qemu_io(
+        &agent.uri("default"),
+        &["write -P 0x5a 0 1M", "write -P 0x33 3M 200k"],
+    );
+    g.ok(
+        &format!("{SS}/CreateSnapshot"),
+        r#"{"volume":"default","name":"s0"}"#,
+    );
+    let export = g.ok(
+        &format!("{DS}/ExportDelta"),
+        r#"{"volume":"default","target_snapshot":"s0"}"#,
+    );
+    let last = export.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        last["progress"]["chunks_done"], last["progress"]["chunks_total"],
+        "{last}"
+    );
+    // Argument errors of ExportDelta.
+    for (body, code) in [
+        (r#"{"volume":"default"}"#, "INVALID_ARGUMENT"),
+        (
+            r#"{"volume":"default","target_snapshot":"nope"}"#,
+            "NOT_FOUND",
+        ),
+        (r#"{"volume":"nope","target_snapshot":"s0"}"#, "NOT_FOUND"),
+        (
+            r#"{"volume":"default","base_snapshot":"s0","target_snapshot":"s0"}"#,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            r#"{"volume":"default","target_snapshot":"s0","resume_token":"AAAA"}"#,
+            "INVALID_ARGUMENT",
+        ),
+    ] {
+        assert_eq!(g.code(&format!("{DS}/ExportDelta"), body), code, "{body}");
+    }
+
+    // Apply into a new volume of the same size.
+    g.ok(
+        &format!("{VS}/CreateVolume"),
+        r#"{"name":"copy","size_bytes":"8388608"}"#,
+    );
+    let reqs = apply_requests("copy", &export);
+    let r = g.ok(
+        &format!("{DS}/ApplyDelta"),
+        &body_file(tmp.path(), "apply.json", &reqs),
+    );
+    assert_eq!(r["complete"], true, "{r}");
+    assert_eq!(r["snapshot"]["name"], "s0");
+    assert_eq!(r["snapshot"]["nbd_export"], "copy@s0");
+    let src = g.ok(
+        &format!("{SS}/GetSnapshot"),
+        r#"{"volume":"default","name":"s0"}"#,
+    );
+    assert_eq!(r["snapshot"]["source_snapshot_id"], src["id"]);
+    let copy = g.ok(&format!("{VS}/GetVolume"), r#"{"name":"copy"}"#);
+    let orig = g.ok(&format!("{VS}/GetVolume"), r#"{"name":"default"}"#);
+    assert_eq!(copy["replica_of"], orig["uuid"]);
+    qemu_io_ro(
+        &agent.uri("copy@s0"),
+        &[
+            "read -P 0x5a 0 1M",
+            "read -P 0x33 3M 200k",
+            "read -P 0 1M 2M",
+        ],
+    );
+
+    // One character of the stream changed: DATA_LOSS, nothing left behind.
+    g.ok(
+        &format!("{VS}/CreateVolume"),
+        r#"{"name":"bad","size_bytes":"8388608"}"#,
+    );
+    let mut bad = apply_requests("bad", &export);
+    let piece = bad[1]["data"].as_str().unwrap().to_string();
+    let at = piece.len() / 2;
+    let flipped = if &piece[at..at + 1] == "A" { "B" } else { "A" };
+    bad[1]["data"] = format!("{}{flipped}{}", &piece[..at], &piece[at + 1..]).into();
+    assert_eq!(
+        g.code(
+            &format!("{DS}/ApplyDelta"),
+            &body_file(tmp.path(), "bad.json", &bad)
+        ),
+        "DATA_LOSS"
+    );
+    let st = g.ok(&format!("{DS}/GetApplyState"), r#"{"volume":"bad"}"#);
+    assert_eq!(st["in_progress"], false, "{st}");
+    let snaps = g.ok(&format!("{SS}/ListSnapshots"), r#"{"volume":"bad"}"#);
+    assert!(snaps
+        .get("snapshots")
+        .is_none_or(|s| s.as_array().unwrap().is_empty()));
+    assert_eq!(
+        g.code(&format!("{DS}/AbortApply"), r#"{"volume":"bad"}"#),
+        "FAILED_PRECONDITION"
+    );
+    assert_eq!(
+        g.code(&format!("{DS}/GetApplyState"), r#"{"volume":"nope"}"#),
+        "NOT_FOUND"
+    );
+
+    // A stream of another volume into the replica: refused.
+    g.ok(
+        &format!("{SS}/CreateSnapshot"),
+        r#"{"volume":"bad","name":"x"}"#,
+    );
+    let other = g.ok(
+        &format!("{DS}/ExportDelta"),
+        r#"{"volume":"bad","target_snapshot":"x"}"#,
+    );
+    assert_eq!(
+        g.code(
+            &format!("{DS}/ApplyDelta"),
+            &body_file(tmp.path(), "other.json", &apply_requests("copy", &other))
+        ),
+        "FAILED_PRECONDITION"
+    );
+    // The same stream again: its snapshot exists already.
+    assert_eq!(
+        g.code(
+            &format!("{DS}/ApplyDelta"),
+            &body_file(tmp.path(), "again.json", &reqs)
+        ),
+        "ALREADY_EXISTS"
+    );
+    agent.stop_and_verify();
+}

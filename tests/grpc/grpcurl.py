@@ -7,7 +7,8 @@ server's reflection service, as a user's script would, with no proto files.
   grpcurl.py ADDR call SERVICE/METHOD JSON  -> the response as JSON, or on error
                                                {"error": CODE_NAME, "message": ...} (exit 3)
   grpcurl.py ADDR health [SERVICE]          -> grpc.health.v1 status
-ADDR is host:port or unix:PATH.
+ADDR is host:port or unix:PATH. JSON may be @FILE to read it from a file. A server-streaming
+call prints the list of responses; a client-streaming call takes a JSON list of requests.
 """
 import json
 import os
@@ -68,10 +69,23 @@ def main():
         method = pool.FindServiceByName(service_name).FindMethodByName(method_name)
         req_cls = GetMessageClass(method.input_type)
         resp_cls = GetMessageClass(method.output_type)
-        req = json_format.Parse(sys.argv[4] if len(sys.argv) > 4 else "{}", req_cls())
+        body = sys.argv[4] if len(sys.argv) > 4 else "{}"
+        if body.startswith("@"):
+            with open(body[1:]) as f:
+                body = f.read()
         path = f"/{service_name}/{method_name}"
+        if method.client_streaming:
+            reqs = [json_format.ParseDict(m, req_cls()) for m in json.loads(body)]
+        else:
+            req = json_format.Parse(body, req_cls())
         try:
-            if method.server_streaming:
+            if method.client_streaming:
+                call = channel.stream_unary(path, request_serializer=lambda m: m.SerializeToString(),
+                                            response_deserializer=resp_cls.FromString)
+                out = json_format.MessageToDict(call(iter(reqs), timeout=120),
+                                                preserving_proto_field_name=True,
+                                                always_print_fields_with_no_presence=True)
+            elif method.server_streaming:
                 call = channel.unary_stream(path, request_serializer=lambda m: m.SerializeToString(),
                                             response_deserializer=resp_cls.FromString)
                 out = [json_format.MessageToDict(r, preserving_proto_field_name=True) for r in call(req)]
