@@ -99,7 +99,7 @@ fn scribble(a: &Agent, rng: &mut StdRng, n: usize) {
 
 #[test]
 fn full_then_five_incrementals_recreate_every_snapshot() {
-    require_tools!("qemu-io", "nbdcopy", "sha256sum");
+    require_tools!("qemu-io", "nbdcopy", "sha256sum", "curl");
     let bin = require_cli!();
     let tmp = tempfile::tempdir().unwrap();
     let a = node(&tmp.path().join("a"));
@@ -175,6 +175,45 @@ fn full_then_five_incrementals_recreate_every_snapshot() {
         ],
     );
     assert_eq!(again["mode"], "already there");
+    // Both sides count the traffic.
+    let scrape = |agent: &Agent| {
+        run_ok(
+            "curl",
+            &["-sf", &format!("http://{}/metrics", agent.metrics)],
+        )
+    };
+    let metric = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} not in the scrape")) as u64
+    };
+    let bm = scrape(&b);
+    assert_eq!(
+        metric(
+            &bm,
+            "multisnap_delta_applies_completed_total{volume=\"replica\"}"
+        ),
+        6
+    );
+    assert!(
+        metric(
+            &bm,
+            "multisnap_delta_applied_bytes_total{volume=\"replica\"}"
+        ) > 0
+    );
+    assert_eq!(
+        metric(&bm, "multisnap_delta_apply_in_progress{volume=\"replica\"}"),
+        0
+    );
+    let am = scrape(&a);
+    assert!(
+        metric(
+            &am,
+            "multisnap_delta_exported_bytes_total{volume=\"default\"}"
+        ) > 0
+    );
     a.stop_and_verify();
     b.stop_and_verify();
 }

@@ -71,6 +71,9 @@ struct Sample {
     volume: String,
     stats: multisnap_store::StoreStats,
     reclaim_scanned: u64,
+    /// `[exported bytes, applied bytes, complete, incomplete, failed]` (see DeltaCounters).
+    deltas: [u64; 5],
+    receiving: bool,
 }
 
 enum Value {
@@ -143,6 +146,18 @@ fn store_defs() -> Vec<Def> {
             |s| G(s.reclaim_scanned)),
         d("multisnap_reclaimed_chunks", None, "Store chunks freed by reclamation since the agent started.",
             |s| C(s.stats.chunks_reclaimed_total)),
+        d("multisnap_delta_exported", b(), "Delta stream bytes sent by ExportDelta since the agent started.",
+            |s| C(s.deltas[0])),
+        d("multisnap_delta_applied", b(), "Delta stream bytes received by ApplyDelta since the agent started.",
+            |s| C(s.deltas[1])),
+        d("multisnap_delta_applies_completed", None, "ApplyDelta calls that created their snapshot.",
+            |s| C(s.deltas[2])),
+        d("multisnap_delta_applies_interrupted", None, "ApplyDelta calls whose stream ended before its trailer.",
+            |s| C(s.deltas[3])),
+        d("multisnap_delta_applies_failed", None, "ApplyDelta calls refused or failed (corrupt stream, wrong volume or base, store errors).",
+            |s| C(s.deltas[4])),
+        d("multisnap_delta_apply_in_progress", None, "1 while the volume holds an unfinished delta apply (running, or kept for resumption).",
+            |s| G(u64::from(s.receiving))),
     ]
 }
 
@@ -162,6 +177,20 @@ impl Collector for StoreCollector {
                 volume: v.name.clone(),
                 stats: v.store.stats(),
                 reclaim_scanned: v.store.reclaim_progress().scanned_chunk,
+                deltas: {
+                    let d = &v.deltas;
+                    let get = |a: &std::sync::atomic::AtomicU64| {
+                        a.load(std::sync::atomic::Ordering::Relaxed)
+                    };
+                    [
+                        get(&d.exported_bytes),
+                        get(&d.applied_bytes),
+                        get(&d.applies_complete),
+                        get(&d.applies_incomplete),
+                        get(&d.applies_failed),
+                    ]
+                },
+                receiving: v.store.receive_pending(),
             })
             .collect();
         for def in store_defs() {

@@ -8,6 +8,7 @@ use multisnap_store::{BlockDev, CreateOptions, FileDev, FullPolicy, Store};
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 /// What can go wrong managing volumes; the gRPC layer maps each to a status code.
@@ -42,6 +43,21 @@ pub struct Volume {
     pub store_path: PathBuf,
     /// The origin file was made by the agent (and goes when the volume is deleted).
     pub owns_origin: bool,
+    /// Delta traffic of this volume since the agent started, for metrics.
+    pub deltas: DeltaCounters,
+}
+
+/// Counters of ExportDelta and ApplyDelta calls on one volume.
+#[derive(Default)]
+pub struct DeltaCounters {
+    /// Stream bytes sent by ExportDelta.
+    pub exported_bytes: AtomicU64,
+    /// Stream bytes received by ApplyDelta.
+    pub applied_bytes: AtomicU64,
+    /// ApplyDelta calls by how they ended.
+    pub applies_complete: AtomicU64,
+    pub applies_incomplete: AtomicU64,
+    pub applies_failed: AtomicU64,
 }
 
 /// Parameters for a new volume.
@@ -94,6 +110,7 @@ fn open_volume(dir: &Path, name: &str, cache_bytes: usize) -> anyhow::Result<Vol
         origin_path,
         store_path,
         owns_origin,
+        deltas: DeltaCounters::default(),
     })
 }
 
@@ -176,6 +193,7 @@ impl Volumes {
             origin_path,
             store_path,
             owns_origin: spec.origin_path.is_none(),
+            deltas: DeltaCounters::default(),
         });
         map.insert(spec.name.clone(), v.clone());
         Ok(v)

@@ -88,6 +88,12 @@ impl Store {
         (m.replica_source != [0; 16]).then_some(m.replica_source)
     }
 
+    /// Whether an apply is in progress (running, or kept for resumption). Cheap, unlike
+    /// [`Store::receive_status`].
+    pub fn receive_pending(&self) -> bool {
+        self.meta.lock().receive.is_some()
+    }
+
     /// The live snapshot replicated from the source's snapshot `source_id`.
     pub fn snapshot_by_source_id(&self, source_id: u64) -> Option<SnapshotInfo> {
         if source_id == 0 {

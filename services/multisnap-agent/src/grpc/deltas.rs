@@ -12,6 +12,7 @@ use std::cell::Cell;
 use std::collections::HashSet;
 use std::io::Write;
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -137,6 +138,7 @@ impl pb::delta_service_server::DeltaService for DeltaApi {
                     .map(|()| t)
                     .map_err(|e| ReplicationError::Delta(e.into()))
             });
+            v.deltas.exported_bytes.fetch_add(out.sent, Relaxed);
             match result {
                 Ok(t) => tracing::info!(
                     records = t.record_count,
@@ -200,7 +202,9 @@ impl pb::delta_service_server::DeltaService for DeltaApi {
             }
         });
         let mut next = Some(first.data);
+        let mut received = 0u64;
         while let Some(data) = next.take() {
+            received += data.len() as u64;
             if tx.send(Some(data)).await.is_err() {
                 break; // the worker stopped on an error; it reports it
             }
@@ -217,6 +221,14 @@ impl pb::delta_service_server::DeltaService for DeltaApi {
         let result = worker
             .await
             .map_err(|e| Status::internal(format!("apply worker failed: {e}")))?;
+        let counters = &v.deltas;
+        counters.applied_bytes.fetch_add(received, Relaxed);
+        let ended = match &result {
+            Ok((Outcome::Complete(_), ..)) => &counters.applies_complete,
+            Ok((Outcome::Incomplete { .. }, ..)) => &counters.applies_incomplete,
+            Err(_) => &counters.applies_failed,
+        };
+        ended.fetch_add(1, Relaxed);
         let (outcome, records, bytes) = result.map_err(from_replication)?;
         let resp = match outcome {
             Outcome::Complete(s) => pb::ApplyDeltaResponse {
