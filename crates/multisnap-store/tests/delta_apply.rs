@@ -97,11 +97,23 @@ fn plan(
 }
 
 /// Stages `recs` (skipping chunks below `from`), checkpointing every `every` records.
+/// Records go to the store in batches of `every` (`stage_batch`, as the applier does), each
+/// batch followed by a checkpoint; a lone record goes through `stage`.
 fn stage_all(dst: &Store, recs: &[Rec], from: u64, every: usize) -> Result<(), StoreError> {
-    for (i, (c, data)) in recs.iter().filter(|(c, _)| *c >= from).enumerate() {
-        dst.stage(*c, 1, data.as_deref())?;
-        if (i + 1) % every == 0 {
-            dst.checkpoint_receive(&token(c + 1))?;
+    let todo: Vec<&Rec> = recs.iter().filter(|(c, _)| *c >= from).collect();
+    for batch in todo.chunks(every.max(1)) {
+        match batch {
+            [(c, data)] => dst.stage(*c, 1, data.as_deref())?,
+            _ => {
+                let items: Vec<(u64, u32, Option<&[u8]>)> = batch
+                    .iter()
+                    .map(|(c, data)| (*c, 1, data.as_deref()))
+                    .collect();
+                dst.stage_batch(&items)?;
+            }
+        }
+        if batch.len() == every {
+            dst.checkpoint_receive(&token(batch[batch.len() - 1].0 + 1))?;
         }
     }
     Ok(())

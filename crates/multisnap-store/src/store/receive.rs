@@ -268,8 +268,27 @@ impl Store {
     /// again replaces it (a resumed stream may resend what the last checkpoint did not cover).
     /// Durable only with the next checkpoint.
     pub fn stage(&self, first: u64, count: u32, data: Option<&[u8]>) -> Result<()> {
+        self.stage_batch(&[(first, count, data)])
+    }
+
+    /// [`stage`](Self::stage) for several records at once: a direct apply records all their
+    /// chunks in one commit before writing them, rather than one commit per record.
+    pub fn stage_batch(&self, items: &[(u64, u32, Option<&[u8]>)]) -> Result<()> {
         let _r = self.receive_lock.lock();
         let staging = self.staging_id(false)?;
+        for (first, count, data) in items {
+            self.check_stage(*first, *count, *data)?;
+        }
+        if self.receive_flags() & RECEIVE_DIRECT != 0 {
+            return self.stage_direct(staging, items);
+        }
+        for (first, count, data) in items {
+            self.stage_one(staging, *first, *count, *data)?;
+        }
+        Ok(())
+    }
+
+    fn check_stage(&self, first: u64, count: u32, data: Option<&[u8]>) -> Result<()> {
         let total_chunks = self.origin_size.div_ceil(u64::from(self.chunk_size));
         let end = first.checked_add(u64::from(count));
         if !matches!(end, Some(e) if e <= total_chunks) {
@@ -288,9 +307,16 @@ impl Store {
                 )));
             }
         }
-        if self.receive_flags() & RECEIVE_DIRECT != 0 {
-            return self.stage_direct(staging, first, count, data);
-        }
+        Ok(())
+    }
+
+    fn stage_one(
+        &self,
+        staging: SnapshotId,
+        first: u64,
+        count: u32,
+        data: Option<&[u8]>,
+    ) -> Result<()> {
         let cs = u64::from(self.chunk_size);
         let mut at = 0usize;
         for c in first..first + u64::from(count) {
@@ -342,25 +368,21 @@ impl Store {
 
     /// A direct apply's `stage`: record the chunks (committed), then write them into the
     /// origin. Zero chunks need nothing: the origin started all zeros.
-    fn stage_direct(
-        &self,
-        staging: SnapshotId,
-        first: u64,
-        count: u32,
-        data: Option<&[u8]>,
-    ) -> Result<()> {
-        let Some(data) = data else {
-            return Ok(());
-        };
+    fn stage_direct(&self, staging: SnapshotId, items: &[(u64, u32, Option<&[u8]>)]) -> Result<()> {
         let cs = u64::from(self.chunk_size);
         let mut pieces = Vec::new();
-        let mut at = 0usize;
-        for c in first..first + u64::from(count) {
-            let len = self.chunk_len(c);
-            let p = &data[at..at + len];
-            at += len;
-            if p.iter().any(|&b| b != 0) {
-                pieces.push((c, p));
+        for (first, count, data) in items {
+            let Some(data) = data else {
+                continue;
+            };
+            let mut at = 0usize;
+            for c in *first..*first + u64::from(*count) {
+                let len = self.chunk_len(c);
+                let p = &data[at..at + len];
+                at += len;
+                if p.iter().any(|&b| b != 0) {
+                    pieces.push((c, p));
+                }
             }
         }
         if pieces.is_empty() {
