@@ -57,7 +57,12 @@ pub async fn connect(
     streaming: bool,
 ) -> Result<Channel, ConnectError> {
     let limits = |e: Endpoint| {
-        let e = e.connect_timeout(timeout);
+        // Larger HTTP/2 windows than the default 64 KiB, so delta streams are not throttled
+        // by flow-control round trips.
+        let e = e
+            .connect_timeout(timeout)
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(16 << 20);
         if streaming {
             e
         } else {
