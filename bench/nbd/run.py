@@ -1,0 +1,692 @@
+#!/usr/bin/env python3
+"""NBD-level benchmark: the same fio jobs against the raw file, `nbdkit file`, multisnap-agent
+and qemu-nbd serving qcow2, with 0..N snapshots each. Python 3 standard library only.
+
+    python3 bench/nbd/run.py --quick          # a few minutes
+    python3 bench/nbd/run.py                  # the full run recorded in docs/BENCHMARKS.md
+
+See docs/BENCHMARKS.md section 5 for the method. In short, for every repetition, for every
+target, in the same order (so runs of different targets alternate A B A B and machine drift
+spreads over all of them):
+
+1. the image is made from one seed file full of non-zero data (so copy-on-write really copies);
+2. N snapshots are taken with the server stopped (`multisnap-agent snapshot create`,
+   `qemu-img snapshot -c`), timed;
+3. the server starts and the jobs run, each against its own region of the volume:
+   - 4k-write-first: 4 KiB writes, iodepth 32, one in each 64 KiB block of its region (fio
+     `rw=write:60k`), so each is the first write to its 64 KiB chunk/cluster since the
+     snapshots: every write pays a copy-on-write;
+   - 4k-write-over: the same writes again (already copied: no copy-on-write);
+   - seqwrite-1M: 1 MiB sequential writes, iodepth 32, first writes to their region;
+   - each write job twice, with no flush and with a flush every 32 writes (`+fsync32`);
+   - randread-snap / randread-origin: 4 KiB random reads, iodepth 32, of the newest snapshot
+     and of the origin.
+Medians over the repetitions are reported with the ratios multisnap / qemu-nbd and
+multisnap / nbdkit, pair by pair, and checked against the targets of issue 7.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+# 4 KiB writes land on distinct blocks of this size: qcow2's default cluster and multisnap's
+# default chunk, so every "first" write pays one copy-on-write on both engines.
+COW_GRAIN = 64 * KiB
+QD = 32
+SYNC_EVERY = 32
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def parse_size(s):
+    s = s.strip().upper().removesuffix("IB").removesuffix("B")
+    mult = {"K": KiB, "M": MiB, "G": GiB, "T": 1 << 40}
+    if s and s[-1] in mult:
+        return int(float(s[:-1]) * mult[s[-1]])
+    return int(s)
+
+
+def fmt_size(n):
+    for unit, div in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= div and n % div == 0:
+            return f"{n // div} {unit}"
+    return f"{n} B"
+
+
+def load1():
+    return os.getloadavg()[0]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout}s")
+
+
+def run(cmd, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({r.returncode}): {r.stderr.strip()}")
+    return r
+
+
+class Server:
+    """A server process whose output goes to a log file; stopped with SIGTERM."""
+
+    def __init__(self, cmd, logfile, port, what):
+        self.what = what
+        self.log = open(logfile, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
+        try:
+            wait_port(port, self.proc, what)
+        except Exception:
+            self.stop()
+            raise
+
+    def rss_kib(self):
+        """(VmRSS, VmHWM) in KiB, read from /proc."""
+        out = {}
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    k, _, v = line.partition(":")
+                    if k in ("VmRSS", "VmHWM"):
+                        out[k] = int(v.split()[0])
+        except OSError:
+            pass
+        return out.get("VmRSS"), out.get("VmHWM")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        # SIGTERM is the documented clean stop for all three servers.
+        if self.proc.returncode not in (0, -signal.SIGTERM):
+            raise RuntimeError(f"{self.what} exited with {self.proc.returncode} (see {self.log.name})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets. Each makes its image from the seed, takes its snapshots, serves, and says how fio
+# addresses the origin (and the newest snapshot).
+
+
+class Target:
+    kind = ""
+    snaps = None  # number of snapshots, None where the target has no snapshots
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.dir = os.path.join(ctx.work, self.label().replace("/", "_").replace(" ", "_"))
+        self.snap_seconds = None
+        self.server = None
+        self.peak_rss_kib = None
+
+    def label(self):
+        raise NotImplementedError
+
+    def prepare(self):
+        """Image from the seed and snapshots; server stopped."""
+
+    def start(self):
+        pass
+
+    def stop(self):
+        if self.server:
+            _, hwm = self.server.rss_kib()
+            if hwm:
+                self.peak_rss_kib = max(self.peak_rss_kib or 0, hwm)
+            self.server.stop()
+            self.server = None
+
+    def fio_target(self, view):
+        """fio arguments addressing `view` ('origin' or 'snapshot')."""
+        raise NotImplementedError
+
+    def with_snapshot_view(self, fn):
+        """Runs fn() while the newest snapshot is being served."""
+        return fn()
+
+    def cleanup(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def copy_seed(self, dst):
+        # A plain copy: the image starts fully allocated with the seed's non-zero bytes.
+        shutil.copyfile(self.ctx.seed, dst)
+
+
+class RawTarget(Target):
+    kind = "raw"
+
+    def __init__(self, ctx, direct):
+        self.direct = direct
+        super().__init__(ctx)
+
+    def label(self):
+        return "raw file (io_uring, O_DIRECT)" if self.direct else "raw file (io_uring, buffered)"
+
+    def prepare(self):
+        os.makedirs(self.dir, exist_ok=True)
+        self.path = os.path.join(self.dir, "raw.img")
+        self.copy_seed(self.path)
+
+    def fio_target(self, view):
+        args = ["--ioengine=io_uring", f"--filename={self.path}", f"--direct={int(self.direct)}"]
+        return args
+
+
+class NbdkitTarget(Target):
+    kind = "nbdkit"
+
+    def label(self):
+        return "nbdkit file"
+
+    def prepare(self):
+        os.makedirs(self.dir, exist_ok=True)
+        self.path = os.path.join(self.dir, "raw.img")
+        self.copy_seed(self.path)
+
+    def start(self):
+        self.port = free_port()
+        # The file plugin's default cache mode: the page cache, like multisnap-agent.
+        cmd = ["nbdkit", "-f", "--exit-with-parent", "-i", "127.0.0.1", "-p", str(self.port),
+               "file", self.path]
+        self.server = Server(cmd, os.path.join(self.dir, "nbdkit.log"), self.port, "nbdkit")
+
+    def fio_target(self, view):
+        return ["--ioengine=nbd", f"--uri=nbd://127.0.0.1:{self.port}/"]
+
+
+class MultisnapTarget(Target):
+    kind = "multisnap"
+
+    def __init__(self, ctx, snaps, chunk):
+        self.snaps, self.chunk = snaps, chunk
+        super().__init__(ctx)
+
+    def label(self):
+        chunk = "" if self.chunk == COW_GRAIN and len(self.ctx.args.chunk_sizes) == 1 else f", chunk {fmt_size(self.chunk)}"
+        return f"multisnap N={self.snaps}{chunk}"
+
+    def agent_cmd(self, *extra):
+        return [self.ctx.agent, "--data-dir", os.path.join(self.dir, "data"), *extra]
+
+    def prepare(self):
+        os.makedirs(self.dir, exist_ok=True)
+        # The agent makes volume `default` (origin + store) on its first start.
+        self.start()
+        self.stop()
+        origin = os.path.join(self.dir, "data", "volumes", "default", "origin.img")
+        # With no snapshot yet, filling the origin offline is the same as writing it over NBD.
+        self.copy_seed(origin)
+        os.sync()
+        t0 = time.monotonic()
+        for i in range(1, self.snaps + 1):
+            run(self.agent_cmd("snapshot", "create", "default", f"s{i}"),
+                env={**os.environ, "RUST_LOG": "warn"})
+        if self.snaps:
+            self.snap_seconds = (time.monotonic() - t0) / self.snaps
+
+    def start(self):
+        self.port = free_port()
+        cmd = self.agent_cmd(
+            "--nbd-listen", f"127.0.0.1:{self.port}",
+            "--nbd-socket", os.path.join(self.dir, "nbd.sock"),
+            "--grpc-listen", f"127.0.0.1:{free_port()}",
+            "--metrics-listen", f"127.0.0.1:{free_port()}",
+            "--default-volume-size", str(self.ctx.size),
+            "--default-chunk-size", str(self.chunk),
+        )
+        self.server = Server(cmd, os.path.join(self.dir, "agent.log"), self.port, "multisnap-agent")
+
+    def fio_target(self, view):
+        export = "default" if view == "origin" else f"default@s{self.snaps}"
+        return ["--ioengine=nbd", f"--uri=nbd://127.0.0.1:{self.port}/{export}"]
+
+
+class QemuTarget(Target):
+    kind = "qemu"
+
+    def __init__(self, ctx, snaps, cache):
+        self.snaps, self.cache = snaps, cache
+        # io_uring where the page cache is bypassed (the issue's configuration); with the page
+        # cache, qemu's thread pool is its default and io_uring adds nothing to buffered I/O.
+        self.aio = "io_uring" if cache == "none" else "threads"
+        self.view = "origin"
+        super().__init__(ctx)
+
+    def label(self):
+        return f"qemu-nbd N={self.snaps} cache={self.cache}"
+
+    def prepare(self):
+        os.makedirs(self.dir, exist_ok=True)
+        self.path = os.path.join(self.dir, "img.qcow2")
+        # Every cluster allocated and holding the seed's data, like the other targets' images.
+        run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-o",
+             f"cluster_size={COW_GRAIN}", self.ctx.seed, self.path])
+        os.sync()
+        t0 = time.monotonic()
+        for i in range(1, self.snaps + 1):
+            run(["qemu-img", "snapshot", "-c", f"s{i}", self.path])
+        if self.snaps:
+            self.snap_seconds = (time.monotonic() - t0) / self.snaps
+
+    def start(self, snapshot=None):
+        self.port = free_port()
+        # -t: fio's nbd engine connects twice (once to learn the size), so stay up.
+        cmd = ["qemu-nbd", "-f", "qcow2", "-t", "-b", "127.0.0.1", "-p", str(self.port),
+               "-x", "img", f"--cache={self.cache}", f"--aio={self.aio}"]
+        if snapshot:
+            cmd += ["-l", snapshot]
+        cmd.append(self.path)
+        self.server = Server(cmd, os.path.join(self.dir, "qemu-nbd.log"), self.port, "qemu-nbd")
+
+    def with_snapshot_view(self, fn):
+        # A qcow2 image open for writing cannot be opened a second time, so the snapshot is
+        # served by its own read-only qemu-nbd (-l) while the writable one is stopped.
+        self.stop()
+        self.start(snapshot=f"s{self.snaps}")
+        try:
+            return fn()
+        finally:
+            self.stop()
+            self.start()
+
+    def fio_target(self, view):
+        return ["--ioengine=nbd", f"--uri=nbd://127.0.0.1:{self.port}/img"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs
+
+
+def regions(size):
+    """Disjoint regions of the volume, so each write job writes where no job wrote since the
+    snapshots: 3/8 for each random-write variant, 1/8 for each sequential one."""
+    eighth = size // 8
+    eighth -= eighth % MiB
+    return {
+        "rand": (0, 3 * eighth),
+        "rand+fsync32": (3 * eighth, 3 * eighth),
+        "seq": (6 * eighth, eighth),
+        "seq+fsync32": (7 * eighth, eighth),
+    }
+
+
+def fio(ctx, target, view, name, job_args, direction):
+    args = target.fio_target(view)
+    out = os.path.join(target.dir, f"fio-{name}.json")
+    cmd = ["fio", f"--name={name}", "--output-format=json", f"--output={out}",
+           f"--iodepth={QD}", "--group_reporting", *args, *job_args]
+    load = load1()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"fio {name} on {target.label()} failed: {r.stderr.strip()[-2000:]}")
+    with open(out) as f:
+        job = json.load(f)["jobs"][0]
+    if job.get("error"):
+        raise RuntimeError(f"fio {name} on {target.label()}: error {job['error']}")
+    d = job[direction]
+    pct = d["clat_ns"].get("percentile", {})
+    return {
+        "iops": d["iops"],
+        "mibs": d["bw_bytes"] / MiB,
+        "p99_ms": pct.get("99.000000", 0) / 1e6,
+        "ios": d["total_ios"],
+        "syncs": job.get("sync", {}).get("total_ios", 0),
+        "load": load,
+    }
+
+
+def run_target(ctx, target, rep):
+    """All jobs against one target; returns {job: result}."""
+    res = {}
+    regs = regions(ctx.size)
+    log(f"rep {rep + 1}: {target.label()}: preparing")
+    target.prepare()
+    target.start()
+    try:
+        # 4 KiB writes, one in each 64 KiB block of the region: each is the first write to its
+        # chunk/cluster since the snapshots. Then the very same writes again (no copies now).
+        done = {}
+        for phase in ("first", "over"):
+            for variant in ("rand", "rand+fsync32"):
+                start, length = regs[variant]
+                sync = variant.endswith("fsync32")
+                extra = [f"--fsync={SYNC_EVERY}"] if sync else []
+                if phase == "over":
+                    # Exactly the blocks the first pass reached (it may stop at the runtime cap).
+                    extra.append(f"--number_ios={done[variant]}")
+                name = f"4k-write-{phase}" + ("+fsync32" if sync else "")
+                os.sync()
+                r = fio(ctx, target, "origin", name,
+                        [f"--rw=write:{COW_GRAIN - 4 * KiB}", "--bs=4k", f"--offset={start}",
+                         f"--size={length}", f"--runtime={ctx.runtime}", *extra], "write")
+                res[name] = r
+                done.setdefault(variant, r["ios"])
+        for variant in ("seq", "seq+fsync32"):
+            start, length = regs[variant]
+            extra = [f"--fsync={SYNC_EVERY}"] if variant.endswith("fsync32") else []
+            name = "seqwrite-1M" + ("+fsync32" if extra else "")
+            os.sync()
+            res[name] = fio(ctx, target, "origin", name,
+                            ["--rw=write", "--bs=1M", f"--offset={start}", f"--size={length}",
+                             f"--runtime={ctx.runtime}", *extra], "write")
+        read_args = ["--rw=randread", "--bs=4k", f"--size={ctx.size}", "--time_based",
+                     f"--runtime={ctx.read_runtime}"]
+
+        def read_origin():
+            os.sync()
+            res["randread-origin"] = fio(ctx, target, "origin", "randread-origin", read_args, "read")
+
+        def read_snap():
+            os.sync()
+            res["randread-snap"] = target.with_snapshot_view(
+                lambda: fio(ctx, target, "snapshot", "randread-snap", read_args, "read"))
+
+        reads = [read_origin]
+        if target.snaps:
+            # Alternate which read goes first from one repetition to the next.
+            reads = [read_snap, read_origin] if rep % 2 == 0 else [read_origin, read_snap]
+        for fn in reads:
+            fn()
+    finally:
+        target.stop()
+        if not ctx.args.keep:
+            target.cleanup()
+    return res
+
+
+JOBS = [
+    "4k-write-first", "4k-write-first+fsync32",
+    "4k-write-over", "4k-write-over+fsync32",
+    "seqwrite-1M", "seqwrite-1M+fsync32",
+    "randread-snap", "randread-origin",
+]
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def fnum(x, nd=0):
+    if x is None:
+        return "–"
+    return f"{x:,.{nd}f}"
+
+
+def ratio(a, b):
+    if a is None or not b:
+        return None
+    return a / b
+
+
+def report(ctx, results, targets, meta):
+    """Markdown: per-job tables, ratios, target checks."""
+    out = []
+    w = out.append
+    w(f"Run: {meta['date']}, `{meta['command']}`")
+    w("")
+    w(f"Volume {fmt_size(ctx.size)}; write regions: random {fmt_size(regions(ctx.size)['rand'][1])} "
+      f"each ({regions(ctx.size)['rand'][1] // COW_GRAIN:,} blocks of 64 KiB), sequential "
+      f"{fmt_size(regions(ctx.size)['seq'][1])} each; write runtime cap {ctx.runtime} s, reads "
+      f"{ctx.read_runtime} s; iodepth {QD}; {ctx.reps} repetition(s), medians shown. "
+      f"Load average (1 min) at start {meta['load_start']:.2f}, end {meta['load_end']:.2f}; "
+      f"per-job load is the median of the 1-min load when each run started.")
+    w("")
+    labels = [t.label() for t in targets]
+    med_of = {}
+    for lab in labels:
+        for job in JOBS:
+            runs = [r[lab][job] for r in results if lab in r and job in r[lab]]
+            if runs:
+                med_of[(lab, job)] = {
+                    k: med([x[k] for x in runs]) for k in ("iops", "mibs", "p99_ms", "load")
+                } | {"n": len(runs)}
+    for job in JOBS:
+        rows = [(lab, med_of[(lab, job)]) for lab in labels if (lab, job) in med_of]
+        if not rows:
+            continue
+        w(f"**{job}**")
+        w("")
+        w("| target | IOPS | MiB/s | p99 ms | runs | load |")
+        w("|---|---:|---:|---:|---:|---:|")
+        for lab, m in rows:
+            w(f"| {lab} | {fnum(m['iops'])} | {fnum(m['mibs'], 1)} | {fnum(m['p99_ms'], 2)} | {m['n']} | {fnum(m['load'], 2)} |")
+        w("")
+
+    def iops(lab, job):
+        m = med_of.get((lab, job))
+        return m["iops"] if m else None
+
+    ms = [t for t in targets if t.kind == "multisnap"]
+    qemus = [t for t in targets if t.kind == "qemu"]
+    nbdkit = next((t for t in targets if t.kind == "nbdkit"), None)
+    w("**Ratios of median IOPS, pair by pair (same N, same job)**")
+    w("")
+    peers = [(f"÷ qemu {c}", lambda t, c=c: next((q for q in qemus if q.snaps == t.snaps and q.cache == c), None))
+             for c in ctx.args.qemu_cache]
+    if nbdkit:
+        peers.append(("÷ nbdkit", lambda t: nbdkit))
+    w("| multisnap | job | " + " | ".join(p for p, _ in peers) + " |")
+    w("|---|---|" + "---:|" * len(peers))
+    for t in ms:
+        for job in JOBS:
+            cells = []
+            for _, peer in peers:
+                p = peer(t)
+                cells.append(fnum(ratio(iops(t.label(), job), iops(p.label(), job) if p else None), 2))
+            if any(c != "–" for c in cells):
+                w(f"| {t.label()} | {job} | " + " | ".join(cells) + " |")
+    w("")
+
+    # Targets of issue 7.
+    w("**Targets (issue 7)**")
+    w("")
+    w("| target | measured | met? |")
+    w("|---|---|---|")
+    checks = []
+    by_chunk = {}
+    for t in ms:
+        by_chunk.setdefault(t.chunk, {})[t.snaps] = t
+    for chunk, by_n in by_chunk.items():
+        cs = "" if len(by_chunk) == 1 else f" (chunk {fmt_size(chunk)})"
+        base = by_n.get(0)
+        for n, t in sorted(by_n.items()):
+            if n == 0 or not base:
+                continue
+            for v in ("", "+fsync32"):
+                r = ratio(iops(t.label(), "4k-write-over" + v), iops(base.label(), "4k-write-over" + v))
+                checks.append((f"overwrite{v} N={n} ≥ 0.9× N=0{cs}", r, 0.9))
+        if 1 in by_n and 1000 in by_n:
+            for v in ("", "+fsync32"):
+                r = ratio(iops(by_n[1000].label(), "4k-write-first" + v), iops(by_n[1].label(), "4k-write-first" + v))
+                checks.append((f"first-write{v} N=1000 ≥ 0.9× N=1{cs}", r, 0.9))
+        for n in (1, 16, 64):
+            if n not in by_n:
+                continue
+            t = by_n[n]
+            for q in (q for q in qemus if q.snaps == n):
+                for job in JOBS[:4]:
+                    r = ratio(iops(t.label(), job), iops(q.label(), job))
+                    checks.append((f"{job} N={n} ≥ 1.5× qemu cache={q.cache}{cs}", r, 1.5))
+        for n, t in sorted(by_n.items()):
+            if n:
+                r = ratio(iops(t.label(), "randread-snap"), iops(t.label(), "randread-origin"))
+                checks.append((f"snapshot read N={n} ≥ 0.9× origin read{cs}", r, 0.9))
+    for what, r, need in checks:
+        w(f"| {what} | {fnum(r, 2)}× | {'–' if r is None else ('yes' if r >= need else '**no**')} |")
+    w("")
+
+    w("**Snapshot creation (server stopped) and server memory**")
+    w("")
+    w("| target | time per snapshot (ms, median) | peak RSS (MiB, max over runs) |")
+    w("|---|---:|---:|")
+    for t in targets:
+        if t.kind in ("multisnap", "qemu", "nbdkit"):
+            snap = med([m["snap_seconds"] for m in meta["per_target"].get(t.label(), []) if m["snap_seconds"]])
+            rss = [m["peak_rss_kib"] for m in meta["per_target"].get(t.label(), []) if m["peak_rss_kib"]]
+            w(f"| {t.label()} | {fnum(snap * 1000 if snap else None, 1)} | {fnum(max(rss) / 1024 if rss else None, 1)} |")
+    w("")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def make_seed(path, size):
+    """A file of `size` non-zero, non-repeating-per-MiB bytes (no zero detection can skip it)."""
+    block = bytearray(os.urandom(MiB))
+    with open(path, "wb") as f:
+        for i in range(size // MiB):
+            block[:8] = i.to_bytes(8, "little")
+            f.write(block)
+        rest = size % MiB
+        if rest:
+            f.write(block[:rest])
+
+
+def build_agent():
+    log("building multisnap-agent (release)")
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "multisnap-agent"], cwd=REPO, check=True)
+    meta = json.loads(run(["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=REPO).stdout)
+    return os.path.join(meta["target_directory"], "release", "multisnap-agent")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small volume, short runs, N in 0,1,64,1000, 1 repetition: a few minutes")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, N in 0,1: checks the harness works (CI)")
+    ap.add_argument("--size", type=parse_size, help="volume size (default 4G; quick 512M)")
+    ap.add_argument("--runtime", type=int, help="cap on each write job, seconds (default 30; quick 5)")
+    ap.add_argument("--read-runtime", type=int, help="each read job, seconds (default 10; quick 3)")
+    ap.add_argument("--reps", type=int, help="repetitions (default 3; quick 1); medians are reported")
+    ap.add_argument("--snapshots", help="comma-separated snapshot counts (default 0,1,16,64,1000)")
+    ap.add_argument("--chunk-sizes", default="64K", help="multisnap chunk sizes to run, comma-separated (default 64K)")
+    ap.add_argument("--qemu-cache", help="qemu-nbd cache modes, comma-separated: writeback,none (default both; quick writeback)")
+    ap.add_argument("--targets", default="raw,raw-direct,nbdkit,multisnap,qemu", help="which targets to run")
+    ap.add_argument("--agent", help="multisnap-agent binary (default: cargo build --release)")
+    ap.add_argument("--work-dir", help="where images go (default: a new dir under /var/tmp)")
+    ap.add_argument("--keep", action="store_true", help="keep images and fio outputs")
+    ap.add_argument("--out-md", help="also write the Markdown report here")
+    ap.add_argument("--out-json", help="write every run's figures here")
+    args = ap.parse_args()
+
+    if args.smoke:
+        dflt = dict(size=32 * MiB, runtime=1, read_runtime=1, reps=1, snapshots="0,1", qemu_cache="writeback")
+    elif args.quick:
+        dflt = dict(size=512 * MiB, runtime=5, read_runtime=3, reps=1, snapshots="0,1,64,1000", qemu_cache="writeback")
+    else:
+        dflt = dict(size=4 * GiB, runtime=30, read_runtime=10, reps=3, snapshots="0,1,16,64,1000", qemu_cache="writeback,none")
+    for k, v in dflt.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    args.snapshots = [int(x) for x in args.snapshots.split(",")]
+    args.chunk_sizes = [parse_size(x) for x in args.chunk_sizes.split(",")]
+    args.qemu_cache = [x.strip() for x in args.qemu_cache.split(",") if x.strip()]
+    wanted = {x.strip() for x in args.targets.split(",")}
+    if args.size % (8 * MiB):
+        ap.error("--size must be a multiple of 8 MiB")
+
+    missing = [t for t in ("fio", "nbdkit", "qemu-nbd", "qemu-img") if not shutil.which(t)]
+    if missing:
+        print(f"SKIP: {', '.join(missing)} not installed (bash .ci/install-deps installs them)")
+        return 0
+
+    class Ctx:
+        pass
+
+    ctx = Ctx()
+    ctx.args = args
+    ctx.size, ctx.runtime, ctx.read_runtime, ctx.reps = args.size, args.runtime, args.read_runtime, args.reps
+    ctx.agent = args.agent or build_agent()
+    ctx.work = args.work_dir or os.path.join("/var/tmp", f"multisnap-nbd-bench-{os.getpid()}")
+    os.makedirs(ctx.work, exist_ok=True)
+    ctx.seed = os.path.join(ctx.work, "seed.img")
+
+    targets = []
+    if "raw" in wanted:
+        targets.append(RawTarget(ctx, direct=False))
+    if "raw-direct" in wanted:
+        targets.append(RawTarget(ctx, direct=True))
+    if "nbdkit" in wanted:
+        targets.append(NbdkitTarget(ctx))
+    for n in args.snapshots:
+        if "multisnap" in wanted:
+            for c in args.chunk_sizes:
+                targets.append(MultisnapTarget(ctx, n, c))
+        if "qemu" in wanted:
+            for c in args.qemu_cache:
+                targets.append(QemuTarget(ctx, n, c))
+
+    cmdline = "python3 bench/nbd/run.py " + " ".join(sys.argv[1:])
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": cmdline.strip(), "load_start": load1(),
+            "per_target": {}}
+    log(f"seed image {fmt_size(ctx.size)} in {ctx.work}")
+    make_seed(ctx.seed, ctx.size)
+    results = []
+    try:
+        for rep in range(ctx.reps):
+            rr = {}
+            for t in targets:
+                rr[t.label()] = run_target(ctx, t, rep)
+                meta["per_target"].setdefault(t.label(), []).append(
+                    {"snap_seconds": t.snap_seconds, "peak_rss_kib": t.peak_rss_kib})
+                t.peak_rss_kib = None
+                r = rr[t.label()]
+                log("  " + ", ".join(f"{j} {r[j]['iops']:,.0f}" for j in JOBS if j in r))
+            results.append(rr)
+    finally:
+        if not args.keep:
+            shutil.rmtree(ctx.work, ignore_errors=True)
+    meta["load_end"] = load1()
+    md = report(ctx, results, targets, meta)
+    print(md)
+    if args.out_md:
+        with open(args.out_md, "w") as f:
+            f.write(md + "\n")
+    if args.out_json:
+        with open(args.out_json, "w") as f:
+            json.dump({"meta": meta, "runs": results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+//! CI smoke run of the NBD benchmark harness (bench/nbd/run.py): its smallest mode against
+//! the raw file, nbdkit, this package's agent and qemu-nbd. It asserts only that the harness
+//! completes and prints its tables; the figures of a 32 MiB, one-second run mean nothing and
+//! are never checked (docs/BENCHMARKS.md §5 holds the real run).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn nbd_bench_harness_smoke() {
+    require_tools!("python3", "fio", "nbdkit", "qemu-nbd", "qemu-img");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let work = tempfile::tempdir().unwrap();
+    let out = Command::new("python3")
+        .arg(repo.join("bench/nbd/run.py"))
+        .arg("--smoke")
+        .arg("--agent")
+        .arg(common::agent_bin())
+        .arg("--work-dir")
+        .arg(work.path().join("bench"))
+        .output()
+        .expect("cannot run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "harness failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    if stdout.starts_with("SKIP") {
+        eprintln!("{stdout}");
+        return;
+    }
+    println!("{stdout}");
+    for needle in [
+        "**4k-write-first**",
+        "| target | IOPS | MiB/s | p99 ms |",
+        "multisnap N=1",
+        "qemu-nbd N=1",
+        "nbdkit file",
+        "**Ratios of median IOPS",
+        "**Targets (issue 7)**",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "no {needle:?} in the harness output:\n{stdout}"
+        );
+    }
+}
