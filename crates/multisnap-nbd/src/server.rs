@@ -125,6 +125,10 @@ where
         obs.connection_opened(&export_name);
     }
     let (rd, wr) = tokio::io::split(stream);
+    // Buffered: a client with 32 requests in flight sends headers (and small payloads) back
+    // to back, and one recv for many of them beats two per request. Large payloads bypass
+    // the buffer (tokio's BufReader reads them straight into the request's own buffer).
+    let rd = tokio::io::BufReader::with_capacity(64 * 1024, rd);
     let res = transmission::run(rd, wr, session, &config, &shutdown).await;
     if let Some(obs) = &config.observer {
         obs.connection_closed(&export_name);

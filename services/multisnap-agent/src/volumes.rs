@@ -43,6 +43,8 @@ pub struct Volume {
     pub store_path: PathBuf,
     /// The origin file was made by the agent (and goes when the volume is deleted).
     pub owns_origin: bool,
+    /// Coalesces the NBD flushes of every export of this volume.
+    pub nbd_flush: crate::nbd_exports::FlushGate,
     /// Delta traffic of this volume since the agent started, for metrics.
     pub deltas: DeltaCounters,
 }
@@ -111,6 +113,7 @@ fn open_volume(dir: &Path, name: &str, cache_bytes: usize) -> anyhow::Result<Vol
         store_path,
         owns_origin,
         deltas: DeltaCounters::default(),
+        nbd_flush: Default::default(),
     })
 }
 
@@ -194,6 +197,7 @@ impl Volumes {
             store_path,
             owns_origin: spec.origin_path.is_none(),
             deltas: DeltaCounters::default(),
+            nbd_flush: Default::default(),
         });
         map.insert(spec.name.clone(), v.clone());
         Ok(v)
