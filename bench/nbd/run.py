@@ -128,14 +128,17 @@ class Server:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=120)
+                self.proc.wait(timeout=300)
             except subprocess.TimeoutExpired:
+                # A full run once lost a qemu-nbd that took more than 120 s to exit (1,000
+                # snapshots, writeback): say so, and let the run go on.
+                log(f"WARNING: {self.what} still running 300 s after SIGTERM; killed")
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
         # SIGTERM is the documented clean stop for all three servers.
         if self.proc.returncode not in (0, -signal.SIGTERM):
-            raise RuntimeError(f"{self.what} exited with {self.proc.returncode} (see {self.log.name})")
+            log(f"WARNING: {self.what} exited with {self.proc.returncode} (see {self.log.name})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -594,9 +597,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small volume, short runs, N in 0,1,64,1000, 1 repetition: a few minutes")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, N in 0,1: checks the harness works (CI)")
-    ap.add_argument("--size", type=parse_size, help="volume size (default 4G; quick 512M)")
-    ap.add_argument("--runtime", type=int, help="cap on each write job, seconds (default 30; quick 5)")
-    ap.add_argument("--read-runtime", type=int, help="each read job, seconds (default 10; quick 3)")
+    ap.add_argument("--size", type=parse_size, help="volume size (default 1G; quick 512M)")
+    ap.add_argument("--runtime", type=int, help="cap on each write job, seconds (default 10; quick 5)")
+    ap.add_argument("--read-runtime", type=int, help="each read job, seconds (default 5; quick 3)")
     ap.add_argument("--reps", type=int, help="repetitions (default 3; quick 1); medians are reported")
     ap.add_argument("--snapshots", help="comma-separated snapshot counts (default 0,1,16,64,1000)")
     ap.add_argument("--chunk-sizes", default="64K", help="multisnap chunk sizes to run, comma-separated (default 64K)")
@@ -614,7 +617,7 @@ def main():
     elif args.quick:
         dflt = dict(size=512 * MiB, runtime=5, read_runtime=3, reps=1, snapshots="0,1,64,1000", qemu_cache="writeback")
     else:
-        dflt = dict(size=4 * GiB, runtime=30, read_runtime=10, reps=3, snapshots="0,1,16,64,1000", qemu_cache="writeback,none")
+        dflt = dict(size=1 * GiB, runtime=10, read_runtime=5, reps=3, snapshots="0,1,16,64,1000", qemu_cache="writeback,none")
     for k, v in dflt.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -665,14 +668,24 @@ def main():
     try:
         for rep in range(ctx.reps):
             rr = {}
+            results.append(rr)
             for t in targets:
-                rr[t.label()] = run_target(ctx, t, rep)
+                try:
+                    rr[t.label()] = run_target(ctx, t, rep)
+                except Exception as e:  # one broken run must not throw away the others
+                    log(f"ERROR: rep {rep + 1}, {t.label()}: {e}")
+                    if args.smoke:
+                        raise
+                    continue
                 meta["per_target"].setdefault(t.label(), []).append(
                     {"snap_seconds": t.snap_seconds, "peak_rss_kib": t.peak_rss_kib})
                 t.peak_rss_kib = None
                 r = rr[t.label()]
                 log("  " + ", ".join(f"{j} {r[j]['iops']:,.0f}" for j in JOBS if j in r))
-            results.append(rr)
+                if args.out_json:
+                    # Written after every target, so an interrupted run keeps what it measured.
+                    with open(args.out_json, "w") as f:
+                        json.dump({"meta": meta, "runs": results}, f, indent=1)
     finally:
         if not args.keep:
             shutil.rmtree(ctx.work, ignore_errors=True)
