@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Builds the kernel VM test's initramfs: busybox-static, the kernel modules, the host's
+# mke2fs/e2fsck, nbd-client, the multisnap agent and CLI, each dynamic binary with the shared
+# libraries ldd finds for it, and tests/vm/guest-init.sh as /init.
+# Usage: build-initramfs.sh OUT.cpio AGENT_BINARY CLI_BINARY
+# Expects the VM_* variables tests/vm/fetch.sh prints in the environment.
+set -euo pipefail
+out=$1 agent=$2 cli=$3
+here=$(cd "$(dirname "$0")" && pwd)
+: "${VM_BUSYBOX:?run tests/vm/fetch.sh first}" "${VM_MODULES:?}" "${VM_NBD_CLIENT:?}" "${VM_LIBRARY_PATH:?}"
+stage=$(mktemp -d "${TMPDIR:-/tmp}/multisnap-initramfs.XXXXXX")
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage"/{bin,usr/bin,usr/sbin,lib/modules,lib64,lib/x86_64-linux-gnu,etc,proc,sys,dev,tmp}
+
+install -m 0755 "$VM_BUSYBOX" "$stage/bin/busybox"
+install -m 0755 "$here/guest-init.sh" "$stage/init"
+cp "$VM_MODULES"/*.ko "$stage/lib/modules/"
+# Debug info is of no use in the guest and would make the image several times larger.
+strip -o "$stage/usr/bin/multisnap-agent" "$agent"
+strip -o "$stage/usr/bin/multisnap" "$cli"
+install -m 0755 "$(command -v mke2fs || echo /sbin/mke2fs)" "$stage/usr/sbin/mke2fs"
+install -m 0755 "$(command -v e2fsck || echo /sbin/e2fsck)" "$stage/usr/sbin/e2fsck"
+install -m 0755 "$VM_NBD_CLIENT" "$stage/usr/sbin/nbd-client"
+[ -e /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$stage/etc/"
+echo "root:x:0:0:root:/:/bin/sh" >"$stage/etc/passwd"
+
+# Shared libraries, resolved the way the guest's loader will find them.
+for b in "$stage/usr/bin/"* "$stage/usr/sbin/"*; do
+  LD_LIBRARY_PATH=$VM_LIBRARY_PATH ldd "$b" | awk '/=> \// {print $3} /^\t\/lib64\// {print $1}'
+done | sort -u | while read -r lib; do
+  case "$lib" in
+    /lib64/*) cp -L "$lib" "$stage/lib64/" ;;
+    *) cp -L "$lib" "$stage/lib/x86_64-linux-gnu/" ;;
+  esac
+done
+missing=$(for b in "$stage/usr/bin/"* "$stage/usr/sbin/"*; do
+  LD_LIBRARY_PATH=$VM_LIBRARY_PATH ldd "$b" | grep 'not found' || true; done)
+[ -z "$missing" ] || { echo "build-initramfs: missing libraries: $missing" >&2; exit 1; }
+
+(cd "$stage" && find . -mindepth 1 | "$VM_BUSYBOX" cpio -o -H newc 2>/dev/null) >"$out.tmp"
+mv "$out.tmp" "$out"
+echo "build-initramfs: $out ($(du -h "$out" | cut -f1))" >&2

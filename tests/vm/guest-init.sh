@@ -1,0 +1,233 @@
+#!/bin/busybox sh
+# /init of the kernel VM test's initramfs (tests/kernel_vm.rs builds it; see tests/vm/README.md).
+# Runs the multisnap agent inside the guest and drives it the way a host would: the kernel's
+# own block drivers (nbd, ublk) as the client, ext4 on top, the `multisnap` CLI for snapshots.
+# Reports on the serial console, one line per step:
+#   VMTEST ok STEP 1234ms | VMTEST FAIL STEP ... | VMTEST SKIP FRONTEND: why | VMTEST PASS
+# Real tools are called by full path: busybox's shell would otherwise run its own applets.
+/bin/busybox --install -s /bin
+export PATH=/bin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /tmp /data /mnt/origin /mnt/snap
+mount -t tmpfs tmp /tmp
+# The agent's data directory: the volumes' origin and store files live in guest memory.
+mount -t tmpfs -o size=1800m data /data
+ip link set lo up
+# Keep kernel messages off the console (the test reads it); dmesg is printed where useful.
+dmesg -n 1
+
+MKE2FS=/usr/sbin/mke2fs
+E2FSCK=/usr/sbin/e2fsck
+NBD_CLIENT=/usr/sbin/nbd-client
+AGENT=/usr/bin/multisnap-agent
+CLI=/usr/bin/multisnap
+export MULTISNAP_ENDPOINT=unix:/data/grpc.sock
+FRONTENDS=$(sed -n 's/.*msnap.frontends=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')
+[ -n "$FRONTENDS" ] || FRONTENDS=nbd
+AGENT_PID=
+
+now_ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
+
+finish() {
+  if [ "$1" = 0 ]; then echo "VMTEST PASS"; else
+    echo "--- agent log (tail)"; tail -n 40 /tmp/agent.log 2>/dev/null
+    echo "--- dmesg (tail)"; dmesg | tail -n 40
+    echo "VMTEST FAIL"
+  fi
+  sync
+  poweroff -f
+}
+
+# step NAME CMD...: runs CMD, shows its output indented, reports time; any failure ends the run.
+step() {
+  name=$1; shift
+  t0=$(now_ms)
+  # Not in a subshell: start_agent must set AGENT_PID here.
+  "$@" >/tmp/step.out 2>&1
+  rc=$?
+  sed 's/^/    | /' /tmp/step.out
+  if [ $rc = 0 ]; then echo "VMTEST ok $name $(( $(now_ms) - t0 ))ms"; else
+    echo "VMTEST FAIL $name (exit $rc)"; finish 1
+  fi
+}
+
+fail() { echo "VMTEST FAIL $*"; finish 1; }
+
+start_agent() {
+  $AGENT --data-dir /data --nbd-listen 127.0.0.1:10809 --grpc-listen 127.0.0.1:50051 \
+    --metrics-listen 127.0.0.1:9500 >>/tmp/agent.log 2>&1 &
+  AGENT_PID=$!
+  i=0
+  while [ ! -S /data/grpc.sock ] || [ ! -S /data/nbd.sock ] || ! $CLI volume list >/dev/null 2>&1; do
+    i=$((i + 1))
+    [ $i -gt 600 ] && { echo "agent did not come up"; return 1; }
+    kill -0 $AGENT_PID 2>/dev/null || { echo "agent exited"; return 1; }
+    sleep 0.1
+  done
+}
+
+stop_agent() {
+  kill -TERM $AGENT_PID
+  wait $AGENT_PID
+}
+
+# Files of a tree with their hashes, sorted by name (lost+found left out).
+tree_sums() { (cd "$1" && find . -type f ! -path './lost+found/*' | sort | xargs sha256sum); }
+
+write_tree() {
+  mkdir -p "$1/docs" "$1/data"
+  i=0
+  while [ $i -lt 100 ]; do echo "document $i of the first tree" >"$1/docs/d$i.txt"; i=$((i + 1)); done
+  dd if=/dev/urandom of="$1/data/big" bs=1M count=24 2>/dev/null
+  dd if=/dev/urandom of="$1/data/small" bs=4k count=3 2>/dev/null
+  sync
+}
+
+change_tree() {
+  rm -f "$1"/docs/d1*.txt
+  echo "changed after the snapshot" >"$1/docs/d0.txt"
+  dd if=/dev/urandom of="$1/data/big" bs=1M seek=4 count=8 conv=notrunc 2>/dev/null
+  dd if=/dev/urandom of="$1/data/new" bs=1M count=6 2>/dev/null
+  sync
+}
+
+# A snapshot of a mounted filesystem: freeze it (ext4 writes back and marks its journal
+# clean), snapshot, thaw.
+snapshot_mounted() {
+  fsfreeze --freeze "$1" || return 1
+  $CLI snapshot create "$2" "$3"
+  rc=$?
+  fsfreeze --unfreeze "$1"
+  return $rc
+}
+
+check_sums() { (cd "$1" && sha256sum -c -s "$2"); }
+same_files() { tree_sums "$1" | awk '{print $2}' >/tmp/have; awk '{print $2}' "$2" | cmp -s - /tmp/have; }
+
+# The first nbd device with no connection (attach runs in a subshell: no counters).
+free_nbd() {
+  i=0
+  while [ -e /sys/block/nbd$i/pid ]; do i=$((i + 1)); done
+  echo /dev/nbd$i
+}
+
+# Frontend plumbing: attach prints the device node.
+attach() { # FRONTEND VOLUME [SNAPSHOT]
+  case $1 in
+    nbd)
+      dev=$(free_nbd)
+      if [ -n "$3" ]; then
+        $NBD_CLIENT -N "$2@$3" -u /data/nbd.sock "$dev" -readonly -b 4096 >&2 || return 1
+      else
+        $NBD_CLIENT -N "$2" -u /data/nbd.sock "$dev" -b 4096 >&2 || return 1
+      fi
+      echo "$dev" ;;
+    ublk)
+      if [ -n "$3" ]; then $CLI -o json ublk attach "$2" --snapshot "$3"; else $CLI -o json ublk attach "$2"; fi |
+        sed -n 's/.*"device": *"\([^"]*\)".*/\1/p' ;;
+  esac
+}
+detach() { # FRONTEND DEVICE
+  case $1 in
+    nbd) $NBD_CLIENT -d "$2" ;;
+    ublk) $CLI ublk detach "$2" ;;
+  esac
+}
+
+# The whole scenario through one frontend, on its own volume.
+scenario() {
+  fe=$1 vol=$2
+  origin=$(attach $fe $vol) && [ -b "$origin" ] || fail "$fe: attach origin of $vol"
+  echo "VMTEST info $fe origin of $vol is $origin"
+  step "$fe.mkfs" $MKE2FS -t ext4 -F -q "$origin"
+  step "$fe.mount" mount -t ext4 "$origin" /mnt/origin
+  step "$fe.write-tree" write_tree /mnt/origin
+  tree_sums /mnt/origin >/tmp/old.sums
+  step "$fe.snapshot-create" snapshot_mounted /mnt/origin $vol before
+  step "$fe.change-tree" change_tree /mnt/origin
+  tree_sums /mnt/origin >/tmp/new.sums
+  cmp -s /tmp/old.sums /tmp/new.sums && fail "$fe: the tree did not change"
+  step "$fe.umount-origin" umount /mnt/origin
+  step "$fe.e2fsck-origin" $E2FSCK -f -n "$origin"
+
+  snap=$(attach $fe $vol before) && [ -b "$snap" ] || fail "$fe: attach snapshot $vol@before"
+  echo "VMTEST info $fe snapshot $vol@before is $snap"
+  step "$fe.e2fsck-snapshot" $E2FSCK -f -n "$snap"
+  step "$fe.mount-snapshot" mount -t ext4 -o ro "$snap" /mnt/snap
+  step "$fe.snapshot-holds-old-tree" check_sums /mnt/snap /tmp/old.sums
+  step "$fe.snapshot-has-old-file-list" same_files /mnt/snap /tmp/old.sums
+  step "$fe.snapshot-write-refused" sh -c "! touch /mnt/snap/x 2>/dev/null && ! dd if=/dev/zero of=$snap bs=4k count=1 oflag=direct 2>/dev/null"
+  umount /mnt/snap
+
+  step "$fe.mount-origin" mount -t ext4 "$origin" /mnt/origin
+  step "$fe.origin-holds-new-tree" check_sums /mnt/origin /tmp/new.sums
+  step "$fe.origin-has-new-file-list" same_files /mnt/origin /tmp/new.sums
+  if check_sums /mnt/origin /tmp/old.sums 2>/dev/null; then fail "$fe: origin still matches the old tree"; fi
+  umount /mnt/origin
+  step "$fe.detach-snapshot" detach $fe "$snap"
+  step "$fe.detach-origin" detach $fe "$origin"
+}
+
+# kill -9 the agent while the kernel writes through nbd; after a restart the snapshot must
+# still be clean and hold the old tree, and the origin's filesystem must be repairable.
+crash_scenario() {
+  vol=$1
+  origin=$(attach nbd $vol) || fail "crash: attach origin"
+  step crash.mount mount -t ext4 "$origin" /mnt/origin
+  dd if=/dev/urandom of=/mnt/origin/data/crash bs=1M count=400 conv=fsync 2>/tmp/dd.err &
+  DD=$!
+  sleep 3
+  t0=$(now_ms)
+  kill -9 $AGENT_PID
+  wait $AGENT_PID 2>/dev/null
+  echo "VMTEST info crash: agent killed with SIGKILL during a 400 MiB write ($(( $(now_ms) - t0 ))ms)"
+  wait $DD
+  echo "VMTEST info crash: writer exit $?: $(tail -n 1 /tmp/dd.err)"
+  umount -l /mnt/origin 2>/dev/null
+  $NBD_CLIENT -d "$origin" >/dev/null 2>&1
+  step crash.restart-agent start_agent
+  snap=$(attach nbd $vol before) && [ -b "$snap" ] || fail "crash: attach snapshot after restart"
+  step crash.e2fsck-snapshot $E2FSCK -f -n "$snap"
+  step crash.mount-snapshot mount -t ext4 -o ro "$snap" /mnt/snap
+  step crash.snapshot-holds-old-tree check_sums /mnt/snap /tmp/old.sums
+  umount /mnt/snap
+  detach nbd "$snap" >/dev/null
+  origin=$(attach nbd $vol) || fail "crash: attach origin after restart"
+  # The origin is a disk whose writer died: journal replay and repair are allowed (exit 1).
+  t0=$(now_ms)
+  $E2FSCK -f -y "$origin" >/tmp/fsck.out 2>&1
+  rc=$?
+  sed 's/^/    | /' /tmp/fsck.out
+  [ $rc -le 1 ] || fail "crash.e2fsck-origin: exit $rc"
+  echo "VMTEST ok crash.e2fsck-origin-repair $(( $(now_ms) - t0 ))ms (exit $rc)"
+  step crash.e2fsck-origin-clean $E2FSCK -f -n "$origin"
+  detach nbd "$origin" >/dev/null
+}
+
+echo "VMTEST info kernel $(uname -r), $(nproc) cpu(s), frontends: $FRONTENDS"
+for m in crc16 mbcache jbd2 crc32c_generic ext4; do
+  step "insmod.$m" insmod /lib/modules/$m.ko
+done
+step agent.start start_agent
+
+for fe in $FRONTENDS; do
+  case $fe in
+    nbd)
+      step insmod.nbd insmod /lib/modules/nbd.ko nbds_max=8
+      scenario nbd default
+      crash_scenario default
+      ;;
+    ublk)
+      insmod /lib/modules/ublk_drv.ko 2>/tmp/insmod.err || fail "insmod.ublk_drv: $(cat /tmp/insmod.err)"
+      [ -e /dev/ublk-control ] || fail "ublk: /dev/ublk-control missing after insmod"
+      step ublk.volume-create $CLI volume create u --size 512M
+      scenario ublk u
+      ;;
+  esac
+done
+
+step agent.stop stop_agent
+step agent.verify $AGENT verify --data-dir /data
+finish 0
