@@ -52,10 +52,8 @@ fn var<'a>(env: &'a [(String, String)], key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("tests/vm/fetch.sh did not print {key}"))
 }
 
-/// Which frontends the guest exercises: ublk once the agent is built with it.
-fn frontends() -> &'static str {
-    "nbd"
-}
+/// Which frontends the guest exercises.
+const FRONTENDS: &str = "nbd,ublk";
 
 #[test]
 fn kernel_client_ext4_snapshot_and_crash() {
@@ -93,7 +91,7 @@ fn kernel_client_ext4_snapshot_and_crash() {
     assert!(st.success(), "build-initramfs.sh failed: {st}");
     let initrd_time = t_initrd.elapsed();
 
-    let (lines, result, boot_time) = boot(&env, &initrd, frontends());
+    let (lines, result, boot_time) = boot(&env, &initrd, FRONTENDS);
     eprintln!(
         "kernel VM test: fetch {:.1}s, initramfs {:.1}s, guest {:.1}s ({result})",
         fetch_time.as_secs_f64(),
@@ -111,6 +109,13 @@ fn kernel_client_ext4_snapshot_and_crash() {
         "nbd.origin-holds-new-tree",
         "crash.e2fsck-snapshot",
         "crash.snapshot-holds-old-tree",
+        "ublk.e2fsck-snapshot",
+        "ublk.snapshot-holds-old-tree",
+        "ublk.origin-holds-new-tree",
+        "ublk.snapshot-write-refused",
+        "recovery.write-across-restart",
+        "recovery.agent-recovered-device",
+        "recovery.e2fsck",
         "agent.verify",
     ] {
         assert!(

@@ -10,7 +10,7 @@ export PATH=/bin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-mkdir -p /tmp /data /mnt/origin /mnt/snap
+mkdir -p /tmp /data /mnt/origin /mnt/snap /run/ublksrvd
 mount -t tmpfs tmp /tmp
 # The agent's data directory: the volumes' origin and store files live in guest memory.
 mount -t tmpfs -o size=1800m data /data
@@ -206,6 +206,39 @@ crash_scenario() {
   detach nbd "$origin" >/dev/null
 }
 
+# ublk user recovery: kill -9 the agent under a mounted ext4 on /dev/ublkbN while a write
+# waits; the kernel holds the device's I/O; the restarted agent takes the device over and the
+# write completes; the filesystem is clean and holds everything written.
+ublk_recovery_scenario() {
+  vol=$1
+  origin=$(attach ublk $vol) && [ -b "$origin" ] || fail "recovery: attach origin of $vol"
+  step recovery.mount mount -t ext4 "$origin" /mnt/origin
+  dd if=/dev/urandom of=/tmp/before bs=1M count=8 2>/dev/null
+  dd if=/dev/urandom of=/tmp/during bs=1M count=8 2>/dev/null
+  step recovery.write-before cp /tmp/before /mnt/origin/before
+  sync
+  kill -9 $AGENT_PID
+  wait $AGENT_PID 2>/dev/null
+  echo "VMTEST info recovery: agent killed with SIGKILL, $origin mounted"
+  t0=$(now_ms)
+  (cp /tmp/during /mnt/origin/during && sync) &
+  W=$!
+  sleep 2
+  kill -0 $W 2>/dev/null && echo "VMTEST info recovery: write held while no agent runs"
+  step recovery.restart-agent start_agent
+  wait $W
+  rc=$?
+  [ $rc = 0 ] || fail "recovery: the write across the restart failed (exit $rc)"
+  echo "VMTEST ok recovery.write-across-restart $(( $(now_ms) - t0 ))ms"
+  step recovery.device-listed sh -c "$CLI ublk list | grep -q '$origin'"
+  # Taken over (START/END_USER_RECOVERY), not a new device that happens to have its name.
+  step recovery.agent-recovered-device grep 'ublk device recovered' /tmp/agent.log
+  step recovery.files-intact sh -c "cmp /tmp/before /mnt/origin/before && cmp /tmp/during /mnt/origin/during"
+  step recovery.umount umount /mnt/origin
+  step recovery.e2fsck $E2FSCK -f -n "$origin"
+  step recovery.detach detach ublk "$origin"
+}
+
 echo "VMTEST info kernel $(uname -r), $(nproc) cpu(s), frontends: $FRONTENDS"
 for m in crc16 mbcache jbd2 crc32c_generic ext4; do
   step "insmod.$m" insmod /lib/modules/$m.ko
@@ -224,6 +257,7 @@ for fe in $FRONTENDS; do
       [ -e /dev/ublk-control ] || fail "ublk: /dev/ublk-control missing after insmod"
       step ublk.volume-create $CLI volume create u --size 512M
       scenario ublk u
+      ublk_recovery_scenario u
       ;;
   esac
 done

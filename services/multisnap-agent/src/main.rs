@@ -8,6 +8,7 @@ mod grpc;
 mod metrics;
 mod nbd_exports;
 mod reclaimer;
+mod ublk_devices;
 mod verify_cmd;
 mod volumes;
 
@@ -189,7 +190,11 @@ fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
         .context("cannot start the async runtime")?;
     let stop_reclaimer = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reclaimer = reclaimer::spawn(volumes.clone(), stop_reclaimer.clone());
-    let served = runtime.block_on(serve_async(data_dir, args, volumes.clone()));
+    let ublk = Arc::new(ublk_devices::UblkDevices::new(volumes.clone(), data_dir));
+    ublk.recover();
+    let served = runtime.block_on(serve_async(data_dir, args, volumes.clone(), ublk.clone()));
+    // Clean removal of every ublk device before the final flush.
+    ublk.stop_all();
     stop_reclaimer.store(true, std::sync::atomic::Ordering::Release);
     let _ = reclaimer.join();
     served?;
@@ -199,7 +204,12 @@ fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
     Ok(())
 }
 
-async fn serve_async(data_dir: &Path, args: &ServeArgs, volumes: Arc<Volumes>) -> Result<()> {
+async fn serve_async(
+    data_dir: &Path,
+    args: &ServeArgs,
+    volumes: Arc<Volumes>,
+    ublk: Arc<ublk_devices::UblkDevices>,
+) -> Result<()> {
     let shutdown = CancellationToken::new();
     let provider: Arc<dyn multisnap_nbd::ExportProvider> =
         Arc::new(nbd_exports::NbdProvider::new(volumes.clone()));
@@ -253,7 +263,7 @@ async fn serve_async(data_dir: &Path, args: &ServeArgs, volumes: Arc<Volumes>) -
         _ => None,
     };
     let listeners = grpc::bind(addr, &grpc_sock).await?;
-    tasks.spawn(async move { grpc::serve(v, listeners, tls, &grpc_sock, sd).await });
+    tasks.spawn(async move { grpc::serve(v, ublk, listeners, tls, &grpc_sock, sd).await });
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;

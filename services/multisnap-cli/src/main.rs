@@ -8,6 +8,7 @@ mod output;
 mod reclaim;
 mod size;
 mod snapshot;
+mod ublk;
 mod volume;
 
 use anyhow::Result;
@@ -56,6 +57,9 @@ enum Command {
     /// Copy a volume's newest (or --snapshot) snapshot to another agent, sending only what
     /// changed since the newest snapshot both hold.
     Replicate(delta::ReplicateArgs),
+    /// ublk: a volume or snapshot as a local block device /dev/ublkbN on the agent's machine.
+    #[command(subcommand)]
+    Ublk(ublk::UblkCommand),
 }
 
 /// What every command needs: a connected channel and how to print.
@@ -98,6 +102,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Snapshot(cmd) => snapshot::run(&ctx, cmd).await,
         Command::Delta(cmd) => delta::run(&ctx, cmd).await,
         Command::Replicate(args) => delta::replicate(&ctx, args, cli.timeout).await,
+        Command::Ublk(cmd) => ublk::run(&ctx, cmd).await,
     }
 }
 

@@ -5,12 +5,15 @@
 mod deltas;
 mod snapshots;
 mod status;
+mod ublk;
 mod volumes;
 
+use crate::ublk_devices::UblkDevices;
 use crate::volumes::Volumes;
 use anyhow::Context;
 use multisnap_proto::v1::delta_service_server::DeltaServiceServer;
 use multisnap_proto::v1::snapshot_service_server::SnapshotServiceServer;
+use multisnap_proto::v1::ublk_service_server::UblkServiceServer;
 use multisnap_proto::v1::volume_service_server::VolumeServiceServer;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -60,6 +63,7 @@ pub async fn bind(
 
 pub async fn serve(
     volumes: Arc<Volumes>,
+    ublk_devices: Arc<UblkDevices>,
     (tcp, unix): (tokio::net::TcpListener, tokio::net::UnixListener),
     tls: Option<tonic::transport::ServerTlsConfig>,
     sock: &Path,
@@ -76,6 +80,9 @@ pub async fn serve(
         .await;
     reporter
         .set_serving::<DeltaServiceServer<deltas::DeltaApi>>()
+        .await;
+    reporter
+        .set_serving::<UblkServiceServer<ublk::UblkApi>>()
         .await;
     let applying = deltas::Applying::default();
     let build = |vols: Arc<Volumes>,
@@ -117,7 +124,10 @@ pub async fn serve(
                 DeltaServiceServer::new(deltas::DeltaApi::new(vols, applying.clone()))
                     .max_decoding_message_size(32 << 20)
                     .max_encoding_message_size(32 << 20),
-            ))
+            )
+            .add_service(UblkServiceServer::new(ublk::UblkApi {
+                devices: ublk_devices.clone(),
+            })))
     };
     let tcp_router = build(volumes.clone(), tls)?;
     let unix_router = build(volumes, None)?;

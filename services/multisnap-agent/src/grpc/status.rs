@@ -1,6 +1,7 @@
 //! One mapping from the agent's and the store's errors to gRPC status codes, so every RPC
 //! answers the same failure the same way.
 
+use crate::ublk_devices::UblkDevError;
 use crate::volumes::VolumeError;
 use multisnap_delta::DeltaError;
 use multisnap_replication::ReplicationError;
@@ -75,6 +76,26 @@ pub fn from_replication(e: ReplicationError) -> Status {
             Status::invalid_argument(msg)
         }
         ReplicationError::ReceiverGone => Status::cancelled(msg),
+    }
+}
+
+pub fn from_ublk(e: UblkDevError) -> Status {
+    use multisnap_ublk::UblkError;
+    let msg = e.to_string();
+    match e {
+        UblkDevError::Frontend(UblkError::ControlMissing | UblkError::DeviceBusy(_)) => {
+            Status::failed_precondition(msg)
+        }
+        UblkDevError::Frontend(UblkError::InvalidOptions(_)) | UblkDevError::InvalidArgument(_) => {
+            Status::invalid_argument(msg)
+        }
+        UblkDevError::Frontend(UblkError::Driver { .. } | UblkError::StartFailed(_)) => {
+            Status::internal(msg)
+        }
+        UblkDevError::NoVolume(_) | UblkDevError::NoSnapshot { .. } | UblkDevError::NoDevice(_) => {
+            Status::not_found(msg)
+        }
+        UblkDevError::SnapshotNotReady { .. } => Status::failed_precondition(msg),
     }
 }
 

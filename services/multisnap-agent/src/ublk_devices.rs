@@ -1,0 +1,357 @@
+//! The ublk devices this agent serves: the `multisnap-ublk` frontend wired to volumes. A
+//! device serves a volume's origin (read-write) or one snapshot (read-only unless writable),
+//! with the same store calls as the NBD exports.
+//!
+//! Attached devices are listed in `DIR/ublk.state` (one line each: id, volume, snapshot or
+//! `-`, queues, depth). A device left behind by an agent that died is still in the kernel,
+//! quiesced with its I/O held (user recovery); the next agent on the directory takes each
+//! listed device over at start, so the filesystems on them carry on. SIGTERM removes them all.
+
+use crate::volumes::{Volume, Volumes};
+use multisnap_store::{SnapshotState, StoreError, View};
+use multisnap_ublk::{BlockTarget, UblkDevice, UblkError, UblkOptions};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub const STATE_FILE: &str = "ublk.state";
+
+#[derive(Debug, thiserror::Error)]
+pub enum UblkDevError {
+    #[error(transparent)]
+    Frontend(#[from] UblkError),
+    #[error("no volume named {0:?}")]
+    NoVolume(String),
+    #[error("volume {volume} has no snapshot named {snapshot:?}")]
+    NoSnapshot { volume: String, snapshot: String },
+    #[error("snapshot {volume}@{snapshot} is not readable (state {state})")]
+    SnapshotNotReady {
+        volume: String,
+        snapshot: String,
+        state: String,
+    },
+    #[error("no ublk device {0} is served by this agent")]
+    NoDevice(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+/// What one device serves, as the API reports it.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    pub id: u32,
+    pub volume: String,
+    pub snapshot: Option<String>,
+    pub read_only: bool,
+    pub size: u64,
+    pub queues: u16,
+    pub depth: u16,
+}
+
+impl DeviceInfo {
+    pub fn path(&self) -> String {
+        format!("/dev/ublkb{}", self.id)
+    }
+}
+
+struct Attached {
+    device: UblkDevice,
+    info: DeviceInfo,
+}
+
+pub struct UblkDevices {
+    volumes: Arc<Volumes>,
+    state_path: PathBuf,
+    devices: Mutex<BTreeMap<u32, Attached>>,
+}
+
+/// A volume's origin or snapshot as a ublk target.
+struct ViewTarget {
+    volume: Arc<Volume>,
+    view: View,
+    read_only: bool,
+}
+
+fn io_error(op: &'static str, offset: u64, e: StoreError) -> io::Error {
+    let errno = match &e {
+        StoreError::StoreFull { .. } => libc::ENOSPC,
+        StoreError::SnapshotReadOnly(_) => libc::EROFS,
+        StoreError::OutOfRange { .. } => libc::EINVAL,
+        _ => {
+            tracing::error!(op, offset, error = %e, "ublk request failed in the store");
+            libc::EIO
+        }
+    };
+    io::Error::from_raw_os_error(errno)
+}
+
+const ZERO_PIECE: u64 = 1 << 20;
+
+impl ViewTarget {
+    fn write_at(&self, op: &'static str, offset: u64, data: &[u8]) -> io::Result<()> {
+        match self.view {
+            View::Origin => self.volume.store.write_origin(offset, data),
+            View::Snapshot(id) => self.volume.store.write_snapshot(id, offset, data),
+        }
+        .map_err(|e| io_error(op, offset, e))
+    }
+}
+
+impl BlockTarget for ViewTarget {
+    fn size(&self) -> u64 {
+        self.volume.store.origin_size()
+    }
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.volume
+            .store
+            .read(self.view, offset, buf)
+            .map_err(|e| io_error("read", offset, e))
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.write_at("write", offset, data)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.volume
+            .store
+            .flush()
+            .map_err(|e| io_error("flush", 0, e))
+    }
+    /// Like NBD TRIM: accepted and ignored (a snapshot may still read that origin data).
+    fn discard(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+    /// Zeroes through the normal copy-out path, a piece at a time.
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        let zeroes = vec![0u8; ZERO_PIECE.min(len) as usize];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(ZERO_PIECE) as usize;
+            self.write_at("write_zeroes", offset + done, &zeroes[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+}
+
+impl UblkDevices {
+    pub fn new(volumes: Arc<Volumes>, data_dir: &Path) -> UblkDevices {
+        UblkDevices {
+            volumes,
+            state_path: data_dir.join(STATE_FILE),
+            devices: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn target(
+        &self,
+        volume: &str,
+        snapshot: Option<&str>,
+    ) -> Result<Arc<dyn BlockTarget>, UblkDevError> {
+        let vol = self
+            .volumes
+            .get(volume)
+            .ok_or_else(|| UblkDevError::NoVolume(volume.to_string()))?;
+        let (view, read_only) = match snapshot {
+            None => (View::Origin, false),
+            Some(s) => {
+                let info = vol
+                    .store
+                    .snapshot_by_name(s)
+                    .map_err(|_| UblkDevError::NoSnapshot {
+                        volume: volume.to_string(),
+                        snapshot: s.to_string(),
+                    })?;
+                if info.state != SnapshotState::Ready {
+                    return Err(UblkDevError::SnapshotNotReady {
+                        volume: volume.to_string(),
+                        snapshot: s.to_string(),
+                        state: format!("{:?}", info.state).to_lowercase(),
+                    });
+                }
+                (View::Snapshot(info.id), !info.writable)
+            }
+        };
+        Ok(Arc::new(ViewTarget {
+            volume: vol,
+            view,
+            read_only,
+        }))
+    }
+
+    /// Attaches a new device serving the volume's origin or the named snapshot.
+    #[tracing::instrument(skip(self))]
+    pub fn attach(
+        &self,
+        volume: &str,
+        snapshot: Option<&str>,
+        queues: u16,
+        depth: u16,
+    ) -> Result<DeviceInfo, UblkDevError> {
+        multisnap_ublk::check_available()?;
+        let opts = UblkOptions {
+            queues,
+            depth,
+            ..UblkOptions::default()
+        };
+        opts.validate()?;
+        let target = self.target(volume, snapshot)?;
+        self.start(target, volume, snapshot, &opts)
+    }
+
+    fn start(
+        &self,
+        target: Arc<dyn BlockTarget>,
+        volume: &str,
+        snapshot: Option<&str>,
+        opts: &UblkOptions,
+    ) -> Result<DeviceInfo, UblkDevError> {
+        let (read_only, size) = (target.read_only(), target.size());
+        let device = UblkDevice::start(target, opts)?;
+        let info = DeviceInfo {
+            id: device.id(),
+            volume: volume.to_string(),
+            snapshot: snapshot.map(str::to_string),
+            read_only,
+            size,
+            queues: opts.queues,
+            depth: opts.depth,
+        };
+        tracing::info!(device = %info.path(), volume, snapshot, read_only, "ublk device attached");
+        let mut devices = self.devices.lock();
+        devices.insert(
+            info.id,
+            Attached {
+                device,
+                info: info.clone(),
+            },
+        );
+        self.save(&devices);
+        Ok(info)
+    }
+
+    /// Resolves a device given as an id or a /dev/ublkbN path.
+    pub fn resolve(&self, id: u32, path: &str) -> Result<u32, UblkDevError> {
+        if path.is_empty() {
+            return Ok(id);
+        }
+        path.strip_prefix("/dev/ublkb")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| {
+                UblkDevError::InvalidArgument(format!(
+                    "device {path:?} is not of the form /dev/ublkbN"
+                ))
+            })
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub fn detach(&self, id: u32, force: bool) -> Result<(), UblkDevError> {
+        let mut devices = self.devices.lock();
+        let Some(attached) = devices.remove(&id) else {
+            return Err(UblkDevError::NoDevice(format!("/dev/ublkb{id}")));
+        };
+        if !force && attached.device.in_use() {
+            devices.insert(id, attached);
+            return Err(UblkError::DeviceBusy(id).into());
+        }
+        self.save(&devices);
+        drop(devices);
+        attached.device.stop(true)?;
+        tracing::info!(device = %attached.info.path(), "ublk device detached");
+        Ok(())
+    }
+
+    pub fn list(&self) -> Vec<DeviceInfo> {
+        self.devices
+            .lock()
+            .values()
+            .map(|a| a.info.clone())
+            .collect()
+    }
+
+    /// SIGTERM: stops and removes every device.
+    pub fn stop_all(&self) {
+        let devices = std::mem::take(&mut *self.devices.lock());
+        for (id, a) in devices {
+            match a.device.stop(true) {
+                Ok(()) => tracing::info!(device = %a.info.path(), "ublk device removed"),
+                Err(e) => tracing::warn!(dev = id, error = %e, "ublk device not cleanly removed"),
+            }
+        }
+        self.save(&BTreeMap::new());
+    }
+
+    /// Takes over the devices a previous agent on this data directory left in the kernel.
+    pub fn recover(&self) {
+        let Ok(text) = std::fs::read_to_string(&self.state_path) else {
+            return;
+        };
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let parsed = match f.as_slice() {
+                [id, vol, snap, q, d] => (|| {
+                    Some((
+                        id.parse::<u32>().ok()?,
+                        *vol,
+                        (*snap != "-").then_some(*snap),
+                        q.parse::<u16>().ok()?,
+                        d.parse::<u16>().ok()?,
+                    ))
+                })(),
+                _ => None,
+            };
+            let Some((id, vol, snap, queues, depth)) = parsed else {
+                tracing::warn!(line, "unreadable line in {STATE_FILE}; ignored");
+                continue;
+            };
+            if !Path::new(&format!("/sys/class/ublk-char/ublkc{id}")).exists() {
+                tracing::info!(
+                    dev = id,
+                    "ublk device from the last run is gone; not recovered"
+                );
+                continue;
+            }
+            let opts = UblkOptions {
+                queues,
+                depth,
+                recover_id: Some(id),
+                ..UblkOptions::default()
+            };
+            let r = self
+                .target(vol, snap)
+                .and_then(|t| self.start(t, vol, snap, &opts));
+            match r {
+                Ok(info) => {
+                    tracing::info!(device = %info.path(), volume = vol, "ublk device recovered")
+                }
+                Err(e) => tracing::warn!(dev = id, error = %e, "ublk device not recovered"),
+            }
+        }
+        // Whatever was not recovered is forgotten.
+        self.save(&self.devices.lock());
+    }
+
+    fn save(&self, devices: &BTreeMap<u32, Attached>) {
+        let mut text = String::new();
+        for a in devices.values() {
+            let i = &a.info;
+            text.push_str(&format!(
+                "{} {} {} {} {}\n",
+                i.id,
+                i.volume,
+                i.snapshot.as_deref().unwrap_or("-"),
+                i.queues,
+                i.depth
+            ));
+        }
+        let tmp = self.state_path.with_extension("tmp");
+        let r = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.state_path));
+        if let Err(e) = r {
+            tracing::warn!(path = %self.state_path.display(), error = %e, "cannot record ublk devices");
+        }
+    }
+}
