@@ -192,13 +192,14 @@ impl UblkDevices {
         queues: u16,
         depth: u16,
     ) -> Result<DeviceInfo, UblkDevError> {
-        multisnap_ublk::check_available()?;
         let opts = UblkOptions {
             queues,
             depth,
             ..UblkOptions::default()
         };
+        // A malformed request is that whatever the kernel; then the kernel must have ublk.
         opts.validate()?;
+        multisnap_ublk::check_available()?;
         let target = self.target(volume, snapshot)?;
         self.start(target, volume, snapshot, &opts)
     }
