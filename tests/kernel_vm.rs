@@ -116,6 +116,7 @@ fn kernel_client_ext4_snapshot_and_crash() {
         "recovery.write-across-restart",
         "recovery.agent-recovered-device",
         "recovery.e2fsck",
+        "ublk.detach-mounted-refused",
         "agent.verify",
     ] {
         assert!(

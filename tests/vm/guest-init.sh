@@ -154,6 +154,7 @@ scenario() {
 
   snap=$(attach $fe $vol before) && [ -b "$snap" ] || fail "$fe: attach snapshot $vol@before"
   echo "VMTEST info $fe snapshot $vol@before is $snap"
+  [ $fe = ublk ] && step ublk.list $CLI ublk list
   step "$fe.e2fsck-snapshot" $E2FSCK -f -n "$snap"
   step "$fe.mount-snapshot" mount -t ext4 -o ro "$snap" /mnt/snap
   step "$fe.snapshot-holds-old-tree" check_sums /mnt/snap /tmp/old.sums
@@ -258,6 +259,14 @@ for fe in $FRONTENDS; do
       step ublk.volume-create $CLI volume create u --size 512M
       scenario ublk u
       ublk_recovery_scenario u
+      # The CLI's human output, and detach refusing a mounted device.
+      # (Volume default holds the ext4 the nbd scenario made.)
+      step ublk.attach-table $CLI ublk attach default --queues 2 --depth 32
+      dev=$(sed -n 's/^device: *//p' /tmp/step.out)
+      step ublk.mount-default mount -t ext4 "$dev" /mnt/origin
+      step ublk.detach-mounted-refused sh -c "! $CLI ublk detach $dev"
+      step ublk.umount-default umount /mnt/origin
+      step ublk.detach-table $CLI ublk detach "$dev"
       ;;
   esac
 done
