@@ -138,6 +138,21 @@ impl BlockTarget for ViewTarget {
     }
 }
 
+/// One line of the state file: `ID VOLUME SNAPSHOT|- QUEUES DEPTH`.
+fn parse_state_line(line: &str) -> Option<(u32, &str, Option<&str>, u16, u16)> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    match f.as_slice() {
+        [id, vol, snap, q, d] => Some((
+            id.parse().ok()?,
+            *vol,
+            (*snap != "-").then_some(*snap),
+            q.parse().ok()?,
+            d.parse().ok()?,
+        )),
+        _ => None,
+    }
+}
+
 impl UblkDevices {
     pub fn new(volumes: Arc<Volumes>, data_dir: &Path) -> UblkDevices {
         UblkDevices {
@@ -292,20 +307,7 @@ impl UblkDevices {
             return;
         };
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let parsed = match f.as_slice() {
-                [id, vol, snap, q, d] => (|| {
-                    Some((
-                        id.parse::<u32>().ok()?,
-                        *vol,
-                        (*snap != "-").then_some(*snap),
-                        q.parse::<u16>().ok()?,
-                        d.parse::<u16>().ok()?,
-                    ))
-                })(),
-                _ => None,
-            };
-            let Some((id, vol, snap, queues, depth)) = parsed else {
+            let Some((id, vol, snap, queues, depth)) = parse_state_line(line) else {
                 tracing::warn!(line, "unreadable line in {STATE_FILE}; ignored");
                 continue;
             };
@@ -353,6 +355,32 @@ impl UblkDevices {
         let r = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.state_path));
         if let Err(e) = r {
             tracing::warn!(path = %self.state_path.display(), error = %e, "cannot record ublk devices");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_state_line;
+
+    #[test]
+    fn state_lines_parse_and_junk_is_refused() {
+        assert_eq!(
+            parse_state_line("3 db - 2 128"),
+            Some((3, "db", None, 2, 128))
+        );
+        assert_eq!(
+            parse_state_line("0 db nightly-1 1 64"),
+            Some((0, "db", Some("nightly-1"), 1, 64))
+        );
+        for bad in [
+            "",
+            "3 db -",
+            "x db - 1 64",
+            "3 db - 1 99999",
+            "3 db - 1 64 extra",
+        ] {
+            assert_eq!(parse_state_line(bad), None, "{bad:?}");
         }
     }
 }
