@@ -113,6 +113,7 @@ fn kernel_client_ext4_snapshot_and_crash() {
         "ublk.snapshot-holds-old-tree",
         "ublk.origin-holds-new-tree",
         "ublk.snapshot-write-refused",
+        "ublk.metrics",
         "recovery.write-across-restart",
         "recovery.agent-recovered-device",
         "recovery.e2fsck",

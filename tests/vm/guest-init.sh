@@ -141,12 +141,18 @@ scenario() {
   fe=$1 vol=$2
   origin=$(attach $fe $vol) && [ -b "$origin" ] || fail "$fe: attach origin of $vol"
   echo "VMTEST info $fe origin of $vol is $origin"
+  q=/sys/block/${origin#/dev/}/queue
+  echo "VMTEST info $fe queue limits: discard_max_bytes=$(cat $q/discard_max_bytes) write_zeroes_max_bytes=$(cat $q/write_zeroes_max_bytes) write_cache=\"$(cat $q/write_cache)\" fua=$(cat $q/fua) max_sectors_kb=$(cat $q/max_sectors_kb) nr_requests=$(cat $q/nr_requests)"
   step "$fe.mkfs" $MKE2FS -t ext4 -F -q "$origin"
   step "$fe.mount" mount -t ext4 "$origin" /mnt/origin
   step "$fe.write-tree" write_tree /mnt/origin
   tree_sums /mnt/origin >/tmp/old.sums
   step "$fe.snapshot-create" snapshot_mounted /mnt/origin $vol before
   step "$fe.change-tree" change_tree /mnt/origin
+  # Free space handed back to the device: DISCARD (a no-op for the store, like NBD TRIM).
+  step "$fe.fstrim" fstrim -v /mnt/origin
+  echo "VMTEST info $fe diskstats after fstrim (discards completed, sectors): $(awk '{print $12, $14}' $q/../stat)"
+  [ $fe = ublk ] && wget -qO- http://127.0.0.1:9500/metrics | grep '^multisnap_ublk_requests_total' | sed 's/^/    | /'
   tree_sums /mnt/origin >/tmp/new.sums
   cmp -s /tmp/old.sums /tmp/new.sums && fail "$fe: the tree did not change"
   step "$fe.umount-origin" umount /mnt/origin
@@ -167,6 +173,10 @@ scenario() {
   step "$fe.origin-has-new-file-list" same_files /mnt/origin /tmp/new.sums
   if check_sums /mnt/origin /tmp/old.sums 2>/dev/null; then fail "$fe: origin still matches the old tree"; fi
   umount /mnt/origin
+  if [ $fe = ublk ]; then
+    # The frontend's request series, scraped the way Prometheus would.
+    step ublk.metrics sh -c "wget -qO- http://127.0.0.1:9500/metrics | grep -E '^multisnap_ublk_(requests_total|request_bytes_total)\\{volume=\"$vol\",view=\"(origin|snapshot)\",op=\"(read|write|flush|discard|write_zeroes)\"\\} [1-9]'"
+  fi
   step "$fe.detach-snapshot" detach $fe "$snap"
   step "$fe.detach-origin" detach $fe "$origin"
 }

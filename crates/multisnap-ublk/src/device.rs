@@ -3,7 +3,9 @@
 //! kernel's requests from its io_uring, serves them synchronously against the target and
 //! commits the result with the next fetch.
 
-use crate::{check_available, serve, BlockTarget, Request, UblkError, UblkOptions};
+use crate::{
+    check_available, serve, BlockTarget, IoEvent, IoObserver, Request, UblkError, UblkOptions,
+};
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::io::{UblkDev, UblkIOCtx, UblkQueue};
 use libublk::{BufDesc, BufDescList, UblkFlags, UblkIORes};
@@ -11,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A started `/dev/ublkbN`. Dropping it stops and removes the device.
 pub struct UblkDevice {
@@ -24,10 +26,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl UblkDevice {
     /// Adds (or, with `opts.recover_id`, recovers) a device serving `target`, and returns
-    /// once `/dev/ublkbN` is live.
+    /// once `/dev/ublkbN` is live. `observer`, if any, sees every finished request.
     pub fn start(
         target: Arc<dyn BlockTarget>,
         opts: &UblkOptions,
+        observer: Option<Arc<dyn IoObserver>>,
     ) -> Result<UblkDevice, UblkError> {
         opts.validate()?;
         check_available()?;
@@ -41,7 +44,7 @@ impl UblkDevice {
         let opts = opts.clone();
         let server = std::thread::Builder::new()
             .name("ublk-server".into())
-            .spawn(move || run_server(target, opts, tx))
+            .spawn(move || run_server(target, opts, observer, tx))
             .map_err(|e| UblkError::Driver {
                 op: "spawn server thread",
                 detail: e.to_string(),
@@ -124,9 +127,14 @@ impl Drop for UblkDevice {
 
 type Started = mpsc::Sender<Result<u32, UblkError>>;
 
-fn run_server(target: Arc<dyn BlockTarget>, opts: UblkOptions, tx: Started) {
+fn run_server(
+    target: Arc<dyn BlockTarget>,
+    opts: UblkOptions,
+    observer: Option<Arc<dyn IoObserver>>,
+    tx: Started,
+) {
     let started = tx.clone();
-    if let Err(e) = serve_device(target, &opts, started) {
+    if let Err(e) = serve_device(target, &opts, observer, started) {
         tracing::error!(error = %e, "ublk device server failed");
         let _ = tx.send(Err(e));
     }
@@ -135,6 +143,7 @@ fn run_server(target: Arc<dyn BlockTarget>, opts: UblkOptions, tx: Started) {
 fn serve_device(
     target: Arc<dyn BlockTarget>,
     opts: &UblkOptions,
+    observer: Option<Arc<dyn IoObserver>>,
     started: Started,
 ) -> Result<(), UblkError> {
     let mut ctrl_flags = 0u64;
@@ -170,7 +179,8 @@ fn serve_device(
         set_params(dev, size, read_only, max_io);
         Ok(())
     };
-    let serve_queue_fn = move |qid: u16, dev: &UblkDev| serve_queue(qid, dev, &target);
+    let serve_queue_fn =
+        move |qid: u16, dev: &UblkDev| serve_queue(qid, dev, &target, observer.as_ref());
     let on_started = move |c: &UblkCtrl| {
         tracing::info!(dev = c.dev_info().dev_id, "ublk device started");
         let _ = started.send(Ok(c.dev_info().dev_id));
@@ -209,7 +219,12 @@ fn set_params(dev: &mut UblkDev, size: u64, read_only: bool, max_io_bytes: u32) 
     }
 }
 
-fn serve_queue(qid: u16, dev: &UblkDev, target: &Arc<dyn BlockTarget>) {
+fn serve_queue(
+    qid: u16,
+    dev: &UblkDev,
+    target: &Arc<dyn BlockTarget>,
+    observer: Option<&Arc<dyn IoObserver>>,
+) {
     let dev_id = dev.dev_info.dev_id;
     let mut bufs = dev.alloc_queue_io_bufs();
     let queue = match UblkQueue::new(qid, dev)
@@ -222,6 +237,7 @@ fn serve_queue(qid: u16, dev: &UblkDev, target: &Arc<dyn BlockTarget>) {
         }
     };
     let target = Arc::clone(target);
+    let observer = observer.cloned();
     queue.wait_and_handle_io(move |q: &UblkQueue, tag: u16, _io: &UblkIOCtx| {
         let iod = q.get_iod(tag);
         let req = Request::decode(iod.op_flags, iod.start_sector, iod.nr_sectors);
@@ -234,6 +250,7 @@ fn serve_queue(qid: u16, dev: &UblkDev, target: &Arc<dyn BlockTarget>) {
             );
             return;
         };
+        let t0 = Instant::now();
         let res = {
             let _span = tracing::trace_span!(
                 "ublk_io",
@@ -247,6 +264,14 @@ fn serve_queue(qid: u16, dev: &UblkDev, target: &Arc<dyn BlockTarget>) {
         };
         if res < 0 {
             tracing::warn!(dev = dev_id, ?req, errno = -res, "ublk request failed");
+        }
+        if let Some(o) = &observer {
+            o.request_finished(&IoEvent {
+                op: req.op_name(),
+                bytes: req.bytes(),
+                errno: (res < 0).then_some(-res),
+                latency: t0.elapsed(),
+            });
         }
         if let Err(e) = q.complete_io_cmd_unified(
             tag,

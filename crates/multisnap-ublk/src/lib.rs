@@ -124,6 +124,24 @@ pub trait BlockTarget: Send + Sync + 'static {
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()>;
 }
 
+/// A finished request, reported to an [`IoObserver`] (the agent's metrics).
+#[derive(Clone, Copy, Debug)]
+pub struct IoEvent {
+    /// `read`, `write`, `flush`, `discard`, `write_zeroes` or `unsupported`.
+    pub op: &'static str,
+    /// Payload for read/write, the range for discard/write-zeroes, 0 for flush.
+    pub bytes: u64,
+    /// The errno the kernel got, if the request failed.
+    pub errno: Option<i32>,
+    /// From taking the request off the queue to handing the result back.
+    pub latency: std::time::Duration,
+}
+
+/// Sees every finished request of a device; called on the queue threads, so keep it cheap.
+pub trait IoObserver: Send + Sync + 'static {
+    fn request_finished(&self, event: &IoEvent);
+}
+
 /// One request from the kernel, decoded from its I/O descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -170,6 +188,15 @@ impl Request {
             libublk::sys::UBLK_IO_OP_DISCARD => Request::Discard { offset, len },
             libublk::sys::UBLK_IO_OP_WRITE_ZEROES => Request::WriteZeroes { offset, len },
             op => Request::Unsupported { op },
+        }
+    }
+
+    /// Bytes the request covers (see [`IoEvent::bytes`]).
+    pub fn bytes(&self) -> u64 {
+        match *self {
+            Request::Read { len, .. } | Request::Write { len, .. } => len as u64,
+            Request::Discard { len, .. } | Request::WriteZeroes { len, .. } => len,
+            Request::Flush | Request::Unsupported { .. } => 0,
         }
     }
 

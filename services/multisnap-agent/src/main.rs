@@ -191,7 +191,6 @@ fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
     let stop_reclaimer = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reclaimer = reclaimer::spawn(volumes.clone(), stop_reclaimer.clone());
     let ublk = Arc::new(ublk_devices::UblkDevices::new(volumes.clone(), data_dir));
-    ublk.recover();
     let served = runtime.block_on(serve_async(data_dir, args, volumes.clone(), ublk.clone()));
     // Clean removal of every ublk device before the final flush.
     ublk.stop_all();
@@ -229,6 +228,13 @@ async fn serve_async(
 
     let mut tasks: tokio::task::JoinSet<Result<()>> = tokio::task::JoinSet::new();
     let metrics = metrics::Metrics::new(volumes.clone());
+    // ublk devices a previous agent left in the kernel are taken over now that their metrics
+    // exist, before the control plane can attach new ones.
+    ublk.set_metrics(metrics.ublk.clone());
+    let u = ublk.clone();
+    tokio::task::spawn_blocking(move || u.recover())
+        .await
+        .context("ublk recovery failed")?;
     let nbd_config = || ServerConfig {
         observer: Some(metrics.nbd.clone() as Arc<dyn multisnap_nbd::Observer>),
         ..ServerConfig::default()

@@ -7,6 +7,7 @@
 //! quiesced with its I/O held (user recovery); the next agent on the directory takes each
 //! listed device over at start, so the filesystems on them carry on. SIGTERM removes them all.
 
+use crate::metrics::UblkMetrics;
 use crate::volumes::{Volume, Volumes};
 use multisnap_store::{SnapshotState, StoreError, View};
 use multisnap_ublk::{BlockTarget, UblkDevice, UblkError, UblkOptions};
@@ -14,7 +15,7 @@ use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 pub const STATE_FILE: &str = "ublk.state";
 
@@ -65,6 +66,8 @@ pub struct UblkDevices {
     volumes: Arc<Volumes>,
     state_path: PathBuf,
     devices: Mutex<BTreeMap<u32, Attached>>,
+    /// Set once the metrics registry exists (before any device is attached or recovered).
+    metrics: OnceLock<Arc<UblkMetrics>>,
 }
 
 /// A volume's origin or snapshot as a ublk target.
@@ -159,7 +162,12 @@ impl UblkDevices {
             volumes,
             state_path: data_dir.join(STATE_FILE),
             devices: Mutex::new(BTreeMap::new()),
+            metrics: OnceLock::new(),
         }
+    }
+
+    pub fn set_metrics(&self, metrics: Arc<UblkMetrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     fn target(
@@ -227,7 +235,11 @@ impl UblkDevices {
         opts: &UblkOptions,
     ) -> Result<DeviceInfo, UblkDevError> {
         let (read_only, size) = (target.read_only(), target.size());
-        let device = UblkDevice::start(target, opts)?;
+        let observer = self
+            .metrics
+            .get()
+            .map(|m| m.observer(volume, snapshot.is_some()));
+        let device = UblkDevice::start(target, opts, observer)?;
         let info = DeviceInfo {
             id: device.id(),
             volume: volume.to_string(),
