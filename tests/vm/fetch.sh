@@ -15,6 +15,9 @@ CACHE=${MULTISNAP_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/multisnap-vm}
 APT=$CACHE/apt
 mkdir -p "$APT/lists/partial" "$APT/cache/archives/partial" "$CACHE/debs"
 log() { echo "vm-fetch: $*" >&2; }
+# One fetch at a time per cache (two test runs may start together).
+exec 9>"$CACHE/.lock"
+flock 9
 
 # The machine's own Debian mirror, as its apt configuration names it.
 mirror=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(IDENTIFIER)' 2>/dev/null |
