@@ -161,6 +161,11 @@ scenario() {
   snap=$(attach $fe $vol before) && [ -b "$snap" ] || fail "$fe: attach snapshot $vol@before"
   echo "VMTEST info $fe snapshot $vol@before is $snap"
   [ $fe = ublk ] && step ublk.list $CLI ublk list
+  if [ $fe = ublk ]; then
+    # What a kernel device serves cannot be deleted under it.
+    step ublk.delete-served-snapshot-refused sh -c "! $CLI snapshot delete $vol before"
+    step ublk.delete-served-volume-refused sh -c "! $CLI volume delete $vol --force"
+  fi
   step "$fe.e2fsck-snapshot" $E2FSCK -f -n "$snap"
   step "$fe.mount-snapshot" mount -t ext4 -o ro "$snap" /mnt/snap
   step "$fe.snapshot-holds-old-tree" check_sums /mnt/snap /tmp/old.sums

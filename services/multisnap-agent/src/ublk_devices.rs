@@ -293,6 +293,19 @@ impl UblkDevices {
         Ok(())
     }
 
+    /// The device serving `volume` (any of its images when `snapshot` is `None`, else that
+    /// snapshot), if one is attached: deleting what a kernel device serves would fail its I/O.
+    pub fn serving(&self, volume: &str, snapshot: Option<&str>) -> Option<String> {
+        self.devices
+            .lock()
+            .values()
+            .find(|a| {
+                a.info.volume == volume
+                    && (snapshot.is_none() || a.info.snapshot.as_deref() == snapshot)
+            })
+            .map(|a| a.info.path())
+    }
+
     pub fn list(&self) -> Vec<DeviceInfo> {
         self.devices
             .lock()

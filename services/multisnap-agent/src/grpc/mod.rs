@@ -115,9 +115,11 @@ pub async fn serve(
             .add_service(reflection_v1alpha)
             .add_service(VolumeServiceServer::new(volumes::VolumeApi {
                 volumes: vols.clone(),
+                ublk: ublk_devices.clone(),
             }))
             .add_service(SnapshotServiceServer::new(snapshots::SnapshotApi {
                 volumes: vols.clone(),
+                ublk: ublk_devices.clone(),
             }))
             .add_service(
                 // Streams carry up to 1 MiB of delta per message plus framing.

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 pub struct SnapshotApi {
     pub volumes: Arc<Volumes>,
+    pub ublk: Arc<crate::ublk_devices::UblkDevices>,
 }
 
 pub fn snapshot_message(volume: &str, s: &SnapshotInfo) -> pb::Snapshot {
@@ -132,6 +133,12 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotApi {
         let r = req.into_inner();
         require_name(&r.name)?;
         let v = self.volume(&r.volume)?;
+        if let Some(dev) = self.ublk.serving(&r.volume, Some(&r.name)) {
+            return Err(Status::failed_precondition(format!(
+                "snapshot {}@{} is served as {dev}; detach it first (multisnap ublk detach {dev})",
+                r.volume, r.name
+            )));
+        }
         blocking(move || {
             let s = v.store.snapshot_by_name(&r.name).map_err(from_store)?;
             v.store.delete_snapshot(s.id).map_err(from_store)?;

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 pub struct VolumeApi {
     pub volumes: Arc<Volumes>,
+    pub ublk: Arc<crate::ublk_devices::UblkDevices>,
 }
 
 pub fn volume_message(v: &Volume) -> pb::Volume {
@@ -121,6 +122,12 @@ impl pb::volume_service_server::VolumeService for VolumeApi {
         req: Request<pb::DeleteVolumeRequest>,
     ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
         let r = req.into_inner();
+        if let Some(dev) = self.ublk.serving(&r.name, None) {
+            return Err(Status::failed_precondition(format!(
+                "volume {} is served as {dev}; detach it first (multisnap ublk detach {dev})",
+                r.name
+            )));
+        }
         let volumes = self.volumes.clone();
         blocking(move || {
             volumes.delete(&r.name, r.force).map_err(from_volume)?;
