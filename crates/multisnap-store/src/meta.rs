@@ -805,6 +805,15 @@ impl Meta {
         Ok(())
     }
 
+    /// Name of the snapshot the delta apply in progress will create ("" when none).
+    pub fn receiving_name(&self) -> String {
+        self.receive
+            .as_ref()
+            .and_then(|r| self.snapshots.get(&r.staging))
+            .map(|s| s.name.clone())
+            .unwrap_or_default()
+    }
+
     pub fn snapshot_by_name(&self, name: &str) -> Option<(SnapshotId, &SnapshotRecord)> {
         let id = *self.by_name.get(name)?;
         self.snapshots.get(&id).map(|r| (SnapshotId(id), r))

@@ -490,11 +490,7 @@ impl Store {
             // capture (and keep) half of it.
             if let Some(r) = &m.receive {
                 if r.flags & crate::format::superblock::RECEIVE_DIRECT != 0 {
-                    let name = m
-                        .snapshots
-                        .get(&r.staging)
-                        .map(|s| s.name.clone())
-                        .unwrap_or_default();
+                    let name = m.receiving_name();
                     return Err(StoreError::ReceiveInProgress { name });
                 }
             }

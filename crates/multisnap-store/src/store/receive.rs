@@ -159,12 +159,8 @@ impl Store {
         let generation = {
             let mut m = self.meta.lock();
             m.check_usable()?;
-            if let Some(r) = &m.receive {
-                let name = m
-                    .snapshots
-                    .get(&r.staging)
-                    .map(|s| s.name.clone())
-                    .unwrap_or_default();
+            if m.receive.is_some() {
+                let name = m.receiving_name();
                 return Err(StoreError::ReceiveInProgress { name });
             }
             if m.replica_source != [0; 16] && m.replica_source != plan.source_volume {
@@ -580,11 +576,7 @@ impl Store {
             None => Err(StoreError::NoReceive),
             Some(r) if !folding_ok && r.flags & RECEIVE_FOLDING != 0 => {
                 Err(StoreError::ReceiveCommitted {
-                    name: m
-                        .snapshots
-                        .get(&r.staging)
-                        .map(|s| s.name.clone())
-                        .unwrap_or_default(),
+                    name: m.receiving_name(),
                 })
             }
             Some(r) => Ok(SnapshotId(r.staging)),
@@ -700,11 +692,7 @@ fn abort_locked(m: &mut Meta) -> Result<()> {
     };
     if r.flags & RECEIVE_FOLDING != 0 {
         return Err(StoreError::ReceiveCommitted {
-            name: m
-                .snapshots
-                .get(&r.staging)
-                .map(|s| s.name.clone())
-                .unwrap_or_default(),
+            name: m.receiving_name(),
         });
     }
     // The staging record stays `Receiving`, so it is never shown; owned by no apply now, it

@@ -42,12 +42,7 @@ pub fn snapshot_message(volume: &str, s: &SnapshotInfo) -> pb::Snapshot {
 
 impl SnapshotApi {
     fn volume(&self, name: &str) -> Result<Arc<Volume>, Status> {
-        if name.is_empty() {
-            return Err(Status::invalid_argument("volume is required"));
-        }
-        self.volumes
-            .get(name)
-            .ok_or_else(|| Status::not_found(format!("no volume named {name:?}")))
+        super::status::find_volume(&self.volumes, name)
     }
 }
 

@@ -99,6 +99,19 @@ pub fn from_ublk(e: UblkDevError) -> Status {
     }
 }
 
+/// The named volume, or INVALID_ARGUMENT (no name) / NOT_FOUND.
+pub fn find_volume(
+    volumes: &crate::volumes::Volumes,
+    name: &str,
+) -> Result<std::sync::Arc<crate::volumes::Volume>, Status> {
+    if name.is_empty() {
+        return Err(Status::invalid_argument("volume is required"));
+    }
+    volumes
+        .get(name)
+        .ok_or_else(|| Status::not_found(format!("no volume named {name:?}")))
+}
+
 /// Runs blocking store work off the async threads.
 pub async fn blocking<T, F>(f: F) -> Result<T, Status>
 where
