@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The whole guest run, boot to power-off, must finish within this.
-const VM_TIMEOUT: Duration = Duration::from_secs(900);
+const VM_TIMEOUT: Duration = Duration::from_secs(480);
 
 fn skip_or_fail(why: &str) {
     if std::env::var_os("CI").is_some() {
