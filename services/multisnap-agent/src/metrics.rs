@@ -308,11 +308,67 @@ struct OpHandles {
 /// Made on an op's first request, so ops nobody uses (and views nobody opens) add no series.
 type ViewHandles = [OnceLock<OpHandles>; KINDS.len()];
 
-pub struct NbdObserver {
+/// The request series both block frontends (NBD, ublk) keep, by volume, view and op.
+struct RequestFamilies {
     requests: Family<OpLabels, Counter>,
     bytes: Family<OpLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     duration: Family<OpLabels, Histogram, fn() -> Histogram>,
+}
+
+impl RequestFamilies {
+    /// Registers `multisnap_{prefix}_requests_total`, `_request_bytes_total`,
+    /// `_request_errors_total` and `_request_duration_seconds`; `name` is the frontend as
+    /// help texts spell it, `bytes_what` and `latency_what` finish their sentences.
+    fn register(
+        registry: &mut Registry,
+        prefix: &str,
+        name: &str,
+        bytes_what: &str,
+        latency_what: &str,
+    ) -> RequestFamilies {
+        let f = RequestFamilies {
+            requests: Family::default(),
+            bytes: Family::default(),
+            errors: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+        };
+        registry.register(
+            format!("multisnap_{prefix}_requests"),
+            format!("{name} requests finished, by volume, view (origin or snapshot) and op"),
+            f.requests.clone(),
+        );
+        registry.register_with_unit(
+            format!("multisnap_{prefix}_request"),
+            format!("Bytes covered by finished {name} requests ({bytes_what})"),
+            Unit::Bytes,
+            f.bytes.clone(),
+        );
+        registry.register(
+            format!("multisnap_{prefix}_request_errors"),
+            format!("{name} requests answered with an error, by errno"),
+            f.errors.clone(),
+        );
+        registry.register_with_unit(
+            format!("multisnap_{prefix}_request_duration"),
+            format!("{name} request latency, {latency_what}"),
+            Unit::Seconds,
+            f.duration.clone(),
+        );
+        f
+    }
+
+    fn handles(&self, l: &OpLabels) -> OpHandles {
+        OpHandles {
+            requests: self.requests.get_or_create_owned(l),
+            bytes: self.bytes.get_or_create_owned(l),
+            duration: self.duration.get_or_create_owned(l),
+        }
+    }
+}
+
+pub struct NbdObserver {
+    req: RequestFamilies,
     connections: Family<ConnLabels, Gauge>,
     /// volume -> [origin, snapshot] handles.
     handles: RwLock<HashMap<String, Arc<[ViewHandles; 2]>>>,
@@ -353,35 +409,16 @@ fn split_export(export: &str) -> (&str, ViewLabel) {
 impl NbdObserver {
     fn new(registry: &mut Registry) -> NbdObserver {
         let o = NbdObserver {
-            requests: Family::default(),
-            bytes: Family::default(),
-            errors: Family::default(),
-            duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            req: RequestFamilies::register(
+                registry,
+                "nbd",
+                "NBD",
+                "payload for read/write, range for the others",
+                "from the request header being read to the reply being queued",
+            ),
             connections: Family::default(),
             handles: RwLock::new(HashMap::new()),
         };
-        registry.register(
-            "multisnap_nbd_requests",
-            "NBD requests finished, by volume, view (origin or snapshot) and op",
-            o.requests.clone(),
-        );
-        registry.register_with_unit(
-            "multisnap_nbd_request",
-            "Bytes covered by finished NBD requests (payload for read/write, range for the others)",
-            Unit::Bytes,
-            o.bytes.clone(),
-        );
-        registry.register(
-            "multisnap_nbd_request_errors",
-            "NBD requests answered with an error, by errno",
-            o.errors.clone(),
-        );
-        registry.register_with_unit(
-            "multisnap_nbd_request_duration",
-            "NBD request latency, from the request header being read to the reply being queued",
-            Unit::Seconds,
-            o.duration.clone(),
-        );
         registry.register(
             "multisnap_nbd_connections",
             "Open NBD connections in the transmission phase",
@@ -414,11 +451,7 @@ impl NbdObserver {
                 view,
                 op: kind.as_str(),
             };
-            OpHandles {
-                requests: self.requests.get_or_create_owned(&l),
-                bytes: self.bytes.get_or_create_owned(&l),
-                duration: self.duration.get_or_create_owned(&l),
-            }
+            self.req.handles(&l)
         })
     }
 
@@ -440,7 +473,8 @@ impl Observer for NbdObserver {
         h.bytes.inc_by(ev.bytes);
         h.duration.observe(ev.latency.as_secs_f64());
         if let Some(errno) = ev.error {
-            self.errors
+            self.req
+                .errors
                 .get_or_create(&ErrorLabels {
                     volume: volume.to_string(),
                     view,
@@ -469,10 +503,7 @@ impl Observer for NbdObserver {
 
 /// Request series of the ublk frontend, labelled like the NBD ones.
 pub struct UblkMetrics {
-    requests: Family<OpLabels, Counter>,
-    bytes: Family<OpLabels, Counter>,
-    errors: Family<ErrorLabels, Counter>,
-    duration: Family<OpLabels, Histogram, fn() -> Histogram>,
+    req: RequestFamilies,
 }
 
 fn ublk_errno_name(errno: i32) -> &'static str {
@@ -489,35 +520,15 @@ fn ublk_errno_name(errno: i32) -> &'static str {
 
 impl UblkMetrics {
     fn new(registry: &mut Registry) -> UblkMetrics {
-        let m = UblkMetrics {
-            requests: Family::default(),
-            bytes: Family::default(),
-            errors: Family::default(),
-            duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
-        };
-        registry.register(
-            "multisnap_ublk_requests",
-            "ublk requests finished, by volume, view (origin or snapshot) and op",
-            m.requests.clone(),
-        );
-        registry.register_with_unit(
-            "multisnap_ublk_request",
-            "Bytes covered by finished ublk requests (payload for read/write, range for discard/write_zeroes)",
-            Unit::Bytes,
-            m.bytes.clone(),
-        );
-        registry.register(
-            "multisnap_ublk_request_errors",
-            "ublk requests answered with an error, by errno",
-            m.errors.clone(),
-        );
-        registry.register_with_unit(
-            "multisnap_ublk_request_duration",
-            "ublk request latency, from taking the request off the queue to its result",
-            Unit::Seconds,
-            m.duration.clone(),
-        );
-        m
+        UblkMetrics {
+            req: RequestFamilies::register(
+                registry,
+                "ublk",
+                "ublk",
+                "payload for read/write, range for discard/write_zeroes",
+                "from taking the request off the queue to its result",
+            ),
+        }
     }
 
     /// The observer for one device serving `volume`'s origin or one of its snapshots.
@@ -568,17 +579,14 @@ impl multisnap_ublk::IoObserver for UblkDeviceObserver {
                 view: self.view,
                 op: UBLK_OPS[i],
             };
-            OpHandles {
-                requests: self.metrics.requests.get_or_create_owned(&l),
-                bytes: self.metrics.bytes.get_or_create_owned(&l),
-                duration: self.metrics.duration.get_or_create_owned(&l),
-            }
+            self.metrics.req.handles(&l)
         });
         h.requests.inc();
         h.bytes.inc_by(ev.bytes);
         h.duration.observe(ev.latency.as_secs_f64());
         if let Some(errno) = ev.errno {
             self.metrics
+                .req
                 .errors
                 .get_or_create(&ErrorLabels {
                     volume: self.volume.clone(),
