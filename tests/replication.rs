@@ -62,6 +62,24 @@ fn ms_json(bin: &Path, a: &Agent, args: &[&str]) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
 }
 
+/// `multisnap delta export default --target SNAP -f FILE` (a full stream); the stream's bytes.
+fn export_full(bin: &Path, a: &Agent, snap: &str, file: &Path) -> Vec<u8> {
+    ms_ok(
+        bin,
+        a,
+        &[
+            "delta",
+            "export",
+            "default",
+            "--target",
+            snap,
+            "-f",
+            file.to_str().unwrap(),
+        ],
+    );
+    std::fs::read(file).unwrap()
+}
+
 /// sha256 of a whole export, copied out by nbdcopy.
 fn sha(a: &Agent, export: &str, tmp: &Path) -> String {
     let file = tmp.join(format!("copy-{}.img", export.replace('@', "_")));
@@ -227,21 +245,7 @@ fn a_flipped_byte_is_refused_and_leaves_nothing() {
     let mut rng = StdRng::seed_from_u64(8);
     scribble(&a, &mut rng, 40);
     ms_ok(&bin, &a, &["snapshot", "create", "default", "s0"]);
-    let file = tmp.path().join("s0.delta");
-    ms_ok(
-        &bin,
-        &a,
-        &[
-            "delta",
-            "export",
-            "default",
-            "--target",
-            "s0",
-            "-f",
-            file.to_str().unwrap(),
-        ],
-    );
-    let stream = std::fs::read(&file).unwrap();
+    let stream = export_full(&bin, &a, "s0", &tmp.path().join("s0.delta"));
     assert!(stream.len() > 1 << 20, "stream of {} bytes", stream.len());
     let b = node(&tmp.path().join("b"));
     let size = VOLUME_BYTES.to_string();
@@ -323,21 +327,7 @@ fn agent_killed_mid_apply_leaves_no_snapshot_then_resumes_or_frees() {
     let refs: Vec<&str> = cmds.iter().map(String::as_str).collect();
     qemu_io(&a.uri("default"), &refs);
     ms_ok(&bin, &a, &["snapshot", "create", "default", "s0"]);
-    let file = tmp.path().join("s0.delta");
-    ms_ok(
-        &bin,
-        &a,
-        &[
-            "delta",
-            "export",
-            "default",
-            "--target",
-            "s0",
-            "-f",
-            file.to_str().unwrap(),
-        ],
-    );
-    let stream = std::fs::read(&file).unwrap();
+    let stream = export_full(&bin, &a, "s0", &tmp.path().join("s0.delta"));
     let want = sha(&a, "default@s0", tmp.path());
     for resumable in [true, false] {
         let dir = tmp.path().join(format!("b-{resumable}"));
