@@ -747,37 +747,3 @@ proptest! {
         prop_assert!(ok, "flip at {} (frame at {}, record {}): {}", i, start, record, e);
     }
 }
-
-/// Rough throughput of write + read (ignored: a measurement, not a check).
-#[test]
-#[ignore]
-fn throughput() {
-    let h = header(4096, 1 << 30);
-    let data = vec![0x5a; 1 << 20];
-    let t0 = std::time::Instant::now();
-    let mut w = DeltaWriter::new(Vec::with_capacity(300 << 20), h).unwrap();
-    for i in 0..256u64 {
-        w.push_data(i * 256, 256, &data).unwrap();
-    }
-    let (bytes, _) = w.finish().unwrap();
-    let t1 = std::time::Instant::now();
-    let mut r = DeltaReader::new(&bytes[..]).unwrap();
-    let mut n = 0;
-    while let Some(rec) = r.next_record().unwrap() {
-        n += rec.chunk_count();
-    }
-    let t2 = std::time::Instant::now();
-    let mut d = DeltaDecoder::new();
-    for piece in bytes.chunks(64 << 10) {
-        d.feed(piece).unwrap();
-    }
-    d.finish().unwrap();
-    let t3 = std::time::Instant::now();
-    let mib = bytes.len() as f64 / (1 << 20) as f64;
-    println!(
-        "{n} chunks, {mib:.0} MiB: write {:.0} MiB/s, pull read {:.0} MiB/s, push decode {:.0} MiB/s",
-        mib / (t1 - t0).as_secs_f64(),
-        mib / (t2 - t1).as_secs_f64(),
-        mib / (t3 - t2).as_secs_f64()
-    );
-}
