@@ -3,10 +3,19 @@
 //! exceptions) and persisted as two alternating on-disk copies.
 //!
 //! Invariants:
-//! - A block used by the last committed generation is never handed out before the next commit
-//!   lands: frees of committed blocks are deferred (`pending_free`) and applied by
-//!   [`ChunkAllocator::prepare_commit`]; blocks allocated and freed within one transaction are
-//!   reused at once.
+//! - A block that a durable or sealed generation may reference is never handed out before the
+//!   commit freeing it has landed: frees of blocks from an earlier transaction are deferred
+//!   (`pending_free`), sealed into the next commit by [`ChunkAllocator::prepare_commit`] (its
+//!   bitmap copy shows them free) and only made allocatable by [`ChunkAllocator::commit_done`],
+//!   because until that commit's superblock is durable the previous generation is the recovery
+//!   point. Blocks allocated and freed within one transaction are reused at once.
+//! - A data chunk is written outside the metadata lock, between its allocation and the insert
+//!   that references it; a commit sealed in between must not persist it as used, or a cut right
+//!   after would leak it. Such chunks are `unrecorded` until [`ChunkAllocator::recorded`] and
+//!   bitmap copies show them free.
+//! - Commits are pipelined: once a commit is sealed ([`ChunkAllocator::seal_done`]), the next
+//!   transaction allocates while it lands, so the sealed commit's blocks count as committed
+//!   (later transactions shadow them and defer their frees).
 //! - Data chunks are `chunk_blocks` blocks aligned to their size ("groups"). Metadata blocks are
 //!   packed into groups already holding metadata before a fresh group is broken up, so metadata
 //!   does not fragment the space data chunks need.
@@ -19,7 +28,7 @@ use crate::error::{Result, StoreError};
 use crate::format::bitmap::{self, BITS_PER_BLOCK};
 use crate::format::BLOCK_SIZE;
 use crate::ids::{MetaBlock, StoreChunk};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 const WORDS_PER_BITMAP_BLOCK: usize = (BITS_PER_BLOCK / 64) as usize;
 
@@ -38,6 +47,11 @@ pub struct ChunkAllocator {
     fresh_chunks: HashSet<u64>,
     pending_free_meta: Vec<u64>,
     pending_free_chunks: Vec<u64>,
+    /// Frees sealed into the commit in flight: free in its bitmap copy, still taken in memory.
+    sealed_free_meta: Vec<u64>,
+    sealed_free_chunks: Vec<u64>,
+    /// Chunks allocated for data not yet referenced by any tree: free in bitmap copies.
+    unrecorded: HashSet<u64>,
     dirty: BTreeSet<u64>,
     prev_dirty: BTreeSet<u64>,
     force_full_write: bool,
@@ -65,6 +79,9 @@ impl ChunkAllocator {
             fresh_chunks: HashSet::new(),
             pending_free_meta: Vec::new(),
             pending_free_chunks: Vec::new(),
+            sealed_free_meta: Vec::new(),
+            sealed_free_chunks: Vec::new(),
+            unrecorded: HashSet::new(),
             dirty: BTreeSet::new(),
             prev_dirty: BTreeSet::new(),
             force_full_write: true,
@@ -269,7 +286,24 @@ impl ChunkAllocator {
         }
     }
 
+    /// Marks a chunk allocated for data that will be written before anything references it
+    /// (see the module invariants).
+    pub fn mark_unrecorded(&mut self, chunk: StoreChunk) {
+        self.unrecorded.insert(chunk.0);
+    }
+
+    /// A tree now references `chunk`: the next bitmap copies show it used.
+    pub fn recorded(&mut self, chunk: StoreChunk) {
+        if self.unrecorded.remove(&chunk.0) {
+            let cb = self.chunk_blocks;
+            for b in chunk.0 * cb..(chunk.0 + 1) * cb {
+                self.dirty.insert(b / BITS_PER_BLOCK);
+            }
+        }
+    }
+
     pub fn free_chunk(&mut self, chunk: StoreChunk) {
+        self.unrecorded.remove(&chunk.0);
         if self.fresh_chunks.remove(&chunk.0) {
             for b in chunk.0 * self.chunk_blocks..(chunk.0 + 1) * self.chunk_blocks {
                 self.set(b, false);
@@ -279,16 +313,48 @@ impl ChunkAllocator {
         }
     }
 
-    /// Applies deferred frees; call with the commit about to be written.
+    /// Seals the deferred frees into the commit about to be written: its bitmap copy will show
+    /// them free, but they stay taken in memory until [`ChunkAllocator::commit_done`].
     pub fn prepare_commit(&mut self) {
-        for b in std::mem::take(&mut self.pending_free_meta) {
-            self.set(b, false);
+        debug_assert!(
+            self.sealed_free_meta.is_empty() && self.sealed_free_chunks.is_empty(),
+            "a commit sealed before the previous one landed"
+        );
+        self.sealed_free_meta = std::mem::take(&mut self.pending_free_meta);
+        self.sealed_free_chunks = std::mem::take(&mut self.pending_free_chunks);
+        let cb = self.chunk_blocks;
+        let blocks: Vec<u64> = self
+            .sealed_free_meta
+            .iter()
+            .copied()
+            .chain(
+                self.sealed_free_chunks
+                    .iter()
+                    .flat_map(|g| g * cb..(g + 1) * cb),
+            )
+            .collect();
+        for b in blocks {
+            self.dirty.insert(b / BITS_PER_BLOCK);
         }
-        for g in std::mem::take(&mut self.pending_free_chunks) {
-            for b in g * self.chunk_blocks..(g + 1) * self.chunk_blocks {
-                self.set(b, false);
-            }
+    }
+
+    /// Blocks taken in memory that the bitmap copy shows free (sealed frees and unrecorded
+    /// chunks), by bitmap block index, as bit positions within that block.
+    fn copy_clears(&self) -> BTreeMap<u64, Vec<u64>> {
+        let cb = self.chunk_blocks;
+        let mut out: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        let blocks = self.sealed_free_meta.iter().copied().chain(
+            self.sealed_free_chunks
+                .iter()
+                .chain(self.unrecorded.iter())
+                .flat_map(|g| g * cb..(g + 1) * cb),
+        );
+        for b in blocks {
+            out.entry(b / BITS_PER_BLOCK)
+                .or_default()
+                .push(b % BITS_PER_BLOCK);
         }
+        out
     }
 
     /// Writes this generation's bitmap into the copy starting at `copy_start`.
@@ -303,12 +369,19 @@ impl ChunkAllocator {
         } else {
             self.dirty.union(&self.prev_dirty).copied().collect()
         };
+        let clears = self.copy_clears();
         let mut bytes = vec![0u8; WORDS_PER_BITMAP_BLOCK * 8];
         for index in indices {
             let first = index as usize * WORDS_PER_BITMAP_BLOCK;
             for (i, chunk) in bytes.chunks_exact_mut(8).enumerate() {
                 let w = self.words.get(first + i).copied().unwrap_or(0);
                 chunk.copy_from_slice(&w.to_le_bytes());
+            }
+            // Words are little-endian, so bit k of the block is bit k % 8 of byte k / 8.
+            for &bit in clears.get(&index).map(Vec::as_slice).unwrap_or(&[]) {
+                if let Some(byte) = bytes.get_mut((bit / 8) as usize) {
+                    *byte &= !(1u8 << (bit % 8));
+                }
             }
             let at = copy_start + index;
             let block = bitmap::pack(at, index, &bytes);
@@ -342,12 +415,34 @@ impl ChunkAllocator {
         self.force_full_write = true;
     }
 
-    /// Call once the commit has landed.
-    pub fn commit_done(&mut self) {
+    /// Call once the commit's bitmap copy is written: what this transaction allocated now
+    /// belongs to the sealed generation (later transactions must shadow it and defer its frees),
+    /// and the next commit writes the other copy.
+    pub fn seal_done(&mut self) {
         self.prev_dirty = std::mem::take(&mut self.dirty);
         self.force_full_write = false;
         self.fresh_meta.clear();
         self.fresh_chunks.clear();
+    }
+
+    /// Call once the sealed commit has landed: its frees become allocatable. Marking them free
+    /// dirties their bitmap blocks again, so the next commit updates the other copy too.
+    pub fn commit_done(&mut self) {
+        for b in std::mem::take(&mut self.sealed_free_meta) {
+            self.set(b, false);
+        }
+        for g in std::mem::take(&mut self.sealed_free_chunks) {
+            for b in g * self.chunk_blocks..(g + 1) * self.chunk_blocks {
+                self.set(b, false);
+            }
+        }
+    }
+
+    /// Blocks counted in [`Self::used_blocks`] that bitmap copies show free: frees of the
+    /// commit in flight, and unrecorded chunks.
+    pub fn used_in_memory_only(&self) -> u64 {
+        self.sealed_free_meta.len() as u64
+            + (self.sealed_free_chunks.len() + self.unrecorded.len()) as u64 * self.chunk_blocks
     }
 
     pub fn used_blocks(&self) -> u64 {
@@ -367,9 +462,13 @@ impl ChunkAllocator {
     pub fn chunk_blocks(&self) -> u64 {
         self.chunk_blocks
     }
-    /// Blocks whose free is deferred to the next commit.
+    /// Blocks whose free waits for a commit to land (the open transaction's and the sealed
+    /// one's).
     pub fn pending_frees(&self) -> usize {
-        self.pending_free_meta.len() + self.pending_free_chunks.len() * self.chunk_blocks as usize
+        let cb = self.chunk_blocks as usize;
+        self.pending_free_meta.len()
+            + self.sealed_free_meta.len()
+            + (self.pending_free_chunks.len() + self.sealed_free_chunks.len()) * cb
     }
 }
 

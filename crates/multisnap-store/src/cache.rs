@@ -12,6 +12,18 @@ pub const NODE_MEMORY: usize = BLOCK_SIZE + 256;
 /// the root to a leaf of each tree plus splits must fit.
 pub const MIN_NODES: usize = 64;
 
+#[cfg(not(feature = "fault-injection"))]
+fn min_nodes() -> usize {
+    MIN_NODES
+}
+
+/// Crash tests lower the floor (`fault::set_min_cache_nodes`) so that small workloads evict
+/// dirty nodes mid-transaction, as large ones do in production.
+#[cfg(feature = "fault-injection")]
+fn min_nodes() -> usize {
+    crate::fault::min_cache_nodes().unwrap_or(MIN_NODES)
+}
+
 pub struct CachedNode {
     pub node: Node,
     pub dirty: bool,
@@ -36,7 +48,7 @@ pub struct NodeCache {
 
 impl NodeCache {
     pub fn with_bytes(bytes: usize) -> NodeCache {
-        let capacity = (bytes / NODE_MEMORY).max(MIN_NODES);
+        let capacity = (bytes / NODE_MEMORY).max(min_nodes());
         NodeCache {
             lru: LruCache::unbounded(),
             capacity,

@@ -14,6 +14,22 @@ use rand::Rng;
 use std::io;
 use std::sync::Arc;
 
+static MIN_CACHE_NODES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Lets node caches opened from now on (in this process) be as small as `n` nodes, below the
+/// production floor, so small crash workloads write dirty nodes out mid-transaction. The tree
+/// code never relies on a node staying cached; this makes tests prove it.
+pub fn set_min_cache_nodes(n: usize) {
+    MIN_CACHE_NODES.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub(crate) fn min_cache_nodes() -> Option<usize> {
+    match MIN_CACHE_NODES.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        n => Some(n),
+    }
+}
+
 /// The sector size below which writes are atomic.
 pub const SECTOR: usize = 512;
 

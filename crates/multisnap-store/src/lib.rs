@@ -14,6 +14,9 @@
 //! - **Crash safety by shadowing.** Committed metadata blocks are never rewritten; a commit
 //!   writes new nodes and a bitmap copy, flushes, then writes the superblock into the other of
 //!   two checksummed slots and flushes again. Any power cut leaves one valid generation.
+//!   Commits are pipelined: the next transaction fills while one lands, so blocks the landing
+//!   commit frees stay taken until it has landed, and chunks whose data is still being written
+//!   are persisted as free until an exception references them.
 //! - **Bounded memory.** The exception index lives on disk and is read through a node cache of
 //!   configured size; only the allocator bitmap (1 bit per 4 KiB of store) and the snapshot
 //!   table are held whole.

@@ -151,6 +151,37 @@ pub struct Meta {
     reclaim: ReclaimPass,
 }
 
+/// A commit whose nodes and bitmap copy are written but not yet flushed, and the superblock
+/// that publishes them. Landing it needs only the store device, not the `Meta`.
+#[must_use = "a sealed commit must be landed and finished"]
+pub struct SealedCommit {
+    sb: Superblock,
+    started: Instant,
+}
+
+impl SealedCommit {
+    pub fn generation(&self) -> u64 {
+        self.sb.generation
+    }
+
+    /// Flush (the nodes and bitmap copy are durable), superblock into its slot, flush (the
+    /// generation is durable). A cut before the second flush completes leaves the previous
+    /// generation as the recovery point, whose blocks nothing has overwritten.
+    pub fn land(&self, dev: &dyn BlockDev) -> Result<()> {
+        dev.flush().map_err(|source| StoreError::Flush {
+            device: "store",
+            source,
+        })?;
+        let off = (self.sb.generation % 2) * BLOCK_SIZE as u64;
+        dev.write_at(&self.sb.pack(), off)
+            .map_err(|e| StoreError::io("store", off, BLOCK_SIZE, e))?;
+        dev.flush().map_err(|source| StoreError::Flush {
+            device: "store",
+            source,
+        })
+    }
+}
+
 /// Upper bounds (seconds) of the commit-latency histogram's buckets; the last is "+Inf".
 pub const COMMIT_LATENCY_BOUNDS: [f64; 15] = [
     0.0001,
@@ -407,13 +438,16 @@ impl Meta {
         }))
     }
 
-    /// A data chunk for new data, keeping the reclamation reserve free.
+    /// A data chunk for new data, keeping the reclamation reserve free. Commits persist it as
+    /// free until an `insert_exception`/`insert_private` references it (or `free_chunk` gives it
+    /// back), since the caller writes its data with the metadata lock released.
     pub fn alloc_chunk(&mut self) -> Option<StoreChunk> {
         if self.free_blocks() < self.pager.alloc.chunk_blocks() + RECLAIM_RESERVE_BLOCKS {
             return None;
         }
         let c = self.pager.alloc.alloc_chunk();
-        if c.is_some() {
+        if let Some(c) = c {
+            self.pager.alloc.mark_unrecorded(c);
             self.dirty = true;
         }
         c
@@ -433,6 +467,7 @@ impl Meta {
                 self.exception_root = new_root;
                 self.exception_count += 1;
                 self.copies_total += 1;
+                self.pager.alloc.recorded(e.store);
                 Ok(())
             }
             Err(err) => Err(self.poison(err)),
@@ -457,6 +492,7 @@ impl Meta {
             Ok(new_root) => {
                 self.private_root = new_root;
                 self.private_owners.insert(snap.0);
+                self.pager.alloc.recorded(at);
                 Ok(())
             }
             Err(err) => Err(self.poison(err)),
@@ -730,32 +766,39 @@ impl Meta {
         err
     }
 
-    /// Makes the open transaction durable: new nodes and the bitmap copy, flush, then the
-    /// superblock in the other slot, flush.
+    /// Makes the open transaction durable in one go (seal, land, finish): for callers that
+    /// hold the store exclusively (create, open, close). `Store` pipelines the three steps so
+    /// that the metadata lock is free while the flushes run.
     pub fn commit(&mut self) -> Result<()> {
+        let Some(sealed) = self.seal()? else {
+            return Ok(());
+        };
+        let dev = self.pager.dev.clone();
+        let landed = sealed.land(&*dev);
+        self.finish_commit(sealed, landed)
+    }
+
+    /// First step of a commit: writes the open transaction's nodes and its bitmap copy (to the
+    /// device's cache, not yet flushed), captures the superblock that will publish them, and
+    /// opens the next transaction, which may change the trees while this one lands (it
+    /// shadows everything written here). `None` when there is nothing to commit.
+    ///
+    /// At most one commit may be sealed and not yet finished: the caller serialises commits
+    /// (`Store`'s commit lock) because the next seal writes the other bitmap copy, chosen from
+    /// the last *landed* superblock.
+    pub fn seal(&mut self) -> Result<Option<SealedCommit>> {
         self.check_usable()?;
         if !self.dirty {
-            return Ok(());
+            return Ok(None);
         }
         let started = Instant::now();
-        match self.try_commit() {
-            Ok(()) => {
-                let took = started.elapsed();
-                self.commits_total += 1;
-                self.commit_time_total += took;
-                let secs = took.as_secs_f64();
-                let bucket = COMMIT_LATENCY_BOUNDS
-                    .iter()
-                    .position(|b| secs <= *b)
-                    .unwrap_or(COMMIT_LATENCY_BOUNDS.len() - 1);
-                self.commit_latency_buckets[bucket] += 1;
-                Ok(())
-            }
+        match self.try_seal(started) {
+            Ok(sealed) => Ok(Some(sealed)),
             Err(e) => Err(self.poison(e)),
         }
     }
 
-    fn try_commit(&mut self) -> Result<()> {
+    fn try_seal(&mut self, started: Instant) -> Result<SealedCommit> {
         self.pager.write_dirty()?;
         self.pager.alloc.prepare_commit();
         let next_copy = 1 - self.sb.bitmap_copy;
@@ -763,11 +806,6 @@ impl Meta {
         self.pager
             .alloc
             .write_copy(&*self.pager.dev, copy_start, self.sb.bitmap_blocks)?;
-        let dev = self.pager.dev.clone();
-        dev.flush().map_err(|source| StoreError::Flush {
-            device: "store",
-            source,
-        })?;
         let mut sb = self.sb.clone();
         sb.generation = self.pager.generation;
         sb.bitmap_copy = next_copy;
@@ -776,24 +814,46 @@ impl Meta {
         sb.private_root = self.private_root.0;
         sb.next_snapshot_id = self.next_snapshot_id;
         sb.exception_count = self.exception_count;
-        sb.used_blocks = self.pager.alloc.used_blocks();
+        sb.used_blocks = self.pager.alloc.used_blocks() - self.pager.alloc.used_in_memory_only();
         sb.copies_total = self.copies_total;
         sb.invalidated_total = self.invalidated_total;
         sb.replica_source = self.replica_source;
         sb.receive = self.receive.clone();
-        let slot = sb.generation % 2;
-        let off = slot * BLOCK_SIZE as u64;
-        dev.write_at(&sb.pack(), off)
-            .map_err(|e| StoreError::io("store", off, BLOCK_SIZE, e))?;
-        dev.flush().map_err(|source| StoreError::Flush {
-            device: "store",
-            source,
-        })?;
-        self.sb = sb;
-        self.pager.alloc.commit_done();
-        self.pager.generation = self.sb.generation + 1;
+        self.pager.alloc.seal_done();
+        self.pager.generation += 1;
         self.dirty = false;
+        Ok(SealedCommit { sb, started })
+    }
+
+    /// Last step of a commit, with what [`SealedCommit::land`] returned: on success the
+    /// superblock becomes the committed one and the commit's frees become allocatable; on
+    /// failure the store is poisoned (the next open recovers the last landed generation).
+    pub fn finish_commit(&mut self, sealed: SealedCommit, landed: Result<()>) -> Result<()> {
+        if let Err(e) = landed {
+            return Err(self.poison(e));
+        }
+        self.sb = sealed.sb;
+        self.pager.alloc.commit_done();
+        let took = sealed.started.elapsed();
+        self.commits_total += 1;
+        self.commit_time_total += took;
+        let secs = took.as_secs_f64();
+        let bucket = COMMIT_LATENCY_BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(COMMIT_LATENCY_BOUNDS.len() - 1);
+        self.commit_latency_buckets[bucket] += 1;
         Ok(())
+    }
+
+    /// The newest generation holding changes: the open transaction's if it has any, else the
+    /// last sealed one (which may still be landing).
+    pub fn newest_changed_generation(&self) -> u64 {
+        if self.dirty {
+            self.pager.generation
+        } else {
+            self.pager.generation - 1
+        }
     }
 
     /// Lays out an empty store's trees; used by `Store::create`.

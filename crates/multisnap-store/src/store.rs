@@ -10,7 +10,9 @@
 //! creation, so a snapshot is a clean cut between acknowledged writes), the chunk stripes (an
 //! origin write holds its chunks' stripes exclusively from its copy decision to its origin
 //! write; snapshot reads that fall through to the origin hold them shared), `commit_lock`, and
-//! `meta`, held only for in-memory work and commits.
+//! `meta`, held only for in-memory work and for sealing a commit (writing its nodes and bitmap
+//! copy into the device cache). A commit's flushes and superblock write run under
+//! `commit_lock` alone, so the next transaction fills up meanwhile.
 
 use crate::alloc::{bitmap_blocks_for, ChunkAllocator};
 use crate::blockdev::BlockDev;
@@ -1020,6 +1022,10 @@ impl Store {
     }
 
     /// Waits until `generation` is durable, committing it if no one else is.
+    ///
+    /// Group commit, pipelined: the committer seals the open transaction under the metadata
+    /// lock, then releases it for the two flushes, so writers keep copying and inserting into
+    /// the next generation meanwhile and the next commit takes all of them at once.
     fn commit_wait(&self, generation: u64) -> Result<()> {
         if self.durable_generation.load(Ordering::Acquire) >= generation {
             return Ok(());
@@ -1028,10 +1034,17 @@ impl Store {
         if self.durable_generation.load(Ordering::Acquire) >= generation {
             return Ok(());
         }
-        let mut m = self.meta.lock();
-        m.commit()?;
+        // Holding `commit_lock`, nothing is in flight: everything sealed has landed, so
+        // `generation` is still open and the transaction is dirty.
+        let sealed = self.meta.lock().seal()?;
+        let Some(sealed) = sealed else {
+            return Ok(());
+        };
+        let landed = sealed.land(&*self.dev);
+        let landed_generation = sealed.generation();
+        self.meta.lock().finish_commit(sealed, landed)?;
         self.durable_generation
-            .store(m.sb.generation, Ordering::Release);
+            .store(landed_generation, Ordering::Release);
         Ok(())
     }
 
@@ -1042,24 +1055,21 @@ impl Store {
             source,
         })?;
         let private_unflushed = self.private_data_unflushed.swap(false, Ordering::AcqRel);
-        let generation = {
+        let (generation, open) = {
             let m = self.meta.lock();
             m.check_usable()?;
-            if !m.dirty {
-                None
-            } else {
-                Some(m.pager.generation)
-            }
+            (m.newest_changed_generation(), m.dirty)
         };
-        match generation {
-            // The commit flushes the store device, covering in-place private writes too.
-            Some(g) => self.commit_wait(g),
-            None if private_unflushed => self.dev.flush().map_err(|source| StoreError::Flush {
+        self.commit_wait(generation)?;
+        // A commit sealed from now on flushes the store device after any in-place private
+        // write that completed before this call; one already sealed or landed may not have.
+        if private_unflushed && !open {
+            self.dev.flush().map_err(|source| StoreError::Flush {
                 device: "store",
                 source,
-            }),
-            None => Ok(()),
+            })?;
         }
+        Ok(())
     }
 
     pub fn stats(&self) -> StoreStats {

@@ -170,6 +170,9 @@ struct Rig {
 }
 
 fn format_rig(setup: Setup) -> (Vec<u8>, Vec<u8>) {
+    // Below the production floor of 64 nodes, so these small workloads write dirty nodes out
+    // mid-transaction too (a store with millions of exceptions does).
+    multisnap_store::fault::set_min_cache_nodes(2);
     let origin = Arc::new(MemDev::new(ORIGIN as u64));
     let dev = Arc::new(MemDev::new(setup.store as u64));
     let opts = CreateOptions {

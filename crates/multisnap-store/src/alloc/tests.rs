@@ -5,6 +5,8 @@ use crate::blockdev::MemDev;
 fn committed_blocks_are_not_reused_before_commit() {
     let mut a = ChunkAllocator::new(64, 1, 4);
     let b = a.alloc_meta().unwrap();
+    a.prepare_commit();
+    a.seal_done();
     a.commit_done();
     a.free_meta(b);
     assert!(
@@ -14,7 +16,58 @@ fn committed_blocks_are_not_reused_before_commit() {
     let other = a.alloc_meta().unwrap();
     assert_ne!(other, b);
     a.prepare_commit();
+    a.seal_done();
+    // Sealed but not landed: the previous generation is still the recovery point.
+    assert!(
+        a.is_used(b.0),
+        "a sealed free stays taken until its commit lands"
+    );
+    assert_eq!(a.used_in_memory_only(), 1);
+    let during = (0..58).filter_map(|_| a.alloc_meta()).collect::<Vec<_>>();
+    assert!(
+        !during.contains(&b),
+        "{b} handed out while its commit was landing"
+    );
+    assert!(a.alloc_meta().is_none(), "only the sealed free is left");
+    a.commit_done();
     assert!(!a.is_used(b.0));
+    assert_eq!(a.alloc_meta(), Some(b));
+}
+
+#[test]
+fn sealed_frees_are_free_in_the_bitmap_copy() {
+    let total = BITS_PER_BLOCK + 64;
+    let nb = bitmap_blocks_for(total);
+    let dev = MemDev::new((4 + 2 * nb + total) * BLOCK_SIZE as u64);
+    let mut a = ChunkAllocator::new(total, 16, 16);
+    let chunks: Vec<_> = (0..100).map(|_| a.alloc_chunk().unwrap()).collect();
+    let meta = a.alloc_meta().unwrap();
+    a.prepare_commit();
+    a.seal_done();
+    a.commit_done();
+    a.free_chunk(chunks[3]);
+    a.free_chunk(chunks[70]);
+    a.free_meta(meta);
+    a.prepare_commit();
+    a.force_full_write();
+    a.write_copy(&dev, 1, nb).unwrap();
+    a.seal_done();
+    let on_disk = ChunkAllocator::load(&dev, total, 16, 1, nb).unwrap();
+    assert_eq!(
+        on_disk.used_blocks(),
+        a.used_blocks() - a.used_in_memory_only()
+    );
+    assert_eq!(a.used_in_memory_only(), 2 * 16 + 1);
+    for c in [chunks[3], chunks[70]] {
+        for blk in c.0 * 16..(c.0 + 1) * 16 {
+            assert!(!on_disk.is_used(blk) && a.is_used(blk), "block {blk}");
+        }
+    }
+    assert!(!on_disk.is_used(meta.0) && a.is_used(meta.0));
+    a.commit_done();
+    for blk in 0..total {
+        assert_eq!(a.is_used(blk), on_disk.is_used(blk), "block {blk}");
+    }
 }
 
 #[test]
@@ -75,4 +128,42 @@ fn corrupt_bitmap_is_refused() {
         ChunkAllocator::load(&dev, total, 1, 2, 1),
         Err(StoreError::CorruptBitmap { .. })
     ));
+}
+
+#[test]
+fn unrecorded_chunks_are_free_in_the_bitmap_copy_until_recorded() {
+    let total = 16 * 64;
+    let nb = bitmap_blocks_for(total);
+    let dev = MemDev::new((4 + 2 * nb + total) * BLOCK_SIZE as u64);
+    let mut a = ChunkAllocator::new(total, 16, 16);
+    let kept = a.alloc_chunk().unwrap();
+    let writing = a.alloc_chunk().unwrap();
+    a.mark_unrecorded(writing);
+    a.prepare_commit();
+    a.force_full_write();
+    a.write_copy(&dev, 1, nb).unwrap();
+    a.seal_done();
+    a.commit_done();
+    let on_disk = ChunkAllocator::load(&dev, total, 16, 1, nb).unwrap();
+    assert!(on_disk.is_used(kept.0 * 16));
+    assert!(
+        !on_disk.is_used(writing.0 * 16) && a.is_used(writing.0 * 16),
+        "a chunk nothing references yet must not be persisted as used"
+    );
+    assert_eq!(
+        on_disk.used_blocks(),
+        a.used_blocks() - a.used_in_memory_only()
+    );
+    a.recorded(writing);
+    a.prepare_commit();
+    a.force_full_write();
+    a.write_copy(&dev, 1 + nb, nb).unwrap();
+    a.seal_done();
+    a.commit_done();
+    let second = ChunkAllocator::load(&dev, total, 16, 1 + nb, nb).unwrap();
+    assert!(
+        second.is_used(writing.0 * 16),
+        "a recorded chunk is shown used"
+    );
+    assert_eq!(second.used_blocks(), a.used_blocks());
 }
