@@ -22,6 +22,7 @@ use crate::format::{get_u64, put_u64, BLOCK_SIZE};
 use crate::ids::{MetaBlock, OriginChunk, SnapshotId, StoreChunk};
 use crate::pager::Pager;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -133,6 +134,9 @@ pub struct Meta {
     pub live: BTreeSet<u64>,
     /// Snapshots with entries in the private map (writable now or once).
     pub private_owners: BTreeSet<u64>,
+    /// Bumped whenever a snapshot stops being live, so readers can tell without the lock
+    /// that the snapshot they read is still there.
+    pub live_epoch: Arc<AtomicU64>,
     pub next_snapshot_id: u64,
     pub exception_count: u64,
     pub copies_total: u64,
@@ -245,6 +249,7 @@ impl Meta {
             by_name: HashMap::new(),
             live: BTreeSet::new(),
             private_owners: BTreeSet::new(),
+            live_epoch: Arc::new(AtomicU64::new(0)),
             dirty: false,
             poisoned: None,
             commits_total: 0,
@@ -571,8 +576,8 @@ impl Meta {
         }
         if rec.state == SnapshotState::Ready {
             self.live.insert(id.0);
-        } else {
-            self.live.remove(&id.0);
+        } else if self.live.remove(&id.0) {
+            self.live_epoch.fetch_add(1, Ordering::AcqRel);
         }
         if !holds_name(rec.state) {
             if self.by_name.get(&rec.name) == Some(&id.0) {
@@ -598,7 +603,9 @@ impl Meta {
                 self.by_name.remove(&rec.name);
             }
         }
-        self.live.remove(&id);
+        if self.live.remove(&id) {
+            self.live_epoch.fetch_add(1, Ordering::AcqRel);
+        }
         Ok(())
     }
 

@@ -156,6 +156,8 @@ pub struct Store {
     meta: Mutex<Meta>,
     commit_lock: Mutex<()>,
     durable_generation: AtomicU64,
+    /// `Meta::live_epoch`, readable without the metadata lock.
+    live_epoch: Arc<AtomicU64>,
     barrier: RwLock<()>,
     stripes: Vec<RwLock<()>>,
     bytes_copied: AtomicU64,
@@ -386,6 +388,7 @@ impl Store {
             chunk_size: meta.sb.chunk_size,
             origin_size: meta.sb.origin_size,
             durable_generation: AtomicU64::new(meta.sb.generation),
+            live_epoch: meta.live_epoch.clone(),
             volume_name: meta.sb.volume_name.clone(),
             volume_uuid: meta.sb.volume_uuid,
             origin_path: meta.sb.origin_path.clone(),
@@ -552,25 +555,84 @@ impl Store {
             }
             View::Snapshot(id) => id,
         };
-        self.live_snapshot(snap)?;
-        let has_private = self.meta.lock().private_owners.contains(&snap.0);
+        // Stripes first (lock order), then one metadata section for the liveness check and
+        // every chunk's lookup; the data is read with the metadata lock free.
+        let chunks = self.chunks_of(offset, buf.len() as u64);
+        let _stripes = self.read_stripes(chunks.clone());
+        let epoch = self.live_epoch.load(Ordering::Acquire);
+        let located: Vec<Option<StoreChunk>> = {
+            let mut m = self.meta.lock();
+            if !m.live.contains(&snap.0) || !m.snapshots.contains_key(&snap.0) {
+                return Err(StoreError::SnapshotIdNotFound(snap));
+            }
+            let has_private = m.private_owners.contains(&snap.0);
+            let mut out = Vec::with_capacity(buf.len() / self.chunk_size as usize + 2);
+            for chunk in chunks {
+                out.push(Self::locate(&mut m, snap, has_private, chunk)?);
+            }
+            out
+        };
         let cs = self.chunk_size as u64;
         let mut done = 0usize;
-        while done < buf.len() {
+        for x in located {
             let pos = offset + done as u64;
-            let chunk = pos / cs;
-            let within = pos % cs;
+            let (chunk, within) = (pos / cs, pos % cs);
             let n = ((cs - within) as usize).min(buf.len() - done);
-            let _stripe: RwLockReadGuard<'_, ()> = self.stripes[Self::stripe_of(chunk)].read();
-            self.read_piece(snap, has_private, chunk, within, &mut buf[done..done + n])?;
+            let piece = &mut buf[done..done + n];
+            match x {
+                Some(x) => {
+                    let at = x.0 * cs + within;
+                    self.dev
+                        .read_at(piece, at)
+                        .map_err(|err| StoreError::io("store", at, n, err))?;
+                }
+                None => {
+                    let at = chunk * cs + within;
+                    self.origin
+                        .read_at(piece, at)
+                        .map_err(|err| StoreError::io("origin", at, n, err))?;
+                }
+            }
             done += n;
         }
         // A snapshot deleted mid-read may have had its chunks reclaimed under us: fail rather
-        // than return data that might belong to someone else by now.
-        if !self.meta.lock().live.contains(&snap.0) {
+        // than return data that might belong to someone else by now. No snapshot stopped being
+        // live since the lookup if the epoch did not move.
+        if self.live_epoch.load(Ordering::Acquire) != epoch
+            && !self.meta.lock().live.contains(&snap.0)
+        {
             return Err(StoreError::SnapshotIdNotFound(snap));
         }
         Ok(())
+    }
+
+    /// Where snapshot `snap` finds `chunk`: a store chunk, or `None` for the origin.
+    fn locate(
+        m: &mut Meta,
+        snap: SnapshotId,
+        has_private: bool,
+        chunk: u64,
+    ) -> Result<Option<StoreChunk>> {
+        let private = if has_private {
+            m.find_private(snap, OriginChunk(chunk))?
+        } else {
+            None
+        };
+        match private {
+            Some(x) => Ok(Some(x)),
+            None => Ok(m.find_exception(OriginChunk(chunk), snap)?.map(|e| e.store)),
+        }
+    }
+
+    /// Shared stripes of a chunk range, in stripe order.
+    fn read_stripes(&self, chunks: std::ops::RangeInclusive<u64>) -> Vec<RwLockReadGuard<'_, ()>> {
+        if chunks.end() - chunks.start() >= STRIPES as u64 {
+            return self.stripes.iter().map(|s| s.read()).collect();
+        }
+        let mut idx: Vec<usize> = chunks.map(Self::stripe_of).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter().map(|i| self.stripes[i].read()).collect()
     }
 
     fn live_snapshot(&self, id: SnapshotId) -> Result<SnapshotRecord> {
@@ -591,18 +653,7 @@ impl Store {
         piece: &mut [u8],
     ) -> Result<()> {
         let cs = self.chunk_size as u64;
-        let located = {
-            let mut m = self.meta.lock();
-            let private = if has_private {
-                m.find_private(snap, OriginChunk(chunk))?
-            } else {
-                None
-            };
-            match private {
-                Some(x) => Some(x),
-                None => m.find_exception(OriginChunk(chunk), snap)?.map(|e| e.store),
-            }
-        };
+        let located = Self::locate(&mut self.meta.lock(), snap, has_private, chunk)?;
         let n = piece.len();
         match located {
             Some(x) => {

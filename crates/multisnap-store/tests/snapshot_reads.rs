@@ -1,6 +1,6 @@
 //! Snapshots see the origin as it was; the origin sees its writes; one copy per chunk.
 
-use multisnap_store::{CreateOptions, MemDev, Store, StoreError, View};
+use multisnap_store::{BlockDev, CreateOptions, MemDev, Store, StoreError, View};
 use std::sync::Arc;
 
 const MIB: u64 = 1 << 20;
@@ -168,4 +168,95 @@ fn full_store_fails_copying_writes_but_not_others() {
         ),
         vec![0; 4096]
     );
+}
+
+/// Readers of a snapshot that is deleted, reclaimed and whose chunks are reused by new copies
+/// get either the snapshot's data or "not found", never someone else's bytes.
+#[test]
+fn reads_racing_a_delete_get_the_data_or_not_found() {
+    const CHUNK: u32 = 4096;
+    let origin = Arc::new(MemDev::new(MIB));
+    // Slow store reads keep readers between their lookup and their data for a while.
+    // Small enough that the copies after the delete reuse its freed chunks.
+    let dev = Arc::new(SlowReads(MemDev::new(3 * MIB / 2)));
+    let opts = CreateOptions {
+        chunk_size: CHUNK,
+        ..Default::default()
+    };
+    let store = Store::create(origin, dev, &opts).unwrap();
+    let before: Vec<u8> = (0..MIB as usize).map(|i| (i / 4096) as u8 | 1).collect();
+    store.write_origin(0, &before).unwrap();
+    let doomed = store.create_snapshot("doomed").unwrap();
+    // Every chunk copied: the snapshot reads only from the store.
+    store.write_origin(0, &vec![0xAA; MIB as usize]).unwrap();
+    let store = Arc::new(store);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..3u64)
+        .map(|r| {
+            let (store, stop, before) = (store.clone(), stop.clone(), before.clone());
+            std::thread::spawn(move || {
+                let (mut ok, mut gone) = (0u64, 0u64);
+                let mut i = r;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i = i
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let off = (i >> 33) % (MIB - 3 * CHUNK as u64);
+                    let mut b = vec![0u8; 3 * CHUNK as usize - 7];
+                    match store.read(View::Snapshot(doomed.id), off, &mut b) {
+                        Ok(()) => {
+                            let o = off as usize;
+                            assert!(b == before[o..o + b.len()], "wrong bytes at {off}");
+                            ok += 1;
+                        }
+                        Err(StoreError::SnapshotIdNotFound(_)) => gone += 1,
+                        Err(e) => panic!("read failed: {e}"),
+                    }
+                }
+                (ok, gone)
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    store.delete_snapshot(doomed.id).unwrap();
+    store.reclaim_all().unwrap();
+    // Reuse the freed chunks with other data, one chunk at a time so that the copies can
+    // land between a reader's lookup and its data read (one big write would wait for every
+    // reader's stripes).
+    store.create_snapshot("next").unwrap();
+    for c in (0..MIB / CHUNK as u64).rev() {
+        store
+            .write_origin(c * CHUNK as u64, &[0x55; CHUNK as usize])
+            .unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut gone) = (0, 0);
+    for r in readers {
+        let (o, g) = r.join().expect("reader");
+        ok += o;
+        gone += g;
+    }
+    assert!(
+        ok > 0 && gone > 0,
+        "{ok} reads succeeded, {gone} found it gone"
+    );
+}
+
+struct SlowReads(MemDev);
+
+impl BlockDev for SlowReads {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        std::thread::sleep(std::time::Duration::from_micros(500));
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.0.write_at(buf, offset)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        self.0.size()
+    }
 }
