@@ -265,8 +265,6 @@ fn build_phase(
 
     let store_blocks = built.store_bytes / 4096;
     let bitmap_bytes = store_blocks.div_ceil(8);
-    // The allocator also keeps a u16 use count per chunk-sized group of blocks.
-    let group_bytes = store_blocks / (CHUNK / 4096) * 2;
     let on_disk = allocated_bytes(&dir.join("store.img"));
 
     let mut out = String::new();
@@ -290,13 +288,12 @@ fn build_phase(
     writeln!(
         out,
         "Store: {} apparent, {} actually allocated on disk (metadata only: data chunks are \
-         discarded). Allocator state in memory: bitmap {} (1 bit per 4 KiB store block) + \
-         per-chunk use counts {} (2 bytes per 64 KiB) — both scale with the store's size, not \
-         with the number of exceptions. Build cache: {} hits / {} misses / {} evictions.",
+         discarded). Allocator state in memory: bitmap {} (1 bit per 4 KiB store block; \
+         chunk use is counted from it) — it scales with the store's size, not with the number \
+         of exceptions. Build cache: {} hits / {} misses / {} evictions.",
         mib(built.store_bytes),
         on_disk.map(mib).unwrap_or_else(|| "?".into()),
         mib(bitmap_bytes),
-        mib(group_bytes),
         built.cache.hits,
         built.cache.misses,
         built.cache.evictions

@@ -36,8 +36,6 @@ pub struct ChunkAllocator {
     words: Vec<u64>,
     total_blocks: u64,
     chunk_blocks: u64,
-    /// Used blocks per group; empty when `chunk_blocks == 1` (the bits say it all).
-    group_used: Vec<u16>,
     /// Groups with some but not all blocks used: where metadata goes first.
     partial_groups: BTreeSet<u64>,
     used: u64,
@@ -67,11 +65,6 @@ impl ChunkAllocator {
             words: vec![0; nwords],
             total_blocks,
             chunk_blocks,
-            group_used: if chunk_blocks > 1 {
-                vec![0; ngroups as usize]
-            } else {
-                Vec::new()
-            },
             partial_groups: BTreeSet::new(),
             used: 0,
             free_groups: if chunk_blocks > 1 { ngroups } else { 0 },
@@ -149,19 +142,34 @@ impl ChunkAllocator {
         if self.chunk_blocks > 1 {
             self.partial_groups.clear();
             let mut free = 0;
-            for g in 0..self.group_used.len() as u64 {
-                let n = (g * self.chunk_blocks..(g + 1) * self.chunk_blocks)
-                    .filter(|&b| self.is_used(b))
-                    .count() as u16;
-                self.group_used[g as usize] = n;
+            for g in 0..self.ngroups() {
+                let n = self.group_count(g);
                 if n == 0 {
                     free += 1;
                 }
-                if n > 0 && (n as u64) < self.chunk_blocks {
+                if n > 0 && n < self.chunk_blocks {
                     self.partial_groups.insert(g);
                 }
             }
             self.free_groups = free;
+        }
+    }
+
+    /// Used blocks of whole group `g`, counted from the bitmap rather than kept per group (a
+    /// count per group would cost as much memory as the bitmap itself). Chunk sizes are powers
+    /// of two, so a group is a bit field inside one word or a run of whole words.
+    fn group_count(&self, g: u64) -> u64 {
+        let cb = self.chunk_blocks;
+        let first = g * cb;
+        let word = (first / 64) as usize;
+        if cb < 64 {
+            let field = (self.words[word] >> (first % 64)) & ((1u64 << cb) - 1);
+            u64::from(field.count_ones())
+        } else {
+            self.words[word..word + (cb / 64) as usize]
+                .iter()
+                .map(|w| u64::from(w.count_ones()))
+                .sum()
         }
     }
 
@@ -185,19 +193,14 @@ impl ChunkAllocator {
         self.dirty.insert(block / BITS_PER_BLOCK);
         if self.chunk_blocks > 1 {
             let g = block / self.chunk_blocks;
-            if let Some(n) = self.group_used.get_mut(g as usize) {
-                if on {
-                    if *n == 0 {
-                        self.free_groups -= 1;
-                    }
-                    *n += 1;
-                } else {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.free_groups += 1;
-                    }
+            if g < self.ngroups() {
+                let n = self.group_count(g);
+                match (on, n) {
+                    (true, 1) => self.free_groups -= 1,
+                    (false, 0) => self.free_groups += 1,
+                    _ => {}
                 }
-                if *n > 0 && (*n as u64) < self.chunk_blocks {
+                if n > 0 && n < self.chunk_blocks {
                     self.partial_groups.insert(g);
                 } else {
                     self.partial_groups.remove(&g);
@@ -210,7 +213,7 @@ impl ChunkAllocator {
         if self.chunk_blocks == 1 {
             !self.is_used(g)
         } else {
-            self.group_used.get(g as usize) == Some(&0)
+            g < self.ngroups() && self.group_count(g) == 0
         }
     }
 
@@ -398,14 +401,8 @@ impl ChunkAllocator {
             return;
         }
         self.words.resize(new_total.div_ceil(64) as usize, 0);
-        if self.chunk_blocks > 1 {
-            let old_groups = self.group_used.len() as u64;
-            let new_groups = new_total / self.chunk_blocks;
-            self.group_used.resize(new_groups as usize, 0);
-            // A formerly trailing partial group may now be whole: recount it.
-            self.free_groups += new_groups - old_groups;
-        }
         self.total_blocks = new_total;
+        // Counts everything again, including a formerly trailing partial group now whole.
         self.recount();
         self.force_full_write = true;
     }

@@ -167,3 +167,52 @@ fn unrecorded_chunks_are_free_in_the_bitmap_copy_until_recorded() {
     );
     assert_eq!(second.used_blocks(), a.used_blocks());
 }
+
+/// Group bookkeeping (free groups, groups open to metadata) follows the bitmap through random
+/// allocations and frees, for every chunk size from one block (4 KiB) to 256 blocks (1 MiB).
+#[test]
+fn group_accounting_matches_a_recount() {
+    use rand::{Rng, SeedableRng};
+    for cb in [1u64, 2, 16, 64, 128, 256] {
+        let total = cb * 40 + cb / 2 + 3; // a trailing partial group too
+        let mut a = ChunkAllocator::new(total, cb, 5);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(cb);
+        let (mut chunks, mut metas) = (Vec::new(), Vec::new());
+        for step in 0..3000 {
+            match rng.gen_range(0..10) {
+                0..=2 => chunks.extend(a.alloc_chunk()),
+                3..=5 => metas.extend(a.alloc_meta()),
+                6 | 7 if !chunks.is_empty() => {
+                    let c = chunks.swap_remove(rng.gen_range(0..chunks.len()));
+                    a.free_chunk(c);
+                }
+                8 if !metas.is_empty() => {
+                    let m = metas.swap_remove(rng.gen_range(0..metas.len()));
+                    a.free_meta(m);
+                }
+                _ => {
+                    a.prepare_commit();
+                    a.seal_done();
+                    a.commit_done();
+                }
+            }
+            let free_groups = a.free_groups;
+            let partial = a.partial_groups.clone();
+            let used = a.used;
+            a.recount();
+            assert_eq!(a.free_groups, free_groups, "chunk blocks {cb}, step {step}");
+            assert_eq!(a.partial_groups, partial, "chunk blocks {cb}, step {step}");
+            assert_eq!(a.used, used, "chunk blocks {cb}, step {step}");
+            if step % 100 == 0 {
+                for g in 0..total / cb {
+                    let bits = (g * cb..(g + 1) * cb).filter(|&b| a.is_used(b)).count();
+                    assert_eq!(
+                        a.group_count(g),
+                        bits as u64,
+                        "chunk blocks {cb}, group {g}"
+                    );
+                }
+            }
+        }
+    }
+}
