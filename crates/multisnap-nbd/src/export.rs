@@ -1,7 +1,9 @@
 //! The two traits a storage backend implements to be served over NBD.
 //!
-//! Both are blocking: the server always calls them from tokio's blocking
-//! pool, so an implementation may do synchronous disk I/O freely.
+//! Both are blocking: the server calls the I/O methods of `Export` from the
+//! connection's worker threads and everything used during the handshake
+//! from tokio's blocking pool, never from an async task, so an
+//! implementation may do synchronous disk I/O freely.
 
 use std::sync::Arc;
 

@@ -26,6 +26,11 @@ pub struct ServerConfig {
     pub max_payload: u32,
     /// Requests executing at once per connection.
     pub max_in_flight: usize,
+    /// Worker threads per connection that run requests against the export
+    /// (started on demand; at most `max_in_flight`). A slow backend call
+    /// occupies one worker, so this is the number of backend calls a
+    /// connection can have running at once.
+    pub workers_per_connection: usize,
     /// Payload bytes buffered at once per connection (raised to at least
     /// `max_payload`).
     pub max_in_flight_bytes: u32,
@@ -42,6 +47,9 @@ impl Default for ServerConfig {
         ServerConfig {
             max_payload: 32 * 1024 * 1024,
             max_in_flight: 64,
+            // Like nbdkit's default thread model: enough to overlap page-cache misses and
+            // copy-on-write commits, few enough that threads do not outnumber the work.
+            workers_per_connection: 8,
             max_in_flight_bytes: 256 * 1024 * 1024,
             handshake_timeout: Some(Duration::from_secs(60)),
             shutdown_grace: Duration::from_secs(30),
@@ -55,6 +63,7 @@ impl fmt::Debug for ServerConfig {
         f.debug_struct("ServerConfig")
             .field("max_payload", &self.max_payload)
             .field("max_in_flight", &self.max_in_flight)
+            .field("workers_per_connection", &self.workers_per_connection)
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
@@ -63,8 +72,9 @@ impl fmt::Debug for ServerConfig {
     }
 }
 
-/// Runs a backend call on the blocking pool. A panic in the backend becomes
-/// an EIO reply instead of taking the connection down.
+/// Runs a provider call of the handshake on the blocking pool (requests of
+/// the transmission phase run on the connection's workers instead). A panic
+/// in the backend becomes an EIO reply instead of taking the connection down.
 pub(crate) async fn blocking<T, F>(op: &'static str, f: F) -> Result<T, NbdError>
 where
     T: Send + 'static,

@@ -1,36 +1,66 @@
 //! Transmission phase: requests are read one after another, executed
-//! concurrently on the blocking pool, and answered out of order.
+//! concurrently on the connection's worker threads, and answered out of
+//! order.
 //!
-//! Task layout per connection:
-//! - this function is the reader: it parses headers, reads WRITE payloads,
-//!   validates, and spawns one task per request;
-//! - a single writer task owns the socket's write half and serialises
-//!   replies, so chunks of different replies never interleave mid-message;
-//! - two semaphores bound the work in flight (requests, and payload bytes),
-//!   and a permit is released only after its reply hit the socket, so a
-//!   client that stops reading replies stops being read from.
+//! Task and thread layout per connection (nbdkit's model, minus the socket
+//! lock):
+//! - [`run`] is the reader, an async task: it parses headers, takes the
+//!   permits (below), reads WRITE payloads and validates. A request that
+//!   fails validation is answered from here; a valid one becomes a job on
+//!   the connection's queue.
+//! - Up to `ServerConfig::workers_per_connection` (capped by
+//!   `max_in_flight`) std threads named `nbd-worker`, started on demand,
+//!   pop jobs, call the [`Export`] synchronously inside the request's
+//!   tracing span, build the whole reply, hand it to the writer, and report
+//!   the request to the observer. A worker that is busy takes the next job
+//!   without being woken; an idle one is woken only when a job arrives.
+//! - A single writer task owns the socket's write half and writes replies
+//!   whole, so chunks of different replies never interleave mid-message. It
+//!   takes every reply already queued before it flushes, so a burst of
+//!   replies costs one socket write.
+//! - Two semaphores bound the work in flight (requests, and payload bytes).
+//!   A permit travels with its request into the reply and is released only
+//!   after the write that put that reply on the socket, so a client that
+//!   stops reading replies stops being read from.
+//!
+//! A panic in the backend (or in building a reply) is caught in the worker
+//! and answered as EIO (`NbdError::BackendPanicked`); the worker lives on.
 //!
 //! FLUSH ordering: a write is acknowledged only after `Export::write`
 //! returned, and `Export::flush` is called only after the FLUSH header was
 //! read. So every write whose reply the client saw before sending FLUSH
 //! returned before `flush` was called, and the `Export` contract ("flush
 //! covers every write that has returned") makes it durable.
+//!
+//! Ending: when the client disconnects, the socket fails or `shutdown`
+//! fires, the reader stops reading and closes the queue; the workers still
+//! run every queued job and send its reply (dropped if the socket is gone),
+//! then exit. `run` returns only after the writer has written (or given up
+//! on) the last reply and every worker thread has been joined. If `run`'s
+//! future is dropped instead, the queue is closed all the same and the
+//! workers exit on their own once it is drained: no thread outlives its
+//! jobs.
 
 use std::ops::Range;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, debug_span, warn, Instrument};
+use tracing::{debug, debug_span, warn, Instrument, Span};
 
 use crate::error::NbdError;
 use crate::export::{ContextExtent, Export, Extent, Fua, ZeroMode};
 use crate::handshake::{read_or_eof, MetaContext, Session};
 use crate::observer::{Observer, RequestEvent, RequestKind};
 use crate::proto::{self, ContextId, Errno, Handle, RequestHeader};
-use crate::server::{blocking, ServerConfig};
+use crate::server::ServerConfig;
+
+mod workers;
+use workers::Pool;
+pub use workers::WORKER_THREAD_NAME;
 
 /// Most descriptors sent in one NBD_REPLY_TYPE_BLOCK_STATUS chunk (1 MiB of
 /// descriptors); the client asks again for the rest.
@@ -241,13 +271,16 @@ impl Part {
     }
 }
 
+/// The permits a request holds until its reply is on the wire.
+type Permits = (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>);
+
 /// A complete reply plus the permits it holds until it is on the wire.
 struct Outgoing {
     parts: Vec<Part>,
-    _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+    _permits: Permits,
 }
 
-/// Immutable per-connection facts shared by every request task.
+/// Immutable per-connection facts shared by the reader and the workers.
 struct Conn {
     export_name: String,
     export: Arc<dyn Export>,
@@ -257,9 +290,97 @@ struct Conn {
     observer: Option<Arc<dyn Observer>>,
 }
 
+impl Conn {
+    fn report(&self, kind: RequestKind, bytes: u64, start: Instant, error: Option<Errno>) {
+        if let Some(obs) = &self.observer {
+            obs.request_finished(&RequestEvent {
+                export: &self.export_name,
+                kind,
+                bytes,
+                latency: start.elapsed(),
+                error,
+            });
+        }
+    }
+}
+
+/// A validated request on its way to a worker.
+struct Job {
+    handle: Handle,
+    kind: RequestKind,
+    op: Op,
+    permits: Permits,
+    span: Span,
+    start: Instant,
+}
+
+/// Runs one job on a worker thread: executes it, queues the reply, reports
+/// it. Never panics (a panic in the backend becomes an EIO reply), so the
+/// worker survives any request.
+fn work(conn: &Conn, replies: &mpsc::UnboundedSender<Outgoing>, job: Job) {
+    let Job {
+        handle,
+        kind,
+        op,
+        permits,
+        span,
+        start,
+    } = job;
+    let _entered = span.enter();
+    // The backend may be left mid-operation by a panic; that is its own
+    // business (it must not corrupt data either way), ours is to answer.
+    let (parts, bytes, errno) = match catch_unwind(AssertUnwindSafe(|| execute(conn, handle, op))) {
+        Ok(r) => r,
+        Err(panic) => {
+            let e = NbdError::BackendPanicked {
+                op: kind.as_str(),
+                reason: panic_reason(panic.as_ref()),
+            };
+            warn!(error = %e, "backend panicked");
+            let errno = e.errno();
+            // Building an error reply allocates and encodes, nothing more.
+            (error_reply(conn, handle, &e, None), 0, Some(errno))
+        }
+    };
+    if errno.is_none() {
+        debug!("done");
+    }
+    // Fails only once the writer gave up on the socket: the reply (and its
+    // permits) are dropped, which is all that can be done with it.
+    let _ = replies.send(Outgoing {
+        parts,
+        _permits: permits,
+    });
+    // The observer is the embedder's code; a panic there must not kill the
+    // worker either.
+    if catch_unwind(AssertUnwindSafe(|| conn.report(kind, bytes, start, errno))).is_err() {
+        warn!("request observer panicked");
+    }
+}
+
+fn panic_reason(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_owned()
+    }
+}
+
+/// Worker threads for one connection: at most `workers_per_connection`,
+/// and never more than requests that can be in flight at once.
+fn worker_count(config: &ServerConfig) -> usize {
+    config
+        .workers_per_connection
+        .min(config.max_in_flight)
+        .max(1)
+}
+
 /// Runs the transmission phase until the client disconnects, the socket
 /// fails, or `shutdown` fires; in every case in-flight requests are finished
-/// and their replies sent (if the socket still works) before returning.
+/// and their replies sent (if the socket still works), and the connection's
+/// worker threads have exited, before returning.
 pub async fn run<R, W>(
     mut rd: R,
     wr: W,
@@ -291,8 +412,18 @@ where
     let byte_budget = config.max_in_flight_bytes.max(limits.max_payload).max(1);
     let bytes = Arc::new(Semaphore::new(byte_budget as usize));
 
-    let (tx, rx) = mpsc::channel::<Outgoing>(config.max_in_flight.max(1));
+    // Unbounded because the request semaphore already bounds it: every
+    // reply holds a request permit until it is written. So a worker never
+    // blocks handing over a reply.
+    let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
     let writer = tokio::spawn(write_replies(wr, rx, stop.clone()).in_current_span());
+    let mut pool = {
+        let (conn, tx) = (conn.clone(), tx.clone());
+        Pool::new(
+            worker_count(config),
+            Arc::new(move |job: Job| work(&conn, &tx, job)),
+        )
+    };
 
     let mut result = Ok(());
     loop {
@@ -356,12 +487,10 @@ where
                 };
                 warn!(parent: &span, error = %err, "closing connection");
                 let parts = error_reply(&conn, h.handle, &err, None);
-                let _ = tx
-                    .send(Outgoing {
-                        parts,
-                        _permits: permits,
-                    })
-                    .await;
+                let _ = tx.send(Outgoing {
+                    parts,
+                    _permits: permits,
+                });
                 result = Err(err);
                 break;
             }
@@ -378,54 +507,61 @@ where
             payload = Some(buf);
         }
 
-        let tx = tx.clone();
-        let conn = conn.clone();
-        let task = async move {
-            let (parts, bytes, errno) = match validate(&h, payload, &limits) {
-                Ok(op) => execute(&conn, h.handle, op).await,
-                Err(e) => {
-                    let e = name_export(e, &conn.export_name);
-                    debug!(error = %e, "request refused");
-                    let errno = e.errno();
-                    (error_reply(&conn, h.handle, &e, None), 0, Some(errno))
-                }
-            };
-            if errno.is_none() {
-                debug!("done");
-            }
-            let _ = tx
-                .send(Outgoing {
-                    parts,
+        let op = match validate(&h, payload, &limits) {
+            Ok(op) => op,
+            Err(e) => {
+                // Answered right here: nothing to run, and a thread
+                // hand-off would cost more than encoding the error.
+                let e = name_export(e, &conn.export_name);
+                debug!(parent: &span, error = %e, "request refused");
+                let errno = e.errno();
+                let _ = tx.send(Outgoing {
+                    parts: error_reply(&conn, h.handle, &e, None),
                     _permits: permits,
-                })
-                .await;
-            if let Some(obs) = &conn.observer {
-                obs.request_finished(&RequestEvent {
-                    export: &conn.export_name,
-                    kind,
-                    bytes,
-                    latency: start.elapsed(),
-                    error: errno,
                 });
+                conn.report(kind, 0, start, Some(errno));
+                continue;
             }
         };
-        tokio::spawn(task.instrument(span));
+        let job = Job {
+            handle: h.handle,
+            kind,
+            op,
+            permits,
+            span,
+            start,
+        };
+        if let Err(e) = pool.submit(job) {
+            // No worker at all (the process is out of threads): the job
+            // cannot run, so the connection cannot be served.
+            warn!(error = %e, "cannot start an NBD worker thread; closing connection");
+            result = Err(NbdError::Connection(e));
+            break;
+        }
     }
 
-    // Every request task holds a sender; the writer ends once they have all
-    // finished and their replies are written.
+    // The workers run what is queued, then exit and drop their reply
+    // senders; the writer ends once the last reply is written.
+    let threads = pool.close();
     drop(tx);
     if let Err(e) = writer.await {
         warn!(error = %e, "reply writer task failed");
     }
+    // If the writer gave up early (socket failure), workers may still be
+    // inside the backend; joining waits for them, off the runtime threads.
+    let joined = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            // A worker cannot panic (see `work`); nothing to report if it did.
+            let _ = t.join();
+        }
+    });
+    if let Err(e) = joined.await {
+        warn!(error = %e, "joining NBD workers failed");
+    }
     result
 }
 
-async fn acquire(
-    count: &Arc<Semaphore>,
-    bytes: &Arc<Semaphore>,
-    n: u32,
-) -> Option<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)> {
+async fn acquire(count: &Arc<Semaphore>, bytes: &Arc<Semaphore>, n: u32) -> Option<Permits> {
     let c = count.clone().acquire_owned().await.ok()?;
     let b = if n > 0 {
         Some(bytes.clone().acquire_many_owned(n).await.ok()?)
@@ -435,27 +571,36 @@ async fn acquire(
     Some((c, b))
 }
 
+/// Writes replies whole, in the order they were queued. Whatever is queued
+/// when the writer gets to run goes out in one flush (one `sendmsg` while it
+/// fits the 256 KiB buffer); the permits of those replies are released only
+/// after that flush, when the bytes are in the socket.
 async fn write_replies<W: AsyncWrite + Unpin>(
     wr: W,
-    mut rx: mpsc::Receiver<Outgoing>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
     stop: CancellationToken,
 ) {
     let mut w = BufWriter::with_capacity(256 * 1024, wr);
-    while let Some(msg) = rx.recv().await {
-        let mut res = Ok(());
-        for p in &msg.parts {
-            res = w.write_all(p.as_slice()).await;
-            if res.is_err() {
-                break;
+    let mut batch: Vec<Outgoing> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let res: std::io::Result<()> = async {
+            // Bounded: each queued reply holds a request permit, and no new
+            // permit is issued until this batch is flushed and dropped.
+            while let Some(msg) = next.take().or_else(|| rx.try_recv().ok()) {
+                for p in &msg.parts {
+                    w.write_all(p.as_slice()).await?;
+                }
+                batch.push(msg);
             }
+            w.flush().await
         }
-        if res.is_ok() && rx.is_empty() {
-            res = w.flush().await;
-        }
+        .await;
+        batch.clear();
         if let Err(e) = res {
             debug!(error = %e, "cannot send replies; closing connection");
-            // Stop the reader; request tasks see a closed channel and drop
-            // their replies.
+            // Stop the reader; workers see a closed channel and drop their
+            // replies.
             stop.cancel();
             return;
         }
@@ -509,58 +654,36 @@ fn ok_reply(conn: &Conn, handle: Handle) -> Vec<Part> {
     }
 }
 
-/// Runs one validated request; returns the reply, bytes covered, and errno.
-async fn execute(conn: &Arc<Conn>, handle: Handle, op: Op) -> (Vec<Part>, u64, Option<Errno>) {
-    let ex = conn.export.clone();
-    let (res, bytes, err_offset) = match op {
-        Op::Read { offset, len, df } => {
-            return read(conn, handle, offset, len, df).await;
-        }
-        Op::Write { offset, data, fua } => {
-            let n = data.len() as u64;
-            (
-                blocking("write", move || ex.write(offset, &data, fua)).await,
-                n,
-                None,
-            )
-        }
-        Op::Flush => (blocking("flush", move || ex.flush()).await, 0, None),
-        Op::Trim { offset, len, fua } => (
-            blocking("trim", move || ex.trim(offset, u64::from(len), fua)).await,
-            u64::from(len),
-            None,
-        ),
+/// Runs one validated request on the calling (worker) thread; returns the
+/// reply, bytes covered, and errno.
+fn execute(conn: &Conn, handle: Handle, op: Op) -> (Vec<Part>, u64, Option<Errno>) {
+    let ex = &conn.export;
+    let (res, bytes) = match op {
+        Op::Read { offset, len, df } => return read(conn, handle, offset, len, df),
+        Op::BlockStatus {
+            offset,
+            len,
+            req_one,
+        } => return block_status(conn, handle, offset, len, req_one),
+        Op::Write { offset, data, fua } => (ex.write(offset, &data, fua), data.len() as u64),
+        Op::Flush => (ex.flush(), 0),
+        Op::Trim { offset, len, fua } => (ex.trim(offset, u64::from(len), fua), u64::from(len)),
         Op::WriteZeroes {
             offset,
             len,
             mode,
             fua,
         } => (
-            blocking("write_zeroes", move || {
-                ex.write_zeroes(offset, u64::from(len), mode, fua)
-            })
-            .await,
+            ex.write_zeroes(offset, u64::from(len), mode, fua),
             u64::from(len),
-            None,
         ),
-        Op::BlockStatus {
-            offset,
-            len,
-            req_one,
-        } => {
-            return block_status(conn, handle, offset, len, req_one).await;
-        }
     };
     match res {
         Ok(()) => (ok_reply(conn, handle), bytes, None),
         Err(e) => {
             debug!(error = %e, "request failed");
             let errno = e.errno();
-            (
-                error_reply(conn, handle, &e, err_offset),
-                bytes,
-                Some(errno),
-            )
+            (error_reply(conn, handle, &e, None), bytes, Some(errno))
         }
     }
 }
@@ -604,18 +727,17 @@ pub fn plan_read(len: u64, extents: &[Extent]) -> Vec<ReadPiece> {
     out
 }
 
-async fn read(
-    conn: &Arc<Conn>,
+fn read(
+    conn: &Conn,
     handle: Handle,
     offset: u64,
     len: u32,
     df: bool,
 ) -> (Vec<Part>, u64, Option<Errno>) {
-    let ex = conn.export.clone();
+    let ex = &conn.export;
     let total = u64::from(len);
     let plan = if conn.structured && conn.sparse_reads && !df && len > 0 {
-        let ex2 = ex.clone();
-        match blocking("block_status", move || ex2.block_status(offset, total)).await {
+        match ex.block_status(offset, total) {
             Ok(extents) => plan_read(total, &extents),
             // Holes are an optimisation; fall back to reading everything.
             Err(_) => vec![ReadPiece::Data(0..total)],
@@ -623,43 +745,22 @@ async fn read(
     } else {
         vec![ReadPiece::Data(0..total)]
     };
-    let data_ranges: Vec<Range<u64>> = plan
-        .iter()
-        .filter_map(|p| match p {
-            ReadPiece::Data(r) => Some(r.clone()),
-            ReadPiece::Hole(_) => None,
-        })
-        .collect();
-    // The inner result carries the offset of the piece that failed, for
-    // NBD_REPLY_TYPE_ERROR_OFFSET.
-    let res = blocking("read", move || {
-        let mut buf = vec![0u8; len as usize];
-        for r in &data_ranges {
-            let at = offset + r.start;
-            let Some(slice) = buf.get_mut(r.start as usize..r.end as usize) else {
-                continue;
-            };
-            if let Err(e) = ex.read(at, slice) {
-                return Ok(Err((e, at)));
-            }
-        }
-        Ok(Ok(buf))
-    })
-    .await;
-
-    let buf = match res {
-        Ok(Ok(b)) => b,
-        Ok(Err((e, at))) => {
+    let mut buf = vec![0u8; len as usize];
+    for piece in &plan {
+        let ReadPiece::Data(r) = piece else { continue };
+        let at = offset + r.start;
+        let Some(slice) = buf.get_mut(r.start as usize..r.end as usize) else {
+            continue;
+        };
+        if let Err(e) = ex.read(at, slice) {
             debug!(error = %e, "read failed");
             let errno = e.errno();
+            // The offset of the piece that failed, for
+            // NBD_REPLY_TYPE_ERROR_OFFSET.
             let at = conn.structured.then_some(at);
             return (error_reply(conn, handle, &e, at), total, Some(errno));
         }
-        Err(e) => {
-            let errno = e.errno();
-            return (error_reply(conn, handle, &e, None), total, Some(errno));
-        }
-    };
+    }
 
     if !conn.structured {
         let mut parts = vec![Part::Bytes(
@@ -759,35 +860,25 @@ pub fn base_flags(e: &Extent) -> u32 {
     f
 }
 
-async fn block_status(
-    conn: &Arc<Conn>,
+fn block_status(
+    conn: &Conn,
     handle: Handle,
     offset: u64,
     len: u32,
     req_one: bool,
 ) -> (Vec<Part>, u64, Option<Errno>) {
+    let ex = &conn.export;
     let mut chunks = Vec::with_capacity(conn.contexts.len());
     for (id, ctx) in &conn.contexts {
-        let ex = conn.export.clone();
         let res = match ctx {
-            MetaContext::BaseAllocation => {
-                blocking("block_status", move || {
-                    ex.block_status(offset, u64::from(len))
-                        .map(|v| v.iter().map(|e| (e.len, base_flags(e))).collect::<Vec<_>>())
-                })
-                .await
-            }
-            MetaContext::Named(name) => {
-                let name = name.clone();
-                blocking("context_status", move || {
-                    ex.context_status(&name, offset, u64::from(len)).map(|v| {
-                        v.iter()
-                            .map(|e: &ContextExtent| (e.len, e.flags))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .await
-            }
+            MetaContext::BaseAllocation => ex
+                .block_status(offset, u64::from(len))
+                .map(|v| v.iter().map(|e| (e.len, base_flags(e))).collect::<Vec<_>>()),
+            MetaContext::Named(name) => ex.context_status(name, offset, u64::from(len)).map(|v| {
+                v.iter()
+                    .map(|e: &ContextExtent| (e.len, e.flags))
+                    .collect::<Vec<_>>()
+            }),
         };
         match res {
             Ok(raw) => chunks.push((*id, descriptors(len, raw, req_one))),

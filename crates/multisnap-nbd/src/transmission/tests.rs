@@ -250,3 +250,54 @@ fn meta_context_queries() {
     assert!(query_matches("multisnap:", "multisnap:changed:3"));
     assert!(!query_matches("", "base:allocation"));
 }
+
+#[test]
+fn pool_starts_workers_on_demand_up_to_its_cap_and_drains_on_close() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Barrier, Mutex};
+
+    let done = Arc::new(AtomicUsize::new(0));
+    // The first three jobs wait for each other: they can only finish if the
+    // pool started three workers for them.
+    let barrier = Arc::new(Barrier::new(3));
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let (d, b, o) = (done.clone(), barrier.clone(), order.clone());
+    let mut pool = workers::Pool::new(
+        3,
+        Arc::new(move |job: usize| {
+            if job < 3 {
+                b.wait();
+            }
+            o.lock().unwrap().push(job);
+            d.fetch_add(1, Ordering::SeqCst);
+        }),
+    );
+    for job in 0..20 {
+        pool.submit(job).unwrap();
+    }
+    assert!(pool.threads() <= 3);
+    // Every job queued before close runs; the threads then exit.
+    for t in pool.close() {
+        t.join().unwrap();
+    }
+    assert_eq!(done.load(Ordering::SeqCst), 20);
+    let mut seen = order.lock().unwrap().clone();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..20).collect::<Vec<_>>());
+}
+
+#[test]
+fn dropping_the_pool_lets_its_idle_workers_exit() {
+    let mut pool = workers::Pool::new(2, Arc::new(|_: u8| {}));
+    pool.submit(1).unwrap();
+    let queue_alive = Arc::downgrade(&pool.queue_for_test());
+    drop(pool);
+    // Each worker holds the queue until it exits.
+    for _ in 0..500 {
+        if queue_alive.upgrade().is_none() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("a worker is still waiting on a dropped pool's queue");
+}
