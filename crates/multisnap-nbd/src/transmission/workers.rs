@@ -6,7 +6,8 @@
 //! idle. Only then is a wake-up needed; a busy worker takes the next job
 //! when it comes back to the queue, without any futex call, and the pool
 //! grows (up to its cap) only when jobs wait with no idle worker to take
-//! them. Connections that send one request never start eight threads.
+//! them: a connection whose requests finish quickly keeps a few threads
+//! however many it is allowed.
 
 use std::collections::VecDeque;
 use std::io;
