@@ -114,7 +114,7 @@ type Split = Option<(Key, MetaBlock, u64)>;
 /// Inserts into the subtree at `block`, already shadowed by the caller. Returns the subtree's
 /// max stamp and the right half if the node split.
 fn insert_into(p: &mut Pager, block: MetaBlock, key: Key, value: &[u8]) -> Result<(u64, Split)> {
-    let mut node = p.read(block)?;
+    let mut node = p.read_owned(block)?;
     check_depth(&node, block)?;
     if node.is_leaf() {
         let vs = node.kind.value_size();
@@ -216,7 +216,7 @@ pub fn remove(p: &mut Pager, root: MetaBlock, key: &Key) -> Result<(MetaBlock, O
 /// Removes from the subtree at `block` (already shadowed). Returns the removed value and the
 /// subtree's new max stamp; an emptied child is freed by its parent.
 fn remove_from(p: &mut Pager, block: MetaBlock, key: &Key) -> Result<(Option<Vec<u8>>, u64)> {
-    let mut node = p.read(block)?;
+    let mut node = p.read_owned(block)?;
     check_depth(&node, block)?;
     let removed = if node.is_leaf() {
         match node.keys.binary_search(key) {

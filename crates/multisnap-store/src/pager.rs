@@ -21,14 +21,21 @@ pub struct Pager {
 }
 
 impl Pager {
-    pub fn read(&mut self, block: MetaBlock) -> Result<Node> {
+    /// The node at `block`, shared with the cache (callers that change it take a copy and
+    /// `write` it back).
+    pub fn read(&mut self, block: MetaBlock) -> Result<Arc<Node>> {
         if let Some(n) = self.cache.get(block.0) {
             return Ok(n);
         }
-        let node = read_node(&*self.dev, block, self.alloc.total_blocks())?.0;
-        let evicted = self.cache.put(block.0, node.clone(), false);
+        let node = Arc::new(read_node(&*self.dev, block, self.alloc.total_blocks())?.0);
+        let evicted = self.cache.put_shared(block.0, node.clone(), false);
         self.write_evicted(evicted)?;
         Ok(node)
+    }
+
+    /// A copy of the node at `block`, to change and `write` back.
+    pub fn read_owned(&mut self, block: MetaBlock) -> Result<Node> {
+        Ok(Node::clone(&*self.read(block)?))
     }
 
     /// Stores a node in a block allocated in this transaction.
@@ -78,7 +85,7 @@ impl Pager {
         if self.alloc.is_fresh_meta(block) {
             return Ok(block);
         }
-        let node = self.read(block)?;
+        let node = self.read_owned(block)?;
         let fresh = self.new_block()?;
         self.free(block);
         self.write(fresh, node)?;
