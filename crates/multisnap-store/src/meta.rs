@@ -137,6 +137,8 @@ pub struct Meta {
     /// Bumped whenever a snapshot stops being live, so readers can tell without the lock
     /// that the snapshot they read is still there.
     pub live_epoch: Arc<AtomicU64>,
+    /// The store's covered-chunk map, cleared here when the store is poisoned.
+    pub covered: Arc<crate::store::CoveredChunks>,
     pub next_snapshot_id: u64,
     pub exception_count: u64,
     pub copies_total: u64,
@@ -225,6 +227,9 @@ impl Meta {
         alloc: ChunkAllocator,
         cache_bytes: usize,
     ) -> Meta {
+        let covered = Arc::new(crate::store::CoveredChunks::new(
+            sb.origin_size.div_ceil(u64::from(sb.chunk_size.max(1))),
+        ));
         let pager = Pager {
             dev,
             cache: NodeCache::with_bytes(cache_bytes),
@@ -250,6 +255,7 @@ impl Meta {
             live: BTreeSet::new(),
             private_owners: BTreeSet::new(),
             live_epoch: Arc::new(AtomicU64::new(0)),
+            covered,
             dirty: false,
             poisoned: None,
             commits_total: 0,
@@ -770,6 +776,7 @@ impl Meta {
     pub fn poison(&mut self, err: StoreError) -> StoreError {
         tracing::error!(error = %err, "store metadata update failed; refusing further changes until reopened");
         self.poisoned = Some(err.to_string());
+        self.covered.clear();
         err
     }
 

@@ -29,7 +29,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod covered;
 mod receive;
+pub(crate) use covered::CoveredChunks;
 pub use receive::{ReceivePlan, ReceiveStatus};
 
 /// How much a store can grow in place: its bitmap area is sized for this multiple of the
@@ -158,6 +160,9 @@ pub struct Store {
     durable_generation: AtomicU64,
     /// `Meta::live_epoch`, readable without the metadata lock.
     live_epoch: Arc<AtomicU64>,
+    /// Origin chunks an overwrite needs no copy for (see `covered`); shared with `Meta`,
+    /// which clears it when it poisons itself.
+    covered: Arc<CoveredChunks>,
     barrier: RwLock<()>,
     stripes: Vec<RwLock<()>>,
     bytes_copied: AtomicU64,
@@ -389,6 +394,7 @@ impl Store {
             origin_size: meta.sb.origin_size,
             durable_generation: AtomicU64::new(meta.sb.generation),
             live_epoch: meta.live_epoch.clone(),
+            covered: meta.covered.clone(),
             volume_name: meta.sb.volume_name.clone(),
             volume_uuid: meta.sb.volume_uuid,
             origin_path: meta.sb.origin_path.clone(),
@@ -463,6 +469,14 @@ impl Store {
         idx.into_iter().map(|i| self.stripes[i].write()).collect()
     }
 
+    /// The write barrier, exclusively: no origin write in flight. Whatever the caller changes
+    /// may make copies necessary again, so the covered-chunk map starts over.
+    fn exclusive_barrier(&self) -> RwLockWriteGuard<'_, ()> {
+        let guard = self.barrier.write();
+        self.covered.clear();
+        guard
+    }
+
     fn chunk_len(&self, chunk: u64) -> usize {
         let cs = self.chunk_size as u64;
         (self.origin_size - chunk * cs).min(cs) as usize
@@ -478,7 +492,7 @@ impl Store {
     /// chunks private to it), never touching the origin or other snapshots.
     pub fn create_snapshot_with(&self, name: &str, writable: bool) -> Result<SnapshotInfo> {
         validate_snapshot_name(name)?;
-        let _barrier = self.barrier.write();
+        let _barrier = self.exclusive_barrier();
         // Writes acknowledged but not yet flushed are part of the snapshot; make them durable
         // so a power cut cannot take them out of it.
         self.origin.flush().map_err(|source| StoreError::Flush {
@@ -841,7 +855,7 @@ impl Store {
 
     /// Makes a snapshot writable (or read-only again).
     pub fn set_writable(&self, id: SnapshotId, writable: bool) -> Result<SnapshotInfo> {
-        let _barrier = self.barrier.write();
+        let _barrier = self.exclusive_barrier();
         let (generation, info) = {
             let mut m = self.meta.lock();
             m.check_usable()?;
@@ -860,7 +874,7 @@ impl Store {
     /// Deletes a snapshot: it disappears at once (no longer readable or counted as live); its
     /// space comes back through reclamation (`reclaim_step`), in the background.
     pub fn delete_snapshot(&self, id: SnapshotId) -> Result<()> {
-        let _barrier = self.barrier.write();
+        let _barrier = self.exclusive_barrier();
         let generation = {
             let mut m = self.meta.lock();
             m.check_usable()?;
@@ -893,7 +907,7 @@ impl Store {
     /// reclaims its space at once. False when there is no snapshot left to drop.
     fn invalidate_oldest(&self) -> Result<bool> {
         {
-            let _barrier = self.barrier.write();
+            let _barrier = self.exclusive_barrier();
             let mut m = self.meta.lock();
             m.check_usable()?;
             let Some(&oldest) = m.live.iter().next() else {
@@ -984,20 +998,28 @@ impl Store {
         let _barrier = self.barrier.read();
         let chunks = self.chunks_of(offset, data.len() as u64);
         let _stripes = self.lock_stripes(chunks.clone());
-        let needs = {
-            let mut m = self.meta.lock();
-            m.check_usable()?;
-            let mut needs = Vec::new();
-            for c in chunks {
-                if let Some(need) = m.copy_need(OriginChunk(c))? {
-                    needs.push(need);
+        // Overwrites of chunks every live snapshot already has a copy of skip the metadata
+        // lock altogether.
+        if !self.covered.contains_all(chunks.clone()) {
+            let needs = {
+                let mut m = self.meta.lock();
+                m.check_usable()?;
+                let mut needs = Vec::new();
+                for c in chunks.clone() {
+                    if let Some(need) = m.copy_need(OriginChunk(c))? {
+                        needs.push(need);
+                    }
                 }
+                needs
+            };
+            if !needs.is_empty() {
+                let generation = self.copy_out(&needs)?;
+                self.commit_wait(generation)?;
             }
-            needs
-        };
-        if !needs.is_empty() {
-            let generation = self.copy_out(&needs)?;
-            self.commit_wait(generation)?;
+            // Nothing to copy any more for these chunks (the copies, if any, are durable).
+            for c in chunks {
+                self.covered.insert(c);
+            }
         }
         self.origin
             .write_at(data, offset)

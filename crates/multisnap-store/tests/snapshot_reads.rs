@@ -260,3 +260,38 @@ impl BlockDev for SlowReads {
         self.0.size()
     }
 }
+
+/// Once a chunk is copied for every live snapshot, overwriting it again does not walk the
+/// index (the covered-chunk map answers); a new snapshot makes the next write copy again.
+#[test]
+fn overwrites_of_copied_chunks_skip_the_index_until_the_next_snapshot() {
+    let (_o, _d, store) = new_store(MIB, 4 * MIB, 4096);
+    store.write_origin(0, &[1u8; 8192]).unwrap();
+    let s1 = store.create_snapshot("s1").unwrap();
+    store.write_origin(0, &[2u8; 8192]).unwrap();
+    let lookups = |s: &Store| {
+        let c = s.stats().cache;
+        c.hits + c.misses
+    };
+    let before = lookups(&store);
+    for i in 0..100u8 {
+        store.write_origin(4096, &[i; 100]).unwrap();
+    }
+    assert_eq!(
+        lookups(&store),
+        before,
+        "overwrites of a copied chunk walked the index"
+    );
+    assert_eq!(store.stats().copies_total, 2);
+    let s2 = store.create_snapshot("s2").unwrap();
+    store.write_origin(0, &[3u8; 8192]).unwrap();
+    assert_eq!(store.stats().copies_total, 4, "s2 got its own copies");
+    assert_eq!(
+        read(&store, View::Snapshot(s1.id), 0, 4096),
+        vec![1u8; 4096]
+    );
+    let mut want = vec![2u8; 8192];
+    want[4096..4196].fill(99);
+    assert_eq!(read(&store, View::Snapshot(s2.id), 0, 8192), want);
+    assert_eq!(read(&store, View::Origin, 0, 8192), vec![3u8; 8192]);
+}
