@@ -323,10 +323,11 @@ async fn requests_of_one_connection_run_concurrently_on_the_workers() {
     assert_eq!(worker_threads(), 0, "worker threads outlived the server");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_answers_queued_requests_then_the_workers_are_gone() {
-    let _serial = SERIAL.lock().await;
-    const N: u64 = 16;
+/// A server with two workers whose backend holds every read at a gate, and a
+/// connection that sent `n` reads: two are inside the backend, the rest
+/// queued behind them (the pause lets the reader take every header off the
+/// socket).
+async fn two_workers_with_reads_queued(n: u64) -> (Server, Arc<Gate>, TcpStream) {
     let gate = Arc::new(Gate::default());
     let g = gate.clone();
     let srv = Server::start(
@@ -340,16 +341,22 @@ async fn shutdown_answers_queued_requests_then_the_workers_are_gone() {
     )
     .await;
     let mut s = raw_go(&srv.addr, "disk").await;
-    for i in 0..N {
+    for i in 0..n {
         send_request(&mut s, 0, CMD_READ, i, i * BLOCK, BLOCK as u32).await;
     }
-    // Two reads are stuck in the backend, the rest queued behind them (the
-    // pause lets the reader take every header off the socket).
     eventually("two reads inside the backend", || {
         gate.entered.load(Ordering::SeqCst) == 2
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    (srv, gate, s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_queued_requests_then_the_workers_are_gone() {
+    let _serial = SERIAL.lock().await;
+    const N: u64 = 16;
+    let (srv, gate, mut s) = two_workers_with_reads_queued(N).await;
     assert_eq!(worker_threads(), 2);
 
     srv.shutdown.cancel();
@@ -374,27 +381,7 @@ async fn shutdown_answers_queued_requests_then_the_workers_are_gone() {
 async fn client_hanging_up_with_requests_queued_leaves_no_worker_behind() {
     let _serial = SERIAL.lock().await;
     const N: u64 = 16;
-    let gate = Arc::new(Gate::default());
-    let g = gate.clone();
-    let srv = Server::start(
-        2,
-        Box::new(move |op, _| {
-            if op == "read" {
-                g.pass(None)?;
-            }
-            Ok(())
-        }),
-    )
-    .await;
-    let mut s = raw_go(&srv.addr, "disk").await;
-    for i in 0..N {
-        send_request(&mut s, 0, CMD_READ, i, i * BLOCK, BLOCK as u32).await;
-    }
-    eventually("two reads inside the backend", || {
-        gate.entered.load(Ordering::SeqCst) == 2
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (srv, gate, s) = two_workers_with_reads_queued(N).await;
     drop(s);
     gate.open();
     // The connection ends by itself (no shutdown): the workers run the
