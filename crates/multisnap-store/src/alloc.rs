@@ -221,6 +221,19 @@ impl ChunkAllocator {
         self.total_blocks / self.chunk_blocks
     }
 
+    /// The blocks of group (data chunk) `g`.
+    fn group_blocks(&self, g: u64) -> std::ops::Range<u64> {
+        g * self.chunk_blocks..(g + 1) * self.chunk_blocks
+    }
+
+    /// Blocks freed by the sealed commit: free in its bitmap copy, taken in memory until it
+    /// has landed.
+    fn sealed_free_blocks(&self) -> impl Iterator<Item = u64> + '_ {
+        let chunks = self.sealed_free_chunks.iter();
+        let chunk_blocks = chunks.flat_map(|&g| self.group_blocks(g));
+        self.sealed_free_meta.iter().copied().chain(chunk_blocks)
+    }
+
     fn find_free_group(&mut self) -> Option<u64> {
         let n = self.ngroups();
         if n == 0 {
@@ -254,7 +267,7 @@ impl ChunkAllocator {
     /// Allocates a data chunk; `None` when no whole chunk is free.
     pub fn alloc_chunk(&mut self) -> Option<StoreChunk> {
         let g = self.find_free_group()?;
-        for b in g * self.chunk_blocks..(g + 1) * self.chunk_blocks {
+        for b in self.group_blocks(g) {
             self.set(b, true);
         }
         self.fresh_chunks.insert(g);
@@ -264,7 +277,7 @@ impl ChunkAllocator {
     /// Allocates one metadata block; `None` when the store is full.
     pub fn alloc_meta(&mut self) -> Option<MetaBlock> {
         let block = if let Some(&g) = self.partial_groups.iter().next() {
-            (g * self.chunk_blocks..(g + 1) * self.chunk_blocks).find(|&b| !self.is_used(b))?
+            self.group_blocks(g).find(|&b| !self.is_used(b))?
         } else if let Some(g) = self.find_free_group() {
             g * self.chunk_blocks
         } else {
@@ -298,8 +311,7 @@ impl ChunkAllocator {
     /// A tree now references `chunk`: the next bitmap copies show it used.
     pub fn recorded(&mut self, chunk: StoreChunk) {
         if self.unrecorded.remove(&chunk.0) {
-            let cb = self.chunk_blocks;
-            for b in chunk.0 * cb..(chunk.0 + 1) * cb {
+            for b in self.group_blocks(chunk.0) {
                 self.dirty.insert(b / BITS_PER_BLOCK);
             }
         }
@@ -308,7 +320,7 @@ impl ChunkAllocator {
     pub fn free_chunk(&mut self, chunk: StoreChunk) {
         self.unrecorded.remove(&chunk.0);
         if self.fresh_chunks.remove(&chunk.0) {
-            for b in chunk.0 * self.chunk_blocks..(chunk.0 + 1) * self.chunk_blocks {
+            for b in self.group_blocks(chunk.0) {
                 self.set(b, false);
             }
         } else {
@@ -325,34 +337,19 @@ impl ChunkAllocator {
         );
         self.sealed_free_meta = std::mem::take(&mut self.pending_free_meta);
         self.sealed_free_chunks = std::mem::take(&mut self.pending_free_chunks);
-        let cb = self.chunk_blocks;
-        let blocks: Vec<u64> = self
-            .sealed_free_meta
-            .iter()
-            .copied()
-            .chain(
-                self.sealed_free_chunks
-                    .iter()
-                    .flat_map(|g| g * cb..(g + 1) * cb),
-            )
+        let touched: Vec<u64> = self
+            .sealed_free_blocks()
+            .map(|b| b / BITS_PER_BLOCK)
             .collect();
-        for b in blocks {
-            self.dirty.insert(b / BITS_PER_BLOCK);
-        }
+        self.dirty.extend(touched);
     }
 
     /// Blocks taken in memory that the bitmap copy shows free (sealed frees and unrecorded
     /// chunks), by bitmap block index, as bit positions within that block.
     fn copy_clears(&self) -> BTreeMap<u64, Vec<u64>> {
-        let cb = self.chunk_blocks;
         let mut out: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-        let blocks = self.sealed_free_meta.iter().copied().chain(
-            self.sealed_free_chunks
-                .iter()
-                .chain(self.unrecorded.iter())
-                .flat_map(|g| g * cb..(g + 1) * cb),
-        );
-        for b in blocks {
+        let unrecorded = self.unrecorded.iter().flat_map(|&g| self.group_blocks(g));
+        for b in self.sealed_free_blocks().chain(unrecorded) {
             out.entry(b / BITS_PER_BLOCK)
                 .or_default()
                 .push(b % BITS_PER_BLOCK);
@@ -425,13 +422,11 @@ impl ChunkAllocator {
     /// Call once the sealed commit has landed: its frees become allocatable. Marking them free
     /// dirties their bitmap blocks again, so the next commit updates the other copy too.
     pub fn commit_done(&mut self) {
-        for b in std::mem::take(&mut self.sealed_free_meta) {
+        let freed: Vec<u64> = self.sealed_free_blocks().collect();
+        self.sealed_free_meta.clear();
+        self.sealed_free_chunks.clear();
+        for b in freed {
             self.set(b, false);
-        }
-        for g in std::mem::take(&mut self.sealed_free_chunks) {
-            for b in g * self.chunk_blocks..(g + 1) * self.chunk_blocks {
-                self.set(b, false);
-            }
         }
     }
 
