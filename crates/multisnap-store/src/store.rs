@@ -451,11 +451,28 @@ impl Store {
         (chunk.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as usize % STRIPES
     }
 
-    fn lock_stripes(&self, chunks: std::ops::RangeInclusive<u64>) -> Vec<RwLockWriteGuard<'_, ()>> {
+    /// Stripe indices covering a chunk range, in lock order (all of them for a long range).
+    fn stripes_of_range(chunks: std::ops::RangeInclusive<u64>) -> Vec<usize> {
         if chunks.end() - chunks.start() >= STRIPES as u64 {
-            return self.stripes.iter().map(|s| s.write()).collect();
+            return (0..STRIPES).collect();
         }
-        self.lock_chunk_stripes(chunks)
+        Self::stripes_in_order(chunks)
+    }
+
+    /// Stripe indices of any set of chunks, sorted and deduplicated: taking them in this
+    /// order cannot deadlock.
+    fn stripes_in_order(chunks: impl IntoIterator<Item = u64>) -> Vec<usize> {
+        let mut idx: Vec<usize> = chunks.into_iter().map(Self::stripe_of).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        idx
+    }
+
+    fn lock_stripes(&self, chunks: std::ops::RangeInclusive<u64>) -> Vec<RwLockWriteGuard<'_, ()>> {
+        Self::stripes_of_range(chunks)
+            .into_iter()
+            .map(|i| self.stripes[i].write())
+            .collect()
     }
 
     /// Exclusive stripes of any set of chunks, taken in stripe order (no deadlock).
@@ -463,10 +480,18 @@ impl Store {
         &self,
         chunks: impl IntoIterator<Item = u64>,
     ) -> Vec<RwLockWriteGuard<'_, ()>> {
-        let mut idx: Vec<usize> = chunks.into_iter().map(Self::stripe_of).collect();
-        idx.sort_unstable();
-        idx.dedup();
-        idx.into_iter().map(|i| self.stripes[i].write()).collect()
+        Self::stripes_in_order(chunks)
+            .into_iter()
+            .map(|i| self.stripes[i].write())
+            .collect()
+    }
+
+    /// Shared stripes of a chunk range, in stripe order.
+    fn read_stripes(&self, chunks: std::ops::RangeInclusive<u64>) -> Vec<RwLockReadGuard<'_, ()>> {
+        Self::stripes_of_range(chunks)
+            .into_iter()
+            .map(|i| self.stripes[i].read())
+            .collect()
     }
 
     /// The write barrier, exclusively: no origin write in flight. Whatever the caller changes
@@ -592,21 +617,7 @@ impl Store {
             let pos = offset + done as u64;
             let (chunk, within) = (pos / cs, pos % cs);
             let n = ((cs - within) as usize).min(buf.len() - done);
-            let piece = &mut buf[done..done + n];
-            match x {
-                Some(x) => {
-                    let at = x.0 * cs + within;
-                    self.dev
-                        .read_at(piece, at)
-                        .map_err(|err| StoreError::io("store", at, n, err))?;
-                }
-                None => {
-                    let at = chunk * cs + within;
-                    self.origin
-                        .read_at(piece, at)
-                        .map_err(|err| StoreError::io("origin", at, n, err))?;
-                }
-            }
+            self.read_located(x, chunk, within, &mut buf[done..done + n])?;
             done += n;
         }
         // A snapshot deleted mid-read may have had its chunks reclaimed under us: fail rather
@@ -638,17 +649,6 @@ impl Store {
         }
     }
 
-    /// Shared stripes of a chunk range, in stripe order.
-    fn read_stripes(&self, chunks: std::ops::RangeInclusive<u64>) -> Vec<RwLockReadGuard<'_, ()>> {
-        if chunks.end() - chunks.start() >= STRIPES as u64 {
-            return self.stripes.iter().map(|s| s.read()).collect();
-        }
-        let mut idx: Vec<usize> = chunks.map(Self::stripe_of).collect();
-        idx.sort_unstable();
-        idx.dedup();
-        idx.into_iter().map(|i| self.stripes[i].read()).collect()
-    }
-
     fn live_snapshot(&self, id: SnapshotId) -> Result<SnapshotRecord> {
         let m = self.meta.lock();
         match m.snapshots.get(&id.0) {
@@ -666,8 +666,19 @@ impl Store {
         within: u64,
         piece: &mut [u8],
     ) -> Result<()> {
-        let cs = self.chunk_size as u64;
         let located = Self::locate(&mut self.meta.lock(), snap, has_private, chunk)?;
+        self.read_located(located, chunk, within, piece)
+    }
+
+    /// Reads part of `chunk` from where `locate` found it: a store chunk, or the origin.
+    fn read_located(
+        &self,
+        located: Option<StoreChunk>,
+        chunk: u64,
+        within: u64,
+        piece: &mut [u8],
+    ) -> Result<()> {
+        let cs = self.chunk_size as u64;
         let n = piece.len();
         match located {
             Some(x) => {
@@ -677,10 +688,10 @@ impl Store {
                     .map_err(|err| StoreError::io("store", at, n, err))
             }
             None => {
-                let pos = chunk * cs + within;
+                let at = chunk * cs + within;
                 self.origin
-                    .read_at(piece, pos)
-                    .map_err(|err| StoreError::io("origin", pos, n, err))
+                    .read_at(piece, at)
+                    .map_err(|err| StoreError::io("origin", at, n, err))
             }
         }
     }
