@@ -6,10 +6,90 @@
 //! is just "write new nodes, flush, flip the superblock". Removal drops empty nodes but does
 //! not merge underfull siblings: lookups stay O(depth), space is reclaimed as the tree empties.
 
+use crate::cache::NodeCache;
 use crate::error::{Result, StoreError};
 use crate::format::node::{Child, Key, Node};
 use crate::ids::MetaBlock;
 use crate::pager::Pager;
+use std::sync::Arc;
+
+/// A node as a lookup holds it: shared with the cache (the pager), or borrowed from it for
+/// as long as the metadata lock is held shared ([`CachedNodes`]), which spares readers on
+/// different CPUs from bouncing the hot nodes' reference counts between them.
+pub enum NodeRef<'a> {
+    Shared(Arc<Node>),
+    Borrowed(&'a Node),
+}
+
+impl std::ops::Deref for NodeRef<'_> {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        match self {
+            NodeRef::Shared(n) => n,
+            NodeRef::Borrowed(n) => n,
+        }
+    }
+}
+
+/// Where lookups get their nodes: the pager, which loads misses from the device and needs
+/// the metadata lock exclusively, or [`CachedNodes`], which needs it only shared.
+pub trait NodeSource<'a> {
+    type Error: From<StoreError>;
+    fn node(&mut self, block: MetaBlock) -> std::result::Result<NodeRef<'a>, Self::Error>;
+}
+
+impl NodeSource<'static> for Pager {
+    type Error = StoreError;
+    fn node(&mut self, block: MetaBlock) -> Result<NodeRef<'static>> {
+        Ok(NodeRef::Shared(self.read(block)?))
+    }
+}
+
+/// The node cache alone, for lookups under a shared metadata lock: a node that is not cached
+/// stops the lookup with [`CachedLookupError::NotCached`] instead of being loaded. Hits are
+/// added to the cache's count once, when this is dropped, not once per node.
+pub struct CachedNodes<'a> {
+    cache: &'a NodeCache,
+    hits: u64,
+}
+
+impl<'a> CachedNodes<'a> {
+    pub fn new(cache: &'a NodeCache) -> Self {
+        CachedNodes { cache, hits: 0 }
+    }
+}
+
+impl Drop for CachedNodes<'_> {
+    fn drop(&mut self) {
+        self.cache.count_hits(self.hits);
+    }
+}
+
+/// Why a lookup through [`CachedNodes`] stopped.
+#[derive(Debug)]
+pub enum CachedLookupError {
+    /// A node on the path is not in the cache: retry through the pager.
+    NotCached,
+    Store(StoreError),
+}
+
+impl From<StoreError> for CachedLookupError {
+    fn from(e: StoreError) -> Self {
+        CachedLookupError::Store(e)
+    }
+}
+
+impl<'a> NodeSource<'a> for CachedNodes<'a> {
+    type Error = CachedLookupError;
+    fn node(&mut self, block: MetaBlock) -> std::result::Result<NodeRef<'a>, CachedLookupError> {
+        let node = self
+            .cache
+            .peek(block.0)
+            .ok_or(CachedLookupError::NotCached)?;
+        self.hits += 1;
+        Ok(NodeRef::Borrowed(node))
+    }
+}
 
 /// Index of the child whose range may hold `key` (0 when `key` is below every bound).
 fn child_index(node: &Node, key: &Key) -> usize {
@@ -31,10 +111,14 @@ fn check_depth(node: &Node, block: MetaBlock) -> Result<()> {
 }
 
 /// The value stored under exactly `key`.
-pub fn lookup(p: &mut Pager, root: MetaBlock, key: &Key) -> Result<Option<Vec<u8>>> {
+pub fn lookup<'a, S: NodeSource<'a>>(
+    s: &mut S,
+    root: MetaBlock,
+    key: &Key,
+) -> std::result::Result<Option<Vec<u8>>, S::Error> {
     let mut block = root;
     loop {
-        let node = p.read(block)?;
+        let node = s.node(block)?;
         check_depth(&node, block)?;
         if node.is_leaf() {
             return Ok(node
@@ -48,8 +132,12 @@ pub fn lookup(p: &mut Pager, root: MetaBlock, key: &Key) -> Result<Option<Vec<u8
 }
 
 /// The smallest entry with key >= `key`.
-pub fn seek_ge(p: &mut Pager, root: MetaBlock, key: &Key) -> Result<Option<(Key, Vec<u8>)>> {
-    let node = p.read(root)?;
+pub fn seek_ge<'a, S: NodeSource<'a>>(
+    s: &mut S,
+    root: MetaBlock,
+    key: &Key,
+) -> std::result::Result<Option<(Key, Vec<u8>)>, S::Error> {
+    let node = s.node(root)?;
     check_depth(&node, root)?;
     if node.is_leaf() {
         let i = match node.keys.binary_search(key) {
@@ -58,7 +146,7 @@ pub fn seek_ge(p: &mut Pager, root: MetaBlock, key: &Key) -> Result<Option<(Key,
         return Ok((i < node.len()).then(|| (node.keys[i], node.value(i).to_vec())));
     }
     for i in child_index(&node, key)..node.len() {
-        if let Some(found) = seek_ge(p, MetaBlock(node.children[i].block), key)? {
+        if let Some(found) = seek_ge(s, MetaBlock(node.children[i].block), key)? {
             return Ok(Some(found));
         }
     }

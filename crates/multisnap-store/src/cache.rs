@@ -1,10 +1,16 @@
 //! The node cache: decoded B+tree nodes in an LRU of bounded size. Dirty nodes (written in
 //! the current transaction, always to blocks allocated in it) may be evicted at any time by
 //! writing them out, so a large transaction never needs unbounded memory.
+//!
+//! Snapshot reads look nodes up through [`NodeCache::peek`] under a *shared* metadata lock,
+//! where the LRU order cannot change. They set the node's `referenced` bit instead, and
+//! eviction gives such a node a second chance (moves it to the young end, bit cleared), so
+//! nodes only readers use are kept as if every read had touched them.
 
 use crate::format::node::Node;
 use crate::format::BLOCK_SIZE;
 use lru::LruCache;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Memory charged per cached node: the decoded node plus bookkeeping.
@@ -30,6 +36,8 @@ fn min_nodes() -> usize {
 pub struct CachedNode {
     pub node: Arc<Node>,
     pub dirty: bool,
+    /// Set by a shared-lock hit ([`NodeCache::peek`]), cleared when eviction spares the node.
+    referenced: AtomicBool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,7 +52,8 @@ pub struct CacheStats {
 pub struct NodeCache {
     lru: LruCache<u64, CachedNode>,
     capacity: usize,
-    hits: u64,
+    /// Atomic: [`NodeCache::peek`] counts hits through a shared reference.
+    hits: AtomicU64,
     misses: u64,
     evictions: u64,
 }
@@ -55,7 +64,7 @@ impl NodeCache {
         NodeCache {
             lru: LruCache::unbounded(),
             capacity,
-            hits: 0,
+            hits: AtomicU64::new(0),
             misses: 0,
             evictions: 0,
         }
@@ -65,13 +74,31 @@ impl NodeCache {
     pub fn get(&mut self, block: u64) -> Option<Arc<Node>> {
         match self.lru.get(&block) {
             Some(c) => {
-                self.hits += 1;
+                self.hits.fetch_add(1, Ordering::Relaxed);
                 Some(c.node.clone())
             }
             None => {
                 self.misses += 1;
                 None
             }
+        }
+    }
+
+    /// The cached node, without moving it in the LRU order (callers hold the metadata lock
+    /// shared), marked referenced. Counts nothing: callers add their hits with `count_hits`
+    /// and retry a miss under the exclusive lock, where `get` counts it.
+    pub fn peek(&self, block: u64) -> Option<&Node> {
+        let c = self.lru.peek(&block)?;
+        // Read first: hot nodes stay marked, and their cache line stays shared between CPUs.
+        if !c.referenced.load(Ordering::Relaxed) {
+            c.referenced.store(true, Ordering::Relaxed);
+        }
+        Some(&c.node)
+    }
+
+    pub fn count_hits(&self, n: u64) {
+        if n > 0 {
+            self.hits.fetch_add(n, Ordering::Relaxed);
         }
     }
 
@@ -94,9 +121,26 @@ impl NodeCache {
         dirty: bool,
     ) -> Vec<(u64, CachedNode)> {
         let dirty = dirty || self.lru.peek(&block).is_some_and(|c| c.dirty);
-        self.lru.put(block, CachedNode { node, dirty });
+        self.lru.put(
+            block,
+            CachedNode {
+                node,
+                dirty,
+                referenced: AtomicBool::new(false),
+            },
+        );
         let mut evicted = Vec::new();
+        // Each node is spared at most once per pass (its bit is cleared), so this ends.
+        let mut spared = 0;
         while self.lru.len() > self.capacity {
+            let Some((&oldest, c)) = self.lru.peek_lru() else {
+                break;
+            };
+            if spared < self.lru.len() && c.referenced.swap(false, Ordering::Relaxed) {
+                self.lru.promote(&oldest);
+                spared += 1;
+                continue;
+            }
             if let Some(e) = self.lru.pop_lru() {
                 self.evictions += 1;
                 evicted.push(e);
@@ -128,7 +172,7 @@ impl NodeCache {
 
     pub fn stats(&self) -> CacheStats {
         CacheStats {
-            hits: self.hits,
+            hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses,
             evictions: self.evictions,
             nodes: self.lru.len() as u64,
@@ -136,3 +180,6 @@ impl NodeCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

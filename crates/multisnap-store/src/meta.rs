@@ -1,6 +1,7 @@
 //! The metadata of one store as a transaction: the three B+trees (exceptions, snapshot table,
 //! writable snapshots' private chunks), the allocator, the in-memory snapshot table and the
-//! reclamation cursor. Everything here runs under the store's metadata lock; `commit` makes
+//! reclamation cursor. Everything here runs under the store's metadata lock (exclusive for
+//! `&mut self`, shared for the cache-only lookups of `locate_cached`); `commit` makes
 //! the open transaction durable.
 //!
 //! Reclamation: deleting a snapshot only flips its record to `Deleting` (or `Invalidating`);
@@ -12,7 +13,7 @@
 
 use crate::alloc::ChunkAllocator;
 use crate::blockdev::BlockDev;
-use crate::btree;
+use crate::btree::{self, CachedLookupError, CachedNodes, NodeSource};
 use crate::cache::NodeCache;
 use crate::error::{Result, StoreError};
 use crate::format::node::{Key, Node, TreeKind};
@@ -353,11 +354,7 @@ impl Meta {
         chunk: OriginChunk,
         snap: SnapshotId,
     ) -> Result<Option<Exception>> {
-        let root = self.exception_root;
-        let found = btree::seek_ge(&mut self.pager, root, &Key::new(chunk.0, snap.0))?;
-        Ok(found
-            .map(|(k, v)| Exception::from_entry(k, &v))
-            .filter(|e| e.chunk == chunk && e.first <= snap))
+        find_exception_in(&mut self.pager, self.exception_root, chunk, snap)
     }
 
     /// The writable snapshot's own copy of `chunk`, if it has one.
@@ -366,10 +363,36 @@ impl Meta {
         snap: SnapshotId,
         chunk: OriginChunk,
     ) -> Result<Option<StoreChunk>> {
-        let root = self.private_root;
-        Ok(
-            btree::lookup(&mut self.pager, root, &Key::new(snap.0, chunk.0))?
-                .map(|v| StoreChunk(get_u64(&v, 0))),
+        find_private_in(&mut self.pager, self.private_root, snap, chunk)
+    }
+
+    /// Where snapshot `snap` finds `chunk`: its private copy (looked up only when
+    /// `has_private`), else the exception it sees, else `None`, the origin.
+    pub fn locate(
+        &mut self,
+        snap: SnapshotId,
+        has_private: bool,
+        chunk: OriginChunk,
+    ) -> Result<Option<StoreChunk>> {
+        let roots = (self.exception_root, self.private_root);
+        locate_in(&mut self.pager, roots, snap, has_private, chunk)
+    }
+
+    /// `locate` from the node cache alone, for readers holding the metadata lock shared; a
+    /// node on the way that is not cached makes it [`CachedLookupError::NotCached`].
+    pub fn locate_cached(
+        &self,
+        snap: SnapshotId,
+        has_private: bool,
+        chunk: OriginChunk,
+    ) -> std::result::Result<Option<StoreChunk>, CachedLookupError> {
+        let roots = (self.exception_root, self.private_root);
+        locate_in(
+            &mut CachedNodes::new(&self.pager.cache),
+            roots,
+            snap,
+            has_private,
+            chunk,
         )
     }
 
@@ -892,4 +915,41 @@ impl Meta {
         let id = *self.by_name.get(name)?;
         self.snapshots.get(&id).map(|r| (SnapshotId(id), r))
     }
+}
+
+fn find_exception_in<'a, S: NodeSource<'a>>(
+    s: &mut S,
+    root: MetaBlock,
+    chunk: OriginChunk,
+    snap: SnapshotId,
+) -> std::result::Result<Option<Exception>, S::Error> {
+    let found = btree::seek_ge(s, root, &Key::new(chunk.0, snap.0))?;
+    Ok(found
+        .map(|(k, v)| Exception::from_entry(k, &v))
+        .filter(|e| e.chunk == chunk && e.first <= snap))
+}
+
+fn find_private_in<'a, S: NodeSource<'a>>(
+    s: &mut S,
+    root: MetaBlock,
+    snap: SnapshotId,
+    chunk: OriginChunk,
+) -> std::result::Result<Option<StoreChunk>, S::Error> {
+    Ok(btree::lookup(s, root, &Key::new(snap.0, chunk.0))?.map(|v| StoreChunk(get_u64(&v, 0))))
+}
+
+/// `roots`: the exception index's and the private map's.
+fn locate_in<'a, S: NodeSource<'a>>(
+    s: &mut S,
+    roots: (MetaBlock, MetaBlock),
+    snap: SnapshotId,
+    has_private: bool,
+    chunk: OriginChunk,
+) -> std::result::Result<Option<StoreChunk>, S::Error> {
+    if has_private {
+        if let Some(x) = find_private_in(s, roots.1, snap, chunk)? {
+            return Ok(Some(x));
+        }
+    }
+    Ok(find_exception_in(s, roots.0, chunk, snap)?.map(|e| e.store))
 }

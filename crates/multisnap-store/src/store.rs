@@ -13,9 +13,14 @@
 //! `meta`, held only for in-memory work and for sealing a commit (writing its nodes and bitmap
 //! copy into the device cache). A commit's flushes and superblock write run under
 //! `commit_lock` alone, so the next transaction fills up meanwhile.
+//!
+//! `meta` is a read-write lock. Everything that changes metadata, or loads a node into the
+//! cache, holds it exclusively; snapshot reads whose index nodes are all cached hold it shared
+//! (`locate_shared`), so they do not queue behind one another.
 
 use crate::alloc::{bitmap_blocks_for, ChunkAllocator};
 use crate::blockdev::BlockDev;
+use crate::btree::CachedLookupError;
 use crate::cache::CacheStats;
 use crate::error::{Result, StoreError};
 use crate::format::snapshot_record::{SnapshotRecord, SnapshotState, MAX_NAME};
@@ -155,7 +160,7 @@ pub struct Store {
     dev: Arc<dyn BlockDev>,
     chunk_size: u32,
     origin_size: u64,
-    meta: Mutex<Meta>,
+    meta: RwLock<Meta>,
     commit_lock: Mutex<()>,
     durable_generation: AtomicU64,
     /// `Meta::live_epoch`, readable without the metadata lock.
@@ -400,7 +405,7 @@ impl Store {
             origin_path: meta.sb.origin_path.clone(),
             origin,
             dev,
-            meta: Mutex::new(meta),
+            meta: RwLock::new(meta),
             commit_lock: Mutex::new(()),
             barrier: RwLock::new(()),
             stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
@@ -428,7 +433,7 @@ impl Store {
         &self.origin_path
     }
     pub fn full_policy(&self) -> FullPolicy {
-        self.meta.lock().sb.full_policy
+        self.meta.read().sb.full_policy
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
@@ -525,7 +530,7 @@ impl Store {
             source,
         })?;
         let (generation, info) = {
-            let mut m = self.meta.lock();
+            let mut m = self.meta.write();
             m.check_usable()?;
             if m.by_name.contains_key(name) {
                 return Err(StoreError::SnapshotExists(name.to_string()));
@@ -555,7 +560,7 @@ impl Store {
 
     /// Every snapshot record users may see (a delta still being applied is not one).
     pub fn list_snapshots(&self) -> Vec<SnapshotInfo> {
-        let m = self.meta.lock();
+        let m = self.meta.read();
         m.snapshots
             .iter()
             .filter(|(_, r)| r.state != SnapshotState::Receiving)
@@ -564,14 +569,14 @@ impl Store {
     }
 
     pub fn snapshot_by_name(&self, name: &str) -> Result<SnapshotInfo> {
-        let m = self.meta.lock();
+        let m = self.meta.read();
         m.snapshot_by_name(name)
             .map(|(id, r)| SnapshotInfo::from_record(id.0, r))
             .ok_or_else(|| StoreError::SnapshotNotFound(name.to_string()))
     }
 
     pub fn snapshot(&self, id: SnapshotId) -> Result<SnapshotInfo> {
-        let m = self.meta.lock();
+        let m = self.meta.read();
         m.snapshots
             .get(&id.0)
             .filter(|r| r.state != SnapshotState::Receiving)
@@ -599,17 +604,9 @@ impl Store {
         let chunks = self.chunks_of(offset, buf.len() as u64);
         let _stripes = self.read_stripes(chunks.clone());
         let epoch = self.live_epoch.load(Ordering::Acquire);
-        let located: Vec<Option<StoreChunk>> = {
-            let mut m = self.meta.lock();
-            if !m.live.contains(&snap.0) || !m.snapshots.contains_key(&snap.0) {
-                return Err(StoreError::SnapshotIdNotFound(snap));
-            }
-            let has_private = m.private_owners.contains(&snap.0);
-            let mut out = Vec::with_capacity(buf.len() / self.chunk_size as usize + 2);
-            for chunk in chunks {
-                out.push(Self::locate(&mut m, snap, has_private, chunk)?);
-            }
-            out
+        let located = match self.locate_shared(snap, chunks.clone())? {
+            Some(located) => located,
+            None => self.locate_exclusive(snap, chunks)?,
         };
         let cs = self.chunk_size as u64;
         let mut done = 0usize;
@@ -624,33 +621,58 @@ impl Store {
         // than return data that might belong to someone else by now. No snapshot stopped being
         // live since the lookup if the epoch did not move.
         if self.live_epoch.load(Ordering::Acquire) != epoch
-            && !self.meta.lock().live.contains(&snap.0)
+            && !self.meta.read().live.contains(&snap.0)
         {
             return Err(StoreError::SnapshotIdNotFound(snap));
         }
         Ok(())
     }
 
-    /// Where snapshot `snap` finds `chunk`: a store chunk, or `None` for the origin.
-    fn locate(
-        m: &mut Meta,
+    /// Where live snapshot `snap` finds each of `chunks`, looked up under the metadata lock
+    /// held shared, so concurrent snapshot reads do not queue behind one another. `None` when
+    /// a node on the way is not cached: loading it changes the cache, which needs the lock
+    /// exclusively (`locate_exclusive`).
+    fn locate_shared(
+        &self,
         snap: SnapshotId,
-        has_private: bool,
-        chunk: u64,
-    ) -> Result<Option<StoreChunk>> {
-        let private = if has_private {
-            m.find_private(snap, OriginChunk(chunk))?
-        } else {
-            None
-        };
-        match private {
-            Some(x) => Ok(Some(x)),
-            None => Ok(m.find_exception(OriginChunk(chunk), snap)?.map(|e| e.store)),
+        chunks: std::ops::RangeInclusive<u64>,
+    ) -> Result<Option<Vec<Option<StoreChunk>>>> {
+        let m = self.meta.read();
+        if !m.live.contains(&snap.0) || !m.snapshots.contains_key(&snap.0) {
+            return Err(StoreError::SnapshotIdNotFound(snap));
         }
+        let has_private = m.private_owners.contains(&snap.0);
+        let mut out = Vec::with_capacity(chunks.size_hint().0);
+        for chunk in chunks {
+            match m.locate_cached(snap, has_private, OriginChunk(chunk)) {
+                Ok(x) => out.push(x),
+                Err(CachedLookupError::NotCached) => return Ok(None),
+                Err(CachedLookupError::Store(e)) => return Err(e),
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// `locate_shared` through the pager, loading the nodes the cache lacks.
+    fn locate_exclusive(
+        &self,
+        snap: SnapshotId,
+        chunks: std::ops::RangeInclusive<u64>,
+    ) -> Result<Vec<Option<StoreChunk>>> {
+        let mut m = self.meta.write();
+        if !m.live.contains(&snap.0) || !m.snapshots.contains_key(&snap.0) {
+            return Err(StoreError::SnapshotIdNotFound(snap));
+        }
+        let has_private = m.private_owners.contains(&snap.0);
+        let mut out = Vec::with_capacity(chunks.size_hint().0);
+        for chunk in chunks {
+            out.push(m.locate(snap, has_private, OriginChunk(chunk))?);
+        }
+        Ok(out)
     }
 
     fn live_snapshot(&self, id: SnapshotId) -> Result<SnapshotRecord> {
-        let m = self.meta.lock();
+        let m = self.meta.read();
         match m.snapshots.get(&id.0) {
             Some(r) if m.live.contains(&id.0) => Ok(r.clone()),
             _ => Err(StoreError::SnapshotIdNotFound(id)),
@@ -666,7 +688,10 @@ impl Store {
         within: u64,
         piece: &mut [u8],
     ) -> Result<()> {
-        let located = Self::locate(&mut self.meta.lock(), snap, has_private, chunk)?;
+        let located = self
+            .meta
+            .write()
+            .locate(snap, has_private, OriginChunk(chunk))?;
         self.read_located(located, chunk, within, piece)
     }
 
@@ -714,7 +739,7 @@ impl Store {
             View::Snapshot(id) => id,
         };
         self.live_snapshot(snap)?;
-        let has_private = self.meta.lock().private_owners.contains(&snap.0);
+        let has_private = self.meta.read().private_owners.contains(&snap.0);
         let cs = self.chunk_size as u64;
         let end = offset + len.min(4096 * cs);
         let end = end.min(offset + len);
@@ -725,7 +750,7 @@ impl Store {
             let chunk = pos / cs;
             let n = ((chunk + 1) * cs).min(end) - pos;
             let in_store = {
-                let mut m = self.meta.lock();
+                let mut m = self.meta.write();
                 (has_private && m.find_private(snap, OriginChunk(chunk))?.is_some())
                     || m.find_exception(OriginChunk(chunk), snap)?.is_some()
             };
@@ -767,7 +792,10 @@ impl Store {
         let first = offset / cs;
         let end = (offset + len).min(offset + 65_536 * cs);
         let last = (end - 1) / cs;
-        let changed = self.meta.lock().changed_chunks(base, target, first, last)?;
+        let changed = self
+            .meta
+            .write()
+            .changed_chunks(base, target, first, last)?;
         let mut out: Vec<(u64, bool)> = Vec::new();
         let mut push = |n: u64, changed: bool| push_run(&mut out, n, changed);
         let mut pos = offset;
@@ -810,7 +838,7 @@ impl Store {
     fn try_write_snapshot(&self, id: SnapshotId, offset: u64, data: &[u8]) -> Result<()> {
         let _barrier = self.barrier.read();
         let _stripes = self.lock_stripes(self.chunks_of(offset, data.len() as u64));
-        self.meta.lock().check_usable()?;
+        self.meta.read().check_usable()?;
         if !self.live_snapshot(id)?.writable {
             return Err(StoreError::SnapshotReadOnly(id));
         }
@@ -822,7 +850,7 @@ impl Store {
             let within = (pos % cs) as usize;
             let n = (cs as usize - within).min(data.len() - done);
             let piece = &data[done..done + n];
-            let private = self.meta.lock().find_private(id, OriginChunk(chunk))?;
+            let private = self.meta.write().find_private(id, OriginChunk(chunk))?;
             match private {
                 Some(x) => {
                     let at = x.0 * cs + within as u64;
@@ -839,7 +867,7 @@ impl Store {
                     }
                     buf[within..within + n].copy_from_slice(piece);
                     let x = {
-                        let mut m = self.meta.lock();
+                        let mut m = self.meta.write();
                         match m.alloc_chunk() {
                             Some(x) => x,
                             None => return Err(m_full(&m, self.chunk_size)),
@@ -850,7 +878,7 @@ impl Store {
                         .dev
                         .write_at(&buf, at)
                         .map_err(|e| StoreError::io("store", at, len, e));
-                    let mut m = self.meta.lock();
+                    let mut m = self.meta.write();
                     if let Err(e) =
                         written.and_then(|()| m.insert_private(id, OriginChunk(chunk), x))
                     {
@@ -868,7 +896,7 @@ impl Store {
     pub fn set_writable(&self, id: SnapshotId, writable: bool) -> Result<SnapshotInfo> {
         let _barrier = self.exclusive_barrier();
         let (generation, info) = {
-            let mut m = self.meta.lock();
+            let mut m = self.meta.write();
             m.check_usable()?;
             let rec = match m.snapshots.get(&id.0) {
                 Some(r) if m.live.contains(&id.0) => r.clone(),
@@ -887,7 +915,7 @@ impl Store {
     pub fn delete_snapshot(&self, id: SnapshotId) -> Result<()> {
         let _barrier = self.exclusive_barrier();
         let generation = {
-            let mut m = self.meta.lock();
+            let mut m = self.meta.write();
             m.check_usable()?;
             let Some(rec) = m.snapshots.get(&id.0).cloned() else {
                 return Err(StoreError::SnapshotIdNotFound(id));
@@ -919,7 +947,7 @@ impl Store {
     fn invalidate_oldest(&self) -> Result<bool> {
         {
             let _barrier = self.exclusive_barrier();
-            let mut m = self.meta.lock();
+            let mut m = self.meta.write();
             m.check_usable()?;
             let Some(&oldest) = m.live.iter().next() else {
                 return Ok(false);
@@ -944,7 +972,7 @@ impl Store {
     /// from a background thread) until the progress says idle.
     pub fn reclaim_step(&self, budget: usize) -> Result<ReclaimProgress> {
         let (progress, generation, dirty) = {
-            let mut m = self.meta.lock();
+            let mut m = self.meta.write();
             let p = m.reclaim_step(budget)?;
             (p, m.pager.generation, m.dirty)
         };
@@ -965,7 +993,7 @@ impl Store {
     }
 
     pub fn reclaim_progress(&self) -> ReclaimProgress {
-        self.meta.lock().reclaim_progress()
+        self.meta.read().reclaim_progress()
     }
 
     fn wake_reclaimer(&self) {
@@ -1013,7 +1041,7 @@ impl Store {
         // lock altogether.
         if !self.covered.contains_all(chunks.clone()) {
             let needs = {
-                let mut m = self.meta.lock();
+                let mut m = self.meta.write();
                 m.check_usable()?;
                 let mut needs = Vec::new();
                 for c in chunks.clone() {
@@ -1042,7 +1070,7 @@ impl Store {
     fn copy_out(&self, needs: &[crate::meta::CopyNeed]) -> Result<u64> {
         let mut targets: Vec<StoreChunk> = Vec::with_capacity(needs.len());
         {
-            let mut m = self.meta.lock();
+            let mut m = self.meta.write();
             for _ in needs {
                 match m.alloc_chunk() {
                     Some(c) => targets.push(c),
@@ -1079,7 +1107,7 @@ impl Store {
                 break;
             }
         }
-        let mut m = self.meta.lock();
+        let mut m = self.meta.write();
         if let Err(e) = copy_result {
             for c in targets {
                 m.free_chunk(c);
@@ -1120,13 +1148,13 @@ impl Store {
         }
         // Holding `commit_lock`, nothing is in flight: everything sealed has landed, so
         // `generation` is still open and the transaction is dirty.
-        let sealed = self.meta.lock().seal()?;
+        let sealed = self.meta.write().seal()?;
         let Some(sealed) = sealed else {
             return Ok(());
         };
         let landed = sealed.land(&*self.dev);
         let landed_generation = sealed.generation();
-        self.meta.lock().finish_commit(sealed, landed)?;
+        self.meta.write().finish_commit(sealed, landed)?;
         self.durable_generation
             .store(landed_generation, Ordering::Release);
         Ok(())
@@ -1140,7 +1168,7 @@ impl Store {
         })?;
         let private_unflushed = self.private_data_unflushed.swap(false, Ordering::AcqRel);
         let (generation, open) = {
-            let m = self.meta.lock();
+            let m = self.meta.read();
             m.check_usable()?;
             (m.newest_changed_generation(), m.dirty)
         };
@@ -1157,7 +1185,7 @@ impl Store {
     }
 
     pub fn stats(&self) -> StoreStats {
-        let m = self.meta.lock();
+        let m = self.meta.read();
         StoreStats {
             chunk_size: self.chunk_size,
             origin_size: self.origin_size,
@@ -1202,3 +1230,6 @@ impl Drop for Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

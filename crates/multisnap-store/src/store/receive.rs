@@ -84,14 +84,14 @@ fn hex(b: &[u8; 16]) -> String {
 impl Store {
     /// The volume whose deltas this store applies, once it has begun applying one.
     pub fn replica_source(&self) -> Option<[u8; 16]> {
-        let m = self.meta.lock();
+        let m = self.meta.read();
         (m.replica_source != [0; 16]).then_some(m.replica_source)
     }
 
     /// Whether an apply is in progress (running, or kept for resumption). Cheap, unlike
     /// [`Store::receive_status`].
     pub fn receive_pending(&self) -> bool {
-        self.meta.lock().receive.is_some()
+        self.meta.read().receive.is_some()
     }
 
     /// The live snapshot replicated from the source's snapshot `source_id`.
@@ -99,7 +99,7 @@ impl Store {
         if source_id == 0 {
             return None;
         }
-        let m = self.meta.lock();
+        let m = self.meta.read();
         m.snapshots
             .iter()
             .find(|(id, r)| r.source_id == source_id && m.live.contains(id))
@@ -107,7 +107,7 @@ impl Store {
     }
 
     pub fn receive_status(&self) -> Result<Option<ReceiveStatus>> {
-        let mut m = self.meta.lock();
+        let mut m = self.meta.write();
         let Some(r) = m.receive.clone() else {
             return Ok(None);
         };
@@ -157,7 +157,7 @@ impl Store {
         let _r = self.receive_lock.lock();
         let _barrier = self.barrier.write();
         let generation = {
-            let mut m = self.meta.lock();
+            let mut m = self.meta.write();
             m.check_usable()?;
             if m.receive.is_some() {
                 let name = m.receiving_name();
@@ -321,7 +321,7 @@ impl Store {
                 .map(|d| &d[at..at + len])
                 .filter(|p| p.iter().any(|&b| b != 0));
             at += len;
-            let existing = self.meta.lock().find_private(staging, OriginChunk(c))?;
+            let existing = self.meta.write().find_private(staging, OriginChunk(c))?;
             match (piece, existing) {
                 (Some(p), Some(x)) if x != ZERO_CHUNK => {
                     let off = x.0 * cs;
@@ -331,7 +331,7 @@ impl Store {
                 }
                 (Some(p), _) => {
                     let x = {
-                        let mut m = self.meta.lock();
+                        let mut m = self.meta.write();
                         match m.alloc_chunk() {
                             Some(x) => x,
                             None => return Err(super::m_full(&m, self.chunk_size)),
@@ -342,7 +342,7 @@ impl Store {
                         .dev
                         .write_at(p, off)
                         .map_err(|e| StoreError::io("store", off, len, e));
-                    let mut m = self.meta.lock();
+                    let mut m = self.meta.write();
                     if let Err(e) =
                         written.and_then(|()| m.insert_private(staging, OriginChunk(c), x))
                     {
@@ -351,7 +351,7 @@ impl Store {
                     }
                 }
                 (None, existing) => {
-                    let mut m = self.meta.lock();
+                    let mut m = self.meta.write();
                     m.insert_private(staging, OriginChunk(c), ZERO_CHUNK)?;
                     if let Some(x) = existing.filter(|x| *x != ZERO_CHUNK) {
                         m.free_chunk(x);
@@ -385,7 +385,7 @@ impl Store {
             return Ok(());
         }
         let generation = {
-            let mut m = self.meta.lock();
+            let mut m = self.meta.write();
             for (c, _) in &pieces {
                 if m.find_private(staging, OriginChunk(*c))?.is_none() {
                     m.insert_private(staging, OriginChunk(*c), DIRECT_CHUNK)?;
@@ -404,7 +404,7 @@ impl Store {
     }
 
     fn receive_flags(&self) -> u32 {
-        self.meta.lock().receive.as_ref().map_or(0, |r| r.flags)
+        self.meta.read().receive.as_ref().map_or(0, |r| r.flags)
     }
 
     fn flush_origin(&self) -> Result<()> {
@@ -423,7 +423,7 @@ impl Store {
             self.flush_origin()?;
         }
         let generation = {
-            let mut m = self.meta.lock();
+            let mut m = self.meta.write();
             set_token(&mut m, token)?;
             m.pager.generation
         };
@@ -440,7 +440,7 @@ impl Store {
         let staging = self.staging_id(true)?;
         let folding = self
             .meta
-            .lock()
+            .read()
             .receive
             .as_ref()
             .is_some_and(|r| r.flags & RECEIVE_FOLDING != 0);
@@ -448,7 +448,7 @@ impl Store {
             return self.fold_and_publish(staging);
         }
         let generation = {
-            let mut m = self.meta.lock();
+            let mut m = self.meta.write();
             m.check_usable()?;
             let Some(r) = m.receive.clone() else {
                 return Err(StoreError::NoReceive);
@@ -493,7 +493,7 @@ impl Store {
             self.undo_direct()?;
         }
         let generation = {
-            let mut m = self.meta.lock();
+            let mut m = self.meta.write();
             m.check_usable()?;
             abort_locked(&mut m)?;
             m.pager.generation
@@ -509,7 +509,7 @@ impl Store {
     /// batches of chunks are zeroed, flushed, and forgotten in one commit each.
     fn undo_direct(&self) -> Result<()> {
         let (staging, generation) = {
-            let mut m = self.meta.lock();
+            let mut m = self.meta.write();
             m.check_usable()?;
             let Some(r) = m.receive.as_mut() else {
                 return Err(StoreError::NoReceive);
@@ -527,7 +527,7 @@ impl Store {
         let zeros = vec![0u8; self.chunk_size as usize];
         let cs = u64::from(self.chunk_size);
         loop {
-            let batch = self.meta.lock().private_entries(staging, 0, FOLD_BATCH)?;
+            let batch = self.meta.write().private_entries(staging, 0, FOLD_BATCH)?;
             if batch.is_empty() {
                 return Ok(());
             }
@@ -540,7 +540,7 @@ impl Store {
             }
             self.flush_origin()?;
             let generation = {
-                let mut m = self.meta.lock();
+                let mut m = self.meta.write();
                 for (c, _) in &batch {
                     m.remove_private(Key::new(staging.0, c.0))?;
                 }
@@ -552,7 +552,7 @@ impl Store {
 
     /// On open: finish an apply past its commit point, drop one that cannot be resumed.
     pub(super) fn recover_receive(&self) -> Result<()> {
-        let Some(r) = self.meta.lock().receive.clone() else {
+        let Some(r) = self.meta.read().receive.clone() else {
             return Ok(());
         };
         if r.flags & RECEIVE_FOLDING != 0 {
@@ -570,7 +570,7 @@ impl Store {
     }
 
     fn staging_id(&self, folding_ok: bool) -> Result<SnapshotId> {
-        let m = self.meta.lock();
+        let m = self.meta.read();
         m.check_usable()?;
         match &m.receive {
             None => Err(StoreError::NoReceive),
@@ -588,14 +588,14 @@ impl Store {
         let cs = u64::from(self.chunk_size);
         let mut buf = vec![0u8; self.chunk_size as usize];
         loop {
-            let batch = self.meta.lock().private_entries(staging, 0, FOLD_BATCH)?;
+            let batch = self.meta.write().private_entries(staging, 0, FOLD_BATCH)?;
             if batch.is_empty() {
                 break;
             }
             {
                 let _stripes = self.lock_chunk_stripes(batch.iter().map(|(c, _)| c.0));
                 let needs = {
-                    let mut m = self.meta.lock();
+                    let mut m = self.meta.write();
                     let mut needs = Vec::new();
                     for (c, _) in &batch {
                         if let Some(n) = m.copy_need(*c)? {
@@ -633,7 +633,7 @@ impl Store {
                 source,
             })?;
             let generation = {
-                let mut m = self.meta.lock();
+                let mut m = self.meta.write();
                 for (c, x) in &batch {
                     m.remove_private(Key::new(staging.0, c.0))?;
                     if holds_store_chunk(*x) {
@@ -645,7 +645,7 @@ impl Store {
             self.commit_wait(generation)?;
         }
         let (generation, info) = {
-            let mut m = self.meta.lock();
+            let mut m = self.meta.write();
             let Some(rec) = m.snapshots.get(&staging.0).cloned() else {
                 return Err(StoreError::NoReceive);
             };
