@@ -498,74 +498,141 @@ fn crash_every_write_of_an_apply(incremental: bool, resumable: bool) {
         total > 30,
         "apply too small to be interesting ({total} writes)"
     );
+    // Rebuilds one crash image pair and checks it: the target wholly there or absent, the
+    // base intact, and the apply completes from there. Says how it got there.
+    let check = |o: Vec<u8>, d: Vec<u8>, what: &str| -> Recovered {
+        let (o, d) = (Arc::new(MemDev::from_vec(o)), Arc::new(MemDev::from_vec(d)));
+        let report = verify(&*d, Some(SIZE)).unwrap();
+        assert!(report.is_clean(), "{what}: verify: {:?}", report.problems);
+        let dst = Store::open(o, d, 0).unwrap_or_else(|e| panic!("{what}: open: {e}"));
+        let base_snap = incremental.then(|| dst.snapshot_by_source_id(s0.id.0).unwrap());
+        if let Some(r0) = &base_snap {
+            assert_eq!(read_all(&dst, View::Snapshot(r0.id)), want0, "{what}: base");
+        }
+        let (made, how) = match dst.snapshot_by_source_id(target.id.0) {
+            Some(made) => (made, Recovered::Published),
+            None => {
+                assert!(dst.snapshot_by_name(&target.name).is_err(), "{what}");
+                match dst.receive_status().unwrap() {
+                    Some(st) => {
+                        assert!(resumable, "{what}: a non-resumable apply survived");
+                        if incremental {
+                            assert_eq!(&read_all(&dst, View::Origin), before, "{what}");
+                        }
+                        let next = u64::from_le_bytes(st.token.as_slice().try_into().unwrap());
+                        stage_all(&dst, recs, next, 2).unwrap();
+                        let made = dst
+                            .finish_receive(&token(CHUNKS))
+                            .unwrap_or_else(|e| panic!("{what}: resume: {e}"));
+                        (made, Recovered::Resumed)
+                    }
+                    None => {
+                        assert_eq!(&read_all(&dst, View::Origin), before, "{what}: origin");
+                        let made = apply(&dst, &the_plan(&dst), recs, 2)
+                            .unwrap_or_else(|e| panic!("{what}: restart: {e}"));
+                        (made, Recovered::Restarted)
+                    }
+                }
+            }
+        };
+        assert_eq!(
+            &read_all(&dst, View::Snapshot(made.id)),
+            want,
+            "{what}: target"
+        );
+        assert_eq!(&read_all(&dst, View::Origin), want, "{what}: origin");
+        if let Some(r0) = &base_snap {
+            assert_eq!(
+                read_all(&dst, View::Snapshot(r0.id)),
+                want0,
+                "{what}: base after"
+            );
+        }
+        assert_clean(&dst, &what);
+        how
+    };
+    // Opening a store whose apply passed its commit point folds it into the origin, and one
+    // whose direct apply cannot be resumed zeroes the origin again: that recovery is itself
+    // cut at each of its writes.
+    let reopen = |o: &[u8], d: &[u8], cut: Option<u64>| -> Rig {
+        let rail = PowerRail::new();
+        let rig = Rig {
+            origin: Arc::new(CrashDev::from_image(rail.clone(), o.to_vec())),
+            dev: Arc::new(CrashDev::from_image(rail.clone(), d.to_vec())),
+            rail,
+        };
+        if let Some(k) = cut {
+            rig.rail.cut_at_write(k);
+        }
+        let (o2, d2): (Arc<dyn BlockDev>, Arc<dyn BlockDev>) =
+            (rig.origin.clone(), rig.dev.clone());
+        match Store::open(o2, d2, 0) {
+            Ok(dst) => {
+                // Recovery is the open; the power goes before the close (a forgotten store
+                // would keep its images alive for the rest of the test).
+                rig.rail.cut_now();
+                drop(dst);
+            }
+            Err(e) => assert!(cut.is_some(), "uncut reopen: {e}"),
+        }
+        rig
+    };
     let mut cases = 0;
-    let (mut published, mut resumed, mut restarted) = (0, 0, 0);
+    let (mut published, mut resumed, mut restarted, mut reopen_cuts) = (0, 0, 0, 0);
+    let mut count = |how: Recovered| match how {
+        Recovered::Published => published += 1,
+        Recovered::Resumed => resumed += 1,
+        Recovered::Restarted => restarted += 1,
+    };
     for k in 1..=total {
         let rig = run(Some(k));
         for (keep, tear) in [(0.0, 0.0), (1.0, 0.0), (0.5, 0.3), (0.5, 0.8)] {
             let what = format!(
                 "incremental {incremental}, resumable {resumable}: cut at write {k}/{total}, keep {keep} tear {tear}"
             );
-            let o = Arc::new(MemDev::from_vec(
-                rig.origin.crash_image(&mut rng, keep, tear),
-            ));
-            let d = Arc::new(MemDev::from_vec(rig.dev.crash_image(&mut rng, keep, tear)));
-            let report = verify(&*d, Some(SIZE)).unwrap();
-            assert!(report.is_clean(), "{what}: verify: {:?}", report.problems);
-            let dst = Store::open(o, d, 0).unwrap_or_else(|e| panic!("{what}: open: {e}"));
-            let base_snap = incremental.then(|| dst.snapshot_by_source_id(s0.id.0).unwrap());
-            if let Some(r0) = &base_snap {
-                assert_eq!(read_all(&dst, View::Snapshot(r0.id)), want0, "{what}: base");
-            }
-            let made = match dst.snapshot_by_source_id(target.id.0) {
-                Some(made) => {
-                    published += 1;
-                    made
-                }
-                None => {
-                    assert!(dst.snapshot_by_name(&target.name).is_err(), "{what}");
-                    match dst.receive_status().unwrap() {
-                        Some(st) => {
-                            assert!(resumable, "{what}: a non-resumable apply survived");
-                            resumed += 1;
-                            if incremental {
-                                assert_eq!(&read_all(&dst, View::Origin), before, "{what}");
-                            }
-                            let next = u64::from_le_bytes(st.token.as_slice().try_into().unwrap());
-                            stage_all(&dst, recs, next, 2).unwrap();
-                            dst.finish_receive(&token(CHUNKS))
-                                .unwrap_or_else(|e| panic!("{what}: resume: {e}"))
-                        }
-                        None => {
-                            restarted += 1;
-                            assert_eq!(&read_all(&dst, View::Origin), before, "{what}: origin");
-                            apply(&dst, &the_plan(&dst), recs, 2)
-                                .unwrap_or_else(|e| panic!("{what}: restart: {e}"))
-                        }
+            let o = rig.origin.crash_image(&mut rng, keep, tear);
+            let d = rig.dev.crash_image(&mut rng, keep, tear);
+            let writes = reopen(&o, &d, None).rail.writes();
+            // The reopen layer on every 8th first cut, one rebuild each: enough to reach every
+            // write of a fold (and of a direct apply's zeroing) without an hour of checks.
+            if k % 8 == 0 && keep == 0.5 && tear == 0.3 {
+                for k2 in 1..=writes {
+                    let again = reopen(&o, &d, Some(k2));
+                    for keep2 in [0.0, 1.0] {
+                        let what =
+                            format!("{what}, reopen cut at write {k2}/{writes}, keep {keep2}");
+                        count(check(
+                            again.origin.crash_image(&mut rng, keep2, 0.0),
+                            again.dev.crash_image(&mut rng, keep2, 0.0),
+                            &what,
+                        ));
+                        reopen_cuts += 1;
                     }
                 }
-            };
-            assert_eq!(
-                &read_all(&dst, View::Snapshot(made.id)),
-                want,
-                "{what}: target"
-            );
-            assert_eq!(&read_all(&dst, View::Origin), want, "{what}: origin");
-            if let Some(r0) = &base_snap {
-                assert_eq!(
-                    read_all(&dst, View::Snapshot(r0.id)),
-                    want0,
-                    "{what}: base after"
-                );
             }
-            assert_clean(&dst, &what);
+            count(check(o, d, &what));
             cases += 1;
         }
     }
     println!(
-        "apply power-cut cases (incremental {incremental}, resumable {resumable}): {cases} ({published} published, {resumed} resumed, {restarted} restarted)"
+        "apply power-cut cases (incremental {incremental}, resumable {resumable}): {cases}, and {reopen_cuts} with the reopen cut too; over both, {published} published, {resumed} resumed, {restarted} restarted"
     );
     assert!(published > 0 && restarted > 0 && (resumed > 0) == resumable);
+    // A staged apply folds after its commit point, so some cuts leave a fold for the reopen.
+    assert!(
+        !incremental || reopen_cuts > 0,
+        "no reopen had a fold to cut"
+    );
+}
+
+/// How a crashed apply came through recovery.
+enum Recovered {
+    /// The target snapshot was there.
+    Published,
+    /// The kept apply state was resumed and finished.
+    Resumed,
+    /// Nothing was kept; the apply ran again.
+    Restarted,
 }
 
 #[test]
