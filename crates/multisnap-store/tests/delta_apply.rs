@@ -548,7 +548,7 @@ fn crash_every_write_of_an_apply(incremental: bool, resumable: bool) {
                 "{what}: base after"
             );
         }
-        assert_clean(&dst, &what);
+        assert_clean(&dst, what);
         how
     };
     // Opening a store whose apply passed its commit point folds it into the origin, and one
