@@ -19,16 +19,21 @@ fn store_with_copies() -> (Arc<Store>, SnapshotId) {
     (Arc::new(store), snap)
 }
 
-/// Reads the snapshot on another thread; `None` if it has not returned within 10 s.
-fn read_elsewhere(store: &Arc<Store>, snap: SnapshotId) -> Option<Result<Vec<u8>>> {
+/// Holds the metadata lock shared, as another reader would, while a snapshot read runs on
+/// another thread: the read must finish (within 10 s) and see the snapshot's 1s.
+fn assert_reads_beside_a_shared_holder(store: &Arc<Store>, snap: SnapshotId, why: &str) {
+    let held = store.meta.read();
     let (tx, rx) = mpsc::channel();
-    let store = store.clone();
+    let reader = store.clone();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 16 * CHUNK];
-        let r = store.read(View::Snapshot(snap), 0, &mut buf).map(|_| buf);
+        let r = reader.read(View::Snapshot(snap), 0, &mut buf).map(|_| buf);
         let _ = tx.send(r);
     });
-    rx.recv_timeout(Duration::from_secs(10)).ok()
+    let got = rx.recv_timeout(Duration::from_secs(10)).ok();
+    drop(held);
+    let data = got.unwrap_or_else(|| panic!("{why}"));
+    assert_eq!(data.unwrap(), vec![1u8; 16 * CHUNK]);
 }
 
 #[test]
@@ -36,12 +41,11 @@ fn snapshot_reads_hold_the_metadata_lock_shared() {
     let (store, snap) = store_with_copies();
     let mut warm = vec![0u8; 16 * CHUNK];
     store.read(View::Snapshot(snap), 0, &mut warm).unwrap();
-    // Another reader holds the metadata lock shared: a snapshot read must not wait for it.
-    let held = store.meta.read();
-    let got = read_elsewhere(&store, snap);
-    drop(held);
-    let data = got.expect("the snapshot read waited behind a shared holder of the lock");
-    assert_eq!(data.unwrap(), vec![1u8; 16 * CHUNK]);
+    assert_reads_beside_a_shared_holder(
+        &store,
+        snap,
+        "the snapshot read waited behind a shared holder of the lock",
+    );
 }
 
 #[test]
@@ -58,11 +62,11 @@ fn a_read_missing_nodes_loads_them_then_later_reads_share_the_lock() {
         store.stats().cache.misses > misses,
         "the cold read loaded nodes"
     );
-    let held = store.meta.read();
-    let got = read_elsewhere(&store, snap);
-    drop(held);
-    let data = got.expect("the nodes the cold read loaded should serve the next read shared");
-    assert_eq!(data.unwrap(), vec![1u8; 16 * CHUNK]);
+    assert_reads_beside_a_shared_holder(
+        &store,
+        snap,
+        "the nodes the cold read loaded should serve the next read shared",
+    );
 }
 
 #[test]
