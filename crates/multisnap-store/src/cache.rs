@@ -52,7 +52,7 @@ pub struct CacheStats {
 pub struct NodeCache {
     lru: LruCache<u64, CachedNode>,
     capacity: usize,
-    /// Atomic: [`NodeCache::peek`] counts hits through a shared reference.
+    /// Atomic: shared-lock lookups add theirs through [`NodeCache::count_hits`] on `&self`.
     hits: AtomicU64,
     misses: u64,
     evictions: u64,

@@ -366,6 +366,15 @@ impl Meta {
         find_private_in(&mut self.pager, self.private_root, snap, chunk)
     }
 
+    /// Whether snapshot `snap` has private chunks, the `has_private` of `locate`; an error
+    /// if it is not live (deleted, invalidated, still being received, or never made).
+    pub fn readable_snapshot(&self, snap: SnapshotId) -> Result<bool> {
+        if !self.live.contains(&snap.0) || !self.snapshots.contains_key(&snap.0) {
+            return Err(StoreError::SnapshotIdNotFound(snap));
+        }
+        Ok(self.private_owners.contains(&snap.0))
+    }
+
     /// Where snapshot `snap` finds `chunk`: its private copy (looked up only when
     /// `has_private`), else the exception it sees, else `None`, the origin.
     pub fn locate(

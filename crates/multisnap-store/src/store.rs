@@ -638,10 +638,7 @@ impl Store {
         chunks: std::ops::RangeInclusive<u64>,
     ) -> Result<Option<Vec<Option<StoreChunk>>>> {
         let m = self.meta.read();
-        if !m.live.contains(&snap.0) || !m.snapshots.contains_key(&snap.0) {
-            return Err(StoreError::SnapshotIdNotFound(snap));
-        }
-        let has_private = m.private_owners.contains(&snap.0);
+        let has_private = m.readable_snapshot(snap)?;
         let mut out = Vec::with_capacity(chunks.size_hint().0);
         for chunk in chunks {
             match m.locate_cached(snap, has_private, OriginChunk(chunk)) {
@@ -660,10 +657,7 @@ impl Store {
         chunks: std::ops::RangeInclusive<u64>,
     ) -> Result<Vec<Option<StoreChunk>>> {
         let mut m = self.meta.write();
-        if !m.live.contains(&snap.0) || !m.snapshots.contains_key(&snap.0) {
-            return Err(StoreError::SnapshotIdNotFound(snap));
-        }
-        let has_private = m.private_owners.contains(&snap.0);
+        let has_private = m.readable_snapshot(snap)?;
         let mut out = Vec::with_capacity(chunks.size_hint().0);
         for chunk in chunks {
             out.push(m.locate(snap, has_private, OriginChunk(chunk))?);
@@ -738,8 +732,7 @@ impl Store {
             View::Origin => return origin_map(offset, len),
             View::Snapshot(id) => id,
         };
-        self.live_snapshot(snap)?;
-        let has_private = self.meta.read().private_owners.contains(&snap.0);
+        let has_private = self.meta.read().readable_snapshot(snap)?;
         let cs = self.chunk_size as u64;
         let end = offset + len.min(4096 * cs);
         let end = end.min(offset + len);
@@ -749,11 +742,11 @@ impl Store {
         while pos < end {
             let chunk = pos / cs;
             let n = ((chunk + 1) * cs).min(end) - pos;
-            let in_store = {
-                let mut m = self.meta.write();
-                (has_private && m.find_private(snap, OriginChunk(chunk))?.is_some())
-                    || m.find_exception(OriginChunk(chunk), snap)?.is_some()
-            };
+            let in_store = self
+                .meta
+                .write()
+                .locate(snap, has_private, OriginChunk(chunk))?
+                .is_some();
             if in_store {
                 push(n, true);
             } else {
