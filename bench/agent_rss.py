@@ -24,32 +24,14 @@ import argparse
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
+from benchnet import free_port, wait_port
+
 MIB = 1 << 20
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"agent exited with {proc.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"agent did not listen on {port} within {timeout} s")
 
 
 def rss_mib(pid):
@@ -124,7 +106,7 @@ def main():
     proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env)
     rows = []
     try:
-        wait_port(port, proc)
+        wait_port(port, proc, timeout=120)
         rows.append(("after start (volume opened)", *rss_mib(proc.pid), f"{time.monotonic() - t0:.1f} s to listen"))
 
         rng = random.Random(7)

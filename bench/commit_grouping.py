@@ -10,19 +10,10 @@ nbd engine, iodepth 32). Prints IOPS, and from the agent's /metrics the copies, 
 
 Data goes to /var/tmp/commit-ab. Standard library only; needs fio.
 """
-import os, re, shutil, socket, subprocess, sys, time, urllib.request
+import os, re, shutil, subprocess, sys, time, urllib.request
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+from benchnet import free_port, wait_port
 
-def wait_port(p, proc):
-    for _ in range(300):
-        if proc.poll() is not None: raise SystemExit("agent died")
-        try:
-            with socket.create_connection(("127.0.0.1", p), timeout=1): return
-        except OSError: time.sleep(0.1)
-    raise SystemExit("no listen")
 
 def metric(text, name):
     m = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M)
@@ -54,6 +45,8 @@ def run(agent, d):
     secs = metric(text, "multisnap_commit_seconds_total")
     return iops, copies, commits, secs
 
+if len(sys.argv) < 2 or any("=" not in a for a in sys.argv[1:]):
+    raise SystemExit(__doc__)
 bins = dict(a.split("=", 1) for a in sys.argv[1:])
 rows = []
 for rep in range(3):

@@ -1,7 +1,8 @@
 //! CI smoke run of the NBD benchmark harness (bench/nbd/run.py): its smallest mode against
 //! the raw file, nbdkit, this package's agent and qemu-nbd. It asserts only that the harness
 //! completes and prints its tables; the figures of a 32 MiB, one-second run mean nothing and
-//! are never checked (docs/BENCHMARKS.md §5 holds the real run).
+//! are never checked (docs/BENCHMARKS.md §5 holds the real run). It also checks that the JSON
+//! the run saves prints the same report again through `--report-from`.
 
 mod common;
 
@@ -20,6 +21,8 @@ fn nbd_bench_harness_smoke() {
         .arg(common::agent_bin())
         .arg("--work-dir")
         .arg(work.path().join("bench"))
+        .arg("--out-json")
+        .arg(work.path().join("run.json"))
         .output()
         .expect("cannot run python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -48,4 +51,20 @@ fn nbd_bench_harness_smoke() {
             "no {needle:?} in the harness output:\n{stdout}"
         );
     }
+
+    // The saved figures rebuild the same report (targets from the recorded arguments), so an
+    // interrupted or old run can be reported again.
+    let again = Command::new("python3")
+        .arg(repo.join("bench/nbd/run.py"))
+        .arg("--report-from")
+        .arg(work.path().join("run.json"))
+        .output()
+        .expect("cannot run python3");
+    assert!(
+        again.status.success(),
+        "--report-from failed ({}):\n{}",
+        again.status,
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&again.stdout), stdout);
 }
