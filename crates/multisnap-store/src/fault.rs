@@ -1,4 +1,4 @@
-//! Power-cut simulation (feature `fault-injection`).
+//! Fault injection for tests (feature `fault-injection`): power cuts, slow and gated devices.
 //!
 //! A [`PowerRail`] stands for one power supply feeding several [`CrashDev`]s (the origin and
 //! the store together), counting their writes. Each device remembers its durable image (as of
@@ -7,6 +7,13 @@
 //! [`CrashDev::crash_image`] builds what a disk could hold afterwards: the durable image plus
 //! any subset of the unflushed writes, applied in order, some of them torn at 512-byte sector
 //! boundaries.
+//!
+//! [`Delayed`] and [`FlushGate`] wrap any device to make reads or flushes slow, or hold
+//! flushes until a test opens the gate.
+
+mod delay;
+
+pub use delay::{Delayed, FlushGate};
 
 use crate::blockdev::BlockDev;
 use parking_lot::Mutex;

@@ -14,12 +14,11 @@
 //! - every origin byte is its old value or one a write put there, and every write that its
 //!   thread saw acknowledged before one of its own flushes completed is there whole.
 
-use multisnap_store::fault::{CrashDev, PowerRail};
-use multisnap_store::{verify, BlockDev, CreateOptions, MemDev, SnapshotState, Store, View};
+use multisnap_store::fault::{CrashDev, Delayed, FlushGate, PowerRail};
+use multisnap_store::{verify, CreateOptions, MemDev, SnapshotState, Store, View};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::io;
-use std::sync::{Arc, Barrier, Condvar, Mutex};
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 const CHUNK: usize = 4096;
@@ -32,26 +31,10 @@ const STORE: usize = 1536 << 10;
 const OLD_CHUNKS: usize = 40;
 const FLUSH_EVERY: usize = 6;
 
-/// The store device with a slow flush, so commits spend long enough landing for the other
+/// The store device's flushes are slowed so commits spend long enough landing for the other
 /// threads to fill the next transaction meanwhile (a real disk's cache flush takes
 /// milliseconds; the RAM disk's takes nothing).
-struct SlowFlush(Arc<CrashDev>);
-
-impl BlockDev for SlowFlush {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.0.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.0.write_at(buf, offset)
-    }
-    fn flush(&self) -> io::Result<()> {
-        std::thread::sleep(Duration::from_micros(300));
-        self.0.flush()
-    }
-    fn size(&self) -> io::Result<u64> {
-        self.0.size()
-    }
-}
+const SLOW_FLUSH: Duration = Duration::from_micros(300);
 
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -123,7 +106,12 @@ fn run(
     let origin = Arc::new(CrashDev::from_image(rail.clone(), base.origin.clone()));
     let dev = Arc::new(CrashDev::from_image(rail.clone(), base.store.clone()));
     let store = Arc::new(
-        Store::open(origin.clone(), Arc::new(SlowFlush(dev.clone())), 0).expect("open base"),
+        Store::open(
+            origin.clone(),
+            Arc::new(Delayed::new(dev.clone()).flushes(SLOW_FLUSH)),
+            0,
+        )
+        .expect("open base"),
     );
     let old = store.snapshot_by_name("old").expect("old").id;
     let start = Arc::new(Barrier::new(WRITERS + 1));
@@ -296,11 +284,7 @@ fn a_landing_commit_does_not_hold_the_metadata_lock() {
     let base = prepare();
     let origin = Arc::new(MemDev::from_vec(base.origin.clone()));
     let mem = Arc::new(MemDev::from_vec(base.store.clone()));
-    let gate = Arc::new(GatedFlush {
-        dev: mem.clone(),
-        state: Mutex::new(Gate::default()),
-        changed: Condvar::new(),
-    });
+    let gate = Arc::new(FlushGate::new(mem.clone()));
     let store = Arc::new(Store::open(origin, gate.clone(), 0).expect("open"));
     let before = store.stats();
     gate.close();
@@ -310,7 +294,7 @@ fn a_landing_commit_does_not_hold_the_metadata_lock() {
         std::thread::spawn(move || store.write_origin(0, &[1; CHUNK]))
     };
     assert!(
-        gate.wait_for_blocked_flush(Duration::from_secs(10)),
+        gate.wait_for_waiting_flush(Duration::from_secs(10)),
         "the first write never reached its commit's flush"
     );
     let second = {
@@ -350,56 +334,4 @@ fn a_landing_commit_does_not_hold_the_metadata_lock() {
     drop(store);
     let report = verify(&*mem, Some(ORIGIN as u64)).expect("verify");
     assert!(report.is_clean(), "{:?}", report.problems);
-}
-
-#[derive(Default)]
-struct Gate {
-    closed: bool,
-    blocked: usize,
-}
-
-/// A store device whose flushes wait while the gate is closed.
-struct GatedFlush {
-    dev: Arc<MemDev>,
-    state: Mutex<Gate>,
-    changed: Condvar,
-}
-
-impl GatedFlush {
-    fn close(&self) {
-        self.state.lock().expect("gate").closed = true;
-    }
-    fn open(&self) {
-        self.state.lock().expect("gate").closed = false;
-        self.changed.notify_all();
-    }
-    fn wait_for_blocked_flush(&self, limit: Duration) -> bool {
-        let g = self.state.lock().expect("gate");
-        let (g, _) = self
-            .changed
-            .wait_timeout_while(g, limit, |g| g.blocked == 0)
-            .expect("gate");
-        g.blocked > 0
-    }
-}
-
-impl BlockDev for GatedFlush {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.dev.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.dev.write_at(buf, offset)
-    }
-    fn flush(&self) -> io::Result<()> {
-        let mut g = self.state.lock().expect("gate");
-        g.blocked += 1;
-        self.changed.notify_all();
-        let mut g = self.changed.wait_while(g, |g| g.closed).expect("gate");
-        g.blocked -= 1;
-        drop(g);
-        self.dev.flush()
-    }
-    fn size(&self) -> io::Result<u64> {
-        self.dev.size()
-    }
 }

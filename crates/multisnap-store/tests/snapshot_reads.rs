@@ -1,7 +1,9 @@
 //! Snapshots see the origin as it was; the origin sees its writes; one copy per chunk.
 
-use multisnap_store::{BlockDev, CreateOptions, MemDev, Store, StoreError, View};
+use multisnap_store::fault::Delayed;
+use multisnap_store::{CreateOptions, MemDev, Store, StoreError, View};
 use std::sync::Arc;
+use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 
@@ -178,7 +180,7 @@ fn reads_racing_a_delete_get_the_data_or_not_found() {
     let origin = Arc::new(MemDev::new(MIB));
     // Slow store reads keep readers between their lookup and their data for a while.
     // Small enough that the copies after the delete reuse its freed chunks.
-    let dev = Arc::new(SlowReads(MemDev::new(3 * MIB / 2)));
+    let dev = Arc::new(Delayed::new(MemDev::new(3 * MIB / 2)).reads(Duration::from_micros(500)));
     let opts = CreateOptions {
         chunk_size: CHUNK,
         ..Default::default()
@@ -217,7 +219,7 @@ fn reads_racing_a_delete_get_the_data_or_not_found() {
             })
         })
         .collect();
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    std::thread::sleep(Duration::from_millis(50));
     store.delete_snapshot(doomed.id).unwrap();
     store.reclaim_all().unwrap();
     // Reuse the freed chunks with other data, one chunk at a time so that the copies can
@@ -229,7 +231,7 @@ fn reads_racing_a_delete_get_the_data_or_not_found() {
             .write_origin(c * CHUNK as u64, &[0x55; CHUNK as usize])
             .unwrap();
     }
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    std::thread::sleep(Duration::from_millis(50));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut ok, mut gone) = (0, 0);
     for r in readers {
@@ -241,24 +243,6 @@ fn reads_racing_a_delete_get_the_data_or_not_found() {
         ok > 0 && gone > 0,
         "{ok} reads succeeded, {gone} found it gone"
     );
-}
-
-struct SlowReads(MemDev);
-
-impl BlockDev for SlowReads {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        std::thread::sleep(std::time::Duration::from_micros(500));
-        self.0.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.0.write_at(buf, offset)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-    fn size(&self) -> std::io::Result<u64> {
-        self.0.size()
-    }
 }
 
 /// Once a chunk is copied for every live snapshot, overwriting it again does not walk the
