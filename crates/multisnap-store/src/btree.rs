@@ -131,19 +131,23 @@ pub fn lookup<'a, S: NodeSource<'a>>(
     }
 }
 
+/// A value found by a seek, inline up to the 16 bytes of an exception or private-map entry:
+/// a snapshot read seeks once per chunk, and a heap allocation there was measurable.
+pub type SeekValue = smallvec::SmallVec<[u8; 16]>;
+
 /// The smallest entry with key >= `key`.
 pub fn seek_ge<'a, S: NodeSource<'a>>(
     s: &mut S,
     root: MetaBlock,
     key: &Key,
-) -> std::result::Result<Option<(Key, Vec<u8>)>, S::Error> {
+) -> std::result::Result<Option<(Key, SeekValue)>, S::Error> {
     let node = s.node(root)?;
     check_depth(&node, root)?;
     if node.is_leaf() {
         let i = match node.keys.binary_search(key) {
             Ok(i) | Err(i) => i,
         };
-        return Ok((i < node.len()).then(|| (node.keys[i], node.value(i).to_vec())));
+        return Ok((i < node.len()).then(|| (node.keys[i], SeekValue::from_slice(node.value(i)))));
     }
     for i in child_index(&node, key)..node.len() {
         if let Some(found) = seek_ge(s, MetaBlock(node.children[i].block), key)? {
@@ -154,7 +158,7 @@ pub fn seek_ge<'a, S: NodeSource<'a>>(
 }
 
 /// The largest entry with key <= `key`.
-pub fn seek_le(p: &mut Pager, root: MetaBlock, key: &Key) -> Result<Option<(Key, Vec<u8>)>> {
+pub fn seek_le(p: &mut Pager, root: MetaBlock, key: &Key) -> Result<Option<(Key, SeekValue)>> {
     let node = p.read(root)?;
     check_depth(&node, root)?;
     if node.is_leaf() {
@@ -162,7 +166,7 @@ pub fn seek_le(p: &mut Pager, root: MetaBlock, key: &Key) -> Result<Option<(Key,
             Ok(i) => i + 1,
             Err(i) => i,
         };
-        return Ok((i > 0).then(|| (node.keys[i - 1], node.value(i - 1).to_vec())));
+        return Ok((i > 0).then(|| (node.keys[i - 1], SeekValue::from_slice(node.value(i - 1)))));
     }
     if node.keys.first().is_some_and(|k| key < k) {
         return Ok(None);

@@ -29,6 +29,7 @@ use crate::format::{BLOCK_SIZE, FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use crate::ids::{OriginChunk, SnapshotId, StoreChunk};
 use crate::meta::{Exception, Meta, ReclaimProgress};
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use smallvec::SmallVec;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,6 +47,12 @@ pub const GROWTH_FACTOR: u64 = 8;
 /// Default node cache size.
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 const STRIPES: usize = 1024;
+
+/// One entry per chunk (or stripe) of a request: inline for requests of up to 4 chunks, which
+/// is nearly all of them, so the data path does not allocate for its lock guards and lookups
+/// (measured with callgrind: a third of what a 4 KiB snapshot read cost beyond an origin read
+/// was malloc and free).
+type PerChunk<T> = SmallVec<[T; 4]>;
 
 /// Parameters for a new store.
 #[derive(Clone, Debug)]
@@ -457,7 +464,7 @@ impl Store {
     }
 
     /// Stripe indices covering a chunk range, in lock order (all of them for a long range).
-    fn stripes_of_range(chunks: std::ops::RangeInclusive<u64>) -> Vec<usize> {
+    fn stripes_of_range(chunks: std::ops::RangeInclusive<u64>) -> PerChunk<usize> {
         if chunks.end() - chunks.start() >= STRIPES as u64 {
             return (0..STRIPES).collect();
         }
@@ -466,14 +473,17 @@ impl Store {
 
     /// Stripe indices of any set of chunks, sorted and deduplicated: taking them in this
     /// order cannot deadlock.
-    fn stripes_in_order(chunks: impl IntoIterator<Item = u64>) -> Vec<usize> {
-        let mut idx: Vec<usize> = chunks.into_iter().map(Self::stripe_of).collect();
+    fn stripes_in_order(chunks: impl IntoIterator<Item = u64>) -> PerChunk<usize> {
+        let mut idx: PerChunk<usize> = chunks.into_iter().map(Self::stripe_of).collect();
         idx.sort_unstable();
         idx.dedup();
         idx
     }
 
-    fn lock_stripes(&self, chunks: std::ops::RangeInclusive<u64>) -> Vec<RwLockWriteGuard<'_, ()>> {
+    fn lock_stripes(
+        &self,
+        chunks: std::ops::RangeInclusive<u64>,
+    ) -> PerChunk<RwLockWriteGuard<'_, ()>> {
         Self::stripes_of_range(chunks)
             .into_iter()
             .map(|i| self.stripes[i].write())
@@ -484,7 +494,7 @@ impl Store {
     fn lock_chunk_stripes(
         &self,
         chunks: impl IntoIterator<Item = u64>,
-    ) -> Vec<RwLockWriteGuard<'_, ()>> {
+    ) -> PerChunk<RwLockWriteGuard<'_, ()>> {
         Self::stripes_in_order(chunks)
             .into_iter()
             .map(|i| self.stripes[i].write())
@@ -492,7 +502,10 @@ impl Store {
     }
 
     /// Shared stripes of a chunk range, in stripe order.
-    fn read_stripes(&self, chunks: std::ops::RangeInclusive<u64>) -> Vec<RwLockReadGuard<'_, ()>> {
+    fn read_stripes(
+        &self,
+        chunks: std::ops::RangeInclusive<u64>,
+    ) -> PerChunk<RwLockReadGuard<'_, ()>> {
         Self::stripes_of_range(chunks)
             .into_iter()
             .map(|i| self.stripes[i].read())
@@ -636,10 +649,10 @@ impl Store {
         &self,
         snap: SnapshotId,
         chunks: std::ops::RangeInclusive<u64>,
-    ) -> Result<Option<Vec<Option<StoreChunk>>>> {
+    ) -> Result<Option<PerChunk<Option<StoreChunk>>>> {
         let m = self.meta.read();
         let has_private = m.readable_snapshot(snap)?;
-        let mut out = Vec::with_capacity(chunks.size_hint().0);
+        let mut out = PerChunk::with_capacity(chunks.size_hint().0);
         for chunk in chunks {
             match m.locate_cached(snap, has_private, OriginChunk(chunk)) {
                 Ok(x) => out.push(x),
@@ -655,10 +668,10 @@ impl Store {
         &self,
         snap: SnapshotId,
         chunks: std::ops::RangeInclusive<u64>,
-    ) -> Result<Vec<Option<StoreChunk>>> {
+    ) -> Result<PerChunk<Option<StoreChunk>>> {
         let mut m = self.meta.write();
         let has_private = m.readable_snapshot(snap)?;
-        let mut out = Vec::with_capacity(chunks.size_hint().0);
+        let mut out = PerChunk::with_capacity(chunks.size_hint().0);
         for chunk in chunks {
             out.push(m.locate(snap, has_private, OriginChunk(chunk))?);
         }

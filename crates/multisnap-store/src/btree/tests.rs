@@ -49,12 +49,12 @@ fn insert_lookup_seek_against_a_map() {
         let ge = model
             .range(probe..)
             .next()
-            .map(|(k, v)| (*k, val(*v).to_vec()));
+            .map(|(k, v)| (*k, SeekValue::from_slice(&val(*v))));
         assert_eq!(seek_ge(&mut p, root, &probe).unwrap(), ge);
         let le = model
             .range(..=probe)
             .next_back()
-            .map(|(k, v)| (*k, val(*v).to_vec()));
+            .map(|(k, v)| (*k, SeekValue::from_slice(&val(*v))));
         assert_eq!(seek_le(&mut p, root, &probe).unwrap(), le);
     }
     let mut seen = Vec::new();
