@@ -20,8 +20,8 @@ spreads over all of them):
    - seqwrite-1M: 1 MiB sequential writes, iodepth 32, first writes to their region;
    - each write job twice, with no flush and with a flush every 32 writes (`+fsync32`);
    - randread-snap / randread-origin: 4 KiB random reads, iodepth 32, of the newest snapshot
-     and of the origin, each after an untimed sequential pass over the same view (so both
-     read from the page cache, whatever the host evicted meanwhile).
+     and of the origin, in A B B A order, each run after an untimed sequential pass over the
+     same view (so both read from the page cache, whatever the host evicted meanwhile).
 Medians over the repetitions are reported with the ratios multisnap / qemu-nbd and
 multisnap / nbdkit, pair by pair, and checked against the targets of issue 7.
 """
@@ -352,8 +352,27 @@ def fio(ctx, target, view, name, job_args, direction):
         "mibs": d["bw_bytes"] / MiB,
         "p99_ms": pct.get("99.000000", 0) / 1e6,
         "ios": d["total_ios"],
+        "runtime_ms": d.get("runtime", 0),
         "syncs": job.get("sync", {}).get("total_ios", 0),
         "load": load,
+    }
+
+
+def combine_runs(runs):
+    """One figure from runs of the same job: IOPS and MiB/s over their summed runtime, the
+    worst p99."""
+    secs = sum(r["runtime_ms"] for r in runs) / 1000 or None
+    ios = sum(r["ios"] for r in runs)
+    return {
+        "iops": ios / secs if secs else statistics.mean(r["iops"] for r in runs),
+        "mibs": sum(r["mibs"] * r["runtime_ms"] for r in runs) / 1000 / secs if secs
+        else statistics.mean(r["mibs"] for r in runs),
+        "p99_ms": max(r["p99_ms"] for r in runs),
+        "ios": ios,
+        "runtime_ms": sum(r["runtime_ms"] for r in runs),
+        "syncs": 0,
+        "load": runs[0]["load"],
+        "parts": [r["iops"] for r in runs],
     }
 
 
@@ -394,29 +413,36 @@ def run_target(ctx, target, rep):
         read_args = ["--rw=randread", "--bs=4k", f"--size={ctx.size}", "--time_based",
                      f"--runtime={ctx.read_runtime}"]
 
-        def warm_then_read(view, name):
+        def warm(view, name):
             # One untimed sequential pass first: the read jobs measure the engine from the page
             # cache, whatever the host's memory manager evicted while the writes ran (see
             # docs/BENCHMARKS.md: this machine pages out page cache unused for a minute).
             fio(ctx, target, view, f"warm-{name}",
                 ["--rw=read", "--bs=1M", f"--size={ctx.size}"], "read")
-            return fio(ctx, target, view, name, read_args, "read")
 
-        def read_origin():
+        if not target.snaps:
             os.sync()
-            res["randread-origin"] = warm_then_read("origin", "randread-origin")
-
-        def read_snap():
+            warm("origin", "randread-origin")
+            res["randread-origin"] = fio(ctx, target, "origin", "randread-origin", read_args, "read")
+        else:
+            # The two read jobs in A B B A order (which goes first alternates between
+            # repetitions), each figure the sum of its two halves: this machine's speed drifts
+            # by tens of percent over seconds, and A B B A cancels a drift that is linear over
+            # the four runs. Each run is warmed on the server that serves it (qemu-nbd serves
+            # the snapshot from a server of its own, so its caches start cold each time).
             os.sync()
-            res["randread-snap"] = target.with_snapshot_view(
-                lambda: warm_then_read("snapshot", "randread-snap"))
+            a, b = ("snapshot", "origin") if rep % 2 == 0 else ("origin", "snapshot")
+            halves = {"snapshot": [], "origin": []}
+            for i, view in enumerate((a, b, b, a)):
+                name = "randread-snap" if view == "snapshot" else "randread-origin"
 
-        reads = [read_origin]
-        if target.snaps:
-            # Alternate which read goes first from one repetition to the next.
-            reads = [read_snap, read_origin] if rep % 2 == 0 else [read_origin, read_snap]
-        for fn in reads:
-            fn()
+                def job(view=view, name=name, i=i):
+                    warm(view, f"{name}-{i}")
+                    return fio(ctx, target, view, f"{name}-{i}", read_args, "read")
+
+                halves[view].append(target.with_snapshot_view(job) if view == "snapshot" else job())
+            res["randread-snap"] = combine_runs(halves["snapshot"])
+            res["randread-origin"] = combine_runs(halves["origin"])
     finally:
         target.stop()
         if not ctx.args.keep:
