@@ -82,10 +82,12 @@ impl From<StoreError> for CachedLookupError {
 impl<'a> NodeSource<'a> for CachedNodes<'a> {
     type Error = CachedLookupError;
     fn node(&mut self, block: MetaBlock) -> std::result::Result<NodeRef<'a>, CachedLookupError> {
-        let node = self
-            .cache
-            .peek(block.0)
-            .ok_or(CachedLookupError::NotCached)?;
+        let Some(node) = self.cache.peek(block.0) else {
+            // The caller retries the whole lookup through the pager, which counts these nodes
+            // again: counting them here too would inflate the hit ratio users watch.
+            self.hits = 0;
+            return Err(CachedLookupError::NotCached);
+        };
         self.hits += 1;
         Ok(NodeRef::Borrowed(node))
     }

@@ -389,20 +389,22 @@ impl Meta {
 
     /// `locate` from the node cache alone, for readers holding the metadata lock shared; a
     /// node on the way that is not cached makes it [`CachedLookupError::NotCached`].
-    pub fn locate_cached(
-        &self,
+    pub fn locate_cached<'m>(
+        &'m self,
+        nodes: &mut CachedNodes<'m>,
         snap: SnapshotId,
         has_private: bool,
         chunk: OriginChunk,
     ) -> std::result::Result<Option<StoreChunk>, CachedLookupError> {
         let roots = (self.exception_root, self.private_root);
-        locate_in(
-            &mut CachedNodes::new(&self.pager.cache),
-            roots,
-            snap,
-            has_private,
-            chunk,
-        )
+        locate_in(nodes, roots, snap, has_private, chunk)
+    }
+
+    /// The cached index nodes, for lookups with the metadata lock held shared. One value
+    /// serves every chunk of a request, so a request that falls back to the pager counts no
+    /// hits for its abandoned attempt.
+    pub fn cached_nodes(&self) -> CachedNodes<'_> {
+        CachedNodes::new(&self.pager.cache)
     }
 
     /// Chunks in `first..=last` whose contents differ between snapshot `a` and `b` (or the

@@ -653,8 +653,9 @@ impl Store {
         let m = self.meta.read();
         let has_private = m.readable_snapshot(snap)?;
         let mut out = PerChunk::with_capacity(chunks.size_hint().0);
+        let mut nodes = m.cached_nodes();
         for chunk in chunks {
-            match m.locate_cached(snap, has_private, OriginChunk(chunk)) {
+            match m.locate_cached(&mut nodes, snap, has_private, OriginChunk(chunk)) {
                 Ok(x) => out.push(x),
                 Err(CachedLookupError::NotCached) => return Ok(None),
                 Err(CachedLookupError::Store(e)) => return Err(e),

@@ -69,6 +69,71 @@ fn a_read_missing_nodes_loads_them_then_later_reads_share_the_lock() {
     );
 }
 
+/// A read that misses the cache tries shared, gives up and descends again with the lock held
+/// exclusively; the cache statistics must count each node on its path once, as a warm read
+/// of the same chunk does, not the abandoned attempt's hits as well.
+#[test]
+fn a_read_that_falls_back_counts_each_node_once() {
+    let origin = Arc::new(MemDev::new(4 << 20));
+    let dev = Arc::new(MemDev::new(8 << 20));
+    let opts = CreateOptions {
+        chunk_size: CHUNK as u32,
+        ..Default::default()
+    };
+    let store = Store::create(origin, dev, &opts).unwrap();
+    // 512 exceptions: several leaves under an inner root.
+    store.write_origin(0, &vec![1u8; 512 * CHUNK]).unwrap();
+    let snap = store.create_snapshot("s").unwrap().id;
+    store.write_origin(0, &vec![2u8; 512 * CHUNK]).unwrap();
+    store.flush().unwrap();
+    store.meta.write().pager.cache.clear();
+    let mut buf = vec![0u8; CHUNK];
+    // Caches the root and the first leaf only.
+    store.read(View::Snapshot(snap), 0, &mut buf).unwrap();
+
+    let lookups = |s: &Store| {
+        let c = s.stats().cache;
+        (c.hits, c.misses)
+    };
+    let (h0, m0) = lookups(&store);
+    store
+        .read(View::Snapshot(snap), 500 * CHUNK as u64, &mut buf)
+        .unwrap();
+    let (h1, m1) = lookups(&store);
+    assert!(m1 > m0, "the last leaf should not have been cached");
+    store
+        .read(View::Snapshot(snap), 500 * CHUNK as u64, &mut buf)
+        .unwrap();
+    let (h2, m2) = lookups(&store);
+    assert_eq!(m2, m1, "the second read is warm");
+    assert!(h1 - h0 > 0, "the root was cached for the first read");
+    assert_eq!(
+        (h1 - h0) + (m1 - m0),
+        h2 - h1,
+        "a read that fell back counted the nodes of its abandoned attempt"
+    );
+    assert_eq!(buf, vec![1u8; CHUNK]);
+
+    // The same for a read of many chunks whose first chunks are cached and later ones not:
+    // the whole request falls back, so none of its shared lookups may count.
+    store.meta.write().pager.cache.clear();
+    store.read(View::Snapshot(snap), 0, &mut buf).unwrap();
+    let mut all = vec![0u8; 512 * CHUNK];
+    let (h0, m0) = lookups(&store);
+    store.read(View::Snapshot(snap), 0, &mut all).unwrap();
+    let (h1, m1) = lookups(&store);
+    assert!(m1 > m0, "later leaves should not have been cached");
+    store.read(View::Snapshot(snap), 0, &mut all).unwrap();
+    let (h2, m2) = lookups(&store);
+    assert_eq!(m2, m1);
+    assert_eq!(
+        (h1 - h0) + (m1 - m0),
+        h2 - h1,
+        "a many-chunk read that fell back counted its cached chunks twice"
+    );
+    assert_eq!(all, vec![1u8; 512 * CHUNK]);
+}
+
 #[test]
 fn a_cold_read_of_a_deleted_snapshot_is_not_found() {
     let (store, snap) = store_with_copies();
