@@ -4,8 +4,9 @@ use std::sync::mpsc;
 
 const CHUNK: usize = 4096;
 
-/// A store whose one snapshot sees 16 chunks of 1s, the first 8 of them copied out.
-fn store_with_copies() -> (Arc<Store>, SnapshotId) {
+/// A store whose one snapshot sees `chunks` chunks of 1s, the first `copied` of them copied
+/// out (the origin holds 2s there).
+fn store_with_copies_of(chunks: usize, copied: usize) -> (Arc<Store>, SnapshotId) {
     let origin = Arc::new(MemDev::new(4 << 20));
     let dev = Arc::new(MemDev::new(8 << 20));
     let opts = CreateOptions {
@@ -13,10 +14,15 @@ fn store_with_copies() -> (Arc<Store>, SnapshotId) {
         ..Default::default()
     };
     let store = Store::create(origin, dev, &opts).unwrap();
-    store.write_origin(0, &[1u8; 16 * CHUNK]).unwrap();
+    store.write_origin(0, &vec![1u8; chunks * CHUNK]).unwrap();
     let snap = store.create_snapshot("s").unwrap().id;
-    store.write_origin(0, &[2u8; 8 * CHUNK]).unwrap();
+    store.write_origin(0, &vec![2u8; copied * CHUNK]).unwrap();
     (Arc::new(store), snap)
+}
+
+/// 16 chunks, the first 8 copied out.
+fn store_with_copies() -> (Arc<Store>, SnapshotId) {
+    store_with_copies_of(16, 8)
 }
 
 /// Holds the metadata lock shared, as another reader would, while a snapshot read runs on
@@ -74,17 +80,8 @@ fn a_read_missing_nodes_loads_them_then_later_reads_share_the_lock() {
 /// of the same chunk does, not the abandoned attempt's hits as well.
 #[test]
 fn a_read_that_falls_back_counts_each_node_once() {
-    let origin = Arc::new(MemDev::new(4 << 20));
-    let dev = Arc::new(MemDev::new(8 << 20));
-    let opts = CreateOptions {
-        chunk_size: CHUNK as u32,
-        ..Default::default()
-    };
-    let store = Store::create(origin, dev, &opts).unwrap();
     // 512 exceptions: several leaves under an inner root.
-    store.write_origin(0, &vec![1u8; 512 * CHUNK]).unwrap();
-    let snap = store.create_snapshot("s").unwrap().id;
-    store.write_origin(0, &vec![2u8; 512 * CHUNK]).unwrap();
+    let (store, snap) = store_with_copies_of(512, 512);
     store.flush().unwrap();
     store.meta.write().pager.cache.clear();
     let mut buf = vec![0u8; CHUNK];
