@@ -667,7 +667,6 @@ def parse_args(argv):
     args.snapshots = [int(x) for x in args.snapshots.split(",")]
     args.chunk_sizes = [parse_size(x) for x in args.chunk_sizes.split(",")]
     args.qemu_cache = [x.strip() for x in args.qemu_cache.split(",") if x.strip()]
-    wanted = {x.strip() for x in args.targets.split(",")}
     if args.size % (8 * MiB):
         ap.error("--size must be a multiple of 8 MiB")
     return args

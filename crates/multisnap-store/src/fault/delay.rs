@@ -38,10 +38,6 @@ impl<D: BlockDev> Delayed<D> {
         self.flush_delay = d;
         self
     }
-
-    pub fn inner(&self) -> &D {
-        &self.inner
-    }
 }
 
 fn pause(d: Duration) {
@@ -110,10 +106,6 @@ impl<D: BlockDev> FlushGate<D> {
                 .wait_while_for(&mut g, |g| g.waiting == 0, limit);
         }
         g.waiting > 0
-    }
-
-    pub fn inner(&self) -> &D {
-        &self.inner
     }
 }
 
