@@ -231,6 +231,9 @@ const FAMILIES: &[(&str, &str, &str)] = &[
     ("multisnap_cache_nodes", "gauge", "-"),
     ("multisnap_cache_bytes", "gauge", "bytes"),
     ("multisnap_cache_capacity_bytes", "gauge", "bytes"),
+    ("multisnap_location_cache_hits", "counter", "-"),
+    ("multisnap_location_cache_misses", "counter", "-"),
+    ("multisnap_location_cache_bytes", "gauge", "bytes"),
     ("multisnap_store_size_bytes", "gauge", "bytes"),
     ("multisnap_store_used_bytes", "gauge", "bytes"),
     ("multisnap_store_free_bytes", "gauge", "bytes"),
@@ -316,6 +319,12 @@ fn exposition_parses_with_the_official_python_client() {
         om.default_volume("multisnap_cache_misses_total")
             + om.default_volume("multisnap_cache_hits_total")
             >= 1.0
+    );
+    // The snapshot read above looked its chunks up; the cache's share is 1/32 of 64 MiB.
+    assert!(om.default_volume("multisnap_location_cache_misses_total") >= 1.0);
+    assert_eq!(
+        om.default_volume("multisnap_location_cache_bytes"),
+        f64::from(2u32 << 20)
     );
     let size = om.default_volume("multisnap_store_size_bytes");
     let used = om.default_volume("multisnap_store_used_bytes");

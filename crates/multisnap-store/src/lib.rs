@@ -34,6 +34,7 @@ pub mod error;
 pub mod fault;
 pub mod format;
 pub mod ids;
+pub mod locations;
 pub mod meta;
 pub mod pager;
 pub mod store;

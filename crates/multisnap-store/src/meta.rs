@@ -21,7 +21,9 @@ use crate::format::snapshot_record::{SnapshotRecord, SnapshotState};
 use crate::format::superblock::{ReceiveState, Superblock};
 use crate::format::{get_u64, put_u64, BLOCK_SIZE};
 use crate::ids::{MetaBlock, OriginChunk, SnapshotId, StoreChunk};
+use crate::locations::LocationCache;
 use crate::pager::Pager;
+use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +32,31 @@ use std::time::{Duration, Instant};
 /// Blocks kept free for reclamation: removing entries shadows tree paths, so a completely
 /// full store could otherwise never free anything.
 pub const RECLAIM_RESERVE_BLOCKS: u64 = 64;
+
+/// The configured cache's bytes per byte of location cache: 2 MiB of the default 64 MiB,
+/// room for every chunk of a 2 GiB volume at 64 KiB chunks, for two snapshots at once.
+pub const LOCATION_CACHE_SHARE: usize = 32;
+
+/// Lookups of one request under the shared metadata lock ([`Meta::shared_lookup`]). When
+/// dropped (before the lock: it borrows from it), it remembers the locations it looked up in
+/// the index and adds its counts to the caches', once per request.
+pub struct SharedLookup<'m> {
+    nodes: CachedNodes<'m>,
+    locations: &'m LocationCache,
+    location_hits: u64,
+    /// Looked up in the index: the location cache's misses, remembered on drop.
+    found: SmallVec<[(SnapshotId, OriginChunk, Option<StoreChunk>); 4]>,
+}
+
+impl Drop for SharedLookup<'_> {
+    fn drop(&mut self) {
+        for &(snap, chunk, x) in &self.found {
+            self.locations.put(snap, chunk, x);
+        }
+        self.locations
+            .count(self.location_hits, self.found.len() as u64);
+    }
+}
 
 /// One exception: chunk `chunk` as snapshots `first..=last` see it lives at `store`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +167,9 @@ pub struct Meta {
     pub live_epoch: Arc<AtomicU64>,
     /// The store's covered-chunk map, cleared here when the store is poisoned.
     pub covered: Arc<crate::store::CoveredChunks>,
+    /// Where snapshot reads last found their chunks; forgotten per chunk by every change to
+    /// the exception index or the private map.
+    locations: LocationCache,
     pub next_snapshot_id: u64,
     pub exception_count: u64,
     pub copies_total: u64,
@@ -231,9 +261,12 @@ impl Meta {
         let covered = Arc::new(crate::store::CoveredChunks::new(
             sb.origin_size.div_ceil(u64::from(sb.chunk_size.max(1))),
         ));
+        // The location cache's share comes out of the configured budget, so the two caches
+        // together stay within it.
+        let locations = LocationCache::with_bytes(cache_bytes / LOCATION_CACHE_SHARE);
         let pager = Pager {
             dev,
-            cache: NodeCache::with_bytes(cache_bytes),
+            cache: NodeCache::with_bytes(cache_bytes.saturating_sub(locations.bytes())),
             alloc,
             generation: sb.generation + 1,
             chunk_size: sb.chunk_size,
@@ -257,6 +290,7 @@ impl Meta {
             private_owners: BTreeSet::new(),
             live_epoch: Arc::new(AtomicU64::new(0)),
             covered,
+            locations,
             dirty: false,
             poisoned: None,
             commits_total: 0,
@@ -383,28 +417,68 @@ impl Meta {
         has_private: bool,
         chunk: OriginChunk,
     ) -> Result<Option<StoreChunk>> {
+        if let Some(x) = self.locations.get(snap, chunk) {
+            self.locations.count(1, 0);
+            return Ok(x);
+        }
         let roots = (self.exception_root, self.private_root);
-        locate_in(&mut self.pager, roots, snap, has_private, chunk)
+        let x = locate_in(&mut self.pager, roots, snap, has_private, chunk)?;
+        self.locations.put(snap, chunk, x);
+        self.locations.count(0, 1);
+        Ok(x)
     }
 
-    /// `locate` from the node cache alone, for readers holding the metadata lock shared; a
-    /// node on the way that is not cached makes it [`CachedLookupError::NotCached`].
+    /// `locate` from the caches alone, for readers holding the metadata lock shared; a node
+    /// on the way that is not cached makes it [`CachedLookupError::NotCached`].
     pub fn locate_cached<'m>(
         &'m self,
-        nodes: &mut CachedNodes<'m>,
+        lookup: &mut SharedLookup<'m>,
         snap: SnapshotId,
         has_private: bool,
         chunk: OriginChunk,
     ) -> std::result::Result<Option<StoreChunk>, CachedLookupError> {
+        if let Some(x) = self.locations.get(snap, chunk) {
+            lookup.location_hits += 1;
+            return Ok(x);
+        }
         let roots = (self.exception_root, self.private_root);
-        locate_in(nodes, roots, snap, has_private, chunk)
+        match locate_in(&mut lookup.nodes, roots, snap, has_private, chunk) {
+            Ok(x) => {
+                lookup.found.push((snap, chunk, x));
+                Ok(x)
+            }
+            Err(e) => {
+                if matches!(e, CachedLookupError::NotCached) {
+                    // The pager retry looks up, counts and remembers every chunk again; had
+                    // these been remembered already, it would count them as hits.
+                    lookup.location_hits = 0;
+                    lookup.found.clear();
+                }
+                Err(e)
+            }
+        }
     }
 
-    /// The cached index nodes, for lookups with the metadata lock held shared. One value
-    /// serves every chunk of a request, so a request that falls back to the pager counts no
-    /// hits for its abandoned attempt.
-    pub fn cached_nodes(&self) -> CachedNodes<'_> {
-        CachedNodes::new(&self.pager.cache)
+    pub fn location_stats(&self) -> crate::locations::LocationStats {
+        self.locations.stats()
+    }
+
+    /// Empties the location cache, for tests that count node lookups.
+    #[cfg(test)]
+    pub fn forget_all_locations(&mut self) {
+        self.locations.clear();
+    }
+
+    /// One request's lookups with the metadata lock held shared. One value serves every
+    /// chunk of a request, so a request that falls back to the pager counts no hits for its
+    /// abandoned attempt.
+    pub fn shared_lookup(&self) -> SharedLookup<'_> {
+        SharedLookup {
+            nodes: CachedNodes::new(&self.pager.cache),
+            locations: &self.locations,
+            location_hits: 0,
+            found: SmallVec::new(),
+        }
     }
 
     /// Chunks in `first..=last` whose contents differ between snapshot `a` and `b` (or the
@@ -504,6 +578,7 @@ impl Meta {
     }
 
     pub fn insert_exception(&mut self, e: Exception) -> Result<()> {
+        self.locations.forget_chunk(e.chunk);
         let root = self.exception_root;
         self.reserve_for_update(root, true)?;
         self.dirty = true;
@@ -525,6 +600,7 @@ impl Meta {
         chunk: OriginChunk,
         at: StoreChunk,
     ) -> Result<()> {
+        self.locations.forget_chunk(chunk);
         let root = self.private_root;
         self.reserve_for_update(root, true)?;
         self.dirty = true;
@@ -546,6 +622,7 @@ impl Meta {
 
     /// Removes one private-map entry; the caller frees its chunk.
     pub fn remove_private(&mut self, k: Key) -> Result<()> {
+        self.locations.forget_chunk(OriginChunk(k.lo));
         let root = self.private_root;
         self.reserve_for_update(root, false)?;
         self.dirty = true;
@@ -785,6 +862,7 @@ impl Meta {
             },
         )?;
         for e in &victims {
+            self.locations.forget_chunk(e.chunk);
             let root = self.exception_root;
             self.reserve_for_update(root, false)?;
             self.dirty = true;

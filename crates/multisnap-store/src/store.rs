@@ -27,6 +27,7 @@ use crate::format::snapshot_record::{SnapshotRecord, SnapshotState, MAX_NAME};
 use crate::format::superblock::{FullPolicy, Superblock, SuperblockFault, MAX_VOLUME_NAME};
 use crate::format::{BLOCK_SIZE, FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use crate::ids::{OriginChunk, SnapshotId, StoreChunk};
+use crate::locations::LocationStats;
 use crate::meta::{Exception, Meta, ReclaimProgress};
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use smallvec::SmallVec;
@@ -122,6 +123,8 @@ pub struct StoreStats {
     pub used_bytes: u64,
     pub free_chunks: u64,
     pub cache: CacheStats,
+    /// Snapshot chunk lookups answered without descending the index, and the memory for it.
+    pub locations: LocationStats,
     pub commits_total: u64,
     pub commit_seconds_total: f64,
     pub generation: u64,
@@ -653,9 +656,9 @@ impl Store {
         let m = self.meta.read();
         let has_private = m.readable_snapshot(snap)?;
         let mut out = PerChunk::with_capacity(chunks.size_hint().0);
-        let mut nodes = m.cached_nodes();
+        let mut lookup = m.shared_lookup();
         for chunk in chunks {
-            match m.locate_cached(&mut nodes, snap, has_private, OriginChunk(chunk)) {
+            match m.locate_cached(&mut lookup, snap, has_private, OriginChunk(chunk)) {
                 Ok(x) => out.push(x),
                 Err(CachedLookupError::NotCached) => return Ok(None),
                 Err(CachedLookupError::Store(e)) => return Err(e),
@@ -1204,6 +1207,7 @@ impl Store {
             used_bytes: m.pager.alloc.used_blocks() * BLOCK_SIZE as u64,
             free_chunks: m.pager.alloc.free_chunks(),
             cache: m.pager.cache.stats(),
+            locations: m.location_stats(),
             commits_total: m.commits_total,
             commit_seconds_total: m.commit_time_total.as_secs_f64(),
             generation: m.sb.generation,

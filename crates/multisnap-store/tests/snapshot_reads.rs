@@ -1,7 +1,7 @@
 //! Snapshots see the origin as it was; the origin sees its writes; one copy per chunk.
 
 use multisnap_store::fault::Delayed;
-use multisnap_store::{CreateOptions, MemDev, Store, StoreError, View};
+use multisnap_store::{CreateOptions, MemDev, SnapshotId, Store, StoreError, View};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -278,4 +278,45 @@ fn overwrites_of_copied_chunks_skip_the_index_until_the_next_snapshot() {
     want[4096..4196].fill(99);
     assert_eq!(read(&store, View::Snapshot(s2.id), 0, 8192), want);
     assert_eq!(read(&store, View::Origin, 0, 8192), vec![3u8; 8192]);
+}
+
+/// Reads remember where a snapshot found each chunk (the location cache). Whatever moves a
+/// chunk for a snapshot afterwards, a copy-out of the origin or the delete of a newer snapshot
+/// sharing the exception, must show in the next read of every snapshot that had it cached.
+#[test]
+fn remembered_locations_follow_copy_outs_and_deletes() {
+    let (_o, _d, store) = new_store(4 * MIB, 8 * MIB, 4096);
+    store.write_origin(0, &[1u8; 16384]).unwrap();
+    let s1 = store.create_snapshot("s1").unwrap().id;
+    // Cached: s1 sees chunks 0..4 on the origin.
+    assert_view(&store, s1, &[1u8; 16384]);
+    store.write_origin(0, &[2u8; 8192]).unwrap();
+    assert_view(&store, s1, &[1u8; 16384]);
+    let s2 = store.create_snapshot("s2").unwrap().id;
+    // s2 caches chunks 0..2 on the origin, 2..4 not yet copied either.
+    let s2_view = [vec![2u8; 8192], vec![1u8; 8192]].concat();
+    assert_view(&store, s2, &s2_view);
+    // One copy now serves s1 and s2 for chunks 2..4; chunks 0..2 get a copy for s2 alone.
+    store.write_origin(0, &[3u8; 16384]).unwrap();
+    assert_view(&store, s2, &s2_view);
+    assert_view(&store, s1, &[1u8; 16384]);
+    // Deleting s1 reclaims what only it saw; s2 still reads its own view.
+    store.delete_snapshot(s1).unwrap();
+    store.flush().unwrap();
+    assert!(matches!(
+        store.read(View::Snapshot(s1), 0, &mut [0u8; 4096]),
+        Err(StoreError::SnapshotIdNotFound(_))
+    ));
+    assert_view(&store, s2, &s2_view);
+    let st = store.stats().locations;
+    assert!(st.hits > 0 && st.misses > 0, "{st:?}");
+}
+
+/// Compares a snapshot's first 16 KiB, naming the first byte that differs rather than
+/// printing both buffers.
+fn assert_view(store: &Store, snap: SnapshotId, want: &[u8]) {
+    let got = read(store, View::Snapshot(snap), 0, want.len());
+    if let Some(at) = got.iter().zip(want).position(|(g, w)| g != w) {
+        panic!("{snap} byte {at}: read {}, expected {}", got[at], want[at]);
+    }
 }

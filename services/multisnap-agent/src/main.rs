@@ -63,7 +63,8 @@ struct ServeArgs {
     /// Unix socket for NBD [default: DATA_DIR/nbd.sock].
     #[arg(long, env = "MULTISNAP_NBD_SOCKET")]
     nbd_socket: Option<PathBuf>,
-    /// Bytes of exception-index nodes cached per volume.
+    /// Bytes of index caches per volume: 1/32 for the location cache of snapshot reads, the
+    /// rest for exception-index nodes.
     #[arg(long, env = "MULTISNAP_CACHE_BYTES", default_value_t = 64 << 20)]
     cache_bytes: usize,
     /// Size of the `default` volume made in an empty data directory.

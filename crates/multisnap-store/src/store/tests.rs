@@ -98,6 +98,8 @@ fn a_read_that_falls_back_counts_each_node_once() {
         .unwrap();
     let (h1, m1) = lookups(&store);
     assert!(m1 > m0, "the last leaf should not have been cached");
+    // Else the location cache answers the next read without a node lookup.
+    store.meta.write().forget_all_locations();
     store
         .read(View::Snapshot(snap), 500 * CHUNK as u64, &mut buf)
         .unwrap();
@@ -115,11 +117,13 @@ fn a_read_that_falls_back_counts_each_node_once() {
     // the whole request falls back, so none of its shared lookups may count.
     store.meta.write().pager.cache.clear();
     store.read(View::Snapshot(snap), 0, &mut buf).unwrap();
+    store.meta.write().forget_all_locations();
     let mut all = vec![0u8; 512 * CHUNK];
     let (h0, m0) = lookups(&store);
     store.read(View::Snapshot(snap), 0, &mut all).unwrap();
     let (h1, m1) = lookups(&store);
     assert!(m1 > m0, "later leaves should not have been cached");
+    store.meta.write().forget_all_locations();
     store.read(View::Snapshot(snap), 0, &mut all).unwrap();
     let (h2, m2) = lookups(&store);
     assert_eq!(m2, m1);
@@ -127,6 +131,46 @@ fn a_read_that_falls_back_counts_each_node_once() {
         (h1 - h0) + (m1 - m0),
         h2 - h1,
         "a many-chunk read that fell back counted its cached chunks twice"
+    );
+    assert_eq!(all, vec![1u8; 512 * CHUNK]);
+}
+
+/// The location cache's counts, like the node cache's, must not include the abandoned shared
+/// attempt of a read that falls back; a read it answers whole descends no tree at all.
+#[test]
+fn a_read_that_falls_back_counts_each_location_once() {
+    let (store, snap) = store_with_copies_of(512, 512);
+    store.flush().unwrap();
+    store.meta.write().pager.cache.clear();
+    let mut buf = vec![0u8; CHUNK];
+    store.read(View::Snapshot(snap), 0, &mut buf).unwrap();
+    let locations = |s: &Store| {
+        let l = s.stats().locations;
+        (l.hits, l.misses)
+    };
+    let nodes = |s: &Store| {
+        let c = s.stats().cache;
+        c.hits + c.misses
+    };
+    assert_eq!(locations(&store), (0, 1));
+
+    // Chunk 0 is a location hit in the shared attempt and again in the exclusive retry.
+    let mut all = vec![0u8; 512 * CHUNK];
+    store.read(View::Snapshot(snap), 0, &mut all).unwrap();
+    assert_eq!(
+        locations(&store),
+        (1, 512),
+        "one count per chunk of the read"
+    );
+    assert_eq!(all, vec![1u8; 512 * CHUNK]);
+
+    let n0 = nodes(&store);
+    store.read(View::Snapshot(snap), 0, &mut all).unwrap();
+    assert_eq!(locations(&store), (513, 512));
+    assert_eq!(
+        nodes(&store),
+        n0,
+        "every chunk was answered without the index"
     );
     assert_eq!(all, vec![1u8; 512 * CHUNK]);
 }
