@@ -19,7 +19,9 @@
 //!   are persisted as free until an exception references them.
 //! - **Bounded memory.** The exception index lives on disk and is read through a node cache of
 //!   configured size; only the allocator bitmap (1 bit per 4 KiB of store) and the snapshot
-//!   table are held whole.
+//!   table are held whole. A slice of the configured size remembers where snapshot reads found
+//!   their chunks ([`locations`]); it is never persisted and every index change forgets the
+//!   chunks it touched.
 //!
 //! All I/O goes through [`blockdev::BlockDev`]; with the `fault-injection` feature, the
 //! [`fault`] module provides a power-cut simulator.

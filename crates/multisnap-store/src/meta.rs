@@ -152,9 +152,11 @@ pub struct Meta {
     pub pager: Pager,
     /// The last committed superblock.
     pub sb: Superblock,
-    pub exception_root: MetaBlock,
+    // Private: only this module's methods change the exception index and the private map,
+    // and each forgets the chunk it changes from the location cache.
+    exception_root: MetaBlock,
     pub snapshot_root: MetaBlock,
-    pub private_root: MetaBlock,
+    private_root: MetaBlock,
     pub snapshots: BTreeMap<u64, SnapshotRecord>,
     /// Names of snapshots that are not being deleted.
     pub by_name: HashMap<String, u64>,
