@@ -6,8 +6,9 @@ and qemu-nbd serving qcow2, with 0..N snapshots each. Python 3 standard library 
     python3 bench/nbd/run.py                  # the full run recorded in docs/BENCHMARKS.md
 
 See docs/BENCHMARKS.md section 5 for the method. In short, for every repetition, for every
-target, in the same order (so runs of different targets alternate A B A B and machine drift
-spreads over all of them):
+target, forward in even repetitions and backward in odd ones (so runs of different targets
+alternate, no target always runs right after the same one, and machine drift spreads over all
+of them):
 
 1. the image is made from one seed file full of non-zero data (so copy-on-write really copies);
 2. N snapshots are taken with the server stopped (`multisnap-agent snapshot create`,
@@ -744,7 +745,10 @@ def main():
         for rep in range(ctx.reps):
             rr = {}
             results.append(rr)
-            for t in targets:
+            # Forward in even repetitions, backward in odd ones: a target's position in the run
+            # (right after nbdkit, or after a long qemu-nbd run) is spread over both ends, and
+            # a drift over the whole run cancels between pairs of repetitions.
+            for t in (targets if rep % 2 == 0 else targets[::-1]):
                 try:
                     rr[t.label()] = run_target(ctx, t, rep)
                 except Exception as e:  # one broken run must not throw away the others
