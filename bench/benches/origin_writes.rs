@@ -6,11 +6,11 @@
 //! Files live in $MULTISNAP_BENCH_DIR, else the system temp dir. Real files throughout: unlike
 //! `index_scale`, nothing is discarded here.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use multisnap_bench::{bench_dir, fill};
 use multisnap_store::{BlockDev, CreateOptions, FileDev, Store};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
@@ -22,26 +22,6 @@ const ORIGIN: u64 = 256 << 20;
 const STORE: u64 = 32 << 30;
 const FILL: usize = 4 << 20;
 const SNAPSHOT_COUNTS: [u64; 4] = [1, 16, 64, 1000];
-
-fn bench_dir() -> Result<TempDir> {
-    let base = std::env::var_os("MULTISNAP_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    tempfile::tempdir_in(&base).with_context(|| format!("temp dir in {}", base.display()))
-}
-
-/// Writes real (non-zero) data over the whole file so later writes overwrite allocated blocks,
-/// as on a used volume, and copies read real data.
-fn fill(dev: &dyn BlockDev) -> Result<()> {
-    let data = vec![0xa5u8; FILL];
-    let mut off = 0;
-    while off < ORIGIN {
-        dev.write_at(&data, off)?;
-        off += FILL as u64;
-    }
-    dev.flush()?;
-    Ok(())
-}
 
 struct Fixture {
     _dir: TempDir,
@@ -59,7 +39,7 @@ impl Fixture {
     fn new(snapshots: u64) -> Result<Fixture> {
         let dir = bench_dir()?;
         let origin = Arc::new(FileDev::create_sparse(&dir.path().join("origin"), ORIGIN)?);
-        fill(&*origin)?;
+        fill(&*origin, ORIGIN, 0xa5)?;
         let dev = Arc::new(FileDev::create_sparse(&dir.path().join("store"), STORE)?);
         let store = Store::create(origin, dev, &CreateOptions::default())?;
         let chunks = ORIGIN / CHUNK;
@@ -171,7 +151,7 @@ fn origin_writes(c: &mut Criterion) {
 
     let dir = bench_dir().expect("bench temp dir");
     let raw = FileDev::create_sparse(&dir.path().join("raw"), ORIGIN).expect("raw file");
-    fill(&raw).expect("filling the raw file");
+    fill(&raw, ORIGIN, 0xa5).expect("filling the raw file");
     let mut pos = 0;
     group.bench_function("raw_file/write", |b| {
         b.iter_custom(|iters| raw_writes(&raw, iters, &mut pos, &data, false).expect("raw write"))

@@ -8,8 +8,8 @@
 
 use anyhow::{Context, Result};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use multisnap_bench::{bench_dir, fill};
 use multisnap_store::{BlockDev, CreateOptions, FileDev, SnapshotId, Store, View};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
@@ -19,13 +19,6 @@ const READ: usize = 4096;
 const ORIGIN: u64 = 256 << 20;
 const STORE: u64 = 32 << 30;
 const SNAPSHOT_COUNTS: [u64; 2] = [1, 1000];
-
-fn bench_dir() -> Result<TempDir> {
-    let base = std::env::var_os("MULTISNAP_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    tempfile::tempdir_in(&base).with_context(|| format!("temp dir in {}", base.display()))
-}
 
 /// Random 4 KiB-aligned offsets over the origin, the same sequence for every case.
 struct Offsets(u64);
@@ -38,15 +31,6 @@ impl Offsets {
         self.0 ^= self.0 << 17;
         (self.0 % (ORIGIN / READ as u64)) * READ as u64
     }
-}
-
-fn fill(dev: &dyn BlockDev, byte: u8) -> Result<()> {
-    let data = vec![byte; 4 << 20];
-    for off in (0..ORIGIN).step_by(data.len()) {
-        dev.write_at(&data, off)?;
-    }
-    dev.flush()?;
-    Ok(())
 }
 
 fn timed_reads(
@@ -65,7 +49,7 @@ fn timed_reads(
 /// chunk overwritten after the newest. Returns the store and the newest snapshot.
 fn store_with(dir: &TempDir, snapshots: u64) -> Result<(Store, SnapshotId)> {
     let origin = Arc::new(FileDev::create_sparse(&dir.path().join("origin"), ORIGIN)?);
-    fill(&*origin, 0xa5)?;
+    fill(&*origin, ORIGIN, 0xa5)?;
     let dev = Arc::new(FileDev::create_sparse(&dir.path().join("store"), STORE)?);
     let store = Store::create(origin, dev, &CreateOptions::default())?;
     let chunks = ORIGIN / CHUNK;
@@ -92,7 +76,7 @@ fn snapshot_reads(c: &mut Criterion) {
 
     let dir = bench_dir().expect("bench temp dir");
     let raw = FileDev::create_sparse(&dir.path().join("raw"), ORIGIN).expect("raw file");
-    fill(&raw, 0xa5).expect("filling the raw file");
+    fill(&raw, ORIGIN, 0xa5).expect("filling the raw file");
     let mut offsets = Offsets(1);
     group.bench_function("raw_file", |b| {
         b.iter_custom(|iters| {

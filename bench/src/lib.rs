@@ -225,6 +225,28 @@ pub fn rss() -> io::Result<Rss> {
     })
 }
 
+/// A fresh directory for a bench's files, in $MULTISNAP_BENCH_DIR, else the system temp dir.
+pub fn bench_dir() -> io::Result<tempfile::TempDir> {
+    let base = std::env::var_os("MULTISNAP_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    tempfile::tempdir_in(&base)
+        .map_err(|e| io::Error::new(e.kind(), format!("temp dir in {}: {e}", base.display())))
+}
+
+/// Writes `byte` over the first `size` bytes of `dev` (in 4 MiB pieces) and flushes: real,
+/// allocated data, so later writes overwrite used blocks and copies read real bytes.
+pub fn fill(dev: &dyn BlockDev, size: u64, byte: u8) -> io::Result<()> {
+    let data = vec![byte; 4 << 20];
+    let mut off = 0;
+    while off < size {
+        let n = (size - off).min(data.len() as u64) as usize;
+        dev.write_at(&data[..n], off)?;
+        off += n as u64;
+    }
+    dev.flush()
+}
+
 /// Bytes as MiB with one decimal, for reports.
 pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
