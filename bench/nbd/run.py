@@ -17,7 +17,8 @@ of them):
    - 4k-write-first: 4 KiB writes, iodepth 32, one in each 64 KiB block of its region (fio
      `rw=write:60k`), so each is the first write to its 64 KiB chunk/cluster since the
      snapshots: every write pays a copy-on-write;
-   - 4k-write-over: the same writes again (already copied: no copy-on-write);
+   - 4k-write-over: the same writes again (already copied: no copy-on-write), pass after pass
+     for a fixed time (--over-runtime);
    - seqwrite-1M: 1 MiB sequential writes, iodepth 32, first writes to their region;
    - each write job twice, with no flush and with a flush every 32 writes (`+fsync32`);
    - randread-snap / randread-origin: 4 KiB random reads, iodepth 32, of the newest snapshot
@@ -393,14 +394,19 @@ def run_target(ctx, target, rep):
                 start, length = regs[variant]
                 sync = variant.endswith("fsync32")
                 extra = [f"--fsync={SYNC_EVERY}"] if sync else []
-                if phase == "over":
-                    # Exactly the blocks the first pass reached (it may stop at the runtime cap).
-                    extra.append(f"--number_ios={done[variant]}")
+                if phase == "first":
+                    extra += [f"--size={length}", f"--runtime={ctx.runtime}"]
+                else:
+                    # Exactly the blocks the first pass reached (it may stop at the runtime
+                    # cap), pass after pass for a fixed time: one pass takes well under a
+                    # second at these rates, too short to measure anything but start-up.
+                    extra += [f"--size={done[variant] * COW_GRAIN}", "--time_based",
+                              f"--runtime={ctx.over_runtime}"]
                 name = f"4k-write-{phase}" + ("+fsync32" if sync else "")
                 os.sync()
                 r = fio(ctx, target, "origin", name,
                         [f"--rw=write:{COW_GRAIN - 4 * KiB}", "--bs=4k", f"--offset={start}",
-                         f"--size={length}", f"--runtime={ctx.runtime}", *extra], "write")
+                         *extra], "write")
                 res[name] = r
                 done.setdefault(variant, r["ios"])
         for variant in ("seq", "seq+fsync32"):
@@ -500,8 +506,8 @@ def report(ctx, results, targets, meta):
     w("")
     w(f"Volume {fmt_size(ctx.size)}; write regions: random {fmt_size(regions(ctx.size)['rand'][1])} "
       f"each ({regions(ctx.size)['rand'][1] // COW_GRAIN:,} blocks of 64 KiB), sequential "
-      f"{fmt_size(regions(ctx.size)['seq'][1])} each; write runtime cap {ctx.runtime} s, reads "
-      f"{ctx.read_runtime} s; iodepth {QD}; {ctx.reps} repetition(s), medians shown. "
+      f"{fmt_size(regions(ctx.size)['seq'][1])} each; write runtime cap {ctx.runtime} s, overwrites "
+      f"{ctx.over_runtime} s, reads {ctx.read_runtime} s; iodepth {QD}; {ctx.reps} repetition(s), medians shown. "
       f"Load average (1 min) at start {fnum(meta.get('load_start'), 2)}, end {fnum(meta.get('load_end'), 2)}; "
       f"per-job load is the median of the 1-min load when each run started.")
     w("")
@@ -641,6 +647,8 @@ def parse_args(argv):
     ap.add_argument("--size", type=parse_size, help="volume size (default 1G; quick 512M)")
     ap.add_argument("--runtime", type=int, help="cap on each write job, seconds (default 10; quick 5)")
     ap.add_argument("--read-runtime", type=int, help="each read job, seconds (default 5; quick 3)")
+    ap.add_argument("--over-runtime", type=int,
+                    help="each overwrite job, seconds, repeating the first pass's writes (default 5; quick 3)")
     ap.add_argument("--reps", type=int, help="repetitions (default 3; quick 1); medians are reported")
     ap.add_argument("--snapshots", help="comma-separated snapshot counts (default 0,1,16,64,1000)")
     ap.add_argument("--chunk-sizes", default="64K", help="multisnap chunk sizes to run, comma-separated (default 64K)")
@@ -657,11 +665,11 @@ def parse_args(argv):
     args = ap.parse_args(argv)
 
     if args.smoke:
-        dflt = dict(size=32 * MiB, runtime=1, read_runtime=1, reps=1, snapshots="0,1", qemu_cache="writeback")
+        dflt = dict(size=32 * MiB, runtime=1, read_runtime=1, over_runtime=1, reps=1, snapshots="0,1", qemu_cache="writeback")
     elif args.quick:
-        dflt = dict(size=512 * MiB, runtime=5, read_runtime=3, reps=1, snapshots="0,1,64,1000", qemu_cache="writeback")
+        dflt = dict(size=512 * MiB, runtime=5, read_runtime=3, over_runtime=3, reps=1, snapshots="0,1,64,1000", qemu_cache="writeback")
     else:
-        dflt = dict(size=1 * GiB, runtime=10, read_runtime=5, reps=3, snapshots="0,1,16,64,1000", qemu_cache="writeback,none")
+        dflt = dict(size=1 * GiB, runtime=10, read_runtime=5, over_runtime=5, reps=3, snapshots="0,1,16,64,1000", qemu_cache="writeback,none")
     for k, v in dflt.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -677,6 +685,7 @@ class Ctx:
     def __init__(self, args):
         self.args = args
         self.size, self.runtime, self.read_runtime, self.reps = args.size, args.runtime, args.read_runtime, args.reps
+        self.over_runtime = args.over_runtime
         self.work = args.work_dir or os.path.join("/var/tmp", f"multisnap-nbd-bench-{os.getpid()}")
         self.seed = os.path.join(self.work, "seed.img")
 
