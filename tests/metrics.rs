@@ -240,6 +240,7 @@ const FAMILIES: &[(&str, &str, &str)] = &[
     ("multisnap_commits", "counter", "-"),
     ("multisnap_commit_seconds", "counter", "seconds"),
     ("multisnap_commit_duration_seconds", "histogram", "seconds"),
+    ("multisnap_flush_duration_seconds", "histogram", "seconds"),
     ("multisnap_reclaim_pending_snapshots", "gauge", "-"),
     ("multisnap_reclaimed_chunks", "counter", "-"),
     ("multisnap_nbd_requests", "counter", "-"),
@@ -315,6 +316,19 @@ fn exposition_parses_with_the_official_python_client() {
         262144.0
     );
     assert!(om.default_volume("multisnap_commits_total") >= 1.0);
+    // qemu-io's flush reached the store once; any further flush request (qemu-io flushes
+    // again when it closes) had no write to cover and was answered without one.
+    let flushes = om.default_volume("multisnap_flush_duration_seconds_count");
+    let flush_requests = om
+        .value(
+            "multisnap_nbd_requests_total",
+            &[origin.as_slice(), &[("op", "flush")]].concat(),
+        )
+        .unwrap_or(0.0);
+    assert!(
+        flushes >= 1.0 && flushes <= flush_requests,
+        "{flushes} store flushes for {flush_requests} NBD flush requests"
+    );
     assert!(
         om.default_volume("multisnap_cache_misses_total")
             + om.default_volume("multisnap_cache_hits_total")

@@ -243,8 +243,8 @@ fn build_phase(
                 s.cache.nodes,
                 s.cache.capacity_nodes,
                 s.cache.misses,
-                s.commits_total,
-                s.commit_seconds_total
+                s.commits.count,
+                s.commits.seconds_total
             );
         }
     }
@@ -281,8 +281,8 @@ fn build_phase(
         built.cache.capacity_nodes,
         build_time.as_secs_f64(),
         exceptions as f64 / build_time.as_secs_f64(),
-        built.commits_total,
-        built.commit_seconds_total
+        built.commits.count,
+        built.commits.seconds_total
     )?;
     writeln!(out)?;
     writeln!(

@@ -36,6 +36,7 @@ pub mod error;
 pub mod fault;
 pub mod format;
 pub mod ids;
+pub mod latency;
 pub mod locations;
 pub mod meta;
 pub mod pager;
@@ -47,6 +48,7 @@ pub use error::StoreError;
 pub use format::snapshot_record::SnapshotState;
 pub use format::superblock::FullPolicy;
 pub use ids::{OriginChunk, SnapshotId, StoreChunk};
+pub use latency::LatencyStats;
 pub use store::{
     validate_snapshot_name, CreateOptions, ReceivePlan, ReceiveStatus, SnapshotInfo, Store,
     StoreStats, View,

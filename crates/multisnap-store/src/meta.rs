@@ -21,13 +21,14 @@ use crate::format::snapshot_record::{SnapshotRecord, SnapshotState};
 use crate::format::superblock::{ReceiveState, Superblock};
 use crate::format::{get_u64, put_u64, BLOCK_SIZE};
 use crate::ids::{MetaBlock, OriginChunk, SnapshotId, StoreChunk};
+use crate::latency::LatencyHistogram;
 use crate::locations::LocationCache;
 use crate::pager::Pager;
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Blocks kept free for reclamation: removing entries shadows tree paths, so a completely
 /// full store could otherwise never free anything.
@@ -183,10 +184,7 @@ pub struct Meta {
     pub chunks_reclaimed: u64,
     pub dirty: bool,
     pub poisoned: Option<String>,
-    pub commits_total: u64,
-    pub commit_time_total: Duration,
-    /// Commits per latency bucket (`COMMIT_LATENCY_BOUNDS`), not cumulative.
-    pub commit_latency_buckets: [u64; 15],
+    pub commit_latency: LatencyHistogram,
     reclaim: ReclaimPass,
 }
 
@@ -220,25 +218,6 @@ impl SealedCommit {
         })
     }
 }
-
-/// Upper bounds (seconds) of the commit-latency histogram's buckets; the last is "+Inf".
-pub const COMMIT_LATENCY_BOUNDS: [f64; 15] = [
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    f64::INFINITY,
-];
 
 /// Free blocks a single B+tree update may need: a shadow and a split per level, plus a new
 /// root.
@@ -295,9 +274,7 @@ impl Meta {
             locations,
             dirty: false,
             poisoned: None,
-            commits_total: 0,
-            commit_time_total: Duration::ZERO,
-            commit_latency_buckets: [0; 15],
+            commit_latency: LatencyHistogram::default(),
             reclaim: ReclaimPass::default(),
         }
     }
@@ -962,15 +939,7 @@ impl Meta {
         }
         self.sb = sealed.sb;
         self.pager.alloc.commit_done();
-        let took = sealed.started.elapsed();
-        self.commits_total += 1;
-        self.commit_time_total += took;
-        let secs = took.as_secs_f64();
-        let bucket = COMMIT_LATENCY_BOUNDS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(COMMIT_LATENCY_BOUNDS.len() - 1);
-        self.commit_latency_buckets[bucket] += 1;
+        self.commit_latency.record(sealed.started.elapsed());
         Ok(())
     }
 

@@ -27,6 +27,7 @@ use crate::format::snapshot_record::{SnapshotRecord, SnapshotState, MAX_NAME};
 use crate::format::superblock::{FullPolicy, Superblock, SuperblockFault, MAX_VOLUME_NAME};
 use crate::format::{BLOCK_SIZE, FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use crate::ids::{OriginChunk, SnapshotId, StoreChunk};
+use crate::latency::{LatencyHistogram, LatencyStats};
 use crate::locations::LocationStats;
 use crate::meta::{Exception, Meta, ReclaimProgress};
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -34,7 +35,7 @@ use smallvec::SmallVec;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod covered;
 mod receive;
@@ -125,8 +126,11 @@ pub struct StoreStats {
     pub cache: CacheStats,
     /// Snapshot chunk lookups answered without descending the index, and the memory for it.
     pub locations: LocationStats,
-    pub commits_total: u64,
-    pub commit_seconds_total: f64,
+    /// Commits: write the new metadata, flush, flip the superblock, flush.
+    pub commits: LatencyStats,
+    /// Successful [`Store::flush`] calls: an `fdatasync` of the origin, and a commit when the
+    /// index changed (the same commit is also in `commits`).
+    pub flushes: LatencyStats,
     pub generation: u64,
     /// Snapshots dropped by the invalidate-oldest policy, ever.
     pub invalidated_total: u64,
@@ -134,9 +138,6 @@ pub struct StoreStats {
     pub chunks_reclaimed_total: u64,
     /// Snapshots whose space is still being reclaimed.
     pub reclaim_pending: u64,
-    /// Commit latency histogram: (upper bound in seconds, commits in that bucket), the last
-    /// bound being `f64::INFINITY`. Counts are per bucket, not cumulative.
-    pub commit_latency: Vec<(f64, u64)>,
 }
 
 /// Checks a snapshot name: 1..=128 bytes of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
@@ -183,6 +184,8 @@ pub struct Store {
     bytes_copied: AtomicU64,
     /// Writes went into committed private chunks in place since the last store flush.
     private_data_unflushed: AtomicBool,
+    /// Successful [`Store::flush`] calls, by how long each took.
+    flush_latency: Mutex<LatencyHistogram>,
     reclaim_wanted: Mutex<bool>,
     reclaim_wake: Condvar,
     /// Serializes the steps of a delta apply (see `receive`).
@@ -421,6 +424,7 @@ impl Store {
             stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
             bytes_copied: AtomicU64::new(0),
             private_data_unflushed: AtomicBool::new(false),
+            flush_latency: Mutex::new(LatencyHistogram::default()),
             reclaim_wanted: Mutex::new(true),
             reclaim_wake: Condvar::new(),
             receive_lock: Mutex::new(()),
@@ -1172,6 +1176,13 @@ impl Store {
 
     /// Makes every write completed before this call durable, on the origin and in the store.
     pub fn flush(&self) -> Result<()> {
+        let started = Instant::now();
+        self.flush_untimed()?;
+        self.flush_latency.lock().record(started.elapsed());
+        Ok(())
+    }
+
+    fn flush_untimed(&self) -> Result<()> {
         self.origin.flush().map_err(|source| StoreError::Flush {
             device: "origin",
             source,
@@ -1208,17 +1219,12 @@ impl Store {
             free_chunks: m.pager.alloc.free_chunks(),
             cache: m.pager.cache.stats(),
             locations: m.location_stats(),
-            commits_total: m.commits_total,
-            commit_seconds_total: m.commit_time_total.as_secs_f64(),
+            commits: m.commit_latency.stats(),
+            flushes: self.flush_latency.lock().stats(),
             generation: m.sb.generation,
             invalidated_total: m.invalidated_total,
             chunks_reclaimed_total: m.chunks_reclaimed,
             reclaim_pending: m.reclaim_progress().pending.len() as u64,
-            commit_latency: crate::meta::COMMIT_LATENCY_BOUNDS
-                .iter()
-                .copied()
-                .zip(m.commit_latency_buckets)
-                .collect(),
         }
     }
 

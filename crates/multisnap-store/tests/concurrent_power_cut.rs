@@ -314,7 +314,7 @@ fn a_landing_commit_does_not_hold_the_metadata_lock() {
             .expect("stats blocked behind a landing commit: the metadata lock is held");
         if stats.exceptions == before.exceptions + 2 {
             assert_eq!(
-                stats.commits_total, before.commits_total,
+                stats.commits.count, before.commits.count,
                 "nothing landed yet"
             );
             break;
@@ -330,7 +330,7 @@ fn a_landing_commit_does_not_hold_the_metadata_lock() {
     first.join().expect("first").expect("first write");
     second.join().expect("second").expect("second write");
     let after = store.stats();
-    assert_eq!(after.commits_total, before.commits_total + 2);
+    assert_eq!(after.commits.count, before.commits.count + 2);
     drop(store);
     let report = verify(&*mem, Some(ORIGIN as u64)).expect("verify");
     assert!(report.is_clean(), "{:?}", report.problems);

@@ -147,9 +147,9 @@ fn store_defs() -> Vec<Def> {
         d("multisnap_chunk_size", b(), "Copy-on-write unit of the volume.",
             |s| G(u64::from(s.stats.chunk_size))),
         d("multisnap_commits", None, "Store transactions committed.",
-            |s| C(s.stats.commits_total)),
+            |s| C(s.stats.commits.count)),
         d("multisnap_commit", Some(Unit::Seconds), "Time spent committing store transactions; divide by multisnap_commits_total for the mean commit latency.",
-            |s| Value::CounterSeconds(s.stats.commit_seconds_total)),
+            |s| Value::CounterSeconds(s.stats.commits.seconds_total)),
         d("multisnap_store_generation", None, "Generation of the last committed superblock.",
             |s| G(s.stats.generation)),
         d("multisnap_reclaim_pending_snapshots", None, "Deleted snapshots whose space is still being reclaimed.",
@@ -227,12 +227,25 @@ impl Collector for StoreCollector {
                 }
             }
         }
-        if !samples.is_empty() {
-            // Commit latency: the store keeps the buckets, so this is a histogram read at
-            // scrape time like everything above.
+        // Latency histograms: the store keeps the buckets, so these are read at scrape time
+        // like everything above.
+        type Pick = fn(&Sample) -> &multisnap_store::LatencyStats;
+        let histograms: [(&str, &str, Pick); 2] = [
+            ("multisnap_commit_duration",
+             "Latency of store commits (write new metadata, flush, flip the superblock, flush).",
+             |s| &s.stats.commits),
+            ("multisnap_flush_duration",
+             "Latency of volume flushes (fdatasync of the origin, plus a commit when the index changed). \
+              NBD flush requests that arrive while one runs share it: compare the count with multisnap_nbd_requests_total{op=\"flush\"}.",
+             |s| &s.stats.flushes),
+        ];
+        for (name, help, get) in histograms {
+            if samples.is_empty() {
+                break;
+            }
             let mut family = encoder.encode_descriptor(
-                "multisnap_commit_duration",
-                "Latency of store commits (write new metadata, flush, flip the superblock, flush).",
+                name,
+                help,
                 Some(&Unit::Seconds),
                 MetricType::Histogram,
             )?;
@@ -240,14 +253,10 @@ impl Collector for StoreCollector {
                 let labels = VolumeLabel {
                     volume: s.volume.clone(),
                 };
+                let h = get(s);
                 // The last bucket's bound is +Inf, which both encoders print as "+Inf".
                 let mut m = family.encode_family(&labels)?;
-                m.encode_histogram::<VolumeLabel>(
-                    s.stats.commit_seconds_total,
-                    s.stats.commits_total,
-                    &s.stats.commit_latency,
-                    None,
-                )?;
+                m.encode_histogram::<VolumeLabel>(h.seconds_total, h.count, &h.buckets, None)?;
             }
         }
         Ok(())
