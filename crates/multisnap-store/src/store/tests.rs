@@ -187,3 +187,71 @@ fn a_cold_read_of_a_deleted_snapshot_is_not_found() {
         Err(StoreError::SnapshotIdNotFound(id)) if id == snap
     ));
 }
+
+/// An origin whose flushes fail while `failing` is set.
+struct FlakyFlush {
+    inner: MemDev,
+    failing: AtomicBool,
+}
+
+impl BlockDev for FlakyFlush {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected flush failure"));
+        }
+        self.inner.flush()
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        self.inner.size()
+    }
+}
+
+#[test]
+fn flushes_are_counted_once_each_and_only_when_they_succeed() {
+    let origin = Arc::new(FlakyFlush {
+        inner: MemDev::new(1 << 20),
+        failing: AtomicBool::new(false),
+    });
+    let dev = Arc::new(MemDev::new(4 << 20));
+    let opts = CreateOptions {
+        chunk_size: CHUNK as u32,
+        ..Default::default()
+    };
+    let store = Store::create(origin.clone(), dev, &opts).unwrap();
+    let flushes = |s: &Store| s.stats().flushes;
+    assert_eq!(flushes(&store).count, 0, "creating a store is not a flush");
+
+    store.write_origin(0, &[1u8; CHUNK]).unwrap();
+    store.flush().unwrap();
+    assert_eq!(flushes(&store).count, 1);
+
+    origin.failing.store(true, Ordering::SeqCst);
+    store.write_origin(0, &[2u8; CHUNK]).unwrap();
+    assert!(matches!(
+        store.flush(),
+        Err(StoreError::Flush {
+            device: "origin",
+            ..
+        })
+    ));
+    assert_eq!(flushes(&store).count, 1, "a failed flush is not counted");
+    origin.failing.store(false, Ordering::SeqCst);
+
+    // After a copy-out (committed by the write itself), still one flush per call.
+    store.create_snapshot("s").unwrap();
+    store.write_origin(CHUNK as u64, &[3u8; CHUNK]).unwrap();
+    store.flush().unwrap();
+    let after = store.stats();
+    assert_eq!(after.flushes.count, 2);
+    assert_eq!(
+        after.flushes.buckets.iter().map(|(_, n)| n).sum::<u64>(),
+        2,
+        "every counted flush sits in one bucket"
+    );
+}
