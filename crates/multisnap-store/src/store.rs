@@ -128,8 +128,9 @@ pub struct StoreStats {
     pub locations: LocationStats,
     /// Commits: write the new metadata, flush, flip the superblock, flush.
     pub commits: LatencyStats,
-    /// Successful [`Store::flush`] calls: an `fdatasync` of the origin, and a commit when the
-    /// index changed (the same commit is also in `commits`).
+    /// Successful [`Store::flush`] calls: an `fdatasync` of the origin, and a commit when
+    /// metadata changed since the last one (copy-outs are committed by their writes already);
+    /// such a commit is also in `commits`.
     pub flushes: LatencyStats,
     pub generation: u64,
     /// Snapshots dropped by the invalidate-oldest policy, ever.

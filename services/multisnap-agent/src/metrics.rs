@@ -235,7 +235,7 @@ impl Collector for StoreCollector {
              "Latency of store commits (write new metadata, flush, flip the superblock, flush).",
              |s| &s.stats.commits),
             ("multisnap_flush_duration",
-             "Latency of volume flushes (fdatasync of the origin, plus a commit when the index changed). \
+             "Latency of volume flushes (fdatasync of the origin, plus a commit when metadata changed since the last one). \
               NBD flush requests that arrive while one runs share it: compare the count with multisnap_nbd_requests_total{op=\"flush\"}.",
              |s| &s.stats.flushes),
         ];
