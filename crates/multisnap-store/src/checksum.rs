@@ -8,6 +8,8 @@ pub const SUPERBLOCK_SALT: u32 = 0x5355_5052; // "SUPR"
 pub const NODE_SALT: u32 = 0x4E4F_4445; // "NODE"
 /// Salt for allocator bitmap blocks.
 pub const BITMAP_SALT: u32 = 0x424D_4150; // "BMAP"
+/// Salt for origin write journal batch headers.
+pub const JOURNAL_SALT: u32 = 0x4A52_4E4C; // "JRNL"
 
 /// Offset of the 4-byte checksum field inside every checksummed block.
 pub const CSUM_OFFSET: usize = 0;

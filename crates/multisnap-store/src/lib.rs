@@ -36,6 +36,7 @@ pub mod error;
 pub mod fault;
 pub mod format;
 pub mod ids;
+pub mod journal;
 pub mod latency;
 pub mod locations;
 pub mod meta;

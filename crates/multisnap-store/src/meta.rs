@@ -182,6 +182,8 @@ pub struct Meta {
     /// The delta apply in progress; written with every commit.
     pub receive: Option<ReceiveState>,
     pub chunks_reclaimed: u64,
+    /// See [`Superblock::journal_epoch`]; written with every commit.
+    pub journal_epoch: u64,
     pub dirty: bool,
     pub poisoned: Option<String>,
     pub commit_latency: LatencyHistogram,
@@ -263,6 +265,7 @@ impl Meta {
             replica_source: sb.replica_source,
             receive: sb.receive.clone(),
             chunks_reclaimed: 0,
+            journal_epoch: sb.journal_epoch,
             pager,
             sb,
             snapshots: BTreeMap::new(),
@@ -924,6 +927,7 @@ impl Meta {
         sb.invalidated_total = self.invalidated_total;
         sb.replica_source = self.replica_source;
         sb.receive = self.receive.clone();
+        sb.journal_epoch = self.journal_epoch;
         self.pager.alloc.seal_done();
         self.pager.generation += 1;
         self.dirty = false;

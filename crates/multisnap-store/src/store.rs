@@ -27,6 +27,7 @@ use crate::format::snapshot_record::{SnapshotRecord, SnapshotState, MAX_NAME};
 use crate::format::superblock::{FullPolicy, Superblock, SuperblockFault, MAX_VOLUME_NAME};
 use crate::format::{BLOCK_SIZE, FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use crate::ids::{OriginChunk, SnapshotId, StoreChunk};
+use crate::journal::{self, journal_blocks_for, DirtyRanges, JournalCursor};
 use crate::latency::{LatencyHistogram, LatencyStats};
 use crate::locations::LocationStats;
 use crate::meta::{Exception, Meta, ReclaimProgress};
@@ -38,6 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod covered;
+mod origin_sync;
 mod receive;
 pub(crate) use covered::CoveredChunks;
 pub use receive::{ReceivePlan, ReceiveStatus};
@@ -65,6 +67,9 @@ pub struct CreateOptions {
     pub origin_path: String,
     pub full_policy: FullPolicy,
     pub cache_bytes: usize,
+    /// Size of the origin write journal (see [`crate::journal`]): at most an eighth of the
+    /// store is used, and a store too small for 16 blocks of it gets none.
+    pub journal_bytes: u64,
 }
 
 impl Default for CreateOptions {
@@ -75,6 +80,7 @@ impl Default for CreateOptions {
             origin_path: String::new(),
             full_policy: FullPolicy::Error,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            journal_bytes: crate::journal::DEFAULT_JOURNAL_BYTES,
         }
     }
 }
@@ -128,10 +134,19 @@ pub struct StoreStats {
     pub locations: LocationStats,
     /// Commits: write the new metadata, flush, flip the superblock, flush.
     pub commits: LatencyStats,
-    /// Successful [`Store::flush`] calls: an `fdatasync` of the origin, and a commit when
+    /// Successful [`Store::flush`] calls: a journal batch of the origin writes since the last
+    /// flush (or an `fdatasync` of the origin when they do not fit one), and a commit when
     /// metadata changed since the last one (copy-outs are committed by their writes already);
     /// such a commit is also in `commits`.
     pub flushes: LatencyStats,
+    /// Size of the origin write journal; 0 when the store has none.
+    pub journal_size_bytes: u64,
+    /// Journal batches written since open, and the origin bytes they carried.
+    pub journal_batches_total: u64,
+    pub journal_written_bytes_total: u64,
+    /// Times since open the journal was emptied after an origin sync (it was full, or a flush
+    /// was too big for one batch).
+    pub journal_discards_total: u64,
     pub generation: u64,
     /// Snapshots dropped by the invalidate-oldest policy, ever.
     pub invalidated_total: u64,
@@ -187,6 +202,15 @@ pub struct Store {
     private_data_unflushed: AtomicBool,
     /// Successful [`Store::flush`] calls, by how long each took.
     flush_latency: Mutex<LatencyHistogram>,
+    /// Origin ranges written since a flush last took them (see `origin_sync`).
+    dirty_origin: DirtyRanges,
+    /// Where the next journal batch goes; held by the flush writing one.
+    journal: Mutex<JournalCursor>,
+    journal_start: u64,
+    journal_blocks: u64,
+    journal_batches: AtomicU64,
+    journal_bytes: AtomicU64,
+    journal_discards: AtomicU64,
     reclaim_wanted: Mutex<bool>,
     reclaim_wake: Condvar,
     /// Serializes the steps of a delta apply (see `receive`).
@@ -281,7 +305,9 @@ impl Store {
         let total_blocks = store_bytes / BLOCK_SIZE as u64;
         // Room in the bitmap for the store to grow to 8x its size in place (see `open`).
         let bitmap_blocks = bitmap_blocks_for(total_blocks.saturating_mul(GROWTH_FACTOR));
-        let reserved = 2 + 2 * bitmap_blocks;
+        let bitmap_end = 2 + 2 * bitmap_blocks;
+        let journal_blocks = journal_blocks_for(opts.journal_bytes, total_blocks);
+        let reserved = bitmap_end + journal_blocks;
         let chunk_blocks = cs as u64 / BLOCK_SIZE as u64;
         // Room for the reserved area, a few tree nodes and at least one data chunk.
         let minimum = reserved + 16 + 2 * chunk_blocks + crate::meta::RECLAIM_RESERVE_BLOCKS;
@@ -315,7 +341,21 @@ impl Store {
             receive: None,
             volume_name: opts.volume_name.clone(),
             origin_path: opts.origin_path.clone(),
+            journal_start: if journal_blocks > 0 { bitmap_end } else { 0 },
+            journal_blocks,
+            journal_epoch: 1,
         };
+        // Written once now, so flushes later overwrite allocated blocks: on a sparse file the
+        // first write into a hole would make every journal flush a file system commit too.
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = bitmap_end * BLOCK_SIZE as u64;
+        let journal_end = (bitmap_end + journal_blocks) * BLOCK_SIZE as u64;
+        while at < journal_end {
+            let n = (journal_end - at).min(zeros.len() as u64) as usize;
+            dev.write_at(&zeros[..n], at)
+                .map_err(|e| StoreError::io("store", at, n, e))?;
+            at += n as u64;
+        }
         let mut meta = Meta::new(dev.clone(), sb, alloc, opts.cache_bytes);
         meta.format_empty_trees()?;
         meta.commit()?;
@@ -374,6 +414,7 @@ impl Store {
         let mut meta = Meta::new(dev.clone(), sb, alloc, cache_bytes);
         meta.load_snapshots()?;
         Store::grow_if_bigger(&mut meta, store_bytes)?;
+        Store::replay_journal(&*origin, &mut meta)?;
         let store = Store::assemble(origin, dev, meta);
         if let Err(e) = store.recover_receive() {
             // The volume stays usable; the apply's state is kept and `finish_receive` (or the
@@ -381,6 +422,23 @@ impl Store {
             tracing::error!(volume = %store.volume_name, error = %e, "could not complete an interrupted delta apply");
         }
         Ok(store)
+    }
+
+    /// Applies what the origin write journal holds (flushed writes the origin may not have
+    /// yet after a power cut), syncs the origin and empties the journal.
+    fn replay_journal(origin: &dyn BlockDev, meta: &mut Meta) -> Result<()> {
+        let replayed = journal::replay(origin, &*meta.pager.dev, &meta.sb)?;
+        if replayed.batches == 0 {
+            return Ok(());
+        }
+        tracing::info!(volume = %meta.sb.volume_name, batches = replayed.batches, bytes = replayed.bytes, "replayed the origin write journal");
+        origin.flush().map_err(|source| StoreError::Flush {
+            device: "origin",
+            source,
+        })?;
+        meta.journal_epoch += 1;
+        meta.dirty = true;
+        meta.commit()
     }
 
     /// A store file or device made bigger while closed is taken in on open, up to what the
@@ -417,6 +475,8 @@ impl Store {
             volume_name: meta.sb.volume_name.clone(),
             volume_uuid: meta.sb.volume_uuid,
             origin_path: meta.sb.origin_path.clone(),
+            journal_start: meta.sb.journal_start,
+            journal_blocks: meta.sb.journal_blocks,
             origin,
             dev,
             meta: RwLock::new(meta),
@@ -426,6 +486,11 @@ impl Store {
             bytes_copied: AtomicU64::new(0),
             private_data_unflushed: AtomicBool::new(false),
             flush_latency: Mutex::new(LatencyHistogram::default()),
+            dirty_origin: DirtyRanges::default(),
+            journal: Mutex::new(JournalCursor::default()),
+            journal_batches: AtomicU64::new(0),
+            journal_bytes: AtomicU64::new(0),
+            journal_discards: AtomicU64::new(0),
             reclaim_wanted: Mutex::new(true),
             reclaim_wake: Condvar::new(),
             receive_lock: Mutex::new(()),
@@ -546,10 +611,7 @@ impl Store {
         let _barrier = self.exclusive_barrier();
         // Writes acknowledged but not yet flushed are part of the snapshot; make them durable
         // so a power cut cannot take them out of it.
-        self.origin.flush().map_err(|source| StoreError::Flush {
-            device: "origin",
-            source,
-        })?;
+        self.sync_origin()?;
         let (generation, info) = {
             let mut m = self.meta.write();
             m.check_usable()?;
@@ -1075,9 +1137,7 @@ impl Store {
                 self.covered.insert(c);
             }
         }
-        self.origin
-            .write_at(data, offset)
-            .map_err(|e| StoreError::io("origin", offset, data.len(), e))
+        self.write_origin_at(data, offset)
     }
 
     /// Copies each needed chunk into a fresh store chunk and records its exception. Returns the
@@ -1184,10 +1244,7 @@ impl Store {
     }
 
     fn flush_untimed(&self) -> Result<()> {
-        self.origin.flush().map_err(|source| StoreError::Flush {
-            device: "origin",
-            source,
-        })?;
+        self.sync_origin()?;
         let private_unflushed = self.private_data_unflushed.swap(false, Ordering::AcqRel);
         let (generation, open) = {
             let m = self.meta.read();
@@ -1222,6 +1279,10 @@ impl Store {
             locations: m.location_stats(),
             commits: m.commit_latency.stats(),
             flushes: self.flush_latency.lock().stats(),
+            journal_size_bytes: self.journal_blocks * BLOCK_SIZE as u64,
+            journal_batches_total: self.journal_batches.load(Ordering::Relaxed),
+            journal_written_bytes_total: self.journal_bytes.load(Ordering::Relaxed),
+            journal_discards_total: self.journal_discards.load(Ordering::Relaxed),
             generation: m.sb.generation,
             invalidated_total: m.invalidated_total,
             chunks_reclaimed_total: m.chunks_reclaimed,
@@ -1239,9 +1300,15 @@ impl Drop for Store {
     fn drop(&mut self) {
         // Best effort: a clean shutdown should have called flush(); losing the open
         // transaction here is what a power cut would do, which the format survives.
+        let journal_used = self.journal.get_mut().next_block > 0;
         let m = self.meta.get_mut();
-        if m.dirty && m.poisoned.is_none() {
-            let _ = self.origin.flush();
+        if (m.dirty || journal_used) && m.poisoned.is_none() {
+            // An emptied journal leaves the origin complete on its own, readable without
+            // multisnap; it may be emptied only once the origin sync succeeded.
+            if self.origin.flush().is_ok() && journal_used {
+                m.journal_epoch += 1;
+                m.dirty = true;
+            }
             if let Err(e) = m.commit() {
                 tracing::warn!(error = %e, "final commit on close failed");
             }

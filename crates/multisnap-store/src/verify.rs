@@ -322,7 +322,7 @@ pub fn verify(dev: &dyn BlockDev, origin_size: Option<u64>) -> Result<VerifyRepo
             None
         }
     };
-    let reserved_end = sb.bitmap_start + 2 * sb.bitmap_blocks;
+    let reserved_end = sb.reserved_end();
     let mut w = Walker {
         dev,
         sb: &sb,

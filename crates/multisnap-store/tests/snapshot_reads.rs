@@ -183,6 +183,7 @@ fn reads_racing_a_delete_get_the_data_or_not_found() {
     let dev = Arc::new(Delayed::new(MemDev::new(3 * MIB / 2)).reads(Duration::from_micros(500)));
     let opts = CreateOptions {
         chunk_size: CHUNK,
+        journal_bytes: 0, // the store's size is counted in chunks
         ..Default::default()
     };
     let store = Store::create(origin, dev, &opts).unwrap();

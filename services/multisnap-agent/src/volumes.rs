@@ -175,6 +175,7 @@ impl Volumes {
             origin_path: recorded,
             full_policy: spec.full_policy,
             cache_bytes: self.cache_bytes,
+            journal_bytes: multisnap_store::journal::DEFAULT_JOURNAL_BYTES,
         };
         let store = match Store::create(origin, dev, &opts) {
             Ok(s) => s,

@@ -6,14 +6,18 @@
 //! allocated on demand to B+tree nodes and data chunks.
 
 pub mod bitmap;
+pub mod journal;
 pub mod node;
 pub mod snapshot_record;
 pub mod superblock;
 
 /// Size of every metadata block (superblocks, B+tree nodes, bitmap blocks).
 pub const BLOCK_SIZE: usize = 4096;
-/// The on-disk format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+/// The on-disk format version this build writes.
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest version this build reads. Version 2 is version 3 without the origin write
+/// journal (its journal fields are zero); it is written back as version 3 by the next commit.
+pub const OLDEST_READABLE_VERSION: u32 = 2;
 /// Smallest and largest chunk sizes.
 pub const MIN_CHUNK_SIZE: u32 = 4096;
 pub const MAX_CHUNK_SIZE: u32 = 1 << 20;

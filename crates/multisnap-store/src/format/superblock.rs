@@ -64,6 +64,9 @@ const OFF_RECEIVE_TOKEN_LEN: usize = 196;
 const OFF_RECEIVE_TOKEN: usize = 198;
 const OFF_VOLUME_NAME: usize = 256;
 const OFF_ORIGIN_PATH: usize = 320;
+const OFF_JOURNAL_START: usize = 1344;
+const OFF_JOURNAL_BLOCKS: usize = 1352;
+const OFF_JOURNAL_EPOCH: usize = 1360;
 
 /// What to do when a copy is needed and the store has no free chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +109,13 @@ pub struct Superblock {
     pub receive: Option<ReceiveState>,
     pub volume_name: String,
     pub origin_path: String,
+    /// First block of the origin write journal (see `journal`); 0 when there is none.
+    pub journal_start: u64,
+    /// Blocks of the journal; 0 for a store without one (every version 2 store).
+    pub journal_blocks: u64,
+    /// Only journal batches stamped with this epoch are replayed; bumping it (in a commit,
+    /// after an fdatasync of the origin) empties the journal.
+    pub journal_epoch: u64,
 }
 
 /// Why a superblock slot was rejected.
@@ -158,8 +168,22 @@ impl Superblock {
         let path = truncate_utf8(&self.origin_path, MAX_ORIGIN_PATH);
         put_u16(&mut b, OFF_ORIGIN_PATH, path.len() as u16);
         b[OFF_ORIGIN_PATH + 2..OFF_ORIGIN_PATH + 2 + path.len()].copy_from_slice(path.as_bytes());
+        put_u64(&mut b, OFF_JOURNAL_START, self.journal_start);
+        put_u64(&mut b, OFF_JOURNAL_BLOCKS, self.journal_blocks);
+        put_u64(&mut b, OFF_JOURNAL_EPOCH, self.journal_epoch);
         seal(&mut b, SUPERBLOCK_SALT);
         b
+    }
+
+    /// Blocks `0..reserved_end()` never change owner: superblocks, both bitmap copies and the
+    /// journal.
+    pub fn reserved_end(&self) -> u64 {
+        let bitmap_end = self.bitmap_start + 2 * self.bitmap_blocks;
+        if self.journal_blocks == 0 {
+            bitmap_end
+        } else {
+            self.journal_start + self.journal_blocks
+        }
     }
 
     pub fn unpack(b: &[u8]) -> Result<Superblock, SuperblockFault> {
@@ -167,7 +191,7 @@ impl Superblock {
             return Err(SuperblockFault::NoMagic);
         }
         let version = get_u32(b, OFF_VERSION);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(SuperblockFault::Version(version));
         }
         if !is_sealed(b, SUPERBLOCK_SALT) {
@@ -242,6 +266,9 @@ impl Superblock {
             receive,
             volume_name,
             origin_path,
+            journal_start: get_u64(b, OFF_JOURNAL_START),
+            journal_blocks: get_u64(b, OFF_JOURNAL_BLOCKS),
+            journal_epoch: get_u64(b, OFF_JOURNAL_EPOCH),
         };
         sb.sanity().map_err(SuperblockFault::Corrupt)?;
         Ok(sb)
@@ -268,6 +295,13 @@ impl Superblock {
         if self.bitmap_blocks * bitmap::BITS_PER_BLOCK < self.store_blocks {
             return Err("bitmap too small for the store".into());
         }
+        if self.journal_blocks > 0
+            && (self.journal_start != bitmap_end
+                || self.journal_blocks > self.store_blocks - bitmap_end)
+        {
+            return Err("journal area does not follow the bitmaps inside the store".into());
+        }
+        let bitmap_end = self.reserved_end();
         for (what, root) in [
             ("exception", self.exception_root),
             ("snapshot", self.snapshot_root),

@@ -28,6 +28,9 @@ fn sample_sb() -> Superblock {
         receive: None,
         volume_name: "default".into(),
         origin_path: "origin.raw".into(),
+        journal_start: 10,
+        journal_blocks: 8,
+        journal_epoch: 3,
     }
 }
 
@@ -154,12 +157,13 @@ fn snapshot_record_round_trip() {
 /// document (and, for an incompatible change, the format version) is updated with it.
 #[test]
 fn documented_offsets_are_the_packed_offsets() {
-    use crate::checksum::{block_checksum, BITMAP_SALT, NODE_SALT, SUPERBLOCK_SALT};
+    use crate::checksum::{block_checksum, BITMAP_SALT, JOURNAL_SALT, NODE_SALT, SUPERBLOCK_SALT};
 
     // Checksum rule and salts.
     assert_eq!(SUPERBLOCK_SALT, 0x5355_5052);
     assert_eq!(NODE_SALT, 0x4E4F_4445);
     assert_eq!(BITMAP_SALT, 0x424D_4150);
+    assert_eq!(JOURNAL_SALT, 0x4A52_4E4C);
     assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
     assert_eq!(block_checksum(&[0u8; BLOCK_SIZE], NODE_SALT), 0xD6B6_05CC);
     let mut sealed = vec![0x5au8; BLOCK_SIZE];
@@ -192,6 +196,9 @@ fn documented_offsets_are_the_packed_offsets() {
     sb.created_at_ns = 0xC0C1_C2C3_C4C5_C6C7;
     sb.private_root = 0xD0D1_D2D3_D4D5_D6D7;
     sb.invalidated_total = 0xE0E1_E2E3_E4E5_E6E7;
+    sb.journal_start = 0x1213_1415_1617_1819;
+    sb.journal_blocks = 0x2223_2425_2627_2829;
+    sb.journal_epoch = 0x3233_3435_3637_3839;
     sb.replica_source = std::array::from_fn(|i| 0x10 + i as u8);
     sb.receive = Some(superblock::ReceiveState {
         staging: 0xF0F1_F2F3_F4F5_F6F7,
@@ -204,8 +211,9 @@ fn documented_offsets_are_the_packed_offsets() {
     let b = sb.pack();
     assert_eq!(b.len(), 4096);
     assert_eq!(get_u32(&b, 0), block_checksum(&b, SUPERBLOCK_SALT));
-    assert_eq!(get_u32(&b, 4), 2);
-    assert_eq!(FORMAT_VERSION, 2);
+    assert_eq!(get_u32(&b, 4), 3);
+    assert_eq!(FORMAT_VERSION, 3);
+    assert_eq!(OLDEST_READABLE_VERSION, 2);
     assert_eq!(&b[8..16], b"MSNAPSTR");
     assert_eq!(get_u64(&b, 16), sb.generation);
     assert_eq!(&b[24..40], &sb.volume_uuid[..]);
@@ -247,8 +255,12 @@ fn documented_offsets_are_the_packed_offsets() {
     let path = sb.origin_path.as_bytes();
     assert_eq!(get_u16(&b, 320) as usize, path.len());
     assert_eq!(&b[322..322 + path.len()], path);
-    assert!(b[322 + path.len()..].iter().all(|&x| x == 0));
+    assert!(b[322 + path.len()..1344].iter().all(|&x| x == 0));
     assert_eq!(322 + superblock::MAX_ORIGIN_PATH, 1344);
+    assert_eq!(get_u64(&b, 1344), sb.journal_start);
+    assert_eq!(get_u64(&b, 1352), sb.journal_blocks);
+    assert_eq!(get_u64(&b, 1360), sb.journal_epoch);
+    assert!(b[1368..].iter().all(|&x| x == 0));
     assert_eq!(superblock::MAX_VOLUME_NAME, 63);
 
     // Node header and entries.
@@ -350,4 +362,107 @@ fn documented_offsets_are_the_packed_offsets() {
         .pack();
         assert_eq!(get_u32(&r, 12), code);
     }
+}
+
+#[test]
+fn version_2_superblocks_are_read_as_stores_without_a_journal() {
+    let mut sb = sample_sb();
+    sb.journal_start = 0;
+    sb.journal_blocks = 0;
+    sb.journal_epoch = 0;
+    let mut b = sb.pack();
+    put_u32(&mut b, 4, 2);
+    crate::checksum::seal(&mut b, crate::checksum::SUPERBLOCK_SALT);
+    let read = Superblock::unpack(&b).unwrap();
+    assert_eq!(read, sb);
+    assert_eq!(read.reserved_end(), 10);
+    put_u32(&mut b, 4, 1);
+    crate::checksum::seal(&mut b, crate::checksum::SUPERBLOCK_SALT);
+    assert_eq!(Superblock::unpack(&b), Err(SuperblockFault::Version(1)));
+}
+
+#[test]
+fn the_journal_must_follow_the_bitmaps_and_roots_lie_past_it() {
+    let sb = sample_sb();
+    assert_eq!(sb.reserved_end(), 18);
+    let mut away = sample_sb();
+    away.journal_start = 11;
+    assert!(away.sanity().is_err());
+    let mut huge = sample_sb();
+    huge.journal_blocks = huge.store_blocks;
+    assert!(huge.sanity().is_err());
+    let mut root_inside = sample_sb();
+    root_inside.exception_root = 12;
+    assert!(root_inside.sanity().is_err());
+}
+
+#[test]
+fn journal_batch_header_offsets_and_round_trip() {
+    use super::journal::{BatchFault, BatchHeader, JournalEntry, MAX_ENTRIES};
+    let h = BatchHeader {
+        epoch: 0x1011_1213_1415_1617,
+        sequence: 0x2021_2223_2425_2627,
+        data_crc: 0x3031_3233,
+        entries: vec![
+            JournalEntry {
+                offset: 0x4000,
+                len: 5000,
+            },
+            JournalEntry {
+                offset: 0x10_0000,
+                len: 4096,
+            },
+        ],
+    };
+    let b = h.pack();
+    assert_eq!(b.len(), BLOCK_SIZE);
+    assert!(crate::checksum::is_sealed(
+        &b,
+        crate::checksum::JOURNAL_SALT
+    ));
+    assert_eq!(get_u32(&b, 4), 2, "entry count");
+    assert_eq!(get_u64(&b, 8), h.epoch);
+    assert_eq!(get_u64(&b, 16), h.sequence);
+    assert_eq!(get_u32(&b, 24), 3, "data blocks: 9096 bytes round up to 3");
+    assert_eq!(get_u32(&b, 28), h.data_crc);
+    assert_eq!(get_u64(&b, 32), 0x4000);
+    assert_eq!(get_u32(&b, 40), 5000);
+    assert_eq!(get_u32(&b, 44), 0);
+    assert_eq!(get_u64(&b, 48), 0x10_0000);
+    assert_eq!(get_u32(&b, 56), 4096);
+    assert!(b[64..].iter().all(|&x| x == 0));
+    assert_eq!(MAX_ENTRIES, 254);
+
+    let size = 1 << 30;
+    assert_eq!(
+        BatchHeader::unpack(&b, h.epoch, h.sequence, size),
+        Ok(h.clone())
+    );
+    assert_eq!(
+        BatchHeader::unpack(&b, h.epoch + 1, h.sequence, size),
+        Err(BatchFault::Stale)
+    );
+    assert_eq!(
+        BatchHeader::unpack(&b, h.epoch, h.sequence + 1, size),
+        Err(BatchFault::Stale)
+    );
+    assert!(matches!(
+        BatchHeader::unpack(&b, h.epoch, h.sequence, 0x10_0000),
+        Err(BatchFault::Corrupt(_))
+    ));
+    let mut flipped = b.clone();
+    flipped[40] ^= 1;
+    assert_eq!(
+        BatchHeader::unpack(&flipped, h.epoch, h.sequence, size),
+        Err(BatchFault::Checksum)
+    );
+    let sealed_as_node = {
+        let mut n = b.clone();
+        crate::checksum::seal(&mut n, crate::checksum::NODE_SALT);
+        n
+    };
+    assert_eq!(
+        BatchHeader::unpack(&sealed_as_node, h.epoch, h.sequence, size),
+        Err(BatchFault::Checksum)
+    );
 }

@@ -396,9 +396,7 @@ impl Store {
         self.commit_wait(generation)?;
         for (c, p) in pieces {
             let off = c * cs;
-            self.origin
-                .write_at(p, off)
-                .map_err(|e| StoreError::io("origin", off, p.len(), e))?;
+            self.write_origin_at(p, off)?;
         }
         Ok(())
     }
@@ -407,20 +405,13 @@ impl Store {
         self.meta.read().receive.as_ref().map_or(0, |r| r.flags)
     }
 
-    fn flush_origin(&self) -> Result<()> {
-        self.origin.flush().map_err(|source| StoreError::Flush {
-            device: "origin",
-            source,
-        })
-    }
-
     /// Makes everything staged so far durable, together with `token` (the caller's resume
     /// point just after it).
     pub fn checkpoint_receive(&self, token: &[u8]) -> Result<()> {
         let _r = self.receive_lock.lock();
         self.staging_id(false)?;
         if self.receive_flags() & RECEIVE_DIRECT != 0 {
-            self.flush_origin()?;
+            self.sync_origin()?;
         }
         let generation = {
             let mut m = self.meta.write();
@@ -480,7 +471,7 @@ impl Store {
             m.pager.generation
         };
         // A direct apply's data is all in the origin: durable before the commit point.
-        self.flush_origin()?;
+        self.sync_origin()?;
         self.commit_wait(generation)?;
         self.fold_and_publish(staging)
     }
@@ -534,11 +525,9 @@ impl Store {
             for (c, _) in &batch {
                 let len = self.chunk_len(c.0);
                 let off = c.0 * cs;
-                self.origin
-                    .write_at(&zeros[..len], off)
-                    .map_err(|e| StoreError::io("origin", off, len, e))?;
+                self.write_origin_at(&zeros[..len], off)?;
             }
-            self.flush_origin()?;
+            self.sync_origin()?;
             let generation = {
                 let mut m = self.meta.write();
                 for (c, _) in &batch {
@@ -623,15 +612,10 @@ impl Store {
                             .map_err(|e| StoreError::io("store", off, len, e))?;
                     }
                     let to = c.0 * cs;
-                    self.origin
-                        .write_at(piece, to)
-                        .map_err(|e| StoreError::io("origin", to, len, e))?;
+                    self.write_origin_at(piece, to)?;
                 }
             }
-            self.origin.flush().map_err(|source| StoreError::Flush {
-                device: "origin",
-                source,
-            })?;
+            self.sync_origin()?;
             let generation = {
                 let mut m = self.meta.write();
                 for (c, x) in &batch {

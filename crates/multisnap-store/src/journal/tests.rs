@@ -1,0 +1,160 @@
+use super::*;
+use crate::blockdev::MemDev;
+use crate::format::superblock::FullPolicy;
+
+#[test]
+fn merge_sorts_and_joins_overlapping_and_touching_ranges() {
+    let mut v = vec![(8192, 4096), (0, 4096), (4096, 100), (100, 50), (20000, 10)];
+    merge(&mut v);
+    assert_eq!(v, vec![(0, 4196), (8192, 4096), (20000, 10)]);
+    let mut inside = vec![(0, 10000), (4096, 4096)];
+    merge(&mut inside);
+    assert_eq!(inside, vec![(0, 10000)]);
+}
+
+#[test]
+fn journal_size_is_capped_at_an_eighth_of_the_store_and_dropped_when_tiny() {
+    assert_eq!(journal_blocks_for(64 << 20, 1 << 20), 16384);
+    assert_eq!(journal_blocks_for(64 << 20, 8000), 1000);
+    assert_eq!(journal_blocks_for(64 << 20, 100), 0);
+    assert_eq!(journal_blocks_for(0, 1 << 20), 0);
+}
+
+#[test]
+fn batch_blocks_refuses_what_one_batch_cannot_hold() {
+    assert_eq!(batch_blocks(&[(0, 4096)]), Some(2));
+    assert_eq!(batch_blocks(&[(0, 4096), (1 << 20, 1)]), Some(3));
+    assert_eq!(batch_blocks(&[]), None);
+    assert_eq!(batch_blocks(&[(0, MAX_BATCH_DATA + 1)]), None);
+    let many: Vec<(u64, u64)> = (0..=MAX_ENTRIES as u64).map(|i| (i * 8192, 512)).collect();
+    assert_eq!(batch_blocks(&many), None);
+    assert!(batch_blocks(&many[1..]).is_some());
+}
+
+fn journal_sb(blocks: u64) -> Superblock {
+    Superblock {
+        generation: 2,
+        volume_uuid: [1; 16],
+        chunk_size: 4096,
+        origin_size: 1 << 20,
+        store_blocks: 4 + blocks,
+        bitmap_start: 2,
+        bitmap_blocks: 1,
+        bitmap_copy: 0,
+        full_policy: FullPolicy::Error,
+        exception_root: 0,
+        snapshot_root: 0,
+        next_snapshot_id: 1,
+        exception_count: 0,
+        used_blocks: 0,
+        copies_total: 0,
+        created_at_ns: 0,
+        private_root: 0,
+        invalidated_total: 0,
+        replica_source: [0; 16],
+        receive: None,
+        volume_name: "v".into(),
+        origin_path: String::new(),
+        journal_start: 4,
+        journal_blocks: blocks,
+        journal_epoch: 7,
+    }
+}
+
+/// Writes a batch of `ranges` filled with `fill` at journal block `pos`; returns its blocks.
+fn put_batch(
+    dev: &MemDev,
+    sb: &Superblock,
+    pos: u64,
+    sequence: u64,
+    ranges: &[(u64, u64)],
+    fill: u8,
+) -> u64 {
+    let mut image = BatchImage::for_ranges(ranges);
+    let mut at = 0;
+    for &(_, len) in ranges {
+        image.data_mut(at, len).fill(fill);
+        at += len;
+    }
+    image.seal(sb.journal_epoch, sequence, ranges);
+    dev.write_at(&image.bytes, (sb.journal_start + pos) * BLOCK_SIZE as u64)
+        .unwrap();
+    image.blocks()
+}
+
+fn origin_bytes(origin: &MemDev, offset: u64, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    origin.read_at(&mut b, offset).unwrap();
+    b
+}
+
+#[test]
+fn replay_applies_batches_in_order_and_stops_at_a_stale_one() {
+    let sb = journal_sb(64);
+    let dev = MemDev::new(sb.store_blocks * BLOCK_SIZE as u64);
+    let origin = MemDev::new(1 << 20);
+    let mut pos = put_batch(&dev, &sb, 0, 0, &[(0, 4096), (10_000, 100)], 0xA1);
+    pos += put_batch(&dev, &sb, pos, 1, &[(2048, 4096)], 0xB2);
+    // A batch from the epoch before, where the next one would go: the journal ends there.
+    let mut old = sb.clone();
+    old.journal_epoch -= 1;
+    put_batch(&dev, &old, pos, 2, &[(500_000, 4096)], 0xC3);
+
+    let found = replay(&origin, &dev, &sb).unwrap();
+    assert_eq!(
+        found,
+        JournalContents {
+            batches: 2,
+            bytes: 4096 + 100 + 4096
+        }
+    );
+    assert_eq!(origin_bytes(&origin, 0, 2048), vec![0xA1; 2048]);
+    assert_eq!(
+        origin_bytes(&origin, 2048, 4096),
+        vec![0xB2; 4096],
+        "the later batch wins where they overlap"
+    );
+    assert_eq!(origin_bytes(&origin, 10_000, 100), vec![0xA1; 100]);
+    assert_eq!(origin_bytes(&origin, 500_000, 4096), vec![0; 4096]);
+}
+
+#[test]
+fn replay_stops_at_a_torn_batch_and_at_one_out_of_sequence() {
+    let sb = journal_sb(64);
+    let dev = MemDev::new(sb.store_blocks * BLOCK_SIZE as u64);
+    let pos = put_batch(&dev, &sb, 0, 0, &[(0, 8192)], 0x11);
+    let second = put_batch(&dev, &sb, pos, 1, &[(65536, 8192)], 0x22);
+    put_batch(&dev, &sb, pos + second, 2, &[(131072, 4096)], 0x33);
+    // Tear the second batch's data: its flush never returned, so neither it nor anything
+    // after it is replayed.
+    let torn_at = (sb.journal_start + pos + 2) * BLOCK_SIZE as u64;
+    dev.write_at(&[0x99; 512], torn_at).unwrap();
+    let origin = MemDev::new(1 << 20);
+    let found = replay(&origin, &dev, &sb).unwrap();
+    assert_eq!(found.batches, 1);
+    assert_eq!(origin_bytes(&origin, 65536, 8192), vec![0; 8192]);
+    assert_eq!(origin_bytes(&origin, 131072, 4096), vec![0; 4096]);
+
+    // A valid batch numbered 5 where number 1 belongs is left over from before: ignored.
+    let dev = MemDev::new(sb.store_blocks * BLOCK_SIZE as u64);
+    let pos = put_batch(&dev, &sb, 0, 0, &[(0, 4096)], 0x11);
+    put_batch(&dev, &sb, pos, 5, &[(4096, 4096)], 0x22);
+    let origin = MemDev::new(1 << 20);
+    assert_eq!(replay(&origin, &dev, &sb).unwrap().batches, 1);
+    assert_eq!(origin_bytes(&origin, 4096, 4096), vec![0; 4096]);
+}
+
+#[test]
+fn a_checksummed_batch_pointing_outside_the_origin_is_not_applied() {
+    let sb = journal_sb(64);
+    let dev = MemDev::new(sb.store_blocks * BLOCK_SIZE as u64);
+    put_batch(&dev, &sb, 0, 0, &[(sb.origin_size - 100, 4096)], 0x44);
+    let origin = MemDev::new(1 << 20);
+    assert_eq!(replay(&origin, &dev, &sb).unwrap().batches, 0);
+    // And one running past the journal's end.
+    let small = journal_sb(2);
+    let dev = MemDev::new(small.store_blocks * BLOCK_SIZE as u64 + (1 << 16));
+    put_batch(&dev, &small, 0, 0, &[(0, 8192)], 0x55);
+    assert_eq!(replay(&origin, &dev, &small).unwrap().batches, 0);
+    assert_eq!(origin_bytes(&origin, 0, 8192), vec![0; 8192]);
+}
