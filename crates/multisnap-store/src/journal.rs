@@ -26,7 +26,7 @@ use crate::format::BLOCK_SIZE;
 use parking_lot::Mutex;
 
 /// Journal size `Store::create` uses unless told otherwise.
-pub const DEFAULT_JOURNAL_BYTES: u64 = 64 << 20;
+pub const DEFAULT_JOURNAL_BYTES: u64 = 256 << 20;
 /// A journal smaller than this is not made at all (a tiny store keeps its space).
 pub const MIN_JOURNAL_BLOCKS: u64 = 16;
 /// Flushes with more dirty bytes than this sync the origin instead: big writes are sequential
@@ -34,9 +34,9 @@ pub const MIN_JOURNAL_BLOCKS: u64 = 16;
 pub const MAX_BATCH_DATA: u64 = 1 << 20;
 
 /// Journal blocks for a new store of `total_blocks` when `requested` bytes are asked for: at
-/// most an eighth of the store, and none below [`MIN_JOURNAL_BLOCKS`].
+/// most a quarter of the store, and none below [`MIN_JOURNAL_BLOCKS`].
 pub fn journal_blocks_for(requested: u64, total_blocks: u64) -> u64 {
-    let blocks = (requested / BLOCK_SIZE as u64).min(total_blocks / 8);
+    let blocks = (requested / BLOCK_SIZE as u64).min(total_blocks / 4);
     if blocks < MIN_JOURNAL_BLOCKS {
         0
     } else {

@@ -67,6 +67,11 @@ struct ServeArgs {
     /// rest for exception-index nodes.
     #[arg(long, env = "MULTISNAP_CACHE_BYTES", default_value_t = 64 << 20)]
     cache_bytes: usize,
+    /// Origin write journal of each volume made from now on, in bytes (0: none). A flush
+    /// writes the origin writes since the last one there in one sequential write; the default
+    /// store size grows by this much. At most a quarter of a store is used for it.
+    #[arg(long, env = "MULTISNAP_JOURNAL_BYTES", default_value_t = multisnap_store::journal::DEFAULT_JOURNAL_BYTES)]
+    journal_bytes: u64,
     /// Size of the `default` volume made in an empty data directory.
     #[arg(long, default_value_t = 1 << 30)]
     default_volume_size: u64,
@@ -129,7 +134,7 @@ fn main() -> ExitCode {
 
 fn load_volumes(data_dir: &Path, args: &ServeArgs) -> Result<Volumes> {
     let dir = datadir::DataDir::open_locked(data_dir)?;
-    Volumes::load(dir, args.cache_bytes)
+    Volumes::load(dir, args.cache_bytes, args.journal_bytes)
 }
 
 fn snapshot_offline(data_dir: &Path, args: &ServeArgs, cmd: SnapshotCommand) -> Result<()> {

@@ -78,6 +78,8 @@ pub struct Volumes {
     map: RwLock<BTreeMap<String, Arc<Volume>>>,
     data_dir: DataDir,
     cache_bytes: usize,
+    /// Origin write journal of volumes made from now on (see `multisnap_store::journal`).
+    journal_bytes: u64,
 }
 
 fn resolve_origin(dir: &Path, recorded: &str) -> PathBuf {
@@ -119,7 +121,11 @@ fn open_volume(dir: &Path, name: &str, cache_bytes: usize) -> anyhow::Result<Vol
 
 impl Volumes {
     /// Opens every volume in the data directory.
-    pub fn load(data_dir: DataDir, cache_bytes: usize) -> anyhow::Result<Volumes> {
+    pub fn load(
+        data_dir: DataDir,
+        cache_bytes: usize,
+        journal_bytes: u64,
+    ) -> anyhow::Result<Volumes> {
         let mut map = BTreeMap::new();
         for name in data_dir.volume_names()? {
             let v = open_volume(&data_dir.volume_dir(&name), &name, cache_bytes)?;
@@ -130,6 +136,7 @@ impl Volumes {
             map: RwLock::new(map),
             data_dir,
             cache_bytes,
+            journal_bytes,
         })
     }
 
@@ -175,7 +182,7 @@ impl Volumes {
             origin_path: recorded,
             full_policy: spec.full_policy,
             cache_bytes: self.cache_bytes,
-            journal_bytes: multisnap_store::journal::DEFAULT_JOURNAL_BYTES,
+            journal_bytes: self.journal_bytes,
         };
         let store = match Store::create(origin, dev, &opts) {
             Ok(s) => s,
@@ -253,7 +260,7 @@ impl Volumes {
             .map_err(io_err("cannot size the origin".into()))?;
         let store_size = spec
             .store_size_bytes
-            .unwrap_or(origin_size + origin_size / 8 + (16 << 20));
+            .unwrap_or(origin_size + origin_size / 8 + (16 << 20) + self.journal_bytes);
         let store_path = dir.join(STORE_FILE);
         let dev = Arc::new(
             FileDev::create_sparse(&store_path, store_size).map_err(io_err(format!(

@@ -13,10 +13,10 @@ fn merge_sorts_and_joins_overlapping_and_touching_ranges() {
 }
 
 #[test]
-fn journal_size_is_capped_at_an_eighth_of_the_store_and_dropped_when_tiny() {
+fn journal_size_is_capped_at_a_quarter_of_the_store_and_dropped_when_tiny() {
     assert_eq!(journal_blocks_for(64 << 20, 1 << 20), 16384);
-    assert_eq!(journal_blocks_for(64 << 20, 8000), 1000);
-    assert_eq!(journal_blocks_for(64 << 20, 100), 0);
+    assert_eq!(journal_blocks_for(64 << 20, 8000), 2000);
+    assert_eq!(journal_blocks_for(64 << 20, 60), 0);
     assert_eq!(journal_blocks_for(0, 1 << 20), 0);
 }
 
