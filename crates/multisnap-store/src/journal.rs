@@ -44,29 +44,83 @@ pub fn journal_blocks_for(requested: u64, total_blocks: u64) -> u64 {
     }
 }
 
-/// Origin byte ranges written since the last flush took them.
+/// What a flush finds noted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Dirty {
+    Nothing,
+    /// Sorted, merged ranges.
+    Ranges(Vec<(u64, u64)>),
+    /// More than one batch could hold: the flush syncs the origin.
+    TooMany,
+}
+
+/// Origin byte ranges written since the last flush took them. Bounded: once the ranges could
+/// not go into one batch any more it stops noting and says so, which costs the next flush an
+/// origin sync, as without a journal.
 #[derive(Default)]
 pub struct DirtyRanges {
-    ranges: Mutex<Vec<(u64, u64)>>,
+    noted: Mutex<Noted>,
+}
+
+#[derive(Default)]
+struct Noted {
+    ranges: Vec<(u64, u64)>,
+    too_many: bool,
+}
+
+/// Noted ranges are merged when there are this many.
+const MERGE_AT: usize = 2 * MAX_ENTRIES;
+
+impl Noted {
+    fn push(&mut self, offset: u64, len: u64) {
+        if self.too_many || len == 0 {
+            return;
+        }
+        self.ranges.push((offset, len));
+        if self.ranges.len() >= MERGE_AT {
+            merge(&mut self.ranges);
+            if batch_blocks(&self.ranges).is_none() {
+                self.too_many = true;
+                self.ranges = Vec::new();
+            }
+        }
+    }
 }
 
 impl DirtyRanges {
     pub fn note(&self, offset: u64, len: u64) {
-        if len > 0 {
-            self.ranges.lock().push((offset, len));
+        self.noted.lock().push(offset, len);
+    }
+
+    /// Takes everything noted.
+    pub fn take(&self) -> Dirty {
+        let mut n = self.noted.lock();
+        if std::mem::take(&mut n.too_many) {
+            n.ranges = Vec::new();
+            return Dirty::TooMany;
+        }
+        let mut v = std::mem::take(&mut n.ranges);
+        drop(n);
+        merge(&mut v);
+        if v.is_empty() {
+            Dirty::Nothing
+        } else {
+            Dirty::Ranges(v)
         }
     }
 
-    /// Takes every noted range, sorted and merged (overlapping or touching ranges become one).
-    pub fn take(&self) -> Vec<(u64, u64)> {
-        let mut v = std::mem::take(&mut *self.ranges.lock());
-        merge(&mut v);
-        v
-    }
-
-    /// Gives ranges back after a flush that failed to make them durable.
-    pub fn restore(&self, ranges: &[(u64, u64)]) {
-        self.ranges.lock().extend_from_slice(ranges);
+    /// Gives back what a flush took and failed to make durable.
+    pub fn restore(&self, dirty: Dirty) {
+        let mut n = self.noted.lock();
+        match dirty {
+            Dirty::Nothing => {}
+            Dirty::TooMany => n.too_many = true,
+            Dirty::Ranges(v) => {
+                for (offset, len) in v {
+                    n.push(offset, len);
+                }
+            }
+        }
     }
 }
 

@@ -158,3 +158,34 @@ fn a_checksummed_batch_pointing_outside_the_origin_is_not_applied() {
     assert_eq!(replay(&origin, &dev, &small).unwrap().batches, 0);
     assert_eq!(origin_bytes(&origin, 0, 8192), vec![0; 8192]);
 }
+
+#[test]
+fn dirty_ranges_stay_bounded_and_say_when_they_gave_up() {
+    let d = DirtyRanges::default();
+    assert_eq!(d.take(), Dirty::Nothing);
+    // Rewriting the same blocks over and over stays a handful of ranges.
+    for i in 0..100_000u64 {
+        d.note((i % 8) * 8192, 4096);
+    }
+    let Dirty::Ranges(r) = d.take() else {
+        panic!("eight blocks fit one batch");
+    };
+    assert_eq!(r.len(), 8);
+    assert_eq!(d.take(), Dirty::Nothing, "taking empties it");
+    // More separate ranges than one batch holds: noted as too many, and no list kept.
+    for i in 0..(3 * MAX_ENTRIES as u64) {
+        d.note(i * 8192, 512);
+    }
+    assert!(d.noted.lock().ranges.len() < MERGE_AT);
+    assert_eq!(d.take(), Dirty::TooMany);
+    assert_eq!(d.take(), Dirty::Nothing);
+    // Giving back what a failed flush took keeps it for the next one.
+    d.note(0, 4096);
+    let taken = d.take();
+    d.note(65536, 4096);
+    d.restore(taken);
+    assert_eq!(d.take(), Dirty::Ranges(vec![(0, 4096), (65536, 4096)]));
+    d.restore(Dirty::TooMany);
+    d.note(0, 1);
+    assert_eq!(d.take(), Dirty::TooMany);
+}

@@ -3,7 +3,7 @@
 //! [`crate::journal`] for the rules both ways keep).
 
 use super::*;
-use crate::journal::{batch_blocks, BatchImage, JournalCursor};
+use crate::journal::{batch_blocks, BatchImage, Dirty, JournalCursor};
 
 impl Store {
     /// Writes `data` to the origin in place and notes the range for the next flush. Every
@@ -21,24 +21,32 @@ impl Store {
         // Held until the ranges are durable: a flush that finds nothing noted may return at
         // once, because the ranges it would have needed were taken by one that finished.
         let mut cursor = self.journal.lock();
-        let ranges = self.dirty_origin.take();
-        if ranges.is_empty() {
-            return Ok(());
-        }
-        let result = self.make_durable(&mut cursor, &ranges);
+        let dirty = self.dirty_origin.take();
+        let result = match &dirty {
+            Dirty::Nothing => return Ok(()),
+            Dirty::Ranges(ranges) => self.make_durable(&mut cursor, Some(ranges)),
+            Dirty::TooMany => self.make_durable(&mut cursor, None),
+        };
         if result.is_err() {
-            self.dirty_origin.restore(&ranges);
+            self.dirty_origin.restore(dirty);
         }
         result
     }
 
-    fn make_durable(&self, cursor: &mut JournalCursor, ranges: &[(u64, u64)]) -> Result<()> {
-        // A full journal is emptied by the origin sync below, which the flush needs anyway.
-        let fits =
-            batch_blocks(ranges).is_some_and(|b| cursor.next_block + b <= self.journal_blocks);
-        if fits {
-            let image = self.capture(ranges, cursor.sequence)?;
-            return self.append_batch(cursor, &image);
+    /// Journals `ranges` when they fit one batch in the space left, else syncs the origin
+    /// (which also covers whatever the journal holds, so it is emptied).
+    fn make_durable(
+        &self,
+        cursor: &mut JournalCursor,
+        ranges: Option<&[(u64, u64)]>,
+    ) -> Result<()> {
+        if let Some(ranges) = ranges {
+            let fits =
+                batch_blocks(ranges).is_some_and(|b| cursor.next_block + b <= self.journal_blocks);
+            if fits {
+                let image = self.capture(ranges, cursor.sequence)?;
+                return self.append_batch(cursor, &image);
+            }
         }
         self.origin.flush().map_err(|source| StoreError::Flush {
             device: "origin",
