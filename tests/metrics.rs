@@ -241,6 +241,10 @@ const FAMILIES: &[(&str, &str, &str)] = &[
     ("multisnap_commit_seconds", "counter", "seconds"),
     ("multisnap_commit_duration_seconds", "histogram", "seconds"),
     ("multisnap_flush_duration_seconds", "histogram", "seconds"),
+    ("multisnap_journal_size_bytes", "gauge", "bytes"),
+    ("multisnap_journal_batches", "counter", "-"),
+    ("multisnap_journal_written_bytes", "counter", "bytes"),
+    ("multisnap_journal_discards", "counter", "-"),
     ("multisnap_reclaim_pending_snapshots", "gauge", "-"),
     ("multisnap_reclaimed_chunks", "counter", "-"),
     ("multisnap_nbd_requests", "counter", "-"),
@@ -329,6 +333,15 @@ fn exposition_parses_with_the_official_python_client() {
         flushes >= 1.0 && flushes <= flush_requests,
         "{flushes} store flushes for {flush_requests} NBD flush requests"
     );
+    // 256 KiB written then flushed: one journal batch carrying at least those bytes (the
+    // snapshot creation before it had nothing to sync). A quarter of the 64 MiB origin.
+    assert_eq!(om.default_volume("multisnap_journal_batches_total"), 1.0);
+    assert!(om.default_volume("multisnap_journal_written_bytes_total") >= 262144.0);
+    assert_eq!(
+        om.default_volume("multisnap_journal_size_bytes"),
+        f64::from(16u32 << 20)
+    );
+    assert_eq!(om.default_volume("multisnap_journal_discards_total"), 0.0);
     assert!(
         om.default_volume("multisnap_cache_misses_total")
             + om.default_volume("multisnap_cache_hits_total")

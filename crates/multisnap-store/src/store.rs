@@ -306,11 +306,15 @@ impl Store {
         // Room in the bitmap for the store to grow to 8x its size in place (see `open`).
         let bitmap_blocks = bitmap_blocks_for(total_blocks.saturating_mul(GROWTH_FACTOR));
         let bitmap_end = 2 + 2 * bitmap_blocks;
-        let journal_blocks = journal_blocks_for(opts.journal_bytes, total_blocks);
-        let reserved = bitmap_end + journal_blocks;
         let chunk_blocks = cs as u64 / BLOCK_SIZE as u64;
         // Room for the reserved area, a few tree nodes and at least one data chunk.
-        let minimum = reserved + 16 + 2 * chunk_blocks + crate::meta::RECLAIM_RESERVE_BLOCKS;
+        let minimum = bitmap_end + 16 + 2 * chunk_blocks + crate::meta::RECLAIM_RESERVE_BLOCKS;
+        // The journal only speeds flushes up: a store with no room for it goes without.
+        let mut journal_blocks = journal_blocks_for(opts.journal_bytes, total_blocks);
+        if total_blocks < minimum + journal_blocks {
+            journal_blocks = 0;
+        }
+        let reserved = bitmap_end + journal_blocks;
         if total_blocks < minimum {
             return Err(StoreError::InvalidGeometry(format!(
                 "store of {store_bytes} bytes is too small: at least {} bytes are needed",

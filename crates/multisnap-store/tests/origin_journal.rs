@@ -180,3 +180,38 @@ fn a_snapshot_holds_writes_made_durable_through_the_journal() {
     assert_eq!(b, vec![3; 4096]);
     assert_eq!(read_origin(&again, 0, 4096), vec![4; 4096]);
 }
+
+#[test]
+fn verify_counts_the_batches_waiting_in_the_journal() {
+    let origin = Watched::new(ORIGIN);
+    let dev = Watched::new(STORE);
+    let store = Store::create(origin.clone(), dev.clone(), &opts()).unwrap();
+    for i in 0..3u64 {
+        store.write_origin(i * 8192, &[1; 4096]).unwrap();
+        store.flush().unwrap();
+    }
+    let report = verify(dev.mem(), Some(ORIGIN)).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(
+        (report.journal_batches, report.journal_bytes),
+        (3, 3 * 4096)
+    );
+    let origin_flushes = origin.flushes.load(Ordering::SeqCst);
+    store.write_origin(65536, &[2; 512]).unwrap();
+    store.empty_journal().unwrap();
+    assert_eq!(origin.flushes.load(Ordering::SeqCst), origin_flushes + 1);
+    let report = verify(dev.mem(), Some(ORIGIN)).unwrap();
+    assert_eq!(report.journal_batches, 0, "emptied while open");
+    assert_eq!(store.stats().journal_discards_total, 1);
+    assert_eq!(&origin.mem().contents()[65536..66048], &[2; 512][..]);
+    // Journaling starts over at the journal's start, in the new epoch.
+    store.write_origin(0, &[3; 4096]).unwrap();
+    store.flush().unwrap();
+    assert_eq!(verify(dev.mem(), Some(ORIGIN)).unwrap().journal_batches, 1);
+    drop(store);
+    let report = verify(dev.mem(), Some(ORIGIN)).unwrap();
+    assert_eq!(
+        report.journal_batches, 0,
+        "a clean close empties the journal"
+    );
+}

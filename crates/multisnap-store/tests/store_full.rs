@@ -15,6 +15,7 @@ fn store(policy: FullPolicy) -> Store {
     let opts = CreateOptions {
         chunk_size: CHUNK as u32,
         full_policy: policy,
+        journal_bytes: 0, // the store's room is counted in chunks
         ..Default::default()
     };
     Store::create(o, d, &opts).unwrap()

@@ -11,6 +11,7 @@ fn a_full_store_grown_on_disk_takes_more_copies_after_reopen() {
     let small = Arc::new(MemDev::new(700 * 1024));
     let opts = CreateOptions {
         chunk_size: CHUNK as u32,
+        journal_bytes: 0, // the store's room is counted in chunks
         ..Default::default()
     };
     let store = Store::create(origin.clone(), small.clone(), &opts).unwrap();

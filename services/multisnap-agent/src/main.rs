@@ -67,9 +67,9 @@ struct ServeArgs {
     /// rest for exception-index nodes.
     #[arg(long, env = "MULTISNAP_CACHE_BYTES", default_value_t = 64 << 20)]
     cache_bytes: usize,
-    /// Origin write journal of each volume made from now on, in bytes (0: none). A flush
-    /// writes the origin writes since the last one there in one sequential write; the default
-    /// store size grows by this much. At most a quarter of a store is used for it.
+    /// Origin write journal of each volume made from now on, in bytes (0: none), at most a
+    /// quarter of the origin. A flush writes the origin writes since the last one there in one
+    /// sequential write; the default store size grows by the journal's size.
     #[arg(long, env = "MULTISNAP_JOURNAL_BYTES", default_value_t = multisnap_store::journal::DEFAULT_JOURNAL_BYTES)]
     journal_bytes: u64,
     /// Size of the `default` volume made in an empty data directory.

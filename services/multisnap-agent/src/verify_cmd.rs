@@ -59,6 +59,12 @@ pub fn run(data_dir: &Path) -> Result<bool> {
                         "volume {name}: clean (generation {}, {} snapshots, {} exceptions, {} index nodes, {} blocks in use; {secs:.2}s)",
                         report.generation, report.snapshots, report.exceptions, report.nodes, report.used_blocks
                     );
+                    if report.journal_batches > 0 {
+                        println!(
+                            "volume {name}: its journal holds {} batch(es), {} bytes of flushed origin writes the origin file may lack; starting the agent applies them",
+                            report.journal_batches, report.journal_bytes
+                        );
+                    }
                 } else {
                     all_clean = false;
                     println!(

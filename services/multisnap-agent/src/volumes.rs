@@ -120,6 +120,12 @@ fn open_volume(dir: &Path, name: &str, cache_bytes: usize) -> anyhow::Result<Vol
 }
 
 impl Volumes {
+    /// Journal of a new volume: the configured size, but no more than a quarter of the
+    /// origin (a small volume needs no big one).
+    fn journal_for(&self, origin_size: u64) -> u64 {
+        self.journal_bytes.min(origin_size / 4)
+    }
+
     /// Opens every volume in the data directory.
     pub fn load(
         data_dir: DataDir,
@@ -182,7 +188,8 @@ impl Volumes {
             origin_path: recorded,
             full_policy: spec.full_policy,
             cache_bytes: self.cache_bytes,
-            journal_bytes: self.journal_bytes,
+            // Sized once already by make_files; if that fails now, Store::create reports it.
+            journal_bytes: self.journal_for(origin.size().unwrap_or(0)),
         };
         let store = match Store::create(origin, dev, &opts) {
             Ok(s) => s,
@@ -260,7 +267,7 @@ impl Volumes {
             .map_err(io_err("cannot size the origin".into()))?;
         let store_size = spec
             .store_size_bytes
-            .unwrap_or(origin_size + origin_size / 8 + (16 << 20) + self.journal_bytes);
+            .unwrap_or(origin_size + origin_size / 8 + (16 << 20) + self.journal_for(origin_size));
         let store_path = dir.join(STORE_FILE);
         let dev = Arc::new(
             FileDev::create_sparse(&store_path, store_size).map_err(io_err(format!(
@@ -298,11 +305,12 @@ impl Volumes {
         Ok(())
     }
 
-    /// Flushes and commits every volume (shutdown).
+    /// Flushes and commits every volume, leaving each origin complete on its own with an
+    /// empty journal (shutdown).
     pub fn flush_all(&self) -> anyhow::Result<()> {
         let mut failed = Vec::new();
         for v in self.list() {
-            if let Err(e) = v.store.flush() {
+            if let Err(e) = v.store.empty_journal().and_then(|()| v.store.flush()) {
                 tracing::error!(volume = %v.name, error = %e, "flush failed");
                 failed.push(v.name.clone());
             }

@@ -1,9 +1,10 @@
-//! On-disk format, version 2. Every byte is documented in docs/FORMAT.md; this module is the
+//! On-disk format, version 3. Every byte is documented in docs/FORMAT.md; this module is the
 //! only code that knows where fields live. Integers are little-endian.
 //!
 //! Store layout (4 KiB metadata blocks, data chunks of `chunk_size` aligned to their size):
-//! block 0 and 1: the two superblock slots; then two copies of the allocator bitmap; the rest is
-//! allocated on demand to B+tree nodes and data chunks.
+//! block 0 and 1: the two superblock slots; then two copies of the allocator bitmap; then the
+//! origin write journal (absent in version 2); the rest is allocated on demand to B+tree nodes
+//! and data chunks.
 
 pub mod bitmap;
 pub mod journal;
@@ -16,7 +17,7 @@ pub const BLOCK_SIZE: usize = 4096;
 /// The on-disk format version this build writes.
 pub const FORMAT_VERSION: u32 = 3;
 /// The oldest version this build reads. Version 2 is version 3 without the origin write
-/// journal (its journal fields are zero); it is written back as version 3 by the next commit.
+/// journal (its journal fields are zero); stores without a journal are written as version 2.
 pub const OLDEST_READABLE_VERSION: u32 = 2;
 /// Smallest and largest chunk sizes.
 pub const MIN_CHUNK_SIZE: u32 = 4096;

@@ -132,7 +132,14 @@ pub enum SuperblockFault {
 impl Superblock {
     pub fn pack(&self) -> Vec<u8> {
         let mut b = vec![0u8; BLOCK_SIZE];
-        put_u32(&mut b, OFF_VERSION, FORMAT_VERSION);
+        // A store without a journal is exactly a version 2 store and says so, so that older
+        // readers keep opening it (and never see one slot of each version).
+        let version = if self.journal_blocks > 0 {
+            FORMAT_VERSION
+        } else {
+            OLDEST_READABLE_VERSION
+        };
+        put_u32(&mut b, OFF_VERSION, version);
         b[OFF_MAGIC..OFF_MAGIC + 8].copy_from_slice(&SUPERBLOCK_MAGIC);
         put_u64(&mut b, OFF_GENERATION, self.generation);
         b[OFF_UUID..OFF_UUID + 16].copy_from_slice(&self.volume_uuid);

@@ -33,6 +33,18 @@ impl Store {
         result
     }
 
+    /// Syncs the origin and empties the journal, so the origin alone holds every write that
+    /// completed before this call (a clean stop calls this, then [`Store::flush`]).
+    pub fn empty_journal(&self) -> Result<()> {
+        let mut cursor = self.journal.lock();
+        let dirty = self.dirty_origin.take();
+        let result = self.make_durable(&mut cursor, None);
+        if result.is_err() {
+            self.dirty_origin.restore(dirty);
+        }
+        result
+    }
+
     /// Journals `ranges` when they fit one batch in the space left, else syncs the origin
     /// (which also covers whatever the journal holds, so it is emptied).
     fn make_durable(
