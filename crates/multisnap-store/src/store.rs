@@ -68,7 +68,7 @@ pub struct CreateOptions {
     pub full_policy: FullPolicy,
     pub cache_bytes: usize,
     /// Size of the origin write journal (see [`crate::journal`]): at most a quarter of the
-    /// store is used, and a store too small for 16 blocks of it gets none.
+    /// store is used, and a store with no room for it (or for 16 blocks of it) gets none.
     pub journal_bytes: u64,
 }
 

@@ -189,3 +189,57 @@ fn dirty_ranges_stay_bounded_and_say_when_they_gave_up() {
     d.note(0, 1);
     assert_eq!(d.take(), Dirty::TooMany);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Whatever the journal area holds (garbage, valid batches, batches with single bytes
+    /// flipped), replay neither panics nor errs, applies a prefix of the valid batches, and
+    /// writes only inside the origin.
+    #[test]
+    fn replay_of_any_journal_bytes_is_safe(
+        garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..(16 * BLOCK_SIZE)),
+        batches in proptest::collection::vec((0u64..(1 << 20) - 9000, 1u64..9000, 1u8..255), 0..5),
+        flip in proptest::option::of((0usize..(24 * BLOCK_SIZE), 0u8..8)),
+    ) {
+        let sb = journal_sb(24);
+        let dev = MemDev::new(sb.store_blocks * BLOCK_SIZE as u64);
+        dev.write_at(&garbage, sb.journal_start * BLOCK_SIZE as u64).unwrap();
+        let mut pos = 0;
+        let mut written = 0;
+        for (i, &(offset, len, fill)) in batches.iter().enumerate() {
+            let blocks = 1 + len.div_ceil(BLOCK_SIZE as u64);
+            if pos + blocks > sb.journal_blocks {
+                break;
+            }
+            pos += put_batch(&dev, &sb, pos, i as u64, &[(offset, len)], fill);
+            written += 1;
+        }
+        if let Some((at, bit)) = flip {
+            let at = sb.journal_start * BLOCK_SIZE as u64 + at as u64;
+            let mut b = [0u8; 1];
+            dev.read_at(&mut b, at).unwrap();
+            dev.write_at(&[b[0] ^ (1 << bit)], at).unwrap();
+        }
+        let origin = MemDev::new(1 << 20);
+        let found = replay(&origin, &dev, &sb).expect("replay never errs on a readable journal");
+        proptest::prop_assert!(found.batches <= written);
+        if flip.is_none() {
+            proptest::prop_assert_eq!(found.batches, written);
+        }
+        for (offset, len, fill) in batches.iter().take(found.batches as usize) {
+            let mut b = vec![0u8; *len as usize];
+            origin.read_at(&mut b, *offset).unwrap();
+            // A later replayed batch may have overwritten part of an earlier one.
+            let later_overlaps = batches
+                .iter()
+                .take(found.batches as usize)
+                .skip_while(|x| x != &&(*offset, *len, *fill))
+                .skip(1)
+                .any(|(o, l, _)| o < &(offset + len) && offset < &(o + l));
+            if !later_overlaps {
+                proptest::prop_assert!(b.iter().all(|x| x == fill));
+            }
+        }
+    }
+}
