@@ -14,10 +14,21 @@ pub fn agent_bin() -> PathBuf {
 
 /// A free loopback port (racy by nature, but the agent fails loudly if it is taken).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    // The kernel may hand the same port to two bind(0) calls once the first is closed, and
+    // this process runs tests in parallel: never give out a port twice (CI once saw one
+    // agent's gRPC port be another's NBD port).
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Whether a client tool is installed; tests print why they skip when it is not.
