@@ -49,4 +49,4 @@ pub(crate) fn put_u64(b: &mut [u8], at: usize, v: u64) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -4,7 +4,7 @@ use super::snapshot_record::{SnapshotRecord, SnapshotState};
 use super::superblock::{FullPolicy, Superblock, SuperblockFault};
 use super::*;
 
-fn sample_sb() -> Superblock {
+pub(crate) fn sample_sb() -> Superblock {
     Superblock {
         generation: 7,
         volume_uuid: [3; 16],

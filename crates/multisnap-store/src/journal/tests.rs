@@ -1,6 +1,5 @@
 use super::*;
 use crate::blockdev::MemDev;
-use crate::format::superblock::FullPolicy;
 
 #[test]
 fn merge_sorts_and_joins_overlapping_and_touching_ranges() {
@@ -31,34 +30,19 @@ fn batch_blocks_refuses_what_one_batch_cannot_hold() {
     assert!(batch_blocks(&many[1..]).is_some());
 }
 
+/// A superblock with a journal of `blocks` right after a one-block bitmap pair, for a 1 MiB
+/// origin.
 fn journal_sb(blocks: u64) -> Superblock {
-    Superblock {
-        generation: 2,
-        volume_uuid: [1; 16],
-        chunk_size: 4096,
-        origin_size: 1 << 20,
-        store_blocks: 4 + blocks,
-        bitmap_start: 2,
-        bitmap_blocks: 1,
-        bitmap_copy: 0,
-        full_policy: FullPolicy::Error,
-        exception_root: 0,
-        snapshot_root: 0,
-        next_snapshot_id: 1,
-        exception_count: 0,
-        used_blocks: 0,
-        copies_total: 0,
-        created_at_ns: 0,
-        private_root: 0,
-        invalidated_total: 0,
-        replica_source: [0; 16],
-        receive: None,
-        volume_name: "v".into(),
-        origin_path: String::new(),
-        journal_start: 4,
-        journal_blocks: blocks,
-        journal_epoch: 7,
-    }
+    let mut sb = crate::format::tests::sample_sb();
+    sb.chunk_size = 4096;
+    sb.origin_size = 1 << 20;
+    sb.store_blocks = 4 + blocks;
+    sb.bitmap_start = 2;
+    sb.bitmap_blocks = 1;
+    sb.journal_start = 4;
+    sb.journal_blocks = blocks;
+    sb.journal_epoch = 7;
+    sb
 }
 
 /// Writes a batch of `ranges` filled with `fill` at journal block `pos`; returns its blocks.
