@@ -245,6 +245,8 @@ const FAMILIES: &[(&str, &str, &str)] = &[
     ("multisnap_journal_batches", "counter", "-"),
     ("multisnap_journal_written_bytes", "counter", "bytes"),
     ("multisnap_journal_discards", "counter", "-"),
+    ("multisnap_journal_retired_epochs", "counter", "-"),
+    ("multisnap_journal_waits", "counter", "-"),
     ("multisnap_reclaim_pending_snapshots", "gauge", "-"),
     ("multisnap_reclaimed_chunks", "counter", "-"),
     ("multisnap_nbd_requests", "counter", "-"),
@@ -342,6 +344,7 @@ fn exposition_parses_with_the_official_python_client() {
         f64::from(16u32 << 20)
     );
     assert_eq!(om.default_volume("multisnap_journal_discards_total"), 0.0);
+    assert_eq!(om.default_volume("multisnap_journal_waits_total"), 0.0);
     assert!(
         om.default_volume("multisnap_cache_misses_total")
             + om.default_volume("multisnap_cache_hits_total")

@@ -10,13 +10,17 @@
 //! Invariants:
 //! - Every origin write is noted in [`DirtyRanges`] before it is acknowledged, and a flush
 //!   either journals every noted range with its current contents or syncs the origin.
-//! - A batch is one write, followed by a flush of the store device before the volume flush
-//!   returns; batches of one epoch are numbered and laid end to end, and replay stops at the
-//!   first one that is missing, torn or stale, so what it applies is a durable prefix.
-//! - The superblock's `journal_epoch` moves on (emptying the journal) only in a commit made
-//!   after an `fdatasync` of the origin that followed every write the journal holds.
+//! - The journal has two halves; epoch `e` writes half `e % 2`. A batch is one write,
+//!   followed by a flush of the store device before the volume flush returns; batches of one
+//!   epoch are numbered and laid end to end, and replay stops at the first one that is
+//!   missing, torn or stale, so what it applies of each epoch is a durable prefix.
+//! - At most two epochs are live: the superblock's `journal_epoch` and the one after it.
+//!   Replay applies the older first.
+//! - `journal_epoch` moves past an epoch only in a commit made after an `fdatasync` of the
+//!   origin that followed every write that epoch holds (a filled half is synced in the
+//!   background while flushes go on into the other half).
 //! - Replay runs on open, before anything reads the origin, and ends by syncing the origin
-//!   and moving the epoch on; replaying twice is harmless (it writes the same bytes).
+//!   and moving past both epochs; replaying twice is harmless (it writes the same bytes).
 
 use crate::blockdev::BlockDev;
 use crate::error::{Result, StoreError};
@@ -137,12 +141,34 @@ pub fn merge(v: &mut Vec<(u64, u64)>) {
     *v = out;
 }
 
-/// Where the next batch goes.
+/// Where the next batch goes: epoch `epoch` writes the half `epoch % 2` of the journal.
 #[derive(Debug, Default)]
 pub struct JournalCursor {
-    /// Blocks used in the current epoch.
+    pub epoch: u64,
+    /// Blocks of the half used in this epoch.
     pub next_block: u64,
     pub sequence: u64,
+}
+
+impl JournalCursor {
+    /// The start of `epoch`'s half, nothing written yet.
+    pub fn at(epoch: u64) -> JournalCursor {
+        JournalCursor {
+            epoch,
+            next_block: 0,
+            sequence: 0,
+        }
+    }
+}
+
+/// Blocks of each of the journal's two halves.
+pub fn half_blocks(journal_blocks: u64) -> u64 {
+    journal_blocks / 2
+}
+
+/// First block (in the store) of the half that epoch `epoch` writes.
+pub fn half_start(journal_start: u64, journal_blocks: u64, epoch: u64) -> u64 {
+    journal_start + (epoch % 2) * half_blocks(journal_blocks)
 }
 
 /// A batch ready to be written: header block, then the entries' data, padded.
@@ -207,37 +233,50 @@ pub struct JournalContents {
     pub bytes: u64,
 }
 
-/// Walks the batches of `sb`'s epoch in order, handing each to `visit` with its data (the
-/// entries' bytes back to back); stops at the first that is missing, torn or stale.
+/// Walks the batches the journal may still need, oldest first: epoch `journal_epoch` in its
+/// half, then epoch `journal_epoch + 1` in the other; within each, batches 0, 1, 2 ... until
+/// one is missing, torn or stale. Hands each to `visit` with its data (the entries' bytes back
+/// to back).
 pub fn scan(
     dev: &dyn BlockDev,
     sb: &Superblock,
     mut visit: impl FnMut(&BatchHeader, &[u8]) -> Result<()>,
 ) -> Result<JournalContents> {
     let mut found = JournalContents::default();
+    for epoch in [sb.journal_epoch, sb.journal_epoch + 1] {
+        scan_epoch(dev, sb, epoch, &mut found, &mut visit)?;
+    }
+    Ok(found)
+}
+
+fn scan_epoch(
+    dev: &dyn BlockDev,
+    sb: &Superblock,
+    epoch: u64,
+    found: &mut JournalContents,
+    visit: &mut impl FnMut(&BatchHeader, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let half = half_blocks(sb.journal_blocks);
+    let start = half_start(sb.journal_start, sb.journal_blocks, epoch);
     let mut pos = 0u64;
+    let mut sequence = 0u64;
     let mut header_block = vec![0u8; BLOCK_SIZE];
     let mut data = Vec::new();
-    while pos < sb.journal_blocks {
-        let at = (sb.journal_start + pos) * BLOCK_SIZE as u64;
+    while pos < half {
+        let at = (start + pos) * BLOCK_SIZE as u64;
         dev.read_at(&mut header_block, at)
             .map_err(|e| StoreError::io("store", at, BLOCK_SIZE, e))?;
-        let header = match BatchHeader::unpack(
-            &header_block,
-            sb.journal_epoch,
-            found.batches,
-            sb.origin_size,
-        ) {
+        let header = match BatchHeader::unpack(&header_block, epoch, sequence, sb.origin_size) {
             Ok(h) => h,
             Err(BatchFault::Corrupt(why)) => {
-                tracing::warn!(volume = %sb.volume_name, batch = found.batches, reason = %why, "journal ends at a checksummed but malformed batch");
+                tracing::warn!(volume = %sb.volume_name, epoch, batch = sequence, reason = %why, "journal ends at a checksummed but malformed batch");
                 break;
             }
             Err(_) => break,
         };
         let blocks = header.data_blocks();
-        if pos + 1 + blocks > sb.journal_blocks {
-            tracing::warn!(volume = %sb.volume_name, batch = found.batches, "journal batch runs past the journal's end; ignoring it");
+        if pos + 1 + blocks > half {
+            tracing::warn!(volume = %sb.volume_name, epoch, batch = sequence, "journal batch runs past its half's end; ignoring it");
             break;
         }
         let len = header.data_len() as usize;
@@ -252,8 +291,9 @@ pub fn scan(
         found.batches += 1;
         found.bytes += len as u64;
         pos += 1 + blocks;
+        sequence += 1;
     }
-    Ok(found)
+    Ok(())
 }
 
 /// Writes every batch the journal holds into the origin, in order. The caller syncs the

@@ -144,9 +144,14 @@ pub struct StoreStats {
     /// Journal batches written since open, and the origin bytes they carried.
     pub journal_batches_total: u64,
     pub journal_written_bytes_total: u64,
-    /// Times since open the journal was emptied after an origin sync (it was full, or a flush
-    /// was too big for one batch).
+    /// Times since open the journal was emptied by a flush that synced the origin itself (one
+    /// too big for a batch, or a clean stop).
     pub journal_discards_total: u64,
+    /// Journal epochs retired after the background origin sync that follows a filled half.
+    pub journal_retired_total: u64,
+    /// Times a filled half found the other still waiting for its origin sync, so the flush
+    /// waited for it: the journal is too small for the write rate.
+    pub journal_waits_total: u64,
     pub generation: u64,
     /// Snapshots dropped by the invalidate-oldest policy, ever.
     pub invalidated_total: u64,
@@ -211,6 +216,11 @@ pub struct Store {
     journal_batches: AtomicU64,
     journal_bytes: AtomicU64,
     journal_discards: AtomicU64,
+    /// Epochs retired after a background origin sync, and switches of half that had to wait
+    /// for one.
+    journal_retired: AtomicU64,
+    journal_waits: AtomicU64,
+    syncer: origin_sync::OriginSyncer,
     reclaim_wanted: Mutex<bool>,
     reclaim_wake: Condvar,
     /// Serializes the steps of a delta apply (see `receive`).
@@ -440,7 +450,8 @@ impl Store {
             device: "origin",
             source,
         })?;
-        meta.journal_epoch += 1;
+        // Past both epochs replay read, into a fresh one.
+        meta.journal_epoch += 2;
         meta.dirty = true;
         meta.commit()
     }
@@ -481,6 +492,8 @@ impl Store {
             origin_path: meta.sb.origin_path.clone(),
             journal_start: meta.sb.journal_start,
             journal_blocks: meta.sb.journal_blocks,
+            journal: Mutex::new(JournalCursor::at(meta.journal_epoch)),
+            syncer: origin_sync::OriginSyncer::start(origin.clone(), meta.sb.journal_blocks > 0),
             origin,
             dev,
             meta: RwLock::new(meta),
@@ -491,10 +504,11 @@ impl Store {
             private_data_unflushed: AtomicBool::new(false),
             flush_latency: Mutex::new(LatencyHistogram::default()),
             dirty_origin: DirtyRanges::default(),
-            journal: Mutex::new(JournalCursor::default()),
             journal_batches: AtomicU64::new(0),
             journal_bytes: AtomicU64::new(0),
             journal_discards: AtomicU64::new(0),
+            journal_retired: AtomicU64::new(0),
+            journal_waits: AtomicU64::new(0),
             reclaim_wanted: Mutex::new(true),
             reclaim_wake: Condvar::new(),
             receive_lock: Mutex::new(()),
@@ -1287,6 +1301,8 @@ impl Store {
             journal_batches_total: self.journal_batches.load(Ordering::Relaxed),
             journal_written_bytes_total: self.journal_bytes.load(Ordering::Relaxed),
             journal_discards_total: self.journal_discards.load(Ordering::Relaxed),
+            journal_retired_total: self.journal_retired.load(Ordering::Relaxed),
+            journal_waits_total: self.journal_waits.load(Ordering::Relaxed),
             generation: m.sb.generation,
             invalidated_total: m.invalidated_total,
             chunks_reclaimed_total: m.chunks_reclaimed,
@@ -1304,13 +1320,15 @@ impl Drop for Store {
     fn drop(&mut self) {
         // Best effort: a clean shutdown should have called flush(); losing the open
         // transaction here is what a power cut would do, which the format survives.
-        let journal_used = self.journal.get_mut().next_block > 0;
+        self.syncer.stop();
+        let cursor = self.journal.get_mut();
         let m = self.meta.get_mut();
+        let journal_used = cursor.next_block > 0 || m.journal_epoch < cursor.epoch;
         if (m.dirty || journal_used) && m.poisoned.is_none() {
             // An emptied journal leaves the origin complete on its own, readable without
             // multisnap; it may be emptied only once the origin sync succeeded.
             if self.origin.flush().is_ok() && journal_used {
-                m.journal_epoch += 1;
+                m.journal_epoch = cursor.epoch + 1;
                 m.dirty = true;
             }
             if let Err(e) = m.commit() {

@@ -45,7 +45,8 @@ fn journal_sb(blocks: u64) -> Superblock {
     sb
 }
 
-/// Writes a batch of `ranges` filled with `fill` at journal block `pos`; returns its blocks.
+/// Writes a batch of `ranges` filled with `fill` at block `pos` of the half `sb`'s epoch
+/// writes; returns its blocks.
 fn put_batch(
     dev: &MemDev,
     sb: &Superblock,
@@ -61,7 +62,8 @@ fn put_batch(
         at += len;
     }
     image.seal(sb.journal_epoch, sequence, ranges);
-    dev.write_at(&image.bytes, (sb.journal_start + pos) * BLOCK_SIZE as u64)
+    let first = half_start(sb.journal_start, sb.journal_blocks, sb.journal_epoch);
+    dev.write_at(&image.bytes, (first + pos) * BLOCK_SIZE as u64)
         .unwrap();
     image.blocks()
 }
@@ -79,9 +81,10 @@ fn replay_applies_batches_in_order_and_stops_at_a_stale_one() {
     let origin = MemDev::new(1 << 20);
     let mut pos = put_batch(&dev, &sb, 0, 0, &[(0, 4096), (10_000, 100)], 0xA1);
     pos += put_batch(&dev, &sb, pos, 1, &[(2048, 4096)], 0xB2);
-    // A batch from the epoch before, where the next one would go: the journal ends there.
+    // A batch of an older epoch that wrote this half, where the next one would go: the
+    // journal ends there.
     let mut old = sb.clone();
-    old.journal_epoch -= 1;
+    old.journal_epoch -= 2;
     put_batch(&dev, &old, pos, 2, &[(500_000, 4096)], 0xC3);
 
     let found = replay(&origin, &dev, &sb).unwrap();
@@ -111,7 +114,8 @@ fn replay_stops_at_a_torn_batch_and_at_one_out_of_sequence() {
     put_batch(&dev, &sb, pos + second, 2, &[(131072, 4096)], 0x33);
     // Tear the second batch's data: its flush never returned, so neither it nor anything
     // after it is replayed.
-    let torn_at = (sb.journal_start + pos + 2) * BLOCK_SIZE as u64;
+    let first = half_start(sb.journal_start, sb.journal_blocks, sb.journal_epoch);
+    let torn_at = (first + pos + 2) * BLOCK_SIZE as u64;
     dev.write_at(&[0x99; 512], torn_at).unwrap();
     let origin = MemDev::new(1 << 20);
     let found = replay(&origin, &dev, &sb).unwrap();
@@ -135,7 +139,7 @@ fn a_checksummed_batch_pointing_outside_the_origin_is_not_applied() {
     put_batch(&dev, &sb, 0, 0, &[(sb.origin_size - 100, 4096)], 0x44);
     let origin = MemDev::new(1 << 20);
     assert_eq!(replay(&origin, &dev, &sb).unwrap().batches, 0);
-    // And one running past the journal's end.
+    // And one running past its half's end.
     let small = journal_sb(2);
     let dev = MemDev::new(small.store_blocks * BLOCK_SIZE as u64 + (1 << 16));
     put_batch(&dev, &small, 0, 0, &[(0, 8192)], 0x55);
@@ -193,7 +197,7 @@ proptest::proptest! {
         let mut written = 0;
         for (i, &(offset, len, fill)) in batches.iter().enumerate() {
             let blocks = 1 + len.div_ceil(BLOCK_SIZE as u64);
-            if pos + blocks > sb.journal_blocks {
+            if pos + blocks > half_blocks(sb.journal_blocks) {
                 break;
             }
             pos += put_batch(&dev, &sb, pos, i as u64, &[(offset, len)], fill);
@@ -226,4 +230,37 @@ proptest::proptest! {
             }
         }
     }
+}
+
+#[test]
+fn replay_takes_the_older_epoch_then_the_newer_one_and_nothing_else() {
+    let sb = journal_sb(32);
+    let dev = MemDev::new(sb.store_blocks * BLOCK_SIZE as u64);
+    // Epoch 7 (the oldest live one, half 1): two batches.
+    let pos = put_batch(&dev, &sb, 0, 0, &[(0, 4096)], 0x07);
+    put_batch(&dev, &sb, pos, 1, &[(8192, 4096)], 0x17);
+    // Epoch 8 (half 0): newer data over the first range.
+    let mut next = sb.clone();
+    next.journal_epoch = 8;
+    put_batch(&dev, &next, 0, 0, &[(0, 2048), (65536, 100)], 0x08);
+    // Epoch 9 would be half 1 again; a batch of it can only be stale here (written before
+    // epoch 7's): never replayed.
+    let origin = MemDev::new(1 << 20);
+    let found = replay(&origin, &dev, &sb).unwrap();
+    assert_eq!(found.batches, 3);
+    assert_eq!(
+        origin_bytes(&origin, 0, 2048),
+        vec![0x08; 2048],
+        "the newer epoch wins"
+    );
+    assert_eq!(origin_bytes(&origin, 2048, 2048), vec![0x07; 2048]);
+    assert_eq!(origin_bytes(&origin, 8192, 4096), vec![0x17; 4096]);
+    assert_eq!(origin_bytes(&origin, 65536, 100), vec![0x08; 100]);
+    // Once epoch 7 is retired (journal_epoch 8), only epoch 8 is replayed, and epoch 7's
+    // batches in half 1 are stale for epoch 9.
+    let mut retired = sb.clone();
+    retired.journal_epoch = 8;
+    let origin = MemDev::new(1 << 20);
+    assert_eq!(replay(&origin, &dev, &retired).unwrap().batches, 1);
+    assert_eq!(origin_bytes(&origin, 8192, 4096), vec![0; 4096]);
 }

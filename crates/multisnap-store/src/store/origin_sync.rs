@@ -1,9 +1,121 @@
 //! Making origin writes durable: each flush writes the origin ranges written since the last
 //! one as a journal batch, or syncs the origin when they do not fit one (see
 //! [`crate::journal`] for the rules both ways keep).
+//!
+//! The journal has two halves. When the one in use is full, flushes go on into the other
+//! while a background thread syncs the origin; once that sync is done, the next flush commits
+//! the older epoch away. A flush waits for that sync only if the new half fills before it ends.
 
 use super::*;
-use crate::journal::{batch_blocks, BatchImage, Dirty, JournalCursor};
+use crate::journal::{batch_blocks, half_blocks, half_start, BatchImage, Dirty, JournalCursor};
+use std::thread::JoinHandle;
+
+/// The background thread that syncs the origin after a half of the journal filled.
+pub(super) struct OriginSyncer {
+    state: Arc<(Mutex<SyncState>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// The epoch whose writes the next sync must cover.
+    requested: Option<u64>,
+    running: bool,
+    /// The last sync that ended: which epoch it covered, and whether it worked.
+    done: Option<(u64, std::result::Result<(), String>)>,
+    stop: bool,
+}
+
+impl OriginSyncer {
+    /// No thread for a store without a journal.
+    pub(super) fn start(origin: Arc<dyn BlockDev>, journal: bool) -> OriginSyncer {
+        let state: Arc<(Mutex<SyncState>, Condvar)> = Arc::default();
+        let thread = journal.then(|| {
+            let st = state.clone();
+            std::thread::Builder::new()
+                .name("origin-sync".into())
+                .spawn(move || sync_loop(&*origin, &st))
+                .expect("cannot spawn the origin sync thread")
+        });
+        OriginSyncer { state, thread }
+    }
+
+    fn request(&self, epoch: u64) {
+        let (m, cv) = &*self.state;
+        m.lock().requested = Some(epoch);
+        cv.notify_all();
+    }
+
+    /// Forgets a requested sync (the caller synced the origin itself).
+    fn cancel(&self) {
+        self.state.0.lock().requested = None;
+    }
+
+    /// The newest epoch a finished sync covered, if one finished since the last call.
+    fn take_synced(&self) -> Option<u64> {
+        let mut s = self.state.0.lock();
+        match s.done {
+            Some((e, Ok(()))) => {
+                s.done = None;
+                Some(e)
+            }
+            _ => None,
+        }
+    }
+
+    /// Waits for the sync covering `epoch`; `false` if it failed or none is on its way.
+    fn wait_for(&self, epoch: u64) -> bool {
+        let (m, cv) = &*self.state;
+        let mut s = m.lock();
+        loop {
+            match &s.done {
+                Some((e, r)) if *e >= epoch => {
+                    let ok = r.is_ok();
+                    s.done = None;
+                    return ok;
+                }
+                _ => {}
+            }
+            if s.requested.is_none() && !s.running {
+                return false;
+            }
+            cv.wait(&mut s);
+        }
+    }
+
+    pub(super) fn stop(&mut self) {
+        let (m, cv) = &*self.state;
+        m.lock().stop = true;
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn sync_loop(origin: &dyn BlockDev, state: &(Mutex<SyncState>, Condvar)) {
+    let (m, cv) = state;
+    let mut s = m.lock();
+    loop {
+        if s.stop {
+            return;
+        }
+        let Some(epoch) = s.requested.take() else {
+            cv.wait(&mut s);
+            continue;
+        };
+        s.running = true;
+        drop(s);
+        let result = origin.flush().map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::warn!(epoch, error = %e, "background origin sync failed; the next flush syncs it itself");
+        }
+        s = m.lock();
+        s.running = false;
+        s.done = Some((epoch, result));
+        cv.notify_all();
+    }
+}
 
 impl Store {
     /// Writes `data` to the origin in place and notes the range for the next flush. Every
@@ -45,34 +157,83 @@ impl Store {
         result
     }
 
-    /// Journals `ranges` when they fit one batch in the space left, else syncs the origin
-    /// (which also covers whatever the journal holds, so it is emptied).
+    /// Journals `ranges` when they fit one batch, else syncs the origin (which also covers
+    /// whatever the journal holds, so it is emptied).
     fn make_durable(
         &self,
         cursor: &mut JournalCursor,
         ranges: Option<&[(u64, u64)]>,
     ) -> Result<()> {
+        if let Some(epoch) = self.syncer.take_synced() {
+            self.retire_epochs_before(epoch + 1)?;
+        }
+        let half = half_blocks(self.journal_blocks);
         if let Some(ranges) = ranges {
-            let fits =
-                batch_blocks(ranges).is_some_and(|b| cursor.next_block + b <= self.journal_blocks);
-            if fits {
-                let image = self.capture(ranges, cursor.sequence)?;
+            if let Some(blocks) = batch_blocks(ranges).filter(|b| *b <= half) {
+                if cursor.next_block + blocks > half {
+                    self.switch_half(cursor)?;
+                }
+                let image = self.capture(ranges, cursor)?;
                 return self.append_batch(cursor, &image);
             }
         }
-        self.origin.flush().map_err(|source| StoreError::Flush {
-            device: "origin",
-            source,
-        })?;
-        if cursor.next_block > 0 {
+        self.sync_origin_device()?;
+        if cursor.next_block > 0 || self.meta.read().journal_epoch < cursor.epoch {
             self.discard_journal(cursor)?;
         }
         Ok(())
     }
 
+    fn sync_origin_device(&self) -> Result<()> {
+        self.origin.flush().map_err(|source| StoreError::Flush {
+            device: "origin",
+            source,
+        })
+    }
+
+    /// Moves to the other half, in a new epoch, and has the origin synced in the background
+    /// so the epoch just closed can be retired. The other half must be free: if the previous
+    /// background sync has not been committed yet, this waits for it (or syncs itself).
+    fn switch_half(&self, cursor: &mut JournalCursor) -> Result<()> {
+        if self.meta.read().journal_epoch < cursor.epoch {
+            let waited = Instant::now();
+            if !self.syncer.wait_for(cursor.epoch - 1) {
+                self.sync_origin_device()?;
+            }
+            self.retire_epochs_before(cursor.epoch)?;
+            self.journal_waits.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                waited_ms = waited.elapsed().as_millis() as u64,
+                "a journal half filled before the origin sync of the other ended"
+            );
+        }
+        let closed = cursor.epoch;
+        *cursor = JournalCursor::at(closed + 1);
+        self.syncer.request(closed);
+        Ok(())
+    }
+
+    /// Commits `epoch` as the oldest the journal needs: the origin has been synced after every
+    /// write of the epochs before it.
+    fn retire_epochs_before(&self, epoch: u64) -> Result<()> {
+        let generation = {
+            let mut m = self.meta.write();
+            if m.journal_epoch >= epoch {
+                return Ok(());
+            }
+            m.check_usable()?;
+            m.journal_epoch = epoch;
+            m.dirty = true;
+            m.pager.generation
+        };
+        self.commit_wait(generation)?;
+        self.journal_retired.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// The batch holding the ranges' current contents. Each range is read under its chunks'
     /// stripes, so it holds whole writes, never half of one still being written.
-    fn capture(&self, ranges: &[(u64, u64)], sequence: u64) -> Result<BatchImage> {
+    fn capture(&self, ranges: &[(u64, u64)], cursor: &JournalCursor) -> Result<BatchImage> {
         let mut image = BatchImage::for_ranges(ranges);
         let mut at = 0;
         for &(offset, len) in ranges {
@@ -82,13 +243,13 @@ impl Store {
                 .map_err(|e| StoreError::io("origin", offset, len as usize, e))?;
             at += len;
         }
-        let epoch = self.meta.read().journal_epoch;
-        image.seal(epoch, sequence, ranges);
+        image.seal(cursor.epoch, cursor.sequence, ranges);
         Ok(image)
     }
 
     fn append_batch(&self, cursor: &mut JournalCursor, image: &BatchImage) -> Result<()> {
-        let at = (self.journal_start + cursor.next_block) * BLOCK_SIZE as u64;
+        let first = half_start(self.journal_start, self.journal_blocks, cursor.epoch);
+        let at = (first + cursor.next_block) * BLOCK_SIZE as u64;
         self.dev
             .write_at(&image.bytes, at)
             .map_err(|e| StoreError::io("store", at, image.bytes.len(), e))?;
@@ -106,15 +267,10 @@ impl Store {
 
     /// Empties the journal: the caller has synced the origin after every write it holds.
     fn discard_journal(&self, cursor: &mut JournalCursor) -> Result<()> {
-        let generation = {
-            let mut m = self.meta.write();
-            m.check_usable()?;
-            m.journal_epoch += 1;
-            m.dirty = true;
-            m.pager.generation
-        };
-        self.commit_wait(generation)?;
-        *cursor = JournalCursor::default();
+        self.syncer.cancel();
+        let fresh = cursor.epoch + 1;
+        self.retire_epochs_before(fresh)?;
+        *cursor = JournalCursor::at(fresh);
         self.journal_discards.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
