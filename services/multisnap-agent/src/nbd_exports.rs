@@ -35,7 +35,14 @@ pub struct FlushGate {
     /// `returned` as read just before the latest successful flush started: every write
     /// counted there is durable. Held for the whole flush, so flushes queue behind it and
     /// most of them find their writes already covered.
-    durable: parking_lot::Mutex<u64>,
+    ///
+    /// A `std` mutex, not `parking_lot`'s: the lock is held for a whole flush (~0.4 ms), and
+    /// parking_lot's waiters call `sched_yield` up to seven times before they sleep. With a
+    /// burst of flushes on 2 CPUs that was ~one `sched_yield` per write, taking CPU from the
+    /// threads doing the writes (`perf record -e syscalls:sys_enter_sched_yield`, docs/
+    /// BENCHMARKS.md §5, session 9). `std`'s futex mutex spins briefly without yielding, then
+    /// sleeps.
+    durable: std::sync::Mutex<u64>,
 }
 
 impl FlushGate {
@@ -45,7 +52,9 @@ impl FlushGate {
 
     pub fn flush<E>(&self, flush: impl FnOnce() -> Result<(), E>) -> Result<(), E> {
         let needed = self.returned.load(Ordering::SeqCst);
-        let mut durable = self.durable.lock();
+        // Poisoned only if a flush panicked; the count it guards was not changed by it (it is
+        // set after a flush succeeds), so it is still right.
+        let mut durable = self.durable.lock().unwrap_or_else(|e| e.into_inner());
         if *durable >= needed {
             return Ok(());
         }
