@@ -638,8 +638,9 @@ def report(ctx, results, targets, meta):
                     r = med(paired)
                     how = (f"median of {len(paired)} per-repetition ratios, {min(paired):.2f}–{max(paired):.2f}, "
                            if len(paired) > 1 else "")
-                    detail = (f" ({how}÷ a volume without snapshots overwritten alongside; "
-                              f"÷ the N=0 target's median {fnum(of_medians, 2)}×)")
+                    beside = ("" if of_medians is None
+                              else f"; ÷ the N=0 target's median {fnum(of_medians, 2)}×")
+                    detail = f" ({how}÷ a volume without snapshots overwritten alongside{beside})"
                 elif of_medians is not None:
                     r, detail = of_medians, ""
                 else:
