@@ -381,4 +381,39 @@ mod tests {
         .unwrap();
         assert!(flushed.get());
     }
+
+    /// Threads writing and flushing at once, as NBD workers do: every flush returns only after
+    /// a flush that started once its caller's write had returned (the "disk" records, at the
+    /// start of each flush, how many writes had returned by then).
+    #[test]
+    fn flush_gate_covers_each_callers_writes_under_contention() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let gate = FlushGate::default();
+        let returned = AtomicU64::new(0);
+        let durable = AtomicU64::new(0);
+        let flushes = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..500 {
+                        let mine = returned.fetch_add(1, Ordering::SeqCst) + 1;
+                        gate.wrote();
+                        gate.flush(|| -> Result<(), ()> {
+                            let covered = returned.load(Ordering::SeqCst);
+                            flushes.fetch_add(1, Ordering::SeqCst);
+                            std::thread::yield_now();
+                            durable.fetch_max(covered, Ordering::SeqCst);
+                            Ok(())
+                        })
+                        .unwrap();
+                        assert!(
+                            durable.load(Ordering::SeqCst) >= mine,
+                            "a flush returned before write {mine} was durable"
+                        );
+                    }
+                });
+            }
+        });
+        assert!(flushes.load(Ordering::SeqCst) >= 1);
+    }
 }
