@@ -170,6 +170,10 @@ class Target:
         """Runs fn() while the newest snapshot is being served."""
         return fn()
 
+    def has_reference(self):
+        """Whether a volume without snapshots is served beside this one (multisnap only)."""
+        return False
+
     def cleanup(self):
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -225,6 +229,7 @@ class MultisnapTarget(Target):
 
     def __init__(self, ctx, snaps, chunk):
         self.snaps, self.chunk = snaps, chunk
+        self.ref_server = None
         super().__init__(ctx)
 
     def label(self):
@@ -284,7 +289,7 @@ class MultisnapTarget(Target):
 
     def stop(self):
         super().stop()
-        if getattr(self, "ref_server", None):
+        if self.ref_server:
             self.ref_server.stop()
             self.ref_server = None
 
@@ -390,6 +395,18 @@ def fio(ctx, target, view, name, job_args, direction):
     }
 
 
+def abba(rep, first, second, run_one):
+    """Runs `run_one(view, i)` for the two views in A B B A order (which goes first alternates
+    between repetitions); returns {view: [its two results]}. This machine's speed drifts by
+    tens of percent over seconds, and A B B A cancels a drift that is linear over the four
+    runs."""
+    a, b = (first, second) if rep % 2 == 0 else (second, first)
+    halves = {first: [], second: []}
+    for i, view in enumerate((a, b, b, a)):
+        halves[view].append(run_one(view, i))
+    return halves
+
+
 def combine_runs(runs):
     """One figure from runs of the same job: IOPS and MiB/s over their summed runtime, the
     worst p99."""
@@ -419,51 +436,52 @@ def run_target(ctx, target, rep):
         # 4 KiB writes, one in each 64 KiB block of the region: each is the first write to its
         # chunk/cluster since the snapshots. Then the very same writes again (no copies now).
         done = {}
-        paired = getattr(target, "has_reference", lambda: False)()
+        paired = target.has_reference()
         for phase in ("first", "over"):
             for variant in ("rand", "rand+fsync32"):
                 start, length = regs[variant]
                 sync = variant.endswith("fsync32")
-                extra = [f"--fsync={SYNC_EVERY}"] if sync else []
-                if phase == "first":
-                    extra += [f"--size={length}", f"--runtime={ctx.runtime}"]
-                else:
-                    # Exactly the blocks the first pass reached (it may stop at the runtime
-                    # cap), pass after pass for a fixed time: one pass takes well under a
-                    # second at these rates, too short to measure anything but start-up.
-                    extra += [f"--size={done[variant] * COW_GRAIN}", "--time_based",
-                              f"--runtime={ctx.over_runtime}"]
                 name = f"4k-write-{phase}" + ("+fsync32" if sync else "")
-                job_args = [f"--rw=write:{COW_GRAIN - 4 * KiB}", "--bs=4k", f"--offset={start}", *extra]
+                base_args = [f"--rw=write:{COW_GRAIN - 4 * KiB}", "--bs=4k", f"--offset={start}"]
+                if sync:
+                    base_args.append(f"--fsync={SYNC_EVERY}")
                 if phase == "first":
                     os.sync()
-                    r = fio(ctx, target, "origin", name, job_args, "write")
+                    r = fio(ctx, target, "origin", name,
+                            [*base_args, f"--size={length}", f"--runtime={ctx.runtime}"], "write")
                     res[name] = r
                     done.setdefault(variant, r["ios"])
                     if paired:
                         # The reference volume gets the same first pass (no copy: it has no
-                        # snapshot), so both overwrite the same blocks, written once before.
+                        # snapshot), over the blocks the measured pass reached, so both then
+                        # overwrite the same blocks, written once before.
                         os.sync()
                         fio(ctx, target, "reference", f"{name}-ref",
-                            [*job_args[:-2], f"--size={done[variant] * COW_GRAIN}",
+                            [*base_args, f"--size={done[variant] * COW_GRAIN}",
                              f"--runtime={ctx.runtime}"], "write")
-                elif not paired:
+                    continue
+                # Exactly the blocks the first pass reached (it may stop at the runtime cap),
+                # pass after pass for a fixed time: one pass takes well under a second at these
+                # rates, too short to measure anything but start-up.
+                job_args = [*base_args, f"--size={done[variant] * COW_GRAIN}", "--time_based",
+                            f"--runtime={ctx.over_runtime}"]
+                if not paired:
                     os.sync()
                     res[name] = fio(ctx, target, "origin", name, job_args, "write")
-                else:
-                    # The overwrite target compares N snapshots with none. Runs of different
-                    # targets minutes apart differ by up to 30% here (the N = 0 figure alone
-                    # moved between 39k and 52k in one run), so the volume with N snapshots
-                    # and one without, served by a second agent, are overwritten in A B B A
-                    # order a few seconds apart, like the read jobs; each figure is its two
-                    # halves summed.
-                    a, b = ("origin", "reference") if rep % 2 == 0 else ("reference", "origin")
-                    halves = {"origin": [], "reference": []}
-                    for i, view in enumerate((a, b, b, a)):
-                        os.sync()
-                        halves[view].append(fio(ctx, target, view, f"{name}-{view}-{i}", job_args, "write"))
-                    res[name] = combine_runs(halves["origin"])
-                    res[name + "-ref"] = combine_runs(halves["reference"])
+                    continue
+                # The overwrite target compares N snapshots with none. Runs of different targets
+                # minutes apart differ by up to 30% here (the N = 0 figure alone moved between
+                # 39k and 52k in one run), so the volume with N snapshots and one without,
+                # served by a second agent, are overwritten A B B A a few seconds apart, like
+                # the read jobs; each figure is its two halves summed.
+
+                def over(view, i, name=name, job_args=job_args):
+                    os.sync()
+                    return fio(ctx, target, view, f"{name}-{view}-{i}", job_args, "write")
+
+                halves = abba(rep, "origin", "reference", over)
+                res[name] = combine_runs(halves["origin"])
+                res[name + "-ref"] = combine_runs(halves["reference"])
         for variant in ("seq", "seq+fsync32"):
             start, length = regs[variant]
             extra = [f"--fsync={SYNC_EVERY}"] if variant.endswith("fsync32") else []
@@ -487,22 +505,21 @@ def run_target(ctx, target, rep):
             warm("origin", "randread-origin")
             res["randread-origin"] = fio(ctx, target, "origin", "randread-origin", read_args, "read")
         else:
-            # The two read jobs in A B B A order (which goes first alternates between
-            # repetitions), each figure the sum of its two halves: this machine's speed drifts
-            # by tens of percent over seconds, and A B B A cancels a drift that is linear over
-            # the four runs. Each run is warmed on the server that serves it (qemu-nbd serves
-            # the snapshot from a server of its own, so its caches start cold each time).
+            # The two read jobs A B B A (see `abba`), each figure the sum of its two halves.
+            # Each run is warmed on the server that serves it (qemu-nbd serves the snapshot
+            # from a server of its own, so its caches start cold each time).
             os.sync()
-            a, b = ("snapshot", "origin") if rep % 2 == 0 else ("origin", "snapshot")
-            halves = {"snapshot": [], "origin": []}
-            for i, view in enumerate((a, b, b, a)):
+
+            def read(view, i):
                 name = "randread-snap" if view == "snapshot" else "randread-origin"
 
-                def job(view=view, name=name, i=i):
+                def job():
                     warm(view, f"{name}-{i}")
                     return fio(ctx, target, view, f"{name}-{i}", read_args, "read")
 
-                halves[view].append(target.with_snapshot_view(job) if view == "snapshot" else job())
+                return target.with_snapshot_view(job) if view == "snapshot" else job()
+
+            halves = abba(rep, "snapshot", "origin", read)
             res["randread-snap"] = combine_runs(halves["snapshot"])
             res["randread-origin"] = combine_runs(halves["origin"])
     finally:
