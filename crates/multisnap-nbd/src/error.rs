@@ -1,7 +1,22 @@
-//! The crate's one error type. Backend failures and protocol violations
-//! share it so that every path ends in a single `errno()` mapping.
+//! The crate's one error type and the error values it becomes on the wire.
+//! Backend failures and protocol violations share it so that every path ends
+//! in a single `errno()` mapping, and `Errno` sits beside it so the mapping
+//! and its codomain are read together.
 
-use crate::proto::Errno;
+/// NBD error values allowed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Errno(pub u32);
+
+impl Errno {
+    pub const EPERM: Errno = Errno(1);
+    pub const EIO: Errno = Errno(5);
+    pub const ENOMEM: Errno = Errno(12);
+    pub const EINVAL: Errno = Errno(22);
+    pub const ENOSPC: Errno = Errno(28);
+    pub const EOVERFLOW: Errno = Errno(75);
+    pub const ENOTSUP: Errno = Errno(95);
+    pub const ESHUTDOWN: Errno = Errno(108);
+}
 
 /// Everything that can go wrong serving NBD, from a bad client byte to a
 /// failed disk read in the backend.

@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 use crate::error::NbdError;
 use crate::export::{Export, ExportInfo, ExportProvider};
 use crate::proto::{self, ContextId, OptionHeader};
-use crate::server::{blocking, ServerConfig};
+use crate::config::ServerConfig;
 
 /// Options bigger than this are refused with NBD_REP_ERR_TOO_BIG rather than
 /// buffered; no legitimate option comes near it.
@@ -518,5 +518,22 @@ pub async fn read_or_eof<R: AsyncRead + Unpin>(
         Ok(_) => Ok(Some(())),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs a provider call of the handshake on the blocking pool (requests of
+/// the transmission phase run on the connection's workers instead). A panic
+/// in the backend becomes an EIO reply instead of taking the connection down.
+async fn blocking<T, F>(op: &'static str, f: F) -> Result<T, NbdError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, NbdError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(NbdError::BackendPanicked {
+            op,
+            reason: e.to_string(),
+        }),
     }
 }

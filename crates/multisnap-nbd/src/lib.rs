@@ -23,6 +23,7 @@
 //! - On shutdown the server stops accepting, finishes in-flight requests,
 //!   sends their replies, and returns.
 
+mod config;
 mod error;
 mod export;
 pub mod handshake;
@@ -34,12 +35,12 @@ pub mod transmission;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use error::NbdError;
+pub use config::ServerConfig;
+pub use error::{Errno, NbdError};
 pub use export::{
     BlockSizes, ContextExtent, Export, ExportInfo, ExportListing, ExportProvider, Extent, Fua,
     ZeroMode,
 };
 pub use observer::{Observer, RequestEvent, RequestKind};
-pub use proto::Errno;
-pub use server::{serve_connection, serve_tcp, serve_unix, ServerConfig};
+pub use server::{serve_connection, serve_tcp, serve_unix};
 pub use tokio_util::sync::CancellationToken;

@@ -1,7 +1,6 @@
 //! Listeners and per-connection driver: accept on TCP or unix sockets, run
 //! the handshake, then the transmission phase, under one shutdown token.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,87 +10,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::config::ServerConfig;
 use crate::error::NbdError;
 use crate::export::ExportProvider;
 use crate::handshake;
-use crate::observer::Observer;
 use crate::transmission;
-
-/// Tunables of a server. `Default` gives values suitable for production.
-#[derive(Clone)]
-pub struct ServerConfig {
-    /// Largest READ/WRITE payload accepted (and advertised as the maximum
-    /// block size); bigger reads get EINVAL, bigger writes close the
-    /// connection. 32 MiB by default, like other NBD servers.
-    pub max_payload: u32,
-    /// Requests accepted at once per connection: queued for a worker,
-    /// running, or waiting for their reply to be written.
-    pub max_in_flight: usize,
-    /// Worker threads per connection that run requests against the export
-    /// (started only when a request would otherwise wait; at most
-    /// `max_in_flight`). A blocked backend call occupies one worker, so this
-    /// is the number of backend calls a connection can have running at once.
-    pub workers_per_connection: usize,
-    /// Payload bytes buffered at once per connection (raised to at least
-    /// `max_payload`).
-    pub max_in_flight_bytes: u32,
-    /// Time a client gets to pick an export; `None` waits forever.
-    pub handshake_timeout: Option<Duration>,
-    /// After shutdown, how long connections get to finish in-flight requests
-    /// before they are cut.
-    pub shutdown_grace: Duration,
-    pub observer: Option<Arc<dyn Observer>>,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            max_payload: 32 * 1024 * 1024,
-            max_in_flight: 64,
-            // As many as requests in flight: a write that pays a copy-on-write waits in the
-            // store's group commit, and a commit covers only the writes waiting at once, so
-            // fewer workers than the client's queue depth shrink every commit (measured: 8
-            // workers halved 4 KiB first writes at iodepth 32, BENCHMARKS.md section 5).
-            // Workers start on demand, so a fast backend never uses more than a few.
-            workers_per_connection: 64,
-            max_in_flight_bytes: 256 * 1024 * 1024,
-            handshake_timeout: Some(Duration::from_secs(60)),
-            shutdown_grace: Duration::from_secs(30),
-            observer: None,
-        }
-    }
-}
-
-impl fmt::Debug for ServerConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerConfig")
-            .field("max_payload", &self.max_payload)
-            .field("max_in_flight", &self.max_in_flight)
-            .field("workers_per_connection", &self.workers_per_connection)
-            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
-            .field("handshake_timeout", &self.handshake_timeout)
-            .field("shutdown_grace", &self.shutdown_grace)
-            .field("observer", &self.observer.is_some())
-            .finish()
-    }
-}
-
-/// Runs a provider call of the handshake on the blocking pool (requests of
-/// the transmission phase run on the connection's workers instead). A panic
-/// in the backend becomes an EIO reply instead of taking the connection down.
-pub(crate) async fn blocking<T, F>(op: &'static str, f: F) -> Result<T, NbdError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, NbdError> + Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) => Err(NbdError::BackendPanicked {
-            op,
-            reason: e.to_string(),
-        }),
-    }
-}
 
 /// Serves one already-accepted connection to completion. Returns `Ok` when
 /// the client left (or shutdown ended the session) and `Err` for protocol

@@ -5,6 +5,9 @@
 //! Numbers come from the NBD protocol specification (doc/proto.md of the
 //! reference implementation).
 
+// Defined beside `NbdError::errno`, its one producer; the reply encoders here
+// take it, so it stays reachable as `proto::Errno` too.
+pub use crate::error::Errno;
 use crate::error::NbdError;
 
 /// "NBDMAGIC", first thing the server sends.
@@ -100,21 +103,6 @@ pub const MAX_STRING_LEN: usize = 4096;
 pub const REQUEST_HEADER_LEN: usize = 28;
 /// Size of an option header (magic, option, length) on the wire.
 pub const OPTION_HEADER_LEN: usize = 16;
-
-/// NBD error values allowed on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Errno(pub u32);
-
-impl Errno {
-    pub const EPERM: Errno = Errno(1);
-    pub const EIO: Errno = Errno(5);
-    pub const ENOMEM: Errno = Errno(12);
-    pub const EINVAL: Errno = Errno(22);
-    pub const ENOSPC: Errno = Errno(28);
-    pub const EOVERFLOW: Errno = Errno(75);
-    pub const ENOTSUP: Errno = Errno(95);
-    pub const ESHUTDOWN: Errno = Errno(108);
-}
 
 /// The opaque 64-bit request tag ("handle"/"cookie") the client picks and
 /// the server echoes back. A newtype so it is never confused with an offset.

@@ -56,7 +56,7 @@ use crate::export::{ContextExtent, Export, Extent, Fua, ZeroMode};
 use crate::handshake::{read_or_eof, MetaContext, Session};
 use crate::observer::{Observer, RequestEvent, RequestKind};
 use crate::proto::{self, ContextId, Errno, Handle, RequestHeader};
-use crate::server::ServerConfig;
+use crate::config::ServerConfig;
 
 mod workers;
 use workers::Pool;
