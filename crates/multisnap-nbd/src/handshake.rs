@@ -7,10 +7,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::config::ServerConfig;
 use crate::error::NbdError;
 use crate::export::{Export, ExportInfo, ExportProvider};
 use crate::proto::{self, ContextId, OptionHeader};
-use crate::config::ServerConfig;
 
 /// Options bigger than this are refused with NBD_REP_ERR_TOO_BIG rather than
 /// buffered; no legitimate option comes near it.
@@ -102,41 +102,11 @@ where
     };
 
     loop {
-        let mut hdr = [0u8; proto::OPTION_HEADER_LEN];
-        if read_or_eof(stream, &mut hdr).await?.is_none() {
-            return Ok(None);
-        }
-        let OptionHeader { option, length } = proto::parse_option_header(&hdr)?;
-        debug!(option, length, "option");
-
-        if length > MAX_OPTION_LEN {
-            let err = NbdError::OptionTooLarge {
-                option,
-                len: length,
-                max: MAX_OPTION_LEN,
-            };
-            if option == proto::OPT_EXPORT_NAME || length > MAX_OPTION_DISCARD {
-                // EXPORT_NAME has no error reply; a huge payload is not
-                // worth reading. Either way the connection ends.
-                if option != proto::OPT_EXPORT_NAME {
-                    reply_err(stream, option, proto::REP_ERR_TOO_BIG, &err.to_string()).await?;
-                }
-                return Err(err);
-            }
-            let mut sink = tokio::io::sink();
-            let skipped =
-                tokio::io::copy(&mut (&mut *stream).take(u64::from(length)), &mut sink).await?;
-            if skipped != u64::from(length) {
-                return Ok(None);
-            }
-            reply_err(stream, option, proto::REP_ERR_TOO_BIG, &err.to_string()).await?;
-            continue;
-        }
-
-        let mut data = vec![0u8; length as usize];
-        if read_or_eof(stream, &mut data).await?.is_none() {
-            return Ok(None);
-        }
+        let (option, data) = match read_option(stream).await? {
+            Incoming::Option { option, data } => (option, data),
+            Incoming::Refused => continue,
+            Incoming::Closed => return Ok(None),
+        };
 
         if shutdown.is_cancelled() && option != proto::OPT_ABORT {
             reply_err(
@@ -151,166 +121,22 @@ where
 
         match option {
             proto::OPT_EXPORT_NAME => {
-                let name = proto::parse_string(&data, "NBD_OPT_EXPORT_NAME name")?;
-                let (name, export) = open_export(provider, &name).await?;
-                let info = export.info();
-                let flags = transmission_flags(&info, st.structured);
-                let mut out = Vec::with_capacity(10 + 124);
-                out.extend_from_slice(&info.size.to_be_bytes());
-                out.extend_from_slice(&flags.to_be_bytes());
-                if !no_zeroes {
-                    out.extend_from_slice(&[0u8; 124]);
-                }
-                stream.write_all(&out).await?;
-                stream.flush().await?;
-                let contexts = take_contexts(&mut st, &name);
-                return Ok(Some(session(name, export, info, &st, contexts, config)));
+                let session = export_name(stream, provider, config, &mut st, no_zeroes, &data);
+                return session.await.map(Some);
             }
             proto::OPT_ABORT => {
                 // The client may already have closed; a failed ACK is fine.
                 let _ = reply_ack(stream, option).await;
                 return Ok(None);
             }
-            proto::OPT_LIST => {
-                if !data.is_empty() {
-                    reply_err(
-                        stream,
-                        option,
-                        proto::REP_ERR_INVALID,
-                        "NBD_OPT_LIST takes no data",
-                    )
-                    .await?;
-                    continue;
-                }
-                let p = provider.clone();
-                match blocking("list exports", move || p.list()).await {
-                    Ok(list) => {
-                        let mut out = Vec::new();
-                        for e in list {
-                            let mut d = Vec::new();
-                            let name = proto::clip_message(&e.name);
-                            d.extend_from_slice(&(name.len() as u32).to_be_bytes());
-                            d.extend_from_slice(name.as_bytes());
-                            if let Some(desc) = &e.description {
-                                d.extend_from_slice(proto::clip_message(desc).as_bytes());
-                            }
-                            out.extend_from_slice(&proto::encode_option_reply(
-                                option,
-                                proto::REP_SERVER,
-                                &d,
-                            ));
-                        }
-                        out.extend_from_slice(&proto::encode_option_reply(
-                            option,
-                            proto::REP_ACK,
-                            &[],
-                        ));
-                        stream.write_all(&out).await?;
-                        stream.flush().await?;
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "listing exports failed");
-                        reply_err(stream, option, proto::REP_ERR_POLICY, &e.to_string()).await?;
-                    }
-                }
-            }
+            proto::OPT_LIST => list_exports(stream, provider, option, &data).await?,
             proto::OPT_INFO | proto::OPT_GO => {
-                let req = match proto::parse_info_request(&data) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        reply_err(stream, option, proto::REP_ERR_INVALID, &e.to_string()).await?;
-                        continue;
-                    }
-                };
-                let (name, export) = match open_export(provider, &req.name).await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        let code = match e {
-                            NbdError::ExportNotFound { .. } | NbdError::NoDefaultExport => {
-                                proto::REP_ERR_UNKNOWN
-                            }
-                            NbdError::ShuttingDown => proto::REP_ERR_SHUTDOWN,
-                            _ => proto::REP_ERR_POLICY,
-                        };
-                        reply_err(stream, option, code, &e.to_string()).await?;
-                        continue;
-                    }
-                };
-                let info = export.info();
-                let flags = transmission_flags(&info, st.structured);
-                let mut out = Vec::new();
-                let mut d = Vec::with_capacity(12);
-                d.extend_from_slice(&proto::INFO_EXPORT.to_be_bytes());
-                d.extend_from_slice(&info.size.to_be_bytes());
-                d.extend_from_slice(&flags.to_be_bytes());
-                out.extend_from_slice(&proto::encode_option_reply(option, proto::REP_INFO, &d));
-                // Block sizes are always sent: clients that did not ask
-                // simply ignore them, and it keeps them from guessing.
-                let bs = effective_block_sizes(&info, config);
-                let mut d = Vec::with_capacity(14);
-                d.extend_from_slice(&proto::INFO_BLOCK_SIZE.to_be_bytes());
-                d.extend_from_slice(&bs.0.to_be_bytes());
-                d.extend_from_slice(&bs.1.to_be_bytes());
-                d.extend_from_slice(&bs.2.to_be_bytes());
-                out.extend_from_slice(&proto::encode_option_reply(option, proto::REP_INFO, &d));
-                let mut sent_name = false;
-                let mut sent_desc = false;
-                for r in &req.requests {
-                    match *r {
-                        proto::INFO_NAME if !sent_name => {
-                            sent_name = true;
-                            let mut d = proto::INFO_NAME.to_be_bytes().to_vec();
-                            d.extend_from_slice(name.as_bytes());
-                            out.extend_from_slice(&proto::encode_option_reply(
-                                option,
-                                proto::REP_INFO,
-                                &d,
-                            ));
-                        }
-                        proto::INFO_DESCRIPTION if !sent_desc => {
-                            sent_desc = true;
-                            let p = provider.clone();
-                            let n = name.clone();
-                            let desc = blocking("describe export", move || Ok(p.description(&n)))
-                                .await
-                                .ok()
-                                .flatten();
-                            if let Some(desc) = desc {
-                                let mut d = proto::INFO_DESCRIPTION.to_be_bytes().to_vec();
-                                d.extend_from_slice(proto::clip_message(&desc).as_bytes());
-                                out.extend_from_slice(&proto::encode_option_reply(
-                                    option,
-                                    proto::REP_INFO,
-                                    &d,
-                                ));
-                            }
-                        }
-                        // Unknown or repeated requests are ignored, as the spec allows.
-                        _ => {}
-                    }
-                }
-                out.extend_from_slice(&proto::encode_option_reply(option, proto::REP_ACK, &[]));
-                stream.write_all(&out).await?;
-                stream.flush().await?;
-                if option == proto::OPT_GO {
-                    let contexts = take_contexts(&mut st, &name);
-                    return Ok(Some(session(name, export, info, &st, contexts, config)));
+                let chosen = info_or_go(stream, provider, config, &mut st, option, &data).await?;
+                if chosen.is_some() {
+                    return Ok(chosen);
                 }
             }
-            proto::OPT_STRUCTURED_REPLY => {
-                if !data.is_empty() {
-                    reply_err(
-                        stream,
-                        option,
-                        proto::REP_ERR_INVALID,
-                        "NBD_OPT_STRUCTURED_REPLY takes no data",
-                    )
-                    .await?;
-                    continue;
-                }
-                st.structured = true;
-                reply_ack(stream, option).await?;
-            }
+            proto::OPT_STRUCTURED_REPLY => structured_reply(stream, &mut st, option, &data).await?,
             proto::OPT_LIST_META_CONTEXT | proto::OPT_SET_META_CONTEXT => {
                 meta_context(stream, provider, &mut st, option, &data).await?;
             }
@@ -328,6 +154,273 @@ where
             }
         }
     }
+}
+
+/// What reading one option from the client gave.
+enum Incoming {
+    /// An option and its data, at most `MAX_OPTION_LEN` bytes.
+    Option { option: u32, data: Vec<u8> },
+    /// An oversized option, skipped and refused with NBD_REP_ERR_TOO_BIG;
+    /// the client may go on with the next one.
+    Refused,
+    /// The client closed the connection.
+    Closed,
+}
+
+/// Reads one option header and its data. Oversized options are skipped
+/// and refused if that is cheap enough, else they end the connection.
+async fn read_option<S>(stream: &mut S) -> Result<Incoming, NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut hdr = [0u8; proto::OPTION_HEADER_LEN];
+    if read_or_eof(stream, &mut hdr).await?.is_none() {
+        return Ok(Incoming::Closed);
+    }
+    let OptionHeader { option, length } = proto::parse_option_header(&hdr)?;
+    debug!(option, length, "option");
+
+    if length > MAX_OPTION_LEN {
+        let err = NbdError::OptionTooLarge {
+            option,
+            len: length,
+            max: MAX_OPTION_LEN,
+        };
+        if option == proto::OPT_EXPORT_NAME || length > MAX_OPTION_DISCARD {
+            // EXPORT_NAME has no error reply; a huge payload is not
+            // worth reading. Either way the connection ends.
+            if option != proto::OPT_EXPORT_NAME {
+                reply_err(stream, option, proto::REP_ERR_TOO_BIG, &err.to_string()).await?;
+            }
+            return Err(err);
+        }
+        let mut sink = tokio::io::sink();
+        let skipped =
+            tokio::io::copy(&mut (&mut *stream).take(u64::from(length)), &mut sink).await?;
+        if skipped != u64::from(length) {
+            return Ok(Incoming::Closed);
+        }
+        reply_err(stream, option, proto::REP_ERR_TOO_BIG, &err.to_string()).await?;
+        return Ok(Incoming::Refused);
+    }
+
+    let mut data = vec![0u8; length as usize];
+    if read_or_eof(stream, &mut data).await?.is_none() {
+        return Ok(Incoming::Closed);
+    }
+    Ok(Incoming::Option { option, data })
+}
+
+/// NBD_OPT_EXPORT_NAME: the old way to pick an export. It has no error
+/// reply, so an export that cannot be opened ends the connection.
+async fn export_name<S>(
+    stream: &mut S,
+    provider: &Arc<dyn ExportProvider>,
+    config: &ServerConfig,
+    st: &mut Haggle,
+    no_zeroes: bool,
+    data: &[u8],
+) -> Result<Session, NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let name = proto::parse_string(data, "NBD_OPT_EXPORT_NAME name")?;
+    let (name, export) = open_export(provider, &name).await?;
+    let info = export.info();
+    let flags = transmission_flags(&info, st.structured);
+    let mut out = Vec::with_capacity(10 + 124);
+    out.extend_from_slice(&info.size.to_be_bytes());
+    out.extend_from_slice(&flags.to_be_bytes());
+    if !no_zeroes {
+        out.extend_from_slice(&[0u8; 124]);
+    }
+    stream.write_all(&out).await?;
+    stream.flush().await?;
+    let contexts = take_contexts(st, &name);
+    Ok(session(name, export, info, st, contexts, config))
+}
+
+/// NBD_OPT_LIST: one NBD_REP_SERVER per export (name and description),
+/// then the ACK.
+async fn list_exports<S>(
+    stream: &mut S,
+    provider: &Arc<dyn ExportProvider>,
+    option: u32,
+    data: &[u8],
+) -> Result<(), NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if !data.is_empty() {
+        return reply_err(
+            stream,
+            option,
+            proto::REP_ERR_INVALID,
+            "NBD_OPT_LIST takes no data",
+        )
+        .await;
+    }
+    let p = provider.clone();
+    let list = match blocking("list exports", move || p.list()).await {
+        Ok(list) => list,
+        Err(e) => {
+            warn!(error = %e, "listing exports failed");
+            return reply_err(stream, option, proto::REP_ERR_POLICY, &e.to_string()).await;
+        }
+    };
+    let mut out = Vec::new();
+    for e in list {
+        let mut d = Vec::new();
+        let name = proto::clip_message(&e.name);
+        d.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        d.extend_from_slice(name.as_bytes());
+        if let Some(desc) = &e.description {
+            d.extend_from_slice(proto::clip_message(desc).as_bytes());
+        }
+        out.extend_from_slice(&proto::encode_option_reply(option, proto::REP_SERVER, &d));
+    }
+    out.extend_from_slice(&proto::encode_option_reply(option, proto::REP_ACK, &[]));
+    stream.write_all(&out).await?;
+    stream.flush().await?;
+    Ok(())
+}
+
+/// NBD_OPT_INFO and NBD_OPT_GO: describe the named export; GO then ends
+/// the handshake with it. Returns the session after a successful GO, `None`
+/// after INFO or a refused request (the client may send another option).
+async fn info_or_go<S>(
+    stream: &mut S,
+    provider: &Arc<dyn ExportProvider>,
+    config: &ServerConfig,
+    st: &mut Haggle,
+    option: u32,
+    data: &[u8],
+) -> Result<Option<Session>, NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let req = match proto::parse_info_request(data) {
+        Ok(r) => r,
+        Err(e) => {
+            reply_err(stream, option, proto::REP_ERR_INVALID, &e.to_string()).await?;
+            return Ok(None);
+        }
+    };
+    let (name, export) = match open_export(provider, &req.name).await {
+        Ok(x) => x,
+        Err(e) => {
+            let code = match e {
+                NbdError::ExportNotFound { .. } | NbdError::NoDefaultExport => {
+                    proto::REP_ERR_UNKNOWN
+                }
+                NbdError::ShuttingDown => proto::REP_ERR_SHUTDOWN,
+                _ => proto::REP_ERR_POLICY,
+            };
+            reply_err(stream, option, code, &e.to_string()).await?;
+            return Ok(None);
+        }
+    };
+    let info = export.info();
+    let mut out = export_info_replies(option, &info, st.structured, config);
+    out.extend(requested_info_replies(provider, option, &name, &req.requests).await);
+    out.extend_from_slice(&proto::encode_option_reply(option, proto::REP_ACK, &[]));
+    stream.write_all(&out).await?;
+    stream.flush().await?;
+    if option != proto::OPT_GO {
+        return Ok(None);
+    }
+    let contexts = take_contexts(st, &name);
+    Ok(Some(session(name, export, info, st, contexts, config)))
+}
+
+/// The NBD_REP_INFO replies every INFO/GO gets: NBD_INFO_EXPORT (size and
+/// transmission flags) and NBD_INFO_BLOCK_SIZE.
+fn export_info_replies(
+    option: u32,
+    info: &ExportInfo,
+    structured: bool,
+    config: &ServerConfig,
+) -> Vec<u8> {
+    let flags = transmission_flags(info, structured);
+    let mut out = Vec::new();
+    let mut d = Vec::with_capacity(12);
+    d.extend_from_slice(&proto::INFO_EXPORT.to_be_bytes());
+    d.extend_from_slice(&info.size.to_be_bytes());
+    d.extend_from_slice(&flags.to_be_bytes());
+    out.extend_from_slice(&proto::encode_option_reply(option, proto::REP_INFO, &d));
+    // Block sizes are always sent: clients that did not ask
+    // simply ignore them, and it keeps them from guessing.
+    let bs = effective_block_sizes(info, config);
+    let mut d = Vec::with_capacity(14);
+    d.extend_from_slice(&proto::INFO_BLOCK_SIZE.to_be_bytes());
+    d.extend_from_slice(&bs.0.to_be_bytes());
+    d.extend_from_slice(&bs.1.to_be_bytes());
+    d.extend_from_slice(&bs.2.to_be_bytes());
+    out.extend_from_slice(&proto::encode_option_reply(option, proto::REP_INFO, &d));
+    out
+}
+
+/// The NBD_REP_INFO replies the client asked for by NBD_INFO_* type: the
+/// export's name and description, each at most once.
+async fn requested_info_replies(
+    provider: &Arc<dyn ExportProvider>,
+    option: u32,
+    name: &str,
+    requests: &[u16],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut sent_name = false;
+    let mut sent_desc = false;
+    for r in requests {
+        match *r {
+            proto::INFO_NAME if !sent_name => {
+                sent_name = true;
+                let mut d = proto::INFO_NAME.to_be_bytes().to_vec();
+                d.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(&proto::encode_option_reply(option, proto::REP_INFO, &d));
+            }
+            proto::INFO_DESCRIPTION if !sent_desc => {
+                sent_desc = true;
+                let p = provider.clone();
+                let n = name.to_owned();
+                let desc = blocking("describe export", move || Ok(p.description(&n)))
+                    .await
+                    .ok()
+                    .flatten();
+                if let Some(desc) = desc {
+                    let mut d = proto::INFO_DESCRIPTION.to_be_bytes().to_vec();
+                    d.extend_from_slice(proto::clip_message(&desc).as_bytes());
+                    out.extend_from_slice(&proto::encode_option_reply(option, proto::REP_INFO, &d));
+                }
+            }
+            // Unknown or repeated requests are ignored, as the spec allows.
+            _ => {}
+        }
+    }
+    out
+}
+
+/// NBD_OPT_STRUCTURED_REPLY: switch replies (and metadata contexts) on.
+async fn structured_reply<S>(
+    stream: &mut S,
+    st: &mut Haggle,
+    option: u32,
+    data: &[u8],
+) -> Result<(), NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if !data.is_empty() {
+        return reply_err(
+            stream,
+            option,
+            proto::REP_ERR_INVALID,
+            "NBD_OPT_STRUCTURED_REPLY takes no data",
+        )
+        .await;
+    }
+    st.structured = true;
+    reply_ack(stream, option).await
 }
 
 fn session(

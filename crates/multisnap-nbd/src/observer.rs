@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::proto::Errno;
+use crate::error::Errno;
 
 /// Kind of a transmission-phase request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
