@@ -1,4 +1,6 @@
 use super::*;
+use crate::error::Errno;
+use crate::export::{Extent, Fua, ZeroMode};
 
 fn limits() -> Limits {
     Limits {
