@@ -119,6 +119,14 @@ where
             continue;
         }
 
+        if let Some(name) = dataless_option_name(option) {
+            if !data.is_empty() {
+                let msg = format!("{name} takes no data");
+                reply_err(stream, option, proto::REP_ERR_INVALID, &msg).await?;
+                continue;
+            }
+        }
+
         match option {
             proto::OPT_EXPORT_NAME => {
                 let session = export_name(stream, provider, config, &mut st, no_zeroes, &data);
@@ -129,14 +137,17 @@ where
                 let _ = reply_ack(stream, option).await;
                 return Ok(None);
             }
-            proto::OPT_LIST => list_exports(stream, provider, option, &data).await?,
+            proto::OPT_LIST => list_exports(stream, provider, option).await?,
             proto::OPT_INFO | proto::OPT_GO => {
                 let chosen = info_or_go(stream, provider, config, &mut st, option, &data).await?;
                 if chosen.is_some() {
                     return Ok(chosen);
                 }
             }
-            proto::OPT_STRUCTURED_REPLY => structured_reply(stream, &mut st, option, &data).await?,
+            proto::OPT_STRUCTURED_REPLY => {
+                st.structured = true;
+                reply_ack(stream, option).await?;
+            }
             proto::OPT_LIST_META_CONTEXT | proto::OPT_SET_META_CONTEXT => {
                 meta_context(stream, provider, &mut st, option, &data).await?;
             }
@@ -246,20 +257,10 @@ async fn list_exports<S>(
     stream: &mut S,
     provider: &Arc<dyn ExportProvider>,
     option: u32,
-    data: &[u8],
 ) -> Result<(), NbdError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if !data.is_empty() {
-        return reply_err(
-            stream,
-            option,
-            proto::REP_ERR_INVALID,
-            "NBD_OPT_LIST takes no data",
-        )
-        .await;
-    }
     let p = provider.clone();
     let list = match blocking("list exports", move || p.list()).await {
         Ok(list) => list,
@@ -400,27 +401,13 @@ async fn requested_info_replies(
     out
 }
 
-/// NBD_OPT_STRUCTURED_REPLY: switch replies (and metadata contexts) on.
-async fn structured_reply<S>(
-    stream: &mut S,
-    st: &mut Haggle,
-    option: u32,
-    data: &[u8],
-) -> Result<(), NbdError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    if !data.is_empty() {
-        return reply_err(
-            stream,
-            option,
-            proto::REP_ERR_INVALID,
-            "NBD_OPT_STRUCTURED_REPLY takes no data",
-        )
-        .await;
+/// The options that carry no data, by their spec name.
+fn dataless_option_name(option: u32) -> Option<&'static str> {
+    match option {
+        proto::OPT_LIST => Some("NBD_OPT_LIST"),
+        proto::OPT_STRUCTURED_REPLY => Some("NBD_OPT_STRUCTURED_REPLY"),
+        _ => None,
     }
-    st.structured = true;
-    reply_ack(stream, option).await
 }
 
 fn session(

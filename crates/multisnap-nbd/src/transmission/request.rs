@@ -85,6 +85,17 @@ fn check_write_range(op: &'static str, offset: u64, len: u32, size: u64) -> Resu
     })
 }
 
+/// A command that changes data: refused on a read-only export, and past
+/// the end with the write-specific error.
+fn check_writable(op: &'static str, h: &RequestHeader, l: &Limits) -> Result<(), NbdError> {
+    if l.read_only {
+        return Err(NbdError::ReadOnly {
+            export: String::new(),
+        });
+    }
+    check_write_range(op, h.offset, h.length, l.size)
+}
+
 fn check_flags(flags: u16, allowed: u16, cmd: &str) -> Result<(), NbdError> {
     if flags & !allowed != 0 {
         return Err(NbdError::InvalidRequest {
@@ -119,12 +130,7 @@ pub fn validate(h: &RequestHeader, payload: Option<Vec<u8>>, l: &Limits) -> Resu
         }
         proto::CMD_WRITE => {
             check_flags(h.flags, base, "WRITE")?;
-            if l.read_only {
-                return Err(NbdError::ReadOnly {
-                    export: String::new(),
-                });
-            }
-            check_write_range("write", h.offset, h.length, l.size)?;
+            check_writable("write", h, l)?;
             let data = payload.ok_or(NbdError::Malformed {
                 what: "write request",
                 reason: "payload missing",
@@ -141,12 +147,7 @@ pub fn validate(h: &RequestHeader, payload: Option<Vec<u8>>, l: &Limits) -> Resu
         }
         proto::CMD_TRIM => {
             check_flags(h.flags, base, "TRIM")?;
-            if l.read_only {
-                return Err(NbdError::ReadOnly {
-                    export: String::new(),
-                });
-            }
-            check_write_range("trim", h.offset, h.length, l.size)?;
+            check_writable("trim", h, l)?;
             Ok(Op::Trim {
                 offset: h.offset,
                 len: h.length,
@@ -155,12 +156,7 @@ pub fn validate(h: &RequestHeader, payload: Option<Vec<u8>>, l: &Limits) -> Resu
         }
         proto::CMD_WRITE_ZEROES => {
             check_flags(h.flags, base | proto::CMD_FLAG_NO_HOLE, "WRITE_ZEROES")?;
-            if l.read_only {
-                return Err(NbdError::ReadOnly {
-                    export: String::new(),
-                });
-            }
-            check_write_range("write_zeroes", h.offset, h.length, l.size)?;
+            check_writable("write_zeroes", h, l)?;
             let mode = if h.flags & proto::CMD_FLAG_NO_HOLE != 0 {
                 ZeroMode::NoHole
             } else {
