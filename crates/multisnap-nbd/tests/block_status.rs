@@ -56,16 +56,10 @@ async fn qemu_img_map_sees_allocation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nbdsh_req_one_and_sparse_reads() {
-    if !have_nbdsh() {
-        return;
-    }
-    let nbdsh = tool("nbdsh").unwrap_or_default();
+    let Some(nbdsh) = nbdsh() else { return };
     let srv = TestServer::start().await;
     srv.disk.fill(8192, 4096, 0x77);
-    let script = format!(
-        r#"
-h.add_meta_context("base:allocation")
-h.connect_uri("{uri}")
+    let script = r#"
 assert h.can_meta_context("base:allocation")
 got = []
 def cb(meta, offset, entries, err):
@@ -88,11 +82,7 @@ assert kinds == [nbd.READ_DATA, nbd.READ_HOLE], chunks
 chunks.clear()
 buf = h.pread_structured(65536, 0, chunk, nbd.CMD_FLAG_DF)
 assert len(chunks) == 1 and chunks[0][2] == nbd.READ_DATA, chunks
-print("ok")
-"#,
-        uri = srv.uri("disk")
-    );
-    let out = run_ok(&nbdsh, &["-c", &script]).await;
-    assert!(out.contains("ok"), "{out}");
+"#;
+    nbdsh_script(&nbdsh, &srv.uri("disk"), WITH_BASE_ALLOCATION, script).await;
     srv.stop().await;
 }

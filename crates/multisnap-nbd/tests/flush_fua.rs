@@ -68,25 +68,16 @@ async fn qemu_io_fua_write_and_flush_reach_the_export() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nbdsh_flush_and_fua_flags() {
-    if !have_nbdsh() {
-        return;
-    }
-    let nbdsh = tool("nbdsh").unwrap_or_default();
+    let Some(nbdsh) = nbdsh() else { return };
     let srv = TestServer::start().await;
-    let script = format!(
-        r#"
-h.connect_uri("{uri}")
+    let script = r#"
 assert h.can_flush() and h.can_fua()
 h.pwrite(b"a" * 4096, 0, nbd.CMD_FLAG_FUA)
 h.trim(4096, 8192, nbd.CMD_FLAG_FUA)
 h.zero(4096, 16384, nbd.CMD_FLAG_FUA)
 h.flush()
-print("ok")
-"#,
-        uri = srv.uri("disk")
-    );
-    let out = run_ok(&nbdsh, &["-c", &script]).await;
-    assert!(out.contains("ok"), "{out}");
+"#;
+    nbdsh_script(&nbdsh, &srv.uri("disk"), "", script).await;
     assert!(srv.disk.fua_ops.load(Ordering::Relaxed) >= 3);
     assert_eq!(srv.disk.flushes.load(Ordering::Relaxed), 1);
     srv.stop().await;

@@ -73,17 +73,13 @@ async fn qemu_io_over_unix_socket_and_default_export() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unaligned_and_large_requests_round_trip_via_nbdsh() {
-    if !have_nbdsh() {
-        return;
-    }
-    let nbdsh = tool("nbdsh").unwrap_or_default();
+    let Some(nbdsh) = nbdsh() else { return };
     let srv = TestServer::start().await;
     // Structured replies on (the default) and off: both reply styles.
     for sr in ["True", "False"] {
+        let before_connect = format!("h.set_request_structured_replies({sr})");
         let script = format!(
             r#"
-h.set_request_structured_replies({sr})
-h.connect_uri("{uri}")
 assert h.get_structured_replies_negotiated() == {sr}
 import os
 data = os.urandom(5 * 1024 * 1024 + 123)
@@ -91,12 +87,9 @@ h.pwrite(data, 777)
 assert h.pread(len(data), 777) == data
 assert h.pread(1, 777) == data[:1]
 h.shutdown()
-print("ok")
-"#,
-            uri = srv.uri("disk")
+"#
         );
-        let out = run_ok(&nbdsh, &["-c", &script]).await;
-        assert!(out.contains("ok"), "{out}");
+        nbdsh_script(&nbdsh, &srv.uri("disk"), &before_connect, &script).await;
     }
     srv.stop().await;
 }

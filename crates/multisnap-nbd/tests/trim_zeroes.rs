@@ -41,16 +41,10 @@ async fn qemu_io_discard_and_write_zeroes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nbdsh_zero_no_hole_keeps_allocation_trim_punches_hole() {
-    if !have_nbdsh() {
-        return;
-    }
-    let nbdsh = tool("nbdsh").unwrap_or_default();
+    let Some(nbdsh) = nbdsh() else { return };
     let srv = TestServer::start().await;
     srv.disk.fill(0, 1 << 20, 1);
-    let script = format!(
-        r#"
-h.add_meta_context("base:allocation")
-h.connect_uri("{uri}")
+    let script = r#"
 def status(off, n):
     out = []
     def cb(meta, offset, entries, err):
@@ -67,11 +61,7 @@ assert s[1] & 1, ("zero without NO_HOLE may punch", s)
 s = status(131072, 65536)
 assert s[1] == 3, ("trim punched a hole reading zero", s)
 assert h.pread(196608, 0) == bytes(196608)
-print("ok")
-"#,
-        uri = srv.uri("disk")
-    );
-    let out = run_ok(&nbdsh, &["-c", &script]).await;
-    assert!(out.contains("ok"), "{out}");
+"#;
+    nbdsh_script(&nbdsh, &srv.uri("disk"), WITH_BASE_ALLOCATION, script).await;
     srv.stop().await;
 }

@@ -114,11 +114,11 @@ pub fn tool(name: &str) -> Option<PathBuf> {
     None
 }
 
-/// True if Debian's python3 can import libnbd's bindings (nbdsh needs them).
-pub fn have_nbdsh() -> bool {
-    if tool("nbdsh").is_none() {
-        return false;
-    }
+/// nbdsh's path, or `None` after printing why the test is skipped: nbdsh
+/// is missing, or Debian's python3 cannot import libnbd's bindings (nbdsh
+/// needs them).
+pub fn nbdsh() -> Option<PathBuf> {
+    let nbdsh = tool("nbdsh")?;
     let ok = std::process::Command::new("/usr/bin/python3")
         .args(["-c", "import nbd"])
         .output()
@@ -126,8 +126,28 @@ pub fn have_nbdsh() -> bool {
         .unwrap_or(false);
     if !ok {
         println!("SKIP: /usr/bin/python3 cannot import nbd (apt-get install -y python3-libnbd)");
+        return None;
     }
-    ok
+    Some(nbdsh)
+}
+
+/// nbdsh setting that asks for the base:allocation metadata context, which
+/// BLOCK_STATUS needs; it must come before the handle connects.
+pub const WITH_BASE_ALLOCATION: &str = r#"h.add_meta_context("base:allocation")"#;
+
+/// Runs `script` in nbdsh with its handle `h` connected to `uri`, after the
+/// handshake settings in `before_connect` (e.g. [`WITH_BASE_ALLOCATION`]).
+/// A script reports a wrong result by raising, or by printing a line with
+/// "UNEXPECTED"; this fails the test unless nbdsh exits 0 and the script
+/// ran to its end without such a line. Returns nbdsh's stdout.
+pub async fn nbdsh_script(nbdsh: &Path, uri: &str, before_connect: &str, script: &str) -> String {
+    let full = format!("{before_connect}\nh.connect_uri(\"{uri}\")\n{script}\nprint(\"ok\")\n");
+    let out = run_ok(nbdsh, &["-c", &full]).await;
+    assert!(
+        out.lines().last() == Some("ok") && !out.contains("UNEXPECTED"),
+        "{out}"
+    );
+    out
 }
 
 /// Runs a client with a timeout so a server hang fails the test instead of
@@ -235,11 +255,18 @@ pub fn go_payload(name: &str) -> Vec<u8> {
 /// transmission phase.
 pub async fn raw_go(addr: &str, export: &str) -> TcpStream {
     let mut s = raw_greet(addr, 3).await;
-    send_option(&mut s, 7, &go_payload(export)).await;
+    go(&mut s, export).await;
+    s
+}
+
+/// Sends NBD_OPT_GO for `export` and reads its NBD_REP_INFO replies up to
+/// the ACK, after which the socket is in transmission phase.
+pub async fn go(s: &mut TcpStream, export: &str) {
+    send_option(s, 7, &go_payload(export)).await;
     loop {
-        let (_, typ, _) = read_option_reply(&mut s).await.expect("GO reply");
+        let (_, typ, _) = read_option_reply(s).await.expect("GO reply");
         if typ == 1 {
-            return s;
+            return;
         }
         assert_eq!(typ, 3, "unexpected GO reply type {typ:#x}");
     }
