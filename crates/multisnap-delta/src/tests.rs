@@ -1,6 +1,8 @@
 //! Unit and property tests of the format.
 
 use super::*;
+use crate::frame::{pack_frame, F_PAYLOAD_LEN, F_RESERVED};
+use crate::header::{H_BASE_NAME_LEN, H_CHUNK_SIZE, H_FLAGS, H_VERSION, H_VOLUME_SIZE};
 use proptest::prelude::*;
 
 fn header(chunk_size: u32, volume_size: u64) -> DeltaHeader {

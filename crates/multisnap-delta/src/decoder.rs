@@ -1,0 +1,386 @@
+//! The sans-IO push decoder ("Readers" in docs/DELTA.md): bytes in, in pieces of any size,
+//! verified events out. It does no I/O of its own, so the gRPC apply path feeds it messages,
+//! the pull reader feeds it reads, and the fuzz target feeds it arbitrary cuts of one input.
+
+use crate::error::{DeltaError, Result};
+use crate::frame::{
+    FrameHead, Record, Trailer, FRAME_HEADER_LEN, FRAME_OVERHEAD, KIND_DATA, KIND_TRAILER,
+    KIND_ZERO, TRAILER_PAYLOAD_LEN,
+};
+use crate::header::{DeltaHeader, HEADER_FIXED_LEN, HEADER_PREFIX_LEN};
+use crate::resume::ResumePoint;
+use crate::{trailing_crc, MAX_RECORD_PAYLOAD};
+
+/// What the push decoder reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Header(DeltaHeader),
+    /// A verified record, and the resume point just after it.
+    Record(Record, ResumePoint),
+    /// The trailer verified: the stream is complete (trailing bytes are still an error).
+    End(Trailer),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Prefix,
+    HeaderFixed,
+    HeaderRest { total: usize },
+    FrameHead,
+    FramePayload { total: usize },
+    Done,
+    Failed,
+}
+
+/// Push-style decoder: hand it bytes in pieces of any size (gRPC messages, socket reads) and
+/// it returns what became complete. It buffers at most one frame, however the input is cut.
+pub struct DeltaDecoder {
+    stage: Stage,
+    buf: Vec<u8>,
+    /// Stream offset of `buf[0]`.
+    offset: u64,
+    header: Option<DeltaHeader>,
+    state: ResumePoint,
+    resume_from: Option<ResumePoint>,
+    trailer: Option<Trailer>,
+}
+
+impl Default for DeltaDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DeltaDecoder {
+    pub fn new() -> Self {
+        DeltaDecoder {
+            stage: Stage::Prefix,
+            buf: Vec::new(),
+            offset: 0,
+            header: None,
+            state: ResumePoint {
+                stream_identity: 0,
+                records_applied: 0,
+                next_chunk: 0,
+                digest_so_far: 0,
+                data_bytes: 0,
+                chunks_covered: 0,
+            },
+            resume_from: None,
+            trailer: None,
+        }
+    }
+
+    /// Decodes a resumed session: its header must describe the same stream as `point`, its
+    /// records continue after `point.next_chunk`, and its trailer covers the whole stream.
+    pub fn resume(point: ResumePoint) -> Self {
+        DeltaDecoder {
+            resume_from: Some(point),
+            ..Self::new()
+        }
+    }
+
+    pub fn header(&self) -> Option<&DeltaHeader> {
+        self.header.as_ref()
+    }
+
+    /// The point after the last record returned, once the header is known.
+    pub fn resume_point(&self) -> Option<ResumePoint> {
+        self.header.as_ref().map(|_| self.state)
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.stage == Stage::Done
+    }
+
+    /// The point after the last record returned; only meaningful once the header is known,
+    /// which the pull reader guarantees before it asks.
+    pub(crate) fn progress(&self) -> ResumePoint {
+        self.state
+    }
+
+    /// The verified trailer, once the stream reached it.
+    pub(crate) fn trailer(&self) -> Option<Trailer> {
+        self.trailer
+    }
+
+    /// Decodes everything `input` completes. On error the decoder is poisoned and the
+    /// stream as a whole is rejected; events completed earlier in the same call are dropped,
+    /// which is fine because a rejected stream must be discarded in full.
+    pub fn feed(&mut self, mut input: &[u8]) -> Result<Vec<Event>> {
+        let mut events = Vec::new();
+        loop {
+            let (used, ev) = self.step(input)?;
+            input = input.get(used..).unwrap_or_default();
+            match ev {
+                Some(e) => events.push(e),
+                None if input.is_empty() => return Ok(events),
+                None => {}
+            }
+        }
+    }
+
+    /// Consumes input until one event is complete or the input runs out. Returns how many
+    /// bytes were used. The pull reader uses this to stay in step with its caller.
+    pub fn step(&mut self, input: &[u8]) -> Result<(usize, Option<Event>)> {
+        let r = self.step_inner(input);
+        if r.is_err() {
+            self.stage = Stage::Failed;
+            self.buf = Vec::new();
+        }
+        r
+    }
+
+    fn need(&self) -> usize {
+        match self.stage {
+            Stage::Prefix => HEADER_PREFIX_LEN,
+            Stage::HeaderFixed => HEADER_FIXED_LEN,
+            Stage::HeaderRest { total } | Stage::FramePayload { total } => total,
+            Stage::FrameHead => FRAME_HEADER_LEN,
+            Stage::Done | Stage::Failed => 0,
+        }
+    }
+
+    fn step_inner(&mut self, input: &[u8]) -> Result<(usize, Option<Event>)> {
+        let mut used = 0;
+        loop {
+            match self.stage {
+                Stage::Failed => return Err(DeltaError::Poisoned),
+                Stage::Done => {
+                    if input.len() > used {
+                        return Err(DeltaError::TrailingGarbage {
+                            offset: self.offset,
+                        });
+                    }
+                    return Ok((used, None));
+                }
+                _ => {}
+            }
+            let want = self.need().saturating_sub(self.buf.len());
+            let rest = input.get(used..).unwrap_or_default();
+            let take = want.min(rest.len());
+            self.buf
+                .extend_from_slice(rest.get(..take).unwrap_or_default());
+            used += take;
+            if self.buf.len() < self.need() {
+                return Ok((used, None));
+            }
+            if let Some(ev) = self.complete_unit()? {
+                return Ok((used, Some(ev)));
+            }
+        }
+    }
+
+    /// The buffer holds exactly `need()` bytes: judge them and move on.
+    fn complete_unit(&mut self) -> Result<Option<Event>> {
+        match self.stage {
+            Stage::Prefix => {
+                DeltaHeader::check_prefix(&self.buf)?;
+                self.stage = Stage::HeaderFixed;
+                Ok(None)
+            }
+            Stage::HeaderFixed => {
+                let total = HEADER_FIXED_LEN + DeltaHeader::rest_len(&self.buf)?;
+                self.stage = Stage::HeaderRest { total };
+                Ok(None)
+            }
+            Stage::HeaderRest { .. } => self.complete_header().map(Some),
+            Stage::FrameHead => {
+                let len = FrameHead::unpack(&self.buf).payload_len;
+                if len > MAX_RECORD_PAYLOAD {
+                    return Err(DeltaError::PayloadTooLarge {
+                        record: self.state.records_applied,
+                        offset: self.offset,
+                        len: u64::from(len),
+                        max: MAX_RECORD_PAYLOAD,
+                    });
+                }
+                let total = FRAME_OVERHEAD + len as usize;
+                self.buf.reserve_exact(total - self.buf.len());
+                self.stage = Stage::FramePayload { total };
+                Ok(None)
+            }
+            Stage::FramePayload { total } => {
+                let ev = self.complete_frame(total)?;
+                self.offset += total as u64;
+                self.buf.clear();
+                if !matches!(ev, Event::End(_)) {
+                    self.stage = Stage::FrameHead;
+                }
+                Ok(Some(ev))
+            }
+            Stage::Done | Stage::Failed => Ok(None),
+        }
+    }
+
+    /// The whole header is in: verify it and, for a resumed session, that it is the stream
+    /// the resume point belongs to; the counters start from the point or from zero.
+    fn complete_header(&mut self) -> Result<Event> {
+        let h = DeltaHeader::unpack(&self.buf)?;
+        let start = ResumePoint::start(&h);
+        self.state = match self.resume_from {
+            Some(p) if p.stream_identity != start.stream_identity => {
+                return Err(DeltaError::ResumeMismatch {
+                    reason: "the stream's header describes another delta",
+                })
+            }
+            Some(p) => p,
+            None => start,
+        };
+        self.offset += self.buf.len() as u64;
+        self.buf.clear();
+        self.stage = Stage::FrameHead;
+        self.header = Some(h.clone());
+        Ok(Event::Header(h))
+    }
+
+    /// A frame is complete: verify it, then judge it by its kind.
+    fn complete_frame(&mut self, total: usize) -> Result<Event> {
+        let frame = self.buf.get(..total).unwrap_or_default();
+        let head = FrameHead::unpack(frame);
+        let crc = self.verify_frame(frame, &head)?;
+        let payload = frame.get(FRAME_HEADER_LEN..total - 4).unwrap_or_default();
+        let Some(header) = self.header.as_ref() else {
+            return Err(DeltaError::Poisoned);
+        };
+        match head.kind {
+            KIND_DATA | KIND_ZERO => {
+                let (record, payload_len) = self.decode_record(header, &head, payload)?;
+                self.state
+                    .advance(head.chunk_index, head.chunk_count, payload_len, crc);
+                Ok(Event::Record(record, self.state))
+            }
+            KIND_TRAILER => {
+                let trailer = self.decode_trailer(&head, payload)?;
+                self.trailer = Some(trailer);
+                self.stage = Stage::Done;
+                Ok(Event::End(trailer))
+            }
+            kind => Err(DeltaError::UnknownRecordKind {
+                record: self.state.records_applied,
+                offset: self.offset,
+                kind,
+            }),
+        }
+    }
+
+    /// Checks the frame's crc, then its reserved bytes, before anything else in it is
+    /// believed. Returns the crc, which the digest chain folds in.
+    fn verify_frame(&self, frame: &[u8], head: &FrameHead) -> Result<u32> {
+        let offset = self.offset;
+        let record = self.state.records_applied;
+        let (stored, computed) = trailing_crc(frame);
+        if stored != computed {
+            return Err(if head.kind == KIND_TRAILER {
+                DeltaError::TrailerChecksum {
+                    offset,
+                    stored,
+                    computed,
+                }
+            } else {
+                DeltaError::RecordChecksum {
+                    record,
+                    offset,
+                    stored,
+                    computed,
+                }
+            });
+        }
+        if head.reserved != [0; 3] {
+            return Err(DeltaError::ReservedNotZero { record, offset });
+        }
+        Ok(computed)
+    }
+
+    /// A data or zero frame: the record it carries, once its range and length meet the
+    /// ordering and range rules, and the payload length the counters advance by.
+    fn decode_record(
+        &self,
+        header: &DeltaHeader,
+        head: &FrameHead,
+        payload: &[u8],
+    ) -> Result<(Record, u64)> {
+        let FrameHead {
+            kind,
+            chunk_index,
+            chunk_count,
+            payload_len,
+            ..
+        } = *head;
+        let expected = self
+            .state
+            .admit(header, kind, chunk_index, chunk_count, self.offset)?;
+        if u64::from(payload_len) != expected {
+            return Err(DeltaError::PayloadLength {
+                record: self.state.records_applied,
+                offset: self.offset,
+                len: payload_len,
+                expected,
+            });
+        }
+        let record = if kind == KIND_DATA {
+            Record::Data {
+                chunk_index,
+                chunk_count,
+                bytes: payload.to_vec(),
+            }
+        } else {
+            Record::Zero {
+                chunk_index,
+                chunk_count,
+            }
+        };
+        Ok((record, expected))
+    }
+
+    /// The trailer frame: its counts and digest must match what this decoder counted.
+    fn decode_trailer(&self, head: &FrameHead, payload: &[u8]) -> Result<Trailer> {
+        if head.payload_len as usize != TRAILER_PAYLOAD_LEN
+            || head.chunk_index != 0
+            || head.chunk_count != 0
+        {
+            return Err(DeltaError::TrailerMalformed {
+                offset: self.offset,
+                reason: "trailer frame must have no chunk range and a 28-byte payload",
+            });
+        }
+        let stated = Trailer::unpack_payload(payload);
+        let counted = self.state.trailer();
+        for (what, stated, actual) in [
+            ("record count", stated.record_count, counted.record_count),
+            ("data bytes", stated.data_bytes, counted.data_bytes),
+            ("chunk count", stated.chunk_count, counted.chunk_count),
+        ] {
+            if stated != actual {
+                return Err(DeltaError::CountMismatch {
+                    what,
+                    stated,
+                    actual,
+                });
+            }
+        }
+        if stated.digest != counted.digest {
+            return Err(DeltaError::DigestMismatch {
+                stated: stated.digest,
+                actual: counted.digest,
+            });
+        }
+        Ok(stated)
+    }
+
+    /// Call when the input has ended: `Ok` with the trailer if the stream was complete,
+    /// otherwise the typed truncation error saying where it stopped.
+    pub fn finish(&self) -> Result<Trailer> {
+        match (self.stage, self.trailer) {
+            (Stage::Done, Some(t)) => Ok(t),
+            (Stage::Failed, _) => Err(DeltaError::Poisoned),
+            (stage, _) => Err(DeltaError::Truncated {
+                offset: self.offset + self.buf.len() as u64,
+                while_reading: match stage {
+                    Stage::Prefix | Stage::HeaderFixed | Stage::HeaderRest { .. } => "header",
+                    _ => "record or trailer",
+                },
+            }),
+        }
+    }
+}

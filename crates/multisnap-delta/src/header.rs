@@ -1,0 +1,303 @@
+//! The stream header ("Header" in docs/DELTA.md): what the stream is about (volume, base,
+//! target, geometry), its layout, and the checks both writer and readers make on it.
+
+use crate::error::{DeltaError, Result};
+use crate::{
+    checksum, get, get_u16, get_u32, get_u64, put_u16, put_u32, put_u64, trailing_crc,
+    FORMAT_VERSION, MAGIC, MAX_CHUNK_SIZE, MAX_NAME_LEN, MAX_VOLUME_SIZE, MIN_CHUNK_SIZE,
+};
+
+/// Header flag: the stream is incremental against `base`. Clear means a full stream.
+pub const FLAG_HAS_BASE: u16 = 1 << 0;
+/// Header flag: the target is the live origin (frozen by the sender), not a named snapshot.
+pub const FLAG_TARGET_IS_ORIGIN: u16 = 1 << 1;
+const KNOWN_FLAGS: u16 = FLAG_HAS_BASE | FLAG_TARGET_IS_ORIGIN;
+
+// Header fixed part: offsets of each field.
+const H_MAGIC: usize = 0;
+pub(crate) const H_VERSION: usize = 8;
+pub(crate) const H_FLAGS: usize = 10;
+const H_VOLUME_UUID: usize = 12;
+const H_BASE_ID: usize = 28;
+const H_TARGET_ID: usize = 36;
+pub(crate) const H_CHUNK_SIZE: usize = 44;
+pub(crate) const H_VOLUME_SIZE: usize = 48;
+const H_CREATED: usize = 56;
+pub(crate) const H_BASE_NAME_LEN: usize = 64;
+const H_TARGET_NAME_LEN: usize = 66;
+/// Size of the header's fixed part; the names and then the header crc follow it.
+pub const HEADER_FIXED_LEN: usize = 68;
+/// Bytes a reader needs to see before it can judge magic and version.
+pub(crate) const HEADER_PREFIX_LEN: usize = 10;
+
+/// A snapshot as the sender names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotIdent {
+    pub id: u64,
+    pub name: String,
+}
+
+/// What the stream brings the receiver to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Snapshot(SnapshotIdent),
+    /// The live origin, frozen by the sender for the duration of the export.
+    Origin,
+}
+
+/// The stream header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaHeader {
+    pub volume_uuid: [u8; 16],
+    /// `None`: a full stream (everything allocated in the target).
+    pub base: Option<SnapshotIdent>,
+    pub target: Target,
+    pub chunk_size: u32,
+    pub volume_size: u64,
+    /// Nanoseconds since the Unix epoch when the sender began the export.
+    pub created_unix_nanos: u64,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> DeltaError {
+    DeltaError::InvalidHeader {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// The one name-length rule, for a header being written and one being read alike.
+fn check_name_len(field: &'static str, len: usize) -> Result<()> {
+    if len > MAX_NAME_LEN {
+        return Err(invalid(
+            field,
+            format!("{len} bytes, over the {MAX_NAME_LEN}-byte limit"),
+        ));
+    }
+    Ok(())
+}
+
+impl DeltaHeader {
+    /// Chunks the volume spans, counting a final partial chunk.
+    pub fn volume_chunks(&self) -> u64 {
+        self.volume_size.div_ceil(u64::from(self.chunk_size.max(1)))
+    }
+
+    /// Checks every field against the format's limits; both writer and readers call it.
+    pub fn validate(&self) -> Result<()> {
+        if !self.chunk_size.is_power_of_two()
+            || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&self.chunk_size)
+        {
+            return Err(invalid(
+                "chunk_size",
+                format!(
+                    "{} is not a power of two in {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}",
+                    self.chunk_size
+                ),
+            ));
+        }
+        if self.volume_size > MAX_VOLUME_SIZE {
+            return Err(invalid(
+                "volume_size",
+                format!(
+                    "{} is over the {MAX_VOLUME_SIZE}-byte limit",
+                    self.volume_size
+                ),
+            ));
+        }
+        for (field, name) in [
+            ("base name", self.base.as_ref().map(|b| b.name.as_str())),
+            (
+                "target name",
+                match &self.target {
+                    Target::Snapshot(s) => Some(s.name.as_str()),
+                    Target::Origin => None,
+                },
+            ),
+        ] {
+            if let Some(n) = name {
+                check_name_len(field, n.len())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flags(&self) -> u16 {
+        let mut f = 0;
+        if self.base.is_some() {
+            f |= FLAG_HAS_BASE;
+        }
+        if self.target == Target::Origin {
+            f |= FLAG_TARGET_IS_ORIGIN;
+        }
+        f
+    }
+
+    /// Serializes the header, crc included. Call [`validate`](Self::validate) first.
+    pub fn pack(&self) -> Vec<u8> {
+        self.pack_with_created(self.created_unix_nanos)
+    }
+
+    fn pack_with_created(&self, created: u64) -> Vec<u8> {
+        let (base_id, base_name) = match &self.base {
+            Some(b) => (b.id, b.name.as_bytes()),
+            None => (0, &[][..]),
+        };
+        let (target_id, target_name) = match &self.target {
+            Target::Snapshot(s) => (s.id, s.name.as_bytes()),
+            Target::Origin => (0, &[][..]),
+        };
+        let mut b = vec![0u8; HEADER_FIXED_LEN];
+        b[H_MAGIC..H_MAGIC + 8].copy_from_slice(&MAGIC);
+        put_u16(&mut b, H_VERSION, FORMAT_VERSION);
+        put_u16(&mut b, H_FLAGS, self.flags());
+        b[H_VOLUME_UUID..H_VOLUME_UUID + 16].copy_from_slice(&self.volume_uuid);
+        put_u64(&mut b, H_BASE_ID, base_id);
+        put_u64(&mut b, H_TARGET_ID, target_id);
+        put_u32(&mut b, H_CHUNK_SIZE, self.chunk_size);
+        put_u64(&mut b, H_VOLUME_SIZE, self.volume_size);
+        put_u64(&mut b, H_CREATED, created);
+        // validate() bounds names to MAX_NAME_LEN, which fits u16.
+        put_u16(&mut b, H_BASE_NAME_LEN, base_name.len() as u16);
+        put_u16(&mut b, H_TARGET_NAME_LEN, target_name.len() as u16);
+        b.extend_from_slice(base_name);
+        b.extend_from_slice(target_name);
+        let crc = checksum(&[&b]);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Identifies the stream regardless of when it was produced: the crc of the header with
+    /// its creation time zeroed. A resumed export regenerates the header (with a new creation
+    /// time) and must still match the interrupted one; the digest chain starts from it.
+    pub fn identity_digest(&self) -> u32 {
+        let packed = self.pack_with_created(0);
+        get_u32(&packed, packed.len().saturating_sub(4))
+    }
+
+    /// Checks the stream is for `expected_volume` and, for an incremental stream, that the
+    /// receiver holds the base (`holds_base` decides: ids are per node, so the caller picks
+    /// the matching rule, by name or by a replicated id).
+    pub fn verify_source(
+        &self,
+        expected_volume: &[u8; 16],
+        holds_base: impl FnOnce(&SnapshotIdent) -> bool,
+    ) -> Result<()> {
+        if &self.volume_uuid != expected_volume {
+            return Err(DeltaError::WrongVolume {
+                expected: hex16(expected_volume),
+                found: hex16(&self.volume_uuid),
+            });
+        }
+        if let Some(base) = &self.base {
+            if !holds_base(base) {
+                return Err(DeltaError::BaseNotHeld {
+                    id: base.id,
+                    name: base.name.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// How many header bytes follow the fixed part, judged from the fixed part alone.
+    pub(crate) fn rest_len(fixed: &[u8]) -> Result<usize> {
+        let base_len = usize::from(get_u16(fixed, H_BASE_NAME_LEN));
+        let target_len = usize::from(get_u16(fixed, H_TARGET_NAME_LEN));
+        check_name_len("base name", base_len)?;
+        check_name_len("target name", target_len)?;
+        Ok(base_len + target_len + 4)
+    }
+
+    pub(crate) fn check_prefix(prefix: &[u8]) -> Result<()> {
+        let magic: [u8; 8] = get(prefix, H_MAGIC);
+        if magic != MAGIC {
+            return Err(DeltaError::BadMagic { found: magic });
+        }
+        let version = get_u16(prefix, H_VERSION);
+        if version != FORMAT_VERSION {
+            return Err(DeltaError::UnsupportedVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        Ok(())
+    }
+
+    /// Parses and verifies a complete serialized header.
+    pub fn unpack(b: &[u8]) -> Result<DeltaHeader> {
+        if b.len() < HEADER_FIXED_LEN + 4 {
+            return Err(DeltaError::Truncated {
+                offset: b.len() as u64,
+                while_reading: "header",
+            });
+        }
+        Self::check_prefix(b)?;
+        let total = HEADER_FIXED_LEN + Self::rest_len(b)?;
+        if b.len() < total {
+            return Err(DeltaError::Truncated {
+                offset: b.len() as u64,
+                while_reading: "header",
+            });
+        }
+        let (stored, computed) = trailing_crc(b.get(..total).unwrap_or_default());
+        if stored != computed {
+            return Err(DeltaError::HeaderChecksum { stored, computed });
+        }
+        let flags = get_u16(b, H_FLAGS);
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(invalid(
+                "flags",
+                format!("unknown bits {:#06x}", flags & !KNOWN_FLAGS),
+            ));
+        }
+        let base_len = usize::from(get_u16(b, H_BASE_NAME_LEN));
+        let target_len = usize::from(get_u16(b, H_TARGET_NAME_LEN));
+        let name_at = |from: usize, len: usize, field: &'static str| -> Result<String> {
+            let raw = b.get(from..from + len).unwrap_or_default();
+            String::from_utf8(raw.to_vec()).map_err(|_| invalid(field, "not UTF-8"))
+        };
+        let base_name = name_at(HEADER_FIXED_LEN, base_len, "base name")?;
+        let target_name = name_at(HEADER_FIXED_LEN + base_len, target_len, "target name")?;
+        let base_id = get_u64(b, H_BASE_ID);
+        let target_id = get_u64(b, H_TARGET_ID);
+        let base = if flags & FLAG_HAS_BASE != 0 {
+            Some(SnapshotIdent {
+                id: base_id,
+                name: base_name,
+            })
+        } else {
+            if base_id != 0 || base_len != 0 {
+                return Err(invalid("base", "a full stream names no base"));
+            }
+            None
+        };
+        let target = if flags & FLAG_TARGET_IS_ORIGIN != 0 {
+            if target_id != 0 || target_len != 0 {
+                return Err(invalid(
+                    "target",
+                    "an origin target has no snapshot id or name",
+                ));
+            }
+            Target::Origin
+        } else {
+            Target::Snapshot(SnapshotIdent {
+                id: target_id,
+                name: target_name,
+            })
+        };
+        let h = DeltaHeader {
+            volume_uuid: get(b, H_VOLUME_UUID),
+            base,
+            target,
+            chunk_size: get_u32(b, H_CHUNK_SIZE),
+            volume_size: get_u64(b, H_VOLUME_SIZE),
+            created_unix_nanos: get_u64(b, H_CREATED),
+        };
+        h.validate()?;
+        Ok(h)
+    }
+}
+
+fn hex16(u: &[u8; 16]) -> String {
+    u.iter().map(|b| format!("{b:02x}")).collect()
+}
