@@ -6,6 +6,7 @@ mod endpoint;
 mod exit;
 mod output;
 mod reclaim;
+mod replicate;
 mod size;
 mod snapshot;
 mod ublk;
@@ -56,7 +57,7 @@ enum Command {
     Delta(delta::DeltaCommand),
     /// Copy a volume's newest (or --snapshot) snapshot to another agent, sending only what
     /// changed since the newest snapshot both hold.
-    Replicate(delta::ReplicateArgs),
+    Replicate(replicate::ReplicateArgs),
     /// ublk: a volume or snapshot as a local block device /dev/ublkbN on the agent's machine.
     #[command(subcommand)]
     Ublk(ublk::UblkCommand),
@@ -101,7 +102,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Volume(cmd) => volume::run(&ctx, cmd).await,
         Command::Snapshot(cmd) => snapshot::run(&ctx, cmd).await,
         Command::Delta(cmd) => delta::run(&ctx, cmd).await,
-        Command::Replicate(args) => delta::replicate(&ctx, args, cli.timeout).await,
+        Command::Replicate(args) => replicate::run(&ctx, args, cli.timeout).await,
         Command::Ublk(cmd) => ublk::run(&ctx, cmd).await,
     }
 }
