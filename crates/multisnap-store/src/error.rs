@@ -123,15 +123,85 @@ impl StoreError {
         }
     }
 
-    /// The POSIX errno a block-device frontend should report for this error.
-    pub fn errno(&self) -> i32 {
+    /// What kind of failure this is, for a frontend choosing the code its protocol reports.
+    ///
+    /// Every variant is listed (no wildcard), so a new variant is classified where it is
+    /// added; a new kind then fails to compile in every frontend's table until it is mapped.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            StoreError::StoreFull { .. } => libc::ENOSPC,
-            StoreError::OutOfRange { .. } | StoreError::InvalidName { .. } => libc::EINVAL,
-            StoreError::SnapshotReadOnly(_) => libc::EPERM,
-            _ => libc::EIO,
+            StoreError::Io { source, .. } | StoreError::Flush { source, .. } => {
+                io_error_kind(source)
+            }
+            StoreError::NotAStore
+            | StoreError::UnsupportedVersion { .. }
+            | StoreError::NoValidSuperblock { .. }
+            | StoreError::Truncated { .. }
+            | StoreError::OriginMismatch { .. }
+            | StoreError::CorruptNode { .. }
+            | StoreError::CorruptBitmap { .. } => ErrorKind::Corrupt,
+            StoreError::InvalidGeometry(_)
+            | StoreError::OutOfRange { .. }
+            | StoreError::InvalidName { .. }
+            | StoreError::BadStage(_) => ErrorKind::InvalidArgument,
+            StoreError::StoreFull { .. } => ErrorKind::NoSpace,
+            StoreError::SnapshotNotFound(_) | StoreError::SnapshotIdNotFound(_) => {
+                ErrorKind::NotFound
+            }
+            StoreError::SnapshotExists(_) => ErrorKind::AlreadyExists,
+            StoreError::SnapshotReadOnly(_) => ErrorKind::ReadOnly,
+            StoreError::Unsupported { .. }
+            | StoreError::ReceiveInProgress { .. }
+            | StoreError::NoReceive
+            | StoreError::ReceiveCommitted { .. }
+            | StoreError::ReplicaOfOther { .. }
+            | StoreError::OriginDiverged { .. }
+            | StoreError::OriginNotEmpty
+            | StoreError::BaseModified(_) => ErrorKind::FailedPrecondition,
+            StoreError::Poisoned(_) => ErrorKind::Unavailable,
         }
     }
+}
+
+/// A device error is `NoSpace` when the host ran out of room under a sparse origin or store
+/// file (the same errnos NBD's spec folds into ENOSPC), so a client sees "no space" rather
+/// than an I/O error it would treat as a failing disk.
+fn io_error_kind(source: &io::Error) -> ErrorKind {
+    match source.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => ErrorKind::NoSpace,
+        _ => ErrorKind::Io,
+    }
+}
+
+/// A small, stable classification of [`StoreError`]s: what a client can do about the
+/// failure, which is all a frontend needs to pick its protocol's code. Each frontend maps
+/// these with one table and no wildcard.
+///
+/// Deliberately not `#[non_exhaustive]`: a new kind must fail to compile in every frontend's
+/// table until that frontend decides what it means there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The named or numbered snapshot does not exist (any more).
+    NotFound,
+    /// A snapshot of that name exists already.
+    AlreadyExists,
+    /// The request itself is wrong: a range outside the volume, a bad name or geometry, bad
+    /// staged data. Retrying it unchanged fails again.
+    InvalidArgument,
+    /// No room: the store is full (copies it needs to keep snapshots whole do not fit), or
+    /// the host filesystem under the origin or store file is.
+    NoSpace,
+    /// A write to a snapshot that is read-only.
+    ReadOnly,
+    /// The volume's state forbids the request now (a delta apply in progress or missing, a
+    /// replica of another volume, a base changed locally); it may succeed once that changes.
+    FailedPrecondition,
+    /// The store stopped accepting changes after an earlier failure; reopening it recovers.
+    Unavailable,
+    /// What is on the device is not a store this build can use: damaged metadata, a
+    /// truncated file, a foreign or newer format, another volume's origin.
+    Corrupt,
+    /// A device read, write or flush failed.
+    Io,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

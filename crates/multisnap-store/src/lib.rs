@@ -34,6 +34,7 @@ pub mod checksum;
 pub mod error;
 #[cfg(any(test, feature = "fault-injection"))]
 pub mod fault;
+mod flush_coalescer;
 pub mod format;
 pub mod ids;
 pub mod journal;
@@ -45,13 +46,13 @@ pub mod store;
 pub mod verify;
 
 pub use blockdev::{BlockDev, FileDev, MemDev};
-pub use error::StoreError;
+pub use error::{ErrorKind, StoreError};
 pub use format::snapshot_record::SnapshotState;
 pub use format::superblock::FullPolicy;
 pub use ids::{OriginChunk, SnapshotId, StoreChunk};
 pub use latency::LatencyStats;
 pub use store::{
     validate_snapshot_name, CreateOptions, ReceivePlan, ReceiveStatus, SnapshotInfo, Store,
-    StoreStats, View,
+    StoreStats, View, VolumeView,
 };
 pub use verify::{verify, VerifyReport};

@@ -41,8 +41,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 mod covered;
 mod origin_sync;
 mod receive;
+mod view;
 pub(crate) use covered::CoveredChunks;
 pub use receive::{ReceivePlan, ReceiveStatus};
+pub use view::VolumeView;
 
 /// How much a store can grow in place: its bitmap area is sized for this multiple of the
 /// size it was made with.
@@ -205,6 +207,8 @@ pub struct Store {
     bytes_copied: AtomicU64,
     /// Writes went into committed private chunks in place since the last store flush.
     private_data_unflushed: AtomicBool,
+    /// Counts the writes that returned, so a burst of flushes shares one (`VolumeView::flush`).
+    flush_coalescer: crate::flush_coalescer::FlushCoalescer,
     /// Successful [`Store::flush`] calls, by how long each took.
     flush_latency: Mutex<LatencyHistogram>,
     /// Origin ranges written since a flush last took them (see `origin_sync`).
@@ -502,6 +506,7 @@ impl Store {
             stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
             bytes_copied: AtomicU64::new(0),
             private_data_unflushed: AtomicBool::new(false),
+            flush_coalescer: Default::default(),
             flush_latency: Mutex::new(LatencyHistogram::default()),
             dirty_origin: DirtyRanges::default(),
             journal_batches: AtomicU64::new(0),
@@ -912,6 +917,7 @@ impl Store {
     /// Writes to a writable snapshot. Each chunk it touches first gets a private copy (the
     /// snapshot's current contents of that chunk), which later writes update in place.
     pub fn write_snapshot(&self, id: SnapshotId, offset: u64, data: &[u8]) -> Result<()> {
+        let _returned = self.flush_coalescer.count_write();
         self.check_range(offset, data.len() as u64)?;
         if data.is_empty() {
             return Ok(());
@@ -1109,6 +1115,7 @@ impl Store {
     /// every chunk a live snapshot still needs. Returns once the data is in the origin device's
     /// cache (durable after the next `flush`); the copies it needed are already durable.
     pub fn write_origin(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let _returned = self.flush_coalescer.count_write();
         self.check_range(offset, data.len() as u64)?;
         if data.is_empty() {
             return Ok(());
