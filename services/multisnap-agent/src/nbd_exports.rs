@@ -6,64 +6,17 @@
 //! export shows, so any libnbd-based backup tool can pull an increment
 //! (`nbdinfo --map=multisnap:changed:BASE nbd://HOST/VOLUME@TARGET`).
 //!
-//! TRIM is accepted and does nothing: deallocating origin chunks could drop data a snapshot
-//! still reads through the origin, and a trim is only a hint, so the safe answer is to keep
-//! everything. WRITE_ZEROES writes zeroes through the normal copy-out path.
+//! Reads, writes, WRITE_ZEROES, TRIM and FLUSH are the store's `VolumeView` operations (TRIM
+//! is accepted and does nothing, FLUSH is coalesced across the volume's exports and devices);
+//! this file only adapts them to NBD and maps store errors to NBD errors.
 
 use crate::volumes::{Volume, Volumes};
 use multisnap_nbd::{
     BlockSizes, ContextExtent, Export, ExportInfo, ExportListing, ExportProvider, Extent, Fua,
     NbdError, ZeroMode,
 };
-use multisnap_store::{SnapshotId, StoreError, View};
-use std::sync::atomic::{AtomicU64, Ordering};
+use multisnap_store::{ErrorKind, SnapshotId, StoreError, View, VolumeView};
 use std::sync::Arc;
-
-/// Coalesces the FLUSH (and FUA) requests of one volume's NBD exports.
-///
-/// A flush must make durable every write that returned before it was called; a flush that
-/// *started* after all those writes returned, and has since succeeded, already did. Clients
-/// send flushes in bursts (fio's `fsync=N` at queue depth 32 sends about half as many flushes
-/// as writes, one per free slot until the first completes), and each store flush is an
-/// `fdatasync` of the origin plus, when the index changed, a commit with two store flushes;
-/// answering the burst from one flush is what qemu does too (its flush generations).
-#[derive(Default)]
-pub struct FlushGate {
-    /// Writes of any export of the volume that have returned (counted before they are
-    /// acknowledged, successful or not: a failed write may have changed some bytes).
-    returned: AtomicU64,
-    /// `returned` as read just before the latest successful flush started: every write
-    /// counted there is durable. Held for the whole flush, so flushes queue behind it and
-    /// most of them find their writes already covered.
-    ///
-    /// A `std` mutex, not `parking_lot`'s: the lock is held for a whole flush (~0.4 ms), and
-    /// parking_lot's waiters call `sched_yield` up to seven times before they sleep. With a
-    /// burst of flushes on 2 CPUs that was ~one `sched_yield` per write, taking CPU from the
-    /// threads doing the writes (`perf record -e syscalls:sys_enter_sched_yield`, docs/
-    /// BENCHMARKS.md §5, session 9). `std`'s futex mutex spins briefly without yielding, then
-    /// sleeps.
-    durable: std::sync::Mutex<u64>,
-}
-
-impl FlushGate {
-    pub fn wrote(&self) {
-        self.returned.fetch_add(1, Ordering::SeqCst);
-    }
-
-    pub fn flush<E>(&self, flush: impl FnOnce() -> Result<(), E>) -> Result<(), E> {
-        let needed = self.returned.load(Ordering::SeqCst);
-        // Poisoned only if a flush panicked; the count it guards was not changed by it (it is
-        // set after a flush succeeds), so it is still right.
-        let mut durable = self.durable.lock().unwrap_or_else(|e| e.into_inner());
-        if *durable >= needed {
-            return Ok(());
-        }
-        let covered = self.returned.load(Ordering::SeqCst);
-        flush()?;
-        *durable = covered;
-        Ok(())
-    }
-}
 
 pub struct NbdProvider {
     volumes: Arc<Volumes>,
@@ -72,27 +25,6 @@ pub struct NbdProvider {
 impl NbdProvider {
     pub fn new(volumes: Arc<Volumes>) -> NbdProvider {
         NbdProvider { volumes }
-    }
-}
-
-fn store_err(op: &'static str, offset: u64, e: StoreError) -> NbdError {
-    match e {
-        StoreError::StoreFull { .. } => NbdError::NoSpace { op, offset },
-        // Made read-only after this client connected as a writer.
-        StoreError::SnapshotReadOnly(id) => NbdError::ReadOnly {
-            export: format!("snapshot id {}", id.0),
-        },
-        StoreError::OutOfRange { offset, len, size } => NbdError::OutOfRange {
-            op,
-            offset,
-            len,
-            size,
-        },
-        other => NbdError::Io {
-            op,
-            offset,
-            source: std::io::Error::other(other.to_string()),
-        },
     }
 }
 
@@ -132,71 +64,71 @@ impl ExportProvider for NbdProvider {
             None => (name, None),
         };
         let volume = self.volumes.get(vol_name).ok_or_else(not_found)?;
-        match snap_name {
-            None => Ok(Arc::new(VolumeExport {
-                volume,
-                view: View::Origin,
-                writable: true,
-            })),
+        let store = volume.store.clone();
+        let view = match snap_name {
+            None => VolumeView::origin(store),
             Some(s) => {
                 let info = volume.store.snapshot_by_name(s).map_err(|_| not_found())?;
-                if info.state != multisnap_store::SnapshotState::Ready {
-                    return Err(not_found());
-                }
-                Ok(Arc::new(VolumeExport {
-                    volume,
-                    view: View::Snapshot(info.id),
-                    writable: info.writable,
-                }))
+                VolumeView::snapshot(store, &info).ok_or_else(not_found)?
             }
-        }
+        };
+        Ok(Arc::new(VolumeExport { volume, view }))
     }
 }
 
 struct VolumeExport {
     volume: Arc<Volume>,
-    view: View,
-    /// Fixed when the client connects (NBD cannot change it mid-session).
-    writable: bool,
+    /// Read-only or not is fixed when the client connects (NBD cannot change it mid-session).
+    view: VolumeView,
 }
 
-const ZERO_PIECE: usize = 1 << 20;
 /// Metadata context naming the chunks changed since a snapshot.
 const CHANGED_PREFIX: &str = "multisnap:changed:";
 
 impl VolumeExport {
-    fn check_writable(&self) -> Result<(), NbdError> {
-        if self.writable {
-            Ok(())
-        } else {
-            Err(NbdError::ReadOnly {
+    /// A store error as the NBD error the client gets, by its kind:
+    ///
+    /// | kind | NBD error | why |
+    /// |---|---|---|
+    /// | ReadOnly | EPERM | what the NBD spec names for a write to a read-only export (a snapshot made read-only after this client connected as a writer) |
+    /// | NoSpace | ENOSPC | the store, or the host filesystem under it, is full: a client may free space or stop, and must not take it for a failing disk |
+    /// | InvalidArgument | EINVAL | a range outside the export (the protocol layer checks ranges first, so rare) |
+    /// | NotFound, AlreadyExists, FailedPrecondition, Unavailable, Corrupt, Io | EIO | the image cannot serve the request (its snapshot deleted under it, the store stopped after a failure, a device error); NBD has no closer code |
+    fn nbd_error(&self, op: &'static str, offset: u64, e: StoreError) -> NbdError {
+        match e.kind() {
+            ErrorKind::ReadOnly => NbdError::ReadOnly {
                 export: self.export_name(),
-            })
+            },
+            ErrorKind::NoSpace => NbdError::NoSpace { op, offset },
+            ErrorKind::InvalidArgument => NbdError::InvalidRequest {
+                reason: format!("{op} at offset {offset}: {e}"),
+            },
+            ErrorKind::NotFound
+            | ErrorKind::AlreadyExists
+            | ErrorKind::FailedPrecondition
+            | ErrorKind::Unavailable
+            | ErrorKind::Corrupt
+            | ErrorKind::Io => NbdError::Io {
+                op,
+                offset,
+                source: std::io::Error::other(e.to_string()),
+            },
         }
     }
 
-    fn write_at(&self, op: &'static str, offset: u64, data: &[u8]) -> Result<(), NbdError> {
-        let r = match self.view {
-            View::Origin => self.volume.store.write_origin(offset, data),
-            View::Snapshot(id) => self.volume.store.write_snapshot(id, offset, data),
-        };
-        self.volume.nbd_flush.wrote();
-        r.map_err(|e| store_err(op, offset, e))
-    }
-
     fn export_name(&self) -> String {
-        match self.view {
+        match self.view.view() {
             View::Origin => self.volume.name.clone(),
             View::Snapshot(SnapshotId(id)) => format!("{}@#{id}", self.volume.name),
         }
     }
 
+    /// Answers a FUA flag with a (coalesced) flush of the volume.
     fn fua(&self, fua: Fua, op: &'static str, offset: u64) -> Result<(), NbdError> {
         if fua.0 {
-            self.volume
-                .nbd_flush
-                .flush(|| self.volume.store.flush())
-                .map_err(|e| store_err(op, offset, e))?;
+            self.view
+                .flush()
+                .map_err(|e| self.nbd_error(op, offset, e))?;
         }
         Ok(())
     }
@@ -206,8 +138,8 @@ impl Export for VolumeExport {
     fn info(&self) -> ExportInfo {
         let chunk = self.volume.store.chunk_size();
         ExportInfo {
-            size: self.volume.store.origin_size(),
-            read_only: !self.writable,
+            size: self.view.size(),
+            read_only: self.view.is_read_only(),
             // A flush on any connection flushes the whole volume, so it covers the writes
             // every other connection saw completed.
             multi_conn: true,
@@ -221,27 +153,26 @@ impl Export for VolumeExport {
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), NbdError> {
-        self.volume
-            .store
-            .read(self.view, offset, buf)
-            .map_err(|e| store_err("read", offset, e))
+        self.view
+            .read(offset, buf)
+            .map_err(|e| self.nbd_error("read", offset, e))
     }
 
     fn write(&self, offset: u64, data: &[u8], fua: Fua) -> Result<(), NbdError> {
-        self.check_writable()?;
-        self.write_at("write", offset, data)?;
+        self.view
+            .write(offset, data)
+            .map_err(|e| self.nbd_error("write", offset, e))?;
         self.fua(fua, "write", offset)
     }
 
     fn flush(&self) -> Result<(), NbdError> {
-        self.volume
-            .nbd_flush
-            .flush(|| self.volume.store.flush())
-            .map_err(|e| store_err("flush", 0, e))
+        self.view.flush().map_err(|e| self.nbd_error("flush", 0, e))
     }
 
-    fn trim(&self, offset: u64, _len: u64, fua: Fua) -> Result<(), NbdError> {
-        self.check_writable()?;
+    fn trim(&self, offset: u64, len: u64, fua: Fua) -> Result<(), NbdError> {
+        self.view
+            .discard(offset, len)
+            .map_err(|e| self.nbd_error("trim", offset, e))?;
         self.fua(fua, "trim", offset)
     }
 
@@ -252,14 +183,9 @@ impl Export for VolumeExport {
         _mode: ZeroMode,
         fua: Fua,
     ) -> Result<(), NbdError> {
-        self.check_writable()?;
-        let zeroes = vec![0u8; ZERO_PIECE.min(len as usize)];
-        let mut done = 0u64;
-        while done < len {
-            let n = (len - done).min(ZERO_PIECE as u64) as usize;
-            self.write_at("write_zeroes", offset + done, &zeroes[..n])?;
-            done += n as u64;
-        }
+        self.view
+            .write_zeroes(offset, len)
+            .map_err(|e| self.nbd_error("write_zeroes", offset, e))?;
         self.fua(fua, "write_zeroes", offset)
     }
 
@@ -290,12 +216,12 @@ impl Export for VolumeExport {
             .volume
             .store
             .snapshot_by_name(base_name)
-            .map_err(|e| store_err("block_status", offset, e))?;
+            .map_err(|e| self.nbd_error("block_status", offset, e))?;
         let runs = self
             .volume
             .store
-            .changed_extents(base.id, self.view, offset, len)
-            .map_err(|e| store_err("block_status", offset, e))?;
+            .changed_extents(base.id, self.view.view(), offset, len)
+            .map_err(|e| self.nbd_error("block_status", offset, e))?;
         Ok(runs
             .into_iter()
             .map(|(len, changed)| ContextExtent {
@@ -311,8 +237,8 @@ impl Export for VolumeExport {
         let runs = self
             .volume
             .store
-            .allocation(self.view, offset, len)
-            .map_err(|e| store_err("block_status", offset, e))?;
+            .allocation(self.view.view(), offset, len)
+            .map_err(|e| self.nbd_error("block_status", offset, e))?;
         Ok(runs
             .into_iter()
             .map(|(len, data)| Extent {
@@ -326,94 +252,95 @@ impl Export for VolumeExport {
 
 #[cfg(test)]
 mod tests {
-    use super::FlushGate;
-    use std::cell::Cell;
+    use super::*;
+    use crate::volumes::volume_for_tests;
+    use multisnap_nbd::Errno;
 
-    #[test]
-    fn flush_gate_flushes_only_when_a_write_returned_since_the_last_flush_started() {
-        let gate = FlushGate::default();
-        let flushes = Cell::new(0);
-        let flush = || -> Result<(), ()> {
-            flushes.set(flushes.get() + 1);
-            Ok(())
-        };
-        gate.flush(flush).unwrap();
-        assert_eq!(flushes.get(), 0, "nothing written yet");
-        gate.wrote();
-        gate.flush(flush).unwrap();
-        gate.flush(flush).unwrap();
-        assert_eq!(flushes.get(), 1, "the second flush is covered by the first");
-        gate.wrote();
-        gate.flush(flush).unwrap();
-        assert_eq!(flushes.get(), 2);
-    }
-
-    #[test]
-    fn flush_gate_retries_after_a_failed_flush() {
-        let gate = FlushGate::default();
-        gate.wrote();
-        assert_eq!(gate.flush(|| Err("EIO")), Err("EIO"));
-        let flushed = Cell::new(false);
-        gate.flush(|| -> Result<(), ()> {
-            flushed.set(true);
-            Ok(())
-        })
-        .unwrap();
-        assert!(flushed.get(), "a failed flush covers nothing");
-    }
-
-    #[test]
-    fn flush_gate_does_not_count_a_write_that_returned_during_the_flush() {
-        let gate = FlushGate::default();
-        gate.wrote();
-        // A write returns while the flush runs: the flush may or may not have caught it, so
-        // the next flush must not be skipped.
-        gate.flush(|| -> Result<(), ()> {
-            gate.wrote();
-            Ok(())
-        })
-        .unwrap();
-        let flushed = Cell::new(false);
-        gate.flush(|| -> Result<(), ()> {
-            flushed.set(true);
-            Ok(())
-        })
-        .unwrap();
-        assert!(flushed.get());
-    }
-
-    /// Threads writing and flushing at once, as NBD workers do: every flush returns only after
-    /// a flush that started once its caller's write had returned (the "disk" records, at the
-    /// start of each flush, how many writes had returned by then).
-    #[test]
-    fn flush_gate_covers_each_callers_writes_under_contention() {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        let gate = FlushGate::default();
-        let returned = AtomicU64::new(0);
-        let durable = AtomicU64::new(0);
-        let flushes = AtomicU64::new(0);
-        std::thread::scope(|s| {
-            for _ in 0..4 {
-                s.spawn(|| {
-                    for _ in 0..500 {
-                        let mine = returned.fetch_add(1, Ordering::SeqCst) + 1;
-                        gate.wrote();
-                        gate.flush(|| -> Result<(), ()> {
-                            let covered = returned.load(Ordering::SeqCst);
-                            flushes.fetch_add(1, Ordering::SeqCst);
-                            std::thread::yield_now();
-                            durable.fetch_max(covered, Ordering::SeqCst);
-                            Ok(())
-                        })
-                        .unwrap();
-                        assert!(
-                            durable.load(Ordering::SeqCst) >= mine,
-                            "a flush returned before write {mine} was durable"
-                        );
-                    }
-                });
+    fn export(volume: &Arc<Volume>, snapshot: Option<&str>) -> VolumeExport {
+        let store = volume.store.clone();
+        let view = match snapshot {
+            None => VolumeView::origin(store),
+            Some(s) => {
+                VolumeView::snapshot(store, &volume.store.snapshot_by_name(s).unwrap()).unwrap()
             }
-        });
-        assert!(flushes.load(Ordering::SeqCst) >= 1);
+        };
+        VolumeExport {
+            volume: volume.clone(),
+            view,
+        }
+    }
+
+    #[test]
+    fn writes_to_a_read_only_snapshot_are_eperm_however_it_became_read_only() {
+        let volume = volume_for_tests();
+        volume.store.create_snapshot("ro").unwrap();
+        let info = volume.store.create_snapshot_with("was-rw", true).unwrap();
+        let connected_as_writer = export(&volume, Some("was-rw"));
+        volume.store.set_writable(info.id, false).unwrap();
+        for (e, why) in [
+            (
+                export(&volume, Some("ro")),
+                "read-only when the client connected",
+            ),
+            (
+                connected_as_writer,
+                "made read-only after the client connected",
+            ),
+        ] {
+            for r in [
+                e.write(0, &[1; 512], Fua(false)),
+                e.write_zeroes(0, 512, ZeroMode::NoHole, Fua(false)),
+            ] {
+                let err = r.unwrap_err();
+                assert!(matches!(err, NbdError::ReadOnly { .. }), "{why}: {err}");
+                assert_eq!(err.errno(), Errno::EPERM, "{why}");
+            }
+        }
+        // A trim changes nothing, so only the read-only flag fixed at connect time refuses it.
+        let err = export(&volume, Some("ro"))
+            .trim(0, 512, Fua(false))
+            .unwrap_err();
+        assert_eq!(err.errno(), Errno::EPERM);
+    }
+
+    #[test]
+    fn a_full_store_is_enospc() {
+        let volume = volume_for_tests();
+        volume.store.create_snapshot("s").unwrap();
+        let e = export(&volume, None);
+        let err = (0..256u64)
+            .find_map(|c| e.write(c * 4096, &[9; 4096], Fua(false)).err())
+            .expect("the store should fill");
+        assert!(matches!(err, NbdError::NoSpace { .. }), "{err}");
+        assert_eq!(err.errno(), Errno::ENOSPC);
+    }
+
+    #[test]
+    fn store_error_kinds_map_to_nbd_errors() {
+        let volume = volume_for_tests();
+        let e = export(&volume, None);
+        let device = |errno| StoreError::Io {
+            device: "origin",
+            offset: 0,
+            len: 4096,
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        for (err, want) in [
+            (device(libc::ENOSPC), Errno::ENOSPC),
+            (device(libc::EIO), Errno::EIO),
+            (
+                StoreError::OutOfRange {
+                    offset: 1 << 20,
+                    len: 1,
+                    size: 1 << 20,
+                },
+                Errno::EINVAL,
+            ),
+            (StoreError::SnapshotNotFound("s".into()), Errno::EIO),
+            (StoreError::Poisoned("earlier failure".into()), Errno::EIO),
+        ] {
+            let what = err.to_string();
+            assert_eq!(e.nbd_error("write", 0, err).errno(), want, "{what}");
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! The ublk devices this agent serves: the `multisnap-ublk` frontend wired to volumes. A
-//! device serves a volume's origin (read-write) or one snapshot (read-only unless writable),
-//! with the same store calls as the NBD exports.
+//! device serves a volume's origin (read-write) or one snapshot (read-only unless writable)
+//! through the store's `VolumeView`, as the NBD exports do; this file adapts it to ublk.
 //!
 //! Attached devices are listed in `DIR/ublk.state` (one line each: id, volume, snapshot or
 //! `-`, queues, depth). A device left behind by an agent that died is still in the kernel,
@@ -8,8 +8,8 @@
 //! listed device over at start, so the filesystems on them carry on. SIGTERM removes them all.
 
 use crate::metrics::UblkMetrics;
-use crate::volumes::{Volume, Volumes};
-use multisnap_store::{SnapshotState, StoreError, View};
+use crate::volumes::Volumes;
+use multisnap_store::{ErrorKind, StoreError, VolumeView};
 use multisnap_ublk::{BlockTarget, UblkDevice, UblkError, UblkOptions};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -71,18 +71,27 @@ pub struct UblkDevices {
 }
 
 /// A volume's origin or snapshot as a ublk target.
-struct ViewTarget {
-    volume: Arc<Volume>,
-    view: View,
-    read_only: bool,
-}
+struct ViewTarget(VolumeView);
 
+/// A store error as the errno the kernel gets, by its kind:
+///
+/// | kind | errno | why |
+/// |---|---|---|
+/// | ReadOnly | EROFS | what the ublk frontend itself answers for writes to a read-only device, so a snapshot made read-only after attaching looks the same |
+/// | NoSpace | ENOSPC | the store, or the host filesystem under it, is full; filesystems report that to their writers instead of treating the disk as failed |
+/// | InvalidArgument | EINVAL | a range outside the device (the frontend checks ranges first, so rare) |
+/// | NotFound, AlreadyExists, FailedPrecondition, Unavailable, Corrupt, Io | EIO | the device cannot serve the request; logged here, as the kernel only sees the errno |
 fn io_error(op: &'static str, offset: u64, e: StoreError) -> io::Error {
-    let errno = match &e {
-        StoreError::StoreFull { .. } => libc::ENOSPC,
-        StoreError::SnapshotReadOnly(_) => libc::EROFS,
-        StoreError::OutOfRange { .. } => libc::EINVAL,
-        _ => {
+    let errno = match e.kind() {
+        ErrorKind::ReadOnly => libc::EROFS,
+        ErrorKind::NoSpace => libc::ENOSPC,
+        ErrorKind::InvalidArgument => libc::EINVAL,
+        ErrorKind::NotFound
+        | ErrorKind::AlreadyExists
+        | ErrorKind::FailedPrecondition
+        | ErrorKind::Unavailable
+        | ErrorKind::Corrupt
+        | ErrorKind::Io => {
             tracing::error!(op, offset, error = %e, "ublk request failed in the store");
             libc::EIO
         }
@@ -90,54 +99,36 @@ fn io_error(op: &'static str, offset: u64, e: StoreError) -> io::Error {
     io::Error::from_raw_os_error(errno)
 }
 
-const ZERO_PIECE: u64 = 1 << 20;
-
-impl ViewTarget {
-    fn write_at(&self, op: &'static str, offset: u64, data: &[u8]) -> io::Result<()> {
-        match self.view {
-            View::Origin => self.volume.store.write_origin(offset, data),
-            View::Snapshot(id) => self.volume.store.write_snapshot(id, offset, data),
-        }
-        .map_err(|e| io_error(op, offset, e))
-    }
-}
-
 impl BlockTarget for ViewTarget {
     fn size(&self) -> u64 {
-        self.volume.store.origin_size()
+        self.0.size()
     }
     fn read_only(&self) -> bool {
-        self.read_only
+        self.0.is_read_only()
     }
     fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.volume
-            .store
-            .read(self.view, offset, buf)
+        self.0
+            .read(offset, buf)
             .map_err(|e| io_error("read", offset, e))
     }
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.write_at("write", offset, data)
+        self.0
+            .write(offset, data)
+            .map_err(|e| io_error("write", offset, e))
     }
+    /// Coalesced with every other flush of the volume (and the flush of a FUA write is one).
     fn flush(&self) -> io::Result<()> {
-        self.volume
-            .store
-            .flush()
-            .map_err(|e| io_error("flush", 0, e))
+        self.0.flush().map_err(|e| io_error("flush", 0, e))
     }
-    /// Like NBD TRIM: accepted and ignored (a snapshot may still read that origin data).
-    fn discard(&self, _offset: u64, _len: u64) -> io::Result<()> {
-        Ok(())
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.0
+            .discard(offset, len)
+            .map_err(|e| io_error("discard", offset, e))
     }
-    /// Zeroes through the normal copy-out path, a piece at a time.
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
-        let zeroes = vec![0u8; ZERO_PIECE.min(len) as usize];
-        let mut done = 0u64;
-        while done < len {
-            let n = (len - done).min(ZERO_PIECE) as usize;
-            self.write_at("write_zeroes", offset + done, &zeroes[..n])?;
-            done += n as u64;
-        }
-        Ok(())
+        self.0
+            .write_zeroes(offset, len)
+            .map_err(|e| io_error("write_zeroes", offset, e))
     }
 }
 
@@ -179,8 +170,8 @@ impl UblkDevices {
             .volumes
             .get(volume)
             .ok_or_else(|| UblkDevError::NoVolume(volume.to_string()))?;
-        let (view, read_only) = match snapshot {
-            None => (View::Origin, false),
+        let view = match snapshot {
+            None => VolumeView::origin(vol.store.clone()),
             Some(s) => {
                 let info = vol
                     .store
@@ -189,21 +180,16 @@ impl UblkDevices {
                         volume: volume.to_string(),
                         snapshot: s.to_string(),
                     })?;
-                if info.state != SnapshotState::Ready {
-                    return Err(UblkDevError::SnapshotNotReady {
+                VolumeView::snapshot(vol.store.clone(), &info).ok_or_else(|| {
+                    UblkDevError::SnapshotNotReady {
                         volume: volume.to_string(),
                         snapshot: s.to_string(),
                         state: format!("{:?}", info.state).to_lowercase(),
-                    });
-                }
-                (View::Snapshot(info.id), !info.writable)
+                    }
+                })?
             }
         };
-        Ok(Arc::new(ViewTarget {
-            volume: vol,
-            view,
-            read_only,
-        }))
+        Ok(Arc::new(ViewTarget(view)))
     }
 
     /// Attaches a new device serving the volume's origin or the named snapshot.
@@ -406,6 +392,62 @@ mod tests {
             "3 db - 1 64 extra",
         ] {
             assert_eq!(parse_state_line(bad), None, "{bad:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::*;
+    use crate::volumes::volume_for_tests;
+
+    fn errno(r: io::Result<()>) -> i32 {
+        r.unwrap_err().raw_os_error().unwrap()
+    }
+
+    #[test]
+    fn a_read_only_snapshot_is_erofs_and_a_full_store_enospc() {
+        let volume = volume_for_tests();
+        let info = volume.store.create_snapshot("s").unwrap();
+        let snap = ViewTarget(VolumeView::snapshot(volume.store.clone(), &info).unwrap());
+        assert_eq!(errno(snap.write(0, &[1; 512])), libc::EROFS);
+        assert_eq!(errno(snap.write_zeroes(0, 512)), libc::EROFS);
+        assert_eq!(errno(snap.discard(0, 512)), libc::EROFS);
+        let origin = ViewTarget(VolumeView::origin(volume.store.clone()));
+        let full = (0..256u64)
+            .find_map(|c| origin.write(c * 4096, &[9; 4096]).err())
+            .expect("the store should fill");
+        assert_eq!(full.raw_os_error(), Some(libc::ENOSPC));
+    }
+
+    #[test]
+    fn store_error_kinds_map_to_errnos() {
+        let device = |errno| StoreError::Io {
+            device: "store",
+            offset: 0,
+            len: 4096,
+            source: io::Error::from_raw_os_error(errno),
+        };
+        for (err, want) in [
+            (device(libc::ENOSPC), libc::ENOSPC),
+            (device(libc::EDQUOT), libc::ENOSPC),
+            (device(libc::EIO), libc::EIO),
+            (
+                StoreError::OutOfRange {
+                    offset: 0,
+                    len: 1,
+                    size: 0,
+                },
+                libc::EINVAL,
+            ),
+            (StoreError::Poisoned("earlier failure".into()), libc::EIO),
+        ] {
+            let what = err.to_string();
+            assert_eq!(
+                io_error("write", 0, err).raw_os_error(),
+                Some(want),
+                "{what}"
+            );
         }
     }
 }

@@ -38,13 +38,12 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> VolumeError {
 
 pub struct Volume {
     pub name: String,
-    pub store: Store,
+    /// Shared with the frontends' views of it (`multisnap_store::VolumeView`).
+    pub store: Arc<Store>,
     pub origin_path: PathBuf,
     pub store_path: PathBuf,
     /// The origin file was made by the agent (and goes when the volume is deleted).
     pub owns_origin: bool,
-    /// Coalesces the NBD flushes of every export of this volume.
-    pub nbd_flush: crate::nbd_exports::FlushGate,
     /// Delta traffic of this volume since the agent started, for metrics.
     pub deltas: DeltaCounters,
 }
@@ -110,12 +109,11 @@ fn open_volume(dir: &Path, name: &str, cache_bytes: usize) -> anyhow::Result<Vol
     let owns_origin = !Path::new(store.origin_path()).is_absolute();
     Ok(Volume {
         name: name.to_string(),
-        store,
+        store: Arc::new(store),
         origin_path,
         store_path,
         owns_origin,
         deltas: DeltaCounters::default(),
-        nbd_flush: Default::default(),
     })
 }
 
@@ -196,23 +194,17 @@ impl Volumes {
             Err(e) => {
                 // Only our own files go; an origin given by the user is never touched.
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(match e {
-                    multisnap_store::StoreError::InvalidGeometry(m) => {
-                        VolumeError::InvalidArgument(m)
-                    }
-                    other => VolumeError::Store(other),
-                });
+                return Err(VolumeError::Store(e));
             }
         };
         tracing::info!(volume = %spec.name, size = store.origin_size(), chunk_size = spec.chunk_size, "volume created");
         let v = Arc::new(Volume {
             name: spec.name.clone(),
-            store,
+            store: Arc::new(store),
             origin_path,
             store_path,
             owns_origin: spec.origin_path.is_none(),
             deltas: DeltaCounters::default(),
-            nbd_flush: Default::default(),
         });
         map.insert(spec.name.clone(), v.clone());
         Ok(v)
@@ -320,4 +312,27 @@ impl Volumes {
         }
         Ok(())
     }
+}
+
+/// A volume over in-memory devices, for the frontends' unit tests: 1 MiB origin, 4 KiB chunks,
+/// a store that fills after about 150 copied chunks (full policy `error`).
+#[cfg(test)]
+pub fn volume_for_tests() -> Arc<Volume> {
+    use multisnap_store::MemDev;
+    let origin = Arc::new(MemDev::new(1 << 20));
+    let dev = Arc::new(MemDev::new(900 * 1024));
+    let opts = CreateOptions {
+        chunk_size: 4096,
+        full_policy: FullPolicy::Error,
+        journal_bytes: 0,
+        ..Default::default()
+    };
+    Arc::new(Volume {
+        name: "v".to_string(),
+        store: Arc::new(Store::create(origin, dev, &opts).unwrap()),
+        origin_path: PathBuf::new(),
+        store_path: PathBuf::new(),
+        owns_origin: false,
+        deltas: DeltaCounters::default(),
+    })
 }

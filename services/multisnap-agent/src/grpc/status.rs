@@ -5,32 +5,31 @@ use crate::ublk_devices::UblkDevError;
 use crate::volumes::VolumeError;
 use multisnap_delta::DeltaError;
 use multisnap_replication::ReplicationError;
-use multisnap_store::StoreError;
+use multisnap_store::{ErrorKind, StoreError};
 use tonic::Status;
 
+/// A store error as a gRPC status, by its kind:
+///
+/// | kind | status | why |
+/// |---|---|---|
+/// | NotFound | NOT_FOUND | |
+/// | AlreadyExists | ALREADY_EXISTS | CreateSnapshot answers an identical repeat before this |
+/// | InvalidArgument | INVALID_ARGUMENT | the request is wrong whatever the volume's state |
+/// | NoSpace | RESOURCE_EXHAUSTED | the store, or the host filesystem under it, is full |
+/// | ReadOnly | FAILED_PRECONDITION | the snapshot's state forbids it; SetWritable changes that |
+/// | FailedPrecondition | FAILED_PRECONDITION | |
+/// | Unavailable | UNAVAILABLE | the store refuses changes until the agent reopens it |
+/// | Corrupt, Io | INTERNAL | nothing the caller can change fixes it |
 pub fn from_store(e: StoreError) -> Status {
     let msg = e.to_string();
-    match e {
-        StoreError::SnapshotNotFound(_) | StoreError::SnapshotIdNotFound(_) => {
-            Status::not_found(msg)
-        }
-        StoreError::SnapshotExists(_) => Status::already_exists(msg),
-        StoreError::InvalidName { .. }
-        | StoreError::OutOfRange { .. }
-        | StoreError::InvalidGeometry(_)
-        | StoreError::BadStage(_) => Status::invalid_argument(msg),
-        StoreError::StoreFull { .. } => Status::resource_exhausted(msg),
-        StoreError::SnapshotReadOnly(_)
-        | StoreError::Unsupported { .. }
-        | StoreError::ReceiveInProgress { .. }
-        | StoreError::NoReceive
-        | StoreError::ReceiveCommitted { .. }
-        | StoreError::ReplicaOfOther { .. }
-        | StoreError::OriginDiverged { .. }
-        | StoreError::OriginNotEmpty
-        | StoreError::BaseModified(_) => Status::failed_precondition(msg),
-        StoreError::Poisoned(_) => Status::unavailable(msg),
-        _ => Status::internal(msg),
+    match e.kind() {
+        ErrorKind::NotFound => Status::not_found(msg),
+        ErrorKind::AlreadyExists => Status::already_exists(msg),
+        ErrorKind::InvalidArgument => Status::invalid_argument(msg),
+        ErrorKind::NoSpace => Status::resource_exhausted(msg),
+        ErrorKind::ReadOnly | ErrorKind::FailedPrecondition => Status::failed_precondition(msg),
+        ErrorKind::Unavailable => Status::unavailable(msg),
+        ErrorKind::Corrupt | ErrorKind::Io => Status::internal(msg),
     }
 }
 
@@ -121,4 +120,37 @@ where
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Status::internal(format!("worker failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn store_error_kinds_map_to_status_codes() {
+        let host_full = StoreError::Io {
+            device: "store",
+            offset: 0,
+            len: 4096,
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        for (err, want) in [
+            (host_full, Code::ResourceExhausted),
+            (
+                StoreError::SnapshotReadOnly(multisnap_store::SnapshotId(1)),
+                Code::FailedPrecondition,
+            ),
+            (StoreError::SnapshotExists("a".into()), Code::AlreadyExists),
+            (
+                StoreError::InvalidGeometry("odd".into()),
+                Code::InvalidArgument,
+            ),
+            (StoreError::Poisoned("earlier".into()), Code::Unavailable),
+            (StoreError::NotAStore, Code::Internal),
+        ] {
+            let what = err.to_string();
+            assert_eq!(from_store(err).code(), want, "{what}");
+        }
+    }
 }
