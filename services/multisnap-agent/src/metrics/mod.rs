@@ -1,0 +1,54 @@
+//! Prometheus exposition at `/metrics`.
+//!
+//! Three sources feed one registry:
+//! - the stores: read at scrape time by [`StoreCollector`], so the numbers are the store's own
+//!   counters, always current, never a second copy that could drift;
+//! - the NBD servers: every finished request reaches [`NbdObserver`], which keeps request,
+//!   byte, error and latency series per volume, view and op;
+//! - the ublk devices: every finished request reaches a [`UblkMetrics`] observer, with the
+//!   same series under `multisnap_ublk_*`.
+//!
+//! NBD and ublk series are labelled by volume and `view="origin"|"snapshot"`, never by snapshot name:
+//! snapshots come and go by the thousand and each name would be a new series forever.
+//!
+//! Both the OpenMetrics text format (what Prometheus asks for first) and the classic
+//! Prometheus text format 0.0.4 (what `curl` gets) are served, chosen from the `Accept` header.
+//!
+//! Files by what they observe: `store` (the stores' own counters), `nbd`, `ublk` (request
+//! series, sharing `requests`), `http` (the endpoint).
+
+mod http;
+mod nbd;
+mod requests;
+mod store;
+mod ublk;
+
+pub use http::serve;
+pub use nbd::NbdObserver;
+pub use ublk::UblkMetrics;
+
+use crate::volumes::Volumes;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use store::StoreCollector;
+
+/// The agent's metrics: the registry to expose and the observer to hand to the NBD servers.
+pub struct Metrics {
+    pub registry: Arc<Registry>,
+    pub nbd: Arc<NbdObserver>,
+    pub ublk: Arc<UblkMetrics>,
+}
+
+impl Metrics {
+    pub fn new(volumes: Arc<Volumes>) -> Metrics {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(StoreCollector { volumes }));
+        let nbd = Arc::new(NbdObserver::new(&mut registry));
+        let ublk = Arc::new(UblkMetrics::new(&mut registry));
+        Metrics {
+            registry: Arc::new(registry),
+            nbd,
+            ublk,
+        }
+    }
+}
