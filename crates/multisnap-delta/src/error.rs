@@ -83,7 +83,10 @@ pub enum DeltaError {
     #[error("trailing garbage at byte offset {offset}, after the trailer")]
     TrailingGarbage { offset: u64 },
     #[error("delta is for volume {found}, not this volume {expected}")]
-    WrongVolume { expected: String, found: String },
+    WrongVolume {
+        expected: multisnap_ids::VolumeUuid,
+        found: multisnap_ids::VolumeUuid,
+    },
     #[error("delta's base snapshot {name:?} (id {id}) is not held here")]
     BaseNotHeld { id: u64, name: String },
     #[error("resume point does not belong to this stream: {reason}")]

@@ -6,6 +6,7 @@ use crate::{
     checksum, get, get_u16, get_u32, get_u64, put_u16, put_u32, put_u64, trailing_crc,
     FORMAT_VERSION, MAGIC, MAX_CHUNK_SIZE, MAX_NAME_LEN, MAX_VOLUME_SIZE, MIN_CHUNK_SIZE,
 };
+use multisnap_ids::VolumeUuid;
 
 /// Header flag: the stream is incremental against `base`. Clear means a full stream.
 pub const FLAG_HAS_BASE: u16 = 1 << 0;
@@ -48,7 +49,7 @@ pub enum Target {
 /// The stream header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeltaHeader {
-    pub volume_uuid: [u8; 16],
+    pub volume_uuid: VolumeUuid,
     /// `None`: a full stream (everything allocated in the target).
     pub base: Option<SnapshotIdent>,
     pub target: Target,
@@ -150,7 +151,7 @@ impl DeltaHeader {
         b[H_MAGIC..H_MAGIC + 8].copy_from_slice(&MAGIC);
         put_u16(&mut b, H_VERSION, FORMAT_VERSION);
         put_u16(&mut b, H_FLAGS, self.flags());
-        b[H_VOLUME_UUID..H_VOLUME_UUID + 16].copy_from_slice(&self.volume_uuid);
+        b[H_VOLUME_UUID..H_VOLUME_UUID + 16].copy_from_slice(self.volume_uuid.as_bytes());
         put_u64(&mut b, H_BASE_ID, base_id);
         put_u64(&mut b, H_TARGET_ID, target_id);
         put_u32(&mut b, H_CHUNK_SIZE, self.chunk_size);
@@ -179,13 +180,13 @@ impl DeltaHeader {
     /// the matching rule, by name or by a replicated id).
     pub fn verify_source(
         &self,
-        expected_volume: &[u8; 16],
+        expected_volume: &VolumeUuid,
         holds_base: impl FnOnce(&SnapshotIdent) -> bool,
     ) -> Result<()> {
         if &self.volume_uuid != expected_volume {
             return Err(DeltaError::WrongVolume {
-                expected: hex16(expected_volume),
-                found: hex16(&self.volume_uuid),
+                expected: *expected_volume,
+                found: self.volume_uuid,
             });
         }
         if let Some(base) = &self.base {
@@ -286,7 +287,7 @@ impl DeltaHeader {
             })
         };
         let h = DeltaHeader {
-            volume_uuid: get(b, H_VOLUME_UUID),
+            volume_uuid: VolumeUuid::from_bytes(get(b, H_VOLUME_UUID)),
             base,
             target,
             chunk_size: get_u32(b, H_CHUNK_SIZE),
@@ -296,8 +297,4 @@ impl DeltaHeader {
         h.validate()?;
         Ok(h)
     }
-}
-
-fn hex16(u: &[u8; 16]) -> String {
-    u.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -42,6 +42,8 @@ pub use frame::{
 pub use header::{
     DeltaHeader, SnapshotIdent, Target, FLAG_HAS_BASE, FLAG_TARGET_IS_ORIGIN, HEADER_FIXED_LEN,
 };
+/// The volume identity a stream's header carries (re-exported so users need not name the ids crate).
+pub use multisnap_ids::VolumeUuid;
 pub use reader::DeltaReader;
 pub use resume::{ResumePoint, RESUME_MAGIC, RESUME_TOKEN_LEN};
 pub use writer::DeltaWriter;

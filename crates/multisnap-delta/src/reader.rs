@@ -41,7 +41,7 @@ impl<R: Read> DeltaReader<R> {
             pos: 0,
             len: 0,
             header: DeltaHeader {
-                volume_uuid: [0; 16],
+                volume_uuid: crate::VolumeUuid::NIL,
                 base: None,
                 target: Target::Origin,
                 chunk_size: 0,

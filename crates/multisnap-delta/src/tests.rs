@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 fn header(chunk_size: u32, volume_size: u64) -> DeltaHeader {
     DeltaHeader {
-        volume_uuid: [7; 16],
+        volume_uuid: VolumeUuid::from_bytes([7; 16]),
         base: Some(SnapshotIdent {
             id: 3,
             name: "monday".into(),
@@ -311,17 +311,21 @@ fn trailer_counts_and_digest_are_checked() {
 #[test]
 fn verify_source_checks_volume_and_base() {
     let (h, _) = sample();
-    assert!(h.verify_source(&[7; 16], |b| b.name == "monday").is_ok());
+    assert!(h
+        .verify_source(&VolumeUuid::from_bytes([7; 16]), |b| b.name == "monday")
+        .is_ok());
     assert!(matches!(
-        h.verify_source(&[8; 16], |_| true),
+        h.verify_source(&VolumeUuid::from_bytes([8; 16]), |_| true),
         Err(DeltaError::WrongVolume { .. })
     ));
     assert!(matches!(
-        h.verify_source(&[7; 16], |_| false),
+        h.verify_source(&VolumeUuid::from_bytes([7; 16]), |_| false),
         Err(DeltaError::BaseNotHeld { id: 3, .. })
     ));
     let full = DeltaHeader { base: None, ..h };
-    assert!(full.verify_source(&[7; 16], |_| false).is_ok());
+    assert!(full
+        .verify_source(&VolumeUuid::from_bytes([7; 16]), |_| false)
+        .is_ok());
 }
 
 #[test]
@@ -356,7 +360,7 @@ fn resume_continues_the_chain() {
     assert!(read_all(&tail).is_err());
     // A resume point for another stream is refused.
     let other = DeltaHeader {
-        volume_uuid: [1; 16],
+        volume_uuid: VolumeUuid::from_bytes([1; 16]),
         ..h
     };
     assert!(matches!(
@@ -422,7 +426,7 @@ fn arb_stream() -> impl Strategy<Value = (DeltaHeader, Vec<Record>)> {
         .prop_map(|(cs, chunks, tail, has_base, origin, name, plan)| {
             let volume_size = (chunks - 1) * u64::from(cs) + (tail % u64::from(cs)) + 1;
             let h = DeltaHeader {
-                volume_uuid: [tail as u8; 16],
+                volume_uuid: VolumeUuid::from_bytes([tail as u8; 16]),
                 base: has_base.then(|| SnapshotIdent {
                     id: chunks,
                     name: name.clone(),

@@ -6,7 +6,7 @@
 //! stops early. A resumable apply keeps its checkpointed part across interruptions, crashes
 //! included; any other apply is discarded when it fails or is cut off, and its space reclaimed.
 
-use super::{hex_uuid, Progress, ReplicationError, Result};
+use super::{Progress, ReplicationError, Result};
 use multisnap_delta::{DeltaDecoder, DeltaHeader, Event, Record, ResumePoint, Target};
 use multisnap_store::{ReceivePlan, SnapshotInfo, Store};
 use std::time::{Duration, Instant};
@@ -142,7 +142,7 @@ impl<'a> Applier<'a> {
         self.active = true;
         tracing::info!(
             volume = %self.store.volume_name(),
-            source = %hex_uuid(&h.volume_uuid),
+            source = %h.volume_uuid,
             target = %target.name,
             base = ?h.base.as_ref().map(|b| &b.name),
             "applying a delta"

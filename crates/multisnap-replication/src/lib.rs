@@ -51,15 +51,3 @@ pub struct Progress {
     pub chunks_total: u64,
     pub bytes: u64,
 }
-
-pub fn hex_uuid(b: &[u8; 16]) -> String {
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}

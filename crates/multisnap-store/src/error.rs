@@ -1,6 +1,6 @@
 //! The store's error type: each variant says what happened to what.
 
-use crate::ids::{MetaBlock, SnapshotId};
+use crate::ids::{MetaBlock, SnapshotId, VolumeUuid};
 use std::io;
 
 /// Everything that can go wrong in the store.
@@ -95,7 +95,10 @@ pub enum StoreError {
     ReceiveCommitted { name: String },
 
     #[error("this volume is a replica of volume {expected}; a delta of volume {found} cannot be applied to it")]
-    ReplicaOfOther { expected: String, found: String },
+    ReplicaOfOther {
+        expected: VolumeUuid,
+        found: VolumeUuid,
+    },
 
     #[error("the volume's origin changed in {chunks} chunk(s) since base snapshot {base:?}, so the delta would not recreate its target; apply into a volume left untouched since that snapshot")]
     OriginDiverged { base: String, chunks: u64 },

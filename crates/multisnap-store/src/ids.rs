@@ -3,6 +3,9 @@
 
 use std::fmt;
 
+/// A volume's identity, shared with the delta stream's header (hence its own crate).
+pub use multisnap_ids::VolumeUuid;
+
 /// A snapshot's id: 64-bit, increasing, never reused within a volume. Id 0 is never issued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SnapshotId(pub u64);

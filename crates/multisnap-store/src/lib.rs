@@ -49,7 +49,7 @@ pub use blockdev::{BlockDev, FileDev, MemDev};
 pub use error::{ErrorKind, StoreError};
 pub use format::snapshot_record::SnapshotState;
 pub use format::superblock::FullPolicy;
-pub use ids::{OriginChunk, SnapshotId, StoreChunk};
+pub use ids::{OriginChunk, SnapshotId, StoreChunk, VolumeUuid};
 pub use latency::LatencyStats;
 pub use store::{
     validate_snapshot_name, CreateOptions, ReceivePlan, ReceiveStatus, SnapshotInfo, Store,

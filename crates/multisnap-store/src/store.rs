@@ -26,7 +26,7 @@ use crate::error::{Result, StoreError};
 use crate::format::snapshot_record::{SnapshotRecord, SnapshotState, MAX_NAME};
 use crate::format::superblock::{FullPolicy, Superblock, SuperblockFault, MAX_VOLUME_NAME};
 use crate::format::{BLOCK_SIZE, FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
-use crate::ids::{OriginChunk, SnapshotId, StoreChunk};
+use crate::ids::{OriginChunk, SnapshotId, StoreChunk, VolumeUuid};
 use crate::journal::{self, journal_blocks_for, DirtyRanges, JournalCursor};
 use crate::latency::{LatencyHistogram, LatencyStats};
 use crate::locations::LocationStats;
@@ -230,7 +230,7 @@ pub struct Store {
     /// Serializes the steps of a delta apply (see `receive`).
     receive_lock: Mutex<()>,
     volume_name: String,
-    volume_uuid: [u8; 16],
+    volume_uuid: VolumeUuid,
     origin_path: String,
 }
 
@@ -338,7 +338,7 @@ impl Store {
         let alloc = ChunkAllocator::new(total_blocks, chunk_blocks, reserved);
         let sb = Superblock {
             generation: 0,
-            volume_uuid: *uuid::Uuid::new_v4().as_bytes(),
+            volume_uuid: *VolumeUuid::new_random().as_bytes(),
             chunk_size: cs,
             origin_size,
             store_blocks: total_blocks,
@@ -492,7 +492,7 @@ impl Store {
             live_epoch: meta.live_epoch.clone(),
             covered: meta.covered.clone(),
             volume_name: meta.sb.volume_name.clone(),
-            volume_uuid: meta.sb.volume_uuid,
+            volume_uuid: VolumeUuid::from_bytes(meta.sb.volume_uuid),
             origin_path: meta.sb.origin_path.clone(),
             journal_start: meta.sb.journal_start,
             journal_blocks: meta.sb.journal_blocks,
@@ -529,7 +529,7 @@ impl Store {
     pub fn volume_name(&self) -> &str {
         &self.volume_name
     }
-    pub fn volume_uuid(&self) -> [u8; 16] {
+    pub fn volume_uuid(&self) -> VolumeUuid {
         self.volume_uuid
     }
     pub fn origin_path(&self) -> &str {

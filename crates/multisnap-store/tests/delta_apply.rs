@@ -6,7 +6,7 @@
 use multisnap_store::fault::{CrashDev, PowerRail};
 use multisnap_store::{
     verify, BlockDev, CreateOptions, MemDev, ReceivePlan, SnapshotId, SnapshotInfo, Store,
-    StoreError, View,
+    StoreError, View, VolumeUuid,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -17,7 +17,7 @@ const CHUNKS: u64 = 48;
 /// Not a whole number of chunks: the last chunk is short.
 const SIZE: u64 = CHUNKS * CHUNK - 1000;
 const STORE_BYTES: u64 = 4 << 20;
-const SOURCE_UUID: [u8; 16] = [0x5a; 16];
+const SOURCE_UUID: VolumeUuid = VolumeUuid::from_bytes([0x5a; 16]);
 
 fn opts() -> CreateOptions {
     CreateOptions {
@@ -300,7 +300,7 @@ fn applies_that_cannot_recreate_the_target_are_refused() {
     ));
     // Deltas of another volume.
     let foreign = ReceivePlan {
-        source_volume: [1; 16],
+        source_volume: VolumeUuid::from_bytes([1; 16]),
         ..plan("s1", &s1, Some(r0.id), false)
     };
     assert!(matches!(

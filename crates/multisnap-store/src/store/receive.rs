@@ -36,6 +36,7 @@ use crate::format::snapshot_record::{SnapshotRecord, SnapshotState};
 use crate::format::superblock::{
     ReceiveState, MAX_RECEIVE_TOKEN, RECEIVE_DIRECT, RECEIVE_FOLDING, RECEIVE_RESUMABLE,
 };
+use crate::ids::VolumeUuid;
 use crate::ids::{OriginChunk, SnapshotId, StoreChunk};
 use crate::meta::{holds_store_chunk, Meta, DIRECT_CHUNK, ZERO_CHUNK};
 
@@ -48,7 +49,7 @@ pub struct ReceivePlan {
     /// Name the new snapshot will have.
     pub name: String,
     /// Uuid of the volume the delta comes from.
-    pub source_volume: [u8; 16],
+    pub source_volume: VolumeUuid,
     /// The target snapshot's id on that volume.
     pub source_snapshot: u64,
     /// The local snapshot holding the delta's base; `None` for a full stream.
@@ -77,15 +78,11 @@ pub struct ReceiveStatus {
     pub staged_bytes: u64,
 }
 
-fn hex(b: &[u8; 16]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 impl Store {
     /// The volume whose deltas this store applies, once it has begun applying one.
-    pub fn replica_source(&self) -> Option<[u8; 16]> {
-        let m = self.meta.read();
-        (m.replica_source != [0; 16]).then_some(m.replica_source)
+    pub fn replica_source(&self) -> Option<VolumeUuid> {
+        let source = VolumeUuid::from_bytes(self.meta.read().replica_source);
+        (!source.is_nil()).then_some(source)
     }
 
     /// Whether an apply is in progress (running, or kept for resumption). Cheap, unlike
@@ -163,10 +160,11 @@ impl Store {
                 let name = m.receiving_name();
                 return Err(StoreError::ReceiveInProgress { name });
             }
-            if m.replica_source != [0; 16] && m.replica_source != plan.source_volume {
+            let bound = VolumeUuid::from_bytes(m.replica_source);
+            if !bound.is_nil() && bound != plan.source_volume {
                 return Err(StoreError::ReplicaOfOther {
-                    expected: hex(&m.replica_source),
-                    found: hex(&plan.source_volume),
+                    expected: bound,
+                    found: plan.source_volume,
                 });
             }
             if m.by_name.contains_key(&plan.name) {
@@ -193,8 +191,8 @@ impl Store {
                 flags,
                 token: plan.token.clone(),
             });
-            if m.replica_source == [0; 16] {
-                m.replica_source = plan.source_volume;
+            if bound.is_nil() {
+                m.replica_source = *plan.source_volume.as_bytes();
             }
             m.pager.generation
         };

@@ -18,8 +18,6 @@ pub fn volume_message(v: &Volume) -> pb::Volume {
         FullPolicy::Error => pb::StoreFullPolicy::Error,
         FullPolicy::InvalidateOldest => pb::StoreFullPolicy::InvalidateOldest,
     };
-    let uuid = v.store.volume_uuid();
-    let uuid = uuid.iter().map(|b| format!("{b:02x}")).collect::<String>();
     pb::Volume {
         name: v.name.clone(),
         size_bytes: stats.origin_size,
@@ -31,20 +29,13 @@ pub fn volume_message(v: &Volume) -> pb::Volume {
         store_full_policy: policy as i32,
         origin_path: v.origin_path.display().to_string(),
         store_path: v.store_path.display().to_string(),
-        uuid: format!(
-            "{}-{}-{}-{}-{}",
-            &uuid[0..8],
-            &uuid[8..12],
-            &uuid[12..16],
-            &uuid[16..20],
-            &uuid[20..32]
-        ),
+        uuid: v.store.volume_uuid().to_string(),
         exception_count: stats.exceptions,
         reclaim_pending: stats.reclaim_pending,
         replica_of: v
             .store
             .replica_source()
-            .map(|u| multisnap_replication::hex_uuid(&u))
+            .map(|u| u.to_string())
             .unwrap_or_default(),
     }
 }
