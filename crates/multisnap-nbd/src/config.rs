@@ -41,7 +41,7 @@ impl Default for ServerConfig {
             // As many as requests in flight: a write that pays a copy-on-write waits in the
             // store's group commit, and a commit covers only the writes waiting at once, so
             // fewer workers than the client's queue depth shrink every commit (measured: 8
-            // workers halved 4 KiB first writes at iodepth 32, BENCHMARKS.md section 5).
+            // workers halved 4 KiB first writes at iodepth 32, docs/BENCHMARKS.md, History, 2026-11-25).
             // Workers start on demand, so a fast backend never uses more than a few.
             workers_per_connection: 64,
             max_in_flight_bytes: 256 * 1024 * 1024,

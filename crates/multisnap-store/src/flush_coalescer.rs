@@ -27,7 +27,7 @@ pub(crate) struct FlushCoalescer {
     /// parking_lot's waiters call `sched_yield` up to seven times before they sleep. With a
     /// burst of flushes on 2 CPUs that was ~one `sched_yield` per write, taking CPU from the
     /// threads doing the writes (`perf record -e syscalls:sys_enter_sched_yield`, docs/
-    /// BENCHMARKS.md §5, session 9). `std`'s futex mutex spins briefly without yielding, then
+    /// BENCHMARKS.md §5, "The flush lock"). `std`'s futex mutex spins briefly without yielding, then
     /// sleeps.
     durable: std::sync::Mutex<u64>,
 }
