@@ -31,6 +31,7 @@ pub mod blockdev;
 pub mod btree;
 pub mod cache;
 pub mod checksum;
+mod covered;
 pub mod error;
 #[cfg(any(test, feature = "fault-injection"))]
 pub mod fault;

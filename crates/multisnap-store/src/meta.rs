@@ -15,6 +15,7 @@ use crate::alloc::ChunkAllocator;
 use crate::blockdev::BlockDev;
 use crate::btree::{self, CachedLookupError, CachedNodes, NodeSource};
 use crate::cache::NodeCache;
+use crate::covered::CoveredChunks;
 use crate::error::{Result, StoreError};
 use crate::format::node::{Key, Node, TreeKind};
 use crate::format::snapshot_record::{SnapshotRecord, SnapshotState};
@@ -169,7 +170,7 @@ pub struct Meta {
     /// that the snapshot they read is still there.
     pub live_epoch: Arc<AtomicU64>,
     /// The store's covered-chunk map, cleared here when the store is poisoned.
-    pub covered: Arc<crate::store::CoveredChunks>,
+    pub covered: Arc<CoveredChunks>,
     /// Where snapshot reads last found their chunks; forgotten per chunk by every change to
     /// the exception index or the private map.
     locations: LocationCache,
@@ -241,7 +242,7 @@ impl Meta {
         alloc: ChunkAllocator,
         cache_bytes: usize,
     ) -> Meta {
-        let covered = Arc::new(crate::store::CoveredChunks::new(
+        let covered = Arc::new(CoveredChunks::new(
             sb.origin_size.div_ceil(u64::from(sb.chunk_size.max(1))),
         ));
         // The location cache's share comes out of the configured budget, so the two caches

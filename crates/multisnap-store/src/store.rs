@@ -22,6 +22,7 @@ use crate::alloc::{bitmap_blocks_for, ChunkAllocator};
 use crate::blockdev::BlockDev;
 use crate::btree::CachedLookupError;
 use crate::cache::CacheStats;
+use crate::covered::CoveredChunks;
 use crate::error::{Result, StoreError};
 use crate::format::snapshot_record::{SnapshotRecord, SnapshotState, MAX_NAME};
 use crate::format::superblock::{FullPolicy, Superblock, SuperblockFault, MAX_VOLUME_NAME};
@@ -38,11 +39,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-mod covered;
 mod origin_sync;
 mod receive;
 mod view;
-pub(crate) use covered::CoveredChunks;
 pub use receive::{ReceivePlan, ReceiveStatus};
 pub use view::VolumeView;
 
