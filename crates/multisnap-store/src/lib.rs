@@ -50,6 +50,7 @@ pub use blockdev::{BlockDev, FileDev, MemDev};
 pub use error::{ErrorKind, StoreError};
 pub use format::snapshot_record::SnapshotState;
 pub use format::superblock::FullPolicy;
+pub use format::superblock_io::read_superblock;
 pub use ids::{OriginChunk, SnapshotId, StoreChunk, VolumeUuid};
 pub use latency::LatencyStats;
 pub use store::{

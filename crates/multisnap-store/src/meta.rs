@@ -17,10 +17,11 @@ use crate::btree::{self, CachedLookupError, CachedNodes, NodeSource};
 use crate::cache::NodeCache;
 use crate::covered::CoveredChunks;
 use crate::error::{Result, StoreError};
+use crate::format::exception::{holds_store_chunk, private_chunk, private_value, Exception};
 use crate::format::node::{Key, Node, TreeKind};
 use crate::format::snapshot_record::{SnapshotRecord, SnapshotState};
 use crate::format::superblock::{ReceiveState, Superblock};
-use crate::format::{get_u64, put_u64, BLOCK_SIZE};
+use crate::format::superblock_io::write_superblock;
 use crate::ids::{MetaBlock, OriginChunk, SnapshotId, StoreChunk};
 use crate::latency::LatencyHistogram;
 use crate::locations::LocationCache;
@@ -60,60 +61,10 @@ impl Drop for SharedLookup<'_> {
     }
 }
 
-/// One exception: chunk `chunk` as snapshots `first..=last` see it lives at `store`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Exception {
-    pub chunk: OriginChunk,
-    pub first: SnapshotId,
-    pub last: SnapshotId,
-    pub store: StoreChunk,
-}
-
-impl Exception {
-    pub fn key(&self) -> Key {
-        Key::new(self.chunk.0, self.last.0)
-    }
-    pub fn value(&self) -> [u8; 16] {
-        let mut v = [0u8; 16];
-        put_u64(&mut v, 0, self.first.0);
-        put_u64(&mut v, 8, self.store.0);
-        v
-    }
-    pub fn from_entry(key: Key, value: &[u8]) -> Exception {
-        Exception {
-            chunk: OriginChunk(key.hi),
-            last: SnapshotId(key.lo),
-            first: SnapshotId(get_u64(value, 0)),
-            store: StoreChunk(get_u64(value, 8)),
-        }
-    }
-}
-
-/// The private-map value of a chunk a delta apply staged as "reads as zeros": no store chunk
-/// is spent on it. Only `Receiving` records ever hold it.
-pub const ZERO_CHUNK: StoreChunk = StoreChunk(u64::MAX);
-
-/// The private-map value of a chunk a full-stream apply wrote straight into the origin (see
-/// `store::receive`): no store chunk, only the record that the origin chunk must be zeroed
-/// again if the apply is abandoned.
-pub const DIRECT_CHUNK: StoreChunk = StoreChunk(u64::MAX - 1);
-
-/// Whether a private-map value points at a real store chunk.
-pub fn holds_store_chunk(c: StoreChunk) -> bool {
-    c != ZERO_CHUNK && c != DIRECT_CHUNK
-}
-
 /// Whether a snapshot in this state owns its name (deleted snapshots give it up at once, and a
 /// delta being received has not claimed it yet).
 pub fn holds_name(state: SnapshotState) -> bool {
     !matches!(state, SnapshotState::Deleting | SnapshotState::Receiving)
-}
-
-/// The value of a private-map entry.
-pub fn private_value(chunk: StoreChunk) -> [u8; 16] {
-    let mut v = [0u8; 16];
-    put_u64(&mut v, 0, chunk.0);
-    v
 }
 
 /// What an origin write to a chunk must do first.
@@ -212,9 +163,7 @@ impl SealedCommit {
             device: "store",
             source,
         })?;
-        let off = (self.sb.generation % 2) * BLOCK_SIZE as u64;
-        dev.write_at(&self.sb.pack(), off)
-            .map_err(|e| StoreError::io("store", off, BLOCK_SIZE, e))?;
+        write_superblock(dev, &self.sb)?;
         dev.flush().map_err(|source| StoreError::Flush {
             device: "store",
             source,
@@ -637,7 +586,7 @@ impl Meta {
             &Key::new(snap.0, u64::MAX),
             0,
             &mut |k, v| {
-                out.push((OriginChunk(k.lo), StoreChunk(get_u64(v, 0))));
+                out.push((OriginChunk(k.lo), private_chunk(v)));
                 Ok(out.len() < limit)
             },
         )?;
@@ -802,7 +751,7 @@ impl Meta {
                 &Key::new(id, u64::MAX),
                 0,
                 &mut |k, v| {
-                    victims.push((k, StoreChunk(get_u64(v, 0))));
+                    victims.push((k, private_chunk(v)));
                     Ok(victims.len() < budget)
                 },
             )?;
@@ -1000,7 +949,7 @@ fn find_private_in<'a, S: NodeSource<'a>>(
     snap: SnapshotId,
     chunk: OriginChunk,
 ) -> std::result::Result<Option<StoreChunk>, S::Error> {
-    Ok(btree::lookup(s, root, &Key::new(snap.0, chunk.0))?.map(|v| StoreChunk(get_u64(&v, 0))))
+    Ok(btree::lookup(s, root, &Key::new(snap.0, chunk.0))?.map(|v| private_chunk(&v)))
 }
 
 /// `roots`: the exception index's and the private map's.

@@ -24,14 +24,16 @@ use crate::btree::CachedLookupError;
 use crate::cache::CacheStats;
 use crate::covered::CoveredChunks;
 use crate::error::{Result, StoreError};
+use crate::format::exception::Exception;
 use crate::format::snapshot_record::{SnapshotRecord, SnapshotState, MAX_NAME};
-use crate::format::superblock::{FullPolicy, Superblock, SuperblockFault, MAX_VOLUME_NAME};
-use crate::format::{BLOCK_SIZE, FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use crate::format::superblock::{FullPolicy, Superblock, MAX_VOLUME_NAME};
+use crate::format::superblock_io::read_superblock;
+use crate::format::{BLOCK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use crate::ids::{OriginChunk, SnapshotId, StoreChunk, VolumeUuid};
 use crate::journal::{self, journal_blocks_for, DirtyRanges, JournalCursor};
 use crate::latency::{LatencyHistogram, LatencyStats};
 use crate::locations::LocationStats;
-use crate::meta::{Exception, Meta, ReclaimProgress};
+use crate::meta::{Meta, ReclaimProgress};
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use smallvec::SmallVec;
 use std::sync::atomic::AtomicBool;
@@ -254,43 +256,6 @@ fn now_ns() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
-}
-
-fn read_sb_slot(
-    dev: &dyn BlockDev,
-    slot: u64,
-) -> Result<std::result::Result<Superblock, SuperblockFault>> {
-    let mut buf = vec![0u8; BLOCK_SIZE];
-    let off = slot * BLOCK_SIZE as u64;
-    match dev.read_at(&mut buf, off) {
-        Ok(()) => Ok(Superblock::unpack(&buf)),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Ok(Err(SuperblockFault::NoMagic))
-        }
-        Err(e) => Err(StoreError::io("store", off, BLOCK_SIZE, e)),
-    }
-}
-
-/// Reads both superblock slots and picks the newest valid one.
-pub fn read_superblock(dev: &dyn BlockDev) -> Result<Superblock> {
-    let a = read_sb_slot(dev, 0)?;
-    let b = read_sb_slot(dev, 1)?;
-    match (a, b) {
-        (Ok(x), Ok(y)) => Ok(if x.generation >= y.generation { x } else { y }),
-        (Ok(x), Err(_)) | (Err(_), Ok(x)) => Ok(x),
-        (Err(SuperblockFault::NoMagic), Err(SuperblockFault::NoMagic)) => {
-            Err(StoreError::NotAStore)
-        }
-        (Err(SuperblockFault::Version(v)), _) | (_, Err(SuperblockFault::Version(v))) => {
-            Err(StoreError::UnsupportedVersion {
-                found: v,
-                supported: FORMAT_VERSION,
-            })
-        }
-        (Err(x), Err(y)) => Err(StoreError::NoValidSuperblock {
-            detail: format!("slot 0: {x:?}; slot 1: {y:?}"),
-        }),
-    }
 }
 
 impl Store {

@@ -11,16 +11,15 @@
 use crate::alloc::ChunkAllocator;
 use crate::blockdev::BlockDev;
 use crate::error::Result;
-use crate::format::get_u64;
+use crate::format::exception::{holds_store_chunk, private_chunk, Exception};
 use crate::format::node::{Key, TreeKind};
 use crate::format::snapshot_record::SnapshotRecord;
 use crate::format::snapshot_record::SnapshotState;
 use crate::format::superblock::Superblock;
+use crate::format::superblock_io::read_superblock;
 use crate::format::BLOCK_SIZE;
 use crate::ids::MetaBlock;
-use crate::meta::Exception;
 use crate::pager::read_node;
-use crate::store::read_superblock;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// Problems reported per kind before the report says "and N more".
@@ -209,7 +208,7 @@ impl Walker<'_> {
                     Err(e) => self.problem(format!("snapshot {}: {e}", key.hi)),
                 }
             }
-            TreeKind::Private => self.private(key, get_u64(value, 0)),
+            TreeKind::Private => self.private(key, private_chunk(value).0),
         }
     }
 
@@ -233,7 +232,7 @@ impl Walker<'_> {
             )),
             Some(_) => {}
         }
-        if !crate::meta::holds_store_chunk(crate::ids::StoreChunk(store)) {
+        if !holds_store_chunk(crate::ids::StoreChunk(store)) {
             if !self.receiving.contains(&snap) {
                 self.problem(format!(
                     "snapshot {snap} has a delta-apply marker for origin chunk {chunk} but is not receiving a delta"

@@ -2,8 +2,7 @@
 
 use crate::datadir::{DataDir, STORE_FILE};
 use anyhow::Result;
-use multisnap_store::store::read_superblock;
-use multisnap_store::{verify, BlockDev, FileDev};
+use multisnap_store::{read_superblock, verify, BlockDev, FileDev};
 use std::path::Path;
 
 /// Prints a report per volume; returns whether every store is clean.

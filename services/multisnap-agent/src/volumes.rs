@@ -3,8 +3,7 @@
 
 use crate::datadir::{validate_volume_name, DataDir, ORIGIN_FILE, STORE_FILE};
 use anyhow::Context;
-use multisnap_store::store::read_superblock;
-use multisnap_store::{BlockDev, CreateOptions, FileDev, FullPolicy, Store};
+use multisnap_store::{read_superblock, BlockDev, CreateOptions, FileDev, FullPolicy, Store};
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -7,10 +7,12 @@
 //! and data chunks.
 
 pub mod bitmap;
+pub mod exception;
 pub mod journal;
 pub mod node;
 pub mod snapshot_record;
 pub mod superblock;
+pub mod superblock_io;
 
 /// Size of every metadata block (superblocks, B+tree nodes, bitmap blocks).
 pub const BLOCK_SIZE: usize = 4096;

@@ -265,7 +265,7 @@ fn documented_offsets_are_the_packed_offsets() {
 
     // Node header and entries.
     let mut leaf = Node::new_leaf(TreeKind::Exceptions);
-    let e = crate::meta::Exception {
+    let e = super::exception::Exception {
         chunk: crate::ids::OriginChunk(0x0102_0304_0506_0708),
         first: crate::ids::SnapshotId(0x1112_1314_1516_1718),
         last: crate::ids::SnapshotId(0x2122_2324_2526_2728),
@@ -311,7 +311,7 @@ fn documented_offsets_are_the_packed_offsets() {
     assert_eq!(TreeKind::Private as u8, 3);
     assert_eq!(TreeKind::Private.value_size(), 16);
     assert_eq!(TreeKind::Private.leaf_capacity(), 127);
-    let private = crate::meta::private_value(crate::ids::StoreChunk(0x0123_4567_89AB_CDEF));
+    let private = super::exception::private_value(crate::ids::StoreChunk(0x0123_4567_89AB_CDEF));
     assert_eq!(get_u64(&private, 0), 0x0123_4567_89AB_CDEF);
     assert_eq!(get_u64(&private, 8), 0);
 

@@ -31,6 +31,7 @@
 
 use super::{now_ns, validate_snapshot_name, SnapshotInfo, Store};
 use crate::error::{Result, StoreError};
+use crate::format::exception::{holds_store_chunk, DIRECT_CHUNK, ZERO_CHUNK};
 use crate::format::node::Key;
 use crate::format::snapshot_record::{SnapshotRecord, SnapshotState};
 use crate::format::superblock::{
@@ -38,7 +39,7 @@ use crate::format::superblock::{
 };
 use crate::ids::VolumeUuid;
 use crate::ids::{OriginChunk, SnapshotId, StoreChunk};
-use crate::meta::{holds_store_chunk, Meta, DIRECT_CHUNK, ZERO_CHUNK};
+use crate::meta::Meta;
 
 /// Staged chunks folded into the origin per commit.
 const FOLD_BATCH: usize = 256;
