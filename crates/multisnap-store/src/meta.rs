@@ -269,15 +269,38 @@ impl Meta {
             }
         }
         for (id, rec) in records {
-            if holds_name(rec.state) {
-                self.by_name.insert(rec.name.clone(), id);
-            }
-            if rec.state == SnapshotState::Ready {
-                self.live.insert(id);
-            }
-            self.snapshots.insert(id, rec);
+            self.index_record(id, rec);
         }
         Ok(())
+    }
+
+    /// Puts snapshot `id`'s record, new or changed, into the in-memory table and its indexes
+    /// (the name it holds, whether it is live). A snapshot that stops being live bumps
+    /// `live_epoch`, so its readers notice.
+    fn index_record(&mut self, id: u64, rec: SnapshotRecord) {
+        if rec.state == SnapshotState::Ready {
+            self.live.insert(id);
+        } else if self.live.remove(&id) {
+            self.live_epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        if holds_name(rec.state) {
+            self.by_name.insert(rec.name.clone(), id);
+        } else if self.by_name.get(&rec.name) == Some(&id) {
+            self.by_name.remove(&rec.name);
+        }
+        self.snapshots.insert(id, rec);
+    }
+
+    /// Takes snapshot `id` out of the in-memory table and its indexes.
+    fn unindex_record(&mut self, id: u64) {
+        if let Some(rec) = self.snapshots.remove(&id) {
+            if self.by_name.get(&rec.name) == Some(&id) {
+                self.by_name.remove(&rec.name);
+            }
+        }
+        if self.live.remove(&id) {
+            self.live_epoch.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     fn tree_depth(&mut self, root: MetaBlock) -> Result<u16> {
@@ -604,13 +627,7 @@ impl Meta {
             Err(err) => return Err(self.poison(err)),
         }
         self.next_snapshot_id += 1;
-        if holds_name(rec.state) {
-            self.by_name.insert(rec.name.clone(), id);
-        }
-        if rec.state == SnapshotState::Ready {
-            self.live.insert(id);
-        }
-        self.snapshots.insert(id, rec);
+        self.index_record(id, rec);
         Ok(SnapshotId(id))
     }
 
@@ -623,19 +640,7 @@ impl Meta {
             Ok(new_root) => self.snapshot_root = new_root,
             Err(err) => return Err(self.poison(err)),
         }
-        if rec.state == SnapshotState::Ready {
-            self.live.insert(id.0);
-        } else if self.live.remove(&id.0) {
-            self.live_epoch.fetch_add(1, Ordering::AcqRel);
-        }
-        if !holds_name(rec.state) {
-            if self.by_name.get(&rec.name) == Some(&id.0) {
-                self.by_name.remove(&rec.name);
-            }
-        } else {
-            self.by_name.insert(rec.name.clone(), id.0);
-        }
-        self.snapshots.insert(id.0, rec);
+        self.index_record(id.0, rec);
         Ok(())
     }
 
@@ -647,14 +652,7 @@ impl Meta {
             Ok((new_root, _)) => self.snapshot_root = new_root,
             Err(err) => return Err(self.poison(err)),
         }
-        if let Some(rec) = self.snapshots.remove(&id) {
-            if self.by_name.get(&rec.name) == Some(&id) {
-                self.by_name.remove(&rec.name);
-            }
-        }
-        if self.live.remove(&id) {
-            self.live_epoch.fetch_add(1, Ordering::AcqRel);
-        }
+        self.unindex_record(id);
         Ok(())
     }
 

@@ -599,8 +599,7 @@ impl Store {
         // Writes acknowledged but not yet flushed are part of the snapshot; make them durable
         // so a power cut cannot take them out of it.
         self.sync_origin()?;
-        let (generation, info) = {
-            let mut m = self.meta.write();
+        let info = self.transact(|m| {
             m.check_usable()?;
             if m.by_name.contains_key(name) {
                 return Err(StoreError::SnapshotExists(name.to_string()));
@@ -621,9 +620,8 @@ impl Store {
                 name: name.to_string(),
             };
             let id = m.add_snapshot(rec.clone())?;
-            (m.pager.generation, SnapshotInfo::from_record(id.0, &rec))
-        };
-        self.commit_wait(generation)?;
+            Ok(SnapshotInfo::from_record(id.0, &rec))
+        })?;
         tracing::info!(volume = %self.volume_name, snapshot = %name, id = info.id.0, "snapshot created");
         Ok(info)
     }
@@ -886,8 +884,15 @@ impl Store {
         if data.is_empty() {
             return Ok(());
         }
+        self.with_full_policy(|| self.try_write_snapshot(id, offset, data))
+    }
+
+    /// Runs a write that fails with `StoreFull` before changing anything; under the
+    /// invalidate-oldest policy, drops the oldest snapshot to make room and runs it again,
+    /// until it succeeds or no snapshot is left to drop.
+    fn with_full_policy(&self, mut write: impl FnMut() -> Result<()>) -> Result<()> {
         loop {
-            match self.try_write_snapshot(id, offset, data) {
+            match write() {
                 Err(e @ StoreError::StoreFull { .. }) => {
                     if self.full_policy() != FullPolicy::InvalidateOldest
                         || !self.invalidate_oldest()?
@@ -960,8 +965,7 @@ impl Store {
     /// Makes a snapshot writable (or read-only again).
     pub fn set_writable(&self, id: SnapshotId, writable: bool) -> Result<SnapshotInfo> {
         let _barrier = self.exclusive_barrier();
-        let (generation, info) = {
-            let mut m = self.meta.write();
+        self.transact(|m| {
             m.check_usable()?;
             let rec = match m.snapshots.get(&id.0) {
                 Some(r) if m.live.contains(&id.0) => r.clone(),
@@ -969,10 +973,8 @@ impl Store {
             };
             let rec = SnapshotRecord { writable, ..rec };
             m.update_snapshot(id, rec.clone())?;
-            (m.pager.generation, SnapshotInfo::from_record(id.0, &rec))
-        };
-        self.commit_wait(generation)?;
-        Ok(info)
+            Ok(SnapshotInfo::from_record(id.0, &rec))
+        })
     }
 
     /// Deletes a snapshot: it disappears at once (no longer readable or counted as live); its
@@ -986,6 +988,7 @@ impl Store {
                 return Err(StoreError::SnapshotIdNotFound(id));
             };
             match rec.state {
+                // Nothing to change, nothing to wait for.
                 SnapshotState::Deleting => return Ok(()),
                 // A delta being applied is not a snapshot yet; `abort_receive` drops it.
                 SnapshotState::Receiving => return Err(StoreError::SnapshotIdNotFound(id)),
@@ -1084,19 +1087,7 @@ impl Store {
         if data.is_empty() {
             return Ok(());
         }
-        loop {
-            match self.try_write_origin(offset, data) {
-                Err(e @ StoreError::StoreFull { .. }) => {
-                    // Nothing reached the origin; with invalidate-oldest, make room and retry.
-                    if self.full_policy() != FullPolicy::InvalidateOldest
-                        || !self.invalidate_oldest()?
-                    {
-                        return Err(e);
-                    }
-                }
-                other => return other,
-            }
-        }
+        self.with_full_policy(|| self.try_write_origin(offset, data))
     }
 
     fn try_write_origin(&self, offset: u64, data: &[u8]) -> Result<()> {
@@ -1106,27 +1097,36 @@ impl Store {
         // Overwrites of chunks every live snapshot already has a copy of skip the metadata
         // lock altogether.
         if !self.covered.contains_all(chunks.clone()) {
-            let needs = {
-                let mut m = self.meta.write();
-                m.check_usable()?;
-                let mut needs = Vec::new();
-                for c in chunks.clone() {
-                    if let Some(need) = m.copy_need(OriginChunk(c))? {
-                        needs.push(need);
-                    }
-                }
-                needs
-            };
-            if !needs.is_empty() {
-                let generation = self.copy_out(&needs)?;
-                self.commit_wait(generation)?;
-            }
+            self.preserve(chunks.clone())?;
             // Nothing to copy any more for these chunks (the copies, if any, are durable).
             for c in chunks {
                 self.covered.insert(c);
             }
         }
         self.write_origin_at(data, offset)
+    }
+
+    /// Copy before overwrite, the store's central rule: gives every live snapshot that still
+    /// sees the origin's current contents of `chunks` its own durable copy of them (copied out
+    /// and committed). Only then may the caller overwrite those chunks of the origin; it holds
+    /// their stripes exclusively, so no other writer changes what they need meanwhile.
+    fn preserve(&self, chunks: impl IntoIterator<Item = u64>) -> Result<()> {
+        let needs = {
+            let mut m = self.meta.write();
+            m.check_usable()?;
+            let mut needs = Vec::new();
+            for c in chunks {
+                if let Some(need) = m.copy_need(OriginChunk(c))? {
+                    needs.push(need);
+                }
+            }
+            needs
+        };
+        if !needs.is_empty() {
+            let generation = self.copy_out(&needs)?;
+            self.commit_wait(generation)?;
+        }
+        Ok(())
     }
 
     /// Copies each needed chunk into a fresh store chunk and records its exception. Returns the
@@ -1222,6 +1222,19 @@ impl Store {
         self.durable_generation
             .store(landed_generation, Ordering::Release);
         Ok(())
+    }
+
+    /// Changes the metadata with `change` under the exclusive metadata lock, then waits until
+    /// the change is durable (committing it, unless a concurrent commit takes it along). If
+    /// `change` fails, its error is returned without waiting.
+    fn transact<T>(&self, change: impl FnOnce(&mut Meta) -> Result<T>) -> Result<T> {
+        let (value, generation) = {
+            let mut m = self.meta.write();
+            let value = change(&mut m)?;
+            (value, m.pager.generation)
+        };
+        self.commit_wait(generation)?;
+        Ok(value)
     }
 
     /// Makes every write completed before this call durable, on the origin and in the store.

@@ -154,8 +154,7 @@ impl Store {
         }
         let _r = self.receive_lock.lock();
         let _barrier = self.barrier.write();
-        let generation = {
-            let mut m = self.meta.write();
+        self.transact(|m| {
             m.check_usable()?;
             if m.receive.is_some() {
                 let name = m.receiving_name();
@@ -171,7 +170,7 @@ impl Store {
             if m.by_name.contains_key(&plan.name) {
                 return Err(StoreError::SnapshotExists(plan.name.clone()));
             }
-            self.check_origin_is_base(&mut m, plan.base)?;
+            self.check_origin_is_base(m, plan.base)?;
             let rec = SnapshotRecord {
                 created_at_ns: now_ns(),
                 writable: false,
@@ -195,9 +194,8 @@ impl Store {
             if bound.is_nil() {
                 m.replica_source = *plan.source_volume.as_bytes();
             }
-            m.pager.generation
-        };
-        self.commit_wait(generation)?;
+            Ok(())
+        })?;
         tracing::info!(volume = %self.volume_name, snapshot = %plan.name, base = ?plan.base, "delta apply started");
         Ok(())
     }
@@ -383,16 +381,14 @@ impl Store {
         if pieces.is_empty() {
             return Ok(());
         }
-        let generation = {
-            let mut m = self.meta.write();
+        self.transact(|m| {
             for (c, _) in &pieces {
                 if m.find_private(staging, OriginChunk(*c))?.is_none() {
                     m.insert_private(staging, OriginChunk(*c), DIRECT_CHUNK)?;
                 }
             }
-            m.pager.generation
-        };
-        self.commit_wait(generation)?;
+            Ok(())
+        })?;
         for (c, p) in pieces {
             let off = c * cs;
             self.write_origin_at(p, off)?;
@@ -412,12 +408,7 @@ impl Store {
         if self.receive_flags() & RECEIVE_DIRECT != 0 {
             self.sync_origin()?;
         }
-        let generation = {
-            let mut m = self.meta.write();
-            set_token(&mut m, token)?;
-            m.pager.generation
-        };
-        self.commit_wait(generation)
+        self.transact(|m| set_token(m, token))
     }
 
     /// Completes the apply once the caller verified the whole stream: commit point, fold into
@@ -482,13 +473,10 @@ impl Store {
         if self.receive_flags() & RECEIVE_DIRECT != 0 {
             self.undo_direct()?;
         }
-        let generation = {
-            let mut m = self.meta.write();
+        self.transact(|m| {
             m.check_usable()?;
-            abort_locked(&mut m)?;
-            m.pager.generation
-        };
-        self.commit_wait(generation)?;
+            abort_locked(m)
+        })?;
         self.wake_reclaimer();
         tracing::info!(volume = %self.volume_name, "delta apply aborted; reclaiming its staged data");
         Ok(())
@@ -527,14 +515,12 @@ impl Store {
                 self.write_origin_at(&zeros[..len], off)?;
             }
             self.sync_origin()?;
-            let generation = {
-                let mut m = self.meta.write();
+            self.transact(|m| {
                 for (c, _) in &batch {
                     m.remove_private(Key::new(staging.0, c.0))?;
                 }
-                m.pager.generation
-            };
-            self.commit_wait(generation)?;
+                Ok(())
+            })?;
         }
     }
 
@@ -582,20 +568,7 @@ impl Store {
             }
             {
                 let _stripes = self.lock_chunk_stripes(batch.iter().map(|(c, _)| c.0));
-                let needs = {
-                    let mut m = self.meta.write();
-                    let mut needs = Vec::new();
-                    for (c, _) in &batch {
-                        if let Some(n) = m.copy_need(*c)? {
-                            needs.push(n);
-                        }
-                    }
-                    needs
-                };
-                if !needs.is_empty() {
-                    let generation = self.copy_out(&needs)?;
-                    self.commit_wait(generation)?;
-                }
+                self.preserve(batch.iter().map(|(c, _)| c.0))?;
                 for (c, x) in &batch {
                     if *x == DIRECT_CHUNK {
                         continue; // already in the origin
@@ -615,20 +588,17 @@ impl Store {
                 }
             }
             self.sync_origin()?;
-            let generation = {
-                let mut m = self.meta.write();
+            self.transact(|m| {
                 for (c, x) in &batch {
                     m.remove_private(Key::new(staging.0, c.0))?;
                     if holds_store_chunk(*x) {
                         m.free_chunk(StoreChunk(x.0));
                     }
                 }
-                m.pager.generation
-            };
-            self.commit_wait(generation)?;
+                Ok(())
+            })?;
         }
-        let (generation, info) = {
-            let mut m = self.meta.write();
+        let info = self.transact(|m| {
             let Some(rec) = m.snapshots.get(&staging.0).cloned() else {
                 return Err(StoreError::NoReceive);
             };
@@ -641,12 +611,8 @@ impl Store {
             m.private_owners.remove(&staging.0);
             let id = m.add_snapshot(published.clone())?;
             m.receive = None;
-            (
-                m.pager.generation,
-                SnapshotInfo::from_record(id.0, &published),
-            )
-        };
-        self.commit_wait(generation)?;
+            Ok(SnapshotInfo::from_record(id.0, &published))
+        })?;
         tracing::info!(volume = %self.volume_name, snapshot = %info.name, id = info.id.0, "delta applied");
         Ok(info)
     }
