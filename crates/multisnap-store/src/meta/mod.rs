@@ -1,15 +1,15 @@
 //! The metadata of one store as a transaction: the three B+trees (exceptions, snapshot table,
 //! writable snapshots' private chunks), the allocator, the in-memory snapshot table and the
 //! reclamation cursor. Everything here runs under the store's metadata lock (exclusive for
-//! `&mut self`, shared for the cache-only lookups of `locate_cached`); `commit` makes
-//! the open transaction durable.
-//!
-//! Reclamation: deleting a snapshot only flips its record to `Deleting` (or `Invalidating`);
-//! `reclaim_step` then removes, a bounded batch at a time, every private chunk of such a
-//! snapshot and every exception whose snapshot range no longer holds a live snapshot, freeing
-//! their chunks. A pass ends at the end of the exception index; then the records of the
-//! snapshots it covered are dropped (or marked `Invalid`). A power cut mid-pass loses nothing:
-//! the records still say what to reclaim, and the next pass redoes what did not commit.
+//! `&mut self`, shared for the cache-only lookups of `locate_cached`). [`commit`] makes the
+//! open transaction durable; [`reclaim`] gives deleted snapshots' space back.
+
+mod commit;
+mod reclaim;
+
+pub use commit::SealedCommit;
+use reclaim::ReclaimPass;
+pub use reclaim::ReclaimProgress;
 
 use crate::alloc::ChunkAllocator;
 use crate::blockdev::BlockDev;
@@ -17,11 +17,10 @@ use crate::btree::{self, CachedLookupError, CachedNodes, NodeSource};
 use crate::cache::NodeCache;
 use crate::covered::CoveredChunks;
 use crate::error::{Result, StoreError};
-use crate::format::exception::{holds_store_chunk, private_chunk, private_value, Exception};
+use crate::format::exception::{private_chunk, private_value, Exception};
 use crate::format::node::{Key, Node, TreeKind};
 use crate::format::snapshot_record::{SnapshotRecord, SnapshotState};
 use crate::format::superblock::{ReceiveState, Superblock};
-use crate::format::superblock_io::write_superblock;
 use crate::ids::{MetaBlock, OriginChunk, SnapshotId, StoreChunk};
 use crate::latency::LatencyHistogram;
 use crate::locations::LocationCache;
@@ -30,7 +29,6 @@ use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Blocks kept free for reclamation: removing entries shadows tree paths, so a completely
 /// full store could otherwise never free anything.
@@ -75,32 +73,6 @@ pub struct CopyNeed {
     pub last: SnapshotId,
 }
 
-/// Where a reclamation pass stands.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReclaimProgress {
-    /// Snapshots whose space is being reclaimed (this pass and the next).
-    pub pending: Vec<SnapshotId>,
-    /// Origin chunk the exception scan has reached, out of `chunk_count`.
-    pub scanned_chunk: u64,
-    pub chunk_count: u64,
-    /// Store chunks freed by reclamation since the store was opened.
-    pub chunks_freed: u64,
-}
-
-impl ReclaimProgress {
-    pub fn is_idle(&self) -> bool {
-        self.pending.is_empty()
-    }
-}
-
-#[derive(Default)]
-struct ReclaimPass {
-    /// Snapshots this pass covers; empty when no pass runs.
-    snapshots: BTreeSet<u64>,
-    cursor: Key,
-    private_done: bool,
-}
-
 pub struct Meta {
     pub pager: Pager,
     /// The last committed superblock.
@@ -142,46 +114,10 @@ pub struct Meta {
     reclaim: ReclaimPass,
 }
 
-/// A commit whose nodes and bitmap copy are written but not yet flushed, and the superblock
-/// that publishes them. Landing it needs only the store device, not the `Meta`.
-#[must_use = "a sealed commit must be landed and finished"]
-pub struct SealedCommit {
-    sb: Superblock,
-    started: Instant,
-}
-
-impl SealedCommit {
-    pub fn generation(&self) -> u64 {
-        self.sb.generation
-    }
-
-    /// Flush (the nodes and bitmap copy are durable), superblock into its slot, flush (the
-    /// generation is durable). A cut before the second flush completes leaves the previous
-    /// generation as the recovery point, whose blocks nothing has overwritten.
-    pub fn land(&self, dev: &dyn BlockDev) -> Result<()> {
-        dev.flush().map_err(|source| StoreError::Flush {
-            device: "store",
-            source,
-        })?;
-        write_superblock(dev, &self.sb)?;
-        dev.flush().map_err(|source| StoreError::Flush {
-            device: "store",
-            source,
-        })
-    }
-}
-
 /// Free blocks a single B+tree update may need: a shadow and a split per level, plus a new
 /// root.
 fn blocks_for_update(depth: u16) -> u64 {
     2 * (depth as u64 + 2) + 1
-}
-
-fn successor(k: Key) -> Option<Key> {
-    match k.lo.checked_add(1) {
-        Some(lo) => Some(Key::new(k.hi, lo)),
-        None => k.hi.checked_add(1).map(|hi| Key::new(hi, 0)),
-    }
 }
 
 impl Meta {
@@ -656,163 +592,6 @@ impl Meta {
         Ok(())
     }
 
-    /// Snapshots waiting for their space to be reclaimed.
-    fn reclaim_pending(&self) -> BTreeSet<u64> {
-        let staging = self.receive.as_ref().map(|r| r.staging);
-        self.snapshots
-            .iter()
-            .filter(|(id, r)| match r.state {
-                SnapshotState::Deleting | SnapshotState::Invalidating => true,
-                // A staging record no apply owns any more (aborted or discarded).
-                SnapshotState::Receiving => Some(**id) != staging,
-                SnapshotState::Ready | SnapshotState::Invalid => false,
-            })
-            .map(|(id, _)| *id)
-            .collect()
-    }
-
-    pub fn reclaim_progress(&self) -> ReclaimProgress {
-        ReclaimProgress {
-            pending: self.reclaim_pending().into_iter().map(SnapshotId).collect(),
-            scanned_chunk: if self.reclaim.snapshots.is_empty() {
-                0
-            } else {
-                self.reclaim.cursor.hi
-            },
-            chunk_count: self.sb.origin_size.div_ceil(self.sb.chunk_size as u64),
-            chunks_freed: self.chunks_reclaimed,
-        }
-    }
-
-    /// Does a bounded amount of reclamation: at most `budget` removals and `4 * budget`
-    /// entries examined. Returns where things stand.
-    pub fn reclaim_step(&mut self, budget: usize) -> Result<ReclaimProgress> {
-        self.check_usable()?;
-        let budget = budget.max(1);
-        if self.reclaim.snapshots.is_empty() {
-            let pending = self.reclaim_pending();
-            if pending.is_empty() {
-                return Ok(self.reclaim_progress());
-            }
-            self.reclaim = ReclaimPass {
-                snapshots: pending,
-                cursor: Key::MIN,
-                private_done: false,
-            };
-        }
-        if !self.reclaim.private_done {
-            let removed = self.reclaim_private(budget)?;
-            if removed >= budget {
-                return Ok(self.reclaim_progress());
-            }
-            self.reclaim.private_done = true;
-        }
-        let finished = self.reclaim_exceptions(budget)?;
-        if finished {
-            let covered = std::mem::take(&mut self.reclaim.snapshots);
-            for id in covered {
-                self.private_owners.remove(&id);
-                let Some(rec) = self.snapshots.get(&id).cloned() else {
-                    continue;
-                };
-                match rec.state {
-                    SnapshotState::Deleting | SnapshotState::Receiving => {
-                        self.drop_snapshot_record(id)?
-                    }
-                    SnapshotState::Invalidating => {
-                        let rec = SnapshotRecord {
-                            state: SnapshotState::Invalid,
-                            ..rec
-                        };
-                        self.update_snapshot(SnapshotId(id), rec)?;
-                    }
-                    _ => {}
-                }
-            }
-            self.reclaim = ReclaimPass::default();
-        }
-        Ok(self.reclaim_progress())
-    }
-
-    fn reclaim_private(&mut self, budget: usize) -> Result<usize> {
-        let mut victims = Vec::new();
-        let root = self.private_root;
-        for &id in &self.reclaim.snapshots {
-            let room = budget - victims.len();
-            if room == 0 {
-                break;
-            }
-            btree::walk(
-                &mut self.pager,
-                root,
-                &Key::new(id, 0),
-                &Key::new(id, u64::MAX),
-                0,
-                &mut |k, v| {
-                    victims.push((k, private_chunk(v)));
-                    Ok(victims.len() < budget)
-                },
-            )?;
-        }
-        for (k, chunk) in &victims {
-            self.remove_private(*k)?;
-            if holds_store_chunk(*chunk) {
-                self.free_chunk(*chunk);
-                self.chunks_reclaimed += 1;
-            }
-        }
-        Ok(victims.len())
-    }
-
-    /// Scans exceptions from the cursor; returns true when the scan reached the end.
-    fn reclaim_exceptions(&mut self, budget: usize) -> Result<bool> {
-        let Some(&oldest_pending) = self.reclaim.snapshots.iter().next() else {
-            return Ok(true);
-        };
-        let mut victims = Vec::new();
-        let mut examined = 0usize;
-        let mut last_seen = None;
-        let root = self.exception_root;
-        let from = self.reclaim.cursor;
-        let live = &self.live;
-        let reached_end = btree::walk(
-            &mut self.pager,
-            root,
-            &from,
-            &Key::MAX,
-            oldest_pending,
-            &mut |k, v| {
-                let e = Exception::from_entry(k, v);
-                examined += 1;
-                last_seen = Some(k);
-                if live.range(e.first.0..=e.last.0).next().is_none() {
-                    victims.push(e);
-                }
-                Ok(victims.len() < budget && examined < 4 * budget)
-            },
-        )?;
-        for e in &victims {
-            self.locations.forget_chunk(e.chunk);
-            let root = self.exception_root;
-            self.reserve_for_update(root, false)?;
-            self.dirty = true;
-            match btree::remove(&mut self.pager, root, &e.key()) {
-                Ok((new_root, _)) => self.exception_root = new_root,
-                Err(err) => return Err(self.poison(err)),
-            }
-            self.exception_count -= 1;
-            self.free_chunk(e.store);
-            self.chunks_reclaimed += 1;
-        }
-        match last_seen.and_then(successor) {
-            Some(next) if !reached_end => {
-                self.reclaim.cursor = next;
-                Ok(false)
-            }
-            _ => Ok(true),
-        }
-    }
-
     /// Marks the store unusable after a failure that may have left the in-memory transaction
     /// half-applied; the on-disk state stays the last commit.
     pub fn poison(&mut self, err: StoreError) -> StoreError {
@@ -820,89 +599,6 @@ impl Meta {
         self.poisoned = Some(err.to_string());
         self.covered.clear();
         err
-    }
-
-    /// Makes the open transaction durable in one go (seal, land, finish): for callers that
-    /// hold the store exclusively (create, open, close). `Store` pipelines the three steps so
-    /// that the metadata lock is free while the flushes run.
-    pub fn commit(&mut self) -> Result<()> {
-        let Some(sealed) = self.seal()? else {
-            return Ok(());
-        };
-        let dev = self.pager.dev.clone();
-        let landed = sealed.land(&*dev);
-        self.finish_commit(sealed, landed)
-    }
-
-    /// First step of a commit: writes the open transaction's nodes and its bitmap copy (to the
-    /// device's cache, not yet flushed), captures the superblock that will publish them, and
-    /// opens the next transaction, which may change the trees while this one lands (it
-    /// shadows everything written here). `None` when there is nothing to commit.
-    ///
-    /// At most one commit may be sealed and not yet finished: the caller serialises commits
-    /// (`Store`'s commit lock) because the next seal writes the other bitmap copy, chosen from
-    /// the last *landed* superblock.
-    pub fn seal(&mut self) -> Result<Option<SealedCommit>> {
-        self.check_usable()?;
-        if !self.dirty {
-            return Ok(None);
-        }
-        let started = Instant::now();
-        match self.try_seal(started) {
-            Ok(sealed) => Ok(Some(sealed)),
-            Err(e) => Err(self.poison(e)),
-        }
-    }
-
-    fn try_seal(&mut self, started: Instant) -> Result<SealedCommit> {
-        self.pager.write_dirty()?;
-        self.pager.alloc.prepare_commit();
-        let next_copy = 1 - self.sb.bitmap_copy;
-        let copy_start = self.sb.bitmap_start + next_copy as u64 * self.sb.bitmap_blocks;
-        self.pager
-            .alloc
-            .write_copy(&*self.pager.dev, copy_start, self.sb.bitmap_blocks)?;
-        let mut sb = self.sb.clone();
-        sb.generation = self.pager.generation;
-        sb.bitmap_copy = next_copy;
-        sb.exception_root = self.exception_root.0;
-        sb.snapshot_root = self.snapshot_root.0;
-        sb.private_root = self.private_root.0;
-        sb.next_snapshot_id = self.next_snapshot_id;
-        sb.exception_count = self.exception_count;
-        sb.used_blocks = self.pager.alloc.used_blocks() - self.pager.alloc.used_in_memory_only();
-        sb.copies_total = self.copies_total;
-        sb.invalidated_total = self.invalidated_total;
-        sb.replica_source = self.replica_source;
-        sb.receive = self.receive.clone();
-        sb.journal_epoch = self.journal_epoch;
-        self.pager.alloc.seal_done();
-        self.pager.generation += 1;
-        self.dirty = false;
-        Ok(SealedCommit { sb, started })
-    }
-
-    /// Last step of a commit, with what [`SealedCommit::land`] returned: on success the
-    /// superblock becomes the committed one and the commit's frees become allocatable; on
-    /// failure the store is poisoned (the next open recovers the last landed generation).
-    pub fn finish_commit(&mut self, sealed: SealedCommit, landed: Result<()>) -> Result<()> {
-        if let Err(e) = landed {
-            return Err(self.poison(e));
-        }
-        self.sb = sealed.sb;
-        self.pager.alloc.commit_done();
-        self.commit_latency.record(sealed.started.elapsed());
-        Ok(())
-    }
-
-    /// The newest generation holding changes: the open transaction's if it has any, else the
-    /// last sealed one (which may still be landing).
-    pub fn newest_changed_generation(&self) -> u64 {
-        if self.dirty {
-            self.pager.generation
-        } else {
-            self.pager.generation - 1
-        }
     }
 
     /// Lays out an empty store's trees; used by `Store::create`.
