@@ -1,8 +1,8 @@
 //! The metadata of one store as a transaction: the three B+trees (exceptions, snapshot table,
 //! writable snapshots' private chunks), the allocator, the in-memory snapshot table and the
 //! reclamation cursor. Everything here runs under the store's metadata lock (exclusive for
-//! `&mut self`, shared for the cache-only lookups of `locate_cached`). [`commit`] makes the
-//! open transaction durable; [`reclaim`] gives deleted snapshots' space back.
+//! `&mut self`, shared for the cache-only lookups of `locate_cached`). `meta/commit.rs` makes
+//! the open transaction durable; `meta/reclaim.rs` gives deleted snapshots' space back.
 
 mod commit;
 mod reclaim;
@@ -247,7 +247,8 @@ impl Meta {
         self.pager.alloc.total_blocks() - self.pager.alloc.used_blocks()
     }
 
-    fn full_error(&self, needed: u64) -> StoreError {
+    /// `StoreFull` for an operation that needed `needed` more chunks.
+    pub fn full_error(&self, needed: u64) -> StoreError {
         StoreError::StoreFull {
             needed: needed.max(1),
             free: self.pager.alloc.free_chunks(),

@@ -331,7 +331,7 @@ impl Store {
                         let mut m = self.meta.write();
                         match m.alloc_chunk() {
                             Some(x) => x,
-                            None => return Err(super::m_full(&m, self.chunk_size)),
+                            None => return Err(m.full_error(1)),
                         }
                     };
                     let off = x.0 * cs;

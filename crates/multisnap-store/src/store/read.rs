@@ -1,0 +1,231 @@
+//! Reads as a view sees them, and the maps of a view: which ranges hold data, and which
+//! changed between two snapshots.
+
+use super::*;
+use crate::btree::CachedLookupError;
+
+/// Appends a `(length, flag)` run, merging it into the previous run when the flag matches.
+fn push_run(runs: &mut Vec<(u64, bool)>, len: u64, flag: bool) {
+    match runs.last_mut() {
+        Some((n, f)) if *f == flag => *n += len,
+        _ => runs.push((len, flag)),
+    }
+}
+
+impl Store {
+    /// Reads `buf.len()` bytes at `offset` as `view` sees them.
+    pub fn read(&self, view: View, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let snap = match view {
+            View::Origin => {
+                return self
+                    .origin
+                    .read_at(buf, offset)
+                    .map_err(|e| StoreError::io("origin", offset, buf.len(), e));
+            }
+            View::Snapshot(id) => id,
+        };
+        // Stripes first (lock order), then one metadata section for the liveness check and
+        // every chunk's lookup; the data is read with the metadata lock free.
+        let chunks = self.chunks_of(offset, buf.len() as u64);
+        let _stripes = self.read_stripes(chunks.clone());
+        let epoch = self.live_epoch.load(Ordering::Acquire);
+        let located = match self.locate_shared(snap, chunks.clone())? {
+            Some(located) => located,
+            None => self.locate_exclusive(snap, chunks)?,
+        };
+        let cs = self.chunk_size as u64;
+        let mut done = 0usize;
+        for x in located {
+            let pos = offset + done as u64;
+            let (chunk, within) = (pos / cs, pos % cs);
+            let n = ((cs - within) as usize).min(buf.len() - done);
+            self.read_located(x, chunk, within, &mut buf[done..done + n])?;
+            done += n;
+        }
+        // A snapshot deleted mid-read may have had its chunks reclaimed under us: fail rather
+        // than return data that might belong to someone else by now. No snapshot stopped being
+        // live since the lookup if the epoch did not move.
+        if self.live_epoch.load(Ordering::Acquire) != epoch
+            && !self.meta.read().live.contains(&snap.0)
+        {
+            return Err(StoreError::SnapshotIdNotFound(snap));
+        }
+        Ok(())
+    }
+
+    /// Where live snapshot `snap` finds each of `chunks`, looked up under the metadata lock
+    /// held shared, so concurrent snapshot reads do not queue behind one another. `None` when
+    /// a node on the way is not cached: loading it changes the cache, which needs the lock
+    /// exclusively (`locate_exclusive`).
+    fn locate_shared(
+        &self,
+        snap: SnapshotId,
+        chunks: std::ops::RangeInclusive<u64>,
+    ) -> Result<Option<PerChunk<Option<StoreChunk>>>> {
+        let m = self.meta.read();
+        let has_private = m.readable_snapshot(snap)?;
+        let mut out = PerChunk::with_capacity(chunks.size_hint().0);
+        let mut lookup = m.shared_lookup();
+        for chunk in chunks {
+            match m.locate_cached(&mut lookup, snap, has_private, OriginChunk(chunk)) {
+                Ok(x) => out.push(x),
+                Err(CachedLookupError::NotCached) => return Ok(None),
+                Err(CachedLookupError::Store(e)) => return Err(e),
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// `locate_shared` through the pager, loading the nodes the cache lacks.
+    fn locate_exclusive(
+        &self,
+        snap: SnapshotId,
+        chunks: std::ops::RangeInclusive<u64>,
+    ) -> Result<PerChunk<Option<StoreChunk>>> {
+        let mut m = self.meta.write();
+        let has_private = m.readable_snapshot(snap)?;
+        let mut out = PerChunk::with_capacity(chunks.size_hint().0);
+        for chunk in chunks {
+            out.push(m.locate(snap, has_private, OriginChunk(chunk))?);
+        }
+        Ok(out)
+    }
+
+    /// Reads part of one chunk as snapshot `snap` sees it. The caller holds the chunk's stripe.
+    pub(super) fn read_piece(
+        &self,
+        snap: SnapshotId,
+        has_private: bool,
+        chunk: u64,
+        within: u64,
+        piece: &mut [u8],
+    ) -> Result<()> {
+        let located = self
+            .meta
+            .write()
+            .locate(snap, has_private, OriginChunk(chunk))?;
+        self.read_located(located, chunk, within, piece)
+    }
+
+    /// Reads part of `chunk` from where `locate` found it: a store chunk, or the origin.
+    fn read_located(
+        &self,
+        located: Option<StoreChunk>,
+        chunk: u64,
+        within: u64,
+        piece: &mut [u8],
+    ) -> Result<()> {
+        let cs = self.chunk_size as u64;
+        let n = piece.len();
+        match located {
+            Some(x) => {
+                let at = x.0 * cs + within;
+                self.dev
+                    .read_at(piece, at)
+                    .map_err(|err| StoreError::io("store", at, n, err))
+            }
+            None => {
+                let at = chunk * cs + within;
+                self.origin
+                    .read_at(piece, at)
+                    .map_err(|err| StoreError::io("origin", at, n, err))
+            }
+        }
+    }
+
+    /// Allocation of `offset..offset+len` as `view` sees it: `(length, data)` runs, where
+    /// `false` means a hole that reads as zeroes. May cover less than `len` (at most 4096
+    /// chunks per call), never more.
+    pub fn allocation(&self, view: View, offset: u64, len: u64) -> Result<Vec<(u64, bool)>> {
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let origin_map = |off: u64, n: u64| {
+            self.origin
+                .allocation(off, n)
+                .map_err(|e| StoreError::io("origin", off, n as usize, e))
+        };
+        let snap = match view {
+            View::Origin => return origin_map(offset, len),
+            View::Snapshot(id) => id,
+        };
+        let has_private = self.meta.read().readable_snapshot(snap)?;
+        let cs = self.chunk_size as u64;
+        let end = offset + len.min(4096 * cs);
+        let end = end.min(offset + len);
+        let mut out: Vec<(u64, bool)> = Vec::new();
+        let mut push = |n: u64, data: bool| push_run(&mut out, n, data);
+        let mut pos = offset;
+        while pos < end {
+            let chunk = pos / cs;
+            let n = ((chunk + 1) * cs).min(end) - pos;
+            let in_store = self
+                .meta
+                .write()
+                .locate(snap, has_private, OriginChunk(chunk))?
+                .is_some();
+            if in_store {
+                push(n, true);
+            } else {
+                for (l, d) in origin_map(pos, n)? {
+                    push(l, d);
+                }
+            }
+            pos += n;
+        }
+        Ok(out)
+    }
+
+    /// Which parts of `offset..offset+len` differ between snapshot `base` and `view`:
+    /// `(length, changed)` runs at chunk granularity, covering at most 65,536 chunks per call
+    /// (less than `len` then, never more). Cost follows the number of changes, not the range.
+    pub fn changed_extents(
+        &self,
+        base: SnapshotId,
+        view: View,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, bool)>> {
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        self.live_snapshot(base)?;
+        let target = match view {
+            View::Origin => None,
+            View::Snapshot(id) => {
+                self.live_snapshot(id)?;
+                Some(id)
+            }
+        };
+        let cs = self.chunk_size as u64;
+        let first = offset / cs;
+        let end = (offset + len).min(offset + 65_536 * cs);
+        let last = (end - 1) / cs;
+        let changed = self
+            .meta
+            .write()
+            .changed_chunks(base, target, first, last)?;
+        let mut out: Vec<(u64, bool)> = Vec::new();
+        let mut push = |n: u64, changed: bool| push_run(&mut out, n, changed);
+        let mut pos = offset;
+        for c in changed {
+            let start = (c * cs).max(offset);
+            let stop = ((c + 1) * cs).min(end);
+            if start > pos {
+                push(start - pos, false);
+            }
+            push(stop - start, true);
+            pos = stop;
+        }
+        if pos < end {
+            push(end - pos, false);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,239 @@
+//! The write paths and flush. An origin write preserves (copies out and commits) what live
+//! snapshots still need of its chunks, then writes the origin: `write_origin ->
+//! try_write_origin -> preserve -> copy_out, commit_wait -> write_origin_at`. A writable
+//! snapshot's write goes to chunks private to it. A flush makes both durable.
+
+use super::*;
+use crate::format::exception::Exception;
+use crate::meta::CopyNeed;
+
+impl Store {
+    /// Writes `data` to the origin at `offset`, first preserving (once) the old contents of
+    /// every chunk a live snapshot still needs. Returns once the data is in the origin device's
+    /// cache (durable after the next `flush`); the copies it needed are already durable.
+    pub fn write_origin(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let _returned = self.flush_coalescer.count_write();
+        self.check_range(offset, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.with_full_policy(|| self.try_write_origin(offset, data))
+    }
+
+    fn try_write_origin(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let _barrier = self.barrier.read();
+        let chunks = self.chunks_of(offset, data.len() as u64);
+        let _stripes = self.lock_stripes(chunks.clone());
+        // Overwrites of chunks every live snapshot already has a copy of skip the metadata
+        // lock altogether.
+        if !self.covered.contains_all(chunks.clone()) {
+            self.preserve(chunks.clone())?;
+            // Nothing to copy any more for these chunks (the copies, if any, are durable).
+            for c in chunks {
+                self.covered.insert(c);
+            }
+        }
+        self.write_origin_at(data, offset)
+    }
+
+    /// Copy before overwrite, the store's central rule: gives every live snapshot that still
+    /// sees the origin's current contents of `chunks` its own durable copy of them (copied out
+    /// and committed). Only then may the caller overwrite those chunks of the origin; it holds
+    /// their stripes exclusively, so no other writer changes what they need meanwhile.
+    pub(super) fn preserve(&self, chunks: impl IntoIterator<Item = u64>) -> Result<()> {
+        let needs = {
+            let mut m = self.meta.write();
+            m.check_usable()?;
+            let mut needs = Vec::new();
+            for c in chunks {
+                if let Some(need) = m.copy_need(OriginChunk(c))? {
+                    needs.push(need);
+                }
+            }
+            needs
+        };
+        if !needs.is_empty() {
+            let generation = self.copy_out(&needs)?;
+            self.commit_wait(generation)?;
+        }
+        Ok(())
+    }
+
+    /// Copies each needed chunk into a fresh store chunk and records its exception. Returns the
+    /// generation whose commit makes them durable.
+    fn copy_out(&self, needs: &[CopyNeed]) -> Result<u64> {
+        let mut targets: Vec<StoreChunk> = Vec::with_capacity(needs.len());
+        {
+            let mut m = self.meta.write();
+            for _ in needs {
+                match m.alloc_chunk() {
+                    Some(c) => targets.push(c),
+                    None => {
+                        for c in targets.drain(..) {
+                            m.free_chunk(c);
+                        }
+                        return Err(m.full_error(needs.len() as u64));
+                    }
+                }
+            }
+        }
+        let cs = self.chunk_size as u64;
+        let mut buf = vec![0u8; self.chunk_size as usize];
+        let mut copy_result = Ok(());
+        for (need, target) in needs.iter().zip(&targets) {
+            let len = self.chunk_len(need.chunk.0);
+            let from = need.chunk.0 * cs;
+            let to = target.0 * cs;
+            copy_result = self
+                .origin
+                .read_at(&mut buf[..len], from)
+                .map_err(|e| StoreError::io("origin", from, len, e))
+                .and_then(|()| {
+                    self.dev
+                        .write_at(&buf[..len], to)
+                        .map_err(|e| StoreError::io("store", to, len, e))
+                });
+            if copy_result.is_err() {
+                break;
+            }
+        }
+        let mut m = self.meta.write();
+        if let Err(e) = copy_result {
+            for c in targets {
+                m.free_chunk(c);
+            }
+            return Err(e);
+        }
+        for (inserted, (need, target)) in needs.iter().zip(&targets).enumerate() {
+            let e = Exception {
+                chunk: need.chunk,
+                first: need.first,
+                last: need.last,
+                store: *target,
+            };
+            if let Err(err) = m.insert_exception(e) {
+                for c in &targets[inserted..] {
+                    m.free_chunk(*c);
+                }
+                return Err(err);
+            }
+            self.bytes_copied
+                .fetch_add(self.chunk_len(need.chunk.0) as u64, Ordering::Relaxed);
+        }
+        Ok(m.pager.generation)
+    }
+
+    /// Writes to a writable snapshot. Each chunk it touches first gets a private copy (the
+    /// snapshot's current contents of that chunk), which later writes update in place.
+    pub fn write_snapshot(&self, id: SnapshotId, offset: u64, data: &[u8]) -> Result<()> {
+        let _returned = self.flush_coalescer.count_write();
+        self.check_range(offset, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.with_full_policy(|| self.try_write_snapshot(id, offset, data))
+    }
+
+    /// Runs a write that fails with `StoreFull` before changing anything; under the
+    /// invalidate-oldest policy, drops the oldest snapshot to make room and runs it again,
+    /// until it succeeds or no snapshot is left to drop.
+    fn with_full_policy(&self, mut write: impl FnMut() -> Result<()>) -> Result<()> {
+        loop {
+            match write() {
+                Err(e @ StoreError::StoreFull { .. }) => {
+                    if self.full_policy() != FullPolicy::InvalidateOldest
+                        || !self.invalidate_oldest()?
+                    {
+                        return Err(e);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_write_snapshot(&self, id: SnapshotId, offset: u64, data: &[u8]) -> Result<()> {
+        let _barrier = self.barrier.read();
+        let _stripes = self.lock_stripes(self.chunks_of(offset, data.len() as u64));
+        self.meta.read().check_usable()?;
+        if !self.live_snapshot(id)?.writable {
+            return Err(StoreError::SnapshotReadOnly(id));
+        }
+        let cs = self.chunk_size as u64;
+        let mut done = 0usize;
+        while done < data.len() {
+            let pos = offset + done as u64;
+            let chunk = pos / cs;
+            let within = (pos % cs) as usize;
+            let n = (cs as usize - within).min(data.len() - done);
+            let piece = &data[done..done + n];
+            let private = self.meta.write().find_private(id, OriginChunk(chunk))?;
+            match private {
+                Some(x) => {
+                    let at = x.0 * cs + within as u64;
+                    self.dev
+                        .write_at(piece, at)
+                        .map_err(|e| StoreError::io("store", at, n, e))?;
+                    self.private_data_unflushed.store(true, Ordering::Release);
+                }
+                None => {
+                    let len = self.chunk_len(chunk);
+                    let mut buf = vec![0u8; len];
+                    if n < len {
+                        self.read_piece(id, false, chunk, 0, &mut buf)?;
+                    }
+                    buf[within..within + n].copy_from_slice(piece);
+                    let x = {
+                        let mut m = self.meta.write();
+                        match m.alloc_chunk() {
+                            Some(x) => x,
+                            None => return Err(m.full_error(1)),
+                        }
+                    };
+                    let at = x.0 * cs;
+                    let written = self
+                        .dev
+                        .write_at(&buf, at)
+                        .map_err(|e| StoreError::io("store", at, len, e));
+                    let mut m = self.meta.write();
+                    if let Err(e) =
+                        written.and_then(|()| m.insert_private(id, OriginChunk(chunk), x))
+                    {
+                        m.free_chunk(x);
+                        return Err(e);
+                    }
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Makes every write completed before this call durable, on the origin and in the store.
+    pub fn flush(&self) -> Result<()> {
+        let started = Instant::now();
+        self.flush_untimed()?;
+        self.flush_latency.lock().record(started.elapsed());
+        Ok(())
+    }
+
+    fn flush_untimed(&self) -> Result<()> {
+        self.sync_origin()?;
+        let private_unflushed = self.private_data_unflushed.swap(false, Ordering::AcqRel);
+        let (generation, open) = {
+            let m = self.meta.read();
+            m.check_usable()?;
+            (m.newest_changed_generation(), m.dirty)
+        };
+        self.commit_wait(generation)?;
+        // A commit sealed from now on flushes the store device after any in-place private
+        // write that completed before this call; one already sealed or landed may not have.
+        if private_unflushed && !open {
+            self.dev.flush().map_err(|source| StoreError::Flush {
+                device: "store",
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
