@@ -3,6 +3,8 @@
 //! interrupted applies leave nothing visible and give their space back; a power cut at any
 //! write of an apply leaves either no new snapshot or the whole of it.
 
+mod common;
+
 use multisnap_store::fault::{CrashDev, PowerRail};
 use multisnap_store::{
     verify, BlockDev, CreateOptions, MemDev, ReceivePlan, SnapshotId, SnapshotInfo, Store,
@@ -21,25 +23,17 @@ const SOURCE_UUID: VolumeUuid = VolumeUuid::from_bytes([0x5a; 16]);
 
 fn opts() -> CreateOptions {
     CreateOptions {
-        chunk_size: CHUNK as u32,
         cache_bytes: 0,
-        ..Default::default()
+        ..common::chunk_opts(CHUNK as u32)
     }
 }
 
 fn mem_store() -> Store {
-    Store::create(
-        Arc::new(MemDev::new(SIZE)),
-        Arc::new(MemDev::new(STORE_BYTES)),
-        &opts(),
-    )
-    .unwrap()
+    common::mem_store(SIZE, STORE_BYTES, &opts()).2
 }
 
 fn read_all(store: &Store, view: View) -> Vec<u8> {
-    let mut b = vec![0u8; SIZE as usize];
-    store.read(view, 0, &mut b).unwrap();
-    b
+    common::read(store, view, 0, SIZE as usize)
 }
 
 /// One record of a delta at store level: a chunk and its bytes, or `None` for zeros.
@@ -362,9 +356,7 @@ fn reopening_keeps_a_resumable_apply_and_drops_any_other() {
     for incremental in [false, true] {
         for resumable in [false, true] {
             let what = format!("incremental {incremental}, resumable {resumable}");
-            let origin = Arc::new(MemDev::new(SIZE));
-            let dev = Arc::new(MemDev::new(STORE_BYTES));
-            let dst = Store::create(origin.clone(), dev.clone(), &opts()).unwrap();
+            let (origin, dev, dst) = common::mem_store(SIZE, STORE_BYTES, &opts());
             let (recs, p, want, before) = if incremental {
                 let r0 = apply(&dst, &plan("s0", &s0, None, false), &full, 4).unwrap();
                 (
@@ -453,9 +445,7 @@ fn crash_every_write_of_an_apply(incremental: bool, resumable: bool) {
     let zeros = vec![0u8; SIZE as usize];
 
     // The replica as it stands before the apply: holding s0, or empty.
-    let origin = Arc::new(MemDev::new(SIZE));
-    let dev = Arc::new(MemDev::new(STORE_BYTES));
-    let dst = Store::create(origin.clone(), dev.clone(), &opts()).unwrap();
+    let (origin, dev, dst) = common::mem_store(SIZE, STORE_BYTES, &opts());
     if incremental {
         apply(&dst, &plan("s0", &s0, None, false), &full, 8).unwrap();
     }

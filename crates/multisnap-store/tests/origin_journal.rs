@@ -2,6 +2,8 @@
 //! not in an origin sync; an origin that lost every unsynced write gets them back on open; a
 //! failed flush leaves its writes for the next one; a clean close leaves the origin complete.
 
+mod common;
+
 use multisnap_store::{verify, BlockDev, CreateOptions, MemDev, Store, View};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -54,10 +56,7 @@ impl BlockDev for Watched {
 }
 
 fn opts() -> CreateOptions {
-    CreateOptions {
-        chunk_size: CHUNK as u32,
-        ..Default::default()
-    }
+    common::chunk_opts(CHUNK as u32)
 }
 
 /// Reopens the store image with an origin that kept nothing written since `kept` was taken.
@@ -69,9 +68,7 @@ fn reopen_with(kept: Vec<u8>, store_image: Vec<u8>) -> Store {
 }
 
 fn read_origin(store: &Store, offset: u64, len: usize) -> Vec<u8> {
-    let mut b = vec![0u8; len];
-    store.read(View::Origin, offset, &mut b).unwrap();
-    b
+    common::read(store, View::Origin, offset, len)
 }
 
 #[test]

@@ -13,6 +13,8 @@
 //!
 //! `MULTISNAP_CRASH_SEEDS=N` raises the number of workloads for a soak.
 
+mod common;
+
 use multisnap_store::fault::{CrashDev, PowerRail};
 use multisnap_store::{
     verify, CreateOptions, FullPolicy, MemDev, SnapshotState, Store, StoreError, View,
@@ -318,9 +320,7 @@ fn run(ops: &[Op], base: &(Vec<u8>, Vec<u8>), setup: Setup, cut_at: Option<u64>)
 }
 
 fn read_all(store: &Store, view: View) -> Vec<u8> {
-    let mut b = vec![0u8; ORIGIN];
-    store.read(view, 0, &mut b).expect("read after recovery");
-    b
+    common::read(store, view, 0, ORIGIN)
 }
 
 fn check_recovered(origin_img: Vec<u8>, store_img: Vec<u8>, out: &Outcome, what: &str) {

@@ -1,5 +1,8 @@
 //! Deleting snapshots frees their space for reuse, in the background, crash-safely.
 
+mod common;
+
+use common::{assert_clean, chunk_opts, mem_store, read};
 use multisnap_store::{verify, CreateOptions, MemDev, SnapshotId, Store, View};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -9,27 +12,11 @@ use std::sync::Arc;
 const CHUNK: usize = 4096;
 
 fn new_store(origin: usize, store: usize) -> (Arc<MemDev>, Arc<MemDev>, Store) {
-    let o = Arc::new(MemDev::new(origin as u64));
-    let d = Arc::new(MemDev::new(store as u64));
     let opts = CreateOptions {
-        chunk_size: CHUNK as u32,
         cache_bytes: 256 << 10,
-        ..Default::default()
+        ..chunk_opts(CHUNK as u32)
     };
-    let s = Store::create(o.clone(), d.clone(), &opts).unwrap();
-    (o, d, s)
-}
-
-fn read(store: &Store, view: View, len: usize) -> Vec<u8> {
-    let mut b = vec![0; len];
-    store.read(view, 0, &mut b).unwrap();
-    b
-}
-
-fn assert_clean(store: &Store) {
-    store.flush().unwrap();
-    let r = verify(&**store.store_dev(), None).unwrap();
-    assert!(r.is_clean(), "{:?}", r.problems);
+    mem_store(origin as u64, store as u64, &opts)
 }
 
 #[test]
@@ -41,7 +28,7 @@ fn delete_oldest_middle_newest_frees_space() {
     let mut images = Vec::new();
     for round in 0..5u8 {
         ids.push(store.create_snapshot(&format!("s{round}")).unwrap().id);
-        images.push(read(&store, View::Origin, size));
+        images.push(read(&store, View::Origin, 0, size));
         store.write_origin(0, &vec![round + 1; size]).unwrap();
     }
     assert_eq!(store.stats().exceptions, 5 * 64);
@@ -54,10 +41,10 @@ fn delete_oldest_middle_newest_frees_space() {
         );
         assert!(store.snapshot_by_name(&format!("s{i}")).is_err());
         store.reclaim_all().unwrap();
-        assert_clean(&store);
+        assert_clean(&store, None);
         for &j in &[1usize, 3] {
             assert_eq!(
-                read(&store, View::Snapshot(ids[j]), size),
+                read(&store, View::Snapshot(ids[j]), 0, size),
                 images[j],
                 "snapshot s{j} changed"
             );
@@ -70,7 +57,7 @@ fn delete_oldest_middle_newest_frees_space() {
     store.delete_snapshot(ids[1]).unwrap();
     store.delete_snapshot(ids[3]).unwrap();
     store.reclaim_all().unwrap();
-    assert_clean(&store);
+    assert_clean(&store, None);
     assert_eq!(store.stats().exceptions, 0);
     assert!(store.stats().used_bytes < used_now);
     assert_eq!(store.stats().used_bytes, baseline, "all space returned");
@@ -85,7 +72,7 @@ fn deleted_names_can_be_reused_and_ids_are_not() {
     assert!(b.id > a.id);
     store.reclaim_all().unwrap();
     assert_eq!(store.snapshot_by_name("x").unwrap().id, b.id);
-    assert_clean(&store);
+    assert_clean(&store, None);
 }
 
 #[test]
@@ -120,8 +107,11 @@ fn reclamation_resumes_after_reopen() {
         512,
         "only keep's exceptions remain"
     );
-    assert_eq!(read(&store, View::Snapshot(keep.id), size), vec![0; size]);
-    assert_clean(&store);
+    assert_eq!(
+        read(&store, View::Snapshot(keep.id), 0, size),
+        vec![0; size]
+    );
+    assert_clean(&store, None);
 }
 
 /// 1,000+ snapshots created and deleted in random order while writes continue; at the end
@@ -163,16 +153,16 @@ fn thousand_snapshots_created_and_deleted_randomly_under_writes() {
             // Spot-check a random live snapshot.
             let keys: Vec<u64> = live.keys().copied().collect();
             let (id, image) = &live[&keys[rng.gen_range(0..keys.len())]];
-            assert_eq!(read(&store, View::Snapshot(*id), size), *image);
+            assert_eq!(read(&store, View::Snapshot(*id), 0, size), *image);
         }
         if created == 600 && live.len() > 50 {
             // Midway: with reclamation caught up, everything verifies, including "every
             // exception serves a live snapshot".
             store.reclaim_all().unwrap();
-            assert_clean(&store);
+            assert_clean(&store, None);
             for (id, image) in live.values() {
                 assert_eq!(
-                    read(&store, View::Snapshot(*id), size),
+                    read(&store, View::Snapshot(*id), 0, size),
                     *image,
                     "snapshot {id:?}"
                 );
@@ -186,12 +176,12 @@ fn thousand_snapshots_created_and_deleted_randomly_under_writes() {
         }
     }
     store.reclaim_all().unwrap();
-    assert_clean(&store);
+    assert_clean(&store, None);
     assert_eq!(store.stats().exceptions, 0);
     assert_eq!(
         store.stats().used_bytes,
         baseline,
         "space back to an empty store's"
     );
-    assert_eq!(read(&store, View::Origin, size), origin);
+    assert_eq!(read(&store, View::Origin, 0, size), origin);
 }

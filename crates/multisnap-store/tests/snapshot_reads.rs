@@ -1,5 +1,8 @@
 //! Snapshots see the origin as it was; the origin sees its writes; one copy per chunk.
 
+mod common;
+
+use common::{chunk_opts, mem_store, read};
 use multisnap_store::fault::Delayed;
 use multisnap_store::{CreateOptions, MemDev, SnapshotId, Store, StoreError, View};
 use std::sync::Arc;
@@ -8,20 +11,7 @@ use std::time::Duration;
 const MIB: u64 = 1 << 20;
 
 fn new_store(origin_size: u64, store_size: u64, chunk: u32) -> (Arc<MemDev>, Arc<MemDev>, Store) {
-    let origin = Arc::new(MemDev::new(origin_size));
-    let dev = Arc::new(MemDev::new(store_size));
-    let opts = CreateOptions {
-        chunk_size: chunk,
-        ..Default::default()
-    };
-    let store = Store::create(origin.clone(), dev.clone(), &opts).unwrap();
-    (origin, dev, store)
-}
-
-fn read(store: &Store, view: View, off: u64, len: usize) -> Vec<u8> {
-    let mut b = vec![0; len];
-    store.read(view, off, &mut b).unwrap();
-    b
+    mem_store(origin_size, store_size, &chunk_opts(chunk))
 }
 
 #[test]

@@ -1,25 +1,19 @@
 //! Writes to a writable snapshot stay in that snapshot.
 
-use multisnap_store::{verify, CreateOptions, MemDev, Store, StoreError, View};
+mod common;
+
+use common::{chunk_opts, mem_store, read};
+use multisnap_store::{verify, MemDev, Store, StoreError, View};
 use std::sync::Arc;
 
 const CHUNK: usize = 16384;
 
 fn setup() -> (Arc<MemDev>, Arc<MemDev>, Store) {
-    let o = Arc::new(MemDev::new((40 * CHUNK + 700) as u64));
-    let d = Arc::new(MemDev::new(8 << 20));
-    let opts = CreateOptions {
-        chunk_size: CHUNK as u32,
-        ..Default::default()
-    };
-    let s = Store::create(o.clone(), d.clone(), &opts).unwrap();
-    (o, d, s)
-}
-
-fn read(store: &Store, view: View, off: u64, len: usize) -> Vec<u8> {
-    let mut b = vec![0; len];
-    store.read(view, off, &mut b).unwrap();
-    b
+    mem_store(
+        (40 * CHUNK + 700) as u64,
+        8 << 20,
+        &chunk_opts(CHUNK as u32),
+    )
 }
 
 #[test]

@@ -1,0 +1,42 @@
+//! Set-ups and checks the store's integration tests share. Each test file is its own crate
+//! and uses only some of them.
+#![allow(dead_code)]
+
+use multisnap_store::{verify, CreateOptions, MemDev, Store, View};
+use std::sync::Arc;
+
+/// Default options with chunks of `chunk_size` bytes.
+pub fn chunk_opts(chunk_size: u32) -> CreateOptions {
+    CreateOptions {
+        chunk_size,
+        ..Default::default()
+    }
+}
+
+/// A new store on memory devices of the given sizes, with both devices, so a test can take
+/// their images or reopen the store on them.
+pub fn mem_store(
+    origin_bytes: u64,
+    store_bytes: u64,
+    opts: &CreateOptions,
+) -> (Arc<MemDev>, Arc<MemDev>, Store) {
+    let origin = Arc::new(MemDev::new(origin_bytes));
+    let dev = Arc::new(MemDev::new(store_bytes));
+    let store = Store::create(origin.clone(), dev.clone(), opts).unwrap();
+    (origin, dev, store)
+}
+
+/// `len` bytes at `offset` as `view` sees them.
+pub fn read(store: &Store, view: View, offset: u64, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    store.read(view, offset, &mut b).unwrap();
+    b
+}
+
+/// Flushes the store and checks what is on its device (against an origin of `origin_size`
+/// bytes when given).
+pub fn assert_clean(store: &Store, origin_size: Option<u64>) {
+    store.flush().unwrap();
+    let report = verify(&**store.store_dev(), origin_size).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+}
