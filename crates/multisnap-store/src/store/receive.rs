@@ -326,27 +326,7 @@ impl Store {
                         .write_at(p, off)
                         .map_err(|e| StoreError::io("store", off, len, e))?;
                 }
-                (Some(p), _) => {
-                    let x = {
-                        let mut m = self.meta.write();
-                        match m.alloc_chunk() {
-                            Some(x) => x,
-                            None => return Err(m.full_error(1)),
-                        }
-                    };
-                    let off = x.0 * cs;
-                    let written = self
-                        .dev
-                        .write_at(p, off)
-                        .map_err(|e| StoreError::io("store", off, len, e));
-                    let mut m = self.meta.write();
-                    if let Err(e) =
-                        written.and_then(|()| m.insert_private(staging, OriginChunk(c), x))
-                    {
-                        m.free_chunk(x);
-                        return Err(e);
-                    }
-                }
+                (Some(p), _) => self.write_new_private(staging, c, p)?,
                 (None, existing) => {
                     let mut m = self.meta.write();
                     m.insert_private(staging, OriginChunk(c), ZERO_CHUNK)?;

@@ -183,28 +183,39 @@ impl Store {
                         self.read_piece(id, false, chunk, 0, &mut buf)?;
                     }
                     buf[within..within + n].copy_from_slice(piece);
-                    let x = {
-                        let mut m = self.meta.write();
-                        match m.alloc_chunk() {
-                            Some(x) => x,
-                            None => return Err(m.full_error(1)),
-                        }
-                    };
-                    let at = x.0 * cs;
-                    let written = self
-                        .dev
-                        .write_at(&buf, at)
-                        .map_err(|e| StoreError::io("store", at, len, e));
-                    let mut m = self.meta.write();
-                    if let Err(e) =
-                        written.and_then(|()| m.insert_private(id, OriginChunk(chunk), x))
-                    {
-                        m.free_chunk(x);
-                        return Err(e);
-                    }
+                    self.write_new_private(id, chunk, &buf)?;
                 }
             }
             done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes `data`, a whole chunk, into a fresh store chunk and records it as snapshot
+    /// `snap`'s private copy of origin chunk `chunk`; the store chunk is freed again if either
+    /// step fails.
+    pub(super) fn write_new_private(
+        &self,
+        snap: SnapshotId,
+        chunk: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        let x = {
+            let mut m = self.meta.write();
+            match m.alloc_chunk() {
+                Some(x) => x,
+                None => return Err(m.full_error(1)),
+            }
+        };
+        let at = x.0 * self.chunk_size as u64;
+        let written = self
+            .dev
+            .write_at(data, at)
+            .map_err(|e| StoreError::io("store", at, data.len(), e));
+        let mut m = self.meta.write();
+        if let Err(e) = written.and_then(|()| m.insert_private(snap, OriginChunk(chunk), x)) {
+            m.free_chunk(x);
+            return Err(e);
         }
         Ok(())
     }
