@@ -20,16 +20,13 @@
 //! - **Bounded memory.** The exception index lives on disk and is read through a node cache of
 //!   configured size; only the allocator bitmap (1 bit per 4 KiB of store) and the snapshot
 //!   table are held whole. A slice of the configured size remembers where snapshot reads found
-//!   their chunks ([`locations`]); it is never persisted and every index change forgets the
+//!   their chunks ([`pdata::locations`]); it is never persisted and every index change forgets the
 //!   chunks it touched.
 //!
 //! All I/O goes through [`blockdev::BlockDev`]; with the `fault-injection` feature, the
 //! [`fault`] module provides a power-cut simulator.
 
-pub mod alloc;
 pub mod blockdev;
-pub mod btree;
-pub mod cache;
 pub mod checksum;
 mod covered;
 pub mod error;
@@ -40,9 +37,8 @@ pub mod format;
 pub mod ids;
 pub mod journal;
 pub mod latency;
-pub mod locations;
 pub mod meta;
-pub mod pager;
+pub mod pdata;
 pub mod store;
 pub mod verify;
 

@@ -25,7 +25,6 @@
 //! origin write journal) and `receive.rs` (delta apply).
 
 use crate::blockdev::BlockDev;
-use crate::cache::CacheStats;
 use crate::covered::CoveredChunks;
 use crate::error::{Result, StoreError};
 use crate::format::snapshot_record::{SnapshotRecord, SnapshotState};
@@ -34,8 +33,9 @@ use crate::format::BLOCK_SIZE;
 use crate::ids::{OriginChunk, SnapshotId, StoreChunk, VolumeUuid};
 use crate::journal::{DirtyRanges, JournalCursor};
 use crate::latency::{LatencyHistogram, LatencyStats};
-use crate::locations::LocationStats;
 use crate::meta::Meta;
+use crate::pdata::cache::CacheStats;
+use crate::pdata::locations::LocationStats;
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use smallvec::SmallVec;
 use std::sync::atomic::AtomicBool;

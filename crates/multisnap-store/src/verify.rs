@@ -8,7 +8,6 @@
 //! marks free, and counters that disagree with what was found. Memory: one bit per store
 //! block plus one tree path.
 
-use crate::alloc::ChunkAllocator;
 use crate::blockdev::BlockDev;
 use crate::error::Result;
 use crate::format::exception::{holds_store_chunk, private_chunk, Exception};
@@ -19,7 +18,8 @@ use crate::format::superblock::Superblock;
 use crate::format::superblock_io::read_superblock;
 use crate::format::BLOCK_SIZE;
 use crate::ids::MetaBlock;
-use crate::pager::read_node;
+use crate::pdata::alloc::ChunkAllocator;
+use crate::pdata::pager::read_node;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// Problems reported per kind before the report says "and N more".

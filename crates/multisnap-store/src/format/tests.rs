@@ -328,8 +328,8 @@ fn documented_offsets_are_the_packed_offsets() {
     assert_eq!(b[24], 0b0000_0101);
     assert_eq!(b[4095], 0x80);
     assert_eq!(bitmap::BITS_PER_BLOCK, 32576);
-    assert_eq!(crate::alloc::bitmap_blocks_for(32576), 1);
-    assert_eq!(crate::alloc::bitmap_blocks_for(32577), 2);
+    assert_eq!(crate::pdata::alloc::bitmap_blocks_for(32576), 1);
+    assert_eq!(crate::pdata::alloc::bitmap_blocks_for(32577), 2);
 
     // Snapshot record.
     let rec = SnapshotRecord {

@@ -11,10 +11,7 @@ pub use commit::SealedCommit;
 use reclaim::ReclaimPass;
 pub use reclaim::ReclaimProgress;
 
-use crate::alloc::ChunkAllocator;
 use crate::blockdev::BlockDev;
-use crate::btree::{self, CachedLookupError, CachedNodes, NodeSource};
-use crate::cache::NodeCache;
 use crate::covered::CoveredChunks;
 use crate::error::{Result, StoreError};
 use crate::format::exception::{private_chunk, private_value, Exception};
@@ -23,8 +20,11 @@ use crate::format::snapshot_record::{SnapshotRecord, SnapshotState};
 use crate::format::superblock::{ReceiveState, Superblock};
 use crate::ids::{MetaBlock, OriginChunk, SnapshotId, StoreChunk};
 use crate::latency::LatencyHistogram;
-use crate::locations::LocationCache;
-use crate::pager::Pager;
+use crate::pdata::alloc::ChunkAllocator;
+use crate::pdata::btree::{self, CachedLookupError, CachedNodes, NodeSource};
+use crate::pdata::cache::NodeCache;
+use crate::pdata::locations::LocationCache;
+use crate::pdata::pager::Pager;
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -351,7 +351,7 @@ impl Meta {
         }
     }
 
-    pub fn location_stats(&self) -> crate::locations::LocationStats {
+    pub fn location_stats(&self) -> crate::pdata::locations::LocationStats {
         self.locations.stats()
     }
 

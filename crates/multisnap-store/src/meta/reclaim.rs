@@ -6,12 +6,12 @@
 //! the records still say what to reclaim, and the next pass redoes what did not commit.
 
 use super::Meta;
-use crate::btree;
 use crate::error::Result;
 use crate::format::exception::{holds_store_chunk, private_chunk, Exception};
 use crate::format::node::Key;
 use crate::format::snapshot_record::{SnapshotRecord, SnapshotState};
 use crate::ids::SnapshotId;
+use crate::pdata::btree;
 use std::collections::BTreeSet;
 
 /// Where a reclamation pass stands.

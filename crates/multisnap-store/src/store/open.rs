@@ -3,11 +3,11 @@
 //! delta apply).
 
 use super::*;
-use crate::alloc::{bitmap_blocks_for, ChunkAllocator};
 use crate::format::superblock::{Superblock, MAX_VOLUME_NAME};
 use crate::format::superblock_io::read_superblock;
 use crate::format::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use crate::journal::{self, journal_blocks_for};
+use crate::pdata::alloc::{bitmap_blocks_for, ChunkAllocator};
 
 impl Store {
     /// Formats `dev` as a new, empty store for `origin`. Everything `dev` held is lost.

@@ -2,7 +2,7 @@
 //! changed between two snapshots.
 
 use super::*;
-use crate::btree::CachedLookupError;
+use crate::pdata::btree::CachedLookupError;
 
 /// Appends a `(length, flag)` run, merging it into the previous run when the flag matches.
 fn push_run(runs: &mut Vec<(u64, bool)>, len: u64, flag: bool) {

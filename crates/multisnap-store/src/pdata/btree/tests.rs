@@ -1,8 +1,8 @@
 use super::*;
-use crate::alloc::ChunkAllocator;
 use crate::blockdev::MemDev;
-use crate::cache::NodeCache;
 use crate::format::node::TreeKind;
+use crate::pdata::alloc::ChunkAllocator;
+use crate::pdata::cache::NodeCache;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ fn pager(cache_nodes: usize) -> Pager {
     let blocks = 20_000u64;
     Pager {
         dev: Arc::new(MemDev::new(blocks * 4096)),
-        cache: NodeCache::with_bytes(cache_nodes * crate::cache::NODE_MEMORY),
+        cache: NodeCache::with_bytes(cache_nodes * crate::pdata::cache::NODE_MEMORY),
         alloc: ChunkAllocator::new(blocks, 1, 2),
         generation: 1,
         chunk_size: 4096,

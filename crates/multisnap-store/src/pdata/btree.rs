@@ -6,11 +6,11 @@
 //! is just "write new nodes, flush, flip the superblock". Removal drops empty nodes but does
 //! not merge underfull siblings: lookups stay O(depth), space is reclaimed as the tree empties.
 
-use crate::cache::NodeCache;
 use crate::error::{Result, StoreError};
 use crate::format::node::{Child, Key, Node};
 use crate::ids::MetaBlock;
-use crate::pager::Pager;
+use crate::pdata::cache::NodeCache;
+use crate::pdata::pager::Pager;
 use std::sync::Arc;
 
 /// A node as a lookup holds it: shared with the cache (the pager), or borrowed from it for

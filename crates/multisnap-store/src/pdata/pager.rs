@@ -2,13 +2,13 @@
 //! device, into blocks it allocates. It enforces the copy-on-write rule: a block committed in
 //! an earlier generation is never rewritten; `shadow` moves it to a fresh block first.
 
-use crate::alloc::ChunkAllocator;
 use crate::blockdev::BlockDev;
-use crate::cache::NodeCache;
 use crate::error::{Result, StoreError};
 use crate::format::node::Node;
 use crate::format::BLOCK_SIZE;
 use crate::ids::MetaBlock;
+use crate::pdata::alloc::ChunkAllocator;
+use crate::pdata::cache::NodeCache;
 use std::sync::Arc;
 
 pub struct Pager {
@@ -48,7 +48,10 @@ impl Pager {
         self.write_evicted(evicted)
     }
 
-    fn write_evicted(&mut self, evicted: Vec<(u64, crate::cache::CachedNode)>) -> Result<()> {
+    fn write_evicted(
+        &mut self,
+        evicted: Vec<(u64, crate::pdata::cache::CachedNode)>,
+    ) -> Result<()> {
         for (b, c) in evicted {
             if c.dirty {
                 self.write_out(b, &c.node)?;
