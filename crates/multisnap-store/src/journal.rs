@@ -3,7 +3,7 @@
 //!
 //! Why: a flush after a few dozen small random writes used to wait for the disk to write each
 //! dirty origin page back on its own; on the disks measured that costs ~35 µs per page, while
-//! the same pages written contiguously cost a third of it (docs/BENCHMARKS.md, session 8).
+//! the same pages written contiguously cost a third of it (docs/BENCHMARKS.md, History, 2026-11-25).
 //! Origin writes still go to the origin in place (reads never look at the journal); the
 //! journal only carries their durability until the origin itself is synced.
 //!
