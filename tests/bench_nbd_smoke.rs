@@ -4,17 +4,14 @@
 //! are never checked (docs/BENCHMARKS.md §5 holds the real run). It also checks that the JSON
 //! the run saves prints the same report again through `--report-from`.
 
-mod common;
-
-use std::path::Path;
-use std::process::Command;
+use multisnap_tests::{self as common, require_tools};
 
 #[test]
 fn nbd_bench_harness_smoke() {
-    require_tools!("python3", "fio", "nbdkit", "qemu-nbd", "qemu-img");
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    require_tools!("fio", "nbdkit", "qemu-nbd", "qemu-img");
+    let repo = common::repo_root();
     let work = tempfile::tempdir().unwrap();
-    let out = Command::new("python3")
+    let out = common::python()
         .arg(repo.join("bench/nbd/run.py"))
         .arg("--smoke")
         .arg("--agent")
@@ -24,7 +21,7 @@ fn nbd_bench_harness_smoke() {
         .arg("--out-json")
         .arg(work.path().join("run.json"))
         .output()
-        .expect("cannot run python3");
+        .expect("cannot run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -54,12 +51,12 @@ fn nbd_bench_harness_smoke() {
 
     // The saved figures rebuild the same report (targets from the recorded arguments), so an
     // interrupted or old run can be reported again.
-    let again = Command::new("python3")
+    let again = common::python()
         .arg(repo.join("bench/nbd/run.py"))
         .arg("--report-from")
         .arg(work.path().join("run.json"))
         .output()
-        .expect("cannot run python3");
+        .expect("cannot run python");
     assert!(
         again.status.success(),
         "--report-from failed ({}):\n{}",

@@ -1,8 +1,8 @@
 //! The `multisnap` CLI against a real agent: every command, JSON output, the documented exit
 //! codes, the unix-socket endpoint and `snapshot delete --wait`.
 
-mod common;
 use common::*;
+use multisnap_tests as common;
 use serde_json::Value;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -88,7 +88,7 @@ fn json(bin: &Path, endpoint: &str, args: &[&str]) -> Value {
 
 #[test]
 fn volumes_snapshots_json_and_exit_codes() {
-    let bin = require_cli!();
+    let bin = cli_bin();
     let tmp = tempfile::tempdir().unwrap();
     let g = start_agent(&tmp.path().join("data"));
     let ep = g.endpoint.as_str();
@@ -284,7 +284,7 @@ fn volumes_snapshots_json_and_exit_codes() {
 
 #[test]
 fn unreachable_agent_exits_7() {
-    let bin = require_cli!();
+    let bin = cli_bin();
     // Nobody listens on a port we just freed.
     let ep = format!("http://127.0.0.1:{}", free_port());
     let out = cli(&bin, &ep, &["--timeout", "5s", "volume", "list"]);
@@ -311,7 +311,7 @@ fn unreachable_agent_exits_7() {
 
 #[test]
 fn unix_socket_endpoint() {
-    let bin = require_cli!();
+    let bin = cli_bin();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let g = start_agent(&dir);
@@ -338,7 +338,7 @@ fn unix_socket_endpoint() {
 
 #[test]
 fn snapshot_delete_wait_reclaims_space() {
-    let bin = require_cli!();
+    let bin = cli_bin();
     let tmp = tempfile::tempdir().unwrap();
     let g = start_agent(&tmp.path().join("data"));
     let ep = g.endpoint.as_str();

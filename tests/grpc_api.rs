@@ -1,9 +1,8 @@
 //! The gRPC API driven the way users script it: Python grpcio with server reflection (no
 //! generated stubs, no proto files), over TCP and the unix socket; every status code.
 
-mod common;
 use common::*;
-use std::process::Command;
+use multisnap_tests::{self as common, require_grpcio, require_tools};
 
 struct Grpc {
     addr: String,
@@ -12,11 +11,10 @@ struct Grpc {
 impl Grpc {
     /// Calls METHOD with a JSON request; Ok(json) or Err((code, message)).
     fn call(&self, method: &str, body: &str) -> Result<serde_json::Value, (String, String)> {
-        let out = Command::new("python3")
-            .arg(repo_root().join("tests/grpc/grpcurl.py"))
+        let out = grpcurl()
             .args([&self.addr, "call", method, body])
             .output()
-            .expect("python3");
+            .expect("python");
         let text = String::from_utf8_lossy(&out.stdout);
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|_| {
             panic!(
@@ -49,12 +47,11 @@ impl Grpc {
     }
 
     fn tool(&self, args: &[&str]) -> String {
-        let out = Command::new("python3")
-            .arg(repo_root().join("tests/grpc/grpcurl.py"))
+        let out = grpcurl()
             .arg(&self.addr)
             .args(args)
             .output()
-            .expect("python3");
+            .expect("python");
         assert!(
             out.status.success(),
             "{}",

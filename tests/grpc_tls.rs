@@ -2,8 +2,8 @@
 //! grpcio: the right CA connects, plaintext and unknown clients are refused, the unix socket
 //! stays local plaintext.
 
-mod common;
 use common::*;
+use multisnap_tests::{self as common, require_grpcio, require_tools};
 use std::path::Path;
 use std::process::Command;
 
@@ -71,17 +71,12 @@ fn make_ca_and_cert(dir: &Path, ca: &str, cn: &str) {
 }
 
 fn call(addr: &str, env: &[(&str, String)]) -> (bool, String) {
-    let mut cmd = Command::new("python3");
-    cmd.arg(repo_root().join("tests/grpc/grpcurl.py")).args([
-        addr,
-        "call",
-        "multisnap.v1.VolumeService/ListVolumes",
-        "{}",
-    ]);
+    let mut cmd = grpcurl();
+    cmd.args([addr, "call", "multisnap.v1.VolumeService/ListVolumes", "{}"]);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("python3");
+    let out = cmd.output().expect("python");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),

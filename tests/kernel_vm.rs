@@ -10,8 +10,8 @@
 //! repository. Without apt or network the test says SKIP and passes, except under CI (env
 //! `CI` set), where the kernel client must run.
 
-mod common;
 use common::*;
+use multisnap_tests as common;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -71,9 +71,7 @@ fn kernel_client_ext4_snapshot_and_crash() {
         Err(why) => return skip_or_fail(&why),
     };
     let fetch_time = t_fetch.elapsed();
-    let Some(cli) = cli_bin() else {
-        return skip_or_fail("the multisnap CLI binary could not be found or built");
-    };
+    let cli = cli_bin();
 
     let dir = tempfile::tempdir().unwrap();
     let initrd = dir.path().join("initrd.cpio");

@@ -4,18 +4,14 @@
 //! the gRPC API. The last test pins the product's first promise: with 64 snapshots one write to
 //! a fresh chunk is copied exactly once.
 
-mod common;
 use common::*;
+use multisnap_tests::{self as common, require_tools};
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn scrape_py() -> String {
     repo_root()
@@ -24,19 +20,11 @@ fn scrape_py() -> String {
         .into_owned()
 }
 
-fn py_has(python: &str, module: &str) -> bool {
-    Command::new(python)
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 macro_rules! require_py {
-    ($python:expr, $($module:expr),+) => {
+    ($($module:expr),+) => {
         for m in [$($module),+] {
-            if !py_has($python, m) {
-                eprintln!("SKIP: {} cannot import {m} (bash .ci/install-deps installs it)", $python);
+            if !python_has(&[m]) {
+                eprintln!("SKIP: {} cannot import {m} (bash .ci/install-deps installs it)", python_path().display());
                 return;
             }
         }
@@ -78,17 +66,12 @@ impl Running {
     }
 
     fn create_snapshot(&self, name: &str) {
-        let script = repo_root().join("tests/grpc/grpcurl.py");
-        let out = run_ok(
-            "python3",
-            &[
-                &script.to_string_lossy(),
-                &self.grpc,
-                "call",
-                "multisnap.v1.SnapshotService/CreateSnapshot",
-                &format!(r#"{{"volume":"default","name":"{name}"}}"#),
-            ],
-        );
+        let out = output_ok(grpcurl().args([
+            &self.grpc,
+            "call",
+            "multisnap.v1.SnapshotService/CreateSnapshot",
+            &format!(r#"{{"volume":"default","name":"{name}"}}"#),
+        ]));
         assert!(out.contains("SNAPSHOT_STATE_READY"), "{out}");
     }
 }
@@ -110,7 +93,7 @@ struct Scrape {
 
 impl Scrape {
     fn get(format: &str, url: &str) -> Scrape {
-        let out = run_ok("python3", &[&scrape_py(), format, url]);
+        let out = output_ok(python().args([&scrape_py(), format, url]));
         let mut s = Scrape {
             content_type: String::new(),
             families: HashMap::new(),
@@ -181,7 +164,7 @@ except nbd.Error as e:
 h.shutdown()
 "#
     );
-    run_ok("/usr/bin/python3", &["-c", &script]);
+    output_ok(python().args(["-c", &script]));
 }
 
 /// An agent that has served origin and snapshot I/O, one refused write and a snapshot, so every
@@ -263,8 +246,8 @@ const FAMILIES: &[(&str, &str, &str)] = &[
 #[test]
 fn exposition_parses_with_the_official_python_client() {
     require_tools!("qemu-io");
-    require_py!("python3", "prometheus_client", "grpc", "grpc_reflection");
-    require_py!("/usr/bin/python3", "nbd");
+    require_py!("prometheus_client", "grpc", "grpc_reflection");
+    require_py!("nbd");
     let tmp = tempfile::tempdir().unwrap();
     let r = busy_agent(&tmp.path().join("data"));
 
@@ -397,8 +380,8 @@ fn metric_names_in(path: &Path) -> BTreeSet<String> {
 #[test]
 fn dashboard_and_alert_metrics_exist_in_a_live_scrape() {
     require_tools!("qemu-io");
-    require_py!("python3", "prometheus_client", "grpc", "grpc_reflection");
-    require_py!("/usr/bin/python3", "nbd");
+    require_py!("prometheus_client", "grpc", "grpc_reflection");
+    require_py!("nbd");
     let tmp = tempfile::tempdir().unwrap();
     let r = busy_agent(&tmp.path().join("data"));
     let scrape = Scrape::get("openmetrics", &r.url());
@@ -553,7 +536,7 @@ fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 fn prom(args: &[&str]) -> Option<String> {
     let mut all = vec![scrape_py()];
     all.extend(args.iter().map(|s| s.to_string()));
-    let out = Command::new("python3").args(&all).output().ok()?;
+    let out = python().args(&all).output().ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
@@ -562,8 +545,8 @@ fn prom(args: &[&str]) -> Option<String> {
 #[test]
 fn prometheus_scrapes_the_agent_and_evaluates_the_alerts() {
     require_tools!("prometheus", "qemu-io");
-    require_py!("python3", "prometheus_client", "grpc", "grpc_reflection");
-    require_py!("/usr/bin/python3", "nbd");
+    require_py!("prometheus_client", "grpc", "grpc_reflection");
+    require_py!("nbd");
     let tmp = tempfile::tempdir().unwrap();
     let r = busy_agent(&tmp.path().join("data"));
     let p = start_prometheus(tmp.path(), &r.metrics);
@@ -628,7 +611,7 @@ fn prometheus_scrapes_the_agent_and_evaluates_the_alerts() {
 #[test]
 fn one_write_is_copied_once_whatever_the_number_of_snapshots() {
     require_tools!("qemu-io");
-    require_py!("python3", "prometheus_client", "grpc", "grpc_reflection");
+    require_py!("prometheus_client", "grpc", "grpc_reflection");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let r = start(&dir, &["--default-volume-size", "67108864"]);

@@ -1,8 +1,8 @@
 //! The agent on a fresh data directory, driven by qemu-io, qemu-img, nbdinfo and nbdcopy:
 //! the default volume, snapshots as read-only exports, restart, SIGTERM, verify, the lock.
 
-mod common;
 use common::*;
+use multisnap_tests::{self as common, require_tools};
 
 #[test]
 fn default_volume_snapshots_and_restart_with_real_clients() {

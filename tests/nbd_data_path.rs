@@ -1,8 +1,8 @@
 //! The data path with clients nobody here wrote: nbdinfo --map, kill -9 after FUA and FLUSH,
 //! nbdcopy checksums, fio with verify=crc32c while snapshots are taken, writable snapshots.
 
-mod common;
 use common::*;
+use multisnap_tests::{self as common, require_grpcio, require_tools};
 use std::process::Command;
 
 fn sha256(path: &std::path::Path) -> String {

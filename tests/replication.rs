@@ -4,8 +4,8 @@
 //! nothing; an agent killed (-9) mid-apply comes back with no partial snapshot, and the apply
 //! is resumed (resumable) or its space returned (not resumable).
 
-mod common;
 use common::*;
+use multisnap_tests::{self as common, require_tools};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -118,7 +118,7 @@ fn scribble(a: &Agent, rng: &mut StdRng, n: usize) {
 #[test]
 fn full_then_five_incrementals_recreate_every_snapshot() {
     require_tools!("qemu-io", "nbdcopy", "sha256sum", "curl");
-    let bin = require_cli!();
+    let bin = cli_bin();
     let tmp = tempfile::tempdir().unwrap();
     let a = node(&tmp.path().join("a"));
     let b = node(&tmp.path().join("b"));
@@ -239,7 +239,7 @@ fn full_then_five_incrementals_recreate_every_snapshot() {
 #[test]
 fn a_flipped_byte_is_refused_and_leaves_nothing() {
     require_tools!("qemu-io", "nbdcopy", "sha256sum");
-    let bin = require_cli!();
+    let bin = cli_bin();
     let tmp = tempfile::tempdir().unwrap();
     let a = node(&tmp.path().join("a"));
     let mut rng = StdRng::seed_from_u64(8);
@@ -317,7 +317,7 @@ fn volume(bin: &Path, a: &Agent, name: &str) -> Value {
 #[test]
 fn agent_killed_mid_apply_leaves_no_snapshot_then_resumes_or_frees() {
     require_tools!("qemu-io", "nbdcopy", "sha256sum");
-    let bin = require_cli!();
+    let bin = cli_bin();
     let tmp = tempfile::tempdir().unwrap();
     let a = node(&tmp.path().join("a"));
     // 40 MiB of data in 4 MiB stripes of different patterns.

@@ -4,8 +4,8 @@
 //! root), a device is attached, written through the kernel and read back over NBD. The full
 //! filesystem checks through /dev/ublkbN run in a real kernel in tests/kernel_vm.rs.
 
-mod common;
 use common::*;
+use multisnap_tests::{self as common, require_grpcio, require_tools};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -16,11 +16,10 @@ const US: &str = "multisnap.v1.UblkService";
 fn call(agent: &Agent, method: &str, body: &str) -> Result<serde_json::Value, (String, String)> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let out = Command::new("python3")
-            .arg(repo_root().join("tests/grpc/grpcurl.py"))
+        let out = grpcurl()
             .args([&agent.grpc, "call", &format!("{US}/{method}"), body])
             .output()
-            .expect("python3");
+            .expect("python");
         let text = String::from_utf8_lossy(&out.stdout);
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|_| {
             panic!(
@@ -60,11 +59,10 @@ fn attach_without_ublk_driver_is_failed_precondition() {
     let agent = start_agent(tmp.path());
 
     // Reflection lists the service with its methods.
-    let out = Command::new("python3")
-        .arg(repo_root().join("tests/grpc/grpcurl.py"))
+    let out = grpcurl()
         .args([&agent.grpc, "describe", US])
         .output()
-        .expect("python3");
+        .expect("python");
     let methods = String::from_utf8_lossy(&out.stdout);
     for m in ["AttachUblk", "DetachUblk", "ListUblk"] {
         assert!(methods.contains(m), "{methods}");
@@ -109,18 +107,14 @@ fn attach_without_ublk_driver_is_failed_precondition() {
     assert_eq!(code, "INVALID_ARGUMENT");
 
     // The CLI: exit code 5 (failed precondition) with the agent's message on stderr.
-    if let Some(cli) = cli_bin() {
-        let out = Command::new(cli)
-            .args(["--endpoint", &format!("http://{}", agent.grpc)])
-            .args(["ublk", "attach", "default"])
-            .output()
-            .expect("multisnap");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(5), "{err}");
-        assert!(err.contains("/dev/ublk-control"), "{err}");
-    } else {
-        eprintln!("SKIP (CLI part): the multisnap CLI binary could not be found or built");
-    }
+    let out = Command::new(cli_bin())
+        .args(["--endpoint", &format!("http://{}", agent.grpc)])
+        .args(["ublk", "attach", "default"])
+        .output()
+        .expect("multisnap");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("/dev/ublk-control"), "{err}");
     agent.stop_and_verify();
 }
 

@@ -1,15 +1,110 @@
-//! Shared helpers for the end-to-end tests: run the real agent binary on a temporary data
-//! directory and drive it with real clients.
-#![allow(dead_code)]
+//! The end-to-end tests' harness: run the real agent and CLI binaries on a temporary data
+//! directory and drive them with real clients. Each file beside `src/` is one scenario.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+/// The agent binary that this `cargo test` run built (see [`workspace_bin`]).
 pub fn agent_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_multisnap-agent"))
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("multisnap-agent")).clone()
+}
+
+/// The `multisnap` CLI binary that this `cargo test` run built (see [`workspace_bin`]).
+pub fn cli_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("multisnap")).clone()
+}
+
+/// A binary of another package of the workspace, from target/<profile>/ beside this test's own
+/// executable (target/<profile>/deps/<test>-<hash>). Cargo gives `CARGO_BIN_EXE_*` only to a
+/// package's own tests, but it builds a package's binaries whenever that package's integration
+/// tests are built (the agent and the CLI each have one for that reason), and `cargo test`
+/// builds everything before it runs any test: so `cargo test --workspace` always leaves fresh
+/// binaries there. A narrower run (`cargo test -p multisnap-tests`) may find none, or ones
+/// older than their sources: this panics then, naming the command that builds them, rather
+/// than test an old binary. Freshness is judged the way cargo judges it, by the modification
+/// times of the sources its dep-info file (`<name>.d`) lists.
+fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("this test's own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable lies in target/<profile>/deps");
+    let bin = profile_dir.join(name);
+    let rebuild = "run `cargo test --workspace` (or add `-p multisnap-agent -p multisnap-cli`), \
+                   which builds the agent and CLI binaries before any test runs";
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} was not built: {rebuild}", bin.display()));
+    let dep_info = profile_dir.join(format!("{name}.d"));
+    let listed = std::fs::read_to_string(&dep_info)
+        .unwrap_or_else(|e| panic!("{}: {e}: {rebuild}", dep_info.display()));
+    if let Some(newer) = sources_newer_than(&listed, built) {
+        panic!("{} is older than {newer}: {rebuild}", bin.display());
+    }
+    bin
+}
+
+/// The first source named by a Makefile-style dep-info text (`target: src1 src2 ...`, spaces in
+/// names escaped as `\ `) that was modified after `built`.
+fn sources_newer_than(dep_info: &str, built: SystemTime) -> Option<String> {
+    let (_, sources) = dep_info.split_once(": ")?;
+    let mut names = Vec::new();
+    let mut name = String::new();
+    let mut chars = sources.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => name.extend(chars.next()),
+            c if c.is_whitespace() => {
+                names.extend((!name.is_empty()).then(|| std::mem::take(&mut name)))
+            }
+            c => name.push(c),
+        }
+    }
+    names.extend((!name.is_empty()).then_some(name));
+    names.into_iter().find(|n| {
+        std::fs::metadata(n)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t > built)
+    })
+}
+
+/// The Python interpreter the tests run: the virtual environment `.ci/install-deps` makes at
+/// .venv/ (grpcio, grpcio-reflection, prometheus-client, pyyaml, and Debian's libnbd bindings
+/// through its system site packages), else Debian's own python3 (then the tests that need those
+/// modules skip). Never whichever python3 comes first on PATH, which may lack them.
+pub fn python_path() -> PathBuf {
+    let venv = repo_root().join(".venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("/usr/bin/python3")
+    }
+}
+
+/// A command running [`python_path`].
+pub fn python() -> Command {
+    Command::new(python_path())
+}
+
+/// A command running the gRPC reflection client tests/grpc/grpcurl.py; add its arguments.
+pub fn grpcurl() -> Command {
+    let mut cmd = python();
+    cmd.arg(repo_root().join("tests/grpc/grpcurl.py"));
+    cmd
+}
+
+/// Whether [`python_path`] can import every module in `modules`.
+pub fn python_has(modules: &[&str]) -> bool {
+    python()
+        .args(["-c", &format!("import {}", modules.join(", "))])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// A free loopback port (racy by nature, but the agent fails loudly if it is taken).
@@ -46,7 +141,7 @@ pub fn have(tool: &str) -> bool {
 macro_rules! require_tools {
     ($($tool:expr),+) => {
         for t in [$($tool),+] {
-            if !common::have(t) {
+            if !$crate::have(t) {
                 eprintln!("SKIP: {t} is not installed (bash .ci/install-deps installs it)");
                 return;
             }
@@ -147,11 +242,10 @@ impl Agent {
     /// Calls a gRPC method through the reflection client (tests/grpc/grpcurl.py); panics
     /// with the status if it fails. Returns the JSON response.
     pub fn grpc(&self, method: &str, body: &str) -> String {
-        let out = Command::new("python3")
-            .arg(repo_root().join("tests/grpc/grpcurl.py"))
+        let out = grpcurl()
             .args([&self.grpc, "call", method, body])
             .output()
-            .expect("python3");
+            .expect("python");
         assert!(
             out.status.success(),
             "{method} {body}: {}{}",
@@ -225,10 +319,17 @@ pub fn run(cmd: &str, args: &[&str]) -> Output {
 }
 
 pub fn run_ok(cmd: &str, args: &[&str]) -> String {
-    let out = run(cmd, args);
+    output_ok(Command::new(cmd).args(args))
+}
+
+/// Runs a prepared command; it must succeed. Returns its stdout.
+pub fn output_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "{cmd} {args:?} failed: {}\n{}",
+        "{cmd:?} failed: {}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -268,72 +369,23 @@ pub fn agent_cmd(data_dir: &Path, args: &[&str]) -> Output {
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lies in the repository")
+        .to_path_buf()
 }
 
 /// Python grpcio with reflection, the client the gRPC tests script with.
 pub fn have_grpcio() -> bool {
-    Command::new("python3")
-        .args(["-c", "import grpc, grpc_reflection"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    python_has(&["grpc", "grpc_reflection"])
 }
 
 #[macro_export]
 macro_rules! require_grpcio {
     () => {
-        if !common::have_grpcio() {
+        if !$crate::have_grpcio() {
             eprintln!("SKIP: python grpcio/grpcio-reflection missing (bash .ci/install-deps installs them)");
             return;
-        }
-    };
-}
-
-/// The CLI binary sits next to the agent's in target/<profile>/, but Cargo only exposes
-/// CARGO_BIN_EXE_* for the package's own binaries, so it is found from our own location.
-pub fn cli_bin() -> Option<PathBuf> {
-    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().ok()?;
-        // target/<profile>/deps/cli-HASH -> target/<profile>/multisnap
-        let profile_dir = exe.parent()?.parent()?;
-        let bin = profile_dir.join("multisnap");
-        if bin.exists() {
-            return Some(bin);
-        }
-        // `cargo test -p multisnap-agent` does not build other packages' binaries.
-        let target_dir = profile_dir.parent()?;
-        let profile = profile_dir.file_name()?.to_str()?;
-        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        build
-            .args(["build", "-p", "multisnap-cli", "--bin", "multisnap"])
-            .env("CARGO_TARGET_DIR", target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        match profile {
-            "debug" => {}
-            "release" => {
-                build.arg("--release");
-            }
-            other => {
-                build.args(["--profile", other]);
-            }
-        }
-        let ok = build.status().map(|s| s.success()).unwrap_or(false);
-        (ok && bin.exists()).then_some(bin)
-    })
-    .clone()
-}
-
-#[macro_export]
-macro_rules! require_cli {
-    () => {
-        match common::cli_bin() {
-            Some(b) => b,
-            None => {
-                eprintln!("SKIP: the multisnap CLI binary could not be found or built");
-                return;
-            }
         }
     };
 }
