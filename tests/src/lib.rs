@@ -24,10 +24,11 @@ pub fn cli_bin() -> PathBuf {
 /// package's own tests, but it builds a package's binaries whenever that package's integration
 /// tests are built (the agent and the CLI each have one for that reason), and `cargo test`
 /// builds everything before it runs any test: so `cargo test --workspace` always leaves fresh
-/// binaries there. A narrower run (`cargo test -p multisnap-tests`) may find none, or ones
-/// older than their sources: this panics then, naming the command that builds them, rather
-/// than test an old binary. Freshness is judged the way cargo judges it, by the modification
-/// times of the sources its dep-info file (`<name>.d`) lists.
+/// binaries there, and so does `cargo test --workspace --test usage --test <scenario>`. A
+/// narrower run (`cargo test -p multisnap-tests`) may find none, or ones older than their
+/// sources: this panics then, naming the command that builds them, rather than test an old
+/// binary. Freshness is judged the way cargo judges it, by the modification times of the
+/// sources its dep-info file (`<name>.d`) lists.
 fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("this test's own path");
     let profile_dir = exe
@@ -35,8 +36,9 @@ fn workspace_bin(name: &str) -> PathBuf {
         .and_then(Path::parent)
         .expect("the test executable lies in target/<profile>/deps");
     let bin = profile_dir.join(name);
-    let rebuild = "run `cargo test --workspace` (or add `-p multisnap-agent -p multisnap-cli`), \
-                   which builds the agent and CLI binaries before any test runs";
+    // The binaries' own `usage` tests make cargo build them in the same run.
+    let rebuild = "run `cargo test --workspace`, or one scenario with the binaries' own tests: \
+                   `cargo test --workspace --test usage --test <scenario>`";
     let built = std::fs::metadata(&bin)
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| panic!("{} was not built: {rebuild}", bin.display()));
