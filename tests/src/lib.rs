@@ -28,7 +28,7 @@ pub fn cli_bin() -> PathBuf {
 /// narrower run (`cargo test -p multisnap-tests`) may find none, or ones older than their
 /// sources: this panics then, naming the command that builds them, rather than test an old
 /// binary. Freshness is judged the way cargo judges it, by the modification times of the
-/// sources its dep-info file (`<name>.d`) lists.
+/// sources that the build's dep-info file lists.
 fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("this test's own path");
     let profile_dir = exe
@@ -39,37 +39,58 @@ fn workspace_bin(name: &str) -> PathBuf {
     // The binaries' own `usage` tests make cargo build them in the same run.
     let rebuild = "run `cargo test --workspace`, or one scenario with the binaries' own tests: \
                    `cargo test --workspace --test usage --test <scenario>`";
-    let built = std::fs::metadata(&bin)
-        .and_then(|m| m.modified())
+    let meta = std::fs::metadata(&bin)
         .unwrap_or_else(|_| panic!("{} was not built: {rebuild}", bin.display()));
-    let dep_info = profile_dir.join(format!("{name}.d"));
-    let listed = std::fs::read_to_string(&dep_info)
-        .unwrap_or_else(|e| panic!("{}: {e}: {rebuild}", dep_info.display()));
-    if let Some(newer) = sources_newer_than(&listed, built) {
-        panic!("{} is older than {newer}: {rebuild}", bin.display());
+    let built = meta.modified().expect("file times");
+    match dep_info_of(&profile_dir.join("deps"), name, &meta) {
+        Some(listed) => {
+            if let Some(newer) = source_newer_than(&listed, built) {
+                panic!("{} is older than {newer}: {rebuild}", bin.display());
+            }
+        }
+        None => eprintln!(
+            "note: cannot tell whether {} is fresh: no dep-info beside its build in deps/",
+            bin.display()
+        ),
     }
     bin
 }
 
-/// The first source named by a Makefile-style dep-info text (`target: src1 src2 ...`, spaces in
-/// names escaped as `\ `) that was modified after `built`.
-fn sources_newer_than(dep_info: &str, built: SystemTime) -> Option<String> {
-    let (_, sources) = dep_info.split_once(": ")?;
+/// The dep-info file of the build that cargo linked (hard-linked) to target/<profile>/NAME:
+/// deps/<crate>-<hash>.d beside the deps/<crate>-<hash> with the same inode. (Cargo writes no
+/// target/<profile>/NAME.d for a binary built only for integration tests.)
+fn dep_info_of(deps: &Path, name: &str, bin: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let prefix = format!("{}-", name.replace('-', "_"));
+    std::fs::read_dir(deps).ok()?.flatten().find_map(|entry| {
+        let file = entry.file_name();
+        let file = file.to_str()?;
+        let same = std::fs::metadata(entry.path())
+            .is_ok_and(|m| m.ino() == bin.ino() && m.dev() == bin.dev());
+        (file.starts_with(&prefix) && !file.ends_with(".d") && same)
+            .then(|| std::fs::read_to_string(deps.join(format!("{file}.d"))).ok())?
+    })
+}
+
+/// The first source named by a dep-info text's first rule (`target: src1 src2 ...`, spaces in
+/// names escaped as `\ `, workspace sources relative to the repository root) that was modified
+/// after `built`.
+fn source_newer_than(dep_info: &str, built: SystemTime) -> Option<String> {
+    let (_, sources) = dep_info.lines().next()?.split_once(": ")?;
     let mut names = Vec::new();
     let mut name = String::new();
     let mut chars = sources.chars();
     while let Some(c) = chars.next() {
         match c {
             '\\' => name.extend(chars.next()),
-            c if c.is_whitespace() => {
-                names.extend((!name.is_empty()).then(|| std::mem::take(&mut name)))
-            }
+            ' ' => names.extend((!name.is_empty()).then(|| std::mem::take(&mut name))),
             c => name.push(c),
         }
     }
     names.extend((!name.is_empty()).then_some(name));
+    let root = repo_root();
     names.into_iter().find(|n| {
-        std::fs::metadata(n)
+        std::fs::metadata(root.join(n))
             .and_then(|m| m.modified())
             .is_ok_and(|t| t > built)
     })
