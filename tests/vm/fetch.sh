@@ -56,9 +56,11 @@ KPKG=$(kpkg)
 [ -n "$KPKG" ] || { update; KPKG=$(kpkg); }
 [ -n "$KPKG" ] || { log "bookworm-backports has no linux-image-amd64"; exit 3; }
 
-# Library dependencies of the unpacked tools that this machine does not have installed.
+# Library dependencies of the unpacked tools that this machine does not have installed, direct
+# or not: a fresh Debian lacks libelf1, which qemu-system-x86 needs only through another library.
 missing_libs() {
-  for p in $(apt-cache "${aptopts[@]}" depends --no-recommends --no-suggests "$@" 2>/dev/null |
+  for p in $(apt-cache "${aptopts[@]}" depends --recurse --no-recommends --no-suggests \
+    --no-conflicts --no-breaks --no-replaces --no-enhances "$@" 2>/dev/null |
     sed -n 's/^ *Depends: \(lib[^ <]*\)$/\1/p' | sort -u); do
     dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q 'install ok installed' || echo "$p"
   done
