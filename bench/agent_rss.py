@@ -12,7 +12,7 @@ with Debian's fio through NBD:
    into the 10M-exception index.
 
 It prints VmRSS and VmHWM (peak) of the agent after start, after the reads and after the
-writes, and checks them against issue 7's target: at most the configured cache + 64 MiB.
+writes, and checks them against the target in docs/BENCHMARKS.md: at most the configured cache + 64 MiB.
 
     python3 bench/agent_rss.py --store-dir /var/tmp/rss10m/<kept dir> [--agent PATH]
 

@@ -41,7 +41,7 @@ fn nbd_bench_harness_smoke() {
         "qemu-nbd N=1",
         "nbdkit file",
         "**Ratios of median IOPS",
-        "**Targets (issue 7)**",
+        "**Targets**",
     ] {
         assert!(
             stdout.contains(needle),

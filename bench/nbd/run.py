@@ -27,7 +27,7 @@ of them):
      and of the origin, in A B B A order, each run after an untimed sequential pass over the
      same view (so both read from the page cache, whatever the host evicted meanwhile).
 Medians over the repetitions are reported with the ratios multisnap / qemu-nbd and
-multisnap / nbdkit, pair by pair, and checked against the targets of issue 7.
+multisnap / nbdkit, pair by pair, and checked against the targets in docs/BENCHMARKS.md.
 """
 
 import argparse
@@ -629,8 +629,8 @@ def report(ctx, results, targets, meta):
                 w(f"| {t.label()} | {job} | " + " | ".join(cells) + " |")
     w("")
 
-    # Targets of issue 7.
-    w("**Targets (issue 7)**")
+    # The targets of docs/BENCHMARKS.md.
+    w("**Targets**")
     w("")
     w("| target | measured | met? |")
     w("|---|---|---|")
