@@ -134,6 +134,39 @@ fn random_writes(src: &Store, rng: &mut StdRng, n: usize) {
     }
 }
 
+/// A source volume's two snapshots, what a sender would send of them and how they read.
+struct Source {
+    s0: SnapshotInfo,
+    s1: SnapshotInfo,
+    /// The full stream of `s0`.
+    full: Vec<Rec>,
+    /// The incremental stream from `s0` to `s1`.
+    inc: Vec<Rec>,
+    want0: Vec<u8>,
+    want1: Vec<u8>,
+    /// The generator as the writes left it, for a test's further random choices.
+    rng: StdRng,
+}
+
+/// `first` random writes (seeded by `seed`), snapshot `s0`, `then` more, snapshot `s1`.
+fn source_with_two_snapshots(seed: u64, first: usize, then: usize) -> Source {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let src = mem_store();
+    random_writes(&src, &mut rng, first);
+    let s0 = src.create_snapshot("s0").unwrap();
+    random_writes(&src, &mut rng, then);
+    let s1 = src.create_snapshot("s1").unwrap();
+    Source {
+        full: delta(&src, None, s0.id),
+        inc: delta(&src, Some(s0.id), s1.id),
+        want0: read_all(&src, View::Snapshot(s0.id)),
+        want1: read_all(&src, View::Snapshot(s1.id)),
+        s0,
+        s1,
+        rng,
+    }
+}
+
 fn assert_clean(store: &Store, what: &str) {
     store.reclaim_all().unwrap();
     store.flush().unwrap();
@@ -189,22 +222,14 @@ fn full_then_incrementals_recreate_every_snapshot() {
 
 #[test]
 fn aborted_applies_leave_nothing_and_return_their_space() {
-    let mut rng = StdRng::seed_from_u64(12);
-    let src = mem_store();
-    random_writes(&src, &mut rng, 40);
-    let s0 = src.create_snapshot("s0").unwrap();
-    random_writes(&src, &mut rng, 10);
-    let s1 = src.create_snapshot("s1").unwrap();
-    let full = delta(&src, None, s0.id);
-    let inc = delta(&src, Some(s0.id), s1.id);
+    let src = source_with_two_snapshots(12, 40, 10);
     let zeros = vec![0u8; SIZE as usize];
-    let want0 = read_all(&src, View::Snapshot(s0.id));
 
     // A full stream into an empty volume goes straight into the origin; aborting zeroes it.
     let dst = mem_store();
     let used_empty = dst.stats().used_bytes;
-    dst.begin_receive(&plan("s0", &s0, None, true)).unwrap();
-    stage_all(&dst, &full[..full.len() / 2], 0, 2).unwrap();
+    dst.begin_receive(&plan("s0", &src.s0, None, true)).unwrap();
+    stage_all(&dst, &src.full[..src.full.len() / 2], 0, 2).unwrap();
     let status = dst.receive_status().unwrap().expect("apply in progress");
     assert_eq!(status.name, "s0");
     assert!(status.direct && status.resumable && !status.folding);
@@ -244,49 +269,39 @@ fn aborted_applies_leave_nothing_and_return_their_space() {
     assert_clean(&dst, "after aborting a direct apply");
 
     // The name is free again and the full apply works.
-    let r0 = apply(&dst, &plan("s0", &s0, None, false), &full, 5).unwrap();
-    assert_eq!(read_all(&dst, View::Snapshot(r0.id)), want0);
+    let r0 = apply(&dst, &plan("s0", &src.s0, None, false), &src.full, 5).unwrap();
+    assert_eq!(read_all(&dst, View::Snapshot(r0.id)), src.want0);
     dst.reclaim_all().unwrap();
     let used_replica = dst.stats().used_bytes;
 
     // An incremental is staged in the store; aborting frees it, the origin never moved.
-    dst.begin_receive(&plan("s1", &s1, Some(r0.id), true))
+    dst.begin_receive(&plan("s1", &src.s1, Some(r0.id), true))
         .unwrap();
-    stage_all(&dst, &inc[..inc.len() / 2 + 1], 0, 2).unwrap();
+    stage_all(&dst, &src.inc[..src.inc.len() / 2 + 1], 0, 2).unwrap();
     let status = dst.receive_status().unwrap().unwrap();
     assert!(!status.direct && status.staged_bytes > 0);
     assert!(dst.stats().used_bytes > used_replica);
-    assert_eq!(read_all(&dst, View::Origin), want0);
+    assert_eq!(read_all(&dst, View::Origin), src.want0);
     dst.abort_receive().unwrap();
     dst.reclaim_all().unwrap();
     assert_eq!(dst.stats().used_bytes, used_replica);
-    assert_eq!(read_all(&dst, View::Origin), want0);
+    assert_eq!(read_all(&dst, View::Origin), src.want0);
     assert_eq!(dst.list_snapshots().len(), 1);
     assert_clean(&dst, "after aborting a staged apply");
-    let r1 = apply(&dst, &plan("s1", &s1, Some(r0.id), false), &inc, 3).unwrap();
-    assert_eq!(
-        read_all(&dst, View::Snapshot(r1.id)),
-        read_all(&src, View::Snapshot(s1.id))
-    );
+    let r1 = apply(&dst, &plan("s1", &src.s1, Some(r0.id), false), &src.inc, 3).unwrap();
+    assert_eq!(read_all(&dst, View::Snapshot(r1.id)), src.want1);
 }
 
 #[test]
 fn applies_that_cannot_recreate_the_target_are_refused() {
-    let mut rng = StdRng::seed_from_u64(13);
-    let src = mem_store();
+    let src = source_with_two_snapshots(13, 20, 5);
     let dst = mem_store();
-    random_writes(&src, &mut rng, 20);
-    let s0 = src.create_snapshot("s0").unwrap();
-    let recs = delta(&src, None, s0.id);
-    let r0 = apply(&dst, &plan("s0", &s0, None, false), &recs, 8).unwrap();
-    random_writes(&src, &mut rng, 5);
-    let s1 = src.create_snapshot("s1").unwrap();
-    let inc = delta(&src, Some(s0.id), s1.id);
+    let r0 = apply(&dst, &plan("s0", &src.s0, None, false), &src.full, 8).unwrap();
 
     // A full stream needs an empty origin.
     let other = ReceivePlan {
         name: "again".into(),
-        ..plan("again", &s0, None, false)
+        ..plan("again", &src.s0, None, false)
     };
     assert!(matches!(
         dst.begin_receive(&other),
@@ -295,7 +310,7 @@ fn applies_that_cannot_recreate_the_target_are_refused() {
     // Deltas of another volume.
     let foreign = ReceivePlan {
         source_volume: VolumeUuid::from_bytes([1; 16]),
-        ..plan("s1", &s1, Some(r0.id), false)
+        ..plan("s1", &src.s1, Some(r0.id), false)
     };
     assert!(matches!(
         dst.begin_receive(&foreign),
@@ -303,14 +318,14 @@ fn applies_that_cannot_recreate_the_target_are_refused() {
     ));
     // A name already taken.
     assert!(matches!(
-        dst.begin_receive(&plan("s0", &s1, Some(r0.id), false)),
+        dst.begin_receive(&plan("s0", &src.s1, Some(r0.id), false)),
         Err(StoreError::SnapshotExists(_))
     ));
     // One apply at a time; bad staging input.
-    dst.begin_receive(&plan("s1", &s1, Some(r0.id), false))
+    dst.begin_receive(&plan("s1", &src.s1, Some(r0.id), false))
         .unwrap();
     assert!(matches!(
-        dst.begin_receive(&plan("s1b", &s1, Some(r0.id), false)),
+        dst.begin_receive(&plan("s1b", &src.s1, Some(r0.id), false)),
         Err(StoreError::ReceiveInProgress { .. })
     ));
     assert!(matches!(
@@ -327,14 +342,14 @@ fn applies_that_cannot_recreate_the_target_are_refused() {
     ));
     // The replica's origin written after its base: the delta would not give the target.
     dst.write_origin(5, b"local write").unwrap();
-    stage_all(&dst, &inc, 0, 100).unwrap();
+    stage_all(&dst, &src.inc, 0, 100).unwrap();
     assert!(matches!(
         dst.finish_receive(&token(CHUNKS)),
         Err(StoreError::OriginDiverged { chunks: 1, .. })
     ));
     dst.abort_receive().unwrap();
     assert!(matches!(
-        dst.begin_receive(&plan("s1", &s1, Some(r0.id), false)),
+        dst.begin_receive(&plan("s1", &src.s1, Some(r0.id), false)),
         Err(StoreError::OriginDiverged { .. })
     ));
     assert_eq!(dst.replica_source(), Some(SOURCE_UUID));
@@ -343,33 +358,24 @@ fn applies_that_cannot_recreate_the_target_are_refused() {
 
 #[test]
 fn reopening_keeps_a_resumable_apply_and_drops_any_other() {
-    let mut rng = StdRng::seed_from_u64(14);
-    let src = mem_store();
-    random_writes(&src, &mut rng, 40);
-    let s0 = src.create_snapshot("s0").unwrap();
-    random_writes(&src, &mut rng, 10);
-    let s1 = src.create_snapshot("s1").unwrap();
-    let full = delta(&src, None, s0.id);
-    let inc = delta(&src, Some(s0.id), s1.id);
-    let want0 = read_all(&src, View::Snapshot(s0.id));
-    let want1 = read_all(&src, View::Snapshot(s1.id));
+    let src = source_with_two_snapshots(14, 40, 10);
     for incremental in [false, true] {
         for resumable in [false, true] {
             let what = format!("incremental {incremental}, resumable {resumable}");
             let (origin, dev, dst) = common::mem_store(SIZE, STORE_BYTES, &opts());
             let (recs, p, want, before) = if incremental {
-                let r0 = apply(&dst, &plan("s0", &s0, None, false), &full, 4).unwrap();
+                let r0 = apply(&dst, &plan("s0", &src.s0, None, false), &src.full, 4).unwrap();
                 (
-                    &inc,
-                    plan("s1", &s1, Some(r0.id), resumable),
-                    &want1,
-                    want0.clone(),
+                    &src.inc,
+                    plan("s1", &src.s1, Some(r0.id), resumable),
+                    &src.want1,
+                    src.want0.clone(),
                 )
             } else {
                 (
-                    &full,
-                    plan("s0", &s0, None, resumable),
-                    &want0,
+                    &src.full,
+                    plan("s0", &src.s0, None, resumable),
+                    &src.want0,
                     vec![0u8; SIZE as usize],
                 )
             };
@@ -432,33 +438,24 @@ struct Rig {
 /// moves the origin before its commit point; a direct one that cannot be resumed leaves the
 /// origin all zeros again.
 fn crash_every_write_of_an_apply(incremental: bool, resumable: bool) {
-    let mut rng = StdRng::seed_from_u64(15);
-    let src = mem_store();
-    random_writes(&src, &mut rng, 40);
-    let s0 = src.create_snapshot("s0").unwrap();
-    random_writes(&src, &mut rng, 12);
-    let s1 = src.create_snapshot("s1").unwrap();
-    let full = delta(&src, None, s0.id);
-    let inc = delta(&src, Some(s0.id), s1.id);
-    let want0 = read_all(&src, View::Snapshot(s0.id));
-    let want1 = read_all(&src, View::Snapshot(s1.id));
+    let mut src = source_with_two_snapshots(15, 40, 12);
     let zeros = vec![0u8; SIZE as usize];
 
     // The replica as it stands before the apply: holding s0, or empty.
     let (origin, dev, dst) = common::mem_store(SIZE, STORE_BYTES, &opts());
     if incremental {
-        apply(&dst, &plan("s0", &s0, None, false), &full, 8).unwrap();
+        apply(&dst, &plan("s0", &src.s0, None, false), &src.full, 8).unwrap();
     }
     dst.flush().unwrap();
     drop(dst);
     let base = (origin.contents(), dev.contents());
     let (target, recs, want, before) = if incremental {
-        (&s1, &inc, &want1, &want0)
+        (&src.s1, &src.inc, &src.want1, &src.want0)
     } else {
-        (&s0, &full, &want0, &zeros)
+        (&src.s0, &src.full, &src.want0, &zeros)
     };
     let the_plan = |dst: &Store| {
-        let b = incremental.then(|| dst.snapshot_by_source_id(s0.id.0).unwrap().id);
+        let b = incremental.then(|| dst.snapshot_by_source_id(src.s0.id.0).unwrap().id);
         plan(&target.name, target, b, resumable)
     };
 
@@ -495,9 +492,13 @@ fn crash_every_write_of_an_apply(incremental: bool, resumable: bool) {
         let report = verify(&*d, Some(SIZE)).unwrap();
         assert!(report.is_clean(), "{what}: verify: {:?}", report.problems);
         let dst = Store::open(o, d, 0).unwrap_or_else(|e| panic!("{what}: open: {e}"));
-        let base_snap = incremental.then(|| dst.snapshot_by_source_id(s0.id.0).unwrap());
+        let base_snap = incremental.then(|| dst.snapshot_by_source_id(src.s0.id.0).unwrap());
         if let Some(r0) = &base_snap {
-            assert_eq!(read_all(&dst, View::Snapshot(r0.id)), want0, "{what}: base");
+            assert_eq!(
+                read_all(&dst, View::Snapshot(r0.id)),
+                src.want0,
+                "{what}: base"
+            );
         }
         let (made, how) = match dst.snapshot_by_source_id(target.id.0) {
             Some(made) => (made, Recovered::Published),
@@ -534,7 +535,7 @@ fn crash_every_write_of_an_apply(incremental: bool, resumable: bool) {
         if let Some(r0) = &base_snap {
             assert_eq!(
                 read_all(&dst, View::Snapshot(r0.id)),
-                want0,
+                src.want0,
                 "{what}: base after"
             );
         }
@@ -580,8 +581,8 @@ fn crash_every_write_of_an_apply(incremental: bool, resumable: bool) {
             let what = format!(
                 "incremental {incremental}, resumable {resumable}: cut at write {k}/{total}, keep {keep} tear {tear}"
             );
-            let o = rig.origin.crash_image(&mut rng, keep, tear);
-            let d = rig.dev.crash_image(&mut rng, keep, tear);
+            let o = rig.origin.crash_image(&mut src.rng, keep, tear);
+            let d = rig.dev.crash_image(&mut src.rng, keep, tear);
             let writes = reopen(&o, &d, None).rail.writes();
             // The reopen layer on every 8th first cut, one rebuild each: enough to reach every
             // write of a fold (and of a direct apply's zeroing) without an hour of checks.
@@ -592,8 +593,8 @@ fn crash_every_write_of_an_apply(incremental: bool, resumable: bool) {
                         let what =
                             format!("{what}, reopen cut at write {k2}/{writes}, keep {keep2}");
                         count(check(
-                            again.origin.crash_image(&mut rng, keep2, 0.0),
-                            again.dev.crash_image(&mut rng, keep2, 0.0),
+                            again.origin.crash_image(&mut src.rng, keep2, 0.0),
+                            again.dev.crash_image(&mut src.rng, keep2, 0.0),
                             &what,
                         ));
                         reopen_cuts += 1;
