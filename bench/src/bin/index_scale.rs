@@ -85,6 +85,34 @@ fn open_devs(dir: &Path, create: Option<(u64, u64)>) -> Result<Devs> {
     Ok((origin, store))
 }
 
+/// The store's dimensions, derived from the arguments once for both phases.
+#[derive(Clone, Copy)]
+struct Scale {
+    /// Origin chunks; each round copies every one of them once.
+    chunks: u64,
+    /// Exceptions the build makes: `chunks` per snapshot.
+    exceptions: u64,
+    cache_bytes: usize,
+}
+
+impl Scale {
+    fn of(args: &Args) -> Result<Scale> {
+        if args.snapshots == 0 || args.exceptions < args.snapshots {
+            bail!("need at least one snapshot and one exception per snapshot");
+        }
+        let chunks = args.exceptions / args.snapshots;
+        Ok(Scale {
+            chunks,
+            exceptions: chunks * args.snapshots,
+            cache_bytes: (args.cache_mib << 20) as usize,
+        })
+    }
+
+    fn origin_bytes(&self) -> u64 {
+        self.chunks * CHUNK
+    }
+}
+
 fn main() -> Result<()> {
     let mut args = Args::parse();
     if args.quick {
@@ -92,15 +120,11 @@ fn main() -> Result<()> {
         args.snapshots = 100;
         args.reads = args.reads.min(20_000);
     }
-    if args.snapshots == 0 || args.exceptions < args.snapshots {
-        bail!("need at least one snapshot and one exception per snapshot");
-    }
-    let chunks = args.exceptions / args.snapshots;
-    let exceptions = chunks * args.snapshots;
-    let cache_bytes = (args.cache_mib << 20) as usize;
+    let scale = Scale::of(&args)?;
+    let exceptions = scale.exceptions;
 
     if let Some(dir) = args.reopen_dir.clone() {
-        let out = reopen_phase(&args, &dir, chunks, exceptions, cache_bytes)?;
+        let out = reopen_phase(&args, &dir, scale)?;
         return emit(&args, &out);
     }
 
@@ -112,7 +136,7 @@ fn main() -> Result<()> {
         None => tempfile::tempdir()?,
     };
     let dir = tmp.path().to_path_buf();
-    let out = build_phase(&args, &dir, chunks, exceptions, cache_bytes)?;
+    let out = build_phase(&args, &dir, scale)?;
     emit(&args, &out)?;
 
     // The reopen runs in a fresh process so its resident memory owes nothing to the build
@@ -178,30 +202,26 @@ fn probe_table(out: &mut String, probes: &[Probe]) -> Result<()> {
     Ok(())
 }
 
-fn build_phase(
-    args: &Args,
-    dir: &Path,
-    chunks: u64,
-    exceptions: u64,
-    cache_bytes: usize,
-) -> Result<String> {
-    let origin_bytes = chunks * CHUNK;
+fn build_phase(args: &Args, dir: &Path, scale: Scale) -> Result<String> {
+    let origin_bytes = scale.origin_bytes();
     // Every exception owns a data chunk; B+tree nodes (about 40 bytes per exception live, more
     // while commits shadow them) and the bitmap need room on top.
-    let store_bytes = exceptions * CHUNK + exceptions * 512 + (1 << 30);
+    let store_bytes = scale.exceptions * CHUNK + scale.exceptions * 512 + (1 << 30);
     let write_bytes = (args.write_mib << 20).clamp(CHUNK, origin_bytes);
     let mut probes = vec![Probe {
         label: "build process: start",
         rss: rss()?,
     }];
     println!(
-        "building {exceptions} exceptions: {} snapshots x {chunks} chunks of 64 KiB; origin {}, \
+        "building {} exceptions: {} snapshots x {} chunks of 64 KiB; origin {}, \
          store {} (sparse) in {}; cache {}",
+        scale.exceptions,
         args.snapshots,
+        scale.chunks,
         mib(origin_bytes),
         mib(store_bytes),
         dir.display(),
-        mib(cache_bytes as u64)
+        mib(scale.cache_bytes as u64)
     );
 
     let (origin, store_dev) = open_devs(dir, Some((origin_bytes, store_bytes)))?;
@@ -209,7 +229,7 @@ fn build_phase(
         chunk_size: CHUNK as u32,
         volume_name: "bench".into(),
         origin_path: dir.join("origin.img").display().to_string(),
-        cache_bytes,
+        cache_bytes: scale.cache_bytes,
         ..Default::default()
     };
     let store = Store::create(origin.clone(), store_dev.clone(), &opts)?;
@@ -251,9 +271,10 @@ fn build_phase(
     store.flush()?;
     let build_time = build_started.elapsed();
     let built = store.stats();
-    if built.exceptions != exceptions {
+    if built.exceptions != scale.exceptions {
         bail!(
-            "expected {exceptions} exceptions, the store counts {}",
+            "expected {} exceptions, the store counts {}",
+            scale.exceptions,
             built.exceptions
         );
     }
@@ -275,12 +296,14 @@ fn build_phase(
     writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     writeln!(
         out,
-        "| {exceptions} | {} | {chunks} | {} ({} nodes) | {:.0} s | {:.0} | {} | {:.0} s |",
+        "| {} | {} | {} | {} ({} nodes) | {:.0} s | {:.0} | {} | {:.0} s |",
+        scale.exceptions,
         args.snapshots,
-        mib(cache_bytes as u64),
+        scale.chunks,
+        mib(scale.cache_bytes as u64),
         built.cache.capacity_nodes,
         build_time.as_secs_f64(),
-        exceptions as f64 / build_time.as_secs_f64(),
+        scale.exceptions as f64 / build_time.as_secs_f64(),
         built.commits.count,
         built.commits.seconds_total
     )?;
@@ -303,21 +326,15 @@ fn build_phase(
     Ok(out)
 }
 
-fn reopen_phase(
-    args: &Args,
-    dir: &Path,
-    chunks: u64,
-    exceptions: u64,
-    cache_bytes: usize,
-) -> Result<String> {
-    let origin_bytes = chunks * CHUNK;
+fn reopen_phase(args: &Args, dir: &Path, scale: Scale) -> Result<String> {
+    let origin_bytes = scale.origin_bytes();
     let mut probes = vec![Probe {
         label: "reopen process: start",
         rss: rss()?,
     }];
     let (origin, store_dev) = open_devs(dir, None)?;
     let open_started = Instant::now();
-    let store = Store::open(origin, store_dev.clone(), cache_bytes)?;
+    let store = Store::open(origin, store_dev.clone(), scale.cache_bytes)?;
     let open_time = open_started.elapsed();
     probes.push(Probe {
         label: "reopen process: after Store::open",
@@ -327,7 +344,7 @@ fn reopen_phase(
     let mut buf = vec![0u8; READ_SIZE];
     let reads_started = Instant::now();
     for _ in 0..args.reads {
-        let chunk = rng.gen_range(0..chunks);
+        let chunk = rng.gen_range(0..scale.chunks);
         let snap = SnapshotId(rng.gen_range(1..=args.snapshots));
         let within = rng.gen_range(0..CHUNK / READ_SIZE as u64) * READ_SIZE as u64;
         store.read(View::Snapshot(snap), chunk * CHUNK + within, &mut buf)?;
@@ -350,10 +367,11 @@ fn reopen_phase(
     if !report.is_clean() {
         bail!("verify found problems: {:?}", report.problems);
     }
-    if report.exceptions != exceptions {
+    if report.exceptions != scale.exceptions {
         bail!(
-            "verify counted {} exceptions, expected {exceptions}",
-            report.exceptions
+            "verify counted {} exceptions, expected {}",
+            report.exceptions,
+            scale.exceptions
         );
     }
 
