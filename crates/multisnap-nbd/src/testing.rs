@@ -14,6 +14,10 @@ use crate::export::{
 
 const BLOCK: u64 = 4096;
 
+/// Called with the operation (`"read"` or `"write"`) and the offset before a read or write
+/// touches the data: an error fails the request, a panic is a backend panic.
+pub type Hook = Box<dyn Fn(&'static str, u64) -> Result<(), NbdError> + Send + Sync>;
+
 struct State {
     data: Vec<u8>,
     /// One flag per 4 KiB block.
@@ -32,6 +36,7 @@ pub struct MemExport {
     pub zeroes: AtomicU64,
     /// When set, every read fails with EIO.
     pub fail_reads: AtomicBool,
+    hook: Option<Hook>,
 }
 
 impl MemExport {
@@ -49,7 +54,18 @@ impl MemExport {
             trims: AtomicU64::new(0),
             zeroes: AtomicU64::new(0),
             fail_reads: AtomicBool::new(false),
+            hook: None,
         }
+    }
+
+    /// The export, calling `hook` before every read and write.
+    pub fn with_hook(mut self, hook: Hook) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    fn run_hook(&self, op: &'static str, offset: u64) -> Result<(), NbdError> {
+        self.hook.as_ref().map_or(Ok(()), |hook| hook(op, offset))
     }
 
     /// Fills the export with `byte`, marking everything allocated.
@@ -110,6 +126,7 @@ impl Export for MemExport {
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), NbdError> {
+        self.run_hook("read", offset)?;
         if self.fail_reads.load(Ordering::Relaxed) {
             return Err(NbdError::Io {
                 op: "read",
@@ -130,6 +147,7 @@ impl Export for MemExport {
     }
 
     fn write(&self, offset: u64, data: &[u8], fua: Fua) -> Result<(), NbdError> {
+        self.run_hook("write", offset)?;
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
         let s = offset as usize;
         let dst = st

@@ -13,12 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use multisnap_nbd::testing::MemExport;
+use multisnap_nbd::testing::{Hook, MemExport, MemProvider};
 use multisnap_nbd::transmission::WORKER_THREAD_NAME;
-use multisnap_nbd::{
-    serve_tcp, CancellationToken, Export, ExportInfo, ExportListing, ExportProvider, Extent, Fua,
-    NbdError, ServerConfig, ZeroMode,
-};
+use multisnap_nbd::{serve_tcp, CancellationToken, NbdError, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -30,78 +27,24 @@ const CMD_WRITE: u16 = 1;
 const EIO: u32 = 5;
 const BLOCK: u64 = 4096;
 
-type Hook = Box<dyn Fn(&'static str, u64) -> Result<(), NbdError> + Send + Sync>;
-
-/// A RAM export that calls `hook(op, offset)` before every read and write.
-struct Hooked {
-    inner: MemExport,
-    hook: Hook,
-}
-
-impl Export for Hooked {
-    fn info(&self) -> ExportInfo {
-        self.inner.info()
-    }
-    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), NbdError> {
-        (self.hook)("read", offset)?;
-        self.inner.read(offset, buf)
-    }
-    fn write(&self, offset: u64, data: &[u8], fua: Fua) -> Result<(), NbdError> {
-        (self.hook)("write", offset)?;
-        self.inner.write(offset, data, fua)
-    }
-    fn flush(&self) -> Result<(), NbdError> {
-        self.inner.flush()
-    }
-    fn trim(&self, offset: u64, len: u64, fua: Fua) -> Result<(), NbdError> {
-        self.inner.trim(offset, len, fua)
-    }
-    fn write_zeroes(
-        &self,
-        offset: u64,
-        len: u64,
-        mode: ZeroMode,
-        fua: Fua,
-    ) -> Result<(), NbdError> {
-        self.inner.write_zeroes(offset, len, mode, fua)
-    }
-    fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>, NbdError> {
-        self.inner.block_status(offset, len)
-    }
-}
-
-struct One(Arc<Hooked>);
-
-impl ExportProvider for One {
-    fn list(&self) -> Result<Vec<ExportListing>, NbdError> {
-        Ok(vec![ExportListing {
-            name: "disk".into(),
-            description: None,
-        }])
-    }
-    fn open(&self, name: &str) -> Result<Arc<dyn Export>, NbdError> {
-        match name {
-            "disk" => Ok(self.0.clone() as Arc<dyn Export>),
-            _ => Err(NbdError::ExportNotFound { name: name.into() }),
-        }
-    }
-}
-
 struct Server {
     addr: String,
-    export: Arc<Hooked>,
+    export: Arc<MemExport>,
     shutdown: CancellationToken,
     task: JoinHandle<std::io::Result<()>>,
 }
 
 impl Server {
-    /// A 512 KiB export whose 4 KiB block `i` holds the byte `i + 1`.
+    /// A 512 KiB export `disk` whose 4 KiB block `i` holds the byte `i + 1`, calling
+    /// `hook(op, offset)` before every read and write.
     async fn start(workers: usize, hook: Hook) -> Server {
-        let inner = MemExport::new(128 * BLOCK, false);
+        let export = MemExport::new(128 * BLOCK, false).with_hook(hook);
         for i in 0..128 {
-            inner.fill(i * BLOCK, BLOCK, i as u8 + 1);
+            export.fill(i * BLOCK, BLOCK, i as u8 + 1);
         }
-        let export = Arc::new(Hooked { inner, hook });
+        let export = Arc::new(export);
+        let mut provider = MemProvider::new();
+        provider.add("disk", export.clone(), None);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -113,7 +56,7 @@ impl Server {
         };
         let task = tokio::spawn(serve_tcp(
             listener,
-            Arc::new(One(export.clone())),
+            Arc::new(provider),
             config,
             shutdown.clone(),
         ));
@@ -261,9 +204,8 @@ async fn backend_panic_is_eio_and_the_workers_survive_it() {
         (0, 2, vec![0xab; BLOCK as usize])
     );
     // The panicking write changed nothing.
-    let mut buf = vec![0u8; BLOCK as usize];
-    srv.export.inner.read(PANIC_AT, &mut buf).unwrap();
-    assert!(buf.iter().all(|&b| b == 8));
+    let block = &srv.export.snapshot()[PANIC_AT as usize..(PANIC_AT + BLOCK) as usize];
+    assert!(block.iter().all(|&b| b == 8));
     srv.stop().await;
 }
 
