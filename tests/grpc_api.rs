@@ -11,24 +11,7 @@ struct Grpc {
 impl Grpc {
     /// Calls METHOD with a JSON request; Ok(json) or Err((code, message)).
     fn call(&self, method: &str, body: &str) -> Result<serde_json::Value, (String, String)> {
-        let out = grpcurl()
-            .args([&self.addr, "call", method, body])
-            .output()
-            .expect("python");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|_| {
-            panic!(
-                "{method}: not JSON: {text}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        match v.get("error") {
-            Some(code) if !out.status.success() => Err((
-                code.as_str().unwrap_or_default().to_string(),
-                v["message"].as_str().unwrap_or_default().to_string(),
-            )),
-            _ => Ok(v),
-        }
+        grpc_call(&self.addr, method, body)
     }
 
     fn ok(&self, method: &str, body: &str) -> serde_json::Value {
@@ -69,21 +52,7 @@ fn grpc_api_by_reflection() {
     require_grpcio!();
     require_tools!("qemu-io");
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    let port = free_port();
-    let agent = Agent::start(
-        &dir,
-        &[
-            "--default-volume-size",
-            "33554432",
-            "--grpc-listen",
-            &format!("127.0.0.1:{port}"),
-        ],
-    );
-    let g = Grpc {
-        addr: format!("127.0.0.1:{port}"),
-    };
-    wait_for_grpc(&g);
+    let (agent, g) = start_agent(tmp.path(), "33554432");
 
     // Discovery by reflection, and health.
     let services = g.tool(&["list"]);
@@ -240,7 +209,7 @@ fn grpc_api_by_reflection() {
         "NOT_FOUND"
     );
     assert!(
-        !dir.join("volumes/db").exists(),
+        !agent.data_dir.join("volumes/db").exists(),
         "deleted volume's files remain"
     );
 
@@ -288,12 +257,23 @@ fn grpc_api_by_reflection() {
 
     // The unix socket serves the same API.
     let u = Grpc {
-        addr: format!("unix:{}", dir.join("grpc.sock").display()),
+        addr: format!("unix:{}", agent.data_dir.join("grpc.sock").display()),
     };
     let list = u.ok(&format!("{SS}/ListSnapshots"), r#"{"volume":"default"}"#);
     assert_eq!(list["snapshots"].as_array().unwrap().len(), 2);
 
     agent.stop_and_verify();
+}
+
+/// An agent with a default volume of `volume_size` bytes, its data directory in `tmp`, and a
+/// client of its TCP gRPC listener, which answers by then.
+fn start_agent(tmp: &std::path::Path, volume_size: &str) -> (Agent, Grpc) {
+    let agent = Agent::start(&tmp.join("data"), &["--default-volume-size", volume_size]);
+    let g = Grpc {
+        addr: agent.grpc.clone(),
+    };
+    wait_for_grpc(&g);
+    (agent, g)
 }
 
 fn wait_for_grpc(g: &Grpc) {
@@ -330,21 +310,7 @@ fn delta_service_by_reflection() {
     require_grpcio!();
     require_tools!("qemu-io");
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    let port = free_port();
-    let agent = Agent::start(
-        &dir,
-        &[
-            "--default-volume-size",
-            "8388608",
-            "--grpc-listen",
-            &format!("127.0.0.1:{port}"),
-        ],
-    );
-    let g = Grpc {
-        addr: format!("127.0.0.1:{port}"),
-    };
-    wait_for_grpc(&g);
+    let (agent, g) = start_agent(tmp.path(), "8388608");
     assert!(g.tool(&["list"]).contains(DS));
     let methods = g.tool(&["describe", DS]);
     for m in ["ExportDelta", "ApplyDelta", "GetApplyState", "AbortApply"] {

@@ -82,18 +82,7 @@ fn default_volume_snapshots_and_restart_with_real_clients() {
         "nbdcopy",
         &[&agent.uri("default@before"), img.to_str().unwrap()],
     );
-    run_ok(
-        "qemu-img",
-        &[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "raw",
-            img.to_str().unwrap(),
-            &agent.uri("default@before"),
-        ],
-    );
+    qemu_img_compare(&img, &agent.uri("default@before"));
     let data = std::fs::read(&img).unwrap();
     assert_eq!(data.len(), 64 << 20);
     assert!(data[..5000].iter().all(|&b| b == 0xab));

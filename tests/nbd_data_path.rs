@@ -111,18 +111,7 @@ fn nbdcopy_of_a_snapshot_matches_the_image_before_the_writes() {
         sha256(&snap),
         "snapshot differs from the image before the writes"
     );
-    run_ok(
-        "qemu-img",
-        &[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "raw",
-            before.to_str().unwrap(),
-            &agent.uri("default@s"),
-        ],
-    );
+    qemu_img_compare(&before, &agent.uri("default@s"));
     let now = tmp.path().join("now.raw");
     run_ok("nbdcopy", &[&agent.uri("default"), now.to_str().unwrap()]);
     assert_ne!(sha256(&before), sha256(&now));

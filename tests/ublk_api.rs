@@ -12,32 +12,16 @@ use std::time::{Duration, Instant};
 
 const US: &str = "multisnap.v1.UblkService";
 
-/// Calls METHOD with a JSON body: Ok(json) or Err((code, message)).
+/// Calls METHOD of the UblkService with a JSON body: Ok(json) or Err((code, message)). The
+/// service is retried while it is UNAVAILABLE, for up to 20 s.
 fn call(agent: &Agent, method: &str, body: &str) -> Result<serde_json::Value, (String, String)> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let out = grpcurl()
-            .args([&agent.grpc, "call", &format!("{US}/{method}"), body])
-            .output()
-            .expect("python");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|_| {
-            panic!(
-                "{method}: not JSON: {text}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        match v.get("error").and_then(|c| c.as_str()) {
-            Some("UNAVAILABLE") if Instant::now() < deadline => {
+        match grpc_call(&agent.grpc, &format!("{US}/{method}"), body) {
+            Err((code, _)) if code == "UNAVAILABLE" && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100))
             }
-            Some(code) if !out.status.success() => {
-                return Err((
-                    code.to_string(),
-                    v["message"].as_str().unwrap_or_default().to_string(),
-                ))
-            }
-            _ => return Ok(v),
+            result => return result,
         }
     }
 }

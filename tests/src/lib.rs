@@ -121,6 +121,33 @@ pub fn grpcurl() -> Command {
     cmd
 }
 
+/// Calls a gRPC method (`package.Service/Method`) with a JSON body through grpcurl.py at
+/// `addr`: Ok(the JSON reply), or Err((status code name, message)) when the call failed.
+pub fn grpc_call(
+    addr: &str,
+    method: &str,
+    body: &str,
+) -> Result<serde_json::Value, (String, String)> {
+    let out = grpcurl()
+        .args([addr, "call", method, body])
+        .output()
+        .expect("python");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|_| {
+        panic!(
+            "{method}: not JSON: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    match v.get("error") {
+        Some(code) if !out.status.success() => Err((
+            code.as_str().unwrap_or_default().to_string(),
+            v["message"].as_str().unwrap_or_default().to_string(),
+        )),
+        _ => Ok(v),
+    }
+}
+
 /// Whether [`python_path`] can import every module in `modules`.
 pub fn python_has(modules: &[&str]) -> bool {
     python()
@@ -379,6 +406,23 @@ fn qemu_io_args(uri: &str, read_only: bool, cmds: &[&str]) -> String {
         args.extend(["-c", c]);
     }
     run_ok("qemu-io", &args)
+}
+
+/// Checks with `qemu-img compare` that the raw image file `image` and the NBD export at `uri`
+/// hold the same bytes.
+pub fn qemu_img_compare(image: &Path, uri: &str) {
+    run_ok(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            image.to_str().unwrap(),
+            uri,
+        ],
+    );
 }
 
 /// Runs the agent binary with a subcommand (offline tools).
