@@ -352,15 +352,9 @@ fn snapshot_delete_wait_reclaims_space() {
         );
         if qemu {
             // Overwrite data the snapshots share, so deletion has copies to free.
-            run_ok(
-                "qemu-io",
-                &[
-                    "-f",
-                    "raw",
-                    &g.agent.uri("default"),
-                    "-c",
-                    &format!("write -P {} 0 8M", i + 1),
-                ],
+            qemu_io(
+                &g.agent.uri("default"),
+                &[&format!("write -P {} 0 8M", i + 1)],
             );
         } else {
             eprintln!("note: qemu-io is not installed; deleting snapshots without copies");

@@ -172,31 +172,11 @@ h.shutdown()
 fn busy_agent(dir: &Path) -> Running {
     let r = start(dir, &["--default-volume-size", "67108864"]);
     r.create_snapshot("s1");
-    run_ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            &r.agent.uri("default"),
-            "-c",
-            "write -P 0x61 0 256k",
-            "-c",
-            "read -P 0x61 0 64k",
-            "-c",
-            "flush",
-        ],
+    qemu_io(
+        &r.agent.uri("default"),
+        &["write -P 0x61 0 256k", "read -P 0x61 0 64k", "flush"],
     );
-    run_ok(
-        "qemu-io",
-        &[
-            "-r",
-            "-f",
-            "raw",
-            &r.agent.uri("default@s1"),
-            "-c",
-            "read -P 0 0 64k",
-        ],
-    );
+    qemu_io_ro(&r.agent.uri("default@s1"), &["read -P 0 0 64k"]);
     nbd_write_refused(&r.agent.uri("default@s1"));
     r
 }
@@ -615,16 +595,7 @@ fn one_write_is_copied_once_whatever_the_number_of_snapshots() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let r = start(&dir, &["--default-volume-size", "67108864"]);
-    run_ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            &r.agent.uri("default"),
-            "-c",
-            "write -P 0x11 0 1M",
-        ],
-    );
+    qemu_io(&r.agent.uri("default"), &["write -P 0x11 0 1M"]);
     assert!(r.agent.stop().success());
     // 63 snapshots offline (fast), the 64th through the gRPC API of the running agent.
     for i in 1..=63 {
@@ -644,16 +615,7 @@ fn one_write_is_copied_once_whatever_the_number_of_snapshots() {
     assert_eq!(chunk, 65536.0);
 
     // 4 KiB inside chunk 5, which no write has touched since any snapshot was taken.
-    run_ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            &r.agent.uri("default"),
-            "-c",
-            "write -P 0x5a 328192 4096",
-        ],
-    );
+    qemu_io(&r.agent.uri("default"), &["write -P 0x5a 328192 4096"]);
     let after = Scrape::get("openmetrics", &r.url());
     let delta = |name: &str| after.default_volume(name) - before.default_volume(name);
     assert_eq!(delta("multisnap_cow_copies_total"), 1.0, "one copy, not 64");
@@ -661,16 +623,7 @@ fn one_write_is_copied_once_whatever_the_number_of_snapshots() {
     assert_eq!(delta("multisnap_exceptions"), 1.0);
 
     // The same chunk again: every snapshot already has its old contents, nothing is copied.
-    run_ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            &r.agent.uri("default"),
-            "-c",
-            "write -P 0x5b 327680 512",
-        ],
-    );
+    qemu_io(&r.agent.uri("default"), &["write -P 0x5b 327680 512"]);
     let again = Scrape::get("openmetrics", &r.url());
     assert_eq!(
         again.default_volume("multisnap_cow_copies_total"),
@@ -678,16 +631,6 @@ fn one_write_is_copied_once_whatever_the_number_of_snapshots() {
     );
     // And the copy is what the oldest and newest snapshots read.
     for snap in ["default@s1", "default@s64"] {
-        run_ok(
-            "qemu-io",
-            &[
-                "-r",
-                "-f",
-                "raw",
-                &r.agent.uri(snap),
-                "-c",
-                "read -P 0x11 327680 65536",
-            ],
-        );
+        qemu_io_ro(&r.agent.uri(snap), &["read -P 0x11 327680 65536"]);
     }
 }
