@@ -80,6 +80,22 @@ fn export_full(bin: &Path, a: &Agent, snap: &str, file: &Path) -> Vec<u8> {
     std::fs::read(file).unwrap()
 }
 
+/// `multisnap replicate default --to B --to-volume replica` on `a`: the JSON summary.
+fn replicate(bin: &Path, a: &Agent, b: &Agent) -> Value {
+    ms_json(
+        bin,
+        a,
+        &[
+            "replicate",
+            "default",
+            "--to",
+            &endpoint(b),
+            "--to-volume",
+            "replica",
+        ],
+    )
+}
+
 /// sha256 of a whole export, copied out by nbdcopy.
 fn sha(a: &Agent, export: &str, tmp: &Path) -> String {
     let file = tmp.join(format!("copy-{}.img", export.replace('@', "_")));
@@ -122,7 +138,6 @@ fn full_then_five_incrementals_recreate_every_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
     let a = node(&tmp.path().join("a"));
     let b = node(&tmp.path().join("b"));
-    let to = endpoint(&b);
     let mut rng = StdRng::seed_from_u64(7);
     scribble(&a, &mut rng, 60);
     let mut names = Vec::new();
@@ -133,18 +148,7 @@ fn full_then_five_incrementals_recreate_every_snapshot() {
         let name = format!("s{round}");
         ms_ok(&bin, &a, &["snapshot", "create", "default", &name]);
         let started = Instant::now();
-        let r = ms_json(
-            &bin,
-            &a,
-            &[
-                "replicate",
-                "default",
-                "--to",
-                &to,
-                "--to-volume",
-                "replica",
-            ],
-        );
+        let r = replicate(&bin, &a, &b);
         let took = started.elapsed();
         let bytes = r["streamBytes"].as_u64().unwrap();
         let mode = r["mode"].as_str().unwrap().to_string();
@@ -180,18 +184,7 @@ fn full_then_five_incrementals_recreate_every_snapshot() {
     let dst = ms_json(&bin, &b, &["volume", "show", "replica"]);
     assert_eq!(dst["replicaOf"], src["uuid"]);
     // Nothing new: nothing sent.
-    let again = ms_json(
-        &bin,
-        &a,
-        &[
-            "replicate",
-            "default",
-            "--to",
-            &to,
-            "--to-volume",
-            "replica",
-        ],
-    );
+    let again = replicate(&bin, &a, &b);
     assert_eq!(again["mode"], "already there");
     // Both sides count the traffic.
     let scrape = |agent: &Agent| {
