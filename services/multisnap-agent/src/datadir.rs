@@ -71,6 +71,12 @@ impl DataDir {
     }
 }
 
+/// Makes the entries of directory `dir` durable (fsync of the directory itself): a file just
+/// created, renamed or removed in it survives a power cut only once this returns.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 /// Checks a volume name: 1..=63 bytes of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
 pub fn validate_volume_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 63 {

@@ -7,6 +7,7 @@ mod datadir;
 mod grpc;
 mod metrics;
 mod nbd_exports;
+mod origin_policy;
 mod reclaimer;
 mod ublk_devices;
 mod verify_cmd;
@@ -72,6 +73,12 @@ struct ServeArgs {
     /// sequential write; the default store size grows by the journal's size.
     #[arg(long, env = "MULTISNAP_JOURNAL_BYTES", default_value_t = multisnap_store::journal::DEFAULT_JOURNAL_BYTES)]
     journal_bytes: u64,
+    /// Where CreateVolume may take an existing origin from, besides the data directory
+    /// (repeat, or separate with commas): a directory (everything under it), a file or block
+    /// device, or a pattern such as `/dev/disk/by-id/nvme-*`. Symlinks and `..` are resolved
+    /// before judging; the agent's own files are never allowed.
+    #[arg(long, env = "MULTISNAP_ALLOW_ORIGIN", value_delimiter = ',')]
+    allow_origin: Vec<String>,
     /// Size of the `default` volume made in an empty data directory.
     #[arg(long, default_value_t = 1 << 30)]
     default_volume_size: u64,
@@ -134,7 +141,9 @@ fn main() -> ExitCode {
 
 fn load_volumes(data_dir: &Path, args: &ServeArgs) -> Result<Volumes> {
     let dir = datadir::DataDir::open_locked(data_dir)?;
-    Volumes::load(dir, args.cache_bytes, args.journal_bytes)
+    let policy = origin_policy::OriginPolicy::new(data_dir, &args.allow_origin)?;
+    tracing::info!(allowed = %policy.describe(), "origins allowed for new volumes");
+    Volumes::load(dir, policy, args.cache_bytes, args.journal_bytes)
 }
 
 fn snapshot_offline(data_dir: &Path, args: &ServeArgs, cmd: SnapshotCommand) -> Result<()> {

@@ -363,7 +363,18 @@ impl UblkDevices {
             ));
         }
         let tmp = self.state_path.with_extension("tmp");
-        let r = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.state_path));
+        // Written whole, synced, renamed over the old list and the rename synced: after a power
+        // cut the list is the old one or the new one, never a torn or empty file.
+        let r = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.state_path)?;
+            match self.state_path.parent() {
+                Some(dir) => crate::datadir::sync_dir(dir),
+                None => Ok(()),
+            }
+        })();
         if let Err(e) = r {
             tracing::warn!(path = %self.state_path.display(), error = %e, "cannot record ublk devices");
         }

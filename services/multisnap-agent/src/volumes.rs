@@ -1,7 +1,8 @@
 //! The volumes an agent serves: each an origin plus its store, opened once and shared by
 //! every frontend.
 
-use crate::datadir::{validate_volume_name, DataDir, ORIGIN_FILE, STORE_FILE};
+use crate::datadir::{sync_dir, validate_volume_name, DataDir, ORIGIN_FILE, STORE_FILE};
+use crate::origin_policy::OriginPolicy;
 use anyhow::Context;
 use multisnap_store::{read_superblock, BlockDev, CreateOptions, FileDev, FullPolicy, Store};
 use parking_lot::RwLock;
@@ -21,6 +22,12 @@ pub enum VolumeError {
     InvalidArgument(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The request names something the operator has not allowed (see `origin_policy`).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A size past what this agent or the host filesystem can hold; the message names the limit.
+    #[error("{0}")]
+    OutOfRange(String),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -34,6 +41,41 @@ pub enum VolumeError {
 fn io_err(what: String) -> impl FnOnce(std::io::Error) -> VolumeError {
     move |source| VolumeError::Io { what, source }
 }
+
+/// Creating a file of `size` bytes failed: EFBIG means the host filesystem cannot hold a file
+/// that large, which is the caller's size, not a fault of the agent.
+fn too_large_or<'a>(
+    size: u64,
+    path: &'a Path,
+    what: &'static str,
+) -> impl FnOnce(std::io::Error) -> VolumeError + 'a {
+    move |source| {
+        if source.raw_os_error() == Some(libc::EFBIG) {
+            VolumeError::OutOfRange(format!(
+                "the file system holding {} cannot hold a {what} file of {size} bytes ({source})",
+                path.display()
+            ))
+        } else {
+            VolumeError::Io {
+                what: format!("cannot create {what} {}", path.display()),
+                source,
+            }
+        }
+    }
+}
+
+/// Device and inode: the same file whatever path names it.
+fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(path)?;
+    if m.file_type().is_block_device() {
+        return Ok((u64::MAX, m.rdev()));
+    }
+    Ok((m.dev(), m.ino()))
+}
+
+/// The origin (device, path, path as recorded in the store), the store device and its path.
+type MadeFiles = (Arc<dyn BlockDev>, PathBuf, String, Arc<FileDev>, PathBuf);
 
 pub struct Volume {
     pub name: String,
@@ -72,9 +114,27 @@ pub struct NewVolume {
     pub full_policy: FullPolicy,
 }
 
+/// The largest origin a volume may have: 64 TiB. The store's allocator bitmap is sized at
+/// creation for eight times the store and written whole, so a larger volume would make creation
+/// write gigabytes of metadata before the first byte of data.
+pub const MAX_VOLUME_BYTES: u64 = 64 << 40;
+/// The largest store: twice the largest volume (128 TiB).
+pub const MAX_STORE_BYTES: u64 = 2 * MAX_VOLUME_BYTES;
+
+fn check_size(field: &str, size: u64, limit: u64) -> Result<(), VolumeError> {
+    if size > limit {
+        return Err(VolumeError::OutOfRange(format!(
+            "{field} {size} is more than the limit of {limit} bytes ({} TiB)",
+            limit >> 40
+        )));
+    }
+    Ok(())
+}
+
 pub struct Volumes {
     map: RwLock<BTreeMap<String, Arc<Volume>>>,
     data_dir: DataDir,
+    origin_policy: OriginPolicy,
     cache_bytes: usize,
     /// Origin write journal of volumes made from now on (see `multisnap_store::journal`).
     journal_bytes: u64,
@@ -126,6 +186,7 @@ impl Volumes {
     /// Opens every volume in the data directory.
     pub fn load(
         data_dir: DataDir,
+        origin_policy: OriginPolicy,
         cache_bytes: usize,
         journal_bytes: u64,
     ) -> anyhow::Result<Volumes> {
@@ -133,11 +194,19 @@ impl Volumes {
         for name in data_dir.volume_names()? {
             let v = open_volume(&data_dir.volume_dir(&name), &name, cache_bytes)?;
             tracing::info!(volume = %name, origin = %v.origin_path.display(), store = %v.store_path.display(), snapshots = v.store.list_snapshots().len(), "volume opened");
+            if !v.owns_origin {
+                if let Err(e) = origin_policy.open(&v.origin_path) {
+                    // Made before the rule or under other options: served, but the operator
+                    // should know that a new volume could not be made on it now.
+                    tracing::warn!(volume = %name, reason = %e, "volume's origin is not allowed for new volumes; add it with --allow-origin");
+                }
+            }
             map.insert(name, Arc::new(v));
         }
         Ok(Volumes {
             map: RwLock::new(map),
             data_dir,
+            origin_policy,
             cache_bytes,
             journal_bytes,
         })
@@ -169,9 +238,17 @@ impl Volumes {
                 dir.display()
             )));
         }
+        check_size("size_bytes", spec.size_bytes, MAX_VOLUME_BYTES)?;
+        check_size(
+            "store_size_bytes",
+            spec.store_size_bytes.unwrap_or(0),
+            MAX_STORE_BYTES,
+        )?;
         std::fs::create_dir_all(&dir)
             .map_err(io_err(format!("cannot create {}", dir.display())))?;
-        let made = self.make_files(spec, &dir);
+        let made = self
+            .make_files(spec, &dir)
+            .and_then(|made| self.refuse_shared_origin(&map, made));
         let (origin, origin_path, recorded, dev, store_path) = match made {
             Ok(x) => x,
             Err(e) => {
@@ -196,6 +273,9 @@ impl Volumes {
                 return Err(VolumeError::Store(e));
             }
         };
+        // The call must not return before a power cut would keep the volume: the new files'
+        // sizes and the directory entries naming them.
+        self.make_durable(&dir, &origin_path, spec.origin_path.is_none())?;
         tracing::info!(volume = %spec.name, size = store.origin_size(), chunk_size = spec.chunk_size, "volume created");
         let v = Arc::new(Volume {
             name: spec.name.clone(),
@@ -209,25 +289,13 @@ impl Volumes {
         Ok(v)
     }
 
-    #[allow(clippy::type_complexity)]
-    fn make_files(
-        &self,
-        spec: &NewVolume,
-        dir: &Path,
-    ) -> Result<(Arc<dyn BlockDev>, PathBuf, String, Arc<FileDev>, PathBuf), VolumeError> {
+    fn make_files(&self, spec: &NewVolume, dir: &Path) -> Result<MadeFiles, VolumeError> {
         let (origin, origin_path, recorded): (Arc<dyn BlockDev>, PathBuf, String) = match &spec
             .origin_path
         {
             Some(p) => {
-                let abs = std::fs::canonicalize(p).map_err(|e| {
-                    VolumeError::InvalidArgument(format!("origin {}: {e}", p.display()))
-                })?;
-                let dev = FileDev::open(&abs).map_err(|e| {
-                    VolumeError::InvalidArgument(format!(
-                        "cannot open origin {}: {e}",
-                        abs.display()
-                    ))
-                })?;
+                let (file, abs) = self.origin_policy.open(p)?;
+                let dev = FileDev::from_file(file);
                 let size = dev
                     .size()
                     .map_err(io_err(format!("cannot size {}", abs.display())))?;
@@ -248,25 +316,75 @@ impl Volumes {
                     ));
                 }
                 let p = dir.join(ORIGIN_FILE);
-                let dev = FileDev::create_sparse(&p, spec.size_bytes)
-                    .map_err(io_err(format!("cannot create origin {}", p.display())))?;
+                let dev = FileDev::create_sparse(&p, spec.size_bytes).map_err(too_large_or(
+                    spec.size_bytes,
+                    &p,
+                    "origin",
+                ))?;
                 (Arc::new(dev), p, ORIGIN_FILE.to_string())
             }
         };
         let origin_size = origin
             .size()
             .map_err(io_err("cannot size the origin".into()))?;
+        check_size("the origin's size", origin_size, MAX_VOLUME_BYTES)?;
         let store_size = spec
             .store_size_bytes
             .unwrap_or(origin_size + origin_size / 8 + (16 << 20) + self.journal_for(origin_size));
         let store_path = dir.join(STORE_FILE);
         let dev = Arc::new(
-            FileDev::create_sparse(&store_path, store_size).map_err(io_err(format!(
-                "cannot create store {}",
-                store_path.display()
-            )))?,
+            FileDev::create_sparse(&store_path, store_size).map_err(too_large_or(
+                store_size,
+                &store_path,
+                "store",
+            ))?,
         );
         Ok((origin, origin_path, recorded, dev, store_path))
+    }
+
+    /// Refuses an origin that is already another volume's origin or store: two volumes over
+    /// one file would each overwrite what the other's snapshots preserve.
+    fn refuse_shared_origin(
+        &self,
+        map: &BTreeMap<String, Arc<Volume>>,
+        made: MadeFiles,
+    ) -> Result<MadeFiles, VolumeError> {
+        let Ok(new) = file_identity(&made.1) else {
+            return Ok(made);
+        };
+        for v in map.values() {
+            for (path, what) in [(&v.origin_path, "origin"), (&v.store_path, "store")] {
+                if file_identity(path).is_ok_and(|id| id == new) {
+                    return Err(VolumeError::FailedPrecondition(format!(
+                        "{} is already the {what} of volume {}",
+                        made.1.display(),
+                        v.name
+                    )));
+                }
+            }
+        }
+        Ok(made)
+    }
+
+    /// Syncs what `create` made: the origin file it made (its size), the volume folder (its
+    /// files' entries) and `volumes/` (the folder's entry). The store syncs itself.
+    fn make_durable(
+        &self,
+        dir: &Path,
+        origin_path: &Path,
+        made_origin: bool,
+    ) -> Result<(), VolumeError> {
+        let synced = (|| {
+            if made_origin {
+                std::fs::File::open(origin_path)?.sync_all()?;
+            }
+            sync_dir(dir)?;
+            sync_dir(&self.data_dir.volumes_dir())
+        })();
+        synced.map_err(io_err(format!(
+            "cannot sync the new volume in {}",
+            dir.display()
+        )))
     }
 
     /// Removes a volume: its store, and its origin if the agent made it. Refused while it has
@@ -292,6 +410,14 @@ impl Volumes {
             let _ = std::fs::remove_file(&v.origin_path);
         }
         let _ = std::fs::remove_dir(&dir);
+        // Deleted means deleted after a power cut too: the folder's entry in volumes/ (or, if
+        // something kept the folder, the store's entry in it) is synced before the call returns.
+        sync_dir(&self.data_dir.volumes_dir())
+            .and_then(|()| if dir.exists() { sync_dir(&dir) } else { Ok(()) })
+            .map_err(io_err(format!(
+                "cannot sync {}",
+                self.data_dir.volumes_dir().display()
+            )))?;
         tracing::info!(volume = %name, "volume deleted");
         Ok(())
     }

@@ -39,7 +39,14 @@ pub fn from_volume(e: VolumeError) -> Status {
         VolumeError::AlreadyExists(_) => Status::already_exists(e.to_string()),
         VolumeError::InvalidArgument(m) => Status::invalid_argument(m),
         VolumeError::FailedPrecondition(m) => Status::failed_precondition(m),
-        VolumeError::Io { .. } => Status::internal(e.to_string()),
+        VolumeError::PermissionDenied(m) => Status::permission_denied(m),
+        VolumeError::OutOfRange(m) => Status::out_of_range(m),
+        VolumeError::Io { ref source, .. } => match source.raw_os_error() {
+            // The host filesystem under the data directory is full: the same answer as a
+            // full store.
+            Some(libc::ENOSPC | libc::EDQUOT) => Status::resource_exhausted(e.to_string()),
+            _ => Status::internal(e.to_string()),
+        },
         VolumeError::Store(s) => from_store(s),
     }
 }
