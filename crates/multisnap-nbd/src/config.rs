@@ -2,6 +2,7 @@
 //! transmission phase.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,14 @@ pub struct ServerConfig {
     pub max_in_flight_bytes: u32,
     /// Time a client gets to pick an export; `None` waits forever.
     pub handshake_timeout: Option<Duration>,
+    /// Once a client has sent the first byte of a request, time it gets to send the rest of
+    /// the header and any WRITE payload; also the time a batch of replies may wait for the
+    /// client to read them. A connection idle between requests is never cut. `None` waits
+    /// forever.
+    pub request_timeout: Option<Duration>,
+    /// Connections served at once, shared by every listener given a clone of this config.
+    /// Beyond it, a client is answered NBD_REP_ERR_POLICY (with the reason) to every option.
+    pub connections: Arc<ConnectionSlots>,
     /// After shutdown, how long connections get to finish in-flight requests
     /// before they are cut.
     pub shutdown_grace: Duration,
@@ -46,6 +55,8 @@ impl Default for ServerConfig {
             workers_per_connection: 64,
             max_in_flight_bytes: 256 * 1024 * 1024,
             handshake_timeout: Some(Duration::from_secs(60)),
+            request_timeout: Some(Duration::from_secs(60)),
+            connections: Arc::new(ConnectionSlots::new(DEFAULT_MAX_CONNECTIONS)),
             shutdown_grace: Duration::from_secs(30),
             observer: None,
         }
@@ -60,8 +71,76 @@ impl fmt::Debug for ServerConfig {
             .field("workers_per_connection", &self.workers_per_connection)
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_connections", &self.connections.max())
             .field("shutdown_grace", &self.shutdown_grace)
             .field("observer", &self.observer.is_some())
             .finish()
+    }
+}
+
+/// Connections a server accepts at once unless told otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// A count of connections in service against a maximum, shared by listeners.
+#[derive(Debug)]
+pub struct ConnectionSlots {
+    max: usize,
+    in_use: AtomicUsize,
+}
+
+impl ConnectionSlots {
+    pub fn new(max: usize) -> ConnectionSlots {
+        ConnectionSlots {
+            max,
+            in_use: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.in_use.load(Ordering::Relaxed)
+    }
+
+    /// A slot held until the returned guard drops, or `None` when all are taken.
+    pub fn try_take(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        self.in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnectionSlot(self.clone()))
+    }
+}
+
+/// One connection's place among [`ConnectionSlots`].
+#[derive(Debug)]
+pub struct ConnectionSlot(Arc<ConnectionSlots>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.in_use.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_shared_and_given_back() {
+        let slots = Arc::new(ConnectionSlots::new(2));
+        let a = slots.try_take().unwrap();
+        let shared = slots.clone();
+        let b = shared.try_take().unwrap();
+        assert!(slots.try_take().is_none());
+        assert_eq!(slots.in_use(), 2);
+        drop(a);
+        let c = slots.try_take().unwrap();
+        drop((b, c));
+        assert_eq!(slots.in_use(), 0);
     }
 }

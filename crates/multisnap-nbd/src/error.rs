@@ -83,6 +83,10 @@ pub enum NbdError {
     PayloadTooLarge { len: u32, max: u32 },
     #[error("client did not finish the handshake in time")]
     HandshakeTimeout,
+    /// A client began a request (or stopped reading replies) and did not go on within the
+    /// request timeout; the connection is closed so it cannot hold its resources forever.
+    #[error("client stalled {what} for more than {secs} s")]
+    ClientStalled { what: &'static str, secs: u64 },
     #[error("connection I/O failed: {0}")]
     Connection(#[from] std::io::Error),
 }
@@ -109,6 +113,7 @@ impl NbdError {
             NbdError::Io { source, .. } => errno_from_io(source),
             NbdError::BackendPanicked { .. }
             | NbdError::HandshakeTimeout
+            | NbdError::ClientStalled { .. }
             | NbdError::Connection(_) => Errno::EIO,
         }
     }

@@ -167,6 +167,41 @@ where
     }
 }
 
+/// Options a refused client may send before the server stops answering.
+const MAX_REFUSED_OPTIONS: usize = 16;
+
+/// The handshake of a client the server will not serve: the greeting, then every option
+/// answered NBD_REP_ERR_POLICY with `reason` until the client aborts or leaves.
+pub async fn refuse<S>(stream: &mut S, reason: &str) -> Result<(), NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stream.write_all(&proto::encode_greeting()).await?;
+    stream.flush().await?;
+    let mut word = [0u8; 4];
+    if read_or_eof(stream, &mut word).await?.is_none() {
+        return Ok(());
+    }
+    proto::parse_client_flags(word)?;
+    for _ in 0..MAX_REFUSED_OPTIONS {
+        let option = match read_option(stream).await? {
+            Incoming::Option { option, .. } => option,
+            Incoming::Refused => continue,
+            Incoming::Closed => return Ok(()),
+        };
+        match option {
+            proto::OPT_ABORT => {
+                let _ = reply_ack(stream, option).await;
+                return Ok(());
+            }
+            // The old-style choice has no error reply: closing is the only answer.
+            proto::OPT_EXPORT_NAME => return Ok(()),
+            _ => reply_err(stream, option, proto::REP_ERR_POLICY, reason).await?,
+        }
+    }
+    Ok(())
+}
+
 /// What reading one option from the client gave.
 enum Incoming {
     /// An option and its data, at most `MAX_OPTION_LEN` bytes.

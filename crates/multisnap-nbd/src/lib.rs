@@ -35,7 +35,7 @@ pub mod transmission;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use config::ServerConfig;
+pub use config::{ConnectionSlots, ServerConfig, DEFAULT_MAX_CONNECTIONS};
 pub use error::{Errno, NbdError};
 pub use export::{
     BlockSizes, ContextExtent, Export, ExportInfo, ExportListing, ExportProvider, Extent, Fua,

@@ -130,7 +130,13 @@ async fn accept_loop(
         next_id += 1;
         let span =
             info_span!("nbd_conn", id = next_id, peer = %peer, export = tracing::field::Empty);
-        let fut = spawn(provider.clone(), config.clone(), shutdown.clone());
+        let slot = config.connections.try_take();
+        let refusal = slot.is_none().then(|| {
+            let max = config.connections.max();
+            warn!(parent: &span, max, "connection refused: the server's connection limit is reached");
+            format!("too many connections: this server serves at most {max} at once; try again later")
+        });
+        let fut = spawn(provider.clone(), config.clone(), shutdown.clone(), refusal);
         conns.spawn(
             async move {
                 debug!("connected");
@@ -138,6 +144,7 @@ async fn accept_loop(
                     Ok(()) => debug!("connection closed"),
                     Err(e) => info!(error = %e, "connection closed with error"),
                 }
+                drop(slot);
             }
             .instrument(span),
         );
@@ -159,9 +166,41 @@ async fn accept_loop(
 }
 
 type ConnFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), NbdError>> + Send>>;
+/// Starts serving an accepted connection; with a refusal reason, only tells the client why
+/// it is not served.
 type Spawner = Box<
-    dyn FnOnce(Arc<dyn ExportProvider>, Arc<ServerConfig>, CancellationToken) -> ConnFuture + Send,
+    dyn FnOnce(
+            Arc<dyn ExportProvider>,
+            Arc<ServerConfig>,
+            CancellationToken,
+            Option<String>,
+        ) -> ConnFuture
+        + Send,
 >;
+
+fn spawner<S>(stream: S) -> Spawner
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+{
+    Box::new(move |p, c, t, refusal| match refusal {
+        None => Box::pin(serve_connection(stream, p, c, t)),
+        Some(reason) => Box::pin(refuse_connection(stream, reason)),
+    })
+}
+
+/// How long a refused client gets to hear why before the connection closes.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Answers every option of a client that is not served with NBD_REP_ERR_POLICY and `reason`
+/// (clients such as qemu and nbdinfo print it), then closes.
+async fn refuse_connection<S>(mut stream: S, reason: String) -> Result<(), NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::time::timeout(REFUSAL_TIMEOUT, handshake::refuse(&mut stream, &reason))
+        .await
+        .unwrap_or(Err(NbdError::HandshakeTimeout))
+}
 
 async fn accept(listener: &Listener) -> std::io::Result<(Spawner, String)> {
     match listener {
@@ -169,13 +208,11 @@ async fn accept(listener: &Listener) -> std::io::Result<(Spawner, String)> {
             let (s, peer) = l.accept().await?;
             // Replies are already batched by the writer; Nagle only adds latency.
             let _ = s.set_nodelay(true);
-            let f: Spawner = Box::new(move |p, c, t| Box::pin(serve_connection(s, p, c, t)));
-            Ok((f, peer.to_string()))
+            Ok((spawner(s), peer.to_string()))
         }
         Listener::Unix(l) => {
             let (s, _) = l.accept().await?;
-            let f: Spawner = Box::new(move |p, c, t| Box::pin(serve_connection(s, p, c, t)));
-            Ok((f, "unix".to_string()))
+            Ok((spawner(s), "unix".to_string()))
         }
     }
 }

@@ -114,6 +114,10 @@ pub enum StoreError {
 
     #[error("the store stopped accepting changes after an earlier failure ({0}); reopen it")]
     Poisoned(String),
+
+    /// The store was closed for its users (its volume deleted) while a frontend still held it.
+    #[error("{0}")]
+    Closed(String),
 }
 
 impl StoreError {
@@ -160,7 +164,7 @@ impl StoreError {
             | StoreError::OriginDiverged { .. }
             | StoreError::OriginNotEmpty
             | StoreError::BaseModified(_) => ErrorKind::FailedPrecondition,
-            StoreError::Poisoned(_) => ErrorKind::Unavailable,
+            StoreError::Poisoned(_) | StoreError::Closed(_) => ErrorKind::Unavailable,
         }
     }
 }

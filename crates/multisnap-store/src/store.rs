@@ -191,6 +191,8 @@ pub struct Store {
     private_data_unflushed: AtomicBool,
     /// Counts the writes that returned, so a burst of flushes shares one (`VolumeView::flush`).
     flush_coalescer: crate::flush_coalescer::FlushCoalescer,
+    /// Set once by [`Store::close_views`]: why every view now refuses its requests.
+    closed: std::sync::OnceLock<String>,
     /// Successful [`Store::flush`] calls, by how long each took.
     flush_latency: Mutex<LatencyHistogram>,
     /// Origin ranges written since a flush last took them (see `origin_sync`).
@@ -224,6 +226,14 @@ fn now_ns() -> u64 {
 }
 
 impl Store {
+    /// `Closed` once `VolumeView::close_all` ran: checked by every view request.
+    fn check_open(&self) -> Result<()> {
+        match self.closed.get() {
+            Some(why) => Err(StoreError::Closed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
     pub fn chunk_size(&self) -> u32 {
         self.chunk_size
     }

@@ -61,6 +61,15 @@ struct ServeArgs {
         default_value = "127.0.0.1:9500"
     )]
     metrics_listen: SocketAddr,
+    /// NBD connections served at once, TCP and unix together; a client beyond it is told
+    /// "too many connections" (NBD_REP_ERR_POLICY). The agent raises its open-file limit to fit.
+    #[arg(long, env = "MULTISNAP_NBD_MAX_CONNECTIONS", default_value_t = multisnap_nbd::DEFAULT_MAX_CONNECTIONS)]
+    nbd_max_connections: usize,
+    /// Seconds an NBD client that has begun a request gets to send the rest of it (and to
+    /// read a batch of replies) before its connection is closed; 0: wait forever. Idle clients
+    /// are never cut.
+    #[arg(long, env = "MULTISNAP_NBD_REQUEST_TIMEOUT_SECS", default_value_t = 60)]
+    nbd_request_timeout_secs: u64,
     /// Unix socket for NBD [default: DATA_DIR/nbd.sock].
     #[arg(long, env = "MULTISNAP_NBD_SOCKET")]
     nbd_socket: Option<PathBuf>,
@@ -187,6 +196,7 @@ fn snapshot_offline(data_dir: &Path, args: &ServeArgs, cmd: SnapshotCommand) -> 
 }
 
 fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
+    raise_open_file_limit(args.nbd_max_connections);
     let volumes = Arc::new(load_volumes(data_dir, args)?);
     if volumes.is_empty() {
         volumes.create(&NewVolume {
@@ -216,6 +226,39 @@ fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
     volumes.flush_all()?;
     tracing::info!("all volumes flushed and committed; exiting");
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one: each NBD connection holds a socket
+/// (and a volume's files are a few more), and the usual soft default of 1024 would refuse
+/// clients with EMFILE well before `--nbd-max-connections`.
+fn raise_open_file_limit(nbd_connections: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    // Sockets for the connections, plus room for volumes, listeners and the runtime.
+    let wanted = nbd_connections as u64 + 256;
+    if lim.rlim_cur < wanted {
+        tracing::warn!(
+            open_files = lim.rlim_cur,
+            nbd_max_connections = nbd_connections,
+            "the open-file limit is below what --nbd-max-connections needs; clients may be refused with EMFILE (raise LimitNOFILE / ulimit -n)"
+        );
+    }
 }
 
 async fn serve_async(
@@ -250,13 +293,19 @@ async fn serve_async(
     tokio::task::spawn_blocking(move || u.recover())
         .await
         .context("ublk recovery failed")?;
-    let nbd_config = || ServerConfig {
+    // One config for both listeners, so they share one connection limit.
+    let nbd_config = ServerConfig {
         observer: Some(metrics.nbd.clone() as Arc<dyn multisnap_nbd::Observer>),
+        request_timeout: (args.nbd_request_timeout_secs > 0)
+            .then(|| std::time::Duration::from_secs(args.nbd_request_timeout_secs)),
+        connections: Arc::new(multisnap_nbd::ConnectionSlots::new(
+            args.nbd_max_connections,
+        )),
         ..ServerConfig::default()
     };
-    let (p, sd, cfg) = (provider.clone(), shutdown.clone(), nbd_config());
+    let (p, sd, cfg) = (provider.clone(), shutdown.clone(), nbd_config.clone());
     tasks.spawn(async move { Ok(multisnap_nbd::serve_tcp(tcp, p, cfg, sd).await?) });
-    let (sd, cfg) = (shutdown.clone(), nbd_config());
+    let (sd, cfg) = (shutdown.clone(), nbd_config);
     tasks.spawn(async move { Ok(multisnap_nbd::serve_unix(unix, provider, cfg, sd).await?) });
     // Like gRPC, a metrics port that cannot be bound is logged, not fatal: block I/O matters more.
     let (reg, sd, addr) = (

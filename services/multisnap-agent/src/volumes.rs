@@ -402,6 +402,9 @@ impl Volumes {
             )));
         }
         map.remove(name);
+        // Clients still connected get an error from now on, rather than acknowledgements for
+        // writes into files that are about to go.
+        multisnap_store::VolumeView::close_all(&v.store, format!("volume {name} was deleted"));
         let dir = self.data_dir.volume_dir(name);
         // Remove the store first: without it the folder is no longer a volume.
         std::fs::remove_file(&v.store_path)

@@ -43,7 +43,7 @@
 //! jobs.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, Semaphore};
@@ -118,7 +118,8 @@ where
     // reply holds a request permit until it is written. So a worker never
     // blocks handing over a reply.
     let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
-    let writer = tokio::spawn(write_replies(wr, rx, stop.clone()).in_current_span());
+    let writer =
+        tokio::spawn(write_replies(wr, rx, stop.clone(), config.request_timeout).in_current_span());
     let pool = {
         let (conn, tx) = (conn.clone(), tx.clone());
         Pool::new(
@@ -136,6 +137,7 @@ where
         replies: tx,
         pool,
         stop,
+        request_timeout: config.request_timeout,
     };
     let result = reader.read_requests().await;
     reader.finish(writer).await;
@@ -155,6 +157,7 @@ struct Reader<R> {
     replies: mpsc::UnboundedSender<Outgoing>,
     pool: Pool<Job>,
     stop: CancellationToken,
+    request_timeout: Option<Duration>,
 }
 
 impl<R: AsyncRead + Unpin + Send> Reader<R> {
@@ -164,7 +167,7 @@ impl<R: AsyncRead + Unpin + Send> Reader<R> {
     /// on: a bad header, an oversized WRITE payload, or no worker thread.
     async fn read_requests(&mut self) -> Result<(), NbdError> {
         loop {
-            let Some(hdr) = self.read_header().await else {
+            let Some(hdr) = self.read_header().await? else {
                 return Ok(());
             };
             let start = Instant::now();
@@ -196,7 +199,7 @@ impl<R: AsyncRead + Unpin + Send> Reader<R> {
                 if h.length > self.limits.max_payload {
                     return Err(self.refuse_oversized_write(&h, &span, permits));
                 }
-                let Some(buf) = self.read_payload(h.length, &span).await else {
+                let Some(buf) = self.read_payload(h.length, &span).await? else {
                     return Ok(());
                 };
                 payload = Some(buf);
@@ -216,21 +219,39 @@ impl<R: AsyncRead + Unpin + Send> Reader<R> {
         }
     }
 
-    /// The next request header; `None` once the client has gone (cleanly or
-    /// not) or `stop` fired.
-    async fn read_header(&mut self) -> Option<[u8; proto::REQUEST_HEADER_LEN]> {
+    /// The next request header; `Ok(None)` once the client has gone (cleanly or not) or
+    /// `stop` fired. Waiting for a request never times out (an idle client is a client); once
+    /// its first byte is here, the rest must follow within the request timeout.
+    async fn read_header(&mut self) -> Result<Option<[u8; proto::REQUEST_HEADER_LEN]>, NbdError> {
         let mut hdr = [0u8; proto::REQUEST_HEADER_LEN];
+        let (first, rest) = hdr.split_at_mut(1);
         let got = tokio::select! {
             biased;
-            _ = self.stop.cancelled() => return None,
-            r = read_or_eof(&mut self.rd, &mut hdr) => r,
+            _ = self.stop.cancelled() => return Ok(None),
+            r = read_or_eof(&mut self.rd, first) => r,
         };
         match got {
-            Ok(Some(())) => Some(hdr),
-            Ok(None) => None,
+            Ok(Some(())) => {}
+            Ok(None) => return Ok(None),
             Err(e) => {
+                debug!(error = %e, "client connection ended");
+                return Ok(None);
+            }
+        }
+        let rest = tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => return Ok(None),
+            r = within(self.request_timeout, "a request header", self.rd.read_exact(rest)) => r,
+        };
+        match rest {
+            Ok(Ok(_)) => Ok(Some(hdr)),
+            Ok(Err(e)) => {
                 debug!(error = %e, "client connection ended mid-request");
-                None
+                Ok(None)
+            }
+            Err(stalled) => {
+                warn!(error = %stalled, "closing connection");
+                Err(stalled)
             }
         }
     }
@@ -270,18 +291,24 @@ impl<R: AsyncRead + Unpin + Send> Reader<R> {
 
     /// Reads a WRITE's payload; `None` if the client went away or `stop`
     /// fired first.
-    async fn read_payload(&mut self, len: u32, span: &Span) -> Option<Vec<u8>> {
+    async fn read_payload(&mut self, len: u32, span: &Span) -> Result<Option<Vec<u8>>, NbdError> {
         let mut buf = vec![0u8; len as usize];
         let read = tokio::select! {
             biased;
-            _ = self.stop.cancelled() => return None,
-            r = self.rd.read_exact(&mut buf) => r,
+            _ = self.stop.cancelled() => return Ok(None),
+            r = within(self.request_timeout, "a WRITE payload", self.rd.read_exact(&mut buf)) => r,
         };
-        if let Err(e) = read {
-            debug!(parent: span, error = %e, "client went away during write payload");
-            return None;
+        match read {
+            Ok(Ok(_)) => Ok(Some(buf)),
+            Ok(Err(e)) => {
+                debug!(parent: span, error = %e, "client went away during write payload");
+                Ok(None)
+            }
+            Err(stalled) => {
+                warn!(parent: span, error = %stalled, "closing connection");
+                Err(stalled)
+            }
         }
-        Some(buf)
     }
 
     /// Answers a request that failed validation right here: nothing to run,
@@ -361,12 +388,13 @@ async fn write_replies<W: AsyncWrite + Unpin>(
     wr: W,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     stop: CancellationToken,
+    timeout: Option<Duration>,
 ) {
     let mut w = BufWriter::with_capacity(256 * 1024, wr);
     let mut batch: Vec<Outgoing> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
-        let res: std::io::Result<()> = async {
+        let send = async {
             // Bounded: each queued reply holds a request permit, and no new
             // permit is issued until this batch is flushed and dropped.
             while let Some(msg) = next.take().or_else(|| rx.try_recv().ok()) {
@@ -376,8 +404,19 @@ async fn write_replies<W: AsyncWrite + Unpin>(
                 batch.push(msg);
             }
             w.flush().await
-        }
-        .await;
+        };
+        // A client that stops reading its replies would otherwise hold this connection's
+        // permits, buffers and workers forever.
+        let res = match within(timeout, "reading replies", send).await {
+            Ok(r) => r,
+            Err(stalled) => {
+                warn!(error = %stalled, "closing connection");
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    stalled.to_string(),
+                ))
+            }
+        };
         batch.clear();
         if let Err(e) = res {
             debug!(error = %e, "cannot send replies; closing connection");
@@ -389,6 +428,23 @@ async fn write_replies<W: AsyncWrite + Unpin>(
     }
     let _ = w.flush().await;
     let _ = w.shutdown().await;
+}
+
+/// `fut` within `limit` (forever when `None`); a stall is [`NbdError::ClientStalled`].
+async fn within<F: std::future::Future>(
+    limit: Option<Duration>,
+    what: &'static str,
+    fut: F,
+) -> Result<F::Output, NbdError> {
+    match limit {
+        None => Ok(fut.await),
+        Some(t) => tokio::time::timeout(t, fut)
+            .await
+            .map_err(|_| NbdError::ClientStalled {
+                what,
+                secs: t.as_secs(),
+            }),
+    }
 }
 
 #[cfg(test)]

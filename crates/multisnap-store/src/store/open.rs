@@ -222,6 +222,7 @@ impl Store {
             bytes_copied: AtomicU64::new(0),
             private_data_unflushed: AtomicBool::new(false),
             flush_coalescer: Default::default(),
+            closed: Default::default(),
             flush_latency: Mutex::new(LatencyHistogram::default()),
             dirty_origin: DirtyRanges::default(),
             journal_batches: AtomicU64::new(0),

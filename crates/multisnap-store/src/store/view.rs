@@ -66,12 +66,14 @@ impl VolumeView {
     }
 
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.store.check_open()?;
         self.store.read(self.view, offset, buf)
     }
 
     /// Writes `data` at `offset`: an origin write copies out what snapshots still need first,
     /// a writable snapshot's write goes to its private chunks.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.store.check_open()?;
         self.check_writable()?;
         match self.view {
             View::Origin => self.store.write_origin(offset, data),
@@ -98,6 +100,7 @@ impl VolumeView {
     /// a hint, so the safe answer is to keep everything. A read-only view still refuses it,
     /// as it refuses every change.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.store.check_open()?;
         self.check_writable()?;
         self.store.check_range(offset, len)
     }
@@ -107,7 +110,15 @@ impl VolumeView {
     /// and a flush whose writes an earlier flush already covered returns at once (see
     /// `flush_coalescer`). Writes only: changes that are not writes need [`Store::flush`].
     pub fn flush(&self) -> Result<()> {
+        self.store.check_open()?;
         self.store.flush_coalescer.flush(|| self.store.flush())
+    }
+
+    /// Closes every view of `store` for good: each later request on any of them fails with
+    /// [`StoreError::Closed`] and `reason`. For a volume being deleted while clients are still
+    /// connected, so their writes fail instead of landing in files about to be removed.
+    pub fn close_all(store: &Store, reason: String) {
+        let _ = store.closed.set(reason);
     }
 
     fn check_writable(&self) -> Result<()> {
