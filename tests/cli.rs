@@ -144,6 +144,15 @@ fn volumes_snapshots_json_and_exit_codes() {
     for field in ["storeUsedBytes", "storeFreeBytes", "exceptionCount"] {
         assert!(b[field].is_u64(), "{field} in {b}");
     }
+    // A new volume's store holds no data: what it uses is metadata and the journal's
+    // reservation (a quarter of the 16 MiB origin), and the parts add up.
+    assert_eq!(b["storeDataBytes"], 0, "{b}");
+    assert_eq!(b["storeJournalBytes"], 4 << 20, "{b}");
+    assert_eq!(
+        b["storeUsedBytes"].as_u64().unwrap(),
+        b["storeMetadataBytes"].as_u64().unwrap() + (4 << 20),
+        "{b}"
+    );
     for field in ["originPath", "storePath", "uuid"] {
         assert!(!b[field].as_str().unwrap().is_empty(), "{field} in {b}");
     }

@@ -137,7 +137,13 @@ pub struct StoreStats {
     pub exceptions: u64,
     pub snapshots: u64,
     pub store_bytes: u64,
+    /// Every store block in use: `data_bytes + metadata_bytes + journal_size_bytes`.
     pub used_bytes: u64,
+    /// Chunks holding data: copies preserved for snapshots, writable snapshots' own chunks,
+    /// a delta apply's staged chunks.
+    pub data_bytes: u64,
+    /// Superblocks, both allocator bitmap copies and the index trees' nodes.
+    pub metadata_bytes: u64,
     pub free_chunks: u64,
     pub cache: CacheStats,
     /// Snapshot chunk lookups answered without descending the index, and the memory for it.
@@ -420,6 +426,14 @@ impl Store {
             snapshots: m.live.len() as u64,
             store_bytes: m.pager.alloc.total_blocks() * BLOCK_SIZE as u64,
             used_bytes: m.pager.alloc.used_blocks() * BLOCK_SIZE as u64,
+            data_bytes: m
+                .pager
+                .alloc
+                .used_blocks()
+                .saturating_sub(m.sb.reserved_end() + m.node_blocks_in_use())
+                * BLOCK_SIZE as u64,
+            metadata_bytes: (m.sb.reserved_end() - self.journal_blocks + m.node_blocks_in_use())
+                * BLOCK_SIZE as u64,
             free_chunks: m.pager.alloc.free_chunks(),
             cache: m.pager.cache.stats(),
             locations: m.location_stats(),

@@ -139,6 +139,7 @@ impl Meta {
             alloc,
             generation: sb.generation + 1,
             chunk_size: sb.chunk_size,
+            node_blocks: 0,
         };
         Meta {
             exception_root: MetaBlock(sb.exception_root),
@@ -176,6 +177,22 @@ impl Meta {
     }
 
     /// Reads the snapshot table into memory (it is small: one record per snapshot).
+    /// Blocks taken by tree nodes: the trees' own, and replaced ones whose free waits for a
+    /// commit.
+    pub fn node_blocks_in_use(&self) -> u64 {
+        self.pager.node_blocks + self.pager.alloc.meta_frees_in_flight()
+    }
+
+    /// Counts the blocks of the three trees into `pager.node_blocks` (on open).
+    pub fn count_node_blocks(&mut self) -> Result<()> {
+        let mut n = 0;
+        for root in [self.exception_root, self.snapshot_root, self.private_root] {
+            n += crate::pdata::btree::count_nodes(&mut self.pager, root)?;
+        }
+        self.pager.node_blocks = n;
+        Ok(())
+    }
+
     pub fn load_snapshots(&mut self) -> Result<()> {
         let mut records = Vec::new();
         let root = self.snapshot_root;

@@ -454,6 +454,11 @@ impl ChunkAllocator {
     pub fn chunk_blocks(&self) -> u64 {
         self.chunk_blocks
     }
+    /// Metadata blocks freed but still in use until a commit lands (see `pending_frees`).
+    pub fn meta_frees_in_flight(&self) -> u64 {
+        (self.pending_free_meta.len() + self.sealed_free_meta.len()) as u64
+    }
+
     /// Blocks whose free waits for a commit to land (the open transaction's and the sealed
     /// one's).
     pub fn pending_frees(&self) -> usize {

@@ -18,6 +18,9 @@ pub struct Pager {
     /// The generation the open transaction will commit as.
     pub generation: u64,
     pub chunk_size: u32,
+    /// Blocks holding tree nodes, committed or not (counted on open by
+    /// `btree::count_nodes`, then kept up to date here); for space reporting only.
+    pub node_blocks: u64,
 }
 
 impl Pager {
@@ -69,11 +72,13 @@ impl Pager {
     }
 
     pub fn new_block(&mut self) -> Result<MetaBlock> {
-        self.alloc.alloc_meta().ok_or(StoreError::StoreFull {
+        let block = self.alloc.alloc_meta().ok_or(StoreError::StoreFull {
             needed: 1,
             free: 0,
             chunk_size: self.chunk_size,
-        })
+        })?;
+        self.node_blocks += 1;
+        Ok(block)
     }
 
     /// Allocates a block for a brand-new node and stores it there.
@@ -100,6 +105,7 @@ impl Pager {
             self.cache.remove(block.0);
         }
         self.alloc.free_meta(block);
+        self.node_blocks = self.node_blocks.saturating_sub(1);
     }
 
     /// Writes every dirty node (the commit's first step).

@@ -146,6 +146,7 @@ impl Store {
         }
         let mut meta = Meta::new(dev.clone(), sb, alloc, cache_bytes);
         meta.load_snapshots()?;
+        meta.count_node_blocks()?;
         Store::grow_if_bigger(&mut meta, store_bytes)?;
         Store::replay_journal(&*origin, &mut meta)?;
         let store = Store::assemble(origin, dev, meta);

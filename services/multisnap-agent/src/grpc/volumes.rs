@@ -32,6 +32,9 @@ pub fn volume_message(v: &Volume) -> pb::Volume {
         uuid: v.store.volume_uuid().to_string(),
         exception_count: stats.exceptions,
         reclaim_pending: stats.reclaim_pending,
+        store_data_bytes: stats.data_bytes,
+        store_metadata_bytes: stats.metadata_bytes,
+        store_journal_bytes: stats.journal_size_bytes,
         replica_of: v
             .store
             .replica_source()

@@ -14,6 +14,7 @@ fn pager(cache_nodes: usize) -> Pager {
         alloc: ChunkAllocator::new(blocks, 1, 2),
         generation: 1,
         chunk_size: 4096,
+        node_blocks: 0,
     }
 }
 
