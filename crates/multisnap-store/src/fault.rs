@@ -9,11 +9,14 @@
 //! boundaries.
 //!
 //! [`Delayed`] and [`FlushGate`] wrap any device to make reads or flushes slow, or hold
-//! flushes until a test opens the gate.
+//! flushes until a test opens the gate. [`Failing`] makes chosen reads, writes or flushes
+//! fail with a chosen errno.
 
 mod delay;
+mod failing;
 
 pub use delay::{Delayed, FlushGate};
+pub use failing::{Failing, Op as FailOp};
 
 use crate::blockdev::BlockDev;
 use parking_lot::Mutex;

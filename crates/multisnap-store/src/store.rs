@@ -232,6 +232,12 @@ fn now_ns() -> u64 {
 }
 
 impl Store {
+    /// Why the store refuses changes until it is reopened (a failed flush, a failed commit),
+    /// or `None` while it is healthy. Reads still work when it is `Some`.
+    pub fn failure(&self) -> Option<String> {
+        self.meta.read().check_usable().err().map(|e| e.to_string())
+    }
+
     /// `Closed` once `VolumeView::close_all` ran: checked by every view request.
     fn check_open(&self) -> Result<()> {
         match self.closed.get() {

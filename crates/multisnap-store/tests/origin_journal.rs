@@ -4,7 +4,7 @@
 
 mod common;
 
-use multisnap_store::{verify, BlockDev, CreateOptions, MemDev, Store, View};
+use multisnap_store::{verify, BlockDev, CreateOptions, MemDev, Store, StoreError, View};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,8 +129,12 @@ fn a_flush_too_big_for_one_batch_syncs_the_origin_and_empties_the_journal() {
     assert_eq!(read_origin(&again, 0, 4096), vec![2; 4096]);
 }
 
+/// A journal batch that could not be made durable fails its flush, and every later flush is
+/// refused until the store is reopened: the device may have lost what the failed flush was
+/// writing, so retrying could acknowledge writes that are gone. The write was never
+/// acknowledged as durable; after the reopen the store is consistent and takes writes again.
 #[test]
-fn a_failed_journal_flush_leaves_its_writes_to_the_next_flush() {
+fn a_failed_journal_flush_refuses_later_flushes_until_reopen() {
     let origin = Watched::new(ORIGIN);
     let dev = Watched::new(STORE);
     let store = Store::create(origin.clone(), dev.clone(), &opts()).unwrap();
@@ -139,9 +143,13 @@ fn a_failed_journal_flush_leaves_its_writes_to_the_next_flush() {
     dev.failing.store(true, Ordering::SeqCst);
     assert!(store.flush().is_err());
     dev.failing.store(false, Ordering::SeqCst);
-    store.flush().unwrap();
+    assert!(matches!(store.flush(), Err(StoreError::Poisoned(_))));
+    assert!(store.write_origin(0, &[8; 4096]).is_err());
+    drop(store);
     let again = reopen_with(before, dev.mem().contents());
-    assert_eq!(read_origin(&again, 8192, 4096), vec![7; 4096]);
+    again.write_origin(8192, &[9; 4096]).unwrap();
+    again.flush().unwrap();
+    assert_eq!(read_origin(&again, 8192, 4096), vec![9; 4096]);
 }
 
 #[test]

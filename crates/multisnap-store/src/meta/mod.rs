@@ -613,7 +613,7 @@ impl Meta {
     /// Marks the store unusable after a failure that may have left the in-memory transaction
     /// half-applied; the on-disk state stays the last commit.
     pub fn poison(&mut self, err: StoreError) -> StoreError {
-        tracing::error!(error = %err, "store metadata update failed; refusing further changes until reopened");
+        tracing::error!(volume = %self.sb.volume_name, error = %err, "store update failed; refusing further changes until reopened");
         self.poisoned = Some(err.to_string());
         self.covered.clear();
         err

@@ -23,6 +23,10 @@ struct SyncState {
     running: bool,
     /// The last sync that ended: which epoch it covered, and whether it worked.
     done: Option<(u64, std::result::Result<(), String>)>,
+    /// The first background sync that failed, kept until the store is reopened: after a failed
+    /// fsync the kernel may have dropped the dirty pages and a later fsync can succeed without
+    /// them, so no later flush may trust the origin (see `Store::fail_durability`).
+    failed: Option<(Option<i32>, String)>,
     stop: bool,
 }
 
@@ -61,6 +65,15 @@ impl OriginSyncer {
             }
             _ => None,
         }
+    }
+
+    /// A background sync that failed since the store was opened, as the error it returned.
+    fn failure(&self) -> Option<std::io::Error> {
+        let s = self.state.0.lock();
+        s.failed.as_ref().map(|(errno, msg)| match errno {
+            Some(code) => std::io::Error::from_raw_os_error(*code),
+            None => std::io::Error::other(msg.clone()),
+        })
     }
 
     /// Waits for the sync covering `epoch`; `false` if it failed or none is on its way.
@@ -106,11 +119,13 @@ fn sync_loop(origin: &dyn BlockDev, state: &(Mutex<SyncState>, Condvar)) {
         };
         s.running = true;
         drop(s);
-        let result = origin.flush().map_err(|e| e.to_string());
-        if let Err(e) = &result {
-            tracing::warn!(epoch, error = %e, "background origin sync failed; the next flush syncs it itself");
-        }
+        let flushed = origin.flush();
         s = m.lock();
+        if let Err(e) = &flushed {
+            tracing::error!(epoch, error = %e, "background origin sync failed; the volume's next flush fails and it refuses writes until it is reopened");
+            s.failed.get_or_insert((e.raw_os_error(), e.to_string()));
+        }
+        let result = flushed.map_err(|e| e.to_string());
         s.running = false;
         s.done = Some((epoch, result));
         cv.notify_all();
@@ -133,28 +148,58 @@ impl Store {
         // Held until the ranges are durable: a flush that finds nothing noted may return at
         // once, because the ranges it would have needed were taken by one that finished.
         let mut cursor = self.journal.lock();
+        self.check_durable()?;
         let dirty = self.dirty_origin.take();
         let result = match &dirty {
             Dirty::Nothing => return Ok(()),
             Dirty::Ranges(ranges) => self.make_durable(&mut cursor, Some(ranges)),
             Dirty::TooMany => self.make_durable(&mut cursor, None),
         };
-        if result.is_err() {
+        if let Err(e) = result {
             self.dirty_origin.restore(dirty);
+            return Err(self.fail_durability(e));
         }
-        result
+        Ok(())
+    }
+
+    /// Refuses a flush once the store failed one (or the background sync did): whatever the
+    /// device says now, writes it lost cannot be made durable by asking again.
+    fn check_durable(&self) -> Result<()> {
+        if let Some(source) = self.syncer.failure() {
+            return Err(self.fail_durability(StoreError::Flush {
+                device: "origin",
+                source,
+            }));
+        }
+        self.meta.read().check_usable()
+    }
+
+    /// A write or flush that was to make acknowledged data durable failed. The store stops
+    /// taking changes (reads go on) until it is reopened: Linux may drop the dirty pages of a
+    /// failed fsync and report success on the next one (PostgreSQL's "fsyncgate"), so going
+    /// on could acknowledge a later flush for writes that are gone. Reopening replays the
+    /// journal, which holds every write a successful flush acknowledged.
+    pub(super) fn fail_durability(&self, err: StoreError) -> StoreError {
+        let mut m = self.meta.write();
+        if m.check_usable().is_err() {
+            return err;
+        }
+        tracing::error!(volume = %self.volume_name, error = %err, "a flush failed; the volume refuses writes and flushes until it is reopened (reads go on)");
+        m.poison(err)
     }
 
     /// Syncs the origin and empties the journal, so the origin alone holds every write that
     /// completed before this call (a clean stop calls this, then [`Store::flush`]).
     pub fn empty_journal(&self) -> Result<()> {
         let mut cursor = self.journal.lock();
+        self.check_durable()?;
         let dirty = self.dirty_origin.take();
         let result = self.make_durable(&mut cursor, None);
-        if result.is_err() {
+        if let Err(e) = result {
             self.dirty_origin.restore(dirty);
+            return Err(self.fail_durability(e));
         }
-        result
+        Ok(())
     }
 
     /// Journals `ranges` when they fit one batch, else syncs the origin (which also covers
@@ -198,6 +243,13 @@ impl Store {
         if self.meta.read().journal_epoch < cursor.epoch {
             let waited = Instant::now();
             if !self.syncer.wait_for(cursor.epoch - 1) {
+                if let Some(source) = self.syncer.failure() {
+                    // Syncing again could succeed without the pages the failed sync lost.
+                    return Err(StoreError::Flush {
+                        device: "origin",
+                        source,
+                    });
+                }
                 self.sync_origin_device()?;
             }
             self.retire_epochs_before(cursor.epoch)?;

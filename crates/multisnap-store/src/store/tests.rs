@@ -225,7 +225,7 @@ fn flushes_are_counted_once_each_and_only_when_they_succeed() {
         journal_bytes: 0,
         ..Default::default()
     };
-    let store = Store::create(origin.clone(), dev, &opts).unwrap();
+    let store = Store::create(origin.clone(), dev.clone(), &opts).unwrap();
     let flushes = |s: &Store| s.stats().flushes;
     assert_eq!(flushes(&store).count, 0, "creating a store is not a flush");
 
@@ -244,6 +244,15 @@ fn flushes_are_counted_once_each_and_only_when_they_succeed() {
     ));
     assert_eq!(flushes(&store).count, 1, "a failed flush is not counted");
     origin.failing.store(false, Ordering::SeqCst);
+    // The device would sync now, but what the failed sync lost cannot be: refused, and not
+    // counted, until the store is reopened.
+    assert!(matches!(store.flush(), Err(StoreError::Poisoned(_))));
+    assert_eq!(flushes(&store).count, 1);
+    drop(store);
+    let store = Store::open(origin.clone(), dev, 1 << 20).unwrap();
+    assert_eq!(flushes(&store).count, 0, "opening a store is not a flush");
+    store.write_origin(0, &[1u8; CHUNK]).unwrap();
+    store.flush().unwrap();
 
     // After a copy-out (committed by the write itself), still one flush per call.
     store.create_snapshot("s").unwrap();

@@ -240,9 +240,11 @@ impl Store {
         // A commit sealed from now on flushes the store device after any in-place private
         // write that completed before this call; one already sealed or landed may not have.
         if private_unflushed && !open {
-            self.dev.flush().map_err(|source| StoreError::Flush {
-                device: "store",
-                source,
+            self.dev.flush().map_err(|source| {
+                self.fail_durability(StoreError::Flush {
+                    device: "store",
+                    source,
+                })
             })?;
         }
         Ok(())
