@@ -5,6 +5,7 @@
 
 mod datadir;
 mod grpc;
+mod io_errors;
 mod metrics;
 mod nbd_exports;
 mod origin_policy;

@@ -2,6 +2,7 @@
 //! every frontend.
 
 use crate::datadir::{sync_dir, validate_volume_name, DataDir, ORIGIN_FILE, STORE_FILE};
+use crate::io_errors::{IoErrors, ObservedDev};
 use crate::origin_policy::OriginPolicy;
 use anyhow::Context;
 use multisnap_store::{read_superblock, BlockDev, CreateOptions, FileDev, FullPolicy, Store};
@@ -75,7 +76,13 @@ fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
 }
 
 /// The origin (device, path, path as recorded in the store), the store device and its path.
-type MadeFiles = (Arc<dyn BlockDev>, PathBuf, String, Arc<FileDev>, PathBuf);
+type MadeFiles = (
+    Arc<dyn BlockDev>,
+    PathBuf,
+    String,
+    Arc<ObservedDev>,
+    PathBuf,
+);
 
 pub struct Volume {
     pub name: String,
@@ -135,6 +142,7 @@ pub struct Volumes {
     map: RwLock<BTreeMap<String, Arc<Volume>>>,
     data_dir: DataDir,
     origin_policy: OriginPolicy,
+    io_errors: Arc<IoErrors>,
     cache_bytes: usize,
     /// Origin write journal of volumes made from now on (see `multisnap_store::journal`).
     journal_bytes: u64,
@@ -149,20 +157,33 @@ fn resolve_origin(dir: &Path, recorded: &str) -> PathBuf {
     }
 }
 
-fn open_volume(dir: &Path, name: &str, cache_bytes: usize) -> anyhow::Result<Volume> {
+fn open_volume(
+    dir: &Path,
+    name: &str,
+    cache_bytes: usize,
+    errors: &Arc<IoErrors>,
+) -> anyhow::Result<Volume> {
     let store_path = dir.join(STORE_FILE);
-    let dev = Arc::new(
+    let dev = Arc::new(ObservedDev::new(
         FileDev::open(&store_path)
             .with_context(|| format!("cannot open store {}", store_path.display()))?,
-    );
+        name,
+        "store",
+        errors.clone(),
+    ));
     let sb = read_superblock(&*dev).with_context(|| format!("store {}", store_path.display()))?;
     let origin_path = resolve_origin(dir, &sb.origin_path);
-    let origin = Arc::new(FileDev::open(&origin_path).with_context(|| {
-        format!(
-            "cannot open origin {} of volume {name}",
-            origin_path.display()
-        )
-    })?);
+    let origin = Arc::new(ObservedDev::new(
+        FileDev::open(&origin_path).with_context(|| {
+            format!(
+                "cannot open origin {} of volume {name}",
+                origin_path.display()
+            )
+        })?,
+        name,
+        "origin",
+        errors.clone(),
+    ));
     let store = Store::open(origin, dev, cache_bytes)
         .with_context(|| format!("cannot open volume {name} ({})", store_path.display()))?;
     let owns_origin = !Path::new(store.origin_path()).is_absolute();
@@ -191,8 +212,9 @@ impl Volumes {
         journal_bytes: u64,
     ) -> anyhow::Result<Volumes> {
         let mut map = BTreeMap::new();
+        let io_errors = Arc::new(IoErrors::default());
         for name in data_dir.volume_names()? {
-            let v = open_volume(&data_dir.volume_dir(&name), &name, cache_bytes)?;
+            let v = open_volume(&data_dir.volume_dir(&name), &name, cache_bytes, &io_errors)?;
             tracing::info!(volume = %name, origin = %v.origin_path.display(), store = %v.store_path.display(), snapshots = v.store.list_snapshots().len(), "volume opened");
             if !v.owns_origin {
                 if let Err(e) = origin_policy.open(&v.origin_path) {
@@ -207,9 +229,15 @@ impl Volumes {
             map: RwLock::new(map),
             data_dir,
             origin_policy,
+            io_errors,
             cache_bytes,
             journal_bytes,
         })
+    }
+
+    /// Device errors of every volume, for the metrics.
+    pub fn io_errors(&self) -> &Arc<IoErrors> {
+        &self.io_errors
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Volume>> {
@@ -289,13 +317,17 @@ impl Volumes {
         Ok(v)
     }
 
+    fn observed(&self, dev: FileDev, volume: &str, file: &'static str) -> ObservedDev {
+        ObservedDev::new(dev, volume, file, self.io_errors.clone())
+    }
+
     fn make_files(&self, spec: &NewVolume, dir: &Path) -> Result<MadeFiles, VolumeError> {
         let (origin, origin_path, recorded): (Arc<dyn BlockDev>, PathBuf, String) = match &spec
             .origin_path
         {
             Some(p) => {
                 let (file, abs) = self.origin_policy.open(p)?;
-                let dev = FileDev::from_file(file);
+                let dev = self.observed(FileDev::from_file(file), &spec.name, "origin");
                 let size = dev
                     .size()
                     .map_err(io_err(format!("cannot size {}", abs.display())))?;
@@ -321,6 +353,7 @@ impl Volumes {
                     &p,
                     "origin",
                 ))?;
+                let dev = self.observed(dev, &spec.name, "origin");
                 (Arc::new(dev), p, ORIGIN_FILE.to_string())
             }
         };
@@ -332,13 +365,15 @@ impl Volumes {
             .store_size_bytes
             .unwrap_or(origin_size + origin_size / 8 + (16 << 20) + self.journal_for(origin_size));
         let store_path = dir.join(STORE_FILE);
-        let dev = Arc::new(
+        let dev = Arc::new(self.observed(
             FileDev::create_sparse(&store_path, store_size).map_err(too_large_or(
                 store_size,
                 &store_path,
                 "store",
             ))?,
-        );
+            &spec.name,
+            "store",
+        ));
         Ok((origin, origin_path, recorded, dev, store_path))
     }
 
@@ -413,6 +448,7 @@ impl Volumes {
             let _ = std::fs::remove_file(&v.origin_path);
         }
         let _ = std::fs::remove_dir(&dir);
+        self.io_errors.forget(name);
         // Deleted means deleted after a power cut too: the folder's entry in volumes/ (or, if
         // something kept the folder, the store's entry in it) is synced before the call returns.
         sync_dir(&self.data_dir.volumes_dir())

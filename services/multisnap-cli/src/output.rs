@@ -44,6 +44,7 @@ pub fn volume_json(v: &pb::Volume) -> Value {
         "storeDataBytes": v.store_data_bytes,
         "storeMetadataBytes": v.store_metadata_bytes,
         "storeJournalBytes": v.store_journal_bytes,
+        "failure": v.failure,
         "storeFreeBytes": v.store_free_bytes,
         "snapshotCount": v.snapshot_count,
         "storeFullPolicy": policy_json(v.store_full_policy),

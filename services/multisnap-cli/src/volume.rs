@@ -168,6 +168,14 @@ fn show(format: Format, v: &pb::Volume) -> Result<()> {
         Format::Table => output::print_details(&[
             ("name", v.name.clone()),
             ("uuid", v.uuid.clone()),
+            (
+                "state",
+                if v.failure.is_empty() {
+                    "healthy".to_string()
+                } else {
+                    format!("refusing writes until reopened: {}", v.failure)
+                },
+            ),
             ("size", bytes_detail(v.size_bytes)),
             ("chunk size", bytes_detail(v.chunk_size_bytes.into())),
             ("store size", bytes_detail(v.store_size_bytes)),

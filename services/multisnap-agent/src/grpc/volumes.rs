@@ -35,6 +35,7 @@ pub fn volume_message(v: &Volume) -> pb::Volume {
         store_data_bytes: stats.data_bytes,
         store_metadata_bytes: stats.metadata_bytes,
         store_journal_bytes: stats.journal_size_bytes,
+        failure: v.store.failure().unwrap_or_default(),
         replica_of: v
             .store
             .replica_source()

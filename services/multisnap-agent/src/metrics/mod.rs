@@ -42,6 +42,11 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(volumes: Arc<Volumes>) -> Metrics {
         let mut registry = Registry::default();
+        registry.register(
+            "multisnap_io_errors",
+            "Failed reads, writes and flushes of volumes' origin and store files, by errno (each also logged at WARN, at most once per 10 s per kind).",
+            volumes.io_errors().family(),
+        );
         registry.register_collector(Box::new(StoreCollector { volumes }));
         let nbd = Arc::new(NbdObserver::new(&mut registry));
         let ublk = Arc::new(UblkMetrics::new(&mut registry));

@@ -26,6 +26,7 @@ struct Sample {
     /// `[exported bytes, applied bytes, complete, incomplete, failed]` (see DeltaCounters).
     deltas: [u64; 5],
     receiving: bool,
+    failed: bool,
 }
 
 enum Value {
@@ -130,6 +131,8 @@ fn store_defs() -> Vec<Def> {
             |s| C(s.deltas[3])),
         d("multisnap_delta_applies_failed", None, "ApplyDelta calls refused or failed (corrupt stream, wrong volume or base, store errors).",
             |s| C(s.deltas[4])),
+        d("multisnap_volume_failed", None, "1 while the volume refuses writes and flushes after a failed flush or commit of its files, until the agent reopens it (GetVolume says why).",
+            |s| G(u64::from(s.failed))),
         d("multisnap_delta_apply_in_progress", None, "1 while the volume holds an unfinished delta apply (running, or kept for resumption).",
             |s| G(u64::from(s.receiving))),
     ]
@@ -165,6 +168,7 @@ impl Collector for StoreCollector {
                     ]
                 },
                 receiving: v.store.receive_pending(),
+                failed: v.store.failure().is_some(),
             })
             .collect();
         for def in store_defs() {

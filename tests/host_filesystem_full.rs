@@ -1,0 +1,187 @@
+//! The data directory on a real, small ext4 or xfs filesystem (a loop device made for the
+//! test) that fills up: writes that need space fail with ENOSPC at the NBD client (qemu-io),
+//! the agent counts them by file and errno and stays healthy, the snapshot taken before keeps
+//! its data, and once space is freed writes work again without a restart; verify is clean.
+
+use multisnap_tests::{self as common, require_tools};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A filesystem of `mib` MiB made on a loop device and mounted for the test; unmounted and
+/// detached when dropped.
+struct LoopFs {
+    mnt: PathBuf,
+    dev: String,
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
+fn sh(cmd: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `None` (after saying why) where this machine cannot make one: not root, or no loop driver.
+fn loop_fs(dir: &Path, fstype: &str, mib: u64) -> Option<LoopFs> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: making a loop-device filesystem needs root");
+        return None;
+    }
+    let image = dir.join(format!("{fstype}.img"));
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(mib << 20)
+        .unwrap();
+    let dev = match sh(
+        "losetup",
+        &["--find", "--show", &image.display().to_string()],
+    ) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("SKIP: no loop device here ({e})");
+            return None;
+        }
+    };
+    let mnt = dir.join(format!("{fstype}-mnt"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    let fs = LoopFs {
+        mnt: mnt.clone(),
+        dev: dev.clone(),
+    };
+    let mkfs = format!("mkfs.{fstype}");
+    let quiet: &[&str] = if fstype == "xfs" {
+        &["-q", "-f"]
+    } else {
+        &["-q", "-F"]
+    };
+    sh(&mkfs, &[quiet, &[dev.as_str()]].concat()).unwrap();
+    sh("mount", &[&dev, &mnt.display().to_string()]).unwrap();
+    Some(fs)
+}
+
+fn free_bytes(path: &Path) -> u64 {
+    let out = sh(
+        "df",
+        &["--output=avail", "-B1", &path.display().to_string()],
+    )
+    .unwrap();
+    out.lines().last().unwrap().trim().parse().unwrap()
+}
+
+/// The value of the ENOSPC series of `volume` in the agent's metrics (summed over files/ops).
+fn enospc_errors(metrics: &str, volume: &str) -> u64 {
+    let text = sh("curl", &["-sf", &format!("http://{metrics}/metrics")]).unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("multisnap_io_errors_total{")
+                && l.contains(&format!("volume=\"{volume}\""))
+                && l.contains("errno=\"ENOSPC\"")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+fn qemu_io_text(uri: &str, cmds: &[&str]) -> String {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw"]);
+    for cmd in cmds {
+        c.args(["-c", cmd]);
+    }
+    let out = c.arg(uri).output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn fill_then_free(fstype: &str, mib: u64) {
+    require_tools!("qemu-io", "losetup", "curl", "fallocate");
+    require_tools!(&format!("mkfs.{fstype}"));
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(fs) = loop_fs(tmp.path(), fstype, mib) else {
+        return;
+    };
+    let data = fs.mnt.join("data");
+    let agent = common::Agent::start(
+        &data,
+        &[
+            "--default-volume-size",
+            "536870912",
+            "--journal-bytes",
+            "16777216",
+        ],
+    );
+    agent.wait_grpc();
+    common::qemu_io(&agent.uri("default"), &["write -P 0x11 0 32M", "flush"]);
+    agent.grpc(
+        "multisnap.v1.SnapshotService/CreateSnapshot",
+        r#"{"volume":"default","name":"before"}"#,
+    );
+
+    // Fill the filesystem but for a few MiB.
+    let filler = fs.mnt.join("filler");
+    let fill = free_bytes(&fs.mnt).saturating_sub(4 << 20);
+    sh(
+        "fallocate",
+        &["-l", &fill.to_string(), &filler.display().to_string()],
+    )
+    .unwrap();
+
+    // Overwriting the snapshot's data needs copies in the store; writing past it needs new
+    // origin blocks: both meet the full filesystem.
+    let out = qemu_io_text(&agent.uri("default"), &["write -P 0x22 0 64M", "flush"]);
+    assert!(out.contains("No space left on device"), "{fstype}: {out}");
+    assert!(!out.contains("Input/output error"), "{fstype}: {out}");
+    assert!(
+        enospc_errors(&agent.metrics, "default") > 0,
+        "{fstype}: not counted"
+    );
+    // The snapshot kept its data, and the volume did not fail.
+    common::qemu_io_ro(&agent.uri("default@before"), &["read -P 0x11 0 32M"]);
+    let v = agent.grpc(
+        "multisnap.v1.VolumeService/GetVolume",
+        r#"{"name":"default"}"#,
+    );
+    let v: serde_json::Value = serde_json::from_str(&v).unwrap();
+    assert_eq!(v["failure"].as_str().unwrap_or(""), "", "{fstype}: {v}");
+
+    // Space comes back: writes work again without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let out = qemu_io_text(
+        &agent.uri("default"),
+        &["write -P 0x33 0 64M", "flush", "read -P 0x33 0 64M"],
+    );
+    assert!(
+        !out.contains("failed") && !out.contains("error"),
+        "{fstype}: {out}"
+    );
+    common::qemu_io_ro(&agent.uri("default@before"), &["read -P 0x11 0 32M"]);
+    agent.stop_and_verify();
+    drop(fs);
+}
+
+#[test]
+fn ext4_fills_up_and_recovers() {
+    fill_then_free("ext4", 256);
+}
+
+#[test]
+fn xfs_fills_up_and_recovers() {
+    fill_then_free("xfs", 320);
+}
