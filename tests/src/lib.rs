@@ -10,13 +10,15 @@ use std::time::{Duration, Instant, SystemTime};
 /// The agent binary that this `cargo test` run built (see [`workspace_bin`]).
 pub fn agent_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_bin("multisnap-agent")).clone()
+    BIN.get_or_init(|| workspace_bin("multisnap-agent", "services/multisnap-agent"))
+        .clone()
 }
 
 /// The `multisnap` CLI binary that this `cargo test` run built (see [`workspace_bin`]).
 pub fn cli_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_bin("multisnap")).clone()
+    BIN.get_or_init(|| workspace_bin("multisnap", "services/multisnap-cli"))
+        .clone()
 }
 
 /// A binary of another package of the workspace, from target/<profile>/ beside this test's own
@@ -29,7 +31,7 @@ pub fn cli_bin() -> PathBuf {
 /// sources: this panics then, naming the command that builds them, rather than test an old
 /// binary. Freshness is judged the way cargo judges it, by the modification times of the
 /// sources that the build's dep-info file lists.
-fn workspace_bin(name: &str) -> PathBuf {
+fn workspace_bin(name: &str, package: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("this test's own path");
     let profile_dir = exe
         .parent()
@@ -53,7 +55,71 @@ fn workspace_bin(name: &str) -> PathBuf {
             bin.display()
         ),
     }
+    // The dep-info lists the binary's own crate only; a change in a workspace library it
+    // links (the store, say) shows as a source of that library newer than the binary.
+    let root = repo_root();
+    let mut dirs = vec![root.join("proto")];
+    workspace_deps(&root, &root.join(package), &mut dirs);
+    for dir in dirs {
+        if let Some(newer) = newest_source_after(&dir, built) {
+            panic!(
+                "{} is older than {}: {rebuild}",
+                bin.display(),
+                newer.display()
+            );
+        }
+    }
     bin
+}
+
+/// The folders of the workspace libraries `package` depends on (not dev-dependencies),
+/// followed through their own manifests, added to `dirs`.
+fn workspace_deps(root: &Path, package: &Path, dirs: &mut Vec<PathBuf>) {
+    let manifest = std::fs::read_to_string(package.join("Cargo.toml")).unwrap_or_default();
+    let mut in_deps = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_deps = line == "[dependencies]";
+            continue;
+        }
+        let Some(name) = line
+            .split(['.', ' ', '='])
+            .next()
+            .filter(|n| in_deps && n.starts_with("multisnap-"))
+        else {
+            continue;
+        };
+        let dir = root.join("crates").join(name);
+        if dir.is_dir() && !dirs.contains(&dir) {
+            dirs.push(dir.clone());
+            workspace_deps(root, &dir, dirs);
+        }
+    }
+}
+
+/// A source file (`.rs`, `.proto`, `Cargo.toml`) under `dir` modified after `built`, skipping
+/// fuzz targets (not part of the build).
+fn newest_source_after(dir: &Path, built: SystemTime) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if path.is_dir() {
+            if name != "fuzz" && name != "target" {
+                if let Some(found) = newest_source_after(&path, built) {
+                    return Some(found);
+                }
+            }
+        } else if (name.ends_with(".rs") || name.ends_with(".proto") || name == "Cargo.toml")
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > built)
+        {
+            return Some(path);
+        }
+    }
+    None
 }
 
 /// The dep-info file of the build that cargo linked (hard-linked) to target/<profile>/NAME:

@@ -185,7 +185,10 @@ impl Store {
             return err;
         }
         tracing::error!(volume = %self.volume_name, error = %err, "a flush failed; the volume refuses writes and flushes until it is reopened (reads go on)");
-        m.poison(err)
+        let why = format!("a flush failed: {err}");
+        let err = m.poison(err);
+        m.poisoned = Some(why);
+        err
     }
 
     /// Syncs the origin and empties the journal, so the origin alone holds every write that
