@@ -2,6 +2,7 @@
 //! directory), `nbd.sock`, and one folder per volume under `volumes/`, holding `store.msnap`
 //! and, unless the volume was made on an existing file or device, its origin `origin.img`.
 
+use crate::permissions;
 use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -17,14 +18,23 @@ pub struct DataDir {
 
 impl DataDir {
     pub fn open_locked(root: &Path) -> Result<DataDir> {
-        std::fs::create_dir_all(root.join("volumes"))
-            .with_context(|| format!("cannot create data directory {}", root.display()))?;
+        // Parents are made with the usual modes; the data directory and `volumes/` are the
+        // agent's own (see `permissions`).
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        if !root.is_dir() {
+            permissions::create_private_dir(root)
+                .with_context(|| format!("cannot create data directory {}", root.display()))?;
+        }
+        let volumes = root.join("volumes");
+        if !volumes.is_dir() {
+            permissions::create_private_dir(&volumes)
+                .with_context(|| format!("cannot create {}", volumes.display()))?;
+        }
         let lock_path = root.join("agent.lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
+        let lock = permissions::open_private_file(&lock_path)
             .with_context(|| format!("cannot open lock file {}", lock_path.display()))?;
         match lock.try_lock() {
             Ok(()) => {}

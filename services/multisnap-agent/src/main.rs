@@ -6,9 +6,11 @@
 mod datadir;
 mod grpc;
 mod io_errors;
+mod listen;
 mod metrics;
 mod nbd_exports;
 mod origin_policy;
+mod permissions;
 mod reclaimer;
 mod ublk_devices;
 mod verify_cmd;
@@ -16,9 +18,9 @@ mod volumes;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use listen::{Gid, SocketMode, TcpListen};
 use multisnap_nbd::{CancellationToken, ServerConfig};
 use multisnap_store::FullPolicy;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -40,12 +42,24 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// TCP address for NBD (loopback unless told otherwise).
-    #[arg(long, env = "MULTISNAP_NBD_LISTEN", default_value = "127.0.0.1:10809")]
-    nbd_listen: SocketAddr,
-    /// TCP address for the gRPC API.
-    #[arg(long, env = "MULTISNAP_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
-    grpc_listen: SocketAddr,
+    /// TCP address for NBD (loopback unless told otherwise), or `none` to serve NBD only on
+    /// the unix socket. Anyone who reaches it can read and write every volume: loopback lets
+    /// in every local user (see the README's Security section).
+    #[arg(
+        long,
+        env = "MULTISNAP_NBD_LISTEN",
+        default_value = "127.0.0.1:10809",
+        value_name = "ADDR|none"
+    )]
+    nbd_listen: TcpListen,
+    /// TCP address for the gRPC API, or `none` to serve it only on DATA_DIR/grpc.sock.
+    #[arg(
+        long,
+        env = "MULTISNAP_GRPC_LISTEN",
+        default_value = "127.0.0.1:50051",
+        value_name = "ADDR|none"
+    )]
+    grpc_listen: TcpListen,
     /// PEM certificate chain: serve gRPC over TLS on the TCP address (needs --grpc-tls-key).
     #[arg(long, env = "MULTISNAP_GRPC_TLS_CERT", requires = "grpc_tls_key")]
     grpc_tls_cert: Option<PathBuf>,
@@ -55,13 +69,15 @@ struct ServeArgs {
     /// PEM CA: accept only gRPC clients with a certificate it signed (mutual TLS).
     #[arg(long, env = "MULTISNAP_GRPC_TLS_CLIENT_CA", requires = "grpc_tls_cert")]
     grpc_tls_client_ca: Option<PathBuf>,
-    /// TCP address for Prometheus metrics (served at /metrics).
+    /// TCP address for Prometheus metrics (served at /metrics), or `none` for no metrics
+    /// endpoint.
     #[arg(
         long,
         env = "MULTISNAP_METRICS_LISTEN",
-        default_value = "127.0.0.1:9500"
+        default_value = "127.0.0.1:9500",
+        value_name = "ADDR|none"
     )]
-    metrics_listen: SocketAddr,
+    metrics_listen: TcpListen,
     /// NBD connections served at once, TCP and unix together; a client beyond it is told
     /// "too many connections" (NBD_REP_ERR_POLICY). The agent raises its open-file limit to fit.
     #[arg(long, env = "MULTISNAP_NBD_MAX_CONNECTIONS", default_value_t = multisnap_nbd::DEFAULT_MAX_CONNECTIONS)]
@@ -74,6 +90,20 @@ struct ServeArgs {
     /// Unix socket for NBD [default: DATA_DIR/nbd.sock].
     #[arg(long, env = "MULTISNAP_NBD_SOCKET")]
     nbd_socket: Option<PathBuf>,
+    /// Permission bits (octal) of the NBD and gRPC unix sockets, whatever the umask. A client
+    /// needs write permission to connect: 0660 lets in the agent's user and --socket-group.
+    #[arg(
+        long,
+        env = "MULTISNAP_SOCKET_MODE",
+        default_value = "0660",
+        value_name = "MODE"
+    )]
+    socket_mode: SocketMode,
+    /// Group (name or GID) given the NBD and gRPC unix sockets, so that its members can
+    /// connect; the data directory then becomes mode 0710 of this group, which lets them reach
+    /// the sockets in it but not list it. Without it the data directory is 0700.
+    #[arg(long, env = "MULTISNAP_SOCKET_GROUP", value_name = "GROUP")]
+    socket_group: Option<Gid>,
     /// Bytes of index caches per volume: 1/32 for the location cache of snapshot reads, the
     /// rest for exception-index nodes.
     #[arg(long, env = "MULTISNAP_CACHE_BYTES", default_value_t = 64 << 20)]
@@ -149,15 +179,21 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_volumes(data_dir: &Path, args: &ServeArgs) -> Result<Volumes> {
+/// Opens the data directory and every volume in it. Serving (`secure`) first brings an
+/// existing directory to the modes a new one gets: it may have been made under a looser umask
+/// by an earlier version, and it must be private before a volume is made or a socket bound.
+fn load_volumes(data_dir: &Path, args: &ServeArgs, secure: bool) -> Result<Volumes> {
     let dir = datadir::DataDir::open_locked(data_dir)?;
+    if secure {
+        permissions::secure_data_dir(data_dir, args.socket_group)?;
+    }
     let policy = origin_policy::OriginPolicy::new(data_dir, &args.allow_origin)?;
     tracing::info!(allowed = %policy.describe(), "origins allowed for new volumes");
     Volumes::load(dir, policy, args.cache_bytes, args.journal_bytes)
 }
 
 fn snapshot_offline(data_dir: &Path, args: &ServeArgs, cmd: SnapshotCommand) -> Result<()> {
-    let volumes = load_volumes(data_dir, args)?;
+    let volumes = load_volumes(data_dir, args, false)?;
     let volume_name = match &cmd {
         SnapshotCommand::Create { volume, .. } | SnapshotCommand::List { volume } => volume,
     };
@@ -197,8 +233,14 @@ fn snapshot_offline(data_dir: &Path, args: &ServeArgs, cmd: SnapshotCommand) -> 
 }
 
 fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
+    if args.grpc_tls_cert.is_some() && args.grpc_listen.addr().is_none() {
+        anyhow::bail!(
+            "--grpc-tls-cert secures the gRPC TCP listener, which --grpc-listen none turns off; \
+             give one or the other"
+        );
+    }
     raise_open_file_limit(args.nbd_max_connections);
-    let volumes = Arc::new(load_volumes(data_dir, args)?);
+    let volumes = Arc::new(load_volumes(data_dir, args, true)?);
     if volumes.is_empty() {
         volumes.create(&NewVolume {
             name: "default".into(),
@@ -271,19 +313,26 @@ async fn serve_async(
     let shutdown = CancellationToken::new();
     let provider: Arc<dyn multisnap_nbd::ExportProvider> =
         Arc::new(nbd_exports::NbdProvider::new(volumes.clone()));
+    let access = permissions::SocketAccess {
+        mode: args.socket_mode,
+        group: args.socket_group,
+    };
 
-    let tcp = tokio::net::TcpListener::bind(args.nbd_listen)
-        .await
-        .with_context(|| format!("cannot listen for NBD on {}", args.nbd_listen))?;
+    let tcp = match args.nbd_listen.addr() {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for NBD on {addr}"))?,
+        ),
+        None => None,
+    };
     let sock_path = args
         .nbd_socket
         .clone()
         .unwrap_or_else(|| data_dir.join("nbd.sock"));
-    // A stale socket from an earlier run: we hold the data directory lock, so it is ours.
-    let _ = std::fs::remove_file(&sock_path);
-    let unix = tokio::net::UnixListener::bind(&sock_path)
+    let unix = permissions::bind_unix_socket(&sock_path, access)
         .with_context(|| format!("cannot listen for NBD on {}", sock_path.display()))?;
-    tracing::info!(tcp = %args.nbd_listen, unix = %sock_path.display(), "serving NBD");
+    tracing::info!(tcp = %args.nbd_listen, unix = %sock_path.display(), socket_mode = %args.socket_mode, socket_group = ?args.socket_group.map(|g| g.0), "serving NBD");
 
     let mut tasks: tokio::task::JoinSet<Result<()>> = tokio::task::JoinSet::new();
     let metrics = metrics::Metrics::new(volumes.clone());
@@ -304,24 +353,25 @@ async fn serve_async(
         )),
         ..ServerConfig::default()
     };
-    let (p, sd, cfg) = (provider.clone(), shutdown.clone(), nbd_config.clone());
-    tasks.spawn(async move { Ok(multisnap_nbd::serve_tcp(tcp, p, cfg, sd).await?) });
+    if let Some(tcp) = tcp {
+        let (p, sd, cfg) = (provider.clone(), shutdown.clone(), nbd_config.clone());
+        tasks.spawn(async move { Ok(multisnap_nbd::serve_tcp(tcp, p, cfg, sd).await?) });
+    }
     let (sd, cfg) = (shutdown.clone(), nbd_config);
     tasks.spawn(async move { Ok(multisnap_nbd::serve_unix(unix, provider, cfg, sd).await?) });
     // Like gRPC, a metrics port that cannot be bound is logged, not fatal: block I/O matters more.
-    let (reg, sd, addr) = (
-        metrics.registry.clone(),
-        shutdown.clone(),
-        args.metrics_listen,
-    );
-    tasks.spawn(async move {
-        if let Err(e) = metrics::serve(addr, reg, sd).await {
-            tracing::error!(error = format!("{e:#}"), "no metrics endpoint");
-        }
-        Ok(())
-    });
+    if let Some(addr) = args.metrics_listen.addr() {
+        let (reg, sd) = (metrics.registry.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = metrics::serve(addr, reg, sd).await {
+                tracing::error!(error = format!("{e:#}"), "no metrics endpoint");
+            }
+            Ok(())
+        });
+    } else {
+        tracing::info!("no metrics endpoint (--metrics-listen none)");
+    }
     let grpc_sock = data_dir.join("grpc.sock");
-    let (v, sd, addr) = (volumes.clone(), shutdown.clone(), args.grpc_listen);
     let tls = match (&args.grpc_tls_cert, &args.grpc_tls_key) {
         (Some(cert), Some(key)) => Some(
             grpc::TlsFiles {
@@ -333,7 +383,8 @@ async fn serve_async(
         ),
         _ => None,
     };
-    let listeners = grpc::bind(addr, &grpc_sock).await?;
+    let listeners = grpc::bind(args.grpc_listen.addr(), &grpc_sock, access).await?;
+    let (v, sd) = (volumes.clone(), shutdown.clone());
     tasks.spawn(async move { grpc::serve(v, ublk, listeners, tls, &grpc_sock, sd).await });
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -366,7 +366,7 @@ impl UblkDevices {
         // Written whole, synced, renamed over the old list and the rename synced: after a power
         // cut the list is the old one or the new one, never a torn or empty file.
         let r = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
+            let mut f = crate::permissions::create_private_truncated(&tmp)?;
             std::io::Write::write_all(&mut f, text.as_bytes())?;
             f.sync_all()?;
             std::fs::rename(&tmp, &self.state_path)?;

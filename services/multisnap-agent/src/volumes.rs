@@ -272,7 +272,7 @@ impl Volumes {
             spec.store_size_bytes.unwrap_or(0),
             MAX_STORE_BYTES,
         )?;
-        std::fs::create_dir_all(&dir)
+        crate::permissions::create_private_dir(&dir)
             .map_err(io_err(format!("cannot create {}", dir.display())))?;
         let made = self
             .make_files(spec, &dir)
@@ -348,11 +348,8 @@ impl Volumes {
                     ));
                 }
                 let p = dir.join(ORIGIN_FILE);
-                let dev = FileDev::create_sparse(&p, spec.size_bytes).map_err(too_large_or(
-                    spec.size_bytes,
-                    &p,
-                    "origin",
-                ))?;
+                let dev = crate::permissions::create_private_sparse(&p, spec.size_bytes)
+                    .map_err(too_large_or(spec.size_bytes, &p, "origin"))?;
                 let dev = self.observed(dev, &spec.name, "origin");
                 (Arc::new(dev), p, ORIGIN_FILE.to_string())
             }
@@ -365,15 +362,14 @@ impl Volumes {
             .store_size_bytes
             .unwrap_or(origin_size + origin_size / 8 + (16 << 20) + self.journal_for(origin_size));
         let store_path = dir.join(STORE_FILE);
-        let dev = Arc::new(self.observed(
-            FileDev::create_sparse(&store_path, store_size).map_err(too_large_or(
-                store_size,
-                &store_path,
+        let dev = Arc::new(
+            self.observed(
+                crate::permissions::create_private_sparse(&store_path, store_size)
+                    .map_err(too_large_or(store_size, &store_path, "store"))?,
+                &spec.name,
                 "store",
-            ))?,
-            &spec.name,
-            "store",
-        ));
+            ),
+        );
         Ok((origin, origin_path, recorded, dev, store_path))
     }
 

@@ -44,32 +44,49 @@ impl TlsFiles {
     }
 }
 
-/// Serves gRPC on `addr` (with TLS when `tls` is given) and, in plaintext, on the unix socket
-/// `sock` (local only, guarded by the data directory's permissions) until `shutdown`.
+/// The gRPC listeners: TCP unless turned off (`--grpc-listen none`), and the unix socket.
+pub struct Listeners {
+    tcp: Option<tokio::net::TcpListener>,
+    unix: tokio::net::UnixListener,
+}
+
 /// Binds the gRPC listeners; done before anything is served, so a taken port or socket path
 /// fails the agent's start instead of leaving it running without its control plane.
 pub async fn bind(
-    addr: SocketAddr,
+    addr: Option<SocketAddr>,
     sock: &Path,
-) -> anyhow::Result<(tokio::net::TcpListener, tokio::net::UnixListener)> {
-    let tcp = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen for gRPC on {addr}"))?;
-    let _ = std::fs::remove_file(sock);
-    let unix = tokio::net::UnixListener::bind(sock)
+    access: crate::permissions::SocketAccess,
+) -> anyhow::Result<Listeners> {
+    let tcp = match addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for gRPC on {addr}"))?,
+        ),
+        None => None,
+    };
+    let unix = crate::permissions::bind_unix_socket(sock, access)
         .with_context(|| format!("cannot listen for gRPC on {}", sock.display()))?;
-    Ok((tcp, unix))
+    Ok(Listeners { tcp, unix })
 }
 
+/// Serves gRPC on the TCP listener, if any (with TLS when `tls` is given), and in plaintext on
+/// the unix socket `sock` (local only, guarded by its mode and group) until `shutdown`.
 pub async fn serve(
     volumes: Arc<Volumes>,
     ublk_devices: Arc<UblkDevices>,
-    (tcp, unix): (tokio::net::TcpListener, tokio::net::UnixListener),
+    Listeners { tcp, unix }: Listeners,
     tls: Option<tonic::transport::ServerTlsConfig>,
     sock: &Path,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let addr = tcp.local_addr().context("gRPC listener has no address")?;
+    let addr = match &tcp {
+        Some(l) => l
+            .local_addr()
+            .context("gRPC listener has no address")?
+            .to_string(),
+        None => crate::listen::OFF.to_string(),
+    };
     tracing::info!(tcp = %addr, tls = tls.is_some(), unix = %sock.display(), "serving gRPC");
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
@@ -131,30 +148,34 @@ pub async fn serve(
                 devices: ublk_devices.clone(),
             })))
     };
-    let tcp_router = build(volumes.clone(), tls)?;
-    let unix_router = build(volumes, None)?;
-    let s1 = shutdown.clone();
-    let tcp_task = tokio::spawn(async move {
-        tcp_router
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(tcp),
-                s1.cancelled(),
-            )
-            .await
-    });
-    let unix_task = tokio::spawn(async move {
-        unix_router
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::UnixListenerStream::new(unix),
-                shutdown.cancelled(),
-            )
-            .await
-    });
-    let (a, b) = tokio::join!(tcp_task, unix_task);
+    let unix_router = build(volumes.clone(), None)?;
+    let tcp_task = match tcp {
+        Some(tcp) => {
+            let tcp_router = build(volumes, tls)?;
+            let sd = shutdown.clone();
+            Some(tokio::spawn(async move {
+                tcp_router
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(tcp),
+                        sd.cancelled(),
+                    )
+                    .await
+            }))
+        }
+        None => None,
+    };
+    let unix_result = unix_router
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(unix),
+            shutdown.cancelled(),
+        )
+        .await;
     let _ = std::fs::remove_file(sock);
-    a.context("gRPC TCP task failed")?
-        .context("gRPC TCP server failed")?;
-    b.context("gRPC unix task failed")?
-        .context("gRPC unix server failed")?;
+    if let Some(task) = tcp_task {
+        task.await
+            .context("gRPC TCP task failed")?
+            .context("gRPC TCP server failed")?;
+    }
+    unix_result.context("gRPC unix server failed")?;
     Ok(())
 }
