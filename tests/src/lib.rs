@@ -2,6 +2,7 @@
 //! directory and drive them with real clients. Each file beside `src/` is one scenario.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -268,14 +269,18 @@ macro_rules! require_tools {
 pub struct Agent {
     pub child: Option<Child>,
     pub data_dir: PathBuf,
-    pub nbd: SocketAddr,
+    /// NBD TCP address (a free port unless `extra` named one; `none` when turned off).
+    pub nbd: String,
+    /// NBD unix socket (DATA_DIR/nbd.sock unless `extra` named one).
+    pub nbd_socket: PathBuf,
     /// gRPC address (a free port unless `extra` named one).
     pub grpc: String,
     /// Metrics address (a free port unless `extra` named one).
     pub metrics: String,
 }
 
-/// The address `extra` gives for `flag`, or a fresh free loopback port added to `cmd`.
+/// The address `extra` gives for `flag` (`none` turns that listener off), or a fresh free
+/// loopback port added to `cmd`.
 fn listen_arg(cmd: &mut Command, extra: &[&str], flag: &str) -> String {
     match extra.iter().position(|a| *a == flag) {
         Some(i) => extra.get(i + 1).map(|s| s.to_string()).unwrap_or_default(),
@@ -289,14 +294,29 @@ fn listen_arg(cmd: &mut Command, extra: &[&str], flag: &str) -> String {
 
 impl Agent {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Agent {
-        let port = free_port();
-        let nbd: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        Agent::spawn(Command::new(agent_bin()), data_dir, extra)
+    }
+
+    /// Starts the agent under `umask` (through `sh`, which sets it and then becomes the agent),
+    /// as a service manager or a careless shell might.
+    pub fn start_with_umask(data_dir: &Path, extra: &[&str], umask: u32) -> Agent {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("umask {umask:03o} && exec \"$0\" \"$@\""))
+            .arg(agent_bin());
+        Agent::spawn(cmd, data_dir, extra)
+    }
+
+    /// Runs `cmd` (the agent binary, or a wrapper that execs it with the arguments added
+    /// here) on `data_dir` and waits until it serves.
+    fn spawn(mut cmd: Command, data_dir: &Path, extra: &[&str]) -> Agent {
         // Tests run in parallel: never let two agents fight over a default port.
-        let mut cmd = Command::new(agent_bin());
-        cmd.arg("--data-dir")
-            .arg(data_dir)
-            .arg("--nbd-listen")
-            .arg(nbd.to_string());
+        cmd.arg("--data-dir").arg(data_dir);
+        let nbd = listen_arg(&mut cmd, extra, "--nbd-listen");
+        let nbd_socket = match extra.iter().position(|a| *a == "--nbd-socket") {
+            Some(i) => PathBuf::from(extra[i + 1]),
+            None => data_dir.join("nbd.sock"),
+        };
         let grpc = listen_arg(&mut cmd, extra, "--grpc-listen");
         let metrics = listen_arg(&mut cmd, extra, "--metrics-listen");
         let child = cmd
@@ -313,6 +333,7 @@ impl Agent {
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
             nbd,
+            nbd_socket,
             grpc,
             metrics,
         };
@@ -320,15 +341,25 @@ impl Agent {
         agent
     }
 
+    /// Waits until NBD is served: on TCP, unless turned off, and on the unix socket.
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let tcp = self.nbd.parse::<SocketAddr>().ok();
         while Instant::now() < deadline {
-            if TcpStream::connect(self.nbd).is_ok() && self.data_dir.join("nbd.sock").exists() {
+            let tcp_up = match tcp {
+                Some(addr) => TcpStream::connect(addr).is_ok(),
+                None => true,
+            };
+            if tcp_up && UnixStream::connect(&self.nbd_socket).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("agent did not start listening on {}", self.nbd);
+        panic!(
+            "agent did not start listening on {} and {}",
+            self.nbd,
+            self.nbd_socket.display()
+        );
     }
 
     pub fn uri(&self, export: &str) -> String {
@@ -339,7 +370,7 @@ impl Agent {
         format!(
             "nbd+unix:///{}?socket={}",
             export,
-            self.data_dir.join("nbd.sock").display()
+            self.nbd_socket.display()
         )
     }
 
