@@ -310,6 +310,11 @@ async fn serve_async(
     volumes: Arc<Volumes>,
     ublk: Arc<ublk_devices::UblkDevices>,
 ) -> Result<()> {
+    // Before anything is served: a SIGTERM that comes as soon as a client sees a listener
+    // must stop the agent cleanly (flushing every volume), not kill it.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let shutdown = CancellationToken::new();
     let provider: Arc<dyn multisnap_nbd::ExportProvider> =
         Arc::new(nbd_exports::NbdProvider::new(volumes.clone()));
@@ -387,11 +392,9 @@ async fn serve_async(
     let (v, sd) = (volumes.clone(), shutdown.clone());
     tasks.spawn(async move { grpc::serve(v, ublk, listeners, tls, &grpc_sock, sd).await });
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
     shutdown.cancel();
     while let Some(r) = tasks.join_next().await {
