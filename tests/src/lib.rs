@@ -341,8 +341,10 @@ impl Agent {
         agent
     }
 
-    /// Waits until NBD is served: on TCP, unless turned off, and on the unix socket.
+    /// Waits until NBD is served, on TCP (unless turned off) and on its unix socket, and gRPC
+    /// on its unix socket (bound last; a test with gRPC on TCP waits for it with `wait_grpc`).
     fn wait_ready(&self) {
+        let grpc_socket = self.data_dir.join("grpc.sock");
         let deadline = Instant::now() + Duration::from_secs(30);
         let tcp = self.nbd.parse::<SocketAddr>().ok();
         while Instant::now() < deadline {
@@ -350,15 +352,19 @@ impl Agent {
                 Some(addr) => TcpStream::connect(addr).is_ok(),
                 None => true,
             };
-            if tcp_up && UnixStream::connect(&self.nbd_socket).is_ok() {
+            if tcp_up
+                && UnixStream::connect(&self.nbd_socket).is_ok()
+                && UnixStream::connect(&grpc_socket).is_ok()
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!(
-            "agent did not start listening on {} and {}",
+            "agent did not start listening on {}, {} and {}",
             self.nbd,
-            self.nbd_socket.display()
+            self.nbd_socket.display(),
+            grpc_socket.display()
         );
     }
 
