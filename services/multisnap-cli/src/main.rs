@@ -25,7 +25,8 @@ use std::time::Duration;
     after_help = exit::HELP
 )]
 struct Cli {
-    /// The agent: http://HOST:PORT or unix:/path/to/DATA_DIR/grpc.sock.
+    /// The agent: http://HOST:PORT or unix:/path/to/DATA_DIR/grpc.sock (the only way in to an
+    /// agent started with --grpc-listen none).
     #[arg(
         long,
         global = true,
