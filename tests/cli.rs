@@ -56,24 +56,15 @@ fn code(out: &Output) -> i32 {
     out.status.code().expect("killed by a signal")
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// Runs the CLI, asserts the exit code, returns stdout.
 fn expect(bin: &Path, endpoint: &str, args: &[&str], want: i32) -> String {
     let out = cli(bin, endpoint, args);
-    assert_eq!(code(&out), want, "multisnap {args:?}:\n{}", text(&out));
+    assert_eq!(code(&out), want, "multisnap {args:?}:\n{}", describe(&out));
     if want != 0 {
         assert!(
             !out.stderr.is_empty(),
             "no error message for {args:?}:\n{}",
-            text(&out)
+            describe(&out)
         );
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -211,7 +202,7 @@ fn volumes_snapshots_json_and_exit_codes() {
 
     // 2: not found.
     let out = cli(&bin, ep, &["volume", "show", "nope"]);
-    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert_eq!(code(&out), 2, "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not found") && err.contains("nope"), "{err}");
     expect(&bin, ep, &["snapshot", "show", "vol-a", "nope"], 2);
@@ -221,7 +212,7 @@ fn volumes_snapshots_json_and_exit_codes() {
 
     // 3: already exists — a taken volume name, or a snapshot name taken by a different kind.
     let out = cli(&bin, ep, &["volume", "create", "vol-a", "--size", "1M"]);
-    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert_eq!(code(&out), 3, "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
     expect(
         &bin,
@@ -232,7 +223,7 @@ fn volumes_snapshots_json_and_exit_codes() {
 
     // 4: invalid argument, from the agent.
     let out = cli(&bin, ep, &["volume", "create", "bad/name", "--size", "1M"]);
-    assert_eq!(code(&out), 4, "{}", text(&out));
+    assert_eq!(code(&out), 4, "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid argument"));
     expect(&bin, ep, &["snapshot", "create", "vol-a", "bad name"], 4);
     expect(
@@ -263,11 +254,11 @@ fn volumes_snapshots_json_and_exit_codes() {
 
     // 5: a volume with snapshots is not deleted without --force.
     let out = cli(&bin, ep, &["volume", "delete", "vol-a"]);
-    assert_eq!(code(&out), 5, "{}", text(&out));
+    assert_eq!(code(&out), 5, "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("force"),
         "{}",
-        text(&out)
+        describe(&out)
     );
     assert_eq!(
         json(&bin, ep, &["volume", "show", "vol-a"])["name"],
@@ -297,7 +288,7 @@ fn unreachable_agent_exits_7() {
     // Nobody listens on a port we just freed.
     let ep = format!("http://127.0.0.1:{}", free_port());
     let out = cli(&bin, &ep, &["--timeout", "5s", "volume", "list"]);
-    assert_eq!(code(&out), 7, "{}", text(&out));
+    assert_eq!(code(&out), 7, "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot connect") && err.contains(&ep), "{err}");
     assert!(out.stdout.is_empty());
@@ -305,7 +296,7 @@ fn unreachable_agent_exits_7() {
     let tmp = tempfile::tempdir().unwrap();
     let sock = format!("unix:{}", tmp.path().join("grpc.sock").display());
     let out = cli(&bin, &sock, &["volume", "list"]);
-    assert_eq!(code(&out), 7, "{}", text(&out));
+    assert_eq!(code(&out), 7, "{}", describe(&out));
 
     // The environment variable is honoured, and a malformed endpoint is a usage error.
     let out = Command::new(&bin)
@@ -313,7 +304,7 @@ fn unreachable_agent_exits_7() {
         .env("MULTISNAP_ENDPOINT", &ep)
         .output()
         .unwrap();
-    assert_eq!(code(&out), 7, "{}", text(&out));
+    assert_eq!(code(&out), 7, "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&ep));
     expect(&bin, "unix:", &["volume", "list"], 1);
 }

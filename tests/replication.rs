@@ -36,15 +36,6 @@ fn ms(bin: &Path, a: &Agent, args: &[&str]) -> Output {
         .expect("cannot run multisnap")
 }
 
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn ms_ok(bin: &Path, a: &Agent, args: &[&str]) -> String {
     let out = ms(bin, a, args);
     assert!(

@@ -59,26 +59,25 @@ fn as_other_user(group: Option<u32>, program: &Path, args: &[&str]) -> Output {
     cmd.env("HOME", "/").output().expect("setpriv")
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn assert_refused(out: &Output, what: &str) {
-    assert!(!out.status.success(), "{what} was let in: {}", text(out));
+    assert!(
+        !out.status.success(),
+        "{what} was let in: {}",
+        describe(out)
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
         "{what} failed, but not for permissions: {}",
-        text(out)
+        describe(out)
     );
 }
 
 fn assert_let_in(out: &Output, what: &str) {
-    assert!(out.status.success(), "{what} was refused: {}", text(out));
+    assert!(
+        out.status.success(),
+        "{what} was refused: {}",
+        describe(out)
+    );
 }
 
 fn nbdinfo() -> PathBuf {
@@ -189,7 +188,7 @@ fn another_user_is_refused_and_files_are_private_under_umask_000() {
         &["--endpoint", &endpoint, "volume", "list"],
     );
     assert_refused(&out, "another user on the gRPC unix socket");
-    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(7), "{}", describe(&out));
     // Loopback TCP is no boundary, as the README says: the same user gets in there.
     let out = as_other_user(None, &nbdinfo(), &[&agent.uri("default")]);
     assert_let_in(&out, "another user on NBD TCP");
@@ -341,12 +340,12 @@ fn agent_refused(data_dir: &Path, args: &[&str]) -> Output {
         if Instant::now() > deadline {
             let _ = child.kill();
             let out = child.wait_with_output().unwrap();
-            panic!("the agent started instead of refusing: {}", text(&out));
+            panic!("the agent started instead of refusing: {}", describe(&out));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = child.wait_with_output().unwrap();
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", describe(&out));
     out
 }
 
@@ -392,6 +391,6 @@ fn an_existing_open_data_dir_is_tightened() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("--grpc-listen none"),
         "{}",
-        text(&out)
+        describe(&out)
     );
 }

@@ -475,6 +475,16 @@ pub fn run_ok(cmd: &str, args: &[&str]) -> String {
     output_ok(Command::new(cmd).args(args))
 }
 
+/// A finished command's exit code, stdout and stderr, for assertion messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Runs a prepared command; it must succeed. Returns its stdout.
 pub fn output_ok(cmd: &mut Command) -> String {
     let out = cmd
