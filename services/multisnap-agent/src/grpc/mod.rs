@@ -2,6 +2,8 @@
 //! both grpcurl and Python's grpcio-reflection work without proto files) and
 //! `grpc.health.v1`, on TCP and a unix socket.
 
+#[cfg(test)]
+mod argument_fuzz;
 mod deltas;
 mod snapshots;
 mod status;

@@ -1,0 +1,256 @@
+//! Fuzzing the gRPC handlers' argument checks: random sequences of volume and snapshot calls
+//! with hostile arguments (empty, over-long, non-ASCII and path-like names, sizes at and past
+//! every limit, chunk sizes that are not powers of two, origin paths that climb out of the
+//! data directory or name devices, unknown enum values) against the real handlers on a real
+//! data directory. Whatever the input: no panic, never INTERNAL or UNKNOWN (a caller's mistake
+//! is the caller's code), and the agent still lists, reads and flushes its volumes afterwards.
+
+use super::snapshots::SnapshotApi;
+use super::volumes::VolumeApi;
+use crate::datadir::DataDir;
+use crate::origin_policy::OriginPolicy;
+use crate::ublk_devices::UblkDevices;
+use crate::volumes::Volumes;
+use multisnap_proto::v1 as pb;
+use multisnap_proto::v1::snapshot_service_server::SnapshotService;
+use multisnap_proto::v1::volume_service_server::VolumeService;
+use proptest::prelude::*;
+use std::sync::Arc;
+use tonic::{Code, Request};
+
+fn name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        Just("v".to_string()),
+        Just("w".to_string()),
+        Just("default".to_string()),
+        Just("..".to_string()),
+        Just("../escape".to_string()),
+        Just("a/b".to_string()),
+        Just("-dash".to_string()),
+        Just(".hidden".to_string()),
+        Just("x".repeat(64)),
+        Just("s".repeat(129)),
+        Just("nul\0byte".to_string()),
+        Just("ünïcödé".to_string()),
+        "[a-z0-9._-]{1,8}",
+        any::<String>(),
+    ]
+}
+
+fn size() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(0u64),
+        Just(1),
+        Just(511),
+        Just(4096),
+        Just(1 << 20),
+        Just((1 << 20) + 1),
+        Just(4 << 20),
+        Just(64 << 40),
+        Just((64 << 40) + 1),
+        Just(i64::MAX as u64),
+        Just(u64::MAX),
+    ]
+}
+
+fn chunk() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        Just(0u32),
+        Just(4096),
+        Just(65536),
+        Just(1 << 20),
+        Just(2048),
+        Just(3 << 12),
+        Just(2 << 20),
+        Just(u32::MAX),
+        any::<u32>(),
+    ]
+}
+
+fn origin_path() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => Just(String::new()),
+        1 => Just("/etc/passwd".to_string()),
+        1 => Just("/dev/null".to_string()),
+        1 => Just("/dev/zero".to_string()),
+        1 => Just("relative/path".to_string()),
+        1 => Just("/".to_string()),
+        1 => Just("/proc/self/mem".to_string()),
+        1 => Just("DATA/volumes/default/store.msnap".to_string()),
+        1 => Just("DATA/volumes/default/origin.img".to_string()),
+        1 => Just("DATA/agent.lock".to_string()),
+        1 => Just("DATA/images/../../../etc/shadow".to_string()),
+        1 => Just("DATA/images/empty.img".to_string()),
+        1 => Just("DATA/images/disk.img".to_string()),
+        1 => any::<String>(),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Call {
+    CreateVolume(pb::CreateVolumeRequest),
+    GetVolume(String),
+    DeleteVolume(String, bool),
+    CreateSnapshot(pb::CreateSnapshotRequest),
+    GetSnapshot(String, String),
+    DeleteSnapshot(String, String),
+    ListSnapshots(String),
+}
+
+fn call() -> impl Strategy<Value = Call> {
+    let create = (name(), size(), chunk(), origin_path(), size(), any::<i32>()).prop_map(
+        |(name, size_bytes, chunk_size_bytes, origin_path, store, policy)| {
+            Call::CreateVolume(pb::CreateVolumeRequest {
+                name,
+                size_bytes,
+                chunk_size_bytes,
+                origin_path,
+                // Mostly the default; sometimes a size of its own.
+                store_size_bytes: if store % 3 == 0 { store } else { 0 },
+                store_full_policy: policy % 4,
+            })
+        },
+    );
+    prop_oneof![
+        4 => create,
+        1 => name().prop_map(Call::GetVolume),
+        1 => (name(), any::<bool>()).prop_map(|(n, f)| Call::DeleteVolume(n, f)),
+        3 => (name(), name(), any::<bool>()).prop_map(|(volume, name, writable)| {
+            Call::CreateSnapshot(pb::CreateSnapshotRequest { volume, name, writable })
+        }),
+        1 => (name(), name()).prop_map(|(v, n)| Call::GetSnapshot(v, n)),
+        1 => (name(), name()).prop_map(|(v, n)| Call::DeleteSnapshot(v, n)),
+        1 => name().prop_map(Call::ListSnapshots),
+    ]
+}
+
+struct Agent {
+    volumes: VolumeApi,
+    snapshots: SnapshotApi,
+    store: Arc<Volumes>,
+    data: std::path::PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+fn agent() -> Agent {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let dir = DataDir::open_locked(&data).unwrap();
+    std::fs::create_dir_all(data.join("images")).unwrap();
+    std::fs::File::create(data.join("images/empty.img")).unwrap();
+    std::fs::File::create(data.join("images/disk.img"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let policy = OriginPolicy::new(&data, &[]).unwrap();
+    let volumes = Arc::new(Volumes::load(dir, policy, 1 << 20, 0).unwrap());
+    let ublk = Arc::new(UblkDevices::new(volumes.clone(), &data));
+    Agent {
+        volumes: VolumeApi {
+            volumes: volumes.clone(),
+            ublk: ublk.clone(),
+        },
+        snapshots: SnapshotApi {
+            volumes: volumes.clone(),
+            ublk,
+        },
+        store: volumes,
+        data,
+        _tmp: tmp,
+    }
+}
+
+impl Agent {
+    /// Runs one call; the status code it ended with (`Ok` for success).
+    async fn run(&self, call: Call) -> Code {
+        let data = self.data.display().to_string();
+        let code = |r: Result<(), tonic::Status>| r.err().map_or(Code::Ok, |s| s.code());
+        match call {
+            Call::CreateVolume(mut r) => {
+                r.origin_path = r.origin_path.replacen("DATA", &data, 1);
+                code(self.volumes.create_volume(Request::new(r)).await.map(drop))
+            }
+            Call::GetVolume(name) => code(
+                self.volumes
+                    .get_volume(Request::new(pb::GetVolumeRequest { name }))
+                    .await
+                    .map(drop),
+            ),
+            Call::DeleteVolume(name, force) => code(
+                self.volumes
+                    .delete_volume(Request::new(pb::DeleteVolumeRequest { name, force }))
+                    .await
+                    .map(drop),
+            ),
+            Call::CreateSnapshot(r) => code(
+                self.snapshots
+                    .create_snapshot(Request::new(r))
+                    .await
+                    .map(drop),
+            ),
+            Call::GetSnapshot(volume, name) => code(
+                self.snapshots
+                    .get_snapshot(Request::new(pb::GetSnapshotRequest { volume, name }))
+                    .await
+                    .map(drop),
+            ),
+            Call::DeleteSnapshot(volume, name) => code(
+                self.snapshots
+                    .delete_snapshot(Request::new(pb::DeleteSnapshotRequest { volume, name }))
+                    .await
+                    .map(drop),
+            ),
+            Call::ListSnapshots(volume) => code(
+                self.snapshots
+                    .list_snapshots(Request::new(pb::ListSnapshotsRequest { volume }))
+                    .await
+                    .map(drop),
+            ),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #[test]
+    fn hostile_arguments_get_a_callers_code_and_leave_the_agent_working(
+        calls in proptest::collection::vec(call(), 1..24)
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let agent = agent();
+        rt.block_on(async {
+            for c in calls {
+                let what = format!("{c:?}");
+                let code = agent.run(c).await;
+                prop_assert!(
+                    !matches!(code, Code::Internal | Code::Unknown),
+                    "{what} -> {code:?}"
+                );
+            }
+            Ok(())
+        })?;
+        // Every volume left still serves: listed, read, written and flushed.
+        for v in agent.store.list() {
+            let view = multisnap_store::VolumeView::origin(v.store.clone());
+            let mut buf = vec![0u8; view.size().min(4096) as usize];
+            view.read(0, &mut buf).unwrap();
+            view.write(0, &buf).unwrap();
+            view.flush().unwrap();
+        }
+        rt.block_on(async {
+            let listed = agent
+                .volumes
+                .list_volumes(Request::new(pb::ListVolumesRequest {}))
+                .await
+                .unwrap()
+                .into_inner();
+            prop_assert_eq!(listed.volumes.len(), agent.store.list().len());
+            Ok(())
+        })?;
+    }
+}
