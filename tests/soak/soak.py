@@ -1,0 +1,305 @@
+"""Crash soak of the real agent: random writes, flushes, snapshot creates and deletes and
+writable-snapshot writes from real clients (libnbd for data, grpcio by reflection for the
+API), with the agent killed (SIGKILL) at random moments and restarted, for CYCLES cycles.
+
+A model keeps what every image must read: per 4 KiB block a version number whose bytes are
+derived from (block, version). A block must read as its version at the last completed flush
+or as one written after it (a disk may lose writes it acknowledged but was never asked to
+flush); a snapshot must read exactly what the origin held when it was taken; a write in
+flight when the agent died may or may not have landed. After each restart every image is read
+whole and compared (the model then takes what was read), and `multisnap-agent verify` runs
+on the stopped data directory.
+
+  soak.py AGENT_BIN DATA_DIR CYCLES SEED
+
+Prints one line per cycle and a summary; exits non-zero with the first mismatch.
+"""
+import hashlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import nbd
+from google.protobuf import descriptor_pool, json_format
+from google.protobuf.message_factory import GetMessageClass
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+BLOCK = 4096
+SIZE = 16 << 20
+BLOCKS = SIZE // BLOCK
+MAX_SNAPSHOTS = 5
+
+
+def block_bytes(block, version):
+    if version == 0:
+        return bytes(BLOCK)
+    seed = hashlib.sha256(f"{block}:{version}".encode()).digest()
+    return seed * (BLOCK // len(seed))
+
+
+class Image:
+    """What one image (the origin or a snapshot) must read."""
+
+    def __init__(self, versions):
+        self.versions = list(versions)
+        # Blocks written since the last flush: every version each may read after a crash
+        # (the one it had at that flush, and each written since, in flight or acknowledged).
+        self.unflushed = {}
+        # After a crash: the versions each such block may read.
+        self.maybe = {}
+
+    def copy(self):
+        return Image(self.versions)
+
+    def writing(self, block, version):
+        self.unflushed.setdefault(block, {self.versions[block]}).add(version)
+
+    def flushed(self):
+        self.unflushed.clear()
+
+    def crashed(self):
+        self.maybe = self.unflushed
+        self.unflushed = {}
+
+
+class Model:
+    def __init__(self):
+        self.origin = Image([0] * BLOCKS)
+        self.snapshots = {}  # name -> (Image, writable)
+        # name -> (Image, writable): created or deleted when the agent died, so either way.
+        self.maybe_snapshots = {}
+        self.next_version = 1
+        self.counter = 0
+
+    def images(self):
+        return [self.origin] + [img for img, _ in self.snapshots.values()]
+
+    def crashed(self):
+        """The agent died: unflushed writes may or may not be there."""
+        for img in self.images() + [img for img, _ in self.maybe_snapshots.values()]:
+            img.crashed()
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Api:
+    """The agent's gRPC API learnt by reflection, as a user's script would."""
+
+    def __init__(self, addr):
+        self.channel = grpc.insecure_channel(addr)
+        self.pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(self.channel))
+
+    def call(self, method, body):
+        service, name = method.rsplit("/", 1)
+        m = self.pool.FindServiceByName(service).FindMethodByName(name)
+        stub = self.channel.unary_unary(
+            f"/{service}/{name}", request_serializer=lambda r: r.SerializeToString(),
+            response_deserializer=GetMessageClass(m.output_type).FromString)
+        reply = stub(json_format.ParseDict(body, GetMessageClass(m.input_type)()), timeout=60)
+        return json_format.MessageToDict(reply, preserving_proto_field_name=True)
+
+
+class Agent:
+    def __init__(self, binary, data):
+        self.binary, self.data = binary, data
+        self.proc = None
+        self.api = None
+
+    def start(self):
+        self.grpc = f"127.0.0.1:{free_port()}"
+        self.api = None
+        args = [self.binary, "--data-dir", self.data, "--nbd-listen", "none",
+                "--grpc-listen", self.grpc, "--metrics-listen", "none",
+                "--default-volume-size", str(SIZE), "--default-chunk-size", "65536",
+                "--journal-bytes", str(1 << 20)]
+        log = open(os.path.join(os.path.dirname(self.data), "agent.log"), "a")
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
+        sock = os.path.join(self.data, "nbd.sock")
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if os.path.exists(sock) and self.call("VolumeService/ListVolumes", {}) is not None:
+                return
+            time.sleep(0.05)
+        raise SystemExit("agent did not start")
+
+    def uri(self, export):
+        return f"nbd+unix:///{export}?socket={os.path.join(self.data, 'nbd.sock')}"
+
+    def call(self, method, body):
+        """The reply as a dict, or None when the agent is not there (dead or starting)."""
+        try:
+            if self.api is None:
+                self.api = Api(self.grpc)
+            return self.api.call("multisnap.v1." + method, body)
+        except grpc.RpcError as e:
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                self.api = None
+                return None
+            raise
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        if self.proc.wait(timeout=60) != 0:
+            raise SystemExit("agent did not stop cleanly")
+
+
+def check_image(h, image, what):
+    data = h.pread(SIZE, 0)
+    for b in range(BLOCKS):
+        got = data[b * BLOCK:(b + 1) * BLOCK]
+        want = block_bytes(b, image.versions[b])
+        if got == want:
+            continue
+        others = sorted(image.maybe.get(b, ()))
+        match = next((v for v in others if got == block_bytes(b, v)), None)
+        if match is not None:
+            image.versions[b] = match
+            continue
+        raise SystemExit(f"MISMATCH {what} block {b}: want version {image.versions[b]}"
+                         f" (or one of {others}), got something else")
+    image.maybe = {}
+
+
+def check_all(agent, model):
+    listed = agent.call("SnapshotService/ListSnapshots", {"volume": "default"})
+    names = {s["name"] for s in listed.get("snapshots", [])}
+    for name, entry in list(model.maybe_snapshots.items()):
+        if name in names:
+            model.snapshots[name] = entry
+        else:
+            model.snapshots.pop(name, None)
+    model.maybe_snapshots.clear()
+    if set(model.snapshots) != names:
+        raise SystemExit(f"MISMATCH snapshots: model {sorted(model.snapshots)}, agent {sorted(names)}")
+    for export, image in [("default", model.origin)] + [
+            (f"default@{n}", img) for n, (img, _) in model.snapshots.items()]:
+        h = nbd.NBD()
+        h.connect_uri(agent.uri(export))
+        check_image(h, image, export)
+        h.shutdown()
+
+
+def workload(agent, model, rng, stop):
+    """Runs random operations until the agent dies or `stop` is set."""
+    h = nbd.NBD()
+    h.connect_uri(agent.uri("default"))
+    writable = {}
+    while not stop.is_set():
+        op = rng.random()
+        if op < 0.6:
+            start = rng.randrange(BLOCKS)
+            count = min(rng.randrange(1, 17), BLOCKS - start)
+            version = model.next_version
+            model.next_version += 1
+            for b in range(start, start + count):
+                model.origin.writing(b, version)
+            h.pwrite(b"".join(block_bytes(b, version) for b in range(start, start + count)),
+                     start * BLOCK)
+            for b in range(start, start + count):
+                model.origin.versions[b] = version
+        elif op < 0.7:
+            # One flush makes every image of the volume durable.
+            h.flush()
+            for img in model.images():
+                img.flushed()
+        elif op < 0.8 and len(model.snapshots) < MAX_SNAPSHOTS:
+            model.counter += 1
+            name = f"s{model.counter}"
+            want_writable = rng.random() < 0.3
+            # Nothing else writes while this runs, so the snapshot is the origin now.
+            model.maybe_snapshots[name] = (model.origin.copy(), want_writable)
+            r = agent.call("SnapshotService/CreateSnapshot",
+                           {"volume": "default", "name": name, "writable": want_writable})
+            if r is None:
+                return
+            # Taking a snapshot flushes the origin first.
+            model.origin.flushed()
+            model.snapshots[name] = model.maybe_snapshots.pop(name)
+        elif op < 0.88 and model.snapshots:
+            name = rng.choice(sorted(model.snapshots))
+            model.maybe_snapshots[name] = model.snapshots[name]
+            if agent.call("SnapshotService/DeleteSnapshot",
+                          {"volume": "default", "name": name}) is None:
+                return
+            writable.pop(name, None)
+            model.snapshots.pop(name)
+            del model.maybe_snapshots[name]
+        else:
+            names = [n for n, (_, w) in model.snapshots.items() if w]
+            if not names:
+                continue
+            name = rng.choice(names)
+            img = model.snapshots[name][0]
+            if name not in writable:
+                writable[name] = nbd.NBD()
+                writable[name].connect_uri(agent.uri(f"default@{name}"))
+            b = rng.randrange(BLOCKS)
+            version = model.next_version
+            model.next_version += 1
+            img.writing(b, version)
+            writable[name].pwrite(block_bytes(b, version), b * BLOCK)
+            img.versions[b] = version
+
+
+def main():
+    binary, data, cycles, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    rng = random.Random(seed)
+    model = Model()
+    agent = Agent(binary, data)
+    started = time.time()
+    for cycle in range(cycles):
+        agent.start()
+        check_all(agent, model)
+        stop = threading.Event()
+        errors = []
+
+        def run():
+            try:
+                workload(agent, model, random.Random(rng.random()), stop)
+            except nbd.Error:
+                pass  # the agent died under it
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        t = threading.Thread(target=run)
+        t.start()
+        time.sleep(rng.uniform(0.2, 1.5))
+        agent.kill()
+        stop.set()
+        t.join()
+        if errors:
+            raise errors[0]
+        model.crashed()
+        verify = subprocess.run([binary, "--data-dir", data, "verify"], capture_output=True,
+                                text=True)
+        if verify.returncode != 0:
+            raise SystemExit(f"verify failed after cycle {cycle}:\n{verify.stdout}{verify.stderr}")
+        print(f"cycle {cycle + 1}: {len(model.snapshots)} snapshots, "
+              f"{model.next_version - 1} writes so far", flush=True)
+    agent.start()
+    check_all(agent, model)
+    agent.stop()
+    print(f"SOAK OK: {cycles} kill -9 cycles, {model.next_version - 1} acknowledged writes, "
+          f"{model.counter} snapshots made, 0 lost, 0 changed, in {time.time() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
