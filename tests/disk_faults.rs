@@ -83,20 +83,6 @@ fn mounted(mnt: &Path) -> bool {
         .any(|l| l.split(' ').nth(1) == Some(&mnt.display().to_string()) && l.contains("fuse"))
 }
 
-fn qemu_io_text(uri: &str, cmds: &[&str]) -> String {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw"]);
-    for cmd in cmds {
-        c.args(["-c", cmd]);
-    }
-    let out = c.arg(uri).output().unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// One NBD FLUSH on a fresh connection, reported as "flush ok" or "flush refused ERRNO".
 fn nbd_flush(uri: &str) -> String {
     let script = format!(
@@ -180,7 +166,7 @@ fn a_failed_read_fails_only_that_read_and_is_counted() {
     common::qemu_io(&agent.uri("default"), &["write -P 0x41 0 1M", "flush"]);
     rig.fs
         .rules(r#"[{"file":"origin.img","op":"read","errno":"EIO","after":0,"times":1}]"#);
-    let out = qemu_io_text(&agent.uri("default"), &["read -P 0x41 0 64k"]);
+    let out = common::qemu_io_output(&agent.uri("default"), &["read -P 0x41 0 64k"]);
     assert!(out.contains("Input/output error"), "{out}");
     common::qemu_io(&agent.uri("default"), &["read -P 0x41 0 1M"]);
     let counted = metric(
@@ -206,7 +192,7 @@ fn enospc_on_a_copy_out_fails_that_write_until_space_returns() {
     // volume instead: see a_failed_journal_write_stops_the_volume_until_reopen).
     rig.fs
         .rules(r#"[{"file":"store.msnap","op":"write","errno":"ENOSPC","after":0,"times":1}]"#);
-    let out = qemu_io_text(&agent.uri("default"), &["write -P 0x42 0 64k"]);
+    let out = common::qemu_io_output(&agent.uri("default"), &["write -P 0x42 0 64k"]);
     assert!(out.contains("No space left on device"), "{out}");
     assert_eq!(
         metric(
@@ -230,13 +216,13 @@ fn a_failed_flush_stops_the_volume(journal_bytes: &str, fault: &str) {
     common::qemu_io(&agent.uri("default"), &["write -P 0x41 0 1M", "flush"]);
     rig.fs.rules(fault);
     // qemu-io writes through (FUA), so the write itself may be what reports the failed flush.
-    let out = qemu_io_text(&agent.uri("default"), &["write -P 0x42 0 64k", "flush"]);
+    let out = common::qemu_io_output(&agent.uri("default"), &["write -P 0x42 0 64k", "flush"]);
     assert!(
         out.contains("flush failed") || out.contains("write failed"),
         "{fault}: {out}"
     );
     rig.fs.rules("[]");
-    let out = qemu_io_text(&agent.uri("default"), &["write -P 0x43 64k 64k"]);
+    let out = common::qemu_io_output(&agent.uri("default"), &["write -P 0x43 64k 64k"]);
     assert!(out.contains("write failed"), "{fault}: {out}");
     // qemu-io sends no FLUSH without a write of its own, so ask libnbd to send one.
     let flush = nbd_flush(&agent.uri("default"));

@@ -96,20 +96,6 @@ fn enospc_errors(metrics: &str, volume: &str) -> u64 {
         .sum()
 }
 
-fn qemu_io_text(uri: &str, cmds: &[&str]) -> String {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw"]);
-    for cmd in cmds {
-        c.args(["-c", cmd]);
-    }
-    let out = c.arg(uri).output().unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn fill_then_free(fstype: &str, mib: u64) {
     require_tools!("qemu-io", "losetup", "curl", "fallocate");
     require_tools!(&format!("mkfs.{fstype}"));
@@ -145,7 +131,7 @@ fn fill_then_free(fstype: &str, mib: u64) {
 
     // Overwriting the snapshot's data needs copies in the store; writing past it needs new
     // origin blocks: both meet the full filesystem.
-    let out = qemu_io_text(&agent.uri("default"), &["write -P 0x22 0 64M", "flush"]);
+    let out = common::qemu_io_output(&agent.uri("default"), &["write -P 0x22 0 64M", "flush"]);
     assert!(out.contains("No space left on device"), "{fstype}: {out}");
     assert!(!out.contains("Input/output error"), "{fstype}: {out}");
     assert!(
@@ -163,7 +149,7 @@ fn fill_then_free(fstype: &str, mib: u64) {
 
     // Space comes back: writes work again without a restart.
     std::fs::remove_file(&filler).unwrap();
-    let out = qemu_io_text(
+    let out = common::qemu_io_output(
         &agent.uri("default"),
         &["write -P 0x33 0 64M", "flush", "read -P 0x33 0 64M"],
     );

@@ -509,6 +509,25 @@ pub fn qemu_io_ro(uri: &str, cmds: &[&str]) -> String {
     qemu_io_args(uri, true, cmds)
 }
 
+/// qemu-io on a raw NBD export, read-write, when a command is expected to fail: its stdout and
+/// stderr together (qemu-io reports a failed request there, often with exit status 0).
+pub fn qemu_io_output(uri: &str, cmds: &[&str]) -> String {
+    let mut cmd = Command::new("qemu-io");
+    cmd.args(["-f", "raw"]);
+    for c in cmds {
+        cmd.args(["-c", c]);
+    }
+    let out = cmd
+        .arg(uri)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run qemu-io: {e}"));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 fn qemu_io_args(uri: &str, read_only: bool, cmds: &[&str]) -> String {
     let mut args = vec!["-f", "raw"];
     if read_only {
