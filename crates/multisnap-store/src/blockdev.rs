@@ -19,6 +19,14 @@ pub trait BlockDev: Send + Sync {
     /// Current size in bytes.
     fn size(&self) -> io::Result<u64>;
 
+    /// Makes the device at least `size` bytes long: a file is extended (the new bytes read as
+    /// zeros, and the new length is durable after the next [`BlockDev::flush`]); a device that
+    /// cannot be extended (a block device, which grows only by its own means) must already be
+    /// that long, or this fails with the sizes in the message. Never shrinks.
+    fn grow_to(&self, size: u64) -> io::Result<()> {
+        must_hold(self.size()?, size)
+    }
+
     /// Which parts of `offset..offset+len` hold data (`true`) and which are holes that read
     /// as zeroes (`false`), as consecutive `(length, data)` runs covering the range. Devices
     /// that cannot tell say "all data", which is always a truthful answer.
@@ -26,6 +34,17 @@ pub trait BlockDev: Send + Sync {
         let _ = offset;
         Ok(vec![(len, true)])
     }
+}
+
+/// The error of a device that cannot grow and is shorter than `wanted`.
+fn must_hold(have: u64, wanted: u64) -> io::Result<()> {
+    if have >= wanted {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("the device holds {have} bytes and cannot be extended to {wanted}; grow it first"),
+    ))
 }
 
 /// A regular file or block device, accessed with positional reads and writes.
@@ -121,6 +140,17 @@ impl BlockDev for FileDev {
         }
         Ok(meta.len())
     }
+
+    fn grow_to(&self, size: u64) -> io::Result<()> {
+        let meta = self.file.metadata()?;
+        if !meta.file_type().is_file() {
+            return must_hold(self.size()?, size);
+        }
+        if meta.len() < size {
+            self.file.set_len(size)?;
+        }
+        Ok(())
+    }
 }
 
 /// A RAM disk. Flush is a no-op: it never loses anything (see `fault::CrashDev` for one that
@@ -173,6 +203,14 @@ impl BlockDev for MemDev {
     fn size(&self) -> io::Result<u64> {
         Ok(self.data.read().len() as u64)
     }
+    fn grow_to(&self, size: u64) -> io::Result<()> {
+        let mut data = self.data.write();
+        let size = usize::try_from(size).map_err(|_| io::Error::other("size overflow"))?;
+        if data.len() < size {
+            data.resize(size, 0);
+        }
+        Ok(())
+    }
 }
 
 impl<T: BlockDev + ?Sized> BlockDev for std::sync::Arc<T> {
@@ -190,5 +228,8 @@ impl<T: BlockDev + ?Sized> BlockDev for std::sync::Arc<T> {
     }
     fn size(&self) -> io::Result<u64> {
         (**self).size()
+    }
+    fn grow_to(&self, size: u64) -> io::Result<()> {
+        (**self).grow_to(size)
     }
 }

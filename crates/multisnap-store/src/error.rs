@@ -112,6 +112,12 @@ pub enum StoreError {
     #[error("invalid staged data: {0}")]
     BadStage(String),
 
+    #[error("volume is {current} bytes and can only grow: a resize to {requested} bytes would shrink it")]
+    ShrinkRefused { current: u64, requested: u64 },
+
+    #[error("volume cannot grow to {requested} bytes: {limit}")]
+    GrowthLimit { requested: u64, limit: String },
+
     #[error("the store stopped accepting changes after an earlier failure ({0}); reopen it")]
     Poisoned(String),
 
@@ -151,6 +157,9 @@ impl StoreError {
             | StoreError::InvalidName { .. }
             | StoreError::BadStage(_) => ErrorKind::InvalidArgument,
             StoreError::StoreFull { .. } => ErrorKind::NoSpace,
+            StoreError::ShrinkRefused { .. } | StoreError::GrowthLimit { .. } => {
+                ErrorKind::OutOfRange
+            }
             StoreError::SnapshotNotFound(_) | StoreError::SnapshotIdNotFound(_) => {
                 ErrorKind::NotFound
             }
@@ -194,6 +203,9 @@ pub enum ErrorKind {
     /// The request itself is wrong: a range outside the volume, a bad name or geometry, bad
     /// staged data. Retrying it unchanged fails again.
     InvalidArgument,
+    /// A requested size the volume cannot take: smaller than it is (volumes only grow), or
+    /// beyond what its store can grow to in place. A smaller size may succeed.
+    OutOfRange,
     /// No room: the store is full (copies it needs to keep snapshots whole do not fit), or
     /// the host filesystem under the origin or store file is.
     NoSpace,

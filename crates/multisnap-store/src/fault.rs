@@ -102,10 +102,18 @@ fn power_cut() -> io::Error {
     io::Error::other("simulated power cut")
 }
 
+/// A change not yet made durable by a flush.
+enum Pending {
+    Write(u64, Vec<u8>),
+    /// The device was extended to this length (a file's `set_len`): lost or kept by a cut like
+    /// a write, and the writes into the extension go with it.
+    Grow(usize),
+}
+
 struct DevState {
     current: Vec<u8>,
     durable: Vec<u8>,
-    pending: Vec<(u64, Vec<u8>)>,
+    pending: Vec<Pending>,
 }
 
 /// A RAM disk with a volatile write cache that loses what a power cut would.
@@ -142,11 +150,21 @@ impl CrashDev {
     pub fn crash_image(&self, rng: &mut impl Rng, keep: f64, tear: f64) -> Vec<u8> {
         let s = self.state.lock();
         let mut image = s.durable.clone();
-        for (off, data) in &s.pending {
+        for change in &s.pending {
             if !rng.gen_bool(keep) {
                 continue;
             }
-            let off = *off as usize;
+            let (off, data) = match change {
+                Pending::Write(off, data) => (*off as usize, data),
+                Pending::Grow(len) => {
+                    image.resize(image.len().max(*len), 0);
+                    continue;
+                }
+            };
+            if off + data.len() > image.len() {
+                // Into an extension the cut lost.
+                continue;
+            }
             if data.len() > SECTOR && rng.gen_bool(tear) {
                 for (i, sector) in data.chunks(SECTOR).enumerate() {
                     if rng.gen_bool(0.5) {
@@ -197,7 +215,7 @@ impl BlockDev for CrashDev {
         let start = bounds(buf.len(), offset, s.current.len())?;
         let completes = self.rail.on_write()?;
         // The interrupted write may still reach the disk, whole or torn: keep it as pending.
-        s.pending.push((offset, buf.to_vec()));
+        s.pending.push(Pending::Write(offset, buf.to_vec()));
         if !completes {
             return Err(power_cut());
         }
@@ -209,14 +227,38 @@ impl BlockDev for CrashDev {
         self.rail.check()?;
         let mut s = self.state.lock();
         let pending = std::mem::take(&mut s.pending);
-        for (off, data) in pending {
-            let off = off as usize;
-            s.durable[off..off + data.len()].copy_from_slice(&data);
+        for change in pending {
+            match change {
+                Pending::Write(off, data) => {
+                    let off = off as usize;
+                    s.durable[off..off + data.len()].copy_from_slice(&data);
+                }
+                Pending::Grow(len) => {
+                    let len = len.max(s.durable.len());
+                    s.durable.resize(len, 0);
+                }
+            }
         }
         Ok(())
     }
 
     fn size(&self) -> io::Result<u64> {
         Ok(self.state.lock().current.len() as u64)
+    }
+
+    /// Extending counts as a write on the rail, so a cut can fall on it.
+    fn grow_to(&self, size: u64) -> io::Result<()> {
+        let mut s = self.state.lock();
+        let size = usize::try_from(size).map_err(|_| io::Error::other("size overflow"))?;
+        if s.current.len() >= size {
+            return Ok(());
+        }
+        let completes = self.rail.on_write()?;
+        s.pending.push(Pending::Grow(size));
+        if !completes {
+            return Err(power_cut());
+        }
+        s.current.resize(size, 0);
+        Ok(())
     }
 }

@@ -47,6 +47,7 @@ mod open;
 mod origin_sync;
 mod read;
 mod receive;
+mod resize;
 mod snapshots;
 mod view;
 mod write;
@@ -112,6 +113,8 @@ pub struct SnapshotInfo {
     pub state: SnapshotState,
     /// The snapshot's id on the volume it was replicated from; 0 for local snapshots.
     pub source_id: u64,
+    /// Bytes it reads: the origin's size when it was taken (see [`Store::resize`]).
+    pub size: u64,
 }
 
 impl SnapshotInfo {
@@ -123,6 +126,7 @@ impl SnapshotInfo {
             writable: r.writable,
             state: r.state,
             source_id: r.source_id,
+            size: r.size,
         }
     }
 }
@@ -181,7 +185,9 @@ pub struct Store {
     origin: Arc<dyn BlockDev>,
     dev: Arc<dyn BlockDev>,
     chunk_size: u32,
-    origin_size: u64,
+    /// Changed only by [`Store::resize`], under the exclusive barrier, after the commit that
+    /// records it.
+    origin_size: AtomicU64,
     meta: RwLock<Meta>,
     commit_lock: Mutex<()>,
     durable_generation: AtomicU64,
@@ -224,6 +230,14 @@ pub struct Store {
     origin_path: String,
 }
 
+/// `offset..offset + len` lies within `size` bytes.
+fn check_within(offset: u64, len: u64, size: u64) -> Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(StoreError::OutOfRange { offset, len, size }),
+    }
+}
+
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -250,7 +264,16 @@ impl Store {
         self.chunk_size
     }
     pub fn origin_size(&self) -> u64 {
-        self.origin_size
+        self.origin_size.load(Ordering::Acquire)
+    }
+
+    /// Bytes `view` reads: the origin's size, or the snapshot's own (smaller when the volume
+    /// grew after it was taken).
+    pub fn view_size(&self, view: View) -> Result<u64> {
+        match view {
+            View::Origin => Ok(self.origin_size()),
+            View::Snapshot(id) => self.meta.read().snapshot_size(id),
+        }
     }
     pub fn volume_name(&self) -> &str {
         &self.volume_name
@@ -266,14 +289,12 @@ impl Store {
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.origin_size => Ok(()),
-            _ => Err(StoreError::OutOfRange {
-                offset,
-                len,
-                size: self.origin_size,
-            }),
-        }
+        check_within(offset, len, self.origin_size())
+    }
+
+    /// `check_range` against what `view` reads.
+    fn check_view_range(&self, view: View, offset: u64, len: u64) -> Result<()> {
+        check_within(offset, len, self.view_size(view)?)
     }
 
     fn chunks_of(&self, offset: u64, len: u64) -> std::ops::RangeInclusive<u64> {
@@ -344,7 +365,7 @@ impl Store {
 
     fn chunk_len(&self, chunk: u64) -> usize {
         let cs = self.chunk_size as u64;
-        (self.origin_size - chunk * cs).min(cs) as usize
+        (self.origin_size() - chunk * cs).min(cs) as usize
     }
 
     fn live_snapshot(&self, id: SnapshotId) -> Result<SnapshotRecord> {
@@ -397,6 +418,27 @@ impl Store {
         // Holding `commit_lock`, nothing is in flight: everything sealed has landed, so
         // `generation` is still open and the transaction is dirty.
         let sealed = self.meta.write().seal()?;
+        self.land(sealed)
+    }
+
+    /// Changes the metadata (superblock fields included) with `change` and commits it at once,
+    /// as one commit of its own: holding `commit_lock` throughout, so no commit sealed before
+    /// the change can land after it and put back the superblock it replaced.
+    fn commit_now(&self, change: impl FnOnce(&mut Meta) -> Result<()>) -> Result<()> {
+        let _c = self.commit_lock.lock();
+        let sealed = {
+            let mut m = self.meta.write();
+            m.check_usable()?;
+            change(&mut m)?;
+            m.dirty = true;
+            m.seal()?
+        };
+        self.land(sealed)
+    }
+
+    /// Lands a sealed commit (flush, superblock, flush) and makes it the one in force. The
+    /// caller holds `commit_lock`.
+    fn land(&self, sealed: Option<crate::meta::SealedCommit>) -> Result<()> {
         let Some(sealed) = sealed else {
             return Ok(());
         };
@@ -425,7 +467,7 @@ impl Store {
         let m = self.meta.read();
         StoreStats {
             chunk_size: self.chunk_size,
-            origin_size: self.origin_size,
+            origin_size: self.origin_size(),
             copies_total: m.copies_total,
             bytes_copied_total: self.bytes_copied.load(Ordering::Relaxed),
             exceptions: m.exception_count,

@@ -289,6 +289,33 @@ impl Walker<'_> {
     }
 }
 
+/// In a version-4 store every record carries its size: within the origin, and never smaller
+/// than an older snapshot's (a volume only grows). Older stores' records carry none.
+fn check_snapshot_sizes(w: &mut Walker<'_>) {
+    if !w.sb.sized_snapshots {
+        return;
+    }
+    let mut largest = 0;
+    let mut problems = Vec::new();
+    for (id, rec) in &w.records {
+        if rec.size == 0 || rec.size > w.sb.origin_size {
+            problems.push(format!(
+                "snapshot {id} has size {}, outside 1..={} (the origin's)",
+                rec.size, w.sb.origin_size
+            ));
+        } else if rec.size < largest {
+            problems.push(format!(
+                "snapshot {id} has size {}, smaller than an older snapshot's {largest}",
+                rec.size
+            ));
+        }
+        largest = largest.max(rec.size);
+    }
+    for p in problems {
+        w.problem(p);
+    }
+}
+
 /// Checks the store on `dev`. `origin_size`, when given, must match the store's. Returns an
 /// error only when no store can be found at all (no superblock, newer format, unreadable).
 pub fn verify(dev: &dyn BlockDev, origin_size: Option<u64>) -> Result<VerifyReport> {
@@ -350,6 +377,7 @@ pub fn verify(dev: &dyn BlockDev, origin_size: Option<u64>) -> Result<VerifyRepo
     };
     // The snapshot table first: the other trees are checked against it.
     w.walk(TreeKind::Snapshots, sb.snapshot_root, None, None, None);
+    check_snapshot_sizes(&mut w);
     // A receiving record no apply owns was aborted: reclamation drops it.
     let staging = sb.receive.as_ref().map(|r| r.staging);
     if w.receiving.iter().any(|id| Some(*id) != staging) {

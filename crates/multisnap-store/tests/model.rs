@@ -7,6 +7,10 @@
 //! snapshot newer than that exists. `copies_total` must match the prediction after every step,
 //! so an extra copy (N copies for N snapshots) or a missed one both fail.
 //!
+//! Resizes grow the origin (zeros past the old end) and keep every snapshot at the size it was
+//! taken with: the model's snapshot images keep their length, and a write to a chunk wholly
+//! past a snapshot's end copies nothing for it.
+//!
 //! `MULTISNAP_PROPTEST_CASES` raises the number of random cases for soak runs.
 
 use multisnap_store::{CreateOptions, MemDev, SnapshotId, Store, View};
@@ -37,6 +41,8 @@ struct Model {
     newest: u64,
     /// Every live snapshot id (also those without an image in `snaps`).
     live: BTreeSet<u64>,
+    /// Sizes of live snapshots taken since a resize; the others have the origin's size.
+    sizes: std::collections::BTreeMap<u64, u64>,
     /// Per origin chunk: the newest snapshot id whose view of the chunk is already preserved
     /// (0: none).
     preserved: Vec<u64>,
@@ -55,6 +61,7 @@ impl Model {
             snaps: Vec::new(),
             newest: 0,
             live: BTreeSet::new(),
+            sizes: Default::default(),
             preserved: vec![0; chunks],
             ranges: vec![Vec::new(); chunks],
             copies: 0,
@@ -70,8 +77,10 @@ impl Model {
         let last = (off + data.len() as u64 - 1) / self.cs;
         for c in first..=last {
             let p = self.preserved[c as usize];
-            // A copy is needed iff a live snapshot newer than the last preservation exists.
-            if self.live.range(p + 1..).next().is_some() {
+            // A copy is needed iff a live snapshot newer than the last preservation exists
+            // that holds the chunk (a snapshot from before a resize ends before the new ones).
+            let holds = |id: &u64| self.snap_size(*id) > c * self.cs;
+            if self.live.range(p + 1..).any(holds) {
                 self.copies += 1;
                 self.ranges[c as usize].push((p + 1, self.newest));
                 self.preserved[c as usize] = self.newest;
@@ -82,9 +91,25 @@ impl Model {
 
     /// Deletes a snapshot and applies what a full reclamation pass must do: drop every range
     /// left without a live snapshot.
+    fn snap_size(&self, id: u64) -> u64 {
+        self.sizes.get(&id).copied().unwrap_or(self.size())
+    }
+
+    /// Grows the origin with zeros; snapshots keep their images, and their sizes are pinned.
+    fn resize(&mut self, new_size: u64) {
+        for &id in &self.live {
+            self.sizes.entry(id).or_insert(self.origin.len() as u64);
+        }
+        self.origin.resize(new_size as usize, 0);
+        let chunks = new_size.div_ceil(self.cs) as usize;
+        self.preserved.resize(chunks, 0);
+        self.ranges.resize(chunks, Vec::new());
+    }
+
     fn delete(&mut self, id: u64) {
         self.snaps.retain(|(s, _)| *s != id);
         self.live.remove(&id);
+        self.sizes.remove(&id);
         for r in &mut self.ranges {
             r.retain(|&(first, last)| self.live.range(first..=last).next().is_some());
         }
@@ -97,6 +122,7 @@ impl Model {
     fn snapshot(&mut self) -> u64 {
         self.newest += 1;
         self.live.insert(self.newest);
+        self.sizes.insert(self.newest, self.size());
         self.snaps.push((self.newest, self.origin.clone()));
         self.newest
     }
@@ -162,6 +188,12 @@ enum Op {
         pick: usize,
     },
     Flush,
+    /// Grows the volume by `1 + grow % 70_000` bytes (past chunk boundaries, or within the
+    /// partial last chunk); with `store`, the store device grows by twice that.
+    Resize {
+        grow: u32,
+        store: bool,
+    },
     /// Drops the store and opens it again from the same devices. `flush` says whether the
     /// store is flushed first (otherwise the close-time commit must do it); `tiny_cache` opens
     /// with the smallest node cache so nodes are evicted and read back.
@@ -215,6 +247,7 @@ fn ops_weighted(writes: u32, write_len: BoxedStrategy<Len>) -> impl Strategy<Val
             .prop_map(|(pick, pos, len)| Op::ReadSnapshot { pick, pos, len }),
         1 => any::<usize>().prop_map(|pick| Op::Delete { pick }),
         1 => Just(Op::Flush),
+        1 => (any::<u32>(), any::<bool>()).prop_map(|(grow, store)| Op::Resize { grow, store }),
         1 => (any::<bool>(), any::<bool>())
             .prop_map(|(flush, tiny_cache)| Op::Reopen { flush, tiny_cache }),
     ]
@@ -315,7 +348,16 @@ impl Harness {
 
     fn check_all(&self) {
         for view in self.views() {
-            self.check_range(view, 0, self.model.size() as usize);
+            let size = self.model.image(view).len();
+            self.check_range(view, 0, size);
+            // Nothing past a view's end: a snapshot from before a resize ends where it did.
+            let mut past = [0u8; 1];
+            let err = self.store().read(view, size as u64, &mut past);
+            assert!(
+                err.is_err(),
+                "step {}: {view:?} read past its end {size}",
+                self.step
+            );
         }
     }
 
@@ -405,7 +447,10 @@ impl Harness {
                 let first = off / cs * cs;
                 let end = ((off + n as u64).div_ceil(cs) * cs).min(size);
                 for view in self.views() {
-                    self.check_range(view, first, (end - first) as usize);
+                    let view_end = end.min(self.model.image(view).len() as u64);
+                    if view_end > first {
+                        self.check_range(view, first, (view_end - first) as usize);
+                    }
                 }
             }
             Op::Snapshot => {
@@ -419,12 +464,29 @@ impl Harness {
                 self.check_range(View::Origin, off, n);
             }
             Op::ReadSnapshot { pick, pos, len } => {
-                let (off, n) = resolve(pos, len, size, cs);
                 let view = match self.model.snaps.len() {
                     0 => View::Origin,
                     k => View::Snapshot(SnapshotId(self.model.snaps[pick % k].0)),
                 };
+                let view_size = self.model.image(view).len() as u64;
+                let (off, n) = resolve(pos, len, view_size, cs);
                 self.check_range(view, off, n);
+            }
+            Op::Resize { grow, store } => {
+                let new_size = size + 1 + *grow as u64 % 70_000;
+                let before = self.store().stats().store_bytes;
+                let grown = (2 * (new_size - size)).next_multiple_of(4096);
+                let store_bytes = before + if *store { grown } else { 0 };
+                self.store().resize(new_size, store_bytes).unwrap();
+                self.model.resize(new_size);
+                assert_eq!(self.store().origin_size(), new_size);
+                assert!(self.store().stats().store_bytes >= store_bytes);
+                assert!(
+                    self.store().resize(size, store_bytes).is_err(),
+                    "step {}: a resize back to {size} must be refused",
+                    self.step
+                );
+                self.check_all();
             }
             Op::Delete { pick } => {
                 if !self.model.snaps.is_empty() {
@@ -458,11 +520,21 @@ impl Harness {
 /// Store size that can never fill up for `ops`: every chunk a write touches may need a copy,
 /// plus generous room for metadata (shadowed tree paths, bitmap).
 fn store_size_for(ops: &[Op], origin_size: u64, cs: u64, extra: u64) -> u64 {
+    let largest = origin_size
+        + ops
+            .iter()
+            .map(|op| match op {
+                Op::Resize { grow, .. } => 1 + *grow as u64 % 70_000,
+                _ => 0,
+            })
+            .sum::<u64>();
     let mut copies = 0u64;
     for op in ops {
         if let Op::Write { pos, len, .. } = op {
-            let (off, n) = resolve(pos, len, origin_size, cs);
-            copies += (off + n as u64 - 1) / cs - off / cs + 1;
+            // Where the write lands depends on the size when it runs: bound its chunks by its
+            // length at the largest size.
+            let (_, n) = resolve(pos, len, largest, cs);
+            copies += n as u64 / cs + 2;
         }
     }
     // Not a multiple of the chunk size (nor of 4 KiB) on purpose: the trailing partial group

@@ -15,6 +15,8 @@
 
 mod common;
 
+use common::Image;
+
 use multisnap_store::fault::{CrashDev, PowerRail};
 use multisnap_store::{
     verify, CreateOptions, FullPolicy, MemDev, SnapshotState, Store, StoreError, View,
@@ -106,50 +108,6 @@ fn workload(seed: u64, ops: usize) -> Vec<Op> {
         }
     }
     out
-}
-
-/// An image as the workload knows it: what a completed flush fixed, and the writes since.
-#[derive(Clone, Debug)]
-struct Image {
-    durable: Vec<u8>,
-    unflushed: Vec<(u64, Vec<u8>)>,
-    current: Vec<u8>,
-}
-
-impl Image {
-    fn new(data: Vec<u8>) -> Image {
-        Image {
-            durable: data.clone(),
-            unflushed: Vec::new(),
-            current: data,
-        }
-    }
-    fn issue(&mut self, offset: u64, data: &[u8]) {
-        self.unflushed.push((offset, data.to_vec()));
-    }
-    fn acknowledged(&mut self, offset: u64, data: &[u8]) {
-        let o = offset as usize;
-        self.current[o..o + data.len()].copy_from_slice(data);
-    }
-    fn flushed(&mut self) {
-        self.durable = self.current.clone();
-        self.unflushed.clear();
-    }
-    /// Each byte is what the last completed flush left or what a write since put there.
-    fn check(&self, found: &[u8], what: &str) {
-        for (i, &b) in found.iter().enumerate() {
-            if b == self.durable[i] {
-                continue;
-            }
-            let explained = self.unflushed.iter().any(|(off, d)| {
-                (*off as usize..*off as usize + d.len()).contains(&i) && d[i - *off as usize] == b
-            });
-            assert!(
-                explained,
-                "{what}: byte {i} is {b:#x}, which no write put there"
-            );
-        }
-    }
 }
 
 /// What the workload knows when the power goes.

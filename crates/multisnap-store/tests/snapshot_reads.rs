@@ -98,12 +98,17 @@ fn bad_input_is_a_typed_error() {
         vec![0; 500]
     );
     drop(store);
-    // Another origin size: refused.
-    let other = Arc::new(MemDev::new(2 * MIB));
+    // A shorter origin: refused. A longer one (what a power cut during a resize leaves) opens
+    // at the recorded size.
+    let shorter = Arc::new(MemDev::new(MIB / 2));
     assert!(matches!(
-        Store::open(other, d.clone(), 1 << 20),
+        Store::open(shorter, d.clone(), 1 << 20),
         Err(StoreError::OriginMismatch { .. })
     ));
+    let longer = Arc::new(MemDev::new(2 * MIB));
+    let recorded = Store::open(longer, d.clone(), 1 << 20).unwrap();
+    assert!(recorded.origin_size() < 2 * MIB);
+    drop(recorded);
     // A foreign file.
     let foreign = Arc::new(MemDev::new(4 * MIB));
     assert!(matches!(

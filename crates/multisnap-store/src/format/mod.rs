@@ -1,4 +1,4 @@
-//! On-disk format, version 3. Every byte is documented in docs/FORMAT.md; this module is the
+//! On-disk format, version 4. Every byte is documented in docs/FORMAT.md; this module is the
 //! only code that knows where fields live. Integers are little-endian.
 //!
 //! Store layout (4 KiB metadata blocks, data chunks of `chunk_size` aligned to their size):
@@ -17,9 +17,13 @@ pub mod superblock_io;
 /// Size of every metadata block (superblocks, B+tree nodes, bitmap blocks).
 pub const BLOCK_SIZE: usize = 4096;
 /// The on-disk format version this build writes.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
+/// The version of a store whose snapshot records may omit their size (every snapshot has the
+/// origin's size) and that has an origin write journal; written until a store's first resize.
+pub const JOURNAL_VERSION: u32 = 3;
 /// The oldest version this build reads. Version 2 is version 3 without the origin write
-/// journal (its journal fields are zero); stores without a journal are written as version 2.
+/// journal (its journal fields are zero); stores without a journal are written as version 2
+/// until they are first resized (then version 4, see `Superblock::sized_snapshots`).
 pub const OLDEST_READABLE_VERSION: u32 = 2;
 /// Smallest and largest chunk sizes.
 pub const MIN_CHUNK_SIZE: u32 = 4096;

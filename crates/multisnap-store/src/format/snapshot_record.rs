@@ -11,6 +11,12 @@ const OFF_STATE: usize = 12;
 const OFF_SOURCE_ID: usize = 16;
 const OFF_NAME_LEN: usize = 24;
 const OFF_NAME: usize = 25;
+/// The snapshot's size in bytes as a 7-byte integer: the record's last free bytes (the name
+/// ends at 153), and 2^56 bytes is far beyond any volume.
+const OFF_SIZE: usize = 153;
+const SIZE_BYTES: usize = 7;
+/// Largest size a record can hold.
+pub const MAX_SNAPSHOT_SIZE: u64 = (1 << (8 * SIZE_BYTES)) - 1;
 
 const FLAG_WRITABLE: u32 = 1;
 
@@ -41,6 +47,10 @@ pub struct SnapshotRecord {
     /// base). 0 for snapshots taken locally.
     pub source_id: u64,
     pub name: String,
+    /// Bytes the snapshot reads: the origin's size when it was taken (a volume only grows, so
+    /// sizes never decrease with the id). Stores before format version 4 leave it 0 on disk;
+    /// `Meta::load_snapshots` reads that as the superblock's origin size.
+    pub size: u64,
 }
 
 impl SnapshotRecord {
@@ -58,6 +68,8 @@ impl SnapshotRecord {
         let n = name.len().min(MAX_NAME);
         b[OFF_NAME_LEN] = n as u8;
         b[OFF_NAME..OFF_NAME + n].copy_from_slice(&name[..n]);
+        b[OFF_SIZE..OFF_SIZE + SIZE_BYTES]
+            .copy_from_slice(&self.size.min(MAX_SNAPSHOT_SIZE).to_le_bytes()[..SIZE_BYTES]);
         b
     }
 
@@ -83,7 +95,10 @@ impl SnapshotRecord {
         }
         let name = String::from_utf8(b[OFF_NAME..OFF_NAME + n].to_vec())
             .map_err(|_| "snapshot name is not UTF-8".to_string())?;
+        let mut size = [0u8; 8];
+        size[..SIZE_BYTES].copy_from_slice(&b[OFF_SIZE..OFF_SIZE + SIZE_BYTES]);
         Ok(SnapshotRecord {
+            size: u64::from_le_bytes(size),
             created_at_ns: get_u64(b, OFF_CREATED),
             writable: flags & FLAG_WRITABLE != 0,
             state,

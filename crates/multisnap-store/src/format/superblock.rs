@@ -116,6 +116,10 @@ pub struct Superblock {
     /// Only journal batches stamped with this epoch are replayed; bumping it (in a commit,
     /// after an fdatasync of the origin) empties the journal.
     pub journal_epoch: u64,
+    /// Format version 4: every snapshot record carries its own size, which may be smaller than
+    /// the origin's (a snapshot taken before the volume grew). Older stores are converted by
+    /// their first resize; until then the version says 2 or 3 and older readers still open them.
+    pub sized_snapshots: bool,
 }
 
 /// Why a superblock slot was rejected.
@@ -134,8 +138,10 @@ impl Superblock {
         let mut b = vec![0u8; BLOCK_SIZE];
         // A store without a journal is exactly a version 2 store and says so, so that older
         // readers keep opening it (and never see one slot of each version).
-        let version = if self.journal_blocks > 0 {
+        let version = if self.sized_snapshots {
             FORMAT_VERSION
+        } else if self.journal_blocks > 0 {
+            JOURNAL_VERSION
         } else {
             OLDEST_READABLE_VERSION
         };
@@ -276,6 +282,7 @@ impl Superblock {
             journal_start: get_u64(b, OFF_JOURNAL_START),
             journal_blocks: get_u64(b, OFF_JOURNAL_BLOCKS),
             journal_epoch: get_u64(b, OFF_JOURNAL_EPOCH),
+            sized_snapshots: version >= FORMAT_VERSION,
         };
         sb.sanity().map_err(SuperblockFault::Corrupt)?;
         Ok(sb)

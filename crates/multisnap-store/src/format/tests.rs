@@ -31,6 +31,7 @@ pub(crate) fn sample_sb() -> Superblock {
         journal_start: 10,
         journal_blocks: 8,
         journal_epoch: 3,
+        sized_snapshots: false,
     }
 }
 
@@ -149,6 +150,7 @@ fn snapshot_record_round_trip() {
         state: SnapshotState::Ready,
         source_id: 41,
         name: "nightly-2026-11-24".into(),
+        size: (1 << 40) + 4097,
     };
     assert_eq!(SnapshotRecord::unpack(&r.pack()).unwrap(), r);
 }
@@ -212,7 +214,7 @@ fn documented_offsets_are_the_packed_offsets() {
     assert_eq!(b.len(), 4096);
     assert_eq!(get_u32(&b, 0), block_checksum(&b, SUPERBLOCK_SALT));
     assert_eq!(get_u32(&b, 4), 3);
-    assert_eq!(FORMAT_VERSION, 3);
+    assert_eq!(FORMAT_VERSION, 4);
     assert_eq!(OLDEST_READABLE_VERSION, 2);
     assert_eq!(&b[8..16], b"MSNAPSTR");
     assert_eq!(get_u64(&b, 16), sb.generation);
@@ -338,6 +340,7 @@ fn documented_offsets_are_the_packed_offsets() {
         state: SnapshotState::Deleting,
         source_id: 0xA1A2_A3A4_A5A6_A7A8,
         name: "n".repeat(snapshot_record::MAX_NAME),
+        size: 0x00B1_B2B3_B4B5_B6B7,
     };
     let r = rec.pack();
     assert_eq!(r.len(), 160);
@@ -347,7 +350,8 @@ fn documented_offsets_are_the_packed_offsets() {
     assert_eq!(get_u64(&r, 16), 0xA1A2_A3A4_A5A6_A7A8);
     assert_eq!(r[24], 128);
     assert_eq!(&r[25..153], "n".repeat(128).as_bytes());
-    assert_eq!(&r[153..], &[0u8; 7]);
+    assert_eq!(&r[153..], &[0xB7, 0xB6, 0xB5, 0xB4, 0xB3, 0xB2, 0xB1]);
+    assert_eq!(snapshot_record::MAX_SNAPSHOT_SIZE, (1 << 56) - 1);
     for (state, code) in [
         (SnapshotState::Ready, 0),
         (SnapshotState::Deleting, 1),
@@ -382,6 +386,21 @@ fn stores_without_a_journal_are_version_2_both_ways() {
     put_u32(&mut b, 4, 1);
     crate::checksum::seal(&mut b, crate::checksum::SUPERBLOCK_SALT);
     assert_eq!(Superblock::unpack(&b), Err(SuperblockFault::Version(1)));
+}
+
+/// Version 4 is what a resized store writes, with or without a journal; it reads back as
+/// such, and versions 2 and 3 read as stores whose records carry no size.
+#[test]
+fn resized_stores_are_version_4_and_older_ones_are_not() {
+    let mut sb = sample_sb();
+    for (journal_blocks, sized, version) in [(8, false, 3), (8, true, 4), (0, true, 4)] {
+        sb.journal_blocks = journal_blocks;
+        sb.journal_start = if journal_blocks > 0 { 10 } else { 0 };
+        sb.sized_snapshots = sized;
+        let b = sb.pack();
+        assert_eq!(get_u32(&b, 4), version);
+        assert_eq!(Superblock::unpack(&b).unwrap(), sb);
+    }
 }
 
 #[test]

@@ -221,10 +221,30 @@ impl Meta {
                 None => break,
             }
         }
-        for (id, rec) in records {
+        for (id, mut rec) in records {
+            if !self.sb.sized_snapshots {
+                // Before format version 4 the origin never changed size: every snapshot has it.
+                rec.size = self.sb.origin_size;
+            } else if rec.size == 0 || rec.size > self.sb.origin_size {
+                return Err(StoreError::CorruptNode {
+                    block: self.snapshot_root,
+                    reason: format!(
+                        "snapshot {id}: size {} is not within the origin's {}",
+                        rec.size, self.sb.origin_size
+                    ),
+                });
+            }
             self.index_record(id, rec);
         }
         Ok(())
+    }
+
+    /// Bytes live snapshot `snap` reads.
+    pub fn snapshot_size(&self, snap: SnapshotId) -> Result<u64> {
+        match self.snapshots.get(&snap.0) {
+            Some(r) if self.live.contains(&snap.0) => Ok(r.size),
+            _ => Err(StoreError::SnapshotIdNotFound(snap)),
+        }
     }
 
     /// Puts snapshot `id`'s record, new or changed, into the in-memory table and its indexes
@@ -456,7 +476,18 @@ impl Meta {
             .filter(|(k, _)| k.hi == chunk.0)
             .map(|(k, _)| k.lo)
             .unwrap_or(0);
-        if latest >= newest || self.live.range(latest + 1..=newest).next().is_none() {
+        // Only snapshots that hold the chunk need it kept: a snapshot of the volume before it
+        // grew ends before the chunks added since. Sizes never decrease with the id, so the
+        // newest live snapshot in the range holds the chunk if any does.
+        if latest >= newest {
+            return Ok(None);
+        }
+        let holder = self.live.range(latest + 1..=newest).next_back();
+        let starts_at = chunk.0.saturating_mul(u64::from(self.sb.chunk_size));
+        let held = holder
+            .and_then(|id| self.snapshots.get(id))
+            .is_some_and(|r| r.size > starts_at);
+        if !held {
             return Ok(None);
         }
         Ok(Some(CopyNeed {

@@ -77,6 +77,8 @@ impl Store {
             journal_start: if journal_blocks > 0 { bitmap_end } else { 0 },
             journal_blocks,
             journal_epoch: 1,
+            // Written as version 2 or 3 until the first resize (see `Store::resize`).
+            sized_snapshots: false,
         };
         // Written once now, so flushes later overwrite allocated blocks: on a sparse file the
         // first write into a hole would make every journal flush a file system commit too.
@@ -118,7 +120,14 @@ impl Store {
         let origin_size = origin
             .size()
             .map_err(|e| StoreError::io("origin", 0, 0, e))?;
-        if origin_size != sb.origin_size {
+        // Longer is accepted: a resize extends the origin durably before the commit that
+        // records the new size, so a power cut between the two leaves it longer. The volume
+        // keeps the recorded size until it is resized (again).
+        if origin_size > sb.origin_size {
+            tracing::warn!(volume = %sb.volume_name, recorded = sb.origin_size, found = origin_size,
+                "the origin is longer than the store records (an interrupted resize, or it grew); using the recorded size");
+        }
+        if origin_size < sb.origin_size {
             return Err(StoreError::OriginMismatch {
                 detail: format!(
                     "the store was made for an origin of {} bytes, this one has {origin_size}",
@@ -203,7 +212,7 @@ impl Store {
     fn assemble(origin: Arc<dyn BlockDev>, dev: Arc<dyn BlockDev>, meta: Meta) -> Store {
         Store {
             chunk_size: meta.sb.chunk_size,
-            origin_size: meta.sb.origin_size,
+            origin_size: AtomicU64::new(meta.sb.origin_size),
             durable_generation: AtomicU64::new(meta.sb.generation),
             live_epoch: meta.live_epoch.clone(),
             covered: meta.covered.clone(),

@@ -33,7 +33,7 @@ impl Store {
         let chunks = self.chunks_of(offset, buf.len() as u64);
         let _stripes = self.read_stripes(chunks.clone());
         let epoch = self.live_epoch.load(Ordering::Acquire);
-        let located = match self.locate_shared(snap, chunks.clone())? {
+        let located = match self.locate_shared(snap, chunks.clone(), offset, buf.len())? {
             Some(located) => located,
             None => self.locate_exclusive(snap, chunks)?,
         };
@@ -61,13 +61,18 @@ impl Store {
     /// held shared, so concurrent snapshot reads do not queue behind one another. `None` when
     /// a node on the way is not cached: loading it changes the cache, which needs the lock
     /// exclusively (`locate_exclusive`).
+    /// `offset` and `len` are the read's, checked against the snapshot's size here, where the
+    /// lock is held anyway.
     fn locate_shared(
         &self,
         snap: SnapshotId,
         chunks: std::ops::RangeInclusive<u64>,
+        offset: u64,
+        len: usize,
     ) -> Result<Option<PerChunk<Option<StoreChunk>>>> {
         let m = self.meta.read();
         let has_private = m.readable_snapshot(snap)?;
+        check_within(offset, len as u64, m.snapshot_size(snap)?)?;
         let mut out = PerChunk::with_capacity(chunks.size_hint().0);
         let mut lookup = m.shared_lookup();
         for chunk in chunks {
@@ -141,7 +146,7 @@ impl Store {
     /// `false` means a hole that reads as zeroes. May cover less than `len` (at most 4096
     /// chunks per call), never more.
     pub fn allocation(&self, view: View, offset: u64, len: u64) -> Result<Vec<(u64, bool)>> {
-        self.check_range(offset, len)?;
+        self.check_view_range(view, offset, len)?;
         if len == 0 {
             return Ok(Vec::new());
         }
@@ -191,11 +196,11 @@ impl Store {
         offset: u64,
         len: u64,
     ) -> Result<Vec<(u64, bool)>> {
-        self.check_range(offset, len)?;
+        self.check_view_range(view, offset, len)?;
         if len == 0 {
             return Ok(Vec::new());
         }
-        self.live_snapshot(base)?;
+        let base_size = self.live_snapshot(base)?.size;
         let target = match view {
             View::Origin => None,
             View::Snapshot(id) => {
@@ -204,27 +209,33 @@ impl Store {
             }
         };
         let cs = self.chunk_size as u64;
-        let first = offset / cs;
         let end = (offset + len).min(offset + 65_536 * cs);
-        let last = (end - 1) / cs;
-        let changed = self
-            .meta
-            .write()
-            .changed_chunks(base, target, first, last)?;
         let mut out: Vec<(u64, bool)> = Vec::new();
         let mut push = |n: u64, changed: bool| push_run(&mut out, n, changed);
+        // Bytes past the base's end (the volume grew since) did not exist in it: all changed.
+        let base_end = end.min(base_size);
         let mut pos = offset;
-        for c in changed {
-            let start = (c * cs).max(offset);
-            let stop = ((c + 1) * cs).min(end);
-            if start > pos {
-                push(start - pos, false);
+        if offset < base_end {
+            let changed =
+                self.meta
+                    .write()
+                    .changed_chunks(base, target, offset / cs, (base_end - 1) / cs)?;
+            for c in changed {
+                let start = (c * cs).max(offset);
+                let stop = ((c + 1) * cs).min(base_end);
+                if start > pos {
+                    push(start - pos, false);
+                }
+                push(stop - start, true);
+                pos = stop;
             }
-            push(stop - start, true);
-            pos = stop;
+            if pos < base_end {
+                push(base_end - pos, false);
+                pos = base_end;
+            }
         }
         if pos < end {
-            push(end - pos, false);
+            push(end - pos, true);
         }
         Ok(out)
     }

@@ -177,6 +177,7 @@ impl Store {
                 state: SnapshotState::Receiving,
                 source_id: plan.source_snapshot,
                 name: plan.name.clone(),
+                size: m.sb.origin_size,
             };
             let staging = m.add_snapshot(rec)?;
             let mut flags = if plan.resumable { RECEIVE_RESUMABLE } else { 0 };
@@ -202,7 +203,7 @@ impl Store {
 
     /// The origin must read exactly as the base does: otherwise base + delta is not the target.
     fn check_origin_is_base(&self, m: &mut Meta, base: Option<SnapshotId>) -> Result<()> {
-        let chunks = self.origin_size.div_ceil(u64::from(self.chunk_size));
+        let chunks = self.origin_size().div_ceil(u64::from(self.chunk_size));
         match base {
             Some(b) => {
                 let Some(rec) = m.snapshots.get(&b.0).filter(|_| m.live.contains(&b.0)) else {
@@ -227,10 +228,10 @@ impl Store {
             None => {
                 let mut buf = vec![0u8; 1 << 20];
                 let mut pos = 0;
-                while pos < self.origin_size {
+                while pos < self.origin_size() {
                     let runs = self
                         .origin
-                        .allocation(pos, self.origin_size - pos)
+                        .allocation(pos, self.origin_size() - pos)
                         .map_err(|e| StoreError::io("origin", pos, 0, e))?;
                     let covered: u64 = runs.iter().map(|(n, _)| n).sum();
                     if covered == 0 {
@@ -282,7 +283,7 @@ impl Store {
     }
 
     fn check_stage(&self, first: u64, count: u32, data: Option<&[u8]>) -> Result<()> {
-        let total_chunks = self.origin_size.div_ceil(u64::from(self.chunk_size));
+        let total_chunks = self.origin_size().div_ceil(u64::from(self.chunk_size));
         let end = first.checked_add(u64::from(count));
         if !matches!(end, Some(e) if e <= total_chunks) {
             return Err(StoreError::BadStage(format!(

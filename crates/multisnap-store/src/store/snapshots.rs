@@ -65,6 +65,7 @@ impl Store {
                 state: SnapshotState::Ready,
                 source_id: 0,
                 name: name.to_string(),
+                size: m.sb.origin_size,
             };
             let id = m.add_snapshot(rec.clone())?;
             Ok(SnapshotInfo::from_record(id.0, &rec))

@@ -26,6 +26,8 @@ pub struct VolumeView {
     /// Fixed when the view is opened: a snapshot made read-only later is refused by the store
     /// itself, one made writable later stays read-only here.
     read_only: bool,
+    /// A snapshot's size, which never changes; `None` for the origin, which may grow.
+    snapshot_size: Option<u64>,
 }
 
 impl VolumeView {
@@ -35,6 +37,7 @@ impl VolumeView {
             store,
             view: View::Origin,
             read_only: false,
+            snapshot_size: None,
         }
     }
 
@@ -45,6 +48,7 @@ impl VolumeView {
             store,
             view: View::Snapshot(snapshot.id),
             read_only: !snapshot.writable,
+            snapshot_size: Some(snapshot.size),
         })
     }
 
@@ -56,9 +60,12 @@ impl VolumeView {
         &self.store
     }
 
-    /// Every image of a volume has the origin's size.
+    /// The origin's size now (it grows with [`Store::resize`]), or the snapshot's own: a
+    /// snapshot keeps the size the volume had when it was taken. A frontend reads it when a
+    /// client connects, so new connections see a grown origin.
     pub fn size(&self) -> u64 {
-        self.store.origin_size()
+        self.snapshot_size
+            .unwrap_or_else(|| self.store.origin_size())
     }
 
     pub fn is_read_only(&self) -> bool {
@@ -102,7 +109,7 @@ impl VolumeView {
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
         self.store.check_open()?;
         self.check_writable()?;
-        self.store.check_range(offset, len)
+        self.store.check_view_range(self.view, offset, len)
     }
 
     /// Makes every write that returned before this call durable (writes to any image of the

@@ -127,7 +127,7 @@ impl Store {
     /// snapshot's current contents of that chunk), which later writes update in place.
     pub fn write_snapshot(&self, id: SnapshotId, offset: u64, data: &[u8]) -> Result<()> {
         let _returned = self.flush_coalescer.count_write();
-        self.check_range(offset, data.len() as u64)?;
+        self.check_view_range(View::Snapshot(id), offset, data.len() as u64)?;
         if data.is_empty() {
             return Ok(());
         }

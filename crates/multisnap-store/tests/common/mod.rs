@@ -40,3 +40,52 @@ pub fn assert_clean(store: &Store, origin_size: Option<u64>) {
     let report = verify(&**store.store_dev(), origin_size).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
 }
+
+/// An image as the workload knows it: what a completed flush fixed, and the writes since.
+#[derive(Clone, Debug)]
+pub struct Image {
+    pub durable: Vec<u8>,
+    pub unflushed: Vec<(u64, Vec<u8>)>,
+    pub current: Vec<u8>,
+}
+
+impl Image {
+    pub fn new(data: Vec<u8>) -> Image {
+        Image {
+            durable: data.clone(),
+            unflushed: Vec::new(),
+            current: data,
+        }
+    }
+    pub fn issue(&mut self, offset: u64, data: &[u8]) {
+        self.unflushed.push((offset, data.to_vec()));
+    }
+    pub fn acknowledged(&mut self, offset: u64, data: &[u8]) {
+        let o = offset as usize;
+        self.current[o..o + data.len()].copy_from_slice(data);
+    }
+    pub fn flushed(&mut self) {
+        self.durable = self.current.clone();
+        self.unflushed.clear();
+    }
+    /// Grows the image with zeros (a resize: the extension is durable when it returns).
+    pub fn grow(&mut self, size: usize) {
+        self.durable.resize(size, 0);
+        self.current.resize(size, 0);
+    }
+    /// Each byte is what the last completed flush left or what a write since put there.
+    pub fn check(&self, found: &[u8], what: &str) {
+        for (i, &b) in found.iter().enumerate() {
+            if b == self.durable[i] {
+                continue;
+            }
+            let explained = self.unflushed.iter().any(|(off, d)| {
+                (*off as usize..*off as usize + d.len()).contains(&i) && d[i - *off as usize] == b
+            });
+            assert!(
+                explained,
+                "{what}: byte {i} is {b:#x}, which no write put there"
+            );
+        }
+    }
+}
