@@ -66,7 +66,8 @@ pub fn header(store: &Store, plan: &ExportPlan) -> DeltaHeader {
         base: plan.base.as_ref().map(ident),
         target: Target::Snapshot(ident(&plan.target)),
         chunk_size: store.chunk_size(),
-        volume_size: store.origin_size(),
+        // The target's own size: a snapshot taken before the volume grew is smaller.
+        volume_size: plan.target.size,
         created_unix_nanos: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -77,7 +78,7 @@ pub fn header(store: &Store, plan: &ExportPlan) -> DeltaHeader {
 /// The chunk runs `(first, count)` the stream carries, in order.
 pub fn chunk_runs(store: &Store, plan: &ExportPlan) -> Result<Vec<(u64, u64)>> {
     let cs = u64::from(store.chunk_size());
-    let size = store.origin_size();
+    let size = plan.target.size;
     let view = View::Snapshot(plan.target.id);
     let mut runs: Vec<(u64, u64)> = Vec::new();
     let mut pos = 0u64;
@@ -121,7 +122,7 @@ pub fn export(
         None => DeltaWriter::new(out, header)?,
     };
     let cs = u64::from(store.chunk_size());
-    let size = store.origin_size();
+    let size = plan.target.size;
     let per_record = (RECORD_BYTES / cs).max(1);
     let mut state = Progress {
         chunks_done: 0,

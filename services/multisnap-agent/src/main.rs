@@ -14,6 +14,7 @@ mod permissions;
 mod reclaimer;
 mod ublk_devices;
 mod verify_cmd;
+mod volume_resize;
 mod volumes;
 
 use anyhow::{Context, Result};

@@ -93,6 +93,7 @@ impl VolumeExport {
     /// | ReadOnly | EPERM | what the NBD spec names for a write to a read-only export (a snapshot made read-only after this client connected as a writer) |
     /// | NoSpace | ENOSPC | the store, or the host filesystem under it, is full: a client may free space or stop, and must not take it for a failing disk |
     /// | InvalidArgument | EINVAL | a range outside the export (the protocol layer checks ranges first, so rare) |
+    /// | OutOfRange | EINVAL | a size a volume cannot take comes only from a resize, never from I/O; if it did, the request asked for something outside what the image can be |
     /// | NotFound, AlreadyExists, FailedPrecondition, Unavailable, Corrupt, Io | EIO | the image cannot serve the request (its snapshot deleted under it, the store stopped after a failure, a device error); NBD has no closer code |
     fn nbd_error(&self, op: &'static str, offset: u64, e: StoreError) -> NbdError {
         match e.kind() {
@@ -100,7 +101,7 @@ impl VolumeExport {
                 export: self.export_name(),
             },
             ErrorKind::NoSpace => NbdError::NoSpace { op, offset },
-            ErrorKind::InvalidArgument => NbdError::InvalidRequest {
+            ErrorKind::InvalidArgument | ErrorKind::OutOfRange => NbdError::InvalidRequest {
                 reason: format!("{op} at offset {offset}: {e}"),
             },
             ErrorKind::NotFound

@@ -85,7 +85,7 @@ fn io_error(op: &'static str, offset: u64, e: StoreError) -> io::Error {
     let errno = match e.kind() {
         ErrorKind::ReadOnly => libc::EROFS,
         ErrorKind::NoSpace => libc::ENOSPC,
-        ErrorKind::InvalidArgument => libc::EINVAL,
+        ErrorKind::InvalidArgument | ErrorKind::OutOfRange => libc::EINVAL,
         ErrorKind::NotFound
         | ErrorKind::AlreadyExists
         | ErrorKind::FailedPrecondition
@@ -289,6 +289,15 @@ impl UblkDevices {
                 a.info.volume == volume
                     && (snapshot.is_none() || a.info.snapshot.as_deref() == snapshot)
             })
+            .map(|a| a.info.path())
+    }
+
+    /// The device serving `volume`'s origin (not one of its snapshots), if any.
+    pub fn serving_origin(&self, volume: &str) -> Option<String> {
+        self.devices
+            .lock()
+            .values()
+            .find(|a| a.info.volume == volume && a.info.snapshot.is_none())
             .map(|a| a.info.path())
     }
 

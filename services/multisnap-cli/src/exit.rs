@@ -44,6 +44,7 @@ impl fmt::Display for RpcError {
             tonic::Code::NotFound => "not found",
             tonic::Code::AlreadyExists => "already exists",
             tonic::Code::InvalidArgument => "invalid argument",
+            tonic::Code::OutOfRange => "out of range",
             tonic::Code::FailedPrecondition => "failed precondition",
             tonic::Code::ResourceExhausted => "resource exhausted",
             tonic::Code::Unavailable => "unavailable",

@@ -18,6 +18,17 @@ pub enum VolumeCommand {
     List,
     /// Show one volume, with its store usage.
     Show { name: String },
+    /// Grow a volume to SIZE (e.g. 20G): its origin and, in proportion, its store. Snapshots
+    /// keep the size they were taken with; NBD clients see the new size when they next
+    /// connect. A smaller SIZE is refused (exit 4), as is one beyond what the store can grow to
+    /// in place (8 times the size it was made with), and an origin attached as a ublk device
+    /// (exit 5: detach it first).
+    Resize {
+        name: String,
+        /// The new size, at least the current one: 10G, 512MiB, 1073741824 (as for create).
+        #[arg(value_parser = parse_size)]
+        size: u64,
+    },
     /// Delete a volume, its store and (if the agent made it) its origin file.
     Delete {
         name: String,
@@ -104,6 +115,17 @@ pub async fn run(ctx: &Ctx, cmd: VolumeCommand) -> Result<()> {
         }
         VolumeCommand::Show { name } => {
             let v = get(&mut client, &name).await?;
+            show(ctx.format, &v)
+        }
+        VolumeCommand::Resize { name, size } => {
+            let v = client
+                .resize_volume(pb::ResizeVolumeRequest {
+                    name: name.clone(),
+                    size_bytes: size,
+                })
+                .await
+                .map_err(rpc(format!("cannot resize volume {name:?}")))?
+                .into_inner();
             show(ctx.format, &v)
         }
         VolumeCommand::Delete { name, force } => {

@@ -15,6 +15,7 @@ use tonic::Status;
 /// | NotFound | NOT_FOUND | |
 /// | AlreadyExists | ALREADY_EXISTS | CreateSnapshot answers an identical repeat before this |
 /// | InvalidArgument | INVALID_ARGUMENT | the request is wrong whatever the volume's state |
+/// | OutOfRange | OUT_OF_RANGE | a size the volume cannot take (ResizeVolume: smaller than it is, or beyond what its store can grow to); what CSI's ControllerExpandVolume reports for an unsupported capacity, and what a caller may retry with another size |
 /// | NoSpace | RESOURCE_EXHAUSTED | the store, or the host filesystem under it, is full |
 /// | ReadOnly | FAILED_PRECONDITION | the snapshot's state forbids it; SetWritable changes that |
 /// | FailedPrecondition | FAILED_PRECONDITION | |
@@ -26,6 +27,7 @@ pub fn from_store(e: StoreError) -> Status {
         ErrorKind::NotFound => Status::not_found(msg),
         ErrorKind::AlreadyExists => Status::already_exists(msg),
         ErrorKind::InvalidArgument => Status::invalid_argument(msg),
+        ErrorKind::OutOfRange => Status::out_of_range(msg),
         ErrorKind::NoSpace => Status::resource_exhausted(msg),
         ErrorKind::ReadOnly | ErrorKind::FailedPrecondition => Status::failed_precondition(msg),
         ErrorKind::Unavailable => Status::unavailable(msg),

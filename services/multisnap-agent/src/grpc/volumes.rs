@@ -1,6 +1,7 @@
 //! `multisnap.v1.VolumeService`.
 
 use super::status::{blocking, from_volume};
+use crate::volume_resize::resize_volume;
 use crate::volumes::{NewVolume, Volume, Volumes};
 use multisnap_proto::v1 as pb;
 use multisnap_store::FullPolicy;
@@ -127,6 +128,26 @@ impl pb::volume_service_server::VolumeService for VolumeApi {
         blocking(move || {
             volumes.delete(&r.name, r.force).map_err(from_volume)?;
             Ok(Response::new(pb::DeleteVolumeResponse {}))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().name, size = req.get_ref().size_bytes))]
+    async fn resize_volume(
+        &self,
+        req: Request<pb::ResizeVolumeRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let r = req.into_inner();
+        if r.name.is_empty() {
+            return Err(Status::invalid_argument("name is required"));
+        }
+        // Only the origin's device would change size; snapshots keep theirs.
+        let attached = self.ublk.serving_origin(&r.name);
+        let volumes = self.volumes.clone();
+        blocking(move || {
+            let v =
+                resize_volume(&volumes, &r.name, r.size_bytes, attached).map_err(from_volume)?;
+            Ok(Response::new(volume_message(&v)))
         })
         .await
     }
