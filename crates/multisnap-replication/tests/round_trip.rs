@@ -145,3 +145,34 @@ fn every_flipped_byte_is_refused_and_leaves_nothing() {
     assert!(dst.receive_status().unwrap().is_none());
     println!("flipped-byte streams refused: {checked}");
 }
+
+/// A snapshot taken before the source grew streams at its own size: it applies into a volume of
+/// that size and reads there as on the source; the grown origin's newer snapshot does not fit.
+#[test]
+fn a_snapshot_from_before_a_resize_streams_at_its_own_size() {
+    let mut rng = StdRng::seed_from_u64(19);
+    let src = store();
+    writes(&src, &mut rng, 30);
+    src.create_snapshot("small").unwrap();
+    src.resize(SIZE + 5 * CHUNK + 77, 8 << 20).unwrap();
+    src.write_origin(SIZE - 10, &[0x5a; 20_000]).unwrap();
+    src.create_snapshot("big").unwrap();
+
+    let small = src.snapshot_by_name("small").unwrap();
+    let dst = store();
+    let Outcome::Complete(made) = apply(&dst, &stream(&src, None, "small"), &mut rng).unwrap()
+    else {
+        panic!("full stream incomplete")
+    };
+    assert_eq!(made.size, SIZE);
+    assert_eq!(
+        read_all(&dst, View::Snapshot(made.id)),
+        read_all(&src, View::Snapshot(small.id))
+    );
+    let other = store();
+    let refused = apply(&other, &stream(&src, None, "big"), &mut rng);
+    assert!(
+        matches!(refused, Err(ReplicationError::Geometry { .. })),
+        "{refused:?}"
+    );
+}

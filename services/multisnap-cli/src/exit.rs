@@ -22,7 +22,8 @@ Exit codes:
   1  usage error (bad command line)
   2  not found (no such volume or snapshot)
   3  already exists (the name is taken by something different)
-  4  invalid argument (e.g. a malformed name or size refused by the agent)
+  4  invalid argument (e.g. a malformed name or size refused by the agent), or out of range
+     (volume resize to a size the volume cannot take)
   5  failed precondition (e.g. deleting a volume that has snapshots without --force)
   6  resource exhausted (the store is full)
   7  unavailable: cannot connect to the agent, or it timed out
