@@ -316,7 +316,8 @@ fn check_snapshot_sizes(w: &mut Walker<'_>) {
     }
 }
 
-/// Checks the store on `dev`. `origin_size`, when given, must match the store's. Returns an
+/// Checks the store on `dev`. `origin_size`, when given, must be at least the store's (the
+/// recorded size is what counts; a longer origin is left by a power cut during a resize). Returns an
 /// error only when no store can be found at all (no superblock, newer format, unreadable).
 pub fn verify(dev: &dyn BlockDev, origin_size: Option<u64>) -> Result<VerifyReport> {
     let sb = read_superblock(dev)?;
@@ -344,10 +345,11 @@ pub fn verify(dev: &dyn BlockDev, origin_size: Option<u64>) -> Result<VerifyRepo
             .problems
             .push(format!("cannot read the origin write journal: {e}")),
     }
+    // Longer is what a power cut during a resize leaves, and opening accepts it.
     if let Some(size) = origin_size {
-        if size != sb.origin_size {
+        if size < sb.origin_size {
             report.problems.push(format!(
-                "origin is {size} bytes but the store was made for {}",
+                "origin is {size} bytes, shorter than the {} the store records",
                 sb.origin_size
             ));
         }
