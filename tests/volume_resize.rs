@@ -4,29 +4,31 @@
 
 use common::*;
 use multisnap_tests::{self as common, require_grpcio, require_tools};
-use std::process::{Command, Output};
+use std::process::Command;
 
 const MIB: u64 = 1 << 20;
 
-fn cli(agent: &Agent, args: &[&str]) -> Output {
-    Command::new(cli_bin())
-        .arg("--endpoint")
+/// `multisnap` against `agent`'s gRPC port.
+fn cli(agent: &Agent, args: &[&str]) -> Command {
+    let mut cmd = Command::new(cli_bin());
+    cmd.arg("--endpoint")
         .arg(format!("http://{}", agent.grpc))
         .args(args)
-        .env_remove("MULTISNAP_ENDPOINT")
-        .output()
-        .expect("cannot run multisnap")
+        .env_remove("MULTISNAP_ENDPOINT");
+    cmd
 }
 
 fn cli_ok(agent: &Agent, args: &[&str]) -> String {
-    let out = cli(agent, args);
-    assert!(
-        out.status.success(),
-        "multisnap {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    output_ok(&mut cli(agent, args))
+}
+
+fn resize(agent: &Agent, name: &str, size: u64) -> Result<serde_json::Value, (String, String)> {
+    let body = format!(r#"{{"name":"{name}","size_bytes":{size}}}"#);
+    grpc_call(
+        &agent.grpc,
+        "multisnap.v1.VolumeService/ResizeVolume",
+        &body,
+    )
 }
 
 fn nbd_size(uri: &str) -> u64 {
@@ -104,43 +106,25 @@ fn a_volume_grows_and_its_old_snapshot_keeps_its_size() {
 
     // gRPC: the same size again is a no-op; a smaller one is OUT_OF_RANGE with the size in
     // the message, as is one beyond what the store can grow to; an unknown volume NOT_FOUND.
-    let v = grpc_call(
-        &agent.grpc,
-        "multisnap.v1.VolumeService/ResizeVolume",
-        r#"{"name":"r","size_bytes":25165824}"#,
-    )
-    .expect("same size");
+    let v = resize(&agent, "r", 25165824).expect("same size");
     // proto3 JSON spells 64-bit integers as strings.
     assert_eq!(v["size_bytes"], "25165824", "{v}");
-    let (code, msg) = grpc_call(
-        &agent.grpc,
-        "multisnap.v1.VolumeService/ResizeVolume",
-        r#"{"name":"r","size_bytes":1048576}"#,
-    )
-    .expect_err("shrink");
+    let (code, msg) = resize(&agent, "r", 1048576).expect_err("shrink");
     assert_eq!(code, "OUT_OF_RANGE", "{msg}");
     assert!(
         msg.contains("25165824") && msg.contains("only grow"),
         "{msg}"
     );
-    let (code, msg) = grpc_call(
-        &agent.grpc,
-        "multisnap.v1.VolumeService/ResizeVolume",
-        r#"{"name":"r","size_bytes":1099511627776}"#,
-    )
-    .expect_err("beyond the store's reach");
+    let (code, msg) = resize(&agent, "r", 1099511627776).expect_err("beyond the store's reach");
     assert_eq!(code, "OUT_OF_RANGE", "{msg}");
     assert!(msg.contains("grow in place only"), "{msg}");
-    let (code, _) = grpc_call(
-        &agent.grpc,
-        "multisnap.v1.VolumeService/ResizeVolume",
-        r#"{"name":"nope","size_bytes":1048576}"#,
-    )
-    .expect_err("no volume");
+    let (code, _) = resize(&agent, "nope", 1048576).expect_err("no volume");
     assert_eq!(code, "NOT_FOUND");
 
     // The CLI maps OUT_OF_RANGE to exit 4 with the agent's message.
-    let out = cli(&agent, &["volume", "resize", "r", "20M"]);
+    let out = cli(&agent, &["volume", "resize", "r", "20M"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(4));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
