@@ -70,10 +70,12 @@ fn old_snapshots_keep_their_size_and_contents() {
             "{past:?}"
         );
     }
+    space_adds_up(&store, 0);
     // A writable snapshot keeps its size for writes too.
     store
         .write_snapshot(scratch.id, OLD - 10, &[3; 10])
         .unwrap();
+    space_adds_up(&store, 1);
     let past = store.write_snapshot(scratch.id, OLD - 10, &[3; 11]);
     assert!(
         matches!(past, Err(StoreError::OutOfRange { .. })),
@@ -122,11 +124,28 @@ fn old_snapshots_keep_their_size_and_contents() {
             ("new".into(), NEW)
         ]
     );
+    space_adds_up(&store, 1);
     let mut want = vec![1; OLD as usize];
     want[OLD as usize - 10..].copy_from_slice(&[3; 10]);
     assert_eq!(
         read(&store, View::Snapshot(scratch.id), 0, OLD as usize),
         want
+    );
+}
+
+/// The store's space parts still add up after it grew, with `private` chunks of writable
+/// snapshots besides the exceptions.
+fn space_adds_up(store: &Store, private: u64) {
+    let s = store.stats();
+    assert_eq!(
+        s.used_bytes,
+        s.data_bytes + s.metadata_bytes + s.journal_size_bytes,
+        "{s:?}"
+    );
+    assert_eq!(
+        s.data_bytes,
+        (s.exceptions + private) * u64::from(CHUNK),
+        "{s:?}"
     );
 }
 

@@ -1,7 +1,7 @@
 //! Growing a volume (`ResizeVolume`): the origin grows to the size asked for, the store file
 //! in proportion, within what the store's bitmap can describe (see `Store::resize`).
 
-use crate::volumes::{Volume, VolumeError, Volumes};
+use crate::volumes::{check_size, Volume, VolumeError, Volumes, MAX_VOLUME_BYTES};
 use std::sync::Arc;
 
 /// The store size that keeps a volume's store in the proportion it was made with: a store
@@ -34,6 +34,8 @@ pub fn resize_volume(
             "volume {name} is served as ublk device {dev}, whose size the kernel keeps; detach it first (multisnap ublk detach {dev}), resize, and attach again"
         )));
     }
+    // The limit CreateVolume sets, for the same reason.
+    check_size("size_bytes", size_bytes, MAX_VOLUME_BYTES)?;
     let store = &v.store;
     let store_bytes =
         proportional_store_bytes(store.store_bytes(), store.origin_size(), size_bytes);
@@ -68,7 +70,8 @@ mod tests {
         use multisnap_store::FullPolicy;
         let tmp = tempfile::tempdir().unwrap();
         let dir = crate::datadir::DataDir::open_locked(tmp.path()).unwrap();
-        let volumes = Volumes::load(dir, 1 << 20, 0).unwrap();
+        let policy = crate::origin_policy::OriginPolicy::new(tmp.path(), &[]).unwrap();
+        let volumes = Volumes::load(dir, policy, 1 << 20, 0).unwrap();
         let v = volumes
             .create(&NewVolume {
                 name: "v".into(),

@@ -128,7 +128,7 @@ pub const MAX_VOLUME_BYTES: u64 = 64 << 40;
 /// The largest store: twice the largest volume (128 TiB).
 pub const MAX_STORE_BYTES: u64 = 2 * MAX_VOLUME_BYTES;
 
-fn check_size(field: &str, size: u64, limit: u64) -> Result<(), VolumeError> {
+pub(crate) fn check_size(field: &str, size: u64, limit: u64) -> Result<(), VolumeError> {
     if size > limit {
         return Err(VolumeError::OutOfRange(format!(
             "{field} {size} is more than the limit of {limit} bytes ({} TiB)",

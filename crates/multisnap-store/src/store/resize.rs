@@ -82,8 +82,13 @@ impl Store {
             return Ok(());
         }
         self.convert_to_sized_snapshots()?;
-        grow_device(&*self.origin, "origin", origin_size, origin_size)?;
-        grow_device(&*self.dev, "store", store_bytes, origin_size)?;
+        // A failed flush here may have lost earlier writes' pages too: stop like any flush.
+        let durable = |e| match e {
+            e @ StoreError::Flush { .. } => self.fail_durability(e),
+            e => e,
+        };
+        grow_device(&*self.origin, "origin", origin_size, origin_size).map_err(durable)?;
+        grow_device(&*self.dev, "store", store_bytes, origin_size).map_err(durable)?;
         let dev_bytes = self
             .dev
             .size()
