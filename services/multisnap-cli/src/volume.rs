@@ -18,12 +18,14 @@ pub enum VolumeCommand {
     List,
     /// Show one volume, with its store usage.
     Show { name: String },
-    /// Grow a volume to SIZE (e.g. 20G): its origin and, in proportion, its store. Snapshots
-    /// keep the size they were taken with; NBD clients see the new size when they next
-    /// connect. A smaller SIZE is refused (exit 4), as is one beyond what the store can grow to
-    /// in place (8 times the size it was made with), and an origin attached as a ublk device
-    /// (exit 5: detach it first).
+    /// Grow a volume to SIZE: its origin and, in proportion, its store.
+    ///
+    /// Snapshots keep the size they were taken with; NBD clients see the new size when they
+    /// next connect. A smaller SIZE is refused (exit 4), as is one beyond what the store can
+    /// grow to in place (8 times the size it was made with), and an origin attached as a ublk
+    /// device (exit 5: detach it first).
     Resize {
+        /// The volume's name.
         name: String,
         /// The new size, at least the current one: 10G, 512MiB, 1073741824 (as for create).
         #[arg(value_parser = parse_size)]
