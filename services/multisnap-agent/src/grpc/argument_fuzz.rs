@@ -96,6 +96,7 @@ enum Call {
     GetSnapshot(String, String),
     DeleteSnapshot(String, String),
     ListSnapshots(String),
+    ResizeVolume(String, u64),
 }
 
 fn call() -> impl Strategy<Value = Call> {
@@ -122,6 +123,7 @@ fn call() -> impl Strategy<Value = Call> {
         1 => (name(), name()).prop_map(|(v, n)| Call::GetSnapshot(v, n)),
         1 => (name(), name()).prop_map(|(v, n)| Call::DeleteSnapshot(v, n)),
         1 => name().prop_map(Call::ListSnapshots),
+        2 => (name(), size()).prop_map(|(n, s)| Call::ResizeVolume(n, s)),
     ]
 }
 
@@ -204,6 +206,12 @@ impl Agent {
             Call::ListSnapshots(volume) => code(
                 self.snapshots
                     .list_snapshots(Request::new(pb::ListSnapshotsRequest { volume }))
+                    .await
+                    .map(drop),
+            ),
+            Call::ResizeVolume(name, size_bytes) => code(
+                self.volumes
+                    .resize_volume(Request::new(pb::ResizeVolumeRequest { name, size_bytes }))
                     .await
                     .map(drop),
             ),
