@@ -86,6 +86,9 @@ impl<D: BlockDev> BlockDev for DiscardChunks<D> {
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
     }
+    fn grow_to(&self, size: u64) -> io::Result<()> {
+        self.inner.grow_to(size)
+    }
 }
 
 /// An origin that takes its size from `inner` (a sparse file) but never touches it: writes are
@@ -131,6 +134,9 @@ impl<D: BlockDev> BlockDev for NullOrigin<D> {
     }
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
+    }
+    fn grow_to(&self, size: u64) -> io::Result<()> {
+        self.inner.grow_to(size)
     }
 }
 
@@ -187,6 +193,9 @@ impl<D: BlockDev> BlockDev for Counting<D> {
     }
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
+    }
+    fn grow_to(&self, size: u64) -> io::Result<()> {
+        self.inner.grow_to(size)
     }
     fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {
         self.inner.allocation(offset, len)

@@ -22,10 +22,10 @@ pub trait BlockDev: Send + Sync {
     /// Makes the device at least `size` bytes long: a file is extended (the new bytes read as
     /// zeros, and the new length is durable after the next [`BlockDev::flush`]); a device that
     /// cannot be extended (a block device, which grows only by its own means) must already be
-    /// that long, or this fails with the sizes in the message. Never shrinks.
-    fn grow_to(&self, size: u64) -> io::Result<()> {
-        must_hold(self.size()?, size)
-    }
+    /// that long, or this fails with [`io::ErrorKind::InvalidInput`] and the sizes in the
+    /// message ([`must_hold`]). Never shrinks. No default: a wrapper that forgot to pass it on
+    /// would make every volume it wraps refuse to grow.
+    fn grow_to(&self, size: u64) -> io::Result<()>;
 
     /// Which parts of `offset..offset+len` hold data (`true`) and which are holes that read
     /// as zeroes (`false`), as consecutive `(length, data)` runs covering the range. Devices
@@ -36,8 +36,9 @@ pub trait BlockDev: Send + Sync {
     }
 }
 
-/// The error of a device that cannot grow and is shorter than `wanted`.
-fn must_hold(have: u64, wanted: u64) -> io::Result<()> {
+/// `grow_to` of a device that cannot be extended: fine when it holds `wanted` bytes already,
+/// else the error `Store::resize` reports as the device's limit.
+pub fn must_hold(have: u64, wanted: u64) -> io::Result<()> {
     if have >= wanted {
         return Ok(());
     }

@@ -53,6 +53,9 @@ impl BlockDev for Watched {
     fn size(&self) -> std::io::Result<u64> {
         self.mem().size()
     }
+    fn grow_to(&self, size: u64) -> std::io::Result<()> {
+        self.mem().grow_to(size)
+    }
 }
 
 fn opts() -> CreateOptions {

@@ -166,6 +166,9 @@ fn a_device_that_cannot_grow_must_be_big_enough() {
         fn size(&self) -> std::io::Result<u64> {
             self.0.size()
         }
+        fn grow_to(&self, size: u64) -> std::io::Result<()> {
+            multisnap_store::blockdev::must_hold(self.0.size()?, size)
+        }
     }
     let origin = Arc::new(Fixed(MemDev::new(OLD)));
     let dev = Arc::new(MemDev::new(STORE));

@@ -179,6 +179,9 @@ impl BlockDev for ObservedDev {
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
     }
+    fn grow_to(&self, size: u64) -> io::Result<()> {
+        self.seen("grow", None, self.inner.grow_to(size))
+    }
     fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {
         self.inner.allocation(offset, len)
     }

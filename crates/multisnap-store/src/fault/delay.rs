@@ -61,6 +61,9 @@ impl<D: BlockDev> BlockDev for Delayed<D> {
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
     }
+    fn grow_to(&self, size: u64) -> io::Result<()> {
+        self.inner.grow_to(size)
+    }
 }
 
 #[derive(Default)]
@@ -128,6 +131,9 @@ impl<D: BlockDev> BlockDev for FlushGate<D> {
     }
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
+    }
+    fn grow_to(&self, size: u64) -> io::Result<()> {
+        self.inner.grow_to(size)
     }
 }
 

@@ -104,6 +104,10 @@ impl<D: BlockDev> BlockDev for Failing<D> {
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
     }
+    fn grow_to(&self, size: u64) -> io::Result<()> {
+        self.check(Op::Write)?;
+        self.inner.grow_to(size)
+    }
     fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {
         self.inner.allocation(offset, len)
     }

@@ -210,6 +210,9 @@ impl BlockDev for FlakyFlush {
     fn size(&self) -> std::io::Result<u64> {
         self.inner.size()
     }
+    fn grow_to(&self, size: u64) -> std::io::Result<()> {
+        self.inner.grow_to(size)
+    }
 }
 
 #[test]

@@ -164,6 +164,9 @@ impl BlockDev for RecordsDurableImage {
     fn size(&self) -> std::io::Result<u64> {
         self.inner.size()
     }
+    fn grow_to(&self, size: u64) -> std::io::Result<()> {
+        self.inner.grow_to(size)
+    }
 }
 
 /// Threads doing FUA writes at once, as ublk queues do: when each write's flush returns, the
