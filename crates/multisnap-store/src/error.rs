@@ -117,6 +117,16 @@ pub enum StoreError {
 
     #[error("volume cannot grow to {requested} bytes: {limit}")]
     GrowthLimit { requested: u64, limit: String },
+    #[error("the volume is being rolled back to snapshot {target:?} ({cursor} of {chunks} chunks merged into the origin); {what} must wait until that merge ends")]
+    MergeInProgress {
+        target: String,
+        cursor: u64,
+        chunks: u64,
+        what: &'static str,
+    },
+
+    #[error("snapshot {0:?} is writable, so its contents may still change; make it read-only before rolling the volume back to it")]
+    RevertToWritable(String),
 
     #[error("the store stopped accepting changes after an earlier failure ({0}); reopen it")]
     Poisoned(String),
@@ -172,7 +182,9 @@ impl StoreError {
             | StoreError::ReplicaOfOther { .. }
             | StoreError::OriginDiverged { .. }
             | StoreError::OriginNotEmpty
-            | StoreError::BaseModified(_) => ErrorKind::FailedPrecondition,
+            | StoreError::BaseModified(_)
+            | StoreError::MergeInProgress { .. }
+            | StoreError::RevertToWritable(_) => ErrorKind::FailedPrecondition,
             StoreError::Poisoned(_) | StoreError::Closed(_) => ErrorKind::Unavailable,
         }
     }

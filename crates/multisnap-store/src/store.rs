@@ -48,10 +48,12 @@ mod origin_sync;
 mod read;
 mod receive;
 mod resize;
+mod revert;
 mod snapshots;
 mod view;
 mod write;
 pub use receive::{ReceivePlan, ReceiveStatus};
+pub use revert::MergeProgress;
 pub use snapshots::validate_snapshot_name;
 pub use view::VolumeView;
 
@@ -179,6 +181,8 @@ pub struct StoreStats {
     pub chunks_reclaimed_total: u64,
     /// Snapshots whose space is still being reclaimed.
     pub reclaim_pending: u64,
+    /// Chunks a rollback's merge copied into the origin since open.
+    pub chunks_merged_total: u64,
 }
 
 pub struct Store {
@@ -225,6 +229,14 @@ pub struct Store {
     reclaim_wake: Condvar,
     /// Serializes the steps of a delta apply (see `receive`).
     receive_lock: Mutex<()>,
+    /// Serializes a rollback's start and its merge steps (see `revert`).
+    merge_lock: Mutex<()>,
+    /// Origin chunks below it are not pending in a rollback's merge (`u64::MAX` when none
+    /// runs), so reads and writes below it skip the merge's checks without the metadata lock.
+    /// Raised only after the cursor moved, lowered only under the exclusive barrier.
+    merge_hint: AtomicU64,
+    /// Chunks a rollback's merge copied into the origin since open.
+    chunks_merged: AtomicU64,
     volume_name: String,
     volume_uuid: VolumeUuid,
     origin_path: String,
@@ -383,7 +395,9 @@ impl Store {
             let _barrier = self.exclusive_barrier();
             let mut m = self.meta.write();
             m.check_usable()?;
-            let Some(&oldest) = m.live.iter().next() else {
+            // A rollback's target is needed until its merge ends.
+            let target = m.revert.as_ref().map(|r| r.target);
+            let Some(&oldest) = m.live.iter().find(|id| Some(**id) != target) else {
                 return Ok(false);
             };
             let Some(rec) = m.snapshots.get(&oldest).cloned() else {
@@ -497,6 +511,7 @@ impl Store {
             invalidated_total: m.invalidated_total,
             chunks_reclaimed_total: m.chunks_reclaimed,
             reclaim_pending: m.reclaim_progress().pending.len() as u64,
+            chunks_merged_total: self.chunks_merged.load(Ordering::Relaxed),
         }
     }
 

@@ -10,14 +10,16 @@
 
 use crate::blockdev::BlockDev;
 use crate::error::Result;
-use crate::format::exception::{holds_store_chunk, private_chunk, Exception};
+use crate::format::exception::{
+    holds_store_chunk, private_chunk, Exception, MERGED_CHUNK, MERGE_OWNER,
+};
 use crate::format::node::{Key, TreeKind};
 use crate::format::snapshot_record::SnapshotRecord;
 use crate::format::snapshot_record::SnapshotState;
 use crate::format::superblock::Superblock;
 use crate::format::superblock_io::read_superblock;
 use crate::format::BLOCK_SIZE;
-use crate::ids::MetaBlock;
+use crate::ids::{MetaBlock, StoreChunk};
 use crate::pdata::alloc::ChunkAllocator;
 use crate::pdata::pager::read_node;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -37,6 +39,8 @@ pub struct VerifyReport {
     /// problem, but the origin lacks them until the store is next opened (which replays them).
     pub journal_batches: u64,
     pub journal_bytes: u64,
+    /// Chunks a rollback in progress merged ahead of its cursor.
+    pub merge_marks: u64,
     /// Things that are wrong.
     pub problems: Vec<String>,
 }
@@ -212,8 +216,32 @@ impl Walker<'_> {
         }
     }
 
+    /// A merge mark of a rollback in progress: only then, at or past its cursor.
+    fn merge_mark(&mut self, chunk: u64, value: u64) {
+        self.report.merge_marks += 1;
+        let chunk_count = self.sb.origin_size.div_ceil(self.sb.chunk_size as u64);
+        match &self.sb.revert {
+            None => self.problem(format!(
+                "merge mark for origin chunk {chunk}, but no rollback is in progress (leaked)"
+            )),
+            Some(r) if chunk < r.cursor || chunk >= chunk_count => self.problem(format!(
+                "merge mark for origin chunk {chunk} outside the merge's remaining chunks {}..{chunk_count}",
+                r.cursor
+            )),
+            Some(_) => {}
+        }
+        if StoreChunk(value) != MERGED_CHUNK {
+            self.problem(format!(
+                "merge mark for origin chunk {chunk} holds {value:#x}, not the merge marker"
+            ));
+        }
+    }
+
     fn private(&mut self, key: Key, store: u64) {
         let (snap, chunk) = (key.hi, key.lo);
+        if snap == MERGE_OWNER {
+            return self.merge_mark(chunk, store);
+        }
         let chunk_count = self.sb.origin_size.div_ceil(self.sb.chunk_size as u64);
         if chunk >= chunk_count {
             self.problem(format!(
@@ -397,6 +425,15 @@ pub fn verify(dev: &dyn BlockDev, origin_size: Option<u64>) -> Result<VerifyRepo
                 "the delta apply in progress is based on snapshot {}, which is not live",
                 r.base
             ));
+        }
+    }
+    if let Some(r) = &sb.revert {
+        match w.records.get(&r.target) {
+            Some(rec) if w.live.contains(&r.target) && !rec.writable => {}
+            _ => w.problem(format!(
+                "the rollback in progress merges snapshot {}, which is not a live read-only snapshot",
+                r.target
+            )),
         }
     }
     w.walk(TreeKind::Exceptions, sb.exception_root, None, None, None);

@@ -44,9 +44,17 @@ pub const ZERO_CHUNK: StoreChunk = StoreChunk(u64::MAX);
 /// again if the apply is abandoned.
 pub const DIRECT_CHUNK: StoreChunk = StoreChunk(u64::MAX - 1);
 
+/// The private-map value of a merge mark (see [`MERGE_OWNER`]): no store chunk.
+pub const MERGED_CHUNK: StoreChunk = StoreChunk(u64::MAX - 2);
+
+/// The private-map owner under which a rollback in place marks the origin chunks it merged
+/// ahead of its cursor (`(MERGE_OWNER, c) -> MERGED_CHUNK`). Snapshot id 0 is never issued,
+/// so no snapshot's private chunks can collide with them.
+pub const MERGE_OWNER: u64 = 0;
+
 /// Whether a private-map value points at a real store chunk.
 pub fn holds_store_chunk(c: StoreChunk) -> bool {
-    c != ZERO_CHUNK && c != DIRECT_CHUNK
+    c != ZERO_CHUNK && c != DIRECT_CHUNK && c != MERGED_CHUNK
 }
 
 /// The value of a private-map entry.

@@ -23,6 +23,19 @@ pub const RECEIVE_FOLDING: u32 = 2;
 pub const RECEIVE_DIRECT: u32 = 4;
 const KNOWN_RECEIVE_FLAGS: u32 = RECEIVE_RESUMABLE | RECEIVE_FOLDING | RECEIVE_DIRECT;
 
+/// A rollback in place (`Store::revert_to`) whose merge into the origin is not finished:
+/// what the superblock remembers of it (see docs/FORMAT.md, "Rollback in place").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevertState {
+    /// The snapshot the origin reads as; never 0.
+    pub target: u64,
+    /// The newest snapshot id when the revert was committed: snapshots up to it still read the
+    /// origin's pre-revert data from chunks not yet merged, newer ones read the target's.
+    pub newest: u64,
+    /// Every origin chunk below it is merged.
+    pub cursor: u64,
+}
+
 /// An apply of a delta in progress: what the superblock remembers of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReceiveState {
@@ -67,6 +80,9 @@ const OFF_ORIGIN_PATH: usize = 320;
 const OFF_JOURNAL_START: usize = 1344;
 const OFF_JOURNAL_BLOCKS: usize = 1352;
 const OFF_JOURNAL_EPOCH: usize = 1360;
+const OFF_REVERT_TARGET: usize = 1368;
+const OFF_REVERT_NEWEST: usize = 1376;
+const OFF_REVERT_CURSOR: usize = 1384;
 
 /// What to do when a copy is needed and the store has no free chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +136,8 @@ pub struct Superblock {
     /// the origin's (a snapshot taken before the volume grew). Older stores are converted by
     /// their first resize; until then the version says 2 or 3 and older readers still open them.
     pub sized_snapshots: bool,
+    /// The rollback in place being merged, if any (version 4 only).
+    pub revert: Option<RevertState>,
 }
 
 /// Why a superblock slot was rejected.
@@ -184,6 +202,11 @@ impl Superblock {
         put_u64(&mut b, OFF_JOURNAL_START, self.journal_start);
         put_u64(&mut b, OFF_JOURNAL_BLOCKS, self.journal_blocks);
         put_u64(&mut b, OFF_JOURNAL_EPOCH, self.journal_epoch);
+        if let Some(r) = &self.revert {
+            put_u64(&mut b, OFF_REVERT_TARGET, r.target);
+            put_u64(&mut b, OFF_REVERT_NEWEST, r.newest);
+            put_u64(&mut b, OFF_REVERT_CURSOR, r.cursor);
+        }
         seal(&mut b, SUPERBLOCK_SALT);
         b
     }
@@ -256,6 +279,16 @@ impl Superblock {
                 })
             }
         };
+        // Version 3 and older leave these bytes zero and unread.
+        let revert = match get_u64(b, OFF_REVERT_TARGET) {
+            0 => None,
+            _ if version < FORMAT_VERSION => None,
+            target => Some(RevertState {
+                target,
+                newest: get_u64(b, OFF_REVERT_NEWEST),
+                cursor: get_u64(b, OFF_REVERT_CURSOR),
+            }),
+        };
         let sb = Superblock {
             generation: get_u64(b, OFF_GENERATION),
             volume_uuid,
@@ -283,6 +316,7 @@ impl Superblock {
             journal_blocks: get_u64(b, OFF_JOURNAL_BLOCKS),
             journal_epoch: get_u64(b, OFF_JOURNAL_EPOCH),
             sized_snapshots: version >= FORMAT_VERSION,
+            revert,
         };
         sb.sanity().map_err(SuperblockFault::Corrupt)?;
         Ok(sb)
@@ -331,6 +365,18 @@ impl Superblock {
         }
         if self.used_blocks > self.store_blocks {
             return Err("more blocks used than the store holds".into());
+        }
+        if let Some(r) = &self.revert {
+            if !self.sized_snapshots {
+                return Err("rollback state in a superblock older than version 4".into());
+            }
+            let chunks = self.origin_size.div_ceil(u64::from(self.chunk_size));
+            if r.target > r.newest || r.newest >= self.next_snapshot_id || r.cursor > chunks {
+                return Err(format!(
+                    "rollback state (target {}, newest {}, cursor {}) is impossible for {} snapshot ids and {chunks} chunks",
+                    r.target, r.newest, r.cursor, self.next_snapshot_id
+                ));
+            }
         }
         Ok(())
     }

@@ -32,6 +32,7 @@ pub(crate) fn sample_sb() -> Superblock {
         journal_blocks: 8,
         journal_epoch: 3,
         sized_snapshots: false,
+        revert: None,
     }
 }
 
@@ -213,7 +214,11 @@ fn documented_offsets_are_the_packed_offsets() {
     let b = sb.pack();
     assert_eq!(b.len(), 4096);
     assert_eq!(get_u32(&b, 0), block_checksum(&b, SUPERBLOCK_SALT));
-    assert_eq!(get_u32(&b, 4), 3);
+    assert_eq!(
+        get_u32(&b, 4),
+        3,
+        "nothing of version 4 in use: written as version 3"
+    );
     assert_eq!(FORMAT_VERSION, 4);
     assert_eq!(OLDEST_READABLE_VERSION, 2);
     assert_eq!(&b[8..16], b"MSNAPSTR");
@@ -487,4 +492,60 @@ fn journal_batch_header_offsets_and_round_trip() {
         BatchHeader::unpack(&sealed_as_node, h.epoch, h.sequence, size),
         Err(BatchFault::Checksum)
     );
+}
+
+/// Version 4: the rollback fields sit at the documented offsets, a store converted to version
+/// 4 stays there after its rollback ends, and an older version's bytes there are not read.
+#[test]
+fn rollback_state_offsets_and_version() {
+    let mut sb = sample_sb();
+    sb.next_snapshot_id = 0x10;
+    sb.sized_snapshots = true;
+    sb.revert = Some(superblock::RevertState {
+        target: 0x3,
+        newest: 0xF,
+        cursor: 0x1234,
+    });
+    let b = sb.pack();
+    assert_eq!(get_u32(&b, 4), 4, "a rollback in progress needs version 4");
+    assert_eq!(get_u64(&b, 1368), 0x3, "revert target");
+    assert_eq!(get_u64(&b, 1376), 0xF, "revert newest");
+    assert_eq!(get_u64(&b, 1384), 0x1234, "merge cursor");
+    assert!(b[1392..].iter().all(|&x| x == 0));
+    let read = Superblock::unpack(&b).unwrap();
+    assert_eq!(read.revert, sb.revert);
+    assert!(read.sized_snapshots);
+
+    // Ended: the fields are zero, the version stays 4.
+    let mut ended = read.clone();
+    ended.revert = None;
+    let b = ended.pack();
+    assert_eq!(get_u32(&b, 4), 4);
+    assert!(b[1368..].iter().all(|&x| x == 0));
+
+    // A version 3 slot with bytes there (never written by a correct writer) has no rollback.
+    let mut v3 = sample_sb().pack();
+    put_u64(&mut v3, 1368, 2);
+    crate::checksum::seal(&mut v3, crate::checksum::SUPERBLOCK_SALT);
+    assert_eq!(Superblock::unpack(&v3).unwrap().revert, None);
+
+    // Impossible states are corrupt: rollback state below version 4, a target newer than
+    // `newest`, a cursor past the origin.
+    let mut old = sb.clone();
+    old.sized_snapshots = false;
+    assert!(old.sanity().is_err());
+    let mut bad = sb.clone();
+    bad.revert = Some(superblock::RevertState {
+        target: 5,
+        newest: 4,
+        cursor: 0,
+    });
+    assert!(bad.sanity().is_err());
+    let mut bad = sb.clone();
+    bad.revert = Some(superblock::RevertState {
+        target: 1,
+        newest: 4,
+        cursor: (1 << 30) / 65536 + 1,
+    });
+    assert!(bad.sanity().is_err());
 }

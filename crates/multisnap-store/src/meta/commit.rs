@@ -95,6 +95,7 @@ impl Meta {
         sb.replica_source = self.replica_source;
         sb.receive = self.receive.clone();
         sb.journal_epoch = self.journal_epoch;
+        sb.revert = self.revert.clone();
         self.pager.alloc.seal_done();
         self.pager.generation += 1;
         self.dirty = false;

@@ -6,10 +6,13 @@
 
 mod commit;
 mod reclaim;
+mod revert;
 
 pub use commit::SealedCommit;
 use reclaim::ReclaimPass;
 pub use reclaim::ReclaimProgress;
+pub use revert::MergeBatch;
+use revert::MergeMarks;
 
 use crate::blockdev::BlockDev;
 use crate::covered::CoveredChunks;
@@ -17,7 +20,7 @@ use crate::error::{Result, StoreError};
 use crate::format::exception::{private_chunk, private_value, Exception};
 use crate::format::node::{Key, Node, TreeKind};
 use crate::format::snapshot_record::{SnapshotRecord, SnapshotState};
-use crate::format::superblock::{ReceiveState, Superblock};
+use crate::format::superblock::{ReceiveState, RevertState, Superblock};
 use crate::ids::{MetaBlock, OriginChunk, SnapshotId, StoreChunk};
 use crate::latency::LatencyHistogram;
 use crate::pdata::alloc::ChunkAllocator;
@@ -108,6 +111,10 @@ pub struct Meta {
     pub chunks_reclaimed: u64,
     /// See [`Superblock::journal_epoch`]; written with every commit.
     pub journal_epoch: u64,
+    /// The rollback in place being merged; written with every commit.
+    pub revert: Option<RevertState>,
+    /// Chunks that rollback merged ahead of its cursor (see `revert`).
+    merged: MergeMarks,
     pub dirty: bool,
     pub poisoned: Option<String>,
     pub commit_latency: LatencyHistogram,
@@ -153,6 +160,8 @@ impl Meta {
             receive: sb.receive.clone(),
             chunks_reclaimed: 0,
             journal_epoch: sb.journal_epoch,
+            revert: sb.revert.clone(),
+            merged: MergeMarks::default(),
             pager,
             sb,
             snapshots: BTreeMap::new(),
@@ -215,7 +224,10 @@ impl Meta {
         let root = self.private_root;
         let mut from = Key::MIN;
         while let Some((k, _)) = btree::seek_ge(&mut self.pager, root, &from)? {
-            self.private_owners.insert(k.hi);
+            // Owner 0 holds a rollback's merge marks (`revert`), not a snapshot's chunks.
+            if k.hi != crate::format::exception::MERGE_OWNER {
+                self.private_owners.insert(k.hi);
+            }
             match k.hi.checked_add(1) {
                 Some(next) => from = Key::new(next, 0),
                 None => break,
@@ -236,7 +248,7 @@ impl Meta {
             }
             self.index_record(id, rec);
         }
-        Ok(())
+        self.load_merge_marks()
     }
 
     /// Bytes live snapshot `snap` reads.
@@ -460,6 +472,14 @@ impl Meta {
                 },
             )?;
         }
+        // While a rollback merges, the origin and the snapshots taken since read its target's
+        // data in the pending chunks, older snapshots the origin's old data: those differ
+        // although no exception says so.
+        if let Some(r) = &self.revert {
+            if lo <= r.newest && r.newest < hi {
+                out.extend(self.pending_chunks(first, last)?);
+            }
+        }
         out.sort_unstable();
         out.dedup();
         Ok(out)
@@ -467,7 +487,17 @@ impl Meta {
 
     /// Whether overwriting `chunk` of the origin must first copy it, and for which snapshots.
     pub fn copy_need(&mut self, chunk: OriginChunk) -> Result<Option<CopyNeed>> {
-        let newest = self.newest_snapshot();
+        self.copy_need_through(chunk, self.newest_snapshot())
+    }
+
+    /// `copy_need` for the snapshots up to `newest` only: a rollback's merge preserves the
+    /// origin's old data for the snapshots taken before the rollback, not for newer ones
+    /// (which read the rollback target's data there, the data the merge writes).
+    pub fn copy_need_through(
+        &mut self,
+        chunk: OriginChunk,
+        newest: u64,
+    ) -> Result<Option<CopyNeed>> {
         if self.live.is_empty() {
             return Ok(None);
         }
@@ -552,7 +582,9 @@ impl Meta {
         ) {
             Ok(new_root) => {
                 self.private_root = new_root;
-                self.private_owners.insert(snap.0);
+                if snap.0 != crate::format::exception::MERGE_OWNER {
+                    self.private_owners.insert(snap.0);
+                }
                 self.pager.alloc.recorded(at);
                 Ok(())
             }

@@ -79,6 +79,7 @@ impl Store {
             journal_epoch: 1,
             // Written as version 2 or 3 until the first resize (see `Store::resize`).
             sized_snapshots: false,
+            revert: None,
         };
         // Written once now, so flushes later overwrite allocated blocks: on a sparse file the
         // first write into a hole would make every journal flush a file system commit too.
@@ -210,6 +211,7 @@ impl Store {
     }
 
     fn assemble(origin: Arc<dyn BlockDev>, dev: Arc<dyn BlockDev>, meta: Meta) -> Store {
+        let merge_hint = meta.revert.as_ref().map_or(u64::MAX, |r| r.cursor);
         Store {
             chunk_size: meta.sb.chunk_size,
             origin_size: AtomicU64::new(meta.sb.origin_size),
@@ -243,6 +245,9 @@ impl Store {
             reclaim_wanted: Mutex::new(true),
             reclaim_wake: Condvar::new(),
             receive_lock: Mutex::new(()),
+            merge_lock: Mutex::new(()),
+            merge_hint: AtomicU64::new(merge_hint),
+            chunks_merged: AtomicU64::new(0),
         }
     }
 }

@@ -19,7 +19,11 @@ impl Store {
         if buf.is_empty() {
             return Ok(());
         }
+        let chunks = self.chunks_of(offset, buf.len() as u64);
         let snap = match view {
+            View::Origin if self.may_meet_merge(*chunks.end()) => {
+                return self.read_origin_merging(offset, buf);
+            }
             View::Origin => {
                 return self
                     .origin
@@ -30,13 +34,15 @@ impl Store {
         };
         // Stripes first (lock order), then one metadata section for the liveness check and
         // every chunk's lookup; the data is read with the metadata lock free.
-        let chunks = self.chunks_of(offset, buf.len() as u64);
         let _stripes = self.read_stripes(chunks.clone());
         let epoch = self.live_epoch.load(Ordering::Acquire);
-        let located = match self.locate_shared(snap, chunks.clone(), offset, buf.len())? {
+        let mut located = match self.locate_shared(snap, chunks.clone(), offset, buf.len())? {
             Some(located) => located,
-            None => self.locate_exclusive(snap, chunks)?,
+            None => self.locate_exclusive(snap, chunks.clone())?,
         };
+        if self.may_meet_merge(*chunks.end()) {
+            self.redirect_pending(snap, *chunks.start(), &mut located)?;
+        }
         let cs = self.chunk_size as u64;
         let mut done = 0usize;
         for x in located {
@@ -109,15 +115,18 @@ impl Store {
         within: u64,
         piece: &mut [u8],
     ) -> Result<()> {
-        let located = self
+        let mut located = [self
             .meta
             .write()
-            .locate(snap, has_private, OriginChunk(chunk))?;
-        self.read_located(located, chunk, within, piece)
+            .locate(snap, has_private, OriginChunk(chunk))?];
+        if self.may_meet_merge(chunk) {
+            self.redirect_pending(snap, chunk, &mut located)?;
+        }
+        self.read_located(located[0], chunk, within, piece)
     }
 
     /// Reads part of `chunk` from where `locate` found it: a store chunk, or the origin.
-    fn read_located(
+    pub(super) fn read_located(
         &self,
         located: Option<StoreChunk>,
         chunk: u64,
@@ -155,25 +164,22 @@ impl Store {
                 .allocation(off, n)
                 .map_err(|e| StoreError::io("origin", off, n as usize, e))
         };
-        let snap = match view {
-            View::Origin => return origin_map(offset, len),
-            View::Snapshot(id) => id,
-        };
-        let has_private = self.meta.read().readable_snapshot(snap)?;
         let cs = self.chunk_size as u64;
         let end = offset + len.min(4096 * cs);
         let end = end.min(offset + len);
+        if view == View::Origin && !self.may_meet_merge((end - 1) / cs) {
+            return origin_map(offset, len);
+        }
+        if let View::Snapshot(snap) = view {
+            self.meta.read().readable_snapshot(snap)?;
+        }
         let mut out: Vec<(u64, bool)> = Vec::new();
         let mut push = |n: u64, data: bool| push_run(&mut out, n, data);
         let mut pos = offset;
         while pos < end {
             let chunk = pos / cs;
             let n = ((chunk + 1) * cs).min(end) - pos;
-            let in_store = self
-                .meta
-                .write()
-                .locate(snap, has_private, OriginChunk(chunk))?
-                .is_some();
+            let in_store = self.reads_from_store(view, chunk)?;
             if in_store {
                 push(n, true);
             } else {

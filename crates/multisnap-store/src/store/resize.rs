@@ -77,6 +77,8 @@ impl Store {
                 let name = m.receiving_name();
                 return Err(StoreError::ReceiveInProgress { name });
             }
+            // A rollback's merge walks the chunks of the size it started with.
+            self.refuse_during_merge(&m, "resizing the volume")?;
         }
         if origin_size == current && store_bytes <= self.store_bytes() {
             return Ok(());
@@ -109,7 +111,7 @@ impl Store {
 
     /// Step 1 of a resize (see the module documentation): every record gets its size on disk
     /// and both superblock slots move to format version 4. Nothing visible changes.
-    fn convert_to_sized_snapshots(&self) -> Result<()> {
+    pub(super) fn convert_to_sized_snapshots(&self) -> Result<()> {
         if self.meta.read().sb.sized_snapshots {
             return Ok(());
         }

@@ -109,6 +109,9 @@ impl Store {
                 Some(r) if m.live.contains(&id.0) => r.clone(),
                 _ => return Err(StoreError::SnapshotIdNotFound(id)),
             };
+            if writable && m.revert.as_ref().is_some_and(|r| r.target == id.0) {
+                self.refuse_during_merge(m, "making its target writable")?;
+            }
             let rec = SnapshotRecord { writable, ..rec };
             m.update_snapshot(id, rec.clone())?;
             Ok(SnapshotInfo::from_record(id.0, &rec))
@@ -125,6 +128,9 @@ impl Store {
             let Some(rec) = m.snapshots.get(&id.0).cloned() else {
                 return Err(StoreError::SnapshotIdNotFound(id));
             };
+            if m.revert.as_ref().is_some_and(|r| r.target == id.0) {
+                self.refuse_during_merge(&m, "deleting its target")?;
+            }
             match rec.state {
                 // Nothing to change, nothing to wait for.
                 SnapshotState::Deleting => return Ok(()),

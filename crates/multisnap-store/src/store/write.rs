@@ -21,9 +21,19 @@ impl Store {
     }
 
     fn try_write_origin(&self, offset: u64, data: &[u8]) -> Result<()> {
-        let _barrier = self.barrier.read();
         let chunks = self.chunks_of(offset, data.len() as u64);
-        let _stripes = self.lock_stripes(chunks.clone());
+        let (_barrier, _stripes) = loop {
+            let barrier = self.barrier.read();
+            let stripes = self.lock_stripes(chunks.clone());
+            // A rollback's pending chunks are merged first, so its merge never overwrites
+            // this write; merging needs the locks free.
+            if self.ready_for_write(chunks.clone())? {
+                break (barrier, stripes);
+            }
+            drop(stripes);
+            drop(barrier);
+            self.merge_ahead(chunks.clone())?;
+        };
         // Overwrites of chunks every live snapshot already has a copy of skip the metadata
         // lock altogether.
         if !self.covered.contains_all(chunks.clone()) {
@@ -41,12 +51,23 @@ impl Store {
     /// and committed). Only then may the caller overwrite those chunks of the origin; it holds
     /// their stripes exclusively, so no other writer changes what they need meanwhile.
     pub(super) fn preserve(&self, chunks: impl IntoIterator<Item = u64>) -> Result<()> {
+        self.preserve_through(chunks, None)
+    }
+
+    /// [`preserve`](Self::preserve) for the snapshots up to `newest` only (all of them when
+    /// `None`): a rollback's merge preserves nothing for the snapshots taken after it.
+    pub(super) fn preserve_through(
+        &self,
+        chunks: impl IntoIterator<Item = u64>,
+        newest: Option<u64>,
+    ) -> Result<()> {
         let needs = {
             let mut m = self.meta.write();
             m.check_usable()?;
+            let newest = newest.unwrap_or(m.newest_snapshot());
             let mut needs = Vec::new();
             for c in chunks {
-                if let Some(need) = m.copy_need(OriginChunk(c))? {
+                if let Some(need) = m.copy_need_through(OriginChunk(c), newest)? {
                     needs.push(need);
                 }
             }
@@ -137,7 +158,7 @@ impl Store {
     /// Runs a write that fails with `StoreFull` before changing anything; under the
     /// invalidate-oldest policy, drops the oldest snapshot to make room and runs it again,
     /// until it succeeds or no snapshot is left to drop.
-    fn with_full_policy(&self, mut write: impl FnMut() -> Result<()>) -> Result<()> {
+    pub(super) fn with_full_policy(&self, mut write: impl FnMut() -> Result<()>) -> Result<()> {
         loop {
             match write() {
                 Err(e @ StoreError::StoreFull { .. }) => {
