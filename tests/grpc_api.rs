@@ -65,6 +65,7 @@ fn grpc_api_by_reflection() {
         "ListSnapshots",
         "GetSnapshot",
         "DeleteSnapshot",
+        "RevertVolume",
     ] {
         assert!(methods.contains(m), "{methods}");
     }

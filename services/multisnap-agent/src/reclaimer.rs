@@ -1,5 +1,6 @@
-//! One background thread per agent that reclaims the space of deleted snapshots, in bounded
-//! steps, so a large deletion never holds up I/O for long. Progress goes to the log (and,
+//! One background thread per agent that reclaims the space of deleted snapshots and merges
+//! rollbacks (RevertVolume) into their origins, in bounded steps, so neither holds up I/O for
+//! long. Progress goes to the log (and,
 //! through the store's counters, to metrics).
 
 use crate::volumes::Volumes;
@@ -9,6 +10,10 @@ use std::time::{Duration, Instant};
 
 /// Removals per step: small enough that the metadata lock is held for milliseconds.
 const STEP_BUDGET: usize = 512;
+/// Chunks a rollback's merge copies per step (each step ends with an origin flush and a
+/// commit), and steps per volume per round, so reclamation and other volumes take turns.
+const MERGE_STEP_CHUNKS: usize = 64;
+const MERGE_STEPS_PER_ROUND: usize = 16;
 
 pub fn spawn(volumes: Arc<Volumes>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
@@ -21,6 +26,10 @@ fn run(volumes: &Volumes, stop: &AtomicBool) {
     while !stop.load(Ordering::Acquire) {
         let mut worked = false;
         for v in volumes.list() {
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            worked |= merge_some(&v);
             let mut last_log = Instant::now();
             loop {
                 if stop.load(Ordering::Acquire) {
@@ -51,4 +60,24 @@ fn run(volumes: &Volumes, stop: &AtomicBool) {
             }
         }
     }
+}
+
+/// A few steps of the volume's rollback merge, if one runs; whether any work was done.
+fn merge_some(v: &crate::volumes::Volume) -> bool {
+    for step in 0..MERGE_STEPS_PER_ROUND {
+        match v.store.merge_step(MERGE_STEP_CHUNKS) {
+            Ok(Some(p)) => {
+                if step == 0 {
+                    tracing::debug!(volume = %v.name, snapshot = %p.target_name, merged_chunks = p.cursor,
+                        total_chunks = p.chunk_count, "merging a rollback into the origin");
+                }
+            }
+            Ok(None) => return step > 0,
+            Err(e) => {
+                tracing::error!(volume = %v.name, error = %e, "rollback merge failed; will retry");
+                return false;
+            }
+        }
+    }
+    true
 }

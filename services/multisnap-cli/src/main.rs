@@ -7,6 +7,7 @@ mod exit;
 mod output;
 mod reclaim;
 mod replicate;
+mod revert;
 mod size;
 mod snapshot;
 mod ublk;

@@ -54,6 +54,15 @@ pub fn volume_json(v: &pb::Volume) -> Value {
         "exceptionCount": v.exception_count,
         "reclaimPending": v.reclaim_pending,
         "replicaOf": v.replica_of,
+        "merge": v.merge.as_ref().map(merge_json),
+    })
+}
+
+pub fn merge_json(m: &pb::MergeProgress) -> Value {
+    json!({
+        "snapshot": m.snapshot,
+        "mergedChunks": m.merged_chunks,
+        "totalChunks": m.total_chunks,
     })
 }
 

@@ -2,7 +2,7 @@
 
 use crate::exit::rpc;
 use crate::output::{self, state_word, Format, Table};
-use crate::{reclaim, Ctx};
+use crate::{reclaim, revert, Ctx};
 use anyhow::Result;
 use clap::Subcommand;
 use multisnap_proto::v1 as pb;
@@ -29,6 +29,17 @@ pub enum SnapshotCommand {
         volume: String,
         name: String,
         /// Wait, with a progress bar, until the volume has no space left to reclaim.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Roll VOLUME's origin back to SNAPSHOT in place: the origin reads as the snapshot at
+    /// once, every snapshot keeps its contents, and the data is copied back in the background.
+    /// Refused while a ublk device serves the origin (detach it first) and for a writable
+    /// snapshot.
+    Revert {
+        volume: String,
+        snapshot: String,
+        /// Wait, with a progress bar, until the data is merged into the origin.
         #[arg(long)]
         wait: bool,
     },
@@ -108,6 +119,11 @@ pub async fn run(ctx: &Ctx, cmd: SnapshotCommand) -> Result<()> {
             }?;
             Ok(())
         }
+        SnapshotCommand::Revert {
+            volume,
+            snapshot,
+            wait,
+        } => revert::run(ctx, &mut client, &volume, &snapshot, wait).await,
     }
 }
 

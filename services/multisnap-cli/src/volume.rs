@@ -191,6 +191,18 @@ fn show(format: Format, v: &pb::Volume) -> Result<()> {
         Format::Json => output::print_json(&output::volume_json(v)),
         Format::Table => output::print_details(&[
             ("name", v.name.clone()),
+            (
+                "rollback merge",
+                v.merge.as_ref().map_or_else(
+                    || "-".into(),
+                    |m| {
+                        format!(
+                            "to {}: {} of {} chunks",
+                            m.snapshot, m.merged_chunks, m.total_chunks
+                        )
+                    },
+                ),
+            ),
             ("uuid", v.uuid.clone()),
             (
                 "state",

@@ -143,4 +143,36 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotApi {
         })
         .await
     }
+
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume, snapshot = %req.get_ref().snapshot))]
+    async fn revert_volume(
+        &self,
+        req: Request<pb::RevertVolumeRequest>,
+    ) -> Result<Response<pb::RevertVolumeResponse>, Status> {
+        let r = req.into_inner();
+        require_name(&r.snapshot)?;
+        let v = self.volume(&r.volume)?;
+        // The kernel caches a ublk device's pages: it would keep serving the pre-rollback data.
+        if let Some(dev) = self
+            .ublk
+            .list()
+            .into_iter()
+            .find(|d| d.volume == r.volume && d.snapshot.is_none())
+        {
+            return Err(Status::failed_precondition(format!(
+                "the origin of volume {} is served as {}, whose kernel cache would keep the data from before the rollback; detach it first (multisnap ublk detach {})",
+                r.volume,
+                dev.path(),
+                dev.path()
+            )));
+        }
+        blocking(move || {
+            let s = v.store.snapshot_by_name(&r.snapshot).map_err(from_store)?;
+            let merge = v.store.revert_to(s.id).map_err(from_store)?;
+            Ok(Response::new(pb::RevertVolumeResponse {
+                merge: Some(super::volumes::merge_message(&merge)),
+            }))
+        })
+        .await
+    }
 }

@@ -42,6 +42,15 @@ pub fn volume_message(v: &Volume) -> pb::Volume {
             .replica_source()
             .map(|u| u.to_string())
             .unwrap_or_default(),
+        merge: v.store.merge_progress().as_ref().map(merge_message),
+    }
+}
+
+pub fn merge_message(p: &multisnap_store::MergeProgress) -> pb::MergeProgress {
+    pb::MergeProgress {
+        snapshot: p.target_name.clone(),
+        merged_chunks: p.cursor,
+        total_chunks: p.chunk_count,
     }
 }
 

@@ -27,6 +27,7 @@ struct Sample {
     deltas: [u64; 5],
     receiving: bool,
     failed: bool,
+    merge: Option<multisnap_store::MergeProgress>,
 }
 
 enum Value {
@@ -135,6 +136,14 @@ fn store_defs() -> Vec<Def> {
             |s| G(u64::from(s.failed))),
         d("multisnap_delta_apply_in_progress", None, "1 while the volume holds an unfinished delta apply (running, or kept for resumption).",
             |s| G(u64::from(s.receiving))),
+        d("multisnap_revert_merge_in_progress", None, "1 while a rollback (RevertVolume) is being merged into the volume's origin.",
+            |s| G(u64::from(s.merge.is_some()))),
+        d("multisnap_revert_merged_chunks", None, "Origin chunks the rollback's merge has passed (it walks the origin in address order); 0 when none runs.",
+            |s| G(s.merge.as_ref().map_or(0, |m| m.cursor))),
+        d("multisnap_revert_total_chunks", None, "Origin chunks the rollback's merge walks (all of the origin's); 0 when none runs.",
+            |s| G(s.merge.as_ref().map_or(0, |m| m.chunk_count))),
+        d("multisnap_revert_copied_chunks", None, "Chunks rollbacks copied back into the origin since the agent started.",
+            |s| C(s.stats.chunks_merged_total)),
     ]
 }
 
@@ -154,6 +163,7 @@ impl Collector for StoreCollector {
                 volume: v.name.clone(),
                 stats: v.store.stats(),
                 reclaim_scanned: v.store.reclaim_progress().scanned_chunk,
+                merge: v.store.merge_progress(),
                 deltas: {
                     let d = &v.deltas;
                     let get = |a: &std::sync::atomic::AtomicU64| {
