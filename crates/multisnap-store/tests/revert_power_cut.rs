@@ -15,6 +15,8 @@
 
 mod common;
 
+use common::Image;
+
 use multisnap_store::fault::{CrashDev, PowerRail};
 use multisnap_store::{verify, CreateOptions, MemDev, SnapshotState, Store, View};
 use rand::rngs::StdRng;
@@ -96,46 +98,6 @@ fn workload(seed: u64) -> Vec<Op> {
     out
 }
 
-/// The origin as the workload knows it: what a completed flush (or the rollback) fixed, and
-/// the writes since.
-#[derive(Clone, Debug)]
-struct Image {
-    durable: Vec<u8>,
-    unflushed: Vec<(u64, Vec<u8>)>,
-    current: Vec<u8>,
-}
-
-impl Image {
-    fn new(data: Vec<u8>) -> Image {
-        Image {
-            durable: data.clone(),
-            unflushed: Vec::new(),
-            current: data,
-        }
-    }
-    fn write(&mut self, offset: u64, data: &[u8], acknowledged: bool) {
-        self.unflushed.push((offset, data.to_vec()));
-        if acknowledged {
-            let o = offset as usize;
-            self.current[o..o + data.len()].copy_from_slice(data);
-        }
-    }
-    fn flushed(&mut self) {
-        self.durable = self.current.clone();
-        self.unflushed.clear();
-    }
-    /// The first byte that neither the last flush nor a write since explains.
-    fn unexplained(&self, found: &[u8]) -> Option<usize> {
-        found.iter().enumerate().position(|(i, &b)| {
-            b != self.durable[i]
-                && !self.unflushed.iter().any(|(off, d)| {
-                    (*off as usize..*off as usize + d.len()).contains(&i)
-                        && d[i - *off as usize] == b
-                })
-        })
-    }
-}
-
 struct Outcome {
     origin: Image,
     /// An interrupted rollback: the origin is either `origin` or exactly this.
@@ -193,8 +155,11 @@ fn run(ops: &[Op], base: &(Vec<u8>, Vec<u8>), cut_at: Option<u64>) -> (Rig, Outc
     for op in ops {
         let ok = match op {
             Op::Write { offset, data } => {
+                out.origin.issue(*offset, data);
                 let ok = store.write_origin(*offset, data).is_ok();
-                out.origin.write(*offset, data, ok);
+                if ok {
+                    out.origin.acknowledged(*offset, data);
+                }
                 ok
             }
             Op::Snapshot(name) => match store.create_snapshot(name) {

@@ -73,6 +73,17 @@ impl Image {
         self.durable.resize(size, 0);
         self.current.resize(size, 0);
     }
+    /// The first byte that is neither what the last completed flush left nor what a write
+    /// since put there.
+    pub fn unexplained(&self, found: &[u8]) -> Option<usize> {
+        found.iter().enumerate().position(|(i, &b)| {
+            b != self.durable[i]
+                && !self.unflushed.iter().any(|(off, d)| {
+                    (*off as usize..*off as usize + d.len()).contains(&i)
+                        && d[i - *off as usize] == b
+                })
+        })
+    }
     /// Each byte is what the last completed flush left or what a write since put there.
     pub fn check(&self, found: &[u8], what: &str) {
         for (i, &b) in found.iter().enumerate() {
