@@ -532,3 +532,34 @@ fn concurrent_writes_during_a_merge() {
     store.flush().unwrap();
     assert!(origin.contents() == expected);
 }
+
+/// A resize and a rollback exclude each other: the merge walks the chunks of the size it
+/// started with, and a snapshot taken before the volume grew has no data for the new part.
+#[test]
+fn rollback_and_resize_exclude_each_other() {
+    let opts = CreateOptions {
+        chunk_size: 4096,
+        cache_bytes: 0,
+        journal_bytes: 64 * 1024,
+        ..Default::default()
+    };
+    let (_origin, _dev, store) = common::mem_store(256 * 1024, 2 << 20, &opts);
+    store.write_origin(0, &[3u8; 65536]).unwrap();
+    let small = store.create_snapshot("small").unwrap();
+    store.resize(512 * 1024, 3 << 20).unwrap();
+    let e = store.revert_to(small.id).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e}");
+    assert_eq!(store.merge_progress(), None);
+
+    let full = store.create_snapshot("full").unwrap();
+    store.write_origin(0, &[4u8; 8192]).unwrap();
+    store.revert_to(full.id).unwrap();
+    let e = store.resize(1 << 20, 4 << 20).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e}");
+    assert!(e.to_string().contains("resizing the volume"), "{e}");
+    assert_eq!(common::read(&store, View::Origin, 0, 8192), vec![3u8; 8192]);
+    store.merge_all().unwrap();
+    store.resize(1 << 20, 4 << 20).unwrap();
+    assert_eq!(common::read(&store, View::Origin, 0, 8192), vec![3u8; 8192]);
+    common::assert_clean(&store, Some(1 << 20));
+}
