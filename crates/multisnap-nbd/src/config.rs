@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::observer::Observer;
+use crate::tls::NbdTls;
 
 /// Tunables of a server. `Default` gives values suitable for production.
 #[derive(Clone)]
@@ -39,6 +40,9 @@ pub struct ServerConfig {
     /// After shutdown, how long connections get to finish in-flight requests
     /// before they are cut.
     pub shutdown_grace: Duration,
+    /// NBD over TLS (NBD_OPT_STARTTLS): the certificate, the optional client CA and whether
+    /// TCP and unix-socket clients may, must or cannot upgrade. `None`: no TLS anywhere.
+    pub tls: Option<NbdTls>,
     pub observer: Option<Arc<dyn Observer>>,
 }
 
@@ -58,6 +62,7 @@ impl Default for ServerConfig {
             request_timeout: Some(Duration::from_secs(60)),
             connections: Arc::new(ConnectionSlots::new(DEFAULT_MAX_CONNECTIONS)),
             shutdown_grace: Duration::from_secs(30),
+            tls: None,
             observer: None,
         }
     }
@@ -74,6 +79,7 @@ impl fmt::Debug for ServerConfig {
             .field("request_timeout", &self.request_timeout)
             .field("max_connections", &self.connections.max())
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("tls", &self.tls)
             .field("observer", &self.observer.is_some())
             .finish()
     }

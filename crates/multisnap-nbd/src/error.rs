@@ -87,6 +87,14 @@ pub enum NbdError {
     /// request timeout; the connection is closed so it cannot hold its resources forever.
     #[error("client stalled {what} for more than {secs} s")]
     ClientStalled { what: &'static str, secs: u64 },
+    /// NBD_OPT_EXPORT_NAME before TLS on a listener that requires TLS: that option has no
+    /// error reply, so the spec has the server close the connection.
+    #[error("client chose an export with NBD_OPT_EXPORT_NAME before starting the TLS this listener requires")]
+    TlsRequired,
+    /// The TLS handshake after NBD_OPT_STARTTLS failed (no or an untrusted client
+    /// certificate, no common cipher, a plaintext client); the spec has the server close.
+    #[error("TLS handshake failed: {0}")]
+    TlsHandshake(#[source] std::io::Error),
     #[error("connection I/O failed: {0}")]
     Connection(#[from] std::io::Error),
 }
@@ -114,6 +122,8 @@ impl NbdError {
             NbdError::BackendPanicked { .. }
             | NbdError::HandshakeTimeout
             | NbdError::ClientStalled { .. }
+            | NbdError::TlsRequired
+            | NbdError::TlsHandshake(_)
             | NbdError::Connection(_) => Errno::EIO,
         }
     }

@@ -75,14 +75,51 @@ struct Haggle {
     contexts: Option<(String, Vec<(ContextId, MetaContext)>)>,
 }
 
-/// Runs the handshake. `Ok(None)` means the client went away or aborted
-/// politely; `Err` means a protocol violation and the caller closes.
+/// Where a connection stands with TLS while options are haggled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsState {
+    /// No TLS on this listener: NBD_OPT_STARTTLS gets NBD_REP_ERR_UNSUP.
+    Unavailable,
+    /// The client may upgrade or carry on in plaintext.
+    Offered,
+    /// Nothing but NBD_OPT_STARTTLS and NBD_OPT_ABORT is served until the client upgrades.
+    Required,
+    /// The connection runs inside TLS; another NBD_OPT_STARTTLS gets NBD_REP_ERR_INVALID.
+    Active,
+}
+
+impl TlsState {
+    /// The state a new connection starts in under `policy`.
+    pub fn before_upgrade(policy: crate::tls::TlsPolicy) -> TlsState {
+        match policy {
+            crate::tls::TlsPolicy::Off => TlsState::Unavailable,
+            crate::tls::TlsPolicy::Offered => TlsState::Offered,
+            crate::tls::TlsPolicy::Required => TlsState::Required,
+        }
+    }
+}
+
+/// How option haggling ended.
+pub enum Negotiated {
+    /// The client picked an export.
+    Session(Session),
+    /// NBD_OPT_STARTTLS was acknowledged: the caller runs the TLS handshake on the stream,
+    /// then [`haggle`] again inside TLS with [`TlsState::Active`]. The client flags are not
+    /// sent again, so `no_zeroes` carries them over.
+    StartTls { no_zeroes: bool },
+    /// The client went away or aborted politely.
+    Left,
+}
+
+/// Runs the handshake from the greeting. `Err` means a protocol violation and the caller
+/// closes.
 pub async fn negotiate<S>(
     stream: &mut S,
     provider: &Arc<dyn ExportProvider>,
     config: &ServerConfig,
     shutdown: &CancellationToken,
-) -> Result<Option<Session>, NbdError>
+    tls: TlsState,
+) -> Result<Negotiated, NbdError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -91,11 +128,27 @@ where
 
     let mut word = [0u8; 4];
     if read_or_eof(stream, &mut word).await?.is_none() {
-        return Ok(None);
+        return Ok(Negotiated::Left);
     }
     let client_flags = proto::parse_client_flags(word)?;
     let no_zeroes = client_flags & proto::FLAG_C_NO_ZEROES != 0;
+    haggle(stream, provider, config, shutdown, no_zeroes, tls).await
+}
 
+/// Option haggling, from the first option (or the first one inside TLS) until the client
+/// picks an export, asks for TLS, or leaves. Options agreed before TLS are forgotten with
+/// it: each call starts from a fresh state, since plaintext ones may have been tampered with.
+pub async fn haggle<S>(
+    stream: &mut S,
+    provider: &Arc<dyn ExportProvider>,
+    config: &ServerConfig,
+    shutdown: &CancellationToken,
+    no_zeroes: bool,
+    tls: TlsState,
+) -> Result<Negotiated, NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut st = Haggle {
         structured: false,
         contexts: None,
@@ -105,7 +158,7 @@ where
         let (option, data) = match read_option(stream).await? {
             Incoming::Option { option, data } => (option, data),
             Incoming::Refused => continue,
-            Incoming::Closed => return Ok(None),
+            Incoming::Closed => return Ok(Negotiated::Left),
         };
 
         if shutdown.is_cancelled() && option != proto::OPT_ABORT {
@@ -116,6 +169,15 @@ where
                 "server is shutting down",
             )
             .await?;
+            continue;
+        }
+
+        if tls == TlsState::Required && !matches!(option, proto::OPT_STARTTLS | proto::OPT_ABORT) {
+            if option == proto::OPT_EXPORT_NAME {
+                return Err(NbdError::TlsRequired);
+            }
+            let msg = "TLS is required: send NBD_OPT_STARTTLS first";
+            reply_err(stream, option, proto::REP_ERR_TLS_REQD, msg).await?;
             continue;
         }
 
@@ -130,18 +192,18 @@ where
         match option {
             proto::OPT_EXPORT_NAME => {
                 let session = export_name(stream, provider, config, &mut st, no_zeroes, &data);
-                return session.await.map(Some);
+                return session.await.map(Negotiated::Session);
             }
             proto::OPT_ABORT => {
                 // The client may already have closed; a failed ACK is fine.
                 let _ = reply_ack(stream, option).await;
-                return Ok(None);
+                return Ok(Negotiated::Left);
             }
             proto::OPT_LIST => list_exports(stream, provider, option).await?,
             proto::OPT_INFO | proto::OPT_GO => {
                 let chosen = info_or_go(stream, provider, config, &mut st, option, &data).await?;
-                if chosen.is_some() {
-                    return Ok(chosen);
+                if let Some(session) = chosen {
+                    return Ok(Negotiated::Session(session));
                 }
             }
             proto::OPT_STRUCTURED_REPLY => {
@@ -151,9 +213,20 @@ where
             proto::OPT_LIST_META_CONTEXT | proto::OPT_SET_META_CONTEXT => {
                 meta_context(stream, provider, &mut st, option, &data).await?;
             }
-            proto::OPT_STARTTLS => {
-                reply_err(stream, option, proto::REP_ERR_UNSUP, "TLS is not supported").await?;
-            }
+            proto::OPT_STARTTLS => match tls {
+                TlsState::Unavailable => {
+                    let msg = "TLS is not configured on this listener";
+                    reply_err(stream, option, proto::REP_ERR_UNSUP, msg).await?;
+                }
+                TlsState::Active => {
+                    let msg = "TLS is already active on this connection";
+                    reply_err(stream, option, proto::REP_ERR_INVALID, msg).await?;
+                }
+                TlsState::Offered | TlsState::Required => {
+                    reply_ack(stream, option).await?;
+                    return Ok(Negotiated::StartTls { no_zeroes });
+                }
+            },
             _ => {
                 reply_err(
                     stream,
@@ -441,6 +514,7 @@ fn dataless_option_name(option: u32) -> Option<&'static str> {
     match option {
         proto::OPT_LIST => Some("NBD_OPT_LIST"),
         proto::OPT_STRUCTURED_REPLY => Some("NBD_OPT_STRUCTURED_REPLY"),
+        proto::OPT_STARTTLS => Some("NBD_OPT_STARTTLS"),
         _ => None,
     }
 }

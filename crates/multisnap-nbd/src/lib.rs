@@ -1,7 +1,7 @@
 //! NBD server (fixed newstyle) for multisnap, independent of the store.
 //!
 //! Job: serve block exports to NBD clients (qemu, libnbd, the kernel) over
-//! TCP or unix sockets. A backend plugs in through two blocking traits,
+//! TCP or unix sockets, optionally over TLS ([`NbdTls`]). A backend plugs in through two blocking traits,
 //! [`ExportProvider`] (which exports exist) and [`Export`] (I/O on one);
 //! [`serve_tcp`] / [`serve_unix`] run the server until a
 //! [`CancellationToken`](tokio_util::sync::CancellationToken) fires.
@@ -30,6 +30,7 @@ pub mod handshake;
 mod observer;
 pub mod proto;
 mod server;
+mod tls;
 pub mod transmission;
 
 #[cfg(feature = "testing")]
@@ -43,4 +44,5 @@ pub use export::{
 };
 pub use observer::{Observer, RequestEvent, RequestKind};
 pub use server::{serve_connection, serve_tcp, serve_unix};
+pub use tls::{NbdTls, TlsPolicy, TlsSetupError};
 pub use tokio_util::sync::CancellationToken;

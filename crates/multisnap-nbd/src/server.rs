@@ -7,20 +7,23 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::ServerConfig;
 use crate::error::NbdError;
 use crate::export::ExportProvider;
-use crate::handshake;
+use crate::handshake::{self, Negotiated, Session, TlsState};
+use crate::tls::TlsPolicy;
 use crate::transmission;
 
-/// Serves one already-accepted connection to completion. Returns `Ok` when
-/// the client left (or shutdown ended the session) and `Err` for protocol
-/// violations and socket failures; either way the stream is closed.
+/// Serves one already-accepted connection to completion, with the TLS policy of TCP
+/// listeners (`config.tls`). Returns `Ok` when the client left (or shutdown ended the
+/// session) and `Err` for protocol violations, failed TLS handshakes and socket failures;
+/// either way the stream is closed.
 pub async fn serve_connection<S>(
-    mut stream: S,
+    stream: S,
     provider: Arc<dyn ExportProvider>,
     config: Arc<ServerConfig>,
     shutdown: CancellationToken,
@@ -28,8 +31,26 @@ pub async fn serve_connection<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let negotiated = {
-        let hs = handshake::negotiate(&mut stream, &provider, &config, &shutdown);
+    let policy = config.tls.as_ref().map(|t| t.tcp);
+    serve_with_tls_policy(stream, provider, config, shutdown, policy).await
+}
+
+/// [`serve_connection`] under the TLS policy of the listener that accepted it (`None`: no
+/// TLS configured).
+async fn serve_with_tls_policy<S>(
+    stream: S,
+    provider: Arc<dyn ExportProvider>,
+    config: Arc<ServerConfig>,
+    shutdown: CancellationToken,
+    policy: Option<TlsPolicy>,
+) -> Result<(), NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let tls = policy.map_or(TlsState::Unavailable, TlsState::before_upgrade);
+    let handshaken = {
+        // The TLS handshake counts against the handshake timeout like any option.
+        let hs = handshake_phase(stream, &provider, &config, &shutdown, tls);
         let timed = async {
             match config.handshake_timeout {
                 Some(t) => tokio::time::timeout(t, hs)
@@ -44,10 +65,76 @@ where
             r = timed => r?,
         }
     };
-    let Some(session) = negotiated else {
-        debug!("client left during handshake");
-        return Ok(());
+    match handshaken {
+        Handshaken::Plain(stream, session) => transmit(stream, session, &config, &shutdown).await,
+        Handshaken::Tls(stream, session) => transmit(*stream, session, &config, &shutdown).await,
+        Handshaken::Left => {
+            debug!("client left during handshake");
+            Ok(())
+        }
+    }
+}
+
+/// The stream a connection goes on with after option haggling.
+enum Handshaken<S> {
+    Plain(S, Session),
+    Tls(Box<TlsStream<S>>, Session),
+    Left,
+}
+
+/// Option haggling, and when the client sends NBD_OPT_STARTTLS, the TLS handshake on the
+/// same socket and haggling again inside it.
+async fn handshake_phase<S>(
+    mut stream: S,
+    provider: &Arc<dyn ExportProvider>,
+    config: &ServerConfig,
+    shutdown: &CancellationToken,
+    tls: TlsState,
+) -> Result<Handshaken<S>, NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let no_zeroes = match handshake::negotiate(&mut stream, provider, config, shutdown, tls).await?
+    {
+        Negotiated::Session(session) => return Ok(Handshaken::Plain(stream, session)),
+        Negotiated::Left => return Ok(Handshaken::Left),
+        Negotiated::StartTls { no_zeroes } => no_zeroes,
     };
+    // STARTTLS is acknowledged only in the Offered and Required states, which need settings.
+    let Some(settings) = &config.tls else {
+        let missing = std::io::Error::other("TLS is not configured");
+        return Err(NbdError::TlsHandshake(missing));
+    };
+    let mut stream = settings
+        .acceptor()
+        .accept(stream)
+        .await
+        .map_err(NbdError::TlsHandshake)?;
+    let (_, conn) = stream.get_ref();
+    tracing::Span::current().record("tls", true);
+    info!(
+        version = ?conn.protocol_version(),
+        client_certificate = conn.peer_certificates().is_some(),
+        "TLS established"
+    );
+    let active = TlsState::Active;
+    match handshake::haggle(&mut stream, provider, config, shutdown, no_zeroes, active).await? {
+        Negotiated::Session(session) => Ok(Handshaken::Tls(Box::new(stream), session)),
+        // Inside TLS haggling never asks for TLS again; treat it like a client that left.
+        Negotiated::Left | Negotiated::StartTls { .. } => Ok(Handshaken::Left),
+    }
+}
+
+/// The transmission phase of a negotiated session, over plaintext or TLS alike.
+async fn transmit<S>(
+    stream: S,
+    session: Session,
+    config: &ServerConfig,
+    shutdown: &CancellationToken,
+) -> Result<(), NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let export_name = session.export_name.clone();
     let span = tracing::Span::current();
     span.record("export", export_name.as_str());
@@ -66,7 +153,7 @@ where
     // to back, and one recv for many of them beats two per request. Large payloads bypass
     // the buffer (tokio's BufReader reads them straight into the request's own buffer).
     let rd = tokio::io::BufReader::with_capacity(64 * 1024, rd);
-    let res = transmission::run(rd, wr, session, &config, &shutdown).await;
+    let res = transmission::run(rd, wr, session, config, shutdown).await;
     if let Some(obs) = &config.observer {
         obs.connection_closed(&export_name);
     }
@@ -128,8 +215,7 @@ async fn accept_loop(
             }
         };
         next_id += 1;
-        let span =
-            info_span!("nbd_conn", id = next_id, peer = %peer, export = tracing::field::Empty);
+        let span = info_span!("nbd_conn", id = next_id, peer = %peer, export = tracing::field::Empty, tls = false);
         let slot = config.connections.try_take();
         let refusal = slot.is_none().then(|| {
             let max = config.connections.max();
@@ -178,12 +264,16 @@ type Spawner = Box<
         + Send,
 >;
 
-fn spawner<S>(stream: S) -> Spawner
+/// `unix` picks the TLS policy of unix-socket listeners instead of that of TCP ones.
+fn spawner<S>(stream: S, unix: bool) -> Spawner
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
     Box::new(move |p, c, t, refusal| match refusal {
-        None => Box::pin(serve_connection(stream, p, c, t)),
+        None => {
+            let policy = c.tls.as_ref().map(|t| if unix { t.unix } else { t.tcp });
+            Box::pin(serve_with_tls_policy(stream, p, c, t, policy))
+        }
         Some(reason) => Box::pin(refuse_connection(stream, reason)),
     })
 }
@@ -208,11 +298,11 @@ async fn accept(listener: &Listener) -> std::io::Result<(Spawner, String)> {
             let (s, peer) = l.accept().await?;
             // Replies are already batched by the writer; Nagle only adds latency.
             let _ = s.set_nodelay(true);
-            Ok((spawner(s), peer.to_string()))
+            Ok((spawner(s, false), peer.to_string()))
         }
         Listener::Unix(l) => {
             let (s, _) = l.accept().await?;
-            Ok((spawner(s), "unix".to_string()))
+            Ok((spawner(s, true), "unix".to_string()))
         }
     }
 }

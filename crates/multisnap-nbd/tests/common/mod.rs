@@ -200,7 +200,7 @@ pub fn qemu_io_failed(o: &Output) -> bool {
 
 // --- A tiny raw-socket client for tests that must send what real clients won't. ---
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
@@ -210,6 +210,12 @@ pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 /// Connects and reads the greeting; sends `client_flags`.
 pub async fn raw_greet(addr: &str, client_flags: u32) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.expect("connect");
+    greet(&mut s, client_flags).await;
+    s
+}
+
+/// Reads the greeting on an open connection; sends `client_flags`.
+pub async fn greet<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, client_flags: u32) {
     let mut g = [0u8; 18];
     s.read_exact(&mut g).await.expect("greeting");
     assert_eq!(&g[..8], b"NBDMAGIC");
@@ -217,10 +223,9 @@ pub async fn raw_greet(addr: &str, client_flags: u32) -> TcpStream {
     s.write_all(&client_flags.to_be_bytes())
         .await
         .expect("flags");
-    s
 }
 
-pub async fn send_option(s: &mut TcpStream, opt: u32, data: &[u8]) {
+pub async fn send_option<S: AsyncWrite + Unpin>(s: &mut S, opt: u32, data: &[u8]) {
     let mut b = IHAVEOPT.to_be_bytes().to_vec();
     b.extend_from_slice(&opt.to_be_bytes());
     b.extend_from_slice(&(data.len() as u32).to_be_bytes());
@@ -229,7 +234,9 @@ pub async fn send_option(s: &mut TcpStream, opt: u32, data: &[u8]) {
 }
 
 /// Reads one option reply: (option, reply type, data).
-pub async fn read_option_reply(s: &mut TcpStream) -> std::io::Result<(u32, u32, Vec<u8>)> {
+pub async fn read_option_reply<S: AsyncRead + Unpin>(
+    s: &mut S,
+) -> std::io::Result<(u32, u32, Vec<u8>)> {
     let mut h = [0u8; 20];
     s.read_exact(&mut h).await?;
     assert_eq!(
@@ -261,7 +268,7 @@ pub async fn raw_go(addr: &str, export: &str) -> TcpStream {
 
 /// Sends NBD_OPT_GO for `export` and reads its NBD_REP_INFO replies up to
 /// the ACK, after which the socket is in transmission phase.
-pub async fn go(s: &mut TcpStream, export: &str) {
+pub async fn go<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, export: &str) {
     send_option(s, 7, &go_payload(export)).await;
     loop {
         let (_, typ, _) = read_option_reply(s).await.expect("GO reply");
@@ -272,8 +279,8 @@ pub async fn go(s: &mut TcpStream, export: &str) {
     }
 }
 
-pub async fn send_request(
-    s: &mut TcpStream,
+pub async fn send_request<S: AsyncWrite + Unpin>(
+    s: &mut S,
     flags: u16,
     cmd: u16,
     handle: u64,
@@ -290,7 +297,7 @@ pub async fn send_request(
 }
 
 /// Reads a simple reply header: (error, handle).
-pub async fn read_simple_reply(s: &mut TcpStream) -> std::io::Result<(u32, u64)> {
+pub async fn read_simple_reply<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<(u32, u64)> {
     let mut h = [0u8; 16];
     s.read_exact(&mut h).await?;
     assert_eq!(u32::from_be_bytes(h[..4].try_into().unwrap()), 0x6744_6698);
