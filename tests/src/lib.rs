@@ -588,3 +588,11 @@ macro_rules! require_grpcio {
         }
     };
 }
+
+/// A throwaway PKI for NBD over TLS in `dir`, made by tests/tls/make-pki.sh (openssl): CA,
+/// server certificate for localhost/127.0.0.1, a client certificate, and `other-ca/` with a
+/// client of another CA. `dir` is laid out as libnbd's and qemu's client directories expect.
+pub fn make_tls_pki(dir: &Path) {
+    let script = repo_root().join("tests/tls/make-pki.sh");
+    output_ok(Command::new("sh").arg(script).arg(dir));
+}

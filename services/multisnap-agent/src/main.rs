@@ -9,6 +9,7 @@ mod io_errors;
 mod listen;
 mod metrics;
 mod nbd_exports;
+mod nbd_tls;
 mod origin_policy;
 mod permissions;
 mod reclaimer;
@@ -88,6 +89,8 @@ struct ServeArgs {
     /// are never cut.
     #[arg(long, env = "MULTISNAP_NBD_REQUEST_TIMEOUT_SECS", default_value_t = 60)]
     nbd_request_timeout_secs: u64,
+    #[command(flatten)]
+    nbd_tls: nbd_tls::NbdTlsArgs,
     /// Unix socket for NBD [default: DATA_DIR/nbd.sock].
     #[arg(long, env = "MULTISNAP_NBD_SOCKET")]
     nbd_socket: Option<PathBuf>,
@@ -240,6 +243,8 @@ fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
              give one or the other"
         );
     }
+    // Before the volumes are opened: unusable certificate files fail the start at once.
+    let nbd_tls = args.nbd_tls.load(args.nbd_listen.addr().is_some())?;
     raise_open_file_limit(args.nbd_max_connections);
     let volumes = Arc::new(load_volumes(data_dir, args, true)?);
     if volumes.is_empty() {
@@ -260,7 +265,13 @@ fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
     let stop_reclaimer = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reclaimer = reclaimer::spawn(volumes.clone(), stop_reclaimer.clone());
     let ublk = Arc::new(ublk_devices::UblkDevices::new(volumes.clone(), data_dir));
-    let served = runtime.block_on(serve_async(data_dir, args, volumes.clone(), ublk.clone()));
+    let served = runtime.block_on(serve_async(
+        data_dir,
+        args,
+        nbd_tls,
+        volumes.clone(),
+        ublk.clone(),
+    ));
     // Clean removal of every ublk device before the final flush.
     ublk.stop_all();
     stop_reclaimer.store(true, std::sync::atomic::Ordering::Release);
@@ -308,6 +319,7 @@ fn raise_open_file_limit(nbd_connections: usize) {
 async fn serve_async(
     data_dir: &Path,
     args: &ServeArgs,
+    nbd_tls: Option<multisnap_nbd::NbdTls>,
     volumes: Arc<Volumes>,
     ublk: Arc<ublk_devices::UblkDevices>,
 ) -> Result<()> {
@@ -339,6 +351,9 @@ async fn serve_async(
     let unix = permissions::bind_unix_socket(&sock_path, access)
         .with_context(|| format!("cannot listen for NBD on {}", sock_path.display()))?;
     tracing::info!(tcp = %args.nbd_listen, unix = %sock_path.display(), socket_mode = %args.socket_mode, socket_group = ?args.socket_group.map(|g| g.0), "serving NBD");
+    if let Some(tls) = &nbd_tls {
+        tracing::info!(tcp = %tls.tcp, unix = %tls.unix, client_certificates = tls.mutual(), "NBD over TLS");
+    }
 
     let mut tasks: tokio::task::JoinSet<Result<()>> = tokio::task::JoinSet::new();
     let metrics = metrics::Metrics::new(volumes.clone());
@@ -357,6 +372,7 @@ async fn serve_async(
         connections: Arc::new(multisnap_nbd::ConnectionSlots::new(
             args.nbd_max_connections,
         )),
+        tls: nbd_tls,
         ..ServerConfig::default()
     };
     if let Some(tcp) = tcp {
