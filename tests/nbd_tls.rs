@@ -45,9 +45,7 @@ fn qemu_io_tls(agent: &Agent, certs: &Path, cmds: &[&str]) -> std::process::Outp
         "tls-creds-x509,id=tls0,endpoint=client,dir={}",
         certs.display()
     );
-    let image = format!(
-        "driver=nbd,host={host},port={port},export=default,tls-creds=tls0"
-    );
+    let image = format!("driver=nbd,host={host},port={port},export=default,tls-creds=tls0");
     let mut args = vec!["--object", &creds, "--image-opts", &image];
     for c in cmds {
         args.extend(["-c", c]);
@@ -86,25 +84,36 @@ fn tls_required_serves_nbds_clients_and_refuses_plaintext() {
     assert!(info.status.success(), "nbds://: {}", describe(&info));
     assert!(text(&info).contains("67108864"), "{}", describe(&info));
 
-    let out = qemu_io_tls(
-        &agent,
-        &pki,
-        &["write -P 0x55 0 64k", "read -P 0x55 0 64k"],
-    );
+    let out = qemu_io_tls(&agent, &pki, &["write -P 0x55 0 64k", "read -P 0x55 0 64k"]);
     assert!(out.status.success(), "qemu-io over TLS: {}", describe(&out));
-    assert!(!text(&out).contains("Pattern verification failed"), "{}", describe(&out));
+    assert!(
+        !text(&out).contains("Pattern verification failed"),
+        "{}",
+        describe(&out)
+    );
 
     // Plaintext on TCP is refused with the server's TLS-required answer.
     let plain = run("nbdinfo", &[&agent.uri("default")]);
-    assert!(!plain.status.success(), "plaintext served: {}", describe(&plain));
+    assert!(
+        !plain.status.success(),
+        "plaintext served: {}",
+        describe(&plain)
+    );
     assert!(text(&plain).contains("TLS"), "{}", describe(&plain));
-    let plain = run("qemu-io", &["-f", "raw", &agent.uri("default"), "-c", "read 0 4k"]);
+    let plain = run(
+        "qemu-io",
+        &["-f", "raw", &agent.uri("default"), "-c", "read 0 4k"],
+    );
     assert!(
         !plain.status.success() || text(&plain).contains("TLS"),
         "plaintext qemu-io served: {}",
         describe(&plain)
     );
-    assert!(!text(&plain).contains("read 4096/4096"), "{}", describe(&plain));
+    assert!(
+        !text(&plain).contains("read 4096/4096"),
+        "{}",
+        describe(&plain)
+    );
 
     // The unix socket stays plaintext, and holds what was written over TLS.
     qemu_io_ro(&agent.unix_uri("default"), &["read -P 0x55 0 64k"]);
@@ -124,15 +133,28 @@ fn mutual_tls_refuses_clients_without_a_certificate_of_the_ca() {
     );
 
     let info = nbdinfo_tls(&agent, &pki);
-    assert!(info.status.success(), "client of the CA: {}", describe(&info));
+    assert!(
+        info.status.success(),
+        "client of the CA: {}",
+        describe(&info)
+    );
     let out = qemu_io_tls(&agent, &pki, &["write -P 0x66 0 4k", "read -P 0x66 0 4k"]);
-    assert!(out.status.success(), "qemu-io, client of the CA: {}", describe(&out));
+    assert!(
+        out.status.success(),
+        "qemu-io, client of the CA: {}",
+        describe(&out)
+    );
 
     let anonymous = client_dir(&pki, "anonymous", None);
     let foreign = client_dir(&pki, "foreign", Some("other-ca/client"));
     for certs in [&anonymous, &foreign] {
         let info = nbdinfo_tls(&agent, certs);
-        assert!(!info.status.success(), "{}: {}", certs.display(), describe(&info));
+        assert!(
+            !info.status.success(),
+            "{}: {}",
+            certs.display(),
+            describe(&info)
+        );
         let out = qemu_io_tls(&agent, certs, &["read 0 4k"]);
         assert!(
             !out.status.success() || !text(&out).contains("read 4096/4096"),
@@ -170,12 +192,39 @@ fn unusable_certificate_files_fail_the_start() {
     make_tls_pki(&pki);
     let p = |f: &str| pki.join(f).to_string_lossy().into_owned();
     let nbd = format!("127.0.0.1:{}", free_port());
-    let listen = ["--nbd-listen", &nbd, "--grpc-listen", "none", "--metrics-listen", "none"];
+    let listen = [
+        "--nbd-listen",
+        &nbd,
+        "--grpc-listen",
+        "none",
+        "--metrics-listen",
+        "none",
+    ];
     for (cert, key, ca, named) in [
-        (p("server-cert.pem"), p("missing-key.pem"), None, "missing-key.pem"),
-        (p("server-key.pem"), p("server-key.pem"), None, "server-key.pem"),
-        (p("server-cert.pem"), p("client-key.pem"), None, "client-key.pem"),
-        (p("server-cert.pem"), p("server-key.pem"), Some(p("nope.pem")), "nope.pem"),
+        (
+            p("server-cert.pem"),
+            p("missing-key.pem"),
+            None,
+            "missing-key.pem",
+        ),
+        (
+            p("server-key.pem"),
+            p("server-key.pem"),
+            None,
+            "server-key.pem",
+        ),
+        (
+            p("server-cert.pem"),
+            p("client-key.pem"),
+            None,
+            "client-key.pem",
+        ),
+        (
+            p("server-cert.pem"),
+            p("server-key.pem"),
+            Some(p("nope.pem")),
+            "nope.pem",
+        ),
     ] {
         let mut args: Vec<&str> = listen.to_vec();
         args.extend(["--nbd-tls-cert", &cert, "--nbd-tls-key", &key]);
