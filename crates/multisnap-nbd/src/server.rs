@@ -66,7 +66,10 @@ where
         }
     };
     match handshaken {
-        Handshaken::Plain(stream, session) => transmit(stream, session, &config, &shutdown).await,
+        Handshaken::Plain(stream, session) => {
+            tracing::Span::current().record("tls", false);
+            transmit(stream, session, &config, &shutdown).await
+        }
         Handshaken::Tls(stream, session) => transmit(*stream, session, &config, &shutdown).await,
         Handshaken::Left => {
             debug!("client left during handshake");
@@ -215,7 +218,7 @@ async fn accept_loop(
             }
         };
         next_id += 1;
-        let span = info_span!("nbd_conn", id = next_id, peer = %peer, export = tracing::field::Empty, tls = false);
+        let span = info_span!("nbd_conn", id = next_id, peer = %peer, export = tracing::field::Empty, tls = tracing::field::Empty);
         let slot = config.connections.try_take();
         let refusal = slot.is_none().then(|| {
             let max = config.connections.max();
