@@ -123,14 +123,9 @@ pub async fn negotiate<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    stream.write_all(&proto::encode_greeting()).await?;
-    stream.flush().await?;
-
-    let mut word = [0u8; 4];
-    if read_or_eof(stream, &mut word).await?.is_none() {
+    let Some(client_flags) = greet(stream).await? else {
         return Ok(Negotiated::Left);
-    }
-    let client_flags = proto::parse_client_flags(word)?;
+    };
     let no_zeroes = client_flags & proto::FLAG_C_NO_ZEROES != 0;
     haggle(stream, provider, config, shutdown, no_zeroes, tls).await
 }
@@ -240,6 +235,20 @@ where
     }
 }
 
+/// The server's greeting, then the client's flags; `None` if the client left first.
+async fn greet<S>(stream: &mut S) -> Result<Option<u32>, NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stream.write_all(&proto::encode_greeting()).await?;
+    stream.flush().await?;
+    let mut word = [0u8; 4];
+    if read_or_eof(stream, &mut word).await?.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(proto::parse_client_flags(word)?))
+}
+
 /// Options a refused client may send before the server stops answering.
 const MAX_REFUSED_OPTIONS: usize = 16;
 
@@ -249,13 +258,9 @@ pub async fn refuse<S>(stream: &mut S, reason: &str) -> Result<(), NbdError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    stream.write_all(&proto::encode_greeting()).await?;
-    stream.flush().await?;
-    let mut word = [0u8; 4];
-    if read_or_eof(stream, &mut word).await?.is_none() {
+    if greet(stream).await?.is_none() {
         return Ok(());
     }
-    proto::parse_client_flags(word)?;
     for _ in 0..MAX_REFUSED_OPTIONS {
         let option = match read_option(stream).await? {
             Incoming::Option { option, .. } => option,
