@@ -92,6 +92,7 @@ pub async fn run(ctx: &Ctx, cmd: VolumeCommand) -> Result<()> {
                     Some(Policy::Error) => pb::StoreFullPolicy::Error,
                     Some(Policy::InvalidateOldest) => pb::StoreFullPolicy::InvalidateOldest,
                 } as i32,
+                source: None,
             };
             let v = client
                 .create_volume(req)

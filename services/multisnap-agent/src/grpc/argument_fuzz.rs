@@ -110,6 +110,7 @@ fn call() -> impl Strategy<Value = Call> {
                 // Mostly the default; sometimes a size of its own.
                 store_size_bytes: if store % 3 == 0 { store } else { 0 },
                 store_full_policy: policy % 4,
+                source: None,
             })
         },
     );

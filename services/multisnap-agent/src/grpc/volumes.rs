@@ -74,6 +74,11 @@ impl pb::volume_service_server::VolumeService for VolumeApi {
         req: Request<pb::CreateVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
         let r = req.into_inner();
+        if r.source.is_some() {
+            return Err(Status::unimplemented(
+                "creating a volume from a source (clone) is not available in this agent yet",
+            ));
+        }
         let chunk_size = if r.chunk_size_bytes == 0 {
             65536
         } else {
