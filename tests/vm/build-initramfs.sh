@@ -14,6 +14,7 @@ mkdir -p "$stage"/{bin,usr/bin,usr/sbin,lib/modules,lib64,lib/x86_64-linux-gnu,e
 
 install -m 0755 "$VM_BUSYBOX" "$stage/bin/busybox"
 install -m 0755 "$here/guest-init.sh" "$stage/init"
+install -m 0644 "$here/guest-powercut.sh" "$stage/powercut.sh"
 cp "$VM_MODULES"/*.ko "$stage/lib/modules/"
 # Debug info is of no use in the guest and would make the image several times larger.
 strip -o "$stage/usr/bin/multisnap-agent" "$agent"

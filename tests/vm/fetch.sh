@@ -2,7 +2,7 @@
 # Fetches what the kernel VM test boots, from Debian's own packages, downloaded with
 # `apt-get download` and unpacked — never installed (qemu-system-x86 would replace the
 # machine's newer qemu-utils):
-#   - the bookworm-backports kernel (6.12: nbd.ko and ublk_drv.ko), its modules decompressed;
+#   - the bookworm-backports kernel (6.12: nbd.ko, ublk_drv.ko and virtio_blk.ko), its modules decompressed;
 #   - qemu-system-x86 7.2 with its TCG module and firmware, and any of its libraries the machine lacks;
 #   - busybox-static and nbd-client (with its libraries) for the guest.
 # Needs no root: apt runs on a private state directory (same mirror as the machine's own
@@ -15,6 +15,9 @@ CACHE=${MULTISNAP_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/multisnap-vm}
 APT=$CACHE/apt
 mkdir -p "$APT/lists/partial" "$APT/cache/archives/partial" "$CACHE/debs"
 log() { echo "vm-fetch: $*" >&2; }
+# Changes whenever the set of files unpacked changes (v2: virtio_blk for the power-cut test),
+# so a cache made by an older script is unpacked again.
+LAYOUT=v2
 # One fetch at a time per cache (two test runs may start together).
 exec 9>"$CACHE/.lock"
 flock 9
@@ -41,7 +44,8 @@ update() {
 # Refresh the lists once a day (a superseded kernel disappears from the mirror).
 if [ -z "$(find "$APT/lists" -maxdepth 1 -name '*backports*Packages*' -mtime -1 2>/dev/null)" ]; then
   update
-elif [ -s "$CACHE/vm.env" ] && [ -e "$(sed -n 's/^VM_ROOT=//p' "$CACHE/vm.env")/.complete" ]; then
+elif [ -s "$CACHE/vm.env" ] && grep -qx "VM_LAYOUT=$LAYOUT" "$CACHE/vm.env" &&
+  [ -e "$(sed -n 's/^VM_ROOT=//p' "$CACHE/vm.env")/.complete" ]; then
   # Lists still fresh and what they name already unpacked: nothing to ask apt.
   cat "$CACHE/vm.env"
   exit 0
@@ -88,7 +92,7 @@ for p in "${want[@]}"; do
 done
 
 # Unpack into a directory named after the exact set of packages.
-key=$(printf '%s\n' "${debs[@]##*/}" | sort | sha256sum | cut -c1-16)
+key=$(printf '%s\n' "${debs[@]##*/}" "layout-$LAYOUT" | sort | sha256sum | cut -c1-16)
 ROOT=$CACHE/root-$key
 if [ ! -e "$ROOT/.complete" ]; then
   log "unpacking ${#debs[@]} packages into $ROOT"
@@ -98,7 +102,8 @@ if [ ! -e "$ROOT/.complete" ]; then
       linux-image-*)
         # Only the kernel and the modules the guest loads.
         dpkg-deb --fsys-tarfile "$d" | tar -x -C "$ROOT" --wildcards './boot/vmlinuz-*' \
-          '*/drivers/block/nbd.ko*' '*/drivers/block/ublk_drv.ko*' '*/fs/ext4/ext4.ko*' \
+          '*/drivers/block/nbd.ko*' '*/drivers/block/ublk_drv.ko*' '*/drivers/block/virtio_blk.ko*' \
+          '*/fs/ext4/ext4.ko*' \
           '*/fs/jbd2/jbd2.ko*' '*/fs/mbcache.ko*' '*/lib/crc16.ko*' '*/crypto/crc32c_generic.ko*'
         ;;
       *) dpkg-deb -x "$d" "$ROOT" ;;
@@ -119,6 +124,7 @@ fi
 libpath=$ROOT/usr/lib/x86_64-linux-gnu:$ROOT/lib/x86_64-linux-gnu
 kernel=$(ls "$ROOT"/boot/vmlinuz-* | head -n1)
 {
+  echo "VM_LAYOUT=$LAYOUT"
   echo "VM_ROOT=$ROOT"
   echo "VM_QEMU=$ROOT/usr/bin/qemu-system-x86_64"
   echo "VM_LIBRARY_PATH=$libpath"

@@ -12,8 +12,10 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mkdir -p /tmp /data /mnt/origin /mnt/snap /run/ublksrvd
 mount -t tmpfs tmp /tmp
-# The agent's data directory: the volumes' origin and store files live in guest memory.
-mount -t tmpfs -o size=1800m data /data
+MODE=$(sed -n 's/.*msnap.mode=\([^ ]*\).*/\1/p' /proc/cmdline)
+# The agent's data directory: the volumes' origin and store files live in guest memory (the
+# power-cut modes put it on a virtio disk instead).
+[ -n "$MODE" ] || mount -t tmpfs -o size=1800m data /data
 ip link set lo up
 # Keep kernel messages off the console (the test reads it); dmesg is printed where useful.
 dmesg -n 1
@@ -40,13 +42,41 @@ finish() {
   poweroff -f
 }
 
+# What every task waits on, for a step that hangs: user-space threads of the agent (its
+# threads' kernel stacks say whether they wait on a lock, the store's files or the ublk
+# driver), tasks in D state, the kernel's own list of blocked tasks, memory and block queues.
+hang_report() {
+  echo "VMTEST info hang: step $1 still running after $2 s"
+  for t in /proc/[0-9]*/task/[0-9]*; do
+    state=$(sed -n 's/^State:\s*//p' $t/status 2>/dev/null)
+    comm=$(cat $t/comm 2>/dev/null)
+    case "$state" in D*) ;; *) [ "${t#/proc/$AGENT_PID/}" != "$t" ] || continue ;; esac
+    echo "    task ${t#/proc/} $comm $state wchan=$(cat $t/wchan 2>/dev/null)"
+    sed 's/^/      /' $t/stack 2>/dev/null | head -n 16
+  done
+  for d in /sys/block/ublkb* /sys/block/nbd*; do
+    [ -e $d/inflight ] && echo "    $d inflight: $(cat $d/inflight)"
+  done
+  grep -E '^(MemFree|Dirty|Writeback|Shmem):' /proc/meminfo | sed 's/^/    /'
+  echo w >/proc/sysrq-trigger
+  dmesg | tail -n 80 | sed 's/^/    dmesg| /'
+  tail -n 20 /tmp/agent.log | sed 's/^/    agent| /'
+}
+
+# How long one step may take before the guest reports why it hangs and gives up (the
+# slowest step, the 400 MiB crash write, takes well under a minute).
+STEP_TIMEOUT=150
+
 # step NAME CMD...: runs CMD, shows its output indented, reports time; any failure ends the run.
 step() {
   name=$1; shift
   t0=$(now_ms)
+  ( sleep $STEP_TIMEOUT; hang_report "$name" $STEP_TIMEOUT; echo "VMTEST FAIL $name (hung)"; echo "VMTEST FAIL"; sync; poweroff -f ) &
+  watchdog=$!
   # Not in a subshell: start_agent must set AGENT_PID here.
   "$@" >/tmp/step.out 2>&1
   rc=$?
+  kill $watchdog 2>/dev/null
   sed 's/^/    | /' /tmp/step.out
   if [ $rc = 0 ]; then echo "VMTEST ok $name $(( $(now_ms) - t0 ))ms"; else
     echo "VMTEST FAIL $name (exit $rc)"; finish 1
@@ -267,6 +297,11 @@ echo "VMTEST info kernel $(uname -r), $(nproc) cpu(s), frontends: $FRONTENDS"
 for m in crc16 mbcache jbd2 crc32c_generic ext4; do
   step "insmod.$m" insmod /lib/modules/$m.ko
 done
+case $MODE in
+  powercut) . /powercut.sh; powercut_main run ;;
+  powercut-check) . /powercut.sh; powercut_main check ;;
+esac
+
 step agent.start start_agent
 
 for fe in $FRONTENDS; do
