@@ -1,7 +1,8 @@
 //! Real power cuts: the agent runs in the qemu guest (tests/vm/guest-powercut.sh) on ext4 on a
 //! virtio disk that the host writes through to a file, and the host kills qemu with SIGKILL at
 //! a random moment while the guest creates and deletes volumes, writes and flushes through the
-//! kernel nbd client, takes and deletes snapshots (reclamation runs behind them) and writes
+//! kernel nbd client, takes and deletes snapshots (reclamation runs behind them), exports
+//! deltas and applies them to replicas, and writes
 //! files with fsync on ext4 inside a volume. Whatever the guest kernel had not handed to the
 //! disk is lost, as in a power cut: page cache, unjournalled metadata, directories never
 //! synced. This is what killing the agent cannot catch.
@@ -13,6 +14,8 @@
 //!   or a later one, never a torn or misplaced block, never zeroes once written;
 //! - every snapshot reads what the origin held when it was taken, one whose creation
 //!   returned exists, one whose deletion returned does not;
+//! - a replica fed delta streams holds each snapshot whose apply returned, reading what it
+//!   read on the source, and its origin is its newest snapshot (applies are atomic);
 //! - ext4 in a volume is repairable by its journal and holds every file fsync'd;
 //! - `multisnap-agent verify` finds nothing.
 //!
@@ -121,6 +124,19 @@ impl Model {
                     .or_default()
                     .deleting = true
             }
+            ["preapply", ..] => {}
+            // A delta of v up to snapshot s applied to replica r: r now holds s, which reads
+            // what s read on v.
+            ["applied", r, v, s] => {
+                let hash = self
+                    .volumes
+                    .get(*v)
+                    .and_then(|vol| vol.snapshots.get(*s))
+                    .and_then(|x| x.hash.clone());
+                let snap = self.volume(r).snapshots.entry(s.to_string()).or_default();
+                snap.must_exist = true;
+                snap.hash = hash;
+            }
             ["deleted", v, s] => {
                 self.volume(v)
                     .snapshots
@@ -138,6 +154,8 @@ impl Model {
 struct Found {
     volumes: Option<BTreeSet<String>>,
     blocks: BTreeMap<String, Vec<String>>,
+    /// Replicas' origin hashes.
+    origins: BTreeMap<String, String>,
     snapshots: BTreeMap<String, BTreeMap<String, String>>,
     fsck: Option<(i32, i32)>,
     files: BTreeMap<String, String>,
@@ -156,6 +174,9 @@ impl Found {
                     v.to_string(),
                     tokens.iter().map(|s| s.to_string()).collect(),
                 );
+            }
+            ["origin", v, hash] => {
+                self.origins.insert(v.to_string(), hash.to_string());
             }
             ["snap", v, s, hash] => {
                 self.snapshots
@@ -198,28 +219,26 @@ fn judge(model: &mut Model, found: &Found) -> Vec<String> {
             ));
         }
     }
-    for name in listed.iter().filter(|v| v.starts_with('p')) {
+    for name in listed
+        .iter()
+        .filter(|v| v.starts_with('p') || v.starts_with('r'))
+    {
         let vol = model.volume(name);
         vol.must_exist = true;
-        let Some(tokens) = found.blocks.get(name) else {
-            bad.push(format!("volume {name}: no blocks reported"));
-            continue;
-        };
-        if tokens.len() != BLOCKS {
-            bad.push(format!("volume {name}: {} blocks reported", tokens.len()));
-            continue;
-        }
-        for (b, t) in tokens.iter().enumerate() {
-            let floor = vol.floor[b];
-            match t.parse::<u64>() {
-                Ok(g) if g >= floor => vol.floor[b] = g,
-                Ok(g) => bad.push(format!(
-                    "volume {name} block {b}: generation {g}, but {floor} was flushed"
+        let seen = found.snapshots.get(name).cloned().unwrap_or_default();
+        if name.starts_with('p') {
+            judge_blocks(name, vol, found.blocks.get(name), &mut bad);
+        } else {
+            // An apply is atomic: the replica's origin is its newest snapshot, never a mix.
+            let newest = seen.iter().max_by_key(|(s, _)| snapshot_order(s));
+            match (found.origins.get(name), newest) {
+                (Some(o), Some((s, h))) if o != h => bad.push(format!(
+                    "replica {name}: origin reads {o}, not its newest snapshot {s} ({h})"
                 )),
-                Err(_) => bad.push(format!("volume {name} block {b}: torn or misplaced")),
+                (None, _) => bad.push(format!("replica {name}: origin not reported")),
+                _ => {}
             }
         }
-        let seen = found.snapshots.get(name).cloned().unwrap_or_default();
         for (s, snap) in &vol.snapshots {
             if snap.deleted && seen.contains_key(s) {
                 bad.push(format!("snapshot {name}@{s}: deleted but listed"));
@@ -273,6 +292,33 @@ fn judge(model: &mut Model, found: &Found) -> Vec<String> {
     bad
 }
 
+/// The blocks of raw volume `name` against their floors; what was found becomes the floor.
+fn judge_blocks(name: &str, vol: &mut Volume, tokens: Option<&Vec<String>>, bad: &mut Vec<String>) {
+    let Some(tokens) = tokens else {
+        bad.push(format!("volume {name}: no blocks reported"));
+        return;
+    };
+    if tokens.len() != BLOCKS {
+        bad.push(format!("volume {name}: {} blocks reported", tokens.len()));
+        return;
+    }
+    for (b, t) in tokens.iter().enumerate() {
+        let floor = vol.floor[b];
+        match t.parse::<u64>() {
+            Ok(g) if g >= floor => vol.floor[b] = g,
+            Ok(g) => bad.push(format!(
+                "volume {name} block {b}: generation {g}, but {floor} was flushed"
+            )),
+            Err(_) => bad.push(format!("volume {name} block {b}: torn or misplaced")),
+        }
+    }
+}
+
+/// Snapshots are named s<generation>: later ones have larger numbers.
+fn snapshot_order(name: &str) -> u64 {
+    name.trim_start_matches('s').parse().unwrap_or(0)
+}
+
 #[test]
 fn power_cuts_of_the_whole_guest_lose_nothing_acknowledged() {
     if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
@@ -313,8 +359,10 @@ fn power_cuts_of_the_whole_guest_lose_nothing_acknowledged() {
     assert!(st.success(), "mkfs.ext4 of the guest's disk failed");
     // Every write the guest's disk completes is on the host's file (O_DSYNC) before the guest
     // hears of it: what a cut loses is only what the guest kept in its own memory.
+    // An error of the host's file (say ENOSPC) reaches the guest as an I/O error instead of
+    // pausing it (qemu's default for ENOSPC), which would look like a hang.
     let drive = format!(
-        "file={},format=raw,if=virtio,cache=writethrough",
+        "file={},format=raw,if=virtio,cache=writethrough,werror=report,rerror=report",
         disk.display()
     );
 

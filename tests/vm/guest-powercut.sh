@@ -10,7 +10,7 @@
 # Raw volumes p*: the first 1 MiB is 16 regions of 64 KiB; every 4 KiB block of region r holds
 # the 32-byte record "m VOL gGEN rR bB" 128 times, so a check can tell each block's generation,
 # a zero block, or a torn or misplaced one. Volume fs holds ext4 written with fsync (FLUSH and
-# FUA through the kernel nbd client).
+# FUA through the kernel nbd client). Volume rVOL is VOL's replica, fed delta streams.
 
 PC_CYCLE=$(sed -n 's/.*msnap.cycle=\([0-9]*\).*/\1/p' /proc/cmdline)
 PC_GEN=$((PC_CYCLE * 100000))
@@ -34,6 +34,12 @@ pc_attach() { # VOL
   echo "$d" >/tmp/dev.$1
 }
 
+# A CLI call whose output (progress bars included) stays off the console unless it fails.
+pc_cli() {
+  $CLI "$@" >/tmp/cli.out 2>&1 && return 0
+  sed 's/^/    cli| /' /tmp/cli.out
+  return 1
+}
 pc_volumes() { $CLI -o json volume list | sed -n 's/.*"name": "\([^"]*\)".*/\1/p'; }
 pc_snapshots() { $CLI -o json snapshot list "$1" | sed -n 's/.*"name": "\([^"]*\)".*/\1/p'; }
 pc_hash_1m() { dd if="$1" bs=64k count=16 2>/dev/null | sha256sum | cut -c1-64; }
@@ -87,6 +93,7 @@ pc_check() {
   for v in $vols; do
     case $v in
       p*) pc_check_raw "$v" ;;
+      r*) pc_check_replica "$v" ;;
       fs) pc_check_fs ;;
     esac
   done
@@ -102,7 +109,7 @@ pc_new_volume() {
   v=p$((PC_CYCLE * 100 + PC_NEXT_VOL))
   PC_NEXT_VOL=$((PC_NEXT_VOL + 1))
   echo "VMCUT precreate $v"
-  $CLI volume create "$v" --size 8M --chunk-size 16K >/dev/null || return 1
+  pc_cli volume create "$v" --size 8M --chunk-size 16K || return 1
   echo "VMCUT created $v"
   pc_attach "$v"
 }
@@ -126,7 +133,7 @@ pc_snapshot() { # VOL
   s=s$PC_GEN
   PC_GEN=$((PC_GEN + 1))
   echo "VMCUT presnap $1 $s $(pc_hash_1m "$(pc_dev "$1")")"
-  $CLI snapshot create "$1" "$s" >/dev/null || return 1
+  pc_cli snapshot create "$1" "$s" || return 1
   echo "VMCUT snap $1 $s"
 }
 
@@ -134,15 +141,49 @@ pc_delete_snapshot() { # VOL: the oldest, once there are three
   set -- "$1" $(pc_snapshots "$1")
   [ $# -ge 4 ] || return 0
   echo "VMCUT predelete $1 $2"
-  $CLI snapshot delete "$1" "$2" >/dev/null || return 1
+  pc_cli snapshot delete "$1" "$2" || return 1
   echo "VMCUT deleted $1 $2"
 }
 
 pc_delete_volume() { # VOL
   detach nbd "$(pc_dev "$1")" >/dev/null && rm /tmp/dev.$1
   echo "VMCUT predelvol $1"
-  $CLI volume delete "$1" --force >/dev/null || return 1
+  pc_cli volume delete "$1" --force || return 1
   echo "VMCUT delvol $1"
+}
+
+# The newest snapshot of VOL to its replica rVOL with a delta from the newest one both hold
+# (a full stream into a new volume the first time), applied atomically by the agent.
+pc_replicate() { # VOL
+  r=r$1
+  target=$(pc_snapshots "$1" | tail -n 1)
+  [ -n "$target" ] || return 0
+  if pc_volumes | grep -qx "$r"; then
+    have=$(pc_snapshots "$r")
+    base=
+    for s in $(pc_snapshots "$1"); do echo "$have" | grep -qx "$s" && base=$s; done
+    [ "$base" = "$target" ] && return 0
+    [ -n "$base" ] || return 0
+    pc_cli delta export "$1" --base "$base" --target "$target" -f /tmp/delta || return 1
+  else
+    echo "VMCUT precreate $r"
+    pc_cli volume create "$r" --size 8M --chunk-size 16K || return 1
+    echo "VMCUT created $r"
+    pc_cli delta export "$1" --target "$target" -f /tmp/delta || return 1
+  fi
+  echo "VMCUT preapply $r $1 $target"
+  pc_cli delta apply "$r" -f /tmp/delta || return 1
+  echo "VMCUT applied $r $1 $target"
+}
+
+pc_check_replica() { # rVOL: its origin and each snapshot
+  pc_attach "$1" || { echo "VMCHECK attach-failed $1"; return; }
+  echo "VMCHECK origin $1 $(pc_hash_1m "$(pc_dev "$1")")"
+  for s in $(pc_snapshots "$1"); do
+    sd=$(attach nbd "$1" "$s") && [ -b "$sd" ] || { echo "VMCHECK snap-attach-failed $1 $s"; continue; }
+    echo "VMCHECK snap $1 $s $(pc_hash_1m "$sd")"
+    detach nbd "$sd" >/dev/null
+  done
 }
 
 pc_file() {
@@ -161,7 +202,7 @@ pc_workload() {
   [ -n "$raw" ] || { pc_new_volume && pc_new_volume; } || fail "powercut: first volumes"
   if ! pc_volumes | grep -qx fs; then
     echo "VMCUT precreate fs"
-    $CLI volume create fs --size 64M >/dev/null || fail "powercut: create fs"
+    pc_cli volume create fs --size 64M || fail "powercut: create fs"
     echo "VMCUT created fs"
     pc_attach fs && $MKE2FS -t ext4 -F -q "$(pc_dev fs)" || fail "powercut: mkfs fs"
     echo "VMCUT mkfs fs"
@@ -188,6 +229,7 @@ pc_workload() {
       [ $(ls /tmp | grep -c '^dev\.p') -lt 4 ] && { pc_new_volume || fail "powercut: create volume"; }
     elif [ $k -lt 93 ]; then
       [ $(ls /tmp | grep -c '^dev\.p') -gt 2 ] && { pc_delete_volume "$v" || fail "powercut: delete $v"; }
+    elif [ $k -lt 100 ]; then pc_replicate "$v" || fail "powercut: replicate $v"
     fi
   done
 }
