@@ -90,6 +90,8 @@ fn kernel_client_ext4_snapshot_and_crash() {
         "ublk.e2fsck-snapshot",
         "ublk.snapshot-holds-old-tree",
         "ublk.origin-holds-new-tree",
+        "nbd.reverted-holds-old-tree",
+        "ublk.reverted-holds-old-tree",
         "ublk.snapshot-write-refused",
         "ublk.metrics",
         "recovery.write-across-restart",

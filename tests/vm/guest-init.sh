@@ -214,6 +214,19 @@ scenario() {
   fi
   step "$fe.detach-snapshot" detach $fe "$snap"
   step "$fe.detach-origin" detach $fe "$origin"
+
+  # Roll the origin back to the snapshot: it reads as the old tree at once, while the merge
+  # copies the snapshot's chunks back in the background (nbd reads during the merge; ublk
+  # waits for it to end).
+  if [ $fe = nbd ]; then step nbd.revert $CLI snapshot revert $vol before
+  else step ublk.revert $CLI snapshot revert $vol before --wait; fi
+  origin=$(attach $fe $vol) && [ -b "$origin" ] || fail "$fe: attach origin of $vol after the rollback"
+  step "$fe.e2fsck-reverted" $E2FSCK -f -n "$origin"
+  step "$fe.mount-reverted" mount -t ext4 -o ro "$origin" /mnt/origin
+  step "$fe.reverted-holds-old-tree" check_sums /mnt/origin /tmp/old.sums
+  step "$fe.reverted-has-old-file-list" same_files /mnt/origin /tmp/old.sums
+  umount /mnt/origin
+  step "$fe.detach-reverted" detach $fe "$origin"
 }
 
 # kill -9 the agent while the kernel writes through nbd; after a restart the snapshot must
