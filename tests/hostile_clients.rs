@@ -82,7 +82,7 @@ fn a_thousand_idle_connections_do_not_lock_out_a_new_client() {
 
 #[test]
 fn connections_beyond_the_limit_are_told_why() {
-    require_tools!("qemu-img");
+    require_tools!("qemu-img", "curl");
     let tmp = tempfile::tempdir().unwrap();
     let agent = common::Agent::start(
         &tmp.path().join("data"),
@@ -103,6 +103,8 @@ fn connections_beyond_the_limit_are_told_why() {
         err.contains("too many connections") && err.contains("at most 8"),
         "{err}"
     );
+    // Counted for the operator, beside the WARN in the log.
+    assert!(agent.metric("multisnap_nbd_handshakes_total{result=\"refused_limit\"}") >= 1.0);
     drop(idle);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let out = qemu_img_info(&agent.uri("default"));

@@ -68,13 +68,20 @@ fn client_dir(pki: &Path, name: &str, identity: Option<&str>) -> PathBuf {
     dir
 }
 
+/// `multisnap_nbd_handshakes_total{result="RESULT"}` from the agent's /metrics.
+fn handshakes(agent: &Agent, result: &str) -> f64 {
+    agent.metric(&format!(
+        "multisnap_nbd_handshakes_total{{result=\"{result}\"}}"
+    ))
+}
+
 fn text(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
 #[test]
 fn tls_required_serves_nbds_clients_and_refuses_plaintext() {
-    require_tools!("openssl", "nbdinfo", "qemu-io");
+    require_tools!("openssl", "nbdinfo", "qemu-io", "curl");
     let tmp = tempfile::tempdir().unwrap();
     let pki = tmp.path().join("pki");
     make_tls_pki(&pki);
@@ -117,12 +124,18 @@ fn tls_required_serves_nbds_clients_and_refuses_plaintext() {
 
     // The unix socket stays plaintext, and holds what was written over TLS.
     qemu_io_ro(&agent.unix_uri("default"), &["read -P 0x55 0 64k"]);
+    // Operators see how clients came in: TLS sessions (nbdinfo, qemu-io), the unix socket's
+    // plaintext one, and the plaintext TCP clients that gave up on being told TLS is needed.
+    assert!(handshakes(&agent, "tls") >= 2.0);
+    assert!(handshakes(&agent, "plaintext") >= 1.0);
+    assert!(handshakes(&agent, "abandoned") >= 2.0);
+    assert_eq!(handshakes(&agent, "tls_failed"), 0.0);
     agent.stop_and_verify();
 }
 
 #[test]
 fn mutual_tls_refuses_clients_without_a_certificate_of_the_ca() {
-    require_tools!("openssl", "nbdinfo", "qemu-io");
+    require_tools!("openssl", "nbdinfo", "qemu-io", "curl");
     let tmp = tempfile::tempdir().unwrap();
     let pki = tmp.path().join("pki");
     make_tls_pki(&pki);
@@ -164,6 +177,20 @@ fn mutual_tls_refuses_clients_without_a_certificate_of_the_ca() {
         );
         assert!(!text(&out).contains("read 4096/4096"), "{}", describe(&out));
     }
+    // Refused certificates are counted where an operator's alert can see them (a client
+    // may also give up before its certificate is judged: abandoned), and no bad client got
+    // a session.
+    let count = |r| handshakes(&agent, r);
+    assert!(
+        count("tls_failed") >= 2.0,
+        "tls_failed {}",
+        count("tls_failed")
+    );
+    assert_eq!(
+        count("tls"),
+        2.0,
+        "only the two good clients get TLS sessions"
+    );
     agent.stop_and_verify();
 }
 

@@ -410,6 +410,21 @@ impl Agent {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The value of one series (`name{labels}` exactly as exposed) on the agent's /metrics,
+    /// scraped with curl; 0 when the series is absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("http://{}/metrics", self.metrics)])
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "scraping /metrics failed");
+        let prefix = format!("{series} ");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map_or(0.0, |v| v.trim().parse().expect("a number"))
+    }
+
     /// SIGKILL: the agent dies where it stands, like a crashed node.
     pub fn kill9(mut self) {
         if let Some(mut c) = self.child.take() {

@@ -42,7 +42,7 @@ pub use export::{
     BlockSizes, ContextExtent, Export, ExportInfo, ExportListing, ExportProvider, Extent, Fua,
     ZeroMode,
 };
-pub use observer::{Observer, RequestEvent, RequestKind};
+pub use observer::{HandshakeOutcome, Observer, RequestEvent, RequestKind};
 pub use server::{serve_connection, serve_tcp, serve_unix};
 pub use tls::{NbdTls, TlsPolicy, TlsSetupError};
 pub use tokio_util::sync::CancellationToken;

@@ -47,9 +47,38 @@ pub struct RequestEvent<'a> {
     pub error: Option<Errno>,
 }
 
+/// How a connection's handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HandshakeOutcome {
+    /// A session without TLS.
+    Plaintext,
+    /// A session inside TLS (NBD_OPT_STARTTLS).
+    Tls,
+    /// The TLS handshake failed (no or a wrong client certificate, a protocol mismatch).
+    TlsFailed,
+    /// Refused before any option: the server's connection limit was reached.
+    RefusedLimit,
+    /// The client left, timed out or broke the protocol before a session began.
+    Abandoned,
+}
+
+impl HandshakeOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeOutcome::Plaintext => "plaintext",
+            HandshakeOutcome::Tls => "tls",
+            HandshakeOutcome::TlsFailed => "tls_failed",
+            HandshakeOutcome::RefusedLimit => "refused_limit",
+            HandshakeOutcome::Abandoned => "abandoned",
+        }
+    }
+}
+
 /// Receives server events. Calls happen on the request path, so keep them cheap.
 pub trait Observer: Send + Sync + 'static {
     fn request_finished(&self, event: &RequestEvent<'_>);
     fn connection_opened(&self, _export: &str) {}
     fn connection_closed(&self, _export: &str) {}
+    /// Once per accepted connection, when its handshake ends.
+    fn handshake_finished(&self, _outcome: HandshakeOutcome) {}
 }

@@ -15,6 +15,7 @@ use crate::config::ServerConfig;
 use crate::error::NbdError;
 use crate::export::ExportProvider;
 use crate::handshake::{self, Negotiated, Session, TlsState};
+use crate::observer::HandshakeOutcome;
 use crate::tls::TlsPolicy;
 use crate::transmission;
 
@@ -62,10 +63,19 @@ where
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(()),
-            r = timed => r?,
+            r = timed => r,
         }
     };
-    match handshaken {
+    let outcome = match &handshaken {
+        Ok(Handshaken::Plain(..)) => HandshakeOutcome::Plaintext,
+        Ok(Handshaken::Tls(..)) => HandshakeOutcome::Tls,
+        Err(NbdError::TlsHandshake(_)) => HandshakeOutcome::TlsFailed,
+        Ok(Handshaken::Left) | Err(_) => HandshakeOutcome::Abandoned,
+    };
+    if let Some(obs) = &config.observer {
+        obs.handshake_finished(outcome);
+    }
+    match handshaken? {
         Handshaken::Plain(stream, session) => {
             tracing::Span::current().record("tls", false);
             transmit(stream, session, &config, &shutdown).await
@@ -223,6 +233,9 @@ async fn accept_loop(
         let refusal = slot.is_none().then(|| {
             let max = config.connections.max();
             warn!(parent: &span, max, "connection refused: the server's connection limit is reached");
+            if let Some(obs) = &config.observer {
+                obs.handshake_finished(HandshakeOutcome::RefusedLimit);
+            }
             format!("too many connections: this server serves at most {max} at once; try again later")
         });
         let fut = spawn(provider.clone(), config.clone(), shutdown.clone(), refusal);

@@ -1,14 +1,20 @@
 //! NBD requests and connections, fed by the server's observer hook.
 
 use super::requests::{ErrorLabels, OpHandles, OpLabels, RequestFamilies, ViewLabel};
-use multisnap_nbd::{Errno, Observer, RequestEvent, RequestKind};
+use multisnap_nbd::{Errno, HandshakeOutcome, Observer, RequestEvent, RequestKind};
 use parking_lot::RwLock;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    result: &'static str,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConnLabels {
@@ -40,6 +46,7 @@ type ViewHandles = [OnceLock<OpHandles>; KINDS.len()];
 pub struct NbdObserver {
     req: RequestFamilies,
     connections: Family<ConnLabels, Gauge>,
+    handshakes: Family<HandshakeLabels, Counter>,
     /// volume -> [origin, snapshot] handles.
     handles: RwLock<HashMap<String, Arc<[ViewHandles; 2]>>>,
 }
@@ -78,8 +85,14 @@ impl NbdObserver {
                 "from the request header being read to the reply being queued",
             ),
             connections: Family::default(),
+            handshakes: Family::default(),
             handles: RwLock::new(HashMap::new()),
         };
+        registry.register(
+            "multisnap_nbd_handshakes",
+            "NBD connections by how their handshake ended: plaintext or tls session, tls_failed (no or a wrong client certificate), refused_limit (connection limit reached), abandoned (left, timed out or broke the protocol)",
+            o.handshakes.clone(),
+        );
         registry.register(
             "multisnap_nbd_connections",
             "Open NBD connections in the transmission phase",
@@ -157,6 +170,14 @@ impl Observer for NbdObserver {
             .get_or_create(&Self::conn_labels(export))
             .dec();
     }
+
+    fn handshake_finished(&self, outcome: HandshakeOutcome) {
+        self.handshakes
+            .get_or_create(&HandshakeLabels {
+                result: outcome.as_str(),
+            })
+            .inc();
+    }
 }
 
 #[cfg(test)]
@@ -179,6 +200,7 @@ mod tests {
         let mut reg = Registry::default();
         let o = NbdObserver::new(&mut reg);
         o.connection_opened("v@s");
+        o.handshake_finished(HandshakeOutcome::Tls);
         o.request_finished(&RequestEvent {
             export: "v@s",
             kind: RequestKind::Read,
@@ -195,6 +217,7 @@ mod tests {
             "multisnap_nbd_request_bytes_total{volume=\"v\",view=\"snapshot\",op=\"read\"} 4096"
         ));
         assert!(out.contains("errno=\"EIO\""));
+        assert!(out.contains("multisnap_nbd_handshakes_total{result=\"tls\"} 1"));
         assert!(out.contains("multisnap_nbd_connections{volume=\"v\",view=\"snapshot\"} 1"));
         assert!(
             !out.contains("\"s\""),
