@@ -252,6 +252,23 @@ fn exposition_parses_with_the_official_python_client() {
         );
     }
 
+    // Which build answers: the version and commit its --version reports, as an info metric.
+    let (version, commit) = reported_version(Command::new(agent_bin()));
+    assert_eq!(
+        om.families.get("multisnap_build").map(|f| f.0.as_str()),
+        Some("info")
+    );
+    assert_eq!(
+        om.value(
+            "multisnap_build_info",
+            &[("version", &version), ("commit", &commit)]
+        ),
+        Some(1.0)
+    );
+    if let Some(head) = expected_commit() {
+        assert_eq!(commit, head, "the agent was built from another commit");
+    }
+
     // The traffic above, as the NBD observer counted it.
     let origin = [("volume", "default"), ("view", "origin")];
     let w = [origin.as_slice(), &[("op", "write")]].concat();

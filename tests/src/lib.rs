@@ -591,6 +591,35 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// What a binary's `--version` says (`NAME VERSION (COMMIT)`), as (VERSION, COMMIT); `cmd` is
+/// the binary, or a command that runs it (in a container, say).
+pub fn reported_version(mut cmd: Command) -> (String, String) {
+    let line = output_ok(cmd.arg("--version"));
+    let parsed = line.trim().split_once(' ').and_then(|(_, rest)| {
+        let (version, commit) = rest.split_once(" (")?;
+        Some((version.to_string(), commit.strip_suffix(')')?.to_string()))
+    });
+    parsed.unwrap_or_else(|| panic!("--version printed {line:?}, not NAME VERSION (COMMIT)"))
+}
+
+/// The commit the binaries of this build should report: `MULTISNAP_COMMIT` when it overrides
+/// the build's commit, else the one checked out in this repository (12 hex digits); None
+/// outside a git checkout.
+pub fn expected_commit() -> Option<String> {
+    if let Ok(commit) = std::env::var("MULTISNAP_COMMIT") {
+        return Some(commit.trim().to_string());
+    }
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo_root())
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// Python grpcio with reflection, the client the gRPC tests script with.
 pub fn have_grpcio() -> bool {
     python_has(&["grpc", "grpc_reflection"])

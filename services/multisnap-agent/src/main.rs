@@ -29,7 +29,11 @@ use std::sync::Arc;
 use volumes::{NewVolume, Volumes};
 
 #[derive(Parser)]
-#[command(name = "multisnap-agent", version, about = "multisnap node agent")]
+#[command(
+    name = "multisnap-agent",
+    version = multisnap_build_info::VERSION_LINE,
+    about = "multisnap node agent"
+)]
 struct Cli {
     /// Directory holding the volumes (created if missing).
     #[arg(long, global = true, env = "MULTISNAP_DATA_DIR")]
@@ -237,6 +241,12 @@ fn snapshot_offline(data_dir: &Path, args: &ServeArgs, cmd: SnapshotCommand) -> 
 }
 
 fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
+    // First line of every start: which build is running, for the logs of a fleet.
+    tracing::info!(
+        version = multisnap_build_info::VERSION,
+        commit = multisnap_build_info::COMMIT,
+        "multisnap-agent starting"
+    );
     if args.grpc_tls_cert.is_some() && args.grpc_listen.addr().is_none() {
         anyhow::bail!(
             "--grpc-tls-cert secures the gRPC TCP listener, which --grpc-listen none turns off; \

@@ -21,7 +21,7 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(
     name = "multisnap",
-    version,
+    version = multisnap_build_info::VERSION_LINE,
     about = "Manage multisnap volumes and snapshots through the agent's gRPC API",
     after_help = exit::HELP
 )]

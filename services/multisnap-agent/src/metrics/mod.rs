@@ -28,6 +28,7 @@ pub use nbd::NbdObserver;
 pub use ublk::UblkMetrics;
 
 use crate::volumes::Volumes;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use store::StoreCollector;
@@ -48,6 +49,14 @@ impl Metrics {
             volumes.io_errors().family(),
         );
         registry.register_collector(Box::new(StoreCollector { volumes }));
+        registry.register(
+            "multisnap_build",
+            "The running agent's version and the git commit it was built from (always 1).",
+            Info::new(vec![
+                ("version", multisnap_build_info::VERSION),
+                ("commit", multisnap_build_info::COMMIT),
+            ]),
+        );
         let nbd = Arc::new(NbdObserver::new(&mut registry));
         let ublk = Arc::new(UblkMetrics::new(&mut registry));
         Metrics {
