@@ -24,6 +24,23 @@ pub fn cli_bin() -> PathBuf {
         .clone()
 }
 
+/// The CSI driver binary of this build, or None while the workspace has no such package
+/// (services/multisnap-csi); with the package present it must have been built, as
+/// [`workspace_bin`] says.
+pub fn csi_bin() -> Option<PathBuf> {
+    if !repo_root()
+        .join("services/multisnap-csi/Cargo.toml")
+        .exists()
+    {
+        return None;
+    }
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    Some(
+        BIN.get_or_init(|| workspace_bin("multisnap-csi", "services/multisnap-csi"))
+            .clone(),
+    )
+}
+
 /// A binary of another package of the workspace, from target/<profile>/ beside this test's own
 /// executable (target/<profile>/deps/<test>-<hash>). Cargo gives `CARGO_BIN_EXE_*` only to a
 /// package's own tests, but it builds a package's binaries whenever that package's integration
@@ -589,6 +606,20 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .expect("tests/ lies in the repository")
         .to_path_buf()
+}
+
+/// The workspace version (Cargo.toml's `[workspace.package]`): every binary's version and the
+/// tag deploy/images/build.sh gives the images.
+pub fn workspace_version() -> String {
+    std::fs::read_to_string(repo_root().join("Cargo.toml"))
+        .expect("Cargo.toml")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("version = \"")?
+                .strip_suffix('"')
+                .map(str::to_string)
+        })
+        .expect("the workspace version")
 }
 
 /// What a binary's `--version` says (`NAME VERSION (COMMIT)`), as (VERSION, COMMIT); `cmd` is
