@@ -395,18 +395,10 @@ fn snapshot_delete_wait_reclaims_space() {
 /// Both binaries name the workspace version and the commit they were built from.
 #[test]
 fn version_names_the_commit() {
-    let workspace_version = std::fs::read_to_string(repo_root().join("Cargo.toml"))
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("version = \"")?
-                .strip_suffix('"')
-                .map(str::to_string)
-        })
-        .expect("the workspace version");
+    let want = workspace_version();
     for bin in [agent_bin(), cli_bin()] {
         let (version, commit) = reported_version(Command::new(&bin));
-        assert_eq!(version, workspace_version, "{}", bin.display());
+        assert_eq!(version, want, "{}", bin.display());
         match expected_commit() {
             Some(head) => assert_eq!(commit, head, "{}", bin.display()),
             None => assert_eq!(commit, "unknown", "{}", bin.display()),

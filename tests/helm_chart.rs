@@ -174,7 +174,10 @@ fn the_csi_driver_accepts_what_real_helm_renders() {
         return;
     };
     let rendered = containers(report, "csi");
-    assert!(!rendered.is_empty(), "no value set renders the csi container");
+    assert!(
+        !rendered.is_empty(),
+        "no value set renders the csi container"
+    );
     let Some(csi) = common::csi_bin() else {
         eprintln!(
             "SKIP: the workspace has no multisnap-csi package yet (services/multisnap-csi); its {} rendered argument sets are checked once it has",
@@ -203,19 +206,6 @@ fn the_csi_driver_accepts_what_real_helm_renders() {
     }
 }
 
-/// The workspace version (Cargo.toml), which deploy/images/build.sh tags the images with.
-fn workspace_version() -> String {
-    std::fs::read_to_string(common::repo_root().join("Cargo.toml"))
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("version = \"")?
-                .strip_suffix('"')
-                .map(str::to_string)
-        })
-        .expect("the workspace version")
-}
-
 /// The sidecar images the README's table lists: `| `registry.k8s.io/...:vX.Y.Z` | ...`.
 fn documented_sidecars() -> Vec<String> {
     let readme = std::fs::read_to_string(common::repo_root().join("README.md")).unwrap();
@@ -233,9 +223,9 @@ fn every_image_is_built_here_or_a_pinned_documented_sidecar() {
     let Some(report) = report() else {
         return;
     };
-    let version = workspace_version();
-    let chart = std::fs::read_to_string(common::repo_root().join("helm/multisnap/Chart.yaml"))
-        .unwrap();
+    let version = common::workspace_version();
+    let chart =
+        std::fs::read_to_string(common::repo_root().join("helm/multisnap/Chart.yaml")).unwrap();
     assert!(
         chart.contains(&format!("appVersion: \"{version}\"")),
         "Chart.yaml's appVersion is not the workspace version {version}"
@@ -321,7 +311,10 @@ fn lint_is_clean_and_every_kind_the_cluster_needs_is_rendered() {
         "VolumeSnapshotClass",
         "NetworkPolicy",
     ] {
-        assert!(kinds("defaults").iter().any(|k| k == kind), "defaults lack {kind}");
+        assert!(
+            kinds("defaults").iter().any(|k| k == kind),
+            "defaults lack {kind}"
+        );
     }
     assert!(kinds("everything-on").iter().any(|k| k == "PodMonitor"));
     assert_eq!(kinds("agent-only"), ["DaemonSet"]);
