@@ -49,7 +49,7 @@ require_static() {
 
 # Debian bookworm's minimal variant plus the tools NodeStageVolume runs, imported as an image.
 node_base_image() {
-  if $tool image exists "$node_base" 2>/dev/null; then
+  if $tool image inspect "$node_base" >/dev/null 2>&1; then
     return
   fi
   local rootfs
@@ -68,9 +68,18 @@ build_stage() { # build_stage STAGE IMAGE CONTEXT
     -t "$2" "$3" >/dev/null
   mkdir -p "$out"
   local archive=$out/${2##*/}
-  archive=${archive/:/-}.oci.tar
-  rm -f "$archive"
-  $tool save -q --format oci-archive -o "$archive" "$2"
+  archive=${archive/:/-}
+  if [ "$tool" = podman ]; then
+    archive=$archive.oci.tar
+    rm -f "$archive"
+    $tool save -q --format oci-archive -o "$archive" "$2"
+  else
+    # Docker 25 and later write an OCI image layout (oci-layout, index.json) in it; older
+    # daemons, and podman's Docker API, a docker-archive.
+    archive=$archive.tar
+    rm -f "$archive"
+    $tool save -o "$archive" "$2"
+  fi
   echo "$2 ($(du -h "$archive" | cut -f1) archive: $archive)"
 }
 
