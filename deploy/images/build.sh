@@ -15,6 +15,7 @@
 #   STATIC_TARGET_DIR  cargo target dir of the static build (default: target/static), apart
 #                      from the usual one because its RUSTFLAGS differ
 #   AGENT_BIN          use this static agent binary instead of building one
+#   CSI_BIN            the same for the CSI driver (builds the CSI image with it)
 #   IMAGES_OUT         where the OCI archives go (default: target/images)
 #   DEBIAN_MIRROR      debootstrap's mirror (default: http://deb.debian.org/debian)
 set -euo pipefail
@@ -57,7 +58,7 @@ node_base_image() {
   debootstrap --variant=minbase --include=e2fsprogs,xfsprogs,nbd-client,mount,util-linux \
     bookworm "$rootfs" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-  tar -C "$rootfs" -c . | $tool import - "$node_base"
+  tar -C "$rootfs" -c . | $tool import - "$node_base" >/dev/null
   rm -rf "$rootfs"
 }
 
@@ -90,6 +91,7 @@ csi=$context/csi/usr/local/bin/multisnap-csi
 mkdir -p "$(dirname "$agent")" "$(dirname "$csi")"
 if [ -n "${AGENT_BIN:-}" ]; then
   cp "$AGENT_BIN" "$agent"
+  [ -z "${CSI_BIN:-}" ] || cp "$CSI_BIN" "$csi"
 else
   static_build
   bin_dir=${STATIC_TARGET_DIR:-$root/target/static}/x86_64-unknown-linux-gnu/release
@@ -106,5 +108,5 @@ if [ -e "$csi" ]; then
   node_base_image
   build_stage csi "localhost/multisnap-csi:$version" "$context"
 else
-  echo "multisnap-csi: not built (no services/multisnap-csi in this workspace)" >&2
+  echo "multisnap-csi: not built (no CSI driver binary: no services/multisnap-csi in this workspace, or AGENT_BIN without CSI_BIN)" >&2
 fi
