@@ -24,21 +24,11 @@ pub fn cli_bin() -> PathBuf {
         .clone()
 }
 
-/// The CSI driver binary of this build, or None while the workspace has no such package
-/// (services/multisnap-csi); with the package present it must have been built, as
-/// [`workspace_bin`] says.
-pub fn csi_bin() -> Option<PathBuf> {
-    if !repo_root()
-        .join("services/multisnap-csi/Cargo.toml")
-        .exists()
-    {
-        return None;
-    }
+/// The `multisnap-csi` binary that this `cargo test` run built (see [`workspace_bin`]).
+pub fn csi_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    Some(
-        BIN.get_or_init(|| workspace_bin("multisnap-csi", "services/multisnap-csi"))
-            .clone(),
-    )
+    BIN.get_or_init(|| workspace_bin("multisnap-csi", "services/multisnap-csi"))
+        .clone()
 }
 
 /// A binary of another package of the workspace, from target/<profile>/ beside this test's own

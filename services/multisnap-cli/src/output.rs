@@ -219,6 +219,7 @@ mod tests {
             nbd_export: "v@s".into(),
             exclusive_bytes: None,
             source_snapshot_id: 3,
+            size_bytes: 1 << 20,
         };
         let j = snapshot_json(&s);
         assert_eq!(j["id"], 7);

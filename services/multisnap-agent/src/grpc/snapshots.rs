@@ -37,6 +37,7 @@ pub fn snapshot_message(volume: &str, s: &SnapshotInfo) -> pb::Snapshot {
         nbd_export: format!("{volume}@{}", s.name),
         exclusive_bytes: None,
         source_snapshot_id: s.source_id,
+        size_bytes: s.size,
     }
 }
 

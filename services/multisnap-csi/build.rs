@@ -1,0 +1,29 @@
+//! Compiles proto/csi/v1/csi.proto with protox (pure Rust, no protoc), keeps its file
+//! descriptor set for gRPC reflection, and records the commit the binary is built from.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
+    let file = root.join("csi/v1/csi.proto");
+    println!("cargo:rerun-if-changed={}", root.join("csi").display());
+    let fds = protox::compile([&file], [&root])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("csi_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(false)
+        .compile_fds(fds)?;
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=MULTISNAP_CSI_COMMIT={commit}");
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! The binary's own contract, without an agent: the flags the chart passes (and their
+//! environment variables), `--check-args`, `--version`, and clear usage errors. (Declaring an
+//! integration test here also makes `cargo test --workspace` build the `multisnap-csi` binary
+//! that the end-to-end tests in tests/ drive.)
+
+use std::process::{Command, Output};
+
+fn csi(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_multisnap-csi"));
+    for var in [
+        "NODE_NAME",
+        "CSI_ENDPOINT",
+        "DRIVER_NAME",
+        "AGENT_SOCKET",
+        "NBD_SOCKET",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run multisnap-csi")
+}
+
+#[test]
+fn check_args_accepts_the_charts_flags() {
+    let out = csi(
+        &[
+            "--csi-socket=unix:///csi/csi.sock",
+            "--agent-socket=/var/lib/multisnap/grpc.sock",
+            "--nbd-socket=/var/lib/multisnap/nbd.sock",
+            "--node-name=worker-1",
+            "--driver-name=csi.multisnap.dev",
+            "--check-args",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    // The same from the environment, as the DaemonSet sets it.
+    let out = csi(
+        &["--check-args"],
+        &[
+            ("NODE_NAME", "worker-1"),
+            ("CSI_ENDPOINT", "unix:///csi/csi.sock"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_flags_are_usage_errors_that_say_why() {
+    let out = csi(&["--check-args"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--node-name"));
+    for (args, says) in [
+        (
+            vec!["--node-name=Worker_1", "--check-args"],
+            "DNS subdomain",
+        ),
+        (
+            vec!["--node-name=w1", "--driver-name=-bad", "--check-args"],
+            "driver name",
+        ),
+        (
+            vec![
+                "--node-name=w1",
+                "--csi-socket=tcp://1.2.3.4:5",
+                "--check-args",
+            ],
+            "unix",
+        ),
+    ] {
+        let out = csi(&args, &[]);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn version_names_the_commit() {
+    let out = csi(&["--version"], &[]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(env!("CARGO_PKG_VERSION")) && text.contains("commit"),
+        "{text}"
+    );
+}

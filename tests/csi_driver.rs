@@ -1,0 +1,218 @@
+//! The CSI driver (`multisnap-csi`) on its unix socket with a live agent behind it:
+//! - the csi-sanity port, the sidecars' call sequences and bad input (tests/csi/sanity.py,
+//!   Python grpcio with stubs compiled from proto/ by grpcio-tools);
+//! - gRPC reflection on the CSI socket (grpcurl-style discovery);
+//! - idempotency across a driver restart, and a retired volume whose reaping a crash
+//!   interrupted being finished by the next driver's start.
+
+use common::*;
+use multisnap_tests::{self as common, require_tools};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NODE: &str = "node-1";
+
+struct Driver {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Driver {
+    fn start(dir: &Path, agent: &Agent) -> Driver {
+        let socket = dir.join("csi.sock");
+        let child = Command::new(csi_bin())
+            .arg(format!("--csi-socket=unix://{}", socket.display()))
+            .arg("--agent-socket")
+            .arg(agent.data_dir.join("grpc.sock"))
+            .arg("--nbd-socket")
+            .arg(&agent.nbd_socket)
+            .arg(format!("--node-name={NODE}"))
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_CSI_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start multisnap-csi");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "multisnap-csi never served {}",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Driver { child, socket }
+    }
+
+    fn addr(&self) -> String {
+        format!("unix:{}", self.socket.display())
+    }
+
+    fn call(&self, method: &str, body: &str) -> Result<serde_json::Value, (String, String)> {
+        grpc_call(&self.addr(), method, body)
+    }
+
+    fn ok(&self, method: &str, body: &str) -> serde_json::Value {
+        self.call(method, body)
+            .unwrap_or_else(|(c, m)| panic!("{method} {body}: {c}: {m}"))
+    }
+
+    /// SIGKILL: the driver dies mid-flight, as a crashed pod.
+    fn kill9(mut self) {
+        self.child.kill().expect("kill the driver");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn require_grpc_tools() -> bool {
+    if python_has(&["grpc", "grpc_tools"]) {
+        return true;
+    }
+    eprintln!("SKIP: python grpcio/grpcio-tools missing (bash .ci/install-deps installs them)");
+    false
+}
+
+fn agent_volume_names(agent: &Agent) -> Vec<String> {
+    let reply: serde_json::Value =
+        serde_json::from_str(&agent.grpc("multisnap.v1.VolumeService/ListVolumes", "{}")).unwrap();
+    let mut names: Vec<String> = reply["volumes"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|v| v["name"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn csi_sanity_port_sidecar_sequences_and_bad_input() {
+    if !require_grpc_tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&tmp.path().join("data"), &[]);
+    let driver = Driver::start(tmp.path(), &agent);
+    let out = python()
+        .arg(repo_root().join("tests/csi/sanity.py"))
+        .arg(&driver.socket)
+        .arg(agent.data_dir.join("grpc.sock"))
+        .arg(NODE)
+        .output()
+        .expect("python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("SUMMARY "))
+        .unwrap_or_else(|| panic!("no SUMMARY line: the suite did not finish"));
+    let count = |key: &str| -> usize {
+        summary
+            .split(' ')
+            .find_map(|f| f.strip_prefix(&format!("{key}=")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{summary}: no {key}"))
+    };
+    assert!(out.status.success() && count("failed") == 0, "{summary}");
+    // The suite covers what the driver advertises: most cases run here.
+    assert!(count("passed") >= 60, "{summary}");
+    // Every case cleaned up after itself: only the agent's own default volume is left.
+    assert_eq!(agent_volume_names(&agent), ["default"]);
+    drop(driver);
+    agent.stop_and_verify();
+}
+
+#[test]
+fn reflection_and_idempotency_across_driver_restarts() {
+    require_tools!("python3");
+    if !require_grpc_tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&tmp.path().join("data"), &[]);
+    let driver = Driver::start(tmp.path(), &agent);
+
+    // Discovery by reflection, no proto files.
+    let listed = grpcurl().arg(driver.addr()).arg("list").output().unwrap();
+    let services = String::from_utf8_lossy(&listed.stdout);
+    for s in [
+        "csi.v1.Identity",
+        "csi.v1.Controller",
+        "csi.v1.Node",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(services.contains(s), "{services}");
+    }
+
+    let create = r#"{"name":"pvc-restart","capacity_range":{"required_bytes":"1048576"},
+        "volume_capabilities":[{"mount":{"fs_type":"ext4"},"access_mode":{"mode":"SINGLE_NODE_WRITER"}}]}"#;
+    let vol = driver.ok("csi.v1.Controller/CreateVolume", create);
+    let id = vol["volume"]["volume_id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("node-1/csi-"), "{vol}");
+    let snap_req = format!(r#"{{"name":"snapshot-restart","source_volume_id":"{id}"}}"#);
+    let snap = driver.ok("csi.v1.Controller/CreateSnapshot", &snap_req);
+
+    // A new driver process knows nothing but what the agent holds: the same answers.
+    driver.kill9();
+    let driver = Driver::start(tmp.path(), &agent);
+    let again = driver.ok("csi.v1.Controller/CreateVolume", create);
+    assert_eq!(again["volume"]["volume_id"], vol["volume"]["volume_id"]);
+    assert_eq!(
+        driver.ok("csi.v1.Controller/CreateSnapshot", &snap_req),
+        snap
+    );
+    let bigger = create.replace("1048576", "2097152\",\"limit_bytes\":\"2097152");
+    let (code, msg) = driver
+        .call("csi.v1.Controller/CreateVolume", &bigger)
+        .unwrap_err();
+    assert_eq!(code, "ALREADY_EXISTS", "{msg}");
+
+    // Deleted for Kubernetes, kept by the agent for its snapshot.
+    driver.ok(
+        "csi.v1.Controller/DeleteVolume",
+        &format!(r#"{{"volume_id":"{id}"}}"#),
+    );
+    assert_eq!(agent_volume_names(&agent).len(), 2);
+    // A crash between the snapshot's deletion and the volume's: the snapshot goes behind the
+    // driver's back, as if the driver died right after deleting it.
+    driver.kill9();
+    let agent_name = id.split('/').nth(1).unwrap();
+    let snap_name = snap["snapshot"]["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .rsplit('@')
+        .next()
+        .unwrap();
+    agent.grpc(
+        "multisnap.v1.SnapshotService/DeleteSnapshot",
+        &format!(r#"{{"volume":"{agent_name}","name":"{snap_name}"}}"#),
+    );
+    assert_eq!(agent_volume_names(&agent).len(), 2);
+    // The next driver's start finishes the job.
+    let driver = Driver::start(tmp.path(), &agent);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent_volume_names(&agent).len() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the retired volume was not reaped: {:?}",
+            agent_volume_names(&agent)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(driver);
+    agent.stop_and_verify();
+}
