@@ -98,7 +98,7 @@ impl AgentVolumeName {
             Some((d, g)) => (d, Some(g)),
             None => (rest, None),
         };
-        let generation_ok = generation.map_or(true, |g| {
+        let generation_ok = generation.is_none_or(|g| {
             !g.is_empty()
                 && g.len() <= 9
                 && g.bytes().all(|b| b.is_ascii_digit())

@@ -16,9 +16,7 @@ pub fn of_node(node: &NodeName) -> Topology {
 /// Whether a topology the CO names includes `node`: it must not name another node (segments
 /// under other keys do not restrict a multisnap volume).
 pub fn admits(t: &Topology, node: &NodeName) -> bool {
-    t.segments
-        .get(NODE_KEY)
-        .map_or(true, |n| n == node.as_str())
+    t.segments.get(NODE_KEY).is_none_or(|n| n == node.as_str())
 }
 
 #[cfg(test)]

@@ -92,9 +92,9 @@ pub fn usage(path: &Path) -> std::io::Result<[u64; 6]> {
     }
     // SAFETY: statvfs returned 0.
     let st = unsafe { st.assume_init() };
-    let f = st.f_frsize as u64;
-    let (blocks, bfree, bavail) = (st.f_blocks as u64, st.f_bfree as u64, st.f_bavail as u64);
-    let (files, ffree) = (st.f_files as u64, st.f_ffree as u64);
+    let f: u64 = st.f_frsize;
+    let (blocks, bfree, bavail): (u64, u64, u64) = (st.f_blocks, st.f_bfree, st.f_bavail);
+    let (files, ffree): (u64, u64) = (st.f_files, st.f_ffree);
     Ok([
         blocks * f,
         bavail * f,
