@@ -688,6 +688,21 @@ def node_cases(s):
         expect_code(grpc.StatusCode.NOT_FOUND, s.nodesvc.NodeExpandVolume,
                     csi.NodeExpandVolumeRequest(volume_id="fake-vol-id-0123456789", volume_path=tmp))
 
+    def publish_unstaged():
+        vol = s.create_volume(size=MIB)
+        msg = expect_code(grpc.StatusCode.FAILED_PRECONDITION, s.nodesvc.NodePublishVolume, csi.NodePublishVolumeRequest(
+            volume_id=vol.volume_id, staging_target_path=staging, target_path=target, volume_capability=s.mount_cap()))
+        check("not staged" in msg, msg)
+        check(not os.path.exists(target), "a refused publish left its target behind")
+
+    def undo_nothing():
+        vol = s.create_volume(size=MIB)
+        os.makedirs(target, exist_ok=True)
+        for _ in range(2):
+            s.nodesvc.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(volume_id=vol.volume_id, target_path=target))
+            s.nodesvc.NodeUnstageVolume(csi.NodeUnstageVolumeRequest(volume_id=vol.volume_id, staging_target_path=staging))
+        check(not os.path.exists(target), "unpublish left the target path")
+
     def lifecycle(count):
         def case():
             s.need_kernel()
@@ -718,6 +733,8 @@ def node_cases(s):
         ("NodeUnstageVolume: missing id or staging path is INVALID_ARGUMENT", unstage_args),
         ("NodeGetVolumeStats: missing fields, unknown volume, unpublished path", stats_args),
         ("NodeExpandVolume: missing fields, unknown volume", expand_args),
+        ("NodePublishVolume: not staged is FAILED_PRECONDITION, nothing made", publish_unstaged),
+        ("NodeUnpublishVolume, NodeUnstageVolume: nothing to undo is OK, twice", undo_nothing),
         ("Node: stage, publish, stats, unpublish, unstage", lifecycle(1)),
         ("Node: the same, each call repeated (x10)", lifecycle(IDEMPOTENT_COUNT)),
     ]:
