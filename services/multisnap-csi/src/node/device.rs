@@ -53,6 +53,21 @@ pub fn rdev_of(node: &Path) -> io::Result<(u32, u32)> {
 /// Attaches the origin of agent volume `volume` and returns the device node.
 pub async fn attach(agent: &Agent, nbd_socket: &Path, volume: &str) -> Result<PathBuf, Status> {
     if Path::new(UBLK_CONTROL).exists() {
+        // A staging that died between the attach and the mount left its device: take it over
+        // rather than attach a second one (a volume is staged once per node).
+        let attached = agent
+            .ublk()
+            .list_ublk(pb::ListUblkRequest {})
+            .await
+            .map_err(|s| from_agent("listing ublk devices", s))?
+            .into_inner()
+            .devices;
+        if let Some(d) = attached
+            .iter()
+            .find(|d| d.volume == volume && d.snapshot.is_empty())
+        {
+            return Ok(PathBuf::from(&d.device));
+        }
         let dev = agent
             .ublk()
             .attach_ublk(pb::AttachUblkRequest {
