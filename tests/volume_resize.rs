@@ -73,6 +73,14 @@ fn a_volume_grows_and_its_old_snapshot_keeps_its_size() {
     // New connections see the new size; the snapshot keeps its own.
     assert_eq!(nbd_size(&agent.uri("r")), 24 * MIB);
     assert_eq!(nbd_size(&agent.uri("r@before")), 16 * MIB);
+    // The API says so too: what a restore of the snapshot needs (CSI's restore size).
+    let snap = grpc_call(
+        &agent.grpc,
+        "multisnap.v1.SnapshotService/GetSnapshot",
+        r#"{"volume":"r","name":"before"}"#,
+    )
+    .unwrap();
+    assert_eq!(snap["size_bytes"], (16 * MIB).to_string(), "{snap}");
     // The new space reads as zeros, takes writes, and the snapshot is untouched by them.
     qemu_io(
         &agent.uri("r"),
