@@ -11,7 +11,7 @@ use multisnap_tests::{self as common, require_grpcio};
 fn kill_9_at_random_moments_loses_nothing_acknowledged() {
     require_grpcio!();
     if !common::python_has(&["nbd"]) {
-        eprintln!("SKIP: python cannot import nbd (bash .ci/install-deps installs python3-libnbd)");
+        multisnap_tests::missing_dependency!("python cannot import nbd");
         return;
     }
     let cycles = std::env::var("MULTISNAP_SOAK_CYCLES").unwrap_or_else(|_| "20".into());

@@ -130,7 +130,7 @@ impl Drop for Container<'_> {
 fn the_agent_image_serves_nbd_and_grpc_on_unix_sockets_in_a_host_directory() {
     require_tools!("podman", "runc", "nbdinfo", "ldd");
     if !common::have_grpcio() {
-        eprintln!("SKIP: grpcio with reflection is missing (bash .ci/install-deps installs it)");
+        multisnap_tests::missing_dependency!("grpcio with reflection is missing");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -79,7 +79,7 @@ fn require_grpc_tools() -> bool {
     if python_has(&["grpc", "grpc_tools"]) {
         return true;
     }
-    eprintln!("SKIP: python grpcio/grpcio-tools missing (bash .ci/install-deps installs them)");
+    multisnap_tests::missing_dependency!("python grpcio/grpcio-tools missing");
     false
 }
 

@@ -38,7 +38,9 @@ impl FaultFs {
             .output()
             .is_ok_and(|o| o.status.success());
         if !have_fusepy {
-            eprintln!("SKIP: /usr/bin/python3 cannot import fusepy (bash .ci/install-deps installs python3-fusepy)");
+            multisnap_tests::missing_dependency(
+                "/usr/bin/python3 cannot import fusepy (python3-fusepy)",
+            );
             return None;
         }
         std::fs::create_dir_all(backing).unwrap();

@@ -22,8 +22,8 @@ fn report() -> Option<&'static Value> {
     REPORT
         .get_or_init(|| {
             if !common::python_has(&["helm_python", "kubernetes_validate", "jsonschema", "yaml"]) {
-                eprintln!(
-                    "SKIP: {} cannot import helm_python, kubernetes_validate and jsonschema (bash .ci/install-deps installs them)",
+                multisnap_tests::missing_dependency!(
+                    "{} cannot import helm_python, kubernetes_validate and jsonschema",
                     common::python_path().display()
                 );
                 return None;

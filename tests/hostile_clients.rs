@@ -195,7 +195,7 @@ fn oversized_grpc_messages_and_snapshot_floods_get_clear_answers() {
 fn a_volume_deleted_under_a_writing_client_refuses_its_later_requests() {
     require_grpcio!();
     if !common::python_has(&["nbd"]) {
-        eprintln!("SKIP: python cannot import nbd (bash .ci/install-deps installs python3-libnbd)");
+        multisnap_tests::missing_dependency!("python cannot import nbd");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -24,7 +24,7 @@ macro_rules! require_py {
     ($($module:expr),+) => {
         for m in [$($module),+] {
             if !python_has(&[m]) {
-                eprintln!("SKIP: {} cannot import {m} (bash .ci/install-deps installs it)", python_path().display());
+                multisnap_tests::missing_dependency!("{} cannot import {m}", python_path().display());
                 return;
             }
         }

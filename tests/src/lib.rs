@@ -263,12 +263,30 @@ pub fn have(tool: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// A test that cannot run because something `bash .ci/install-deps` installs is missing:
+/// SKIP on a developer's machine, a failure under CI (env `CI`, which .ci/run sets), where a
+/// silently skipped test would pass without checking anything.
+pub fn missing_dependency(what: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("{what}: CI must have it (bash .ci/install-deps installs it)");
+    }
+    eprintln!("SKIP: {what} (bash .ci/install-deps installs it)");
+}
+
+/// [`missing_dependency`] with `format!` arguments.
+#[macro_export]
+macro_rules! missing_dependency {
+    ($($arg:tt)*) => {
+        $crate::missing_dependency(&format!($($arg)*))
+    };
+}
+
 #[macro_export]
 macro_rules! require_tools {
     ($($tool:expr),+) => {
         for t in [$($tool),+] {
             if !$crate::have(t) {
-                eprintln!("SKIP: {t} is not installed (bash .ci/install-deps installs it)");
+                $crate::missing_dependency(&format!("{t} is not installed"));
                 return;
             }
         }
@@ -650,7 +668,7 @@ pub fn have_grpcio() -> bool {
 macro_rules! require_grpcio {
     () => {
         if !$crate::have_grpcio() {
-            eprintln!("SKIP: python grpcio/grpcio-reflection missing (bash .ci/install-deps installs them)");
+            $crate::missing_dependency("python grpcio/grpcio-reflection missing");
             return;
         }
     };
