@@ -1,15 +1,17 @@
 //! Crash soak of the real agent (tests/soak/soak.py): random writes, flushes, snapshot creates
-//! and deletes and writable-snapshot writes over NBD and gRPC, the agent killed with SIGKILL
+//! and deletes, writable-snapshot writes, rollbacks and qemu-io pattern writes over NBD and
+//! gRPC, the agent killed with SIGKILL
 //! at a random moment of each cycle and restarted; after every restart each image must read
 //! exactly what the model says (every acknowledged write, every snapshot unchanged) and
 //! `verify` must pass. 20 cycles here; `MULTISNAP_SOAK_CYCLES=500` for a soak, and
 //! `MULTISNAP_SOAK_SEED` to replay one.
 
-use multisnap_tests::{self as common, require_grpcio};
+use multisnap_tests::{self as common, require_grpcio, require_tools};
 
 #[test]
 fn kill_9_at_random_moments_loses_nothing_acknowledged() {
     require_grpcio!();
+    require_tools!("qemu-io");
     if !common::python_has(&["nbd"]) {
         multisnap_tests::missing_dependency!("python cannot import nbd");
         return;

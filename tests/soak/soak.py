@@ -1,5 +1,6 @@
-"""Crash soak of the real agent: random writes, flushes, snapshot creates and deletes and
-writable-snapshot writes from real clients (libnbd for data, grpcio by reflection for the
+"""Crash soak of the real agent: random writes, flushes, snapshot creates and deletes,
+writable-snapshot writes, rollbacks (RevertVolume, merged in the background) and qemu-io
+pattern writes from real clients (libnbd and qemu-io for data, grpcio by reflection for the
 API), with the agent killed (SIGKILL) at random moments and restarted, for CYCLES cycles.
 
 A model keeps what every image must read: per 4 KiB block a version number whose bytes are
@@ -38,9 +39,19 @@ BLOCKS = SIZE // BLOCK
 MAX_SNAPSHOTS = 5
 
 
+# Versions written by qemu-io: their blocks hold one byte repeated (`write -P`).
+PATTERNS = set()
+
+
+def pattern_byte(version):
+    return 1 + version % 255
+
+
 def block_bytes(block, version):
     if version == 0:
         return bytes(BLOCK)
+    if version in PATTERNS:
+        return bytes([pattern_byte(version)]) * BLOCK
     seed = hashlib.sha256(f"{block}:{version}".encode()).digest()
     return seed * (BLOCK // len(seed))
 
@@ -78,6 +89,8 @@ class Model:
         self.maybe_snapshots = {}
         self.next_version = 1
         self.counter = 0
+        self.reverts = 0
+        self.patterns = PATTERNS
 
     def images(self):
         return [self.origin] + [img for img, _ in self.snapshots.values()]
@@ -197,6 +210,22 @@ def check_all(agent, model):
         h.shutdown()
 
 
+def target_name(model, image):
+    return next(n for n, (img, _) in model.snapshots.items() if img is image)
+
+
+def revert(agent, name):
+    """RevertVolume; None when the agent died. A snapshot being merged back cannot be the
+    target of another rollback while that one runs: retried once the merge has ended."""
+    while True:
+        try:
+            return agent.call("SnapshotService/RevertVolume", {"volume": "default", "snapshot": name})
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            time.sleep(0.05)
+
+
 def workload(agent, model, rng, stop):
     """Runs random operations until the agent dies or `stop` is set."""
     h = nbd.NBD()
@@ -236,12 +265,54 @@ def workload(agent, model, rng, stop):
         elif op < 0.88 and model.snapshots:
             name = rng.choice(sorted(model.snapshots))
             model.maybe_snapshots[name] = model.snapshots[name]
-            if agent.call("SnapshotService/DeleteSnapshot",
-                          {"volume": "default", "name": name}) is None:
+            try:
+                gone = agent.call("SnapshotService/DeleteSnapshot",
+                                  {"volume": "default", "name": name})
+            except grpc.RpcError as e:
+                # The snapshot a rollback is still merging back stays until the merge ends.
+                if e.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                del model.maybe_snapshots[name]
+                continue
+            if gone is None:
                 return
             writable.pop(name, None)
             model.snapshots.pop(name)
             del model.maybe_snapshots[name]
+        elif op < 0.91:
+            # Roll the origin back to a read-only snapshot: from the reply on, the origin
+            # reads as the snapshot (one commit); if the agent dies first, either state.
+            names = [n for n, (_, w) in model.snapshots.items() if not w]
+            if not names:
+                continue
+            target = model.snapshots[rng.choice(names)][0]
+            for b, v in enumerate(target.versions):
+                model.origin.writing(b, v)
+            if revert(agent, target_name(model, target)) is None:
+                return
+            model.origin.versions = list(target.versions)
+            model.origin.flushed()
+            model.reverts += 1
+        elif op < 0.94:
+            # qemu-io, a client nobody here wrote: a pattern written and flushed when it closes.
+            start = rng.randrange(BLOCKS)
+            count = min(rng.randrange(1, 9), BLOCKS - start)
+            version = model.next_version
+            model.next_version += 1
+            model.patterns.add(version)
+            for b in range(start, start + count):
+                model.origin.writing(b, version)
+            out = subprocess.run(
+                ["qemu-io", "-f", "raw", agent.uri("default"), "-c",
+                 f"write -P {pattern_byte(version)} {start * BLOCK} {count * BLOCK}"],
+                capture_output=True, text=True)
+            if out.returncode != 0 or "wrote" not in out.stdout:
+                return  # the agent died under it; the blocks stay in doubt
+            for b in range(start, start + count):
+                model.origin.versions[b] = version
+            # qemu-io flushes the image when it closes it: everything written so far is durable.
+            for img in model.images():
+                img.flushed()
         else:
             names = [n for n, (_, w) in model.snapshots.items() if w]
             if not names:
@@ -297,8 +368,9 @@ def main():
     agent.start()
     check_all(agent, model)
     agent.stop()
-    print(f"SOAK OK: {cycles} kill -9 cycles, {model.next_version - 1} acknowledged writes, "
-          f"{model.counter} snapshots made, 0 lost, 0 changed, in {time.time() - started:.0f} s")
+    print(f"SOAK OK: {cycles} kill -9 cycles, {model.next_version - 1} acknowledged writes "
+          f"({len(model.patterns)} by qemu-io), {model.counter} snapshots made, "
+          f"{model.reverts} rollbacks, 0 lost, 0 changed, in {time.time() - started:.0f} s")
 
 
 if __name__ == "__main__":
