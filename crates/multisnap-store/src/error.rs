@@ -128,6 +128,32 @@ pub enum StoreError {
     #[error("snapshot {0:?} is writable, so its contents may still change; make it read-only before rolling the volume back to it")]
     RevertToWritable(String),
 
+    #[error("snapshot {snapshot:?} is the source of clone {clone:?}, which is still hydrating from it; {what} must wait until the clone's hydration ends (or the clone is deleted)")]
+    HeldByClone {
+        snapshot: String,
+        clone: String,
+        what: &'static str,
+    },
+
+    #[error("snapshot {0:?} is writable, so its contents may still change; make it read-only before cloning it")]
+    CloneOfWritable(String),
+
+    #[error("the volume is a clone still hydrating from snapshot {snapshot} of volume {source_volume} ({cursor} of {chunks} chunks copied); {what} must wait until the hydration ends")]
+    HydrationInProgress {
+        source_volume: VolumeUuid,
+        snapshot: u64,
+        cursor: u64,
+        chunks: u64,
+        what: &'static str,
+    },
+
+    #[error("the clone's source, snapshot {snapshot} of volume {source_volume}, is not available: {why}")]
+    CloneSourceMissing {
+        source_volume: VolumeUuid,
+        snapshot: u64,
+        why: String,
+    },
+
     #[error("the store stopped accepting changes after an earlier failure ({0}); reopen it")]
     Poisoned(String),
 
@@ -184,8 +210,13 @@ impl StoreError {
             | StoreError::OriginNotEmpty
             | StoreError::BaseModified(_)
             | StoreError::MergeInProgress { .. }
-            | StoreError::RevertToWritable(_) => ErrorKind::FailedPrecondition,
-            StoreError::Poisoned(_) | StoreError::Closed(_) => ErrorKind::Unavailable,
+            | StoreError::RevertToWritable(_)
+            | StoreError::HeldByClone { .. }
+            | StoreError::CloneOfWritable(_)
+            | StoreError::HydrationInProgress { .. } => ErrorKind::FailedPrecondition,
+            StoreError::Poisoned(_)
+            | StoreError::Closed(_)
+            | StoreError::CloneSourceMissing { .. } => ErrorKind::Unavailable,
         }
     }
 }

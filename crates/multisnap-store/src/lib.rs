@@ -50,7 +50,7 @@ pub use format::superblock_io::read_superblock;
 pub use ids::{OriginChunk, SnapshotId, StoreChunk, VolumeUuid};
 pub use latency::LatencyStats;
 pub use store::{
-    validate_snapshot_name, CreateOptions, MergeProgress, ReceivePlan, ReceiveStatus, SnapshotInfo,
-    Store, StoreStats, View, VolumeView,
+    validate_snapshot_name, CloneSource, CreateOptions, HydrationProgress, MergeProgress,
+    ReceivePlan, ReceiveStatus, SnapshotInfo, Store, StoreStats, View, VolumeView,
 };
 pub use verify::{verify, VerifyReport};

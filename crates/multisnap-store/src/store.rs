@@ -43,6 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod clone;
 mod open;
 mod origin_sync;
 mod read;
@@ -52,6 +53,7 @@ mod revert;
 mod snapshots;
 mod view;
 mod write;
+pub use clone::{CloneSource, HydrationProgress};
 pub use receive::{ReceivePlan, ReceiveStatus};
 pub use revert::MergeProgress;
 pub use snapshots::validate_snapshot_name;
@@ -183,6 +185,9 @@ pub struct StoreStats {
     pub reclaim_pending: u64,
     /// Chunks a rollback's merge copied into the origin since open.
     pub chunks_merged_total: u64,
+    /// Chunks a clone's hydration copied from its source since open, and the bytes written.
+    pub chunks_hydrated_total: u64,
+    pub bytes_hydrated_total: u64,
 }
 
 pub struct Store {
@@ -237,6 +242,15 @@ pub struct Store {
     merge_hint: AtomicU64,
     /// Chunks a rollback's merge copied into the origin since open.
     chunks_merged: AtomicU64,
+    /// A hydrating clone's source, once attached (see `clone`).
+    clone_source: RwLock<Option<clone::CloneSource>>,
+    /// Serializes a clone's hydration steps and the hydration ahead of writes.
+    hydrate_lock: Mutex<()>,
+    /// Origin chunks below it need nothing from a clone's source (`u64::MAX` when the store is
+    /// no clone in progress), so reads and writes below it skip the check.
+    hydrate_hint: AtomicU64,
+    chunks_hydrated: AtomicU64,
+    bytes_hydrated: AtomicU64,
     volume_name: String,
     volume_uuid: VolumeUuid,
     origin_path: String,
@@ -395,9 +409,14 @@ impl Store {
             let _barrier = self.exclusive_barrier();
             let mut m = self.meta.write();
             m.check_usable()?;
-            // A rollback's target is needed until its merge ends.
+            // A rollback's target is needed until its merge ends, a clone's source until its
+            // hydration does.
             let target = m.revert.as_ref().map(|r| r.target);
-            let Some(&oldest) = m.live.iter().find(|id| Some(**id) != target) else {
+            let Some(&oldest) = m
+                .live
+                .iter()
+                .find(|id| Some(**id) != target && m.clone_holder(**id).is_none())
+            else {
                 return Ok(false);
             };
             let Some(rec) = m.snapshots.get(&oldest).cloned() else {
@@ -512,6 +531,8 @@ impl Store {
             chunks_reclaimed_total: m.chunks_reclaimed,
             reclaim_pending: m.reclaim_progress().pending.len() as u64,
             chunks_merged_total: self.chunks_merged.load(Ordering::Relaxed),
+            chunks_hydrated_total: self.chunks_hydrated.load(Ordering::Relaxed),
+            bytes_hydrated_total: self.bytes_hydrated.load(Ordering::Relaxed),
         }
     }
 
@@ -526,6 +547,7 @@ impl Drop for Store {
         // Best effort: a clean shutdown should have called flush(); losing the open
         // transaction here is what a power cut would do, which the format survives.
         self.syncer.stop();
+        self.detach_clone_source();
         let cursor = self.journal.get_mut();
         let m = self.meta.get_mut();
         let journal_used = cursor.next_block > 0 || m.journal_epoch < cursor.epoch;

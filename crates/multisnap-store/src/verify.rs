@@ -11,7 +11,8 @@
 use crate::blockdev::BlockDev;
 use crate::error::Result;
 use crate::format::exception::{
-    holds_store_chunk, private_chunk, Exception, MERGED_CHUNK, MERGE_OWNER,
+    holds_store_chunk, private_chunk, Exception, HYDRATED_CHUNK, HYDRATE_OWNER, MERGED_CHUNK,
+    MERGE_OWNER,
 };
 use crate::format::node::{Key, TreeKind};
 use crate::format::snapshot_record::SnapshotRecord;
@@ -41,6 +42,10 @@ pub struct VerifyReport {
     pub journal_bytes: u64,
     /// Chunks a rollback in progress merged ahead of its cursor.
     pub merge_marks: u64,
+    /// A clone in progress: `(hydrated chunks below the cursor, chunks its hydration walks)`,
+    /// and the chunks it hydrated ahead of its cursor.
+    pub hydration: Option<(u64, u64)>,
+    pub hydration_marks: u64,
     /// Things that are wrong.
     pub problems: Vec<String>,
 }
@@ -237,10 +242,32 @@ impl Walker<'_> {
         }
     }
 
+    fn hydration_mark(&mut self, chunk: u64, value: u64) {
+        self.report.hydration_marks += 1;
+        match (&self.sb.clone, self.report.hydration) {
+            (Some(c), Some((_, end))) if chunk >= c.cursor && chunk < end => {}
+            (Some(c), Some((_, end))) => self.problem(format!(
+                "hydration mark for origin chunk {chunk} outside the clone's remaining chunks {}..{end}",
+                c.cursor
+            )),
+            _ => self.problem(format!(
+                "hydration mark for origin chunk {chunk}, but no clone is hydrating (leaked)"
+            )),
+        }
+        if StoreChunk(value) != HYDRATED_CHUNK {
+            self.problem(format!(
+                "hydration mark for origin chunk {chunk} holds {value:#x}, not the hydration marker"
+            ));
+        }
+    }
+
     fn private(&mut self, key: Key, store: u64) {
         let (snap, chunk) = (key.hi, key.lo);
         if snap == MERGE_OWNER {
             return self.merge_mark(chunk, store);
+        }
+        if snap == HYDRATE_OWNER {
+            return self.hydration_mark(chunk, store);
         }
         let chunk_count = self.sb.origin_size.div_ceil(self.sb.chunk_size as u64);
         if chunk >= chunk_count {
@@ -435,6 +462,13 @@ pub fn verify(dev: &dyn BlockDev, origin_size: Option<u64>) -> Result<VerifyRepo
                 r.target
             )),
         }
+    }
+    if let Some(c) = &sb.clone {
+        let end = c
+            .source_size
+            .div_ceil(u64::from(sb.chunk_size))
+            .min(sb.origin_size.div_ceil(u64::from(sb.chunk_size)));
+        w.report.hydration = Some((c.cursor, end));
     }
     w.walk(TreeKind::Exceptions, sb.exception_root, None, None, None);
     w.walk(TreeKind::Private, sb.private_root, None, None, None);

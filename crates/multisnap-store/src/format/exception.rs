@@ -52,9 +52,23 @@ pub const MERGED_CHUNK: StoreChunk = StoreChunk(u64::MAX - 2);
 /// so no snapshot's private chunks can collide with them.
 pub const MERGE_OWNER: u64 = 0;
 
+/// The private-map value of a hydration mark (see [`HYDRATE_OWNER`]): no store chunk.
+pub const HYDRATED_CHUNK: StoreChunk = StoreChunk(u64::MAX - 3);
+
+/// The private-map owner under which a clone marks the origin chunks hydrated ahead of its
+/// cursor (`(HYDRATE_OWNER, c) -> HYDRATED_CHUNK`). Snapshot ids count up from 1 by one and
+/// never reach it.
+pub const HYDRATE_OWNER: u64 = u64::MAX;
+
+/// Whether private-map entries of `owner` are marks of a background operation rather than a
+/// snapshot's chunks.
+pub fn is_mark_owner(owner: u64) -> bool {
+    owner == MERGE_OWNER || owner == HYDRATE_OWNER
+}
+
 /// Whether a private-map value points at a real store chunk.
 pub fn holds_store_chunk(c: StoreChunk) -> bool {
-    c != ZERO_CHUNK && c != DIRECT_CHUNK && c != MERGED_CHUNK
+    c != ZERO_CHUNK && c != DIRECT_CHUNK && c != MERGED_CHUNK && c != HYDRATED_CHUNK
 }
 
 /// The value of a private-map entry.

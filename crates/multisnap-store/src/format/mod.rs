@@ -1,4 +1,4 @@
-//! On-disk format, version 4. Every byte is documented in docs/FORMAT.md; this module is the
+//! On-disk format, version 5. Every byte is documented in docs/FORMAT.md; this module is the
 //! only code that knows where fields live. Integers are little-endian.
 //!
 //! Store layout (4 KiB metadata blocks, data chunks of `chunk_size` aligned to their size):
@@ -16,8 +16,12 @@ pub mod superblock_io;
 
 /// Size of every metadata block (superblocks, B+tree nodes, bitmap blocks).
 pub const BLOCK_SIZE: usize = 4096;
-/// The on-disk format version this build writes.
-pub const FORMAT_VERSION: u32 = 4;
+/// The newest on-disk format version this build reads and writes: a store made as a clone
+/// (see `Superblock::clone_format`). Other stores keep the oldest version that describes them.
+pub const FORMAT_VERSION: u32 = 5;
+/// The version whose snapshot records carry their own size and which may hold a rollback in
+/// place (see `Superblock::sized_snapshots`).
+pub const SIZED_VERSION: u32 = 4;
 /// The version of a store whose snapshot records may omit their size (every snapshot has the
 /// origin's size) and that has an origin write journal; written until a store's first resize.
 pub const JOURNAL_VERSION: u32 = 3;

@@ -36,6 +36,22 @@ pub struct RevertState {
     pub cursor: u64,
 }
 
+/// A clone being hydrated from its source (`Store::create_clone`): what the superblock
+/// remembers of it (see docs/FORMAT.md, "Clones").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloneState {
+    /// The uuid of the volume whose snapshot the clone reads until hydrated; never all zero.
+    pub source_volume: [u8; 16],
+    /// That snapshot's id in the source volume's store; never 0.
+    pub source_snapshot: u64,
+    /// Bytes of the source snapshot: the clone's origin chunks covering them come from it.
+    pub source_size: u64,
+    /// Every origin chunk below it is hydrated.
+    pub cursor: u64,
+    /// Bytes of source data the hydration has written into the origin, as of this commit.
+    pub hydrated_bytes: u64,
+}
+
 /// An apply of a delta in progress: what the superblock remembers of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReceiveState {
@@ -83,6 +99,11 @@ const OFF_JOURNAL_EPOCH: usize = 1360;
 const OFF_REVERT_TARGET: usize = 1368;
 const OFF_REVERT_NEWEST: usize = 1376;
 const OFF_REVERT_CURSOR: usize = 1384;
+const OFF_CLONE_SOURCE_VOLUME: usize = 1392;
+const OFF_CLONE_SOURCE_SNAPSHOT: usize = 1408;
+const OFF_CLONE_SOURCE_SIZE: usize = 1416;
+const OFF_CLONE_CURSOR: usize = 1424;
+const OFF_CLONE_HYDRATED_BYTES: usize = 1432;
 
 /// What to do when a copy is needed and the store has no free chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,8 +157,14 @@ pub struct Superblock {
     /// the origin's (a snapshot taken before the volume grew). Older stores are converted by
     /// their first resize; until then the version says 2 or 3 and older readers still open them.
     pub sized_snapshots: bool,
-    /// The rollback in place being merged, if any (version 4 only).
+    /// The rollback in place being merged, if any (version 4 and later).
     pub revert: Option<RevertState>,
+    /// Format version 5: the store was made as a clone and may hold a hydration's state and
+    /// marks. Such a store is written as version 5 for good (older readers never meet one);
+    /// it implies `sized_snapshots`.
+    pub clone_format: bool,
+    /// The hydration in progress, if any (version 5 only).
+    pub clone: Option<CloneState>,
 }
 
 /// Why a superblock slot was rejected.
@@ -156,8 +183,10 @@ impl Superblock {
         let mut b = vec![0u8; BLOCK_SIZE];
         // A store without a journal is exactly a version 2 store and says so, so that older
         // readers keep opening it (and never see one slot of each version).
-        let version = if self.sized_snapshots {
+        let version = if self.clone_format {
             FORMAT_VERSION
+        } else if self.sized_snapshots {
+            SIZED_VERSION
         } else if self.journal_blocks > 0 {
             JOURNAL_VERSION
         } else {
@@ -206,6 +235,14 @@ impl Superblock {
             put_u64(&mut b, OFF_REVERT_TARGET, r.target);
             put_u64(&mut b, OFF_REVERT_NEWEST, r.newest);
             put_u64(&mut b, OFF_REVERT_CURSOR, r.cursor);
+        }
+        if let Some(c) = &self.clone {
+            b[OFF_CLONE_SOURCE_VOLUME..OFF_CLONE_SOURCE_VOLUME + 16]
+                .copy_from_slice(&c.source_volume);
+            put_u64(&mut b, OFF_CLONE_SOURCE_SNAPSHOT, c.source_snapshot);
+            put_u64(&mut b, OFF_CLONE_SOURCE_SIZE, c.source_size);
+            put_u64(&mut b, OFF_CLONE_CURSOR, c.cursor);
+            put_u64(&mut b, OFF_CLONE_HYDRATED_BYTES, c.hydrated_bytes);
         }
         seal(&mut b, SUPERBLOCK_SALT);
         b
@@ -282,12 +319,29 @@ impl Superblock {
         // Version 3 and older leave these bytes zero and unread.
         let revert = match get_u64(b, OFF_REVERT_TARGET) {
             0 => None,
-            _ if version < FORMAT_VERSION => None,
+            _ if version < SIZED_VERSION => None,
             target => Some(RevertState {
                 target,
                 newest: get_u64(b, OFF_REVERT_NEWEST),
                 cursor: get_u64(b, OFF_REVERT_CURSOR),
             }),
+        };
+        // Version 4 and older leave these bytes zero and unread.
+        let clone = match get_u64(b, OFF_CLONE_SOURCE_SNAPSHOT) {
+            0 => None,
+            _ if version < FORMAT_VERSION => None,
+            source_snapshot => {
+                let mut source_volume = [0u8; 16];
+                source_volume
+                    .copy_from_slice(&b[OFF_CLONE_SOURCE_VOLUME..OFF_CLONE_SOURCE_VOLUME + 16]);
+                Some(CloneState {
+                    source_volume,
+                    source_snapshot,
+                    source_size: get_u64(b, OFF_CLONE_SOURCE_SIZE),
+                    cursor: get_u64(b, OFF_CLONE_CURSOR),
+                    hydrated_bytes: get_u64(b, OFF_CLONE_HYDRATED_BYTES),
+                })
+            }
         };
         let sb = Superblock {
             generation: get_u64(b, OFF_GENERATION),
@@ -315,8 +369,10 @@ impl Superblock {
             journal_start: get_u64(b, OFF_JOURNAL_START),
             journal_blocks: get_u64(b, OFF_JOURNAL_BLOCKS),
             journal_epoch: get_u64(b, OFF_JOURNAL_EPOCH),
-            sized_snapshots: version >= FORMAT_VERSION,
+            sized_snapshots: version >= SIZED_VERSION,
             revert,
+            clone_format: version >= FORMAT_VERSION,
+            clone,
         };
         sb.sanity().map_err(SuperblockFault::Corrupt)?;
         Ok(sb)
@@ -375,6 +431,23 @@ impl Superblock {
                 return Err(format!(
                     "rollback state (target {}, newest {}, cursor {}) is impossible for {} snapshot ids and {chunks} chunks",
                     r.target, r.newest, r.cursor, self.next_snapshot_id
+                ));
+            }
+        }
+        if let Some(c) = &self.clone {
+            if !self.clone_format {
+                return Err("clone state in a superblock older than version 5".into());
+            }
+            let chunks = self.origin_size.div_ceil(u64::from(self.chunk_size));
+            let source_chunks = c.source_size.div_ceil(u64::from(self.chunk_size));
+            if c.source_volume == [0; 16]
+                || c.source_size == 0
+                || c.source_size > self.origin_size
+                || c.cursor > source_chunks.min(chunks)
+            {
+                return Err(format!(
+                    "clone state (source size {}, cursor {}) is impossible for an origin of {} bytes",
+                    c.source_size, c.cursor, self.origin_size
                 ));
             }
         }

@@ -33,6 +33,8 @@ pub(crate) fn sample_sb() -> Superblock {
         journal_epoch: 3,
         sized_snapshots: false,
         revert: None,
+        clone_format: false,
+        clone: None,
     }
 }
 
@@ -219,7 +221,8 @@ fn documented_offsets_are_the_packed_offsets() {
         3,
         "nothing of version 4 in use: written as version 3"
     );
-    assert_eq!(FORMAT_VERSION, 4);
+    assert_eq!(FORMAT_VERSION, 5);
+    assert_eq!(SIZED_VERSION, 4);
     assert_eq!(OLDEST_READABLE_VERSION, 2);
     assert_eq!(&b[8..16], b"MSNAPSTR");
     assert_eq!(get_u64(&b, 16), sb.generation);
@@ -547,5 +550,62 @@ fn rollback_state_offsets_and_version() {
         newest: 4,
         cursor: (1 << 30) / 65536 + 1,
     });
+    assert!(bad.sanity().is_err());
+}
+
+/// Version 5: the clone fields sit at the documented offsets, a clone store stays version 5
+/// after its hydration ends, and an older version's bytes there are not read.
+#[test]
+fn clone_state_offsets_and_version() {
+    let mut sb = sample_sb();
+    sb.sized_snapshots = true;
+    sb.clone_format = true;
+    sb.clone = Some(superblock::CloneState {
+        source_volume: std::array::from_fn(|i| 0x60 + i as u8),
+        source_snapshot: 0x0102_0304_0506_0708,
+        source_size: 1 << 29,
+        cursor: 0x123,
+        hydrated_bytes: 0x1112_1314_1516_1718,
+    });
+    let b = sb.pack();
+    assert_eq!(get_u32(&b, 4), 5, "a clone is written as version 5");
+    assert_eq!(
+        &b[1392..1408],
+        &std::array::from_fn::<u8, 16, _>(|i| 0x60 + i as u8)
+    );
+    assert_eq!(get_u64(&b, 1408), 0x0102_0304_0506_0708, "source snapshot");
+    assert_eq!(get_u64(&b, 1416), 1 << 29, "source size");
+    assert_eq!(get_u64(&b, 1424), 0x123, "hydration cursor");
+    assert_eq!(get_u64(&b, 1432), 0x1112_1314_1516_1718, "hydrated bytes");
+    assert!(b[1440..].iter().all(|&x| x == 0));
+    let read = Superblock::unpack(&b).unwrap();
+    assert_eq!(read.clone, sb.clone);
+    assert!(read.clone_format && read.sized_snapshots);
+
+    // Ended: the fields are zero, the version stays 5.
+    let mut ended = read.clone();
+    ended.clone = None;
+    let b = ended.pack();
+    assert_eq!(get_u32(&b, 4), 5);
+    assert!(b[1392..].iter().all(|&x| x == 0));
+
+    // A version 4 slot with bytes there (never written by a correct writer) has no clone.
+    let mut v4 = sample_sb();
+    v4.sized_snapshots = true;
+    let mut v4 = v4.pack();
+    put_u64(&mut v4, 1408, 2);
+    crate::checksum::seal(&mut v4, crate::checksum::SUPERBLOCK_SALT);
+    assert_eq!(Superblock::unpack(&v4).unwrap().clone, None);
+
+    // Impossible states are corrupt: clone state below version 5, a source larger than the
+    // origin, a cursor past the source.
+    let mut old = sb.clone();
+    old.clone_format = false;
+    assert!(old.sanity().is_err());
+    let mut bad = sb.clone();
+    bad.clone.as_mut().unwrap().source_size = (1 << 30) + 1;
+    assert!(bad.sanity().is_err());
+    let mut bad = sb.clone();
+    bad.clone.as_mut().unwrap().cursor = (1 << 29) / 65536 + 1;
     assert!(bad.sanity().is_err());
 }

@@ -96,6 +96,7 @@ impl Meta {
         sb.receive = self.receive.clone();
         sb.journal_epoch = self.journal_epoch;
         sb.revert = self.revert.clone();
+        sb.clone = self.clone.clone();
         self.pager.alloc.seal_done();
         self.pager.generation += 1;
         self.dirty = false;

@@ -5,6 +5,7 @@
 //! the open transaction durable; `meta/reclaim.rs` gives deleted snapshots' space back.
 
 mod commit;
+mod hydrate;
 mod reclaim;
 mod revert;
 
@@ -20,7 +21,7 @@ use crate::error::{Result, StoreError};
 use crate::format::exception::{private_chunk, private_value, Exception};
 use crate::format::node::{Key, Node, TreeKind};
 use crate::format::snapshot_record::{SnapshotRecord, SnapshotState};
-use crate::format::superblock::{ReceiveState, RevertState, Superblock};
+use crate::format::superblock::{CloneState, ReceiveState, RevertState, Superblock};
 use crate::ids::{MetaBlock, OriginChunk, SnapshotId, StoreChunk};
 use crate::latency::LatencyHistogram;
 use crate::pdata::alloc::ChunkAllocator;
@@ -115,6 +116,14 @@ pub struct Meta {
     pub revert: Option<RevertState>,
     /// Chunks that rollback merged ahead of its cursor (see `revert`).
     merged: MergeMarks,
+    /// The clone hydration in progress; written with every commit.
+    pub clone: Option<CloneState>,
+    /// Chunks the hydration copied ahead of its cursor (see `hydrate`).
+    hydrated: MergeMarks,
+    /// Snapshots clones read from while they hydrate, with the clones' names: they may not be
+    /// deleted, made writable or invalidated. In memory only; the agent re-establishes them
+    /// when it wires each clone to its source on start.
+    pub clone_holds: BTreeMap<u64, Vec<String>>,
     pub dirty: bool,
     pub poisoned: Option<String>,
     pub commit_latency: LatencyHistogram,
@@ -162,6 +171,9 @@ impl Meta {
             journal_epoch: sb.journal_epoch,
             revert: sb.revert.clone(),
             merged: MergeMarks::default(),
+            clone: sb.clone.clone(),
+            hydrated: MergeMarks::default(),
+            clone_holds: BTreeMap::new(),
             pager,
             sb,
             snapshots: BTreeMap::new(),
@@ -224,8 +236,9 @@ impl Meta {
         let root = self.private_root;
         let mut from = Key::MIN;
         while let Some((k, _)) = btree::seek_ge(&mut self.pager, root, &from)? {
-            // Owner 0 holds a rollback's merge marks (`revert`), not a snapshot's chunks.
-            if k.hi != crate::format::exception::MERGE_OWNER {
+            // Owner 0 holds a rollback's merge marks (`revert`), the last owner a clone's
+            // hydration marks (`hydrate`), not a snapshot's chunks.
+            if !crate::format::exception::is_mark_owner(k.hi) {
                 self.private_owners.insert(k.hi);
             }
             match k.hi.checked_add(1) {
@@ -248,7 +261,8 @@ impl Meta {
             }
             self.index_record(id, rec);
         }
-        self.load_merge_marks()
+        self.load_merge_marks()?;
+        self.load_hydration_marks()
     }
 
     /// Bytes live snapshot `snap` reads.
@@ -582,7 +596,7 @@ impl Meta {
         ) {
             Ok(new_root) => {
                 self.private_root = new_root;
-                if snap.0 != crate::format::exception::MERGE_OWNER {
+                if !crate::format::exception::is_mark_owner(snap.0) {
                     self.private_owners.insert(snap.0);
                 }
                 self.pager.alloc.recorded(at);

@@ -19,24 +19,24 @@ use crate::pdata::btree;
 /// Origin chunks merged ahead of the cursor: one bit per chunk (2 KiB per GiB of origin at
 /// 64 KiB chunks), kept only while a merge runs. The private map holds the same set durably.
 #[derive(Default)]
-pub struct MergeMarks {
+pub(crate) struct MergeMarks {
     words: Vec<u64>,
 }
 
 impl MergeMarks {
-    fn for_chunks(chunks: u64) -> MergeMarks {
+    pub(crate) fn for_chunks(chunks: u64) -> MergeMarks {
         MergeMarks {
             words: vec![0; chunks.div_ceil(64) as usize],
         }
     }
 
-    fn contains(&self, c: u64) -> bool {
+    pub(crate) fn contains(&self, c: u64) -> bool {
         self.words
             .get((c / 64) as usize)
             .is_some_and(|w| w & (1 << (c % 64)) != 0)
     }
 
-    fn set(&mut self, c: u64, on: bool) {
+    pub(crate) fn set(&mut self, c: u64, on: bool) {
         if let Some(w) = self.words.get_mut((c / 64) as usize) {
             if on {
                 *w |= 1 << (c % 64);

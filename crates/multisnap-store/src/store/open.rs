@@ -16,6 +16,17 @@ impl Store {
         dev: Arc<dyn BlockDev>,
         opts: &CreateOptions,
     ) -> Result<Store> {
+        Store::create_with(origin, dev, opts, None)
+    }
+
+    /// [`Store::create`], with the state of a clone's hydration in the first commit (so a new
+    /// store is a clone from its first durable superblock on).
+    pub(super) fn create_with(
+        origin: Arc<dyn BlockDev>,
+        dev: Arc<dyn BlockDev>,
+        opts: &CreateOptions,
+        clone: Option<crate::format::superblock::CloneState>,
+    ) -> Result<Store> {
         let cs = opts.chunk_size;
         if !cs.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&cs) {
             return Err(StoreError::InvalidGeometry(format!(
@@ -80,6 +91,8 @@ impl Store {
             // Written as version 2 or 3 until the first resize (see `Store::resize`).
             sized_snapshots: false,
             revert: None,
+            clone_format: false,
+            clone: None,
         };
         // Written once now, so flushes later overwrite allocated blocks: on a sparse file the
         // first write into a hole would make every journal flush a file system commit too.
@@ -93,6 +106,9 @@ impl Store {
             at += n as u64;
         }
         let mut meta = Meta::new(dev.clone(), sb, alloc, opts.cache_bytes);
+        if let Some(state) = clone {
+            meta.begin_clone(state);
+        }
         meta.format_empty_trees()?;
         meta.commit()?;
         // Both bitmap copies must hold a whole bitmap before incremental writes may start.
@@ -212,6 +228,7 @@ impl Store {
 
     fn assemble(origin: Arc<dyn BlockDev>, dev: Arc<dyn BlockDev>, meta: Meta) -> Store {
         let merge_hint = meta.revert.as_ref().map_or(u64::MAX, |r| r.cursor);
+        let hydrate_hint = meta.clone.as_ref().map_or(u64::MAX, |c| c.cursor);
         Store {
             chunk_size: meta.sb.chunk_size,
             origin_size: AtomicU64::new(meta.sb.origin_size),
@@ -248,6 +265,13 @@ impl Store {
             merge_lock: Mutex::new(()),
             merge_hint: AtomicU64::new(merge_hint),
             chunks_merged: AtomicU64::new(0),
+            // Until the source is attached, reads of unhydrated chunks fail rather than read
+            // the origin's zeros there.
+            clone_source: RwLock::new(None),
+            hydrate_lock: Mutex::new(()),
+            hydrate_hint: AtomicU64::new(hydrate_hint),
+            chunks_hydrated: AtomicU64::new(0),
+            bytes_hydrated: AtomicU64::new(0),
         }
     }
 }

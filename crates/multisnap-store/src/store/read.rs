@@ -21,7 +21,9 @@ impl Store {
         }
         let chunks = self.chunks_of(offset, buf.len() as u64);
         let snap = match view {
-            View::Origin if self.may_meet_merge(*chunks.end()) => {
+            View::Origin
+                if self.may_meet_merge(*chunks.end()) || self.may_need_source(*chunks.end()) =>
+            {
                 return self.read_origin_merging(offset, buf);
             }
             View::Origin => {
@@ -125,7 +127,8 @@ impl Store {
         self.read_located(located[0], chunk, within, piece)
     }
 
-    /// Reads part of `chunk` from where `locate` found it: a store chunk, or the origin.
+    /// Reads part of `chunk` from where `locate` found it: a store chunk, or the origin (the
+    /// source snapshot of a clone, while the chunk is not hydrated).
     pub(super) fn read_located(
         &self,
         located: Option<StoreChunk>,
@@ -144,6 +147,9 @@ impl Store {
             }
             None => {
                 let at = chunk * cs + within;
+                if self.needs_source(chunk) && self.read_source(at, piece)? {
+                    return Ok(());
+                }
                 self.origin
                     .read_at(piece, at)
                     .map_err(|err| StoreError::io("origin", at, n, err))
@@ -167,7 +173,8 @@ impl Store {
         let cs = self.chunk_size as u64;
         let end = offset + len.min(4096 * cs);
         let end = end.min(offset + len);
-        if view == View::Origin && !self.may_meet_merge((end - 1) / cs) {
+        let last = (end - 1) / cs;
+        if view == View::Origin && !self.may_meet_merge(last) && !self.may_need_source(last) {
             return origin_map(offset, len);
         }
         if let View::Snapshot(snap) = view {
@@ -182,6 +189,10 @@ impl Store {
             let in_store = self.reads_from_store(view, chunk)?;
             if in_store {
                 push(n, true);
+            } else if self.needs_source(chunk) {
+                for (l, d) in self.source_allocation(pos, n)? {
+                    push(l, d);
+                }
             } else {
                 for (l, d) in origin_map(pos, n)? {
                     push(l, d);

@@ -162,6 +162,7 @@ impl Store {
             }
             // The apply needs the origin to read as its base, and its fold writes the origin.
             self.refuse_during_merge(m, "applying a delta")?;
+            self.refuse_during_hydration(m, "applying a delta")?;
             let bound = VolumeUuid::from_bytes(m.replica_source);
             if !bound.is_nil() && bound != plan.source_volume {
                 return Err(StoreError::ReplicaOfOther {

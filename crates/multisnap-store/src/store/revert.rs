@@ -75,6 +75,8 @@ impl Store {
                 name: m.receiving_name(),
             });
         }
+        // The merge writes the origin where unhydrated chunks would still read the source.
+        self.refuse_during_hydration(m, "a rollback")?;
         m.readable_snapshot(id)?;
         match m.snapshots.get(&id.0) {
             Some(rec) if rec.writable => Err(StoreError::RevertToWritable(rec.name.clone())),

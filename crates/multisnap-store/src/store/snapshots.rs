@@ -112,6 +112,9 @@ impl Store {
             if writable && m.revert.as_ref().is_some_and(|r| r.target == id.0) {
                 self.refuse_during_merge(m, "making its target writable")?;
             }
+            if writable {
+                self.refuse_if_held(m, id, "making it writable")?;
+            }
             let rec = SnapshotRecord { writable, ..rec };
             m.update_snapshot(id, rec.clone())?;
             Ok(SnapshotInfo::from_record(id.0, &rec))
@@ -131,6 +134,7 @@ impl Store {
             if m.revert.as_ref().is_some_and(|r| r.target == id.0) {
                 self.refuse_during_merge(&m, "deleting its target")?;
             }
+            self.refuse_if_held(&m, id, "deleting it")?;
             match rec.state {
                 // Nothing to change, nothing to wait for.
                 SnapshotState::Deleting => return Ok(()),

@@ -27,12 +27,20 @@ impl Store {
             let stripes = self.lock_stripes(chunks.clone());
             // A rollback's pending chunks are merged first, so its merge never overwrites
             // this write; merging needs the locks free.
-            if self.ready_for_write(chunks.clone())? {
+            // Likewise a clone's chunks that still read its source are hydrated first.
+            let merged = self.ready_for_write(chunks.clone())?;
+            let hydrated = self.ready_for_clone_write(chunks.clone());
+            if merged && hydrated {
                 break (barrier, stripes);
             }
             drop(stripes);
             drop(barrier);
-            self.merge_ahead(chunks.clone())?;
+            if !merged {
+                self.merge_ahead(chunks.clone())?;
+            }
+            if !hydrated {
+                self.hydrate_ahead(chunks.clone())?;
+            }
         };
         // Overwrites of chunks every live snapshot already has a copy of skip the metadata
         // lock altogether.
