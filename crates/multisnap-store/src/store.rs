@@ -56,7 +56,7 @@ mod write;
 pub use clone::{CloneSource, HydrationProgress};
 pub use receive::{ReceivePlan, ReceiveStatus};
 pub use revert::MergeProgress;
-pub use snapshots::validate_snapshot_name;
+pub use snapshots::{is_hidden_snapshot_name, validate_snapshot_name};
 pub use view::VolumeView;
 
 /// How much a store can grow in place: its bitmap area is sized for this multiple of the

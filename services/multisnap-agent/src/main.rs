@@ -3,6 +3,7 @@
 //! `verify`. On SIGTERM or SIGINT it stops accepting, lets in-flight requests finish, flushes
 //! and commits every volume, and exits 0.
 
+mod clones;
 mod datadir;
 mod grpc;
 mod io_errors;
@@ -121,6 +122,10 @@ struct ServeArgs {
     /// sequential write; the default store size grows by the journal's size.
     #[arg(long, env = "MULTISNAP_JOURNAL_BYTES", default_value_t = multisnap_store::journal::DEFAULT_JOURNAL_BYTES)]
     journal_bytes: u64,
+    /// Bytes per second each round of clone hydrations may copy, across all clones (0: as fast
+    /// as the disks allow). A limit leaves bandwidth to the volumes' own I/O.
+    #[arg(long, env = "MULTISNAP_HYDRATION_BYTES_PER_SEC", default_value_t = 0)]
+    hydration_bytes_per_sec: u64,
     /// Where CreateVolume may take an existing origin from, besides the data directory
     /// (repeat, or separate with commas): a directory (everything under it), a file or block
     /// device, or a pattern such as `/dev/disk/by-id/nvme-*`. Symlinks and `..` are resolved
@@ -273,7 +278,11 @@ fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let stop_reclaimer = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reclaimer = reclaimer::spawn(volumes.clone(), stop_reclaimer.clone());
+    let reclaimer = reclaimer::spawn(
+        volumes.clone(),
+        stop_reclaimer.clone(),
+        clones::Throttle::new(args.hydration_bytes_per_sec),
+    );
     let ublk = Arc::new(ublk_devices::UblkDevices::new(volumes.clone(), data_dir));
     let served = runtime.block_on(serve_async(
         data_dir,

@@ -1,5 +1,5 @@
-//! One background thread per agent that reclaims the space of deleted snapshots and merges
-//! rollbacks (RevertVolume) into their origins, in bounded steps, so neither holds up I/O for
+//! One background thread per agent that reclaims the space of deleted snapshots, merges
+//! rollbacks (RevertVolume) into their origins and hydrates clones, in bounded steps, so neither holds up I/O for
 //! long. Progress goes to the log (and,
 //! through the store's counters, to metrics).
 
@@ -15,21 +15,27 @@ const STEP_BUDGET: usize = 512;
 const MERGE_STEP_CHUNKS: usize = 64;
 const MERGE_STEPS_PER_ROUND: usize = 16;
 
-pub fn spawn(volumes: Arc<Volumes>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+pub fn spawn(
+    volumes: Arc<Volumes>,
+    stop: Arc<AtomicBool>,
+    mut throttle: crate::clones::Throttle,
+) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("reclaimer".into())
-        .spawn(move || run(&volumes, &stop))
+        .spawn(move || run(&volumes, &stop, &mut throttle))
         .expect("cannot spawn the reclaimer thread")
 }
 
-fn run(volumes: &Volumes, stop: &AtomicBool) {
+fn run(volumes: &Volumes, stop: &AtomicBool, throttle: &mut crate::clones::Throttle) {
     while !stop.load(Ordering::Acquire) {
         let mut worked = false;
+        throttle.refill();
         for v in volumes.list() {
             if stop.load(Ordering::Acquire) {
                 return;
             }
             worked |= merge_some(&v);
+            worked |= crate::clones::hydrate_some(volumes, &v, throttle);
             let mut last_log = Instant::now();
             loop {
                 if stop.load(Ordering::Acquire) {

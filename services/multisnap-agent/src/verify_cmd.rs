@@ -58,6 +58,12 @@ pub fn run(data_dir: &Path) -> Result<bool> {
                         "volume {name}: clean (generation {}, {} snapshots, {} exceptions, {} index nodes, {} blocks in use; {secs:.2}s)",
                         report.generation, report.snapshots, report.exceptions, report.nodes, report.used_blocks
                     );
+                    if let Some((cursor, chunks)) = report.hydration {
+                        println!(
+                            "volume {name}: a clone still hydrating: {cursor} of {chunks} chunks copied, {} ahead of the cursor; its other chunks read its source volume's snapshot, which the agent resumes copying",
+                            report.hydration_marks
+                        );
+                    }
                     if report.journal_batches > 0 {
                         println!(
                             "volume {name}: its journal holds {} batch(es), {} bytes of flushed origin writes the origin file may lack; starting the agent applies them",

@@ -139,7 +139,7 @@ pub(crate) fn check_size(field: &str, size: u64, limit: u64) -> Result<(), Volum
 }
 
 pub struct Volumes {
-    map: RwLock<BTreeMap<String, Arc<Volume>>>,
+    pub(crate) map: RwLock<BTreeMap<String, Arc<Volume>>>,
     data_dir: DataDir,
     origin_policy: OriginPolicy,
     io_errors: Arc<IoErrors>,
@@ -225,6 +225,7 @@ impl Volumes {
             }
             map.insert(name, Arc::new(v));
         }
+        crate::clones::wire_clones(&map);
         Ok(Volumes {
             map: RwLock::new(map),
             data_dir,
@@ -256,6 +257,23 @@ impl Volumes {
     pub fn create(&self, spec: &NewVolume) -> Result<Arc<Volume>, VolumeError> {
         validate_volume_name(&spec.name).map_err(VolumeError::InvalidArgument)?;
         let mut map = self.map.write();
+        self.create_locked(&mut map, spec, |origin, dev, opts| {
+            Store::create(origin, dev, opts)
+        })
+    }
+
+    /// [`Volumes::create`] with the volume map held, the store made by `make_store` (a plain
+    /// one, or a clone).
+    pub(crate) fn create_locked(
+        &self,
+        map: &mut BTreeMap<String, Arc<Volume>>,
+        spec: &NewVolume,
+        make_store: impl FnOnce(
+            Arc<dyn BlockDev>,
+            Arc<dyn BlockDev>,
+            &CreateOptions,
+        ) -> Result<Store, multisnap_store::StoreError>,
+    ) -> Result<Arc<Volume>, VolumeError> {
         if map.contains_key(&spec.name) {
             return Err(VolumeError::AlreadyExists(spec.name.clone()));
         }
@@ -276,7 +294,7 @@ impl Volumes {
             .map_err(io_err(format!("cannot create {}", dir.display())))?;
         let made = self
             .make_files(spec, &dir)
-            .and_then(|made| self.refuse_shared_origin(&map, made));
+            .and_then(|made| self.refuse_shared_origin(map, made));
         let (origin, origin_path, recorded, dev, store_path) = match made {
             Ok(x) => x,
             Err(e) => {
@@ -293,7 +311,7 @@ impl Volumes {
             // Sized once already by make_files; if that fails now, Store::create reports it.
             journal_bytes: self.journal_for(origin.size().unwrap_or(0)),
         };
-        let store = match Store::create(origin, dev, &opts) {
+        let store = match make_store(origin, dev, &opts) {
             Ok(s) => s,
             Err(e) => {
                 // Only our own files go; an origin given by the user is never touched.
@@ -426,6 +444,7 @@ impl Volumes {
             .get(name)
             .cloned()
             .ok_or_else(|| VolumeError::NotFound(name.to_string()))?;
+        crate::clones::refuse_deleting_a_source(&v)?;
         let snaps = v.store.list_snapshots().len();
         if snaps > 0 && !force {
             return Err(VolumeError::FailedPrecondition(format!(
@@ -433,6 +452,7 @@ impl Volumes {
             )));
         }
         map.remove(name);
+        crate::clones::forget_clone(&map, &v);
         // Clients still connected get an error from now on, rather than acknowledgements for
         // writes into files that are about to go.
         multisnap_store::VolumeView::close_all(&v.store, format!("volume {name} was deleted"));

@@ -4,6 +4,7 @@
 mod delta;
 mod endpoint;
 mod exit;
+mod hydration;
 mod output;
 mod reclaim;
 mod replicate;

@@ -55,6 +55,18 @@ pub fn volume_json(v: &pb::Volume) -> Value {
         "reclaimPending": v.reclaim_pending,
         "replicaOf": v.replica_of,
         "merge": v.merge.as_ref().map(merge_json),
+        "hydration": v.hydration.as_ref().map(hydration_json),
+    })
+}
+
+pub fn hydration_json(h: &pb::Hydration) -> Value {
+    json!({
+        "sourceVolume": h.source_volume,
+        "sourceSnapshot": h.source_snapshot,
+        "hydratedChunks": h.hydrated_chunks,
+        "totalChunks": h.total_chunks,
+        "hydratedBytes": h.hydrated_bytes,
+        "sourceAttached": h.source_attached,
     })
 }
 

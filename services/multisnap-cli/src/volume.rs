@@ -13,6 +13,11 @@ use std::path::PathBuf;
 #[derive(Subcommand)]
 pub enum VolumeCommand {
     /// Make a new volume: a sparse origin file (or an existing one) plus its store.
+    ///
+    /// With --from, the volume is a clone of another volume's snapshot (VOLUME@SNAPSHOT) or
+    /// of its current contents (VOLUME): usable at once, its data copied in the background
+    /// (`volume show` follows the hydration, --wait waits for it). Until the hydration ends
+    /// the source snapshot and volume cannot be deleted (exit 5).
     Create(CreateArgs),
     /// List the agent's volumes.
     List,
@@ -44,8 +49,9 @@ pub enum VolumeCommand {
 pub struct CreateArgs {
     /// Volume name: 1-63 bytes of [A-Za-z0-9._-], not starting with '.' or '-'.
     name: String,
-    /// Origin size, e.g. 10G, 512MiB, 1073741824. Required unless --origin is given.
-    #[arg(long, value_parser = parse_size, required_unless_present = "origin")]
+    /// Origin size, e.g. 10G, 512MiB, 1073741824. Required unless --origin or --from is given
+    /// (a clone defaults to its source's size and may be larger).
+    #[arg(long, value_parser = parse_size, required_unless_present_any = ["origin", "from"])]
     size: Option<u64>,
     /// Copy unit, a power of two from 4K to 1M [agent default: 64K].
     #[arg(long, value_parser = parse_chunk_size)]
@@ -59,6 +65,12 @@ pub struct CreateArgs {
     /// What a write needing a copy does when the store is full.
     #[arg(long, value_enum)]
     store_full_policy: Option<Policy>,
+    /// Make a clone of VOLUME@SNAPSHOT, or of VOLUME's current contents.
+    #[arg(long, value_name = "VOLUME[@SNAPSHOT]", value_parser = crate::hydration::parse_source, conflicts_with = "origin")]
+    from: Option<pb::VolumeSource>,
+    /// With --from: wait until the clone's data is all copied, with a progress bar.
+    #[arg(long, requires = "from")]
+    wait: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -92,13 +104,16 @@ pub async fn run(ctx: &Ctx, cmd: VolumeCommand) -> Result<()> {
                     Some(Policy::Error) => pb::StoreFullPolicy::Error,
                     Some(Policy::InvalidateOldest) => pb::StoreFullPolicy::InvalidateOldest,
                 } as i32,
-                source: None,
+                source: a.from.clone(),
             };
-            let v = client
+            let mut v = client
                 .create_volume(req)
                 .await
                 .map_err(rpc(format!("cannot create volume {:?}", a.name)))?
                 .into_inner();
+            if let (true, Some(h)) = (a.wait, v.hydration.clone()) {
+                v = crate::hydration::wait(ctx, &a.name, &h).await?;
+            }
             show(ctx.format, &v)
         }
         VolumeCommand::List => {
@@ -171,6 +186,7 @@ fn list_table(vols: &[pb::Volume]) -> Table {
         ("FREE", true),
         ("SNAPSHOTS", true),
         ("POLICY", false),
+        ("HYDRATED", true),
     ]);
     for v in vols {
         t.row(vec![
@@ -182,6 +198,7 @@ fn list_table(vols: &[pb::Volume]) -> Table {
             human(v.store_free_bytes),
             v.snapshot_count.to_string(),
             policy_word(v.store_full_policy),
+            crate::hydration::column(v.hydration.as_ref()),
         ]);
     }
     t
@@ -203,6 +220,10 @@ fn show(format: Format, v: &pb::Volume) -> Result<()> {
                         )
                     },
                 ),
+            ),
+            (
+                "clone hydration",
+                crate::hydration::detail(v.hydration.as_ref()),
             ),
             ("uuid", v.uuid.clone()),
             (

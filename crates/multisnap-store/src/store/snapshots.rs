@@ -31,7 +31,39 @@ pub fn validate_snapshot_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether a snapshot name is one users cannot give (see [`Store::create_hidden_snapshot`]).
+pub fn is_hidden_snapshot_name(name: &str) -> bool {
+    name.starts_with('.')
+}
+
 impl Store {
+    /// Creates a read-only snapshot with a name users cannot give (a valid name after a
+    /// leading `.`), which [`Store::list_snapshots`] leaves out: the snapshot a clone of a
+    /// volume's current contents copies. It is an ordinary snapshot otherwise.
+    pub fn create_hidden_snapshot(&self, name: &str) -> Result<SnapshotInfo> {
+        match name.strip_prefix('.') {
+            Some(rest) if validate_snapshot_name(rest).is_ok() => {
+                self.create_snapshot_unchecked(name, false)
+            }
+            _ => Err(StoreError::InvalidName {
+                name: name.to_string(),
+                reason: "a hidden snapshot's name is '.' followed by a valid name",
+            }),
+        }
+    }
+
+    /// The snapshots [`Store::create_hidden_snapshot`] made that still exist.
+    pub fn hidden_snapshots(&self) -> Vec<SnapshotInfo> {
+        let m = self.meta.read();
+        m.snapshots
+            .iter()
+            .filter(|(_, r)| {
+                is_hidden_snapshot_name(&r.name) && crate::meta::holds_name(r.state)
+            })
+            .map(|(id, r)| SnapshotInfo::from_record(*id, r))
+            .collect()
+    }
+
     /// Creates a read-only snapshot of the origin as of now: every write acknowledged before
     /// this returns is in it, none that starts after. Copies no data.
     pub fn create_snapshot(&self, name: &str) -> Result<SnapshotInfo> {
@@ -42,6 +74,10 @@ impl Store {
     /// chunks private to it), never touching the origin or other snapshots.
     pub fn create_snapshot_with(&self, name: &str, writable: bool) -> Result<SnapshotInfo> {
         validate_snapshot_name(name)?;
+        self.create_snapshot_unchecked(name, writable)
+    }
+
+    fn create_snapshot_unchecked(&self, name: &str, writable: bool) -> Result<SnapshotInfo> {
         let _barrier = self.exclusive_barrier();
         // Writes acknowledged but not yet flushed are part of the snapshot; make them durable
         // so a power cut cannot take them out of it.
@@ -74,12 +110,13 @@ impl Store {
         Ok(info)
     }
 
-    /// Every snapshot record users may see (a delta still being applied is not one).
+    /// Every snapshot record users may see (a delta still being applied is not one, nor a
+    /// hidden snapshot).
     pub fn list_snapshots(&self) -> Vec<SnapshotInfo> {
         let m = self.meta.read();
         m.snapshots
             .iter()
-            .filter(|(_, r)| r.state != SnapshotState::Receiving)
+            .filter(|(_, r)| r.state != SnapshotState::Receiving && !is_hidden_snapshot_name(&r.name))
             .map(|(id, r)| SnapshotInfo::from_record(*id, r))
             .collect()
     }

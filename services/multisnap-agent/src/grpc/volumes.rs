@@ -1,6 +1,7 @@
 //! `multisnap.v1.VolumeService`.
 
 use super::status::{blocking, from_volume};
+use crate::clones::CloneFrom;
 use crate::volume_resize::resize_volume;
 use crate::volumes::{NewVolume, Volume, Volumes};
 use multisnap_proto::v1 as pb;
@@ -43,6 +44,18 @@ pub fn volume_message(v: &Volume) -> pb::Volume {
             .map(|u| u.to_string())
             .unwrap_or_default(),
         merge: v.store.merge_progress().as_ref().map(merge_message),
+        hydration: v.store.hydration().as_ref().map(hydration_message),
+    }
+}
+
+pub fn hydration_message(p: &multisnap_store::HydrationProgress) -> pb::Hydration {
+    pb::Hydration {
+        source_volume: p.source_volume_name.clone(),
+        source_snapshot: p.source_snapshot_name.clone(),
+        hydrated_chunks: p.cursor,
+        total_chunks: p.chunk_count,
+        hydrated_bytes: p.hydrated_bytes,
+        source_attached: p.attached,
     }
 }
 
@@ -74,11 +87,18 @@ impl pb::volume_service_server::VolumeService for VolumeApi {
         req: Request<pb::CreateVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
         let r = req.into_inner();
-        if r.source.is_some() {
-            return Err(Status::unimplemented(
-                "creating a volume from a source (clone) is not available in this agent yet",
-            ));
-        }
+        let from = match &r.source {
+            Some(s) if s.volume.is_empty() => {
+                return Err(Status::invalid_argument(
+                    "source.volume is required for a clone",
+                ))
+            }
+            Some(s) => Some(CloneFrom {
+                volume: s.volume.clone(),
+                snapshot: (!s.snapshot.is_empty()).then(|| s.snapshot.clone()),
+            }),
+            None => None,
+        };
         let chunk_size = if r.chunk_size_bytes == 0 {
             65536
         } else {
@@ -94,7 +114,11 @@ impl pb::volume_service_server::VolumeService for VolumeApi {
         };
         let volumes = self.volumes.clone();
         blocking(move || {
-            let v = volumes.create(&spec).map_err(from_volume)?;
+            let v = match &from {
+                Some(from) => volumes.create_clone(&spec, from),
+                None => volumes.create(&spec),
+            }
+            .map_err(from_volume)?;
             Ok(Response::new(volume_message(&v)))
         })
         .await

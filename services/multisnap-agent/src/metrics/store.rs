@@ -28,6 +28,7 @@ struct Sample {
     receiving: bool,
     failed: bool,
     merge: Option<multisnap_store::MergeProgress>,
+    hydration: Option<multisnap_store::HydrationProgress>,
 }
 
 enum Value {
@@ -144,6 +145,18 @@ fn store_defs() -> Vec<Def> {
             |s| G(s.merge.as_ref().map_or(0, |m| m.chunk_count))),
         d("multisnap_revert_copied_chunks", None, "Chunks rollbacks copied back into the origin since the agent started.",
             |s| C(s.stats.chunks_merged_total)),
+        d("multisnap_clone_hydration_in_progress", None, "1 while the volume is a clone still copying its source snapshot's data.",
+            |s| G(u64::from(s.hydration.is_some()))),
+        d("multisnap_clone_hydrated_chunks", None, "Chunks of the source the clone's hydration has passed (it walks them in address order); 0 when none runs.",
+            |s| G(s.hydration.as_ref().map_or(0, |h| h.cursor))),
+        d("multisnap_clone_total_chunks", None, "Chunks of the source snapshot the clone's hydration walks; 0 when none runs.",
+            |s| G(s.hydration.as_ref().map_or(0, |h| h.chunk_count))),
+        d("multisnap_clone_source_attached", None, "1 while a hydrating clone is wired to its source volume (0: the source is not loaded and the hydration cannot proceed).",
+            |s| G(u64::from(s.hydration.as_ref().is_some_and(|h| h.attached)))),
+        d("multisnap_clone_hydrated_chunks_copied", None, "Chunks clones copied from their sources since the agent started.",
+            |s| C(s.stats.chunks_hydrated_total)),
+        d("multisnap_clone_hydrated", b(), "Bytes of source data clones wrote into their origins since the agent started (blocks of zeros are not written).",
+            |s| C(s.stats.bytes_hydrated_total)),
     ]
 }
 
@@ -164,6 +177,7 @@ impl Collector for StoreCollector {
                 stats: v.store.stats(),
                 reclaim_scanned: v.store.reclaim_progress().scanned_chunk,
                 merge: v.store.merge_progress(),
+                hydration: v.store.hydration(),
                 deltas: {
                     let d = &v.deltas;
                     let get = |a: &std::sync::atomic::AtomicU64| {
