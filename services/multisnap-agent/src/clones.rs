@@ -49,7 +49,12 @@ impl Volumes {
             .ok_or_else(|| VolumeError::NotFound(from.volume.clone()))?;
         let (snap, hidden) = match &from.snapshot {
             Some(name) => (source.store.snapshot_by_name(name)?, false),
-            None => (source.store.create_hidden_snapshot(&hidden_name(&spec.name))?, true),
+            None => (
+                source
+                    .store
+                    .create_hidden_snapshot(&hidden_name(&spec.name))?,
+                true,
+            ),
         };
         let made = self.make_clone(&mut map, spec, &source, snap.id, snap.size);
         if made.is_err() && hidden {
@@ -117,7 +122,10 @@ pub fn wire_clones(map: &BTreeMap<String, Arc<Volume>>) {
         };
         let source = map.values().find(|s| s.store.volume_uuid() == uuid);
         let attached = match source {
-            Some(s) => v.store.attach_clone_source(s.store.clone()).map_err(|e| e.to_string()),
+            Some(s) => v
+                .store
+                .attach_clone_source(s.store.clone())
+                .map_err(|e| e.to_string()),
             None => Err(format!("no loaded volume has uuid {uuid}")),
         };
         match attached {
@@ -130,7 +138,12 @@ pub fn wire_clones(map: &BTreeMap<String, Arc<Volume>>) {
         }
     }
     for v in map.values() {
-        let held: Vec<String> = v.store.clone_holders().into_iter().map(|(s, _)| s).collect();
+        let held: Vec<String> = v
+            .store
+            .clone_holders()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
         for snap in v.store.hidden_snapshots() {
             if !held.contains(&snap.name) {
                 tracing::info!(volume = %v.name, snapshot = %snap.name, "deleting a hidden clone source snapshot no clone needs");

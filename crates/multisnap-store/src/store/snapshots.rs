@@ -57,9 +57,7 @@ impl Store {
         let m = self.meta.read();
         m.snapshots
             .iter()
-            .filter(|(_, r)| {
-                is_hidden_snapshot_name(&r.name) && crate::meta::holds_name(r.state)
-            })
+            .filter(|(_, r)| is_hidden_snapshot_name(&r.name) && crate::meta::holds_name(r.state))
             .map(|(id, r)| SnapshotInfo::from_record(*id, r))
             .collect()
     }
@@ -116,7 +114,9 @@ impl Store {
         let m = self.meta.read();
         m.snapshots
             .iter()
-            .filter(|(_, r)| r.state != SnapshotState::Receiving && !is_hidden_snapshot_name(&r.name))
+            .filter(|(_, r)| {
+                r.state != SnapshotState::Receiving && !is_hidden_snapshot_name(&r.name)
+            })
             .map(|(id, r)| SnapshotInfo::from_record(*id, r))
             .collect()
     }

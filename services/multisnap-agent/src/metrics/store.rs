@@ -153,7 +153,7 @@ fn store_defs() -> Vec<Def> {
             |s| G(s.hydration.as_ref().map_or(0, |h| h.chunk_count))),
         d("multisnap_clone_source_attached", None, "1 while a hydrating clone is wired to its source volume (0: the source is not loaded and the hydration cannot proceed).",
             |s| G(u64::from(s.hydration.as_ref().is_some_and(|h| h.attached)))),
-        d("multisnap_clone_hydrated_chunks_copied", None, "Chunks clones copied from their sources since the agent started.",
+        d("multisnap_clone_copied_chunks", None, "Chunks clones copied from their sources since the agent started.",
             |s| C(s.stats.chunks_hydrated_total)),
         d("multisnap_clone_hydrated", b(), "Bytes of source data clones wrote into their origins since the agent started (blocks of zeros are not written).",
             |s| C(s.stats.bytes_hydrated_total)),
