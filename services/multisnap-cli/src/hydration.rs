@@ -14,7 +14,7 @@ const POLL: Duration = Duration::from_millis(200);
 /// `VOLUME` (its current contents) or `VOLUME@SNAPSHOT`.
 pub fn parse_source(s: &str) -> Result<pb::VolumeSource, String> {
     let (volume, snapshot) = match s.split_once('@') {
-        Some((_, snap)) if snap.is_empty() => return Err(format!(
+        Some((_, "")) => return Err(format!(
             "{s:?}: the snapshot after '@' is empty (give VOLUME alone for its current contents)"
         )),
         Some((v, snap)) => (v, snap),
