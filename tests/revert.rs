@@ -8,43 +8,6 @@
 
 use common::*;
 use multisnap_tests::{self as common, require_tools};
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn sha256(path: &Path) -> String {
-    run_ok("sha256sum", &[path.to_str().unwrap()])
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-fn cli(agent: &Agent, args: &[&str]) -> Output {
-    Command::new(cli_bin())
-        .arg("--endpoint")
-        .arg(format!("http://{}", agent.grpc))
-        .args(args)
-        .env_remove("MULTISNAP_ENDPOINT")
-        .output()
-        .expect("cannot run multisnap")
-}
-
-fn cli_ok(agent: &Agent, args: &[&str]) -> String {
-    let out = cli(agent, args);
-    assert!(
-        out.status.success(),
-        "multisnap {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The export copied whole with nbdcopy, and its sha256.
-fn copy_sha(agent: &Agent, export: &str, to: &Path) -> String {
-    run_ok("nbdcopy", &[&agent.uri(export), to.to_str().unwrap()]);
-    sha256(to)
-}
 
 #[test]
 fn revert_with_qemu_io_and_nbdcopy() {

@@ -681,3 +681,41 @@ pub fn make_tls_pki(dir: &Path) {
     let script = repo_root().join("tests/tls/make-pki.sh");
     output_ok(Command::new("sh").arg(script).arg(dir));
 }
+
+/// `multisnap` against `agent`'s gRPC address, whatever MULTISNAP_ENDPOINT says.
+pub fn cli(agent: &Agent, args: &[&str]) -> Output {
+    Command::new(cli_bin())
+        .arg("--endpoint")
+        .arg(format!("http://{}", agent.grpc))
+        .args(args)
+        .env_remove("MULTISNAP_ENDPOINT")
+        .output()
+        .expect("cannot run multisnap")
+}
+
+/// [`cli`] that must succeed; its stdout.
+pub fn cli_ok(agent: &Agent, args: &[&str]) -> String {
+    let out = cli(agent, args);
+    assert!(
+        out.status.success(),
+        "multisnap {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The sha256 of a file, in hex.
+pub fn sha256(path: &Path) -> String {
+    run_ok("sha256sum", &[path.to_str().unwrap()])
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// `agent`'s export copied whole to `to` with nbdcopy, and its sha256.
+pub fn copy_sha(agent: &Agent, export: &str, to: &Path) -> String {
+    run_ok("nbdcopy", &[&agent.uri(export), to.to_str().unwrap()]);
+    sha256(to)
+}

@@ -24,7 +24,7 @@
 
 mod common;
 
-use common::Image;
+use common::{pattern, Image};
 use multisnap_store::{
     verify, CreateOptions, ErrorKind, MemDev, SnapshotId, Store, StoreError, View,
 };
@@ -36,10 +36,7 @@ const DEFAULT_CASES: u32 = 96;
 const SOURCE_CHUNK: u32 = 4096;
 
 fn cases() -> u32 {
-    std::env::var("MULTISNAP_PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_CASES)
+    common::proptest_cases(DEFAULT_CASES)
 }
 
 #[derive(Clone, Debug)]
@@ -97,12 +94,6 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<bool>().prop_map(|flush| Op::Reopen { flush }),
         1 => Just(Op::PowerCut),
     ]
-}
-
-fn pattern(fill: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| fill.wrapping_add((i as u8).wrapping_mul(29)) ^ (i >> 8) as u8)
-        .collect()
 }
 
 struct Snap {

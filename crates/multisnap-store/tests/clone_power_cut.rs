@@ -15,9 +15,9 @@
 
 mod common;
 
-use common::Image;
+use common::{rig, Image, Rig};
 
-use multisnap_store::fault::{CrashDev, PowerRail};
+use multisnap_store::fault::PowerRail;
 use multisnap_store::{verify, CreateOptions, MemDev, SnapshotId, Store, View};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -114,20 +114,6 @@ struct Outcome {
     origin: Image,
     snapshots: BTreeMap<String, Vec<u8>>,
     maybe_created: Option<(String, Vec<u8>)>,
-}
-
-struct Rig {
-    rail: Arc<PowerRail>,
-    origin: Arc<CrashDev>,
-    store_dev: Arc<CrashDev>,
-}
-
-fn rig(rail: Arc<PowerRail>, origin: Vec<u8>, store: Vec<u8>) -> Rig {
-    Rig {
-        origin: Arc::new(CrashDev::from_image(rail.clone(), origin)),
-        store_dev: Arc::new(CrashDev::from_image(rail.clone(), store)),
-        rail,
-    }
 }
 
 struct Fixture {

@@ -15,6 +15,8 @@
 
 mod common;
 
+use common::pattern;
+
 use multisnap_store::{
     verify, CreateOptions, ErrorKind, MemDev, SnapshotId, Store, StoreError, View,
 };
@@ -25,10 +27,7 @@ use std::sync::Arc;
 const DEFAULT_CASES: u32 = 128;
 
 fn cases() -> u32 {
-    std::env::var("MULTISNAP_PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_CASES)
+    common::proptest_cases(DEFAULT_CASES)
 }
 
 #[derive(Clone, Debug)]
@@ -79,12 +78,6 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Flush),
         1 => any::<bool>().prop_map(|flush| Op::Reopen { flush }),
     ]
-}
-
-fn pattern(fill: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| fill.wrapping_add((i as u8).wrapping_mul(29)) ^ (i >> 8) as u8)
-        .collect()
 }
 
 struct Snap {

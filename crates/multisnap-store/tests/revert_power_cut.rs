@@ -15,9 +15,9 @@
 
 mod common;
 
-use common::Image;
+use common::{rig, Image, Rig};
 
-use multisnap_store::fault::{CrashDev, PowerRail};
+use multisnap_store::fault::PowerRail;
 use multisnap_store::{verify, CreateOptions, MemDev, SnapshotState, Store, View};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -105,20 +105,6 @@ struct Outcome {
     snapshots: BTreeMap<String, Vec<u8>>,
     maybe_created: Option<(String, Vec<u8>)>,
     maybe_deleted: Option<(String, Vec<u8>)>,
-}
-
-struct Rig {
-    rail: Arc<PowerRail>,
-    origin: Arc<CrashDev>,
-    store_dev: Arc<CrashDev>,
-}
-
-fn rig(rail: Arc<PowerRail>, origin: Vec<u8>, store: Vec<u8>) -> Rig {
-    Rig {
-        origin: Arc::new(CrashDev::from_image(rail.clone(), origin)),
-        store_dev: Arc::new(CrashDev::from_image(rail.clone(), store)),
-        rail,
-    }
 }
 
 fn format_rig() -> (Vec<u8>, Vec<u8>) {
@@ -374,7 +360,7 @@ fn power_cut_while_a_reopened_store_resumes_its_merge() {
         for k2 in 1..=writes {
             let rail = PowerRail::new();
             rail.cut_at_write(k2);
-            let again = self::rig(rail, o.clone(), s.clone());
+            let again = common::rig(rail, o.clone(), s.clone());
             if let Ok(store) = Store::open(again.origin.clone(), again.store_dev.clone(), 0) {
                 let _ = store.merge_all();
                 again.rail.cut_now();

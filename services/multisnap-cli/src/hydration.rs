@@ -4,7 +4,6 @@
 use crate::exit::rpc;
 use crate::Ctx;
 use anyhow::Result;
-use indicatif::{ProgressBar, ProgressStyle};
 use multisnap_proto::v1 as pb;
 use multisnap_proto::v1::volume_service_client::VolumeServiceClient;
 use std::time::Duration;
@@ -14,9 +13,11 @@ const POLL: Duration = Duration::from_millis(200);
 /// `VOLUME` (its current contents) or `VOLUME@SNAPSHOT`.
 pub fn parse_source(s: &str) -> Result<pb::VolumeSource, String> {
     let (volume, snapshot) = match s.split_once('@') {
-        Some((_, "")) => return Err(format!(
+        Some((_, "")) => {
+            return Err(format!(
             "{s:?}: the snapshot after '@' is empty (give VOLUME alone for its current contents)"
-        )),
+        ))
+        }
         Some((v, snap)) => (v, snap),
         None => (s, ""),
     };
@@ -70,17 +71,11 @@ pub fn column(h: Option<&pb::Hydration>) -> String {
 /// volume then.
 pub async fn wait(ctx: &Ctx, volume: &str, started: &pb::Hydration) -> Result<pb::Volume> {
     let mut client = VolumeServiceClient::new(ctx.channel.clone());
-    // indicatif draws on stderr and only on a terminal, so stdout stays a clean document.
-    let bar = ProgressBar::new(started.total_chunks.max(1));
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} hydrating {prefix} [{bar:30}] {pos}/{len} chunks ({elapsed}, {eta} left)",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
+    let bar = crate::revert::chunk_bar(
+        "hydrating",
+        started.total_chunks,
+        format!("{volume} from {}", source_words(started)),
     );
-    bar.set_prefix(format!("{volume} from {}", source_words(started)));
-    bar.enable_steady_tick(Duration::from_millis(100));
     loop {
         let v: pb::Volume = client
             .get_volume(pb::GetVolumeRequest {

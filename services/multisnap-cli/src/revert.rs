@@ -56,6 +56,23 @@ pub async fn run(
     Ok(())
 }
 
+/// A progress bar over `total` chunks of a background operation (`what`: "merging", …) on
+/// `prefix`. indicatif draws on stderr and only on a terminal, so stdout stays a clean
+/// document.
+pub fn chunk_bar(what: &str, total: u64, prefix: String) -> ProgressBar {
+    let bar = ProgressBar::new(total.max(1));
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} {{prefix}} [{{bar:30}}] {{pos}}/{{len}} chunks ({{elapsed}}, {{eta}} left)"
+        ))
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix);
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
 /// Polls `GetVolume` until the volume has no rollback merge left; returns `None` then.
 async fn wait_for_merge(
     ctx: &Ctx,
@@ -63,17 +80,11 @@ async fn wait_for_merge(
     started: &pb::MergeProgress,
 ) -> Result<Option<pb::MergeProgress>> {
     let mut client = VolumeServiceClient::new(ctx.channel.clone());
-    // indicatif draws on stderr and only on a terminal, so stdout stays a clean document.
-    let bar = ProgressBar::new(started.total_chunks.max(1));
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} merging {prefix} [{bar:30}] {pos}/{len} chunks ({elapsed}, {eta} left)",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
+    let bar = chunk_bar(
+        "merging",
+        started.total_chunks,
+        format!("{volume}@{}", started.snapshot),
     );
-    bar.set_prefix(format!("{volume}@{}", started.snapshot));
-    bar.enable_steady_tick(Duration::from_millis(100));
     loop {
         let v: pb::Volume = client
             .get_volume(pb::GetVolumeRequest {

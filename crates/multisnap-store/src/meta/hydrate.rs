@@ -10,10 +10,8 @@
 use super::Meta;
 use crate::error::Result;
 use crate::format::exception::{HYDRATED_CHUNK, HYDRATE_OWNER};
-use crate::format::node::Key;
 use crate::format::superblock::CloneState;
 use crate::ids::{OriginChunk, SnapshotId};
-use crate::pdata::btree;
 
 use super::revert::MergeMarks;
 
@@ -30,23 +28,9 @@ impl Meta {
     /// Loads the hydration marks of the clone in progress (on open).
     pub fn load_hydration_marks(&mut self) -> Result<()> {
         self.hydrated = MergeMarks::default();
-        if self.clone.is_none() {
-            return Ok(());
+        if self.clone.is_some() {
+            self.hydrated = self.load_marks(HYDRATE_OWNER, self.source_chunks())?;
         }
-        let mut marks = MergeMarks::for_chunks(self.source_chunks());
-        let root = self.private_root;
-        btree::walk(
-            &mut self.pager,
-            root,
-            &Key::new(HYDRATE_OWNER, 0),
-            &Key::new(HYDRATE_OWNER, u64::MAX),
-            0,
-            &mut |k, _| {
-                marks.set(k.lo, true);
-                Ok(true)
-            },
-        )?;
-        self.hydrated = marks;
         Ok(())
     }
 
@@ -94,24 +78,8 @@ impl Meta {
         if bound <= state.cursor && bound < end {
             return Ok(false);
         }
-        let mut stale = Vec::new();
-        let root = self.private_root;
-        if bound > state.cursor {
-            btree::walk(
-                &mut self.pager,
-                root,
-                &Key::new(HYDRATE_OWNER, state.cursor),
-                &Key::new(HYDRATE_OWNER, bound - 1),
-                0,
-                &mut |k, _| {
-                    stale.push(k);
-                    Ok(true)
-                },
-            )?;
-        }
-        for k in stale {
-            self.remove_private(k)?;
-            self.hydrated.set(k.lo, false);
+        for c in self.remove_marks(HYDRATE_OWNER, state.cursor, bound)? {
+            self.hydrated.set(c, false);
         }
         self.dirty = true;
         if bound >= end {

@@ -62,24 +62,53 @@ impl Meta {
     /// Loads the merge marks of the rollback in progress (on open).
     pub fn load_merge_marks(&mut self) -> Result<()> {
         self.merged = MergeMarks::default();
-        if self.revert.is_none() {
-            return Ok(());
+        if self.revert.is_some() {
+            self.merged = self.load_marks(MERGE_OWNER, self.chunk_count())?;
         }
-        let mut marks = MergeMarks::for_chunks(self.chunk_count());
+        Ok(())
+    }
+
+    /// The marks under private-map owner `owner`, for an origin of `chunks` chunks.
+    pub(super) fn load_marks(&mut self, owner: u64, chunks: u64) -> Result<MergeMarks> {
+        let mut marks = MergeMarks::for_chunks(chunks);
         let root = self.private_root;
         btree::walk(
             &mut self.pager,
             root,
-            &Key::new(MERGE_OWNER, 0),
-            &Key::new(MERGE_OWNER, u64::MAX),
+            &Key::new(owner, 0),
+            &Key::new(owner, u64::MAX),
             0,
             &mut |k, _| {
                 marks.set(k.lo, true);
                 Ok(true)
             },
         )?;
-        self.merged = marks;
-        Ok(())
+        Ok(marks)
+    }
+
+    /// Removes the marks under `owner` for chunks `from..bound` from the private map, and
+    /// returns their chunks.
+    pub(super) fn remove_marks(&mut self, owner: u64, from: u64, bound: u64) -> Result<Vec<u64>> {
+        if bound <= from {
+            return Ok(Vec::new());
+        }
+        let mut stale = Vec::new();
+        let root = self.private_root;
+        btree::walk(
+            &mut self.pager,
+            root,
+            &Key::new(owner, from),
+            &Key::new(owner, bound - 1),
+            0,
+            &mut |k, _| {
+                stale.push(k);
+                Ok(true)
+            },
+        )?;
+        for k in &stale {
+            self.remove_private(*k)?;
+        }
+        Ok(stale.into_iter().map(|k| k.lo).collect())
     }
 
     /// Starts a rollback to `target` (the caller checked it is a live, read-only snapshot and
@@ -239,22 +268,8 @@ impl Meta {
             return Ok(false);
         }
         // Marks added by writers since the batch was chosen are in the range too.
-        let mut stale = Vec::new();
-        let root = self.private_root;
-        btree::walk(
-            &mut self.pager,
-            root,
-            &Key::new(MERGE_OWNER, r.cursor),
-            &Key::new(MERGE_OWNER, bound - 1),
-            0,
-            &mut |k, _| {
-                stale.push(k);
-                Ok(true)
-            },
-        )?;
-        for k in stale {
-            self.remove_private(k)?;
-            self.merged.set(k.lo, false);
+        for c in self.remove_marks(MERGE_OWNER, r.cursor, bound)? {
+            self.merged.set(c, false);
         }
         self.dirty = true;
         if bound >= self.chunk_count() {

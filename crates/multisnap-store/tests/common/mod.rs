@@ -100,3 +100,35 @@ impl Image {
         }
     }
 }
+
+/// Random cases per property test: `default`, or `MULTISNAP_PROPTEST_CASES` for soak runs.
+pub fn proptest_cases(default: u32) -> u32 {
+    std::env::var("MULTISNAP_PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `len` bytes that differ from their neighbours and from another `fill`'s, so a byte in the
+/// wrong place shows.
+pub fn pattern(fill: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| fill.wrapping_add((i as u8).wrapping_mul(29)) ^ (i >> 8) as u8)
+        .collect()
+}
+
+/// An origin and a store device on one power rail, from disk images.
+pub struct Rig {
+    pub rail: Arc<multisnap_store::fault::PowerRail>,
+    pub origin: Arc<multisnap_store::fault::CrashDev>,
+    pub store_dev: Arc<multisnap_store::fault::CrashDev>,
+}
+
+pub fn rig(rail: Arc<multisnap_store::fault::PowerRail>, origin: Vec<u8>, store: Vec<u8>) -> Rig {
+    use multisnap_store::fault::CrashDev;
+    Rig {
+        origin: Arc::new(CrashDev::from_image(rail.clone(), origin)),
+        store_dev: Arc::new(CrashDev::from_image(rail.clone(), store)),
+        rail,
+    }
+}
