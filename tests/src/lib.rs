@@ -410,13 +410,19 @@ impl Agent {
     /// SIGTERM, a clean exit, then an offline `verify` that must pass and find every journal
     /// empty (a clean stop leaves each origin file complete on its own).
     pub fn stop_and_verify(self) {
+        let report = self.stop_and_verify_report();
+        assert!(!report.contains("journal holds"), "verify: {report}");
+    }
+
+    /// SIGTERM, a clean exit, then an offline `verify` that must pass; its report.
+    pub fn stop_and_verify_report(self) -> String {
         let dir = self.data_dir.clone();
         let status = self.stop();
         assert!(status.success(), "agent exit after SIGTERM: {status:?}");
         let v = agent_cmd(&dir, &["verify"]);
-        let report = String::from_utf8_lossy(&v.stdout);
+        let report = String::from_utf8_lossy(&v.stdout).into_owned();
         assert!(v.status.success(), "verify: {report}");
-        assert!(!report.contains("journal holds"), "verify: {report}");
+        report
     }
 
     /// Calls a gRPC method through the reflection client (tests/grpc/grpcurl.py); panics
