@@ -91,6 +91,8 @@ fn kernel_client_ext4_snapshot_and_crash() {
         "ublk.snapshot-holds-old-tree",
         "ublk.origin-holds-new-tree",
         "nbd.reverted-holds-old-tree",
+        "clone.holds-old-tree-while-hydrating",
+        "clone.holds-old-tree-hydrated",
         "ublk.reverted-holds-old-tree",
         "ublk.snapshot-write-refused",
         "ublk.metrics",

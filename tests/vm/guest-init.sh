@@ -87,7 +87,7 @@ fail() { echo "VMTEST FAIL $*"; finish 1; }
 
 start_agent() {
   $AGENT --data-dir /data --nbd-listen 127.0.0.1:10809 --grpc-listen 127.0.0.1:50051 \
-    --metrics-listen 127.0.0.1:9500 >>/tmp/agent.log 2>&1 &
+    --metrics-listen 127.0.0.1:9500 --hydration-bytes-per-sec 2097152 >>/tmp/agent.log 2>&1 &
   AGENT_PID=$!
   i=0
   while [ ! -S /data/grpc.sock ] || [ ! -S /data/nbd.sock ] || ! $CLI volume list >/dev/null 2>&1; do
@@ -227,6 +227,33 @@ scenario() {
   step "$fe.reverted-has-old-file-list" same_files /mnt/origin /tmp/old.sums
   umount /mnt/origin
   step "$fe.detach-reverted" detach $fe "$origin"
+  [ $fe = nbd ] && clone_scenario $vol
+}
+
+# A clone of the snapshot, checked while its data is still being copied (the agent copies at
+# most 2 MiB/s here) and again once the copy has ended.
+clone_done() { ! $CLI volume show "$1" | grep -q '^clone hydration: *from'; }
+wait_clone() {
+  i=0
+  until clone_done "$1"; do i=$((i + 1)); [ $i -gt 300 ] && return 1; sleep 1; done
+}
+clone_scenario() {
+  vol=$1
+  step clone.create $CLI volume create c1 --from $vol@before
+  step clone.hydrating sh -c "$CLI volume show c1 | grep '^clone hydration: *from'"
+  step clone.source-delete-refused sh -c "! $CLI snapshot delete $vol before"
+  clone=$(attach nbd c1) && [ -b "$clone" ] || fail "clone: attach c1"
+  step clone.e2fsck-while-hydrating $E2FSCK -f -n "$clone"
+  step clone.mount-while-hydrating mount -t ext4 -o ro "$clone" /mnt/snap
+  step clone.holds-old-tree-while-hydrating check_sums /mnt/snap /tmp/old.sums
+  umount /mnt/snap
+  step clone.still-hydrating sh -c "$CLI volume show c1 | grep '^clone hydration: *from'"
+  step clone.hydration-ends wait_clone c1
+  step clone.mount-hydrated mount -t ext4 -o ro "$clone" /mnt/snap
+  step clone.holds-old-tree-hydrated check_sums /mnt/snap /tmp/old.sums
+  step clone.has-old-file-list same_files /mnt/snap /tmp/old.sums
+  umount /mnt/snap
+  step clone.detach detach nbd "$clone"
 }
 
 # kill -9 the agent while the kernel writes through nbd; after a restart the snapshot must
