@@ -1,5 +1,6 @@
 //! Compiles proto/csi/v1/csi.proto with protox (pure Rust, no protoc), keeps its file
-//! descriptor set for gRPC reflection, and records the commit the binary is built from.
+//! descriptor set for gRPC reflection. (The commit the binary reports comes from
+//! multisnap-build-info, as for every binary of the workspace.)
 
 use std::path::PathBuf;
 
@@ -17,13 +18,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(false)
         .compile_fds(fds)?;
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".to_string());
-    println!("cargo:rustc-env=MULTISNAP_CSI_COMMIT={commit}");
     Ok(())
 }

@@ -42,7 +42,7 @@ impl Identity for IdentityService {
             vendor_version: env!("CARGO_PKG_VERSION").to_string(),
             manifest: [(
                 "commit".to_string(),
-                env!("MULTISNAP_CSI_COMMIT").to_string(),
+                multisnap_build_info::COMMIT.to_string(),
             )]
             .into(),
         }))

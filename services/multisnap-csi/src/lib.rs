@@ -27,13 +27,9 @@ pub mod csi {
 pub const CSI_FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/csi_descriptor.bin"));
 
-/// The version and commit this binary was built from.
-pub const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (commit ",
-    env!("MULTISNAP_CSI_COMMIT"),
-    ")"
-);
+/// The version and commit this binary was built from, in the form every multisnap binary
+/// reports (`VERSION (COMMIT)`; the commit honours `MULTISNAP_COMMIT` and follows HEAD).
+pub const VERSION: &str = multisnap_build_info::VERSION_LINE;
 
 use std::path::PathBuf;
 
