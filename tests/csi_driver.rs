@@ -83,21 +83,6 @@ fn require_grpc_tools() -> bool {
     false
 }
 
-fn agent_volume_names(agent: &Agent) -> Vec<String> {
-    let reply: serde_json::Value =
-        serde_json::from_str(&agent.grpc("multisnap.v1.VolumeService/ListVolumes", "{}")).unwrap();
-    let mut names: Vec<String> = reply["volumes"]
-        .as_array()
-        .map(|v| {
-            v.iter()
-                .map(|v| v["name"].as_str().unwrap().to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 #[test]
 fn csi_sanity_port_sidecar_sequences_and_bad_input() {
     if !require_grpc_tools() {
@@ -131,7 +116,7 @@ fn csi_sanity_port_sidecar_sequences_and_bad_input() {
     // The suite covers what the driver advertises: most cases run here.
     assert!(count("passed") >= 60, "{summary}");
     // Every case cleaned up after itself: only the agent's own default volume is left.
-    assert_eq!(agent_volume_names(&agent), ["default"]);
+    assert_eq!(agent.volume_names(), ["default"]);
     drop(driver);
     agent.stop_and_verify();
 }
@@ -186,7 +171,7 @@ fn reflection_and_idempotency_across_driver_restarts() {
         "csi.v1.Controller/DeleteVolume",
         &format!(r#"{{"volume_id":"{id}"}}"#),
     );
-    assert_eq!(agent_volume_names(&agent).len(), 2);
+    assert_eq!(agent.volume_names().len(), 2);
     // A crash between the snapshot's deletion and the volume's: the snapshot goes behind the
     // driver's back, as if the driver died right after deleting it.
     driver.kill9();
@@ -201,15 +186,15 @@ fn reflection_and_idempotency_across_driver_restarts() {
         "multisnap.v1.SnapshotService/DeleteSnapshot",
         &format!(r#"{{"volume":"{agent_name}","name":"{snap_name}"}}"#),
     );
-    assert_eq!(agent_volume_names(&agent).len(), 2);
+    assert_eq!(agent.volume_names().len(), 2);
     // The next driver's start finishes the job.
     let driver = Driver::start(tmp.path(), &agent);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while agent_volume_names(&agent).len() != 1 {
+    while agent.volume_names().len() != 1 {
         assert!(
             Instant::now() < deadline,
             "the retired volume was not reaped: {:?}",
-            agent_volume_names(&agent)
+            agent.volume_names()
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -18,6 +18,11 @@
 #   CSI_BIN            the same for the CSI driver (builds the CSI image with it)
 #   IMAGES_OUT         where the OCI archives go (default: target/images)
 #   DEBIAN_MIRROR      debootstrap's mirror (default: http://deb.debian.org/debian)
+#   NODE_BASE_FROM     debootstrap (default): the CSI image's base is Debian bookworm's minimal
+#                      root (about 100 MB downloaded); host: made from this machine's own
+#                      mkfs.ext4, mkfs.xfs, blkid, mount, umount, nbd-client, resize2fs and
+#                      xfs_growfs and the libraries they load (deploy/images/node-root-from-host.sh,
+#                      no download; what CI tests), so only as portable as this machine's system
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -25,7 +30,12 @@ tool=${CONTAINER_TOOL:-podman}
 version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' "$root/Cargo.toml")
 commit=${MULTISNAP_COMMIT:-$(git -C "$root" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}
 out=${IMAGES_OUT:-$root/target/images}
-node_base=localhost/multisnap-node-base:bookworm
+node_base_from=${NODE_BASE_FROM:-debootstrap}
+case $node_base_from in
+  debootstrap) node_base=localhost/multisnap-node-base:bookworm ;;
+  host) node_base=localhost/multisnap-node-base:host ;;
+  *) echo "error: NODE_BASE_FROM is debootstrap or host, not $node_base_from" >&2; exit 2 ;;
+esac
 has_csi=false
 [ -f "$root/services/multisnap-csi/Cargo.toml" ] && has_csi=true
 
@@ -48,22 +58,28 @@ require_static() {
   fi
 }
 
-# Debian bookworm's minimal variant plus the tools NodeStageVolume runs, imported as an image.
+# Debian bookworm's minimal variant plus the tools NodeStageVolume runs, or those tools copied
+# from this machine (NODE_BASE_FROM=host, made afresh each time), imported as an image.
 node_base_image() {
-  if $tool image inspect "$node_base" >/dev/null 2>&1; then
+  if [ "$node_base_from" = debootstrap ] && $tool image inspect "$node_base" >/dev/null 2>&1; then
     return
   fi
   local rootfs
   rootfs=$(mktemp -d)
-  debootstrap --variant=minbase --include=e2fsprogs,xfsprogs,nbd-client,mount,util-linux \
-    bookworm "$rootfs" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  if [ "$node_base_from" = host ]; then
+    bash "$here/node-root-from-host.sh" "$rootfs"
+  else
+    debootstrap --variant=minbase --include=e2fsprogs,xfsprogs,nbd-client,mount,util-linux \
+      bookworm "$rootfs" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  fi
   tar -C "$rootfs" -c . | $tool import - "$node_base" >/dev/null
   rm -rf "$rootfs"
 }
 
 build_stage() { # build_stage STAGE IMAGE CONTEXT
   $tool build -q -f "$here/Containerfile" --target "$1" \
+    --build-arg NODE_BASE="$node_base" \
     --label org.opencontainers.image.version="$version" \
     --label org.opencontainers.image.revision="$commit" \
     -t "$2" "$3" >/dev/null

@@ -443,6 +443,22 @@ impl Agent {
 
     /// The value of one series (`name{labels}` exactly as exposed) on the agent's /metrics,
     /// scraped with curl; 0 when the series is absent.
+    /// The names of the agent's volumes (gRPC ListVolumes), sorted.
+    pub fn volume_names(&self) -> Vec<String> {
+        let reply = self.grpc("multisnap.v1.VolumeService/ListVolumes", "{}");
+        let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+        let mut names: Vec<String> = reply["volumes"]
+            .as_array()
+            .map(|v| {
+                v.iter()
+                    .map(|v| v["name"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
     pub fn metric(&self, series: &str) -> f64 {
         let out = Command::new("curl")
             .args(["-sf", &format!("http://{}/metrics", self.metrics)])
