@@ -78,7 +78,8 @@ fn localise(arg: &str, root: &Path) -> String {
             std::fs::create_dir_all(&dir).unwrap();
             format!("{flag}={}", dir.display())
         }
-        "--grpc-tls-cert" | "--grpc-tls-key" | "--grpc-tls-client-ca" => {
+        "--grpc-tls-cert" | "--grpc-tls-key" | "--grpc-tls-client-ca" | "--nbd-tls-cert"
+        | "--nbd-tls-key" | "--nbd-tls-client-ca" => {
             format!("{flag}={}", under_root(value).display())
         }
         "--csi-socket" | "--agent-socket" | "--nbd-socket" => {
@@ -128,6 +129,7 @@ fn the_agent_starts_with_what_real_helm_renders() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("node");
         tls_secret(&root.join("etc/multisnap/tls"));
+        tls_secret(&root.join("etc/multisnap/nbd-tls"));
         let args: Vec<String> = args_of(&container)
             .iter()
             .map(|a| localise(a, &root))

@@ -29,6 +29,7 @@ VALUE_SETS = {
     "defaults": {},
     "tls-and-origins": {
         "grpcTls": {"secretName": "multisnap-tls", "requireClientCert": True},
+        "nbdTls": {"secretName": "multisnap-nbd-tls", "requireClientCert": True},
         "agent": {
             "cacheBytes": 134217728,
             "defaultVolumeSize": 2147483648,
@@ -54,6 +55,7 @@ VALUE_SETS = {
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "tolerations": [{"operator": "Exists"}],
         "kubeletDir": "/var/lib/k0s/kubelet",
+        "nbdTls": {"secretName": "multisnap-nbd-tls", "allowPlaintext": True},
         "dataDir": {"hostPath": "/srv/multisnap"},
     },
     "no-classes": {
@@ -70,6 +72,7 @@ WRONG_VALUES = {
     "enabled-as-string": {"csi": {"enabled": "yes"}},
     "unknown-key": {"agnet": {"logLevel": "debug"}},
     "fs-type-unknown": {"storageClass": {"fsType": "btrfs"}},
+    "nbd-tls-plaintext-as-string": {"nbdTls": {"allowPlaintext": "yes"}},
 }
 
 
