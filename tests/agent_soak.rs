@@ -1,6 +1,6 @@
 //! Crash soak of the real agent (tests/soak/soak.py): random writes, flushes, snapshot creates
-//! and deletes, writable-snapshot writes, rollbacks and qemu-io pattern writes over NBD and
-//! gRPC, the agent killed with SIGKILL
+//! and deletes, writable-snapshot writes, rollbacks, clones (written, flushed and deleted while
+//! they hydrate) and qemu-io pattern writes over NBD and gRPC, the agent killed with SIGKILL
 //! at a random moment of each cycle and restarted; after every restart each image must read
 //! exactly what the model says (every acknowledged write, every snapshot unchanged) and
 //! `verify` must pass. 20 cycles here; `MULTISNAP_SOAK_CYCLES=500` for a soak, and

@@ -78,8 +78,12 @@ fn localise(arg: &str, root: &Path) -> String {
             std::fs::create_dir_all(&dir).unwrap();
             format!("{flag}={}", dir.display())
         }
-        "--grpc-tls-cert" | "--grpc-tls-key" | "--grpc-tls-client-ca" | "--nbd-tls-cert"
-        | "--nbd-tls-key" | "--nbd-tls-client-ca" => {
+        "--grpc-tls-cert"
+        | "--grpc-tls-key"
+        | "--grpc-tls-client-ca"
+        | "--nbd-tls-cert"
+        | "--nbd-tls-key"
+        | "--nbd-tls-client-ca" => {
             format!("{flag}={}", under_root(value).display())
         }
         "--csi-socket" | "--agent-socket" | "--nbd-socket" => {

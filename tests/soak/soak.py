@@ -1,6 +1,7 @@
 """Crash soak of the real agent: random writes, flushes, snapshot creates and deletes,
-writable-snapshot writes, rollbacks (RevertVolume, merged in the background) and qemu-io
-pattern writes from real clients (libnbd and qemu-io for data, grpcio by reflection for the
+writable-snapshot writes, rollbacks (RevertVolume, merged in the background), clones of
+snapshots (written, flushed and deleted while they hydrate) and qemu-io pattern writes from
+real clients (libnbd and qemu-io for data, grpcio by reflection for the
 API), with the agent killed (SIGKILL) at random moments and restarted, for CYCLES cycles.
 
 A model keeps what every image must read: per 4 KiB block a version number whose bytes are
@@ -91,13 +92,20 @@ class Model:
         self.counter = 0
         self.reverts = 0
         self.patterns = PATTERNS
+        # Clones of a snapshot of `default`: volume name -> Image (the snapshot's contents, then
+        # the clone's own writes, flushed on the clone's own connection).
+        self.clones = {}
+        # name -> Image: CreateVolume or DeleteVolume was under way when the agent died.
+        self.maybe_clones = {}
+        self.clones_made = 0
 
     def images(self):
         return [self.origin] + [img for img, _ in self.snapshots.values()]
 
     def crashed(self):
         """The agent died: unflushed writes may or may not be there."""
-        for img in self.images() + [img for img, _ in self.maybe_snapshots.values()]:
+        for img in (self.images() + [img for img, _ in self.maybe_snapshots.values()]
+                    + list(self.clones.values()) + list(self.maybe_clones.values())):
             img.crashed()
 
 
@@ -202,8 +210,18 @@ def check_all(agent, model):
     model.maybe_snapshots.clear()
     if set(model.snapshots) != names:
         raise SystemExit(f"MISMATCH snapshots: model {sorted(model.snapshots)}, agent {sorted(names)}")
+    volumes = {v["name"] for v in agent.call("VolumeService/ListVolumes", {}).get("volumes", [])}
+    for name, image in list(model.maybe_clones.items()):
+        if name in volumes:
+            model.clones[name] = image
+        else:
+            model.clones.pop(name, None)
+    model.maybe_clones.clear()
+    if set(model.clones) != volumes - {"default"}:
+        raise SystemExit(f"MISMATCH clones: model {sorted(model.clones)}, agent {sorted(volumes)}")
     for export, image in [("default", model.origin)] + [
-            (f"default@{n}", img) for n, (img, _) in model.snapshots.items()]:
+            (f"default@{n}", img) for n, (img, _) in model.snapshots.items()] + [
+            (n, img) for n, img in model.clones.items()]:
         h = nbd.NBD()
         h.connect_uri(agent.uri(export))
         check_image(h, image, export)
@@ -226,11 +244,56 @@ def revert(agent, name):
             time.sleep(0.05)
 
 
+def clone_step(agent, model, rng, clones):
+    """A clone of a read-only snapshot (at most two at once), a write to a clone, a flush of
+    one, or a clone deleted. The clone hydrates in the background while the agent is killed.
+    False when the agent died."""
+    k = rng.random()
+    if k < 0.3 and len(model.clones) < 2:
+        names = [n for n, (_, w) in model.snapshots.items() if not w]
+        if not names:
+            return True
+        snap = rng.choice(names)
+        model.clones_made += 1
+        name = f"c{model.clones_made}"
+        model.maybe_clones[name] = model.snapshots[snap][0].copy()
+        if agent.call("VolumeService/CreateVolume",
+                      {"name": name, "source": {"volume": "default", "snapshot": snap}}) is None:
+            return False
+        model.clones[name] = model.maybe_clones.pop(name)
+    elif k < 0.85 and model.clones:
+        name = rng.choice(sorted(model.clones))
+        img = model.clones[name]
+        if name not in clones:
+            clones[name] = nbd.NBD()
+            clones[name].connect_uri(agent.uri(name))
+        if k < 0.7:
+            b = rng.randrange(BLOCKS)
+            version = model.next_version
+            model.next_version += 1
+            img.writing(b, version)
+            clones[name].pwrite(block_bytes(b, version), b * BLOCK)
+            img.versions[b] = version
+        else:
+            clones[name].flush()
+            img.flushed()
+    elif model.clones:
+        name = rng.choice(sorted(model.clones))
+        if name in clones:
+            clones.pop(name).shutdown()
+        model.maybe_clones[name] = model.clones.pop(name)
+        if agent.call("VolumeService/DeleteVolume", {"name": name, "force": True}) is None:
+            return False
+        del model.maybe_clones[name]
+    return True
+
+
 def workload(agent, model, rng, stop):
     """Runs random operations until the agent dies or `stop` is set."""
     h = nbd.NBD()
     h.connect_uri(agent.uri("default"))
     writable = {}
+    clones = {}  # clone name -> its NBD connection
     while not stop.is_set():
         op = rng.random()
         if op < 0.6:
@@ -313,6 +376,9 @@ def workload(agent, model, rng, stop):
             # qemu-io flushes the image when it closes it: everything written so far is durable.
             for img in model.images():
                 img.flushed()
+        elif op < 0.97:
+            if not clone_step(agent, model, rng, clones):
+                return
         else:
             names = [n for n, (_, w) in model.snapshots.items() if w]
             if not names:
@@ -370,7 +436,8 @@ def main():
     agent.stop()
     print(f"SOAK OK: {cycles} kill -9 cycles, {model.next_version - 1} acknowledged writes "
           f"({len(model.patterns)} by qemu-io), {model.counter} snapshots made, "
-          f"{model.reverts} rollbacks, 0 lost, 0 changed, in {time.time() - started:.0f} s")
+          f"{model.reverts} rollbacks, {model.clones_made} clones, 0 lost, 0 changed, "
+          f"in {time.time() - started:.0f} s")
 
 
 if __name__ == "__main__":
