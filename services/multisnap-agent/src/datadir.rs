@@ -62,7 +62,15 @@ impl DataDir {
         self.volumes_dir().join(name)
     }
 
-    /// Volume folders that hold a store, by name.
+    /// Where a volume is made before it gets its name: CreateVolume builds the files here and
+    /// renames the folder to [`Self::volume_dir`] once they are durable, so a power cut in
+    /// between leaves no half-made volume under a volume's name. Volume names never start with
+    /// `.`, so this cannot be one.
+    pub fn staging_dir(&self, name: &str) -> PathBuf {
+        self.volumes_dir().join(format!("{STAGING_PREFIX}{name}"))
+    }
+
+    /// Volume folders that hold a store, by name (unfinished creations left out).
     pub fn volume_names(&self) -> Result<Vec<String>> {
         let mut names = Vec::new();
         let dir = self.volumes_dir();
@@ -72,14 +80,45 @@ impl DataDir {
             let entry = entry?;
             if entry.path().join(STORE_FILE).exists() {
                 if let Some(name) = entry.file_name().to_str() {
-                    names.push(name.to_string());
+                    if !name.starts_with('.') {
+                        names.push(name.to_string());
+                    }
                 }
             }
         }
         names.sort();
         Ok(names)
     }
+
+    /// Removes the folders of volume creations that a crash or power cut interrupted (their
+    /// CreateVolume never returned), and returns what it removed. They hold only files the
+    /// agent made: an origin given by the user lives elsewhere.
+    pub fn remove_unfinished_creations(&self) -> Result<Vec<PathBuf>> {
+        let dir = self.volumes_dir();
+        let mut removed = Vec::new();
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?
+        {
+            let path = entry?.path();
+            let unfinished = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(STAGING_PREFIX));
+            if unfinished {
+                std::fs::remove_dir_all(&path)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
+                removed.push(path);
+            }
+        }
+        if !removed.is_empty() {
+            sync_dir(&dir).with_context(|| format!("cannot sync {}", dir.display()))?;
+        }
+        Ok(removed)
+    }
 }
+
+/// Folder name prefix of a volume being made (see [`DataDir::staging_dir`]).
+const STAGING_PREFIX: &str = ".creating-";
 
 /// Makes the entries of directory `dir` durable (fsync of the directory itself): a file just
 /// created, renamed or removed in it survives a power cut only once this returns.

@@ -213,6 +213,9 @@ impl Volumes {
     ) -> anyhow::Result<Volumes> {
         let mut map = BTreeMap::new();
         let io_errors = Arc::new(IoErrors::default());
+        for path in data_dir.remove_unfinished_creations()? {
+            tracing::warn!(path = %path.display(), "removed a volume whose creation was interrupted (its CreateVolume never returned)");
+        }
         for name in data_dir.volume_names()? {
             let v = open_volume(&data_dir.volume_dir(&name), &name, cache_bytes, &io_errors)?;
             tracing::info!(volume = %name, origin = %v.origin_path.display(), store = %v.store_path.display(), snapshots = v.store.list_snapshots().len(), "volume opened");
@@ -290,15 +293,19 @@ impl Volumes {
             spec.store_size_bytes.unwrap_or(0),
             MAX_STORE_BYTES,
         )?;
-        crate::permissions::create_private_dir(&dir)
-            .map_err(io_err(format!("cannot create {}", dir.display())))?;
+        // Made under a staging name and renamed once durable: a power cut in between leaves
+        // no half-made volume for the next start to trip on (it removes the staging folder).
+        let staging = self.data_dir.staging_dir(&spec.name);
+        let _ = std::fs::remove_dir_all(&staging);
+        crate::permissions::create_private_dir(&staging)
+            .map_err(io_err(format!("cannot create {}", staging.display())))?;
         let made = self
-            .make_files(spec, &dir)
+            .make_files(spec, &staging)
             .and_then(|made| self.refuse_shared_origin(map, made));
-        let (origin, origin_path, recorded, dev, store_path) = match made {
+        let (origin, origin_path, recorded, dev, _) = match made {
             Ok(x) => x,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                let _ = std::fs::remove_dir_all(&staging);
                 return Err(e);
             }
         };
@@ -315,20 +322,39 @@ impl Volumes {
             Ok(s) => s,
             Err(e) => {
                 // Only our own files go; an origin given by the user is never touched.
-                let _ = std::fs::remove_dir_all(&dir);
+                let _ = std::fs::remove_dir_all(&staging);
                 return Err(VolumeError::Store(e));
             }
         };
         // The call must not return before a power cut would keep the volume: the new files'
-        // sizes and the directory entries naming them.
-        self.make_durable(&dir, &origin_path, spec.origin_path.is_none())?;
+        // sizes and the directory entries naming them, then the folder under its name.
+        let owns_origin = spec.origin_path.is_none();
+        if let Err(e) = self.make_durable(&staging, &origin_path, owns_origin) {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        if let Err(e) =
+            std::fs::rename(&staging, &dir).and_then(|()| sync_dir(&self.data_dir.volumes_dir()))
+        {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(io_err(format!(
+                "cannot name the new volume {}",
+                dir.display()
+            ))(e));
+        }
+        let origin_path = if owns_origin {
+            dir.join(ORIGIN_FILE)
+        } else {
+            origin_path
+        };
+        let store_path = dir.join(STORE_FILE);
         tracing::info!(volume = %spec.name, size = store.origin_size(), chunk_size = spec.chunk_size, "volume created");
         let v = Arc::new(Volume {
             name: spec.name.clone(),
             store: Arc::new(store),
             origin_path,
             store_path,
-            owns_origin: spec.origin_path.is_none(),
+            owns_origin,
             deltas: DeltaCounters::default(),
         });
         map.insert(spec.name.clone(), v.clone());
@@ -515,4 +541,57 @@ pub fn volume_for_tests() -> Arc<Volume> {
         owns_origin: false,
         deltas: DeltaCounters::default(),
     })
+}
+
+#[cfg(test)]
+mod creation_tests {
+    use super::*;
+
+    fn load(root: &Path) -> Volumes {
+        let dir = crate::datadir::DataDir::open_locked(root).unwrap();
+        let policy = crate::origin_policy::OriginPolicy::new(root, &[]).unwrap();
+        Volumes::load(dir, policy, 1 << 20, 0).unwrap()
+    }
+
+    fn spec(name: &str) -> NewVolume {
+        NewVolume {
+            name: name.into(),
+            size_bytes: 4 << 20,
+            chunk_size: 4096,
+            store_size_bytes: None,
+            origin_path: None,
+            full_policy: FullPolicy::Error,
+        }
+    }
+
+    #[test]
+    fn a_creation_cut_short_leaves_nothing_that_stops_the_next_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let volumes = load(tmp.path());
+        let v = volumes.create(&spec("kept")).unwrap();
+        assert_eq!(
+            v.origin_path,
+            tmp.path().join("volumes/kept").join(ORIGIN_FILE)
+        );
+        assert!(v.store_path.exists() && v.origin_path.exists());
+        drop((v, volumes));
+        // What a power cut in the middle of CreateVolume leaves: the new volume's folder under
+        // its staging name, with an origin and a store file that has no superblock yet.
+        let staging = tmp.path().join("volumes/.creating-cut");
+        std::fs::create_dir_all(&staging).unwrap();
+        std::fs::File::create(staging.join(ORIGIN_FILE))
+            .and_then(|f| f.set_len(4 << 20))
+            .unwrap();
+        std::fs::File::create(staging.join(STORE_FILE))
+            .and_then(|f| f.set_len(8 << 20))
+            .unwrap();
+        let volumes = load(tmp.path());
+        assert!(!staging.exists(), "the unfinished creation is removed");
+        let names: Vec<String> = volumes.list().iter().map(|v| v.name.clone()).collect();
+        assert_eq!(names, ["kept"]);
+        // The name is free: the creation can be asked for again.
+        volumes.create(&spec("cut")).unwrap();
+        assert!(tmp.path().join("volumes/cut").join(STORE_FILE).exists());
+        assert!(!tmp.path().join("volumes/.creating-cut").exists());
+    }
 }
