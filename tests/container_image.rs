@@ -197,9 +197,26 @@ impl Drop for Container<'_> {
     }
 }
 
+/// podman's storage applies an image layer by remounting `/` in a private mount namespace,
+/// which fails ("remount /, flags: 0x44000: invalid argument") where `/` is not a mount point:
+/// a chroot such as a build sandbox. A machine or VM always has `/` mounted.
+fn podman_cannot_apply_layers_here() -> bool {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let root_mounted = mountinfo
+        .lines()
+        .any(|l| l.split_whitespace().nth(4) == Some("/"));
+    if !root_mounted {
+        eprintln!("SKIP: / is not a mount point here (a chroot): podman cannot apply image layers");
+    }
+    !root_mounted
+}
+
 #[test]
 fn the_agent_image_serves_nbd_and_grpc_on_unix_sockets_in_a_host_directory() {
     require_tools!("podman", "runc", "nbdinfo", "ldd");
+    if podman_cannot_apply_layers_here() {
+        return;
+    }
     if !common::have_grpcio() {
         multisnap_tests::missing_dependency!("grpcio with reflection is missing");
         return;
@@ -331,6 +348,9 @@ fn the_csi_image_formats_with_its_own_tools_and_serves_csi_for_an_agent() {
         "mkfs.xfs",
         "nbd-client"
     );
+    if podman_cannot_apply_layers_here() {
+        return;
+    }
     if !common::have_grpcio() {
         multisnap_tests::missing_dependency!("grpcio with reflection is missing");
         return;
