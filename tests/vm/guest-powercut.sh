@@ -41,7 +41,11 @@ pc_cli() {
   return 1
 }
 pc_volumes() { $CLI -o json volume list | sed -n 's/.*"name": "\([^"]*\)".*/\1/p'; }
-pc_snapshots() { $CLI -o json snapshot list "$1" | sed -n 's/.*"name": "\([^"]*\)".*/\1/p'; }
+# Ready snapshots only: a deleted one stays listed (state DELETING) while its space is reclaimed.
+pc_snapshots() {
+  $CLI -o json snapshot list "$1" |
+    awk -F'"' '/"name":/ { n = $4 } /"state":/ { if ($4 == "SNAPSHOT_STATE_READY") print n }'
+}
 pc_hash_1m() { dd if="$1" bs=64k count=16 2>/dev/null | sha256sum | cut -c1-64; }
 
 # Each 4 KiB block of the dump of VOL's first 1 MiB: its generation, 0 for zeroes, X otherwise.
