@@ -63,16 +63,21 @@ pc_blocks() { # VOL DUMP
       printf "\n" }'
 }
 
-pc_check_raw() { # VOL
-  pc_attach "$1" || { echo "VMCHECK attach-failed $1"; return; }
-  dev=$(pc_dev "$1")
-  dd if="$dev" of=/tmp/dump bs=64k count=16 2>/dev/null
-  echo "VMCHECK blocks $1 $(pc_blocks "$1" /tmp/dump)"
+# Each ready snapshot of VOL, attached read-only, and the hash of its first 1 MiB.
+pc_check_snapshots() { # VOL
   for s in $(pc_snapshots "$1"); do
     sd=$(attach nbd "$1" "$s") && [ -b "$sd" ] || { echo "VMCHECK snap-attach-failed $1 $s"; continue; }
     echo "VMCHECK snap $1 $s $(pc_hash_1m "$sd")"
     detach nbd "$sd" >/dev/null
   done
+}
+
+pc_check_raw() { # VOL
+  pc_attach "$1" || { echo "VMCHECK attach-failed $1"; return; }
+  dev=$(pc_dev "$1")
+  dd if="$dev" of=/tmp/dump bs=64k count=16 2>/dev/null
+  echo "VMCHECK blocks $1 $(pc_blocks "$1" /tmp/dump)"
+  pc_check_snapshots "$1"
 }
 
 pc_check_fs() {
@@ -183,11 +188,7 @@ pc_replicate() { # VOL
 pc_check_replica() { # rVOL: its origin and each snapshot
   pc_attach "$1" || { echo "VMCHECK attach-failed $1"; return; }
   echo "VMCHECK origin $1 $(pc_hash_1m "$(pc_dev "$1")")"
-  for s in $(pc_snapshots "$1"); do
-    sd=$(attach nbd "$1" "$s") && [ -b "$sd" ] || { echo "VMCHECK snap-attach-failed $1 $s"; continue; }
-    echo "VMCHECK snap $1 $s $(pc_hash_1m "$sd")"
-    detach nbd "$sd" >/dev/null
-  done
+  pc_check_snapshots "$1"
 }
 
 pc_file() {
