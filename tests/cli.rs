@@ -123,9 +123,21 @@ fn volumes_snapshots_json_and_exit_codes() {
             "40M",
             "--store-full-policy",
             "invalidate-oldest",
+            "--label",
+            "team=storage",
+            "--label",
+            "example.com/tier=gold=1",
         ],
     );
     assert_eq!(b["name"], "vol-b");
+    // Labels: the first '=' splits, so a value may hold one; shown in JSON and the table.
+    assert_eq!(b["labels"]["team"], "storage", "{b}");
+    assert_eq!(b["labels"]["example.com/tier"], "gold=1", "{b}");
+    let shown = expect(&bin, ep, &["volume", "show", "vol-b"], 0);
+    assert!(
+        shown.contains("example.com/tier=gold=1, team=storage"),
+        "{shown}"
+    );
     assert_eq!(b["sizeBytes"], 16 << 20);
     assert_eq!(b["chunkSizeBytes"], 65536);
     assert_eq!(b["storeSizeBytes"], 40 << 20);
@@ -226,6 +238,21 @@ fn volumes_snapshots_json_and_exit_codes() {
     assert_eq!(code(&out), 4, "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid argument"));
     expect(&bin, ep, &["snapshot", "create", "vol-a", "bad name"], 4);
+    let out = cli(
+        &bin,
+        ep,
+        &[
+            "volume",
+            "create",
+            "lab",
+            "--size",
+            "1M",
+            "--label",
+            "bad key=1",
+        ],
+    );
+    assert_eq!(code(&out), 4, "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("label key \"bad key\""));
     expect(
         &bin,
         ep,
@@ -244,6 +271,14 @@ fn volumes_snapshots_json_and_exit_codes() {
     // 1: usage errors caught before any call.
     expect(&bin, ep, &["volume", "create", "x", "--size", "10X"], 1);
     expect(&bin, ep, &["volume", "create", "x"], 1);
+    expect(
+        &bin,
+        ep,
+        &[
+            "volume", "create", "x", "--size", "1M", "--label", "novalue",
+        ],
+        1,
+    );
     expect(&bin, ep, &["volume", "frobnicate"], 1);
     expect(&bin, ep, &["--output", "yaml", "volume", "list"], 1);
     let help = expect(&bin, ep, &["--help"], 0);

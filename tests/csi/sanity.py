@@ -320,6 +320,44 @@ def controller_volume_cases(s):
         s.create_volume(name, size=GIB, limit=GIB)
         expect_code(grpc.StatusCode.ALREADY_EXISTS, s.ctrl.CreateVolume, s.create_req(name, 2 * GIB, limit=2 * GIB))
 
+    def agent_labels(volume_id):
+        agent_name = volume_id.split("/", 1)[1]
+        return dict(s.agent_volumes.GetVolume(ms.GetVolumeRequest(name=agent_name)).labels)
+
+    def create_same_name_other_fs_type():
+        s.need(T.CREATE_DELETE_VOLUME)
+        name = unique("fstype")
+        a = s.create_volume(name, size=MIB, cap=s.mount_cap("ext4"))
+        labels = agent_labels(a.volume_id)
+        check(labels.get("csi.multisnap.dev/fs-type") == "ext4", "agent labels %s" % labels)
+        b = s.ctrl.CreateVolume(s.create_req(name, MIB, cap=s.mount_cap("ext4"))).volume
+        check(a.volume_id == b.volume_id, "not idempotent with the same fsType")
+        expect_code(grpc.StatusCode.ALREADY_EXISTS, s.ctrl.CreateVolume, s.create_req(name, MIB, cap=s.mount_cap("xfs")))
+        expect_code(grpc.StatusCode.ALREADY_EXISTS, s.ctrl.CreateVolume, s.create_req(name, MIB, cap=s.block_cap()))
+
+    def create_same_name_other_source():
+        s.need(T.CREATE_DELETE_VOLUME)
+        s.need(T.CREATE_DELETE_SNAPSHOT)
+        src = s.create_volume(size=MIB)
+        one, two = (s.create_snapshot(src.volume_id) for _ in range(2))
+        source_of = lambda snap: csi.VolumeContentSource(
+            snapshot=csi.VolumeContentSource.SnapshotSource(snapshot_id=snap.snapshot_id))
+        name = unique("restored")
+        a = s.restore(name, source_of(one), size=MIB)
+        b = s.ctrl.CreateVolume(s.create_req(name, MIB, volume_content_source=source_of(one))).volume
+        check(a.volume_id == b.volume_id, "not idempotent with the same source")
+        expect_code(grpc.StatusCode.ALREADY_EXISTS, s.ctrl.CreateVolume,
+                    s.create_req(name, MIB, volume_content_source=source_of(two)))
+        expect_code(grpc.StatusCode.ALREADY_EXISTS, s.ctrl.CreateVolume, s.create_req(name, MIB))
+        clone = csi.VolumeContentSource(volume=csi.VolumeContentSource.VolumeSource(volume_id=src.volume_id))
+        expect_code(grpc.StatusCode.ALREADY_EXISTS, s.ctrl.CreateVolume,
+                    s.create_req(name, MIB, volume_content_source=clone))
+        # And a volume made empty is not the same as one restored under its name.
+        empty = unique("empty")
+        s.create_volume(empty, size=MIB)
+        expect_code(grpc.StatusCode.ALREADY_EXISTS, s.ctrl.CreateVolume,
+                    s.create_req(empty, MIB, volume_content_source=source_of(one)))
+
     def create_max_name():
         s.need(T.CREATE_DELETE_VOLUME)
         name = "v" * 128
@@ -445,6 +483,8 @@ def controller_volume_cases(s):
         ("CreateVolume: capacity at least requested", create_capacity),
         ("CreateVolume: same name and size is idempotent (x10)", create_idempotent),
         ("CreateVolume: same name, other size is ALREADY_EXISTS", create_same_name_other_size),
+        ("CreateVolume: same name, other fsType is ALREADY_EXISTS", create_same_name_other_fs_type),
+        ("CreateVolume: same name, other content source is ALREADY_EXISTS", create_same_name_other_source),
         ("CreateVolume: 128-byte name, twice", create_max_name),
         ("CreateVolume: from snapshot echoes content_source", create_from_snapshot),
         ("CreateVolume: from a missing snapshot is NOT_FOUND", create_from_missing_snapshot),

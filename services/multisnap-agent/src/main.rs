@@ -16,6 +16,7 @@ mod permissions;
 mod reclaimer;
 mod ublk_devices;
 mod verify_cmd;
+mod volume_labels;
 mod volume_resize;
 mod volumes;
 
@@ -270,6 +271,7 @@ fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
             store_size_bytes: None,
             origin_path: None,
             full_policy: FullPolicy::Error,
+            labels: Default::default(),
         })?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

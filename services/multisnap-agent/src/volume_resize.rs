@@ -80,6 +80,7 @@ mod tests {
                 store_size_bytes: None,
                 origin_path: None,
                 full_policy: FullPolicy::Error,
+                labels: Default::default(),
             })
             .unwrap();
         let store_before = v.store.store_bytes();

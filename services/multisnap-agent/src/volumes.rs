@@ -4,6 +4,7 @@
 use crate::datadir::{sync_dir, validate_volume_name, DataDir, ORIGIN_FILE, STORE_FILE};
 use crate::io_errors::{IoErrors, ObservedDev};
 use crate::origin_policy::OriginPolicy;
+use crate::volume_labels::Labels;
 use anyhow::Context;
 use multisnap_store::{read_superblock, BlockDev, CreateOptions, FileDev, FullPolicy, Store};
 use parking_lot::RwLock;
@@ -94,6 +95,7 @@ pub struct Volume {
     pub owns_origin: bool,
     /// Delta traffic of this volume since the agent started, for metrics.
     pub deltas: DeltaCounters,
+    pub labels: Labels,
 }
 
 /// Counters of ExportDelta and ApplyDelta calls on one volume.
@@ -119,6 +121,7 @@ pub struct NewVolume {
     /// An existing file or block device to use as the origin instead of a new sparse file.
     pub origin_path: Option<PathBuf>,
     pub full_policy: FullPolicy,
+    pub labels: Labels,
 }
 
 /// The largest origin a volume may have: 64 TiB. The store's allocator bitmap is sized at
@@ -187,6 +190,7 @@ fn open_volume(
     let store = Store::open(origin, dev, cache_bytes)
         .with_context(|| format!("cannot open volume {name} ({})", store_path.display()))?;
     let owns_origin = !Path::new(store.origin_path()).is_absolute();
+    let labels = Labels::read_from(dir).map_err(|e| anyhow::anyhow!("volume {name}: {e}"))?;
     Ok(Volume {
         name: name.to_string(),
         store: Arc::new(store),
@@ -194,6 +198,7 @@ fn open_volume(
         store_path,
         owns_origin,
         deltas: DeltaCounters::default(),
+        labels,
     })
 }
 
@@ -329,7 +334,15 @@ impl Volumes {
         // The call must not return before a power cut would keep the volume: the new files'
         // sizes and the directory entries naming them, then the folder under its name.
         let owns_origin = spec.origin_path.is_none();
-        if let Err(e) = self.make_durable(&staging, &origin_path, owns_origin) {
+        let durable = spec
+            .labels
+            .write_to(&staging)
+            .map_err(io_err(format!(
+                "cannot write the labels in {}",
+                staging.display()
+            )))
+            .and_then(|()| self.make_durable(&staging, &origin_path, owns_origin));
+        if let Err(e) = durable {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(e);
         }
@@ -356,6 +369,7 @@ impl Volumes {
             store_path,
             owns_origin,
             deltas: DeltaCounters::default(),
+            labels: spec.labels.clone(),
         });
         map.insert(spec.name.clone(), v.clone());
         Ok(v)
@@ -540,6 +554,7 @@ pub fn volume_for_tests() -> Arc<Volume> {
         store_path: PathBuf::new(),
         owns_origin: false,
         deltas: DeltaCounters::default(),
+        labels: Labels::default(),
     })
 }
 
@@ -561,6 +576,7 @@ mod creation_tests {
             store_size_bytes: None,
             origin_path: None,
             full_policy: FullPolicy::Error,
+            labels: Default::default(),
         }
     }
 
@@ -593,5 +609,25 @@ mod creation_tests {
         volumes.create(&spec("cut")).unwrap();
         assert!(tmp.path().join("volumes/cut").join(STORE_FILE).exists());
         assert!(!tmp.path().join("volumes/.creating-cut").exists());
+    }
+
+    #[test]
+    fn labels_given_at_creation_come_back_after_a_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let volumes = load(tmp.path());
+        let labels =
+            Labels::new([("csi.multisnap.dev/fs-type".to_string(), "xfs".to_string())]).unwrap();
+        let v = volumes
+            .create(&NewVolume {
+                labels: labels.clone(),
+                ..spec("labelled")
+            })
+            .unwrap();
+        assert_eq!(v.labels, labels);
+        volumes.create(&spec("plain")).unwrap();
+        drop((v, volumes));
+        let volumes = load(tmp.path());
+        assert_eq!(volumes.get("labelled").unwrap().labels, labels);
+        assert_eq!(volumes.get("plain").unwrap().labels, Labels::default());
     }
 }

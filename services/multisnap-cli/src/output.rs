@@ -56,6 +56,7 @@ pub fn volume_json(v: &pb::Volume) -> Value {
         "replicaOf": v.replica_of,
         "merge": v.merge.as_ref().map(merge_json),
         "hydration": v.hydration.as_ref().map(hydration_json),
+        "labels": v.labels,
     })
 }
 

@@ -71,6 +71,15 @@ pub struct CreateArgs {
     /// With --from: wait until the clone's data is all copied, with a progress bar.
     #[arg(long, requires = "from")]
     wait: bool,
+    /// A label kept with the volume and shown by `volume show` (repeatable; fixed at creation).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -105,6 +114,7 @@ pub async fn run(ctx: &Ctx, cmd: VolumeCommand) -> Result<()> {
                     Some(Policy::InvalidateOldest) => pb::StoreFullPolicy::InvalidateOldest,
                 } as i32,
                 source: a.from.clone(),
+                labels: a.labels.iter().cloned().collect(),
             };
             let mut v = client
                 .create_volume(req)
@@ -204,6 +214,17 @@ fn list_table(vols: &[pb::Volume]) -> Table {
     t
 }
 
+/// `key=value` pairs in key order, or "-".
+fn labels_detail(v: &pb::Volume) -> String {
+    let mut pairs: Vec<String> = v.labels.iter().map(|(k, l)| format!("{k}={l}")).collect();
+    pairs.sort();
+    if pairs.is_empty() {
+        "-".into()
+    } else {
+        pairs.join(", ")
+    }
+}
+
 fn show(format: Format, v: &pb::Volume) -> Result<()> {
     match format {
         Format::Json => output::print_json(&output::volume_json(v)),
@@ -249,6 +270,7 @@ fn show(format: Format, v: &pb::Volume) -> Result<()> {
             ("origin", v.origin_path.clone()),
             ("store", v.store_path.clone()),
             ("nbd export", v.name.clone()),
+            ("labels", labels_detail(v)),
         ]),
     }?;
     Ok(())

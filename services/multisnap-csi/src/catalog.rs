@@ -12,6 +12,13 @@ use tonic::Status;
 /// (see [`crate::retire`]). Its name cannot collide with a CSI snapshot's (those start `csi-`).
 pub const RETIRED_MARKER: &str = "multisnap-csi.retired";
 
+/// Agent volume labels the driver sets at creation, so a repeated CreateVolume can be
+/// compared with what the volume was made with (the agent keeps no CSI parameters itself).
+/// The filesystem type asked for, absent for a raw block volume or one left to the default.
+pub const FS_TYPE_LABEL: &str = "csi.multisnap.dev/fs-type";
+/// The content source, as `snapshot <id>` or `volume <id>`; absent for an empty volume.
+pub const CONTENT_SOURCE_LABEL: &str = "csi.multisnap.dev/content-source";
+
 pub struct Entry {
     pub name: AgentVolumeName,
     pub volume: pb::Volume,

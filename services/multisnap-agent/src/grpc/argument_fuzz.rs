@@ -100,20 +100,35 @@ enum Call {
 }
 
 fn call() -> impl Strategy<Value = Call> {
-    let create = (name(), size(), chunk(), origin_path(), size(), any::<i32>()).prop_map(
-        |(name, size_bytes, chunk_size_bytes, origin_path, store, policy)| {
-            Call::CreateVolume(pb::CreateVolumeRequest {
-                name,
-                size_bytes,
-                chunk_size_bytes,
-                origin_path,
-                // Mostly the default; sometimes a size of its own.
-                store_size_bytes: if store % 3 == 0 { store } else { 0 },
-                store_full_policy: policy % 4,
-                source: None,
-            })
-        },
-    );
+    // Labels: mostly none, sometimes any strings at all (keys with '=' or line breaks included).
+    let labels = prop_oneof![
+        3 => Just(Default::default()),
+        1 => proptest::collection::hash_map(".{0,12}", ".{0,12}", 1..3),
+    ];
+    let create = (
+        name(),
+        size(),
+        chunk(),
+        origin_path(),
+        size(),
+        any::<i32>(),
+        labels,
+    )
+        .prop_map(
+            |(name, size_bytes, chunk_size_bytes, origin_path, store, policy, labels)| {
+                Call::CreateVolume(pb::CreateVolumeRequest {
+                    name,
+                    size_bytes,
+                    chunk_size_bytes,
+                    origin_path,
+                    // Mostly the default; sometimes a size of its own.
+                    store_size_bytes: if store % 3 == 0 { store } else { 0 },
+                    store_full_policy: policy % 4,
+                    source: None,
+                    labels,
+                })
+            },
+        );
     prop_oneof![
         4 => create,
         1 => name().prop_map(Call::GetVolume),

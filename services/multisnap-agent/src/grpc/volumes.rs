@@ -2,6 +2,7 @@
 
 use super::status::{blocking, from_volume};
 use crate::clones::CloneFrom;
+use crate::volume_labels::Labels;
 use crate::volume_resize::resize_volume;
 use crate::volumes::{NewVolume, Volume, Volumes};
 use multisnap_proto::v1 as pb;
@@ -45,6 +46,7 @@ pub fn volume_message(v: &Volume) -> pb::Volume {
             .unwrap_or_default(),
         merge: v.store.merge_progress().as_ref().map(merge_message),
         hydration: v.store.hydration().as_ref().map(hydration_message),
+        labels: v.labels.map().clone().into_iter().collect(),
     }
 }
 
@@ -111,6 +113,7 @@ impl pb::volume_service_server::VolumeService for VolumeApi {
             store_size_bytes: (r.store_size_bytes != 0).then_some(r.store_size_bytes),
             origin_path: (!r.origin_path.is_empty()).then(|| r.origin_path.into()),
             full_policy: policy_from(r.store_full_policy)?,
+            labels: Labels::new(r.labels).map_err(Status::invalid_argument)?,
         };
         let volumes = self.volumes.clone();
         blocking(move || {

@@ -66,6 +66,14 @@ pub fn parse(d: &Driver, s: Option<&VolumeContentSource>) -> Result<Option<Sourc
 }
 
 impl Source {
+    /// How the volume label [`catalog::CONTENT_SOURCE_LABEL`] records this source.
+    pub fn label(&self) -> String {
+        match self {
+            Source::Snapshot(s) => format!("snapshot {s}"),
+            Source::Volume(v) => format!("volume {v}"),
+        }
+    }
+
     /// The in-flight key of the volume the source belongs to: a source must not be deleted
     /// while a volume is being made from it.
     pub fn volume_key(&self) -> String {

@@ -110,7 +110,36 @@ fn mismatch(e: &Entry, new: &NewVolume) -> Option<String> {
     if v.store_full_policy != policy {
         return Some("its store-full policy differs".to_string());
     }
+    let labels = new.labels();
+    for (key, what) in [
+        (catalog::FS_TYPE_LABEL, "filesystem type"),
+        (catalog::CONTENT_SOURCE_LABEL, "content source"),
+    ] {
+        let (had, asked) = (v.labels.get(key), labels.get(key));
+        if had != asked {
+            let none = String::from("none");
+            return Some(format!(
+                "its {what} is {}, not {}",
+                had.unwrap_or(&none),
+                asked.unwrap_or(&none)
+            ));
+        }
+    }
     None
+}
+
+impl NewVolume {
+    /// The agent labels that record what the volume is made with (see [`catalog`]).
+    fn labels(&self) -> std::collections::HashMap<String, String> {
+        let mut labels = std::collections::HashMap::new();
+        if let Some(fs) = self.params.fs_type {
+            labels.insert(catalog::FS_TYPE_LABEL.to_string(), fs.as_str().to_string());
+        }
+        if let Some(s) = &self.source {
+            labels.insert(catalog::CONTENT_SOURCE_LABEL.to_string(), s.label());
+        }
+        labels
+    }
 }
 
 pub async fn create(
@@ -160,6 +189,7 @@ pub async fn create(
                 .store_full_policy
                 .unwrap_or(pb::StoreFullPolicy::Unspecified) as i32,
             source: agent_source,
+            labels: new.labels(),
             ..Default::default()
         })
         .await
