@@ -16,7 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure()
         .build_server(true)
-        .build_client(false)
+        // Clients too: the kernel guest test calls the driver through them (tests/src/bin).
+        .build_client(true)
         .compile_fds(fds)?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! agent, the CLI and the guest scripts of tests/vm/. Packages are downloaded (never
 //! installed) by tests/vm/fetch.sh into a cache outside the repository.
 
-use crate::{agent_bin, cli_bin, repo_root};
+use crate::{agent_bin, cli_bin, csi_bin, repo_root};
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -52,12 +52,23 @@ impl VmEnv {
 
     /// Builds the initramfs at `out` with this run's agent and CLI binaries.
     pub fn build_initramfs(&self, out: &Path) {
+        self.build_initramfs_with(out, &[]);
+    }
+
+    /// [`Self::build_initramfs`] with the CSI driver and its test client `csi-call` too (for
+    /// `msnap.mode=csi`).
+    pub fn build_initramfs_with_csi(&self, out: &Path, csi_call: &Path) {
+        self.build_initramfs_with(out, &[&csi_bin(), csi_call]);
+    }
+
+    fn build_initramfs_with(&self, out: &Path, more: &[&Path]) {
         let mut build = Command::new("bash");
         build
             .arg(repo_root().join("tests/vm/build-initramfs.sh"))
             .arg(out)
             .arg(agent_bin())
-            .arg(cli_bin());
+            .arg(cli_bin())
+            .args(more);
         for (k, v) in &self.0 {
             build.env(k, v);
         }

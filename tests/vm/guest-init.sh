@@ -340,6 +340,7 @@ done
 case $MODE in
   powercut) . /powercut.sh; powercut_main run ;;
   powercut-check) . /powercut.sh; powercut_main check ;;
+  csi) . /csi.sh; csi_main ;;
 esac
 
 step agent.start start_agent
