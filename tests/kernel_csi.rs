@@ -63,6 +63,8 @@ fn csi_node_stage_publish_snapshot_restore_on_a_real_kernel() {
             "block-write-read",
             "block-kept-data",
             "nothing-left-after-block",
+            "cancel.one-device",
+            "cancel.nothing-left",
         ] {
             let step = match step {
                 "staged-on-" => format!("csi.{fe}.staged-on-{fe}"),

@@ -162,6 +162,39 @@ csi_scenario() {
   call csi.$fe.delete-block delete-volume "$bvol"
 }
 
+# kubelet gives up on a NodeStageVolume after its deadline and cancels it, then retries. A
+# cancel after the device is attached must not leave it attached beside the one the retry
+# stages: exactly one device serves the volume, and none after unstage.
+cancelled_stage() { # FRONTEND
+  fe=$1 k=$KUBELET/$1/cancel MiB=1048576
+  call csi.$fe.cancel.create-volume create-volume pvc-c-$fe $((1024 * MiB)); cvol=$(out)
+  t0=$(now_ms)
+  $CALL --timeout-ms 700 stage "$cvol" $k/staging >/tmp/cancel.out 2>&1 &&
+    echo "VMTEST info csi.$fe.cancel: the stage finished within its deadline (nothing cancelled)"
+  sed 's/^/    | /' /tmp/cancel.out
+  # The retry, as kubelet makes it: ABORTED while the first is still at work, then done.
+  i=0
+  until $CALL stage "$cvol" $k/staging >/tmp/cancel.out 2>&1; do
+    i=$((i + 1)); [ $i -gt 100 ] && { cat /tmp/cancel.out; fail "csi.$fe.cancel: the retried stage never succeeded"; }
+    sleep 0.3
+  done
+  echo "VMTEST info csi.$fe.cancel: staged $(( $(now_ms) - t0 ))ms after the first call, $i retries"
+  step csi.$fe.cancel.one-device one_device_for $fe
+  call csi.$fe.cancel.unstage unstage "$cvol" $k/staging
+  step csi.$fe.cancel.nothing-left nothing_left $fe
+  call csi.$fe.cancel.delete delete-volume "$cvol"
+}
+
+# Devices attached now, by kind: NBD devices with a connection, ublk devices the agent lists.
+one_device_for() {
+  case $1 in
+    nbd) n=$(ls /sys/block/nbd*/pid 2>/dev/null | wc -l) ;;
+    ublk) n=$($CLI ublk list | grep -c ublkb) ;;
+  esac
+  echo "$n $1 device(s) attached"
+  [ "$n" = 1 ]
+}
+
 csi_main() {
   step agent.start start_agent
   step csi.start start_csi
@@ -173,6 +206,7 @@ csi_main() {
         [ -e /dev/ublk-control ] || fail "ublk: /dev/ublk-control missing after insmod" ;;
     esac
     csi_scenario $fe
+    cancelled_stage $fe
   done
   step csi.agent-has-no-csi-volumes-left sh -c "! $CLI volume list | grep -q '^csi-'"
   kill -TERM $CSI_PID

@@ -25,6 +25,10 @@ struct Args {
     /// The filesystem of a mount volume (the StorageClass' csi.storage.k8s.io/fstype).
     #[arg(long, global = true, default_value = "ext4")]
     fs_type: String,
+    /// Give up on the call after this many milliseconds, as kubelet does after its deadline
+    /// (the call is cancelled: the driver sees the stream reset).
+    #[arg(long, global = true)]
+    timeout_ms: Option<u64>,
     #[command(subcommand)]
     call: Call,
 }
@@ -101,8 +105,15 @@ fn capability(args: &Args) -> VolumeCapability {
     }
 }
 
-async fn channel(socket: PathBuf) -> Result<Channel, tonic::transport::Error> {
-    Endpoint::from_static("http://localhost")
+async fn channel(
+    socket: PathBuf,
+    timeout: Option<std::time::Duration>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut endpoint = Endpoint::from_static("http://localhost");
+    if let Some(t) = timeout {
+        endpoint = endpoint.timeout(t);
+    }
+    endpoint
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = socket.clone();
             async move {
@@ -114,7 +125,8 @@ async fn channel(socket: PathBuf) -> Result<Channel, tonic::transport::Error> {
 }
 
 async fn run(args: Args) -> Result<(), tonic::Status> {
-    let ch = channel(args.socket.clone())
+    let timeout = args.timeout_ms.map(std::time::Duration::from_millis);
+    let ch = channel(args.socket.clone(), timeout)
         .await
         .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?;
     let mut ctrl = ControllerClient::new(ch.clone());

@@ -302,13 +302,29 @@ async fn stage_filesystem(
     )))
 }
 
+/// Runs a node operation to its end even when its caller goes away. kubelet cancels a call
+/// that outlives its deadline (a slow mkfs, say) and retries it; cancelled in place, the
+/// operation would stop between attaching a device and mounting it, or between unmounting and
+/// detaching, and leave a device attached that nothing records (an NBD device cannot be told
+/// apart afterwards). As a task of its own it finishes, or fails and cleans up, either way; the
+/// retry meanwhile gets ABORTED from the in-flight claim, then finds the result.
+async fn to_completion<F>(op: F) -> Result<(), Status>
+where
+    F: std::future::Future<Output = Result<(), Status>> + Send + 'static,
+{
+    tokio::spawn(op)
+        .await
+        .map_err(|e| Status::internal(format!("the node operation's task failed: {e}")))?
+}
+
 #[tonic::async_trait]
 impl Node for NodeService {
     async fn node_stage_volume(
         &self,
         req: Request<NodeStageVolumeRequest>,
     ) -> Result<Response<NodeStageVolumeResponse>, Status> {
-        self.stage(req.into_inner()).await?;
+        let node = NodeService(self.0.clone());
+        to_completion(async move { node.stage(req.into_inner()).await }).await?;
         Ok(Response::new(NodeStageVolumeResponse {}))
     }
 
@@ -316,7 +332,8 @@ impl Node for NodeService {
         &self,
         req: Request<NodeUnstageVolumeRequest>,
     ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
-        self.unstage(req.into_inner()).await?;
+        let node = NodeService(self.0.clone());
+        to_completion(async move { node.unstage(req.into_inner()).await }).await?;
         Ok(Response::new(NodeUnstageVolumeResponse {}))
     }
 
@@ -324,7 +341,8 @@ impl Node for NodeService {
         &self,
         req: Request<NodePublishVolumeRequest>,
     ) -> Result<Response<NodePublishVolumeResponse>, Status> {
-        self.publish(req.into_inner()).await?;
+        let node = NodeService(self.0.clone());
+        to_completion(async move { node.publish(req.into_inner()).await }).await?;
         Ok(Response::new(NodePublishVolumeResponse {}))
     }
 
@@ -332,7 +350,8 @@ impl Node for NodeService {
         &self,
         req: Request<NodeUnpublishVolumeRequest>,
     ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
-        self.unpublish(req.into_inner()).await?;
+        let node = NodeService(self.0.clone());
+        to_completion(async move { node.unpublish(req.into_inner()).await }).await?;
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
 
