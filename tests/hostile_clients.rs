@@ -259,3 +259,26 @@ for what, op in (("write", lambda: h.pwrite(b"b" * 65536, 0)),
     );
     agent.stop_and_verify();
 }
+
+#[test]
+fn clients_that_never_close_do_not_hold_the_agents_clean_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = common::Agent::start(&tmp.path().join("data"), &[]);
+    // A gRPC client that opened its HTTP/2 connection and then stopped reading (a suspended
+    // process): it never answers the server's GOAWAY, so a graceful close would wait for ever.
+    let mut grpc =
+        std::os::unix::net::UnixStream::connect(agent.data_dir.join("grpc.sock")).unwrap();
+    grpc.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let _idle = IdleClients::open(&agent.nbd, 3);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let t0 = std::time::Instant::now();
+    // stop_and_verify: SIGTERM, a clean exit, then every journal found empty offline.
+    agent.stop_and_verify();
+    let took = t0.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(25),
+        "the stop took {took:?} with idle clients connected"
+    );
+    drop(grpc);
+}

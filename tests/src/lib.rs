@@ -1,6 +1,7 @@
 //! The end-to-end tests' harness: run the real agent and CLI binaries on a temporary data
 //! directory and drive them with real clients. Each file beside `src/` is one scenario.
 
+pub mod csi;
 pub mod vm;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

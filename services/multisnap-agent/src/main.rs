@@ -337,6 +337,11 @@ fn raise_open_file_limit(nbd_connections: usize) {
     }
 }
 
+/// How long a stop waits for clients to finish their requests and close their connections
+/// before it closes them: well inside Kubernetes' default 30 s grace period, so the volumes'
+/// clean stop that follows is done before the SIGKILL.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn serve_async(
     data_dir: &Path,
     args: &ServeArgs,
@@ -435,12 +440,26 @@ async fn serve_async(
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
     shutdown.cancel();
-    while let Some(r) = tasks.join_next().await {
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "listener ended with an error"),
-            Err(e) => tracing::warn!(error = %e, "listener task failed"),
+    let drained = tokio::time::timeout(SHUTDOWN_DRAIN, async {
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "listener ended with an error"),
+                Err(e) => tracing::warn!(error = %e, "listener task failed"),
+            }
         }
+    })
+    .await;
+    if drained.is_err() {
+        // A client that keeps its connection (a stopped process, one that never reads the
+        // server's goodbye) must not keep the volumes from their clean stop, which comes next
+        // and has to finish before a service manager's SIGKILL.
+        tracing::warn!(
+            seconds = SHUTDOWN_DRAIN.as_secs(),
+            "clients still connected after the shutdown began; closing their connections"
+        );
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
     }
     let _ = std::fs::remove_file(&sock_path);
     Ok(())

@@ -4,7 +4,7 @@
 use crate::datadir::{sync_dir, validate_volume_name, DataDir, ORIGIN_FILE, STORE_FILE};
 use crate::io_errors::{IoErrors, ObservedDev};
 use crate::origin_policy::OriginPolicy;
-use crate::volume_labels::Labels;
+use crate::volume_labels::{Labels, LABELS_FILE};
 use anyhow::Context;
 use multisnap_store::{read_superblock, BlockDev, CreateOptions, FileDev, FullPolicy, Store};
 use parking_lot::RwLock;
@@ -151,6 +151,25 @@ pub struct Volumes {
     journal_bytes: u64,
 }
 
+/// Removes the folder a volume deletion left when a crash cut it short after the store went
+/// (without its store the folder is no volume, and a new volume of the name must be able to
+/// take it): the files the agent makes in a volume folder go with it. A folder holding anything
+/// else is someone's and is refused.
+fn clear_deletion_leftover(dir: &Path) -> Result<(), VolumeError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    for file in [ORIGIN_FILE, LABELS_FILE] {
+        let _ = std::fs::remove_file(dir.join(file));
+    }
+    std::fs::remove_dir(dir).map_err(|e| {
+        VolumeError::FailedPrecondition(format!(
+            "{} holds files the agent did not make ({e}); move them away first",
+            dir.display()
+        ))
+    })
+}
+
 fn resolve_origin(dir: &Path, recorded: &str) -> PathBuf {
     let p = Path::new(recorded);
     if p.is_absolute() {
@@ -292,6 +311,7 @@ impl Volumes {
                 dir.display()
             )));
         }
+        clear_deletion_leftover(&dir)?;
         check_size("size_bytes", spec.size_bytes, MAX_VOLUME_BYTES)?;
         check_size(
             "store_size_bytes",
@@ -503,6 +523,7 @@ impl Volumes {
         if v.owns_origin {
             let _ = std::fs::remove_file(&v.origin_path);
         }
+        let _ = std::fs::remove_file(dir.join(LABELS_FILE));
         let _ = std::fs::remove_dir(&dir);
         self.io_errors.forget(name);
         // Deleted means deleted after a power cut too: the folder's entry in volumes/ (or, if
@@ -629,5 +650,35 @@ mod creation_tests {
         let volumes = load(tmp.path());
         assert_eq!(volumes.get("labelled").unwrap().labels, labels);
         assert_eq!(volumes.get("plain").unwrap().labels, Labels::default());
+    }
+
+    #[test]
+    fn a_deleted_volumes_name_can_be_made_again_even_after_a_cut_deletion() {
+        let tmp = tempfile::tempdir().unwrap();
+        let volumes = load(tmp.path());
+        let labelled = || NewVolume {
+            labels: Labels::new([("k".to_string(), "v".to_string())]).unwrap(),
+            ..spec("again")
+        };
+        volumes.create(&labelled()).unwrap();
+        volumes.delete("again", false).unwrap();
+        assert!(!tmp.path().join("volumes/again").exists(), "nothing left");
+        volumes.create(&labelled()).unwrap();
+        drop(volumes);
+        // A deletion cut after the store went: origin and labels left in the folder.
+        std::fs::remove_file(tmp.path().join("volumes/again").join(STORE_FILE)).unwrap();
+        let volumes = load(tmp.path());
+        assert!(volumes.get("again").is_none());
+        volumes.create(&labelled()).unwrap();
+        // A folder with someone else's file is refused, and the file kept.
+        let other = tmp.path().join("volumes/theirs");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("notes.txt"), "mine").unwrap();
+        let e = volumes.create(&spec("theirs")).err().expect("refused");
+        assert!(
+            matches!(&e, VolumeError::FailedPrecondition(m) if m.contains("did not make")),
+            "{e:?}"
+        );
+        assert!(other.join("notes.txt").exists());
     }
 }
