@@ -126,6 +126,58 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Where [`replace_file_durably`] writes before it renames: `PATH.tmp`.
+pub fn temp_path_for(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".tmp");
+    PathBuf::from(s)
+}
+
+/// The steps of [`replace_file_durably`], in order; tests stop after any of them to play a
+/// crash there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ReplaceStep {
+    WroteTemp,
+    SyncedTemp,
+    Renamed,
+    SyncedDir,
+}
+
+/// Replaces the file at `path` with `bytes` so that after a power cut it holds the old
+/// contents or the new, never a torn or empty file: written whole to [`temp_path_for`],
+/// synced, renamed over `path`, and the rename synced. A reader may find a leftover temporary
+/// file from a replacement cut short; the file it was to replace is still whole.
+pub fn replace_file_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace_file_until(path, bytes, ReplaceStep::SyncedDir)
+}
+
+pub(crate) fn replace_file_until(
+    path: &Path,
+    bytes: &[u8],
+    last: ReplaceStep,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let temp = temp_path_for(path);
+    let mut f = permissions::create_private_truncated(&temp)?;
+    f.write_all(bytes)?;
+    if last == ReplaceStep::WroteTemp {
+        return Ok(());
+    }
+    f.sync_all()?;
+    drop(f);
+    if last == ReplaceStep::SyncedTemp {
+        return Ok(());
+    }
+    std::fs::rename(&temp, path)?;
+    if last == ReplaceStep::Renamed {
+        return Ok(());
+    }
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
+        _ => sync_dir(Path::new(".")),
+    }
+}
+
 /// Checks a volume name: 1..=63 bytes of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
 pub fn validate_volume_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 63 {

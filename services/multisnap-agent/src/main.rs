@@ -13,6 +13,7 @@ mod nbd_exports;
 mod nbd_tls;
 mod origin_policy;
 mod permissions;
+mod policy;
 mod reclaimer;
 mod ublk_devices;
 mod verify_cmd;
@@ -139,6 +140,10 @@ struct ServeArgs {
     /// Chunk size of the `default` volume.
     #[arg(long, default_value_t = 64 * 1024)]
     default_chunk_size: u32,
+    /// Tests only: the snapshot policies' clock is the Unix seconds written in this file
+    /// (read at every look, about 20 times a second) instead of the system clock.
+    #[arg(long, hide = true, value_name = "PATH")]
+    test_clock_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -279,23 +284,41 @@ fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
         .thread_name("multisnap")
         .build()
         .context("cannot start the async runtime")?;
-    let stop_reclaimer = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_background = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reclaimer = reclaimer::spawn(
         volumes.clone(),
-        stop_reclaimer.clone(),
+        stop_background.clone(),
         clones::Throttle::new(args.hydration_bytes_per_sec),
     );
     let ublk = Arc::new(ublk_devices::UblkDevices::new(volumes.clone(), data_dir));
+    let clock: Arc<dyn policy::clock::Clock> = match &args.test_clock_file {
+        Some(path) => {
+            tracing::warn!(path = %path.display(), "snapshot policies run on a test clock");
+            Arc::new(policy::clock::FileClock { path: path.clone() })
+        }
+        None => Arc::new(policy::clock::SystemClock),
+    };
+    let scheduler = Arc::new(policy::scheduler::Scheduler::new(
+        clock,
+        policy::holds::Holds::standard(ublk.clone()),
+    ));
+    let policies = scheduler
+        .clone()
+        .spawn(volumes.clone(), stop_background.clone());
     let served = runtime.block_on(serve_async(
         data_dir,
         args,
         nbd_tls,
         volumes.clone(),
         ublk.clone(),
+        scheduler.clone(),
     ));
     // Clean removal of every ublk device before the final flush.
     ublk.stop_all();
-    stop_reclaimer.store(true, std::sync::atomic::Ordering::Release);
+    // No policy snapshot after this point: the volumes are about to be flushed.
+    stop_background.store(true, std::sync::atomic::Ordering::Release);
+    scheduler.wake();
+    let _ = policies.join();
     let _ = reclaimer.join();
     served?;
     // Every frontend has stopped; make everything acknowledged durable.
@@ -348,6 +371,7 @@ async fn serve_async(
     nbd_tls: Option<multisnap_nbd::NbdTls>,
     volumes: Arc<Volumes>,
     ublk: Arc<ublk_devices::UblkDevices>,
+    scheduler: Arc<policy::scheduler::Scheduler>,
 ) -> Result<()> {
     // Before anything is served: a SIGTERM that comes as soon as a client sees a listener
     // must stop the agent cleanly (flushing every volume), not kill it.
@@ -382,7 +406,7 @@ async fn serve_async(
     }
 
     let mut tasks: tokio::task::JoinSet<Result<()>> = tokio::task::JoinSet::new();
-    let metrics = metrics::Metrics::new(volumes.clone());
+    let metrics = metrics::Metrics::new(volumes.clone(), scheduler.clone());
     // ublk devices a previous agent left in the kernel are taken over now that their metrics
     // exist, before the control plane can attach new ones.
     ublk.set_metrics(metrics.ublk.clone());
@@ -433,7 +457,9 @@ async fn serve_async(
     };
     let listeners = grpc::bind(args.grpc_listen.addr(), &grpc_sock, access).await?;
     let (v, sd) = (volumes.clone(), shutdown.clone());
-    tasks.spawn(async move { grpc::serve(v, ublk, listeners, tls, &grpc_sock, sd).await });
+    tasks.spawn(
+        async move { grpc::serve(v, ublk, scheduler, listeners, tls, &grpc_sock, sd).await },
+    );
 
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),

@@ -371,19 +371,8 @@ impl UblkDevices {
                 i.depth
             ));
         }
-        let tmp = self.state_path.with_extension("tmp");
-        // Written whole, synced, renamed over the old list and the rename synced: after a power
-        // cut the list is the old one or the new one, never a torn or empty file.
-        let r = (|| {
-            let mut f = crate::permissions::create_private_truncated(&tmp)?;
-            std::io::Write::write_all(&mut f, text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.state_path)?;
-            match self.state_path.parent() {
-                Some(dir) => crate::datadir::sync_dir(dir),
-                None => Ok(()),
-            }
-        })();
+        // After a power cut the list is the old one or the new one, never a torn or empty file.
+        let r = crate::datadir::replace_file_durably(&self.state_path, text.as_bytes());
         if let Err(e) = r {
             tracing::warn!(path = %self.state_path.display(), error = %e, "cannot record ublk devices");
         }

@@ -4,6 +4,7 @@
 use crate::datadir::{sync_dir, validate_volume_name, DataDir, ORIGIN_FILE, STORE_FILE};
 use crate::io_errors::{IoErrors, ObservedDev};
 use crate::origin_policy::OriginPolicy;
+use crate::policy::PolicySlot;
 use crate::volume_labels::{Labels, LABELS_FILE};
 use anyhow::Context;
 use multisnap_store::{read_superblock, BlockDev, CreateOptions, FileDev, FullPolicy, Store};
@@ -18,6 +19,9 @@ use std::sync::Arc;
 pub enum VolumeError {
     #[error("no volume named {0:?}")]
     NotFound(String),
+    /// GetPolicy on a volume without a snapshot policy.
+    #[error("volume {0:?} has no snapshot policy")]
+    NoPolicy(String),
     #[error("a volume named {0:?} already exists")]
     AlreadyExists(String),
     #[error("{0}")]
@@ -96,6 +100,8 @@ pub struct Volume {
     /// Delta traffic of this volume since the agent started, for metrics.
     pub deltas: DeltaCounters,
     pub labels: Labels,
+    /// The volume's snapshot policy, if any (`crate::policy`).
+    pub policy: PolicySlot,
 }
 
 /// Counters of ExportDelta and ApplyDelta calls on one volume.
@@ -210,6 +216,7 @@ fn open_volume(
         .with_context(|| format!("cannot open volume {name} ({})", store_path.display()))?;
     let owns_origin = !Path::new(store.origin_path()).is_absolute();
     let labels = Labels::read_from(dir).map_err(|e| anyhow::anyhow!("volume {name}: {e}"))?;
+    let policy = PolicySlot::load(dir, name, &store.volume_uuid().to_string());
     Ok(Volume {
         name: name.to_string(),
         store: Arc::new(store),
@@ -218,6 +225,7 @@ fn open_volume(
         owns_origin,
         deltas: DeltaCounters::default(),
         labels,
+        policy,
     })
 }
 
@@ -390,6 +398,7 @@ impl Volumes {
             owns_origin,
             deltas: DeltaCounters::default(),
             labels: spec.labels.clone(),
+            policy: PolicySlot::empty(Some(dir.clone())),
         });
         map.insert(spec.name.clone(), v.clone());
         Ok(v)
@@ -511,6 +520,10 @@ impl Volumes {
                 "volume {name} has {snaps} snapshot(s); delete them first or pass force"
             )));
         }
+        // The policy goes first, so its thread writes nothing more into the folder.
+        v.policy.retire().map_err(io_err(format!(
+            "cannot remove the snapshot policy of {name}"
+        )))?;
         map.remove(name);
         crate::clones::forget_clone(&map, &v);
         // Clients still connected get an error from now on, rather than acknowledgements for
@@ -576,6 +589,7 @@ pub fn volume_for_tests() -> Arc<Volume> {
         owns_origin: false,
         deltas: DeltaCounters::default(),
         labels: Labels::default(),
+        policy: PolicySlot::empty(None),
     })
 }
 

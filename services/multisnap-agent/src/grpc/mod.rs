@@ -5,6 +5,7 @@
 #[cfg(test)]
 mod argument_fuzz;
 mod deltas;
+mod policies;
 mod snapshots;
 mod status;
 mod ublk;
@@ -14,6 +15,7 @@ use crate::ublk_devices::UblkDevices;
 use crate::volumes::Volumes;
 use anyhow::Context;
 use multisnap_proto::v1::delta_service_server::DeltaServiceServer;
+use multisnap_proto::v1::policy_service_server::PolicyServiceServer;
 use multisnap_proto::v1::snapshot_service_server::SnapshotServiceServer;
 use multisnap_proto::v1::ublk_service_server::UblkServiceServer;
 use multisnap_proto::v1::volume_service_server::VolumeServiceServer;
@@ -77,6 +79,7 @@ pub async fn bind(
 pub async fn serve(
     volumes: Arc<Volumes>,
     ublk_devices: Arc<UblkDevices>,
+    scheduler: Arc<crate::policy::scheduler::Scheduler>,
     Listeners { tcp, unix }: Listeners,
     tls: Option<tonic::transport::ServerTlsConfig>,
     sock: &Path,
@@ -102,6 +105,9 @@ pub async fn serve(
         .await;
     reporter
         .set_serving::<UblkServiceServer<ublk::UblkApi>>()
+        .await;
+    reporter
+        .set_serving::<PolicyServiceServer<policies::PolicyApi>>()
         .await;
     let applying = deltas::Applying::default();
     let build = |vols: Arc<Volumes>,
@@ -139,6 +145,10 @@ pub async fn serve(
             .add_service(SnapshotServiceServer::new(snapshots::SnapshotApi {
                 volumes: vols.clone(),
                 ublk: ublk_devices.clone(),
+            }))
+            .add_service(PolicyServiceServer::new(policies::PolicyApi {
+                volumes: vols.clone(),
+                scheduler: scheduler.clone(),
             }))
             .add_service(
                 // Streams carry up to 1 MiB of delta per message plus framing.

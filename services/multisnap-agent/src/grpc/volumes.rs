@@ -47,6 +47,10 @@ pub fn volume_message(v: &Volume) -> pb::Volume {
         merge: v.store.merge_progress().as_ref().map(merge_message),
         hydration: v.store.hydration().as_ref().map(hydration_message),
         labels: v.labels.map().clone().into_iter().collect(),
+        policy: v
+            .policy
+            .get()
+            .map(|a| super::policies::policy_message(&v.name, &a)),
     }
 }
 

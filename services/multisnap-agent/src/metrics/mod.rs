@@ -5,6 +5,8 @@
 //!   counters, always current, never a second copy that could drift;
 //! - the NBD servers: every finished request reaches [`NbdObserver`], which keeps request,
 //!   byte, error and latency series per volume, view and op;
+//! - the snapshot policies: read at scrape time by `policy::PolicyCollector`, ages by the
+//!   policy clock;
 //! - the ublk devices: every finished request reaches a [`UblkMetrics`] observer, with the
 //!   same series under `multisnap_ublk_*`.
 //!
@@ -19,6 +21,7 @@
 
 mod http;
 mod nbd;
+mod policy;
 mod requests;
 mod store;
 mod ublk;
@@ -41,13 +44,20 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(volumes: Arc<Volumes>) -> Metrics {
+    pub fn new(
+        volumes: Arc<Volumes>,
+        scheduler: Arc<crate::policy::scheduler::Scheduler>,
+    ) -> Metrics {
         let mut registry = Registry::default();
         registry.register(
             "multisnap_io_errors",
             "Failed reads, writes and flushes of volumes' origin and store files, by errno (each also logged at WARN, at most once per 10 s per kind).",
             volumes.io_errors().family(),
         );
+        registry.register_collector(Box::new(policy::PolicyCollector {
+            volumes: volumes.clone(),
+            scheduler,
+        }));
         registry.register_collector(Box::new(StoreCollector { volumes }));
         registry.register(
             "multisnap_build",
