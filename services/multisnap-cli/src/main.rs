@@ -6,6 +6,7 @@ mod endpoint;
 mod exit;
 mod hydration;
 mod output;
+mod policy;
 mod reclaim;
 mod replicate;
 mod revert;
@@ -64,6 +65,9 @@ enum Command {
     /// ublk: a volume or snapshot as a local block device /dev/ublkbN on the agent's machine.
     #[command(subcommand)]
     Ublk(ublk::UblkCommand),
+    /// Snapshot policies: a volume's snapshots taken on a schedule and pruned by retention.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 /// What every command needs: a connected channel and how to print.
@@ -107,6 +111,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Delta(cmd) => delta::run(&ctx, cmd).await,
         Command::Replicate(args) => replicate::run(&ctx, args, cli.timeout).await,
         Command::Ublk(cmd) => ublk::run(&ctx, cmd).await,
+        Command::Policy(cmd) => policy::run(&ctx, cmd).await,
     }
 }
 

@@ -57,6 +57,7 @@ pub fn volume_json(v: &pb::Volume) -> Value {
         "merge": v.merge.as_ref().map(merge_json),
         "hydration": v.hydration.as_ref().map(hydration_json),
         "labels": v.labels,
+        "policy": v.policy.as_ref().map(crate::policy::policy_json),
     })
 }
 

@@ -267,6 +267,12 @@ fn show(format: Format, v: &pb::Volume) -> Result<()> {
             ("exceptions", v.exception_count.to_string()),
             ("reclaim pending", v.reclaim_pending.to_string()),
             ("store-full policy", policy_word(v.store_full_policy)),
+            (
+                "snapshot policy",
+                v.policy
+                    .as_ref()
+                    .map_or_else(|| "-".into(), crate::policy::summary),
+            ),
             ("origin", v.origin_path.clone()),
             ("store", v.store_path.clone()),
             ("nbd export", v.name.clone()),
