@@ -65,6 +65,10 @@ impl Running {
         format!("http://{}/metrics", self.metrics)
     }
 
+    fn call(&self, method: &str, body: &str) -> String {
+        output_ok(grpcurl().args([&self.grpc, "call", method, body]))
+    }
+
     fn create_snapshot(&self, name: &str) {
         let out = output_ok(grpcurl().args([
             &self.grpc,
@@ -167,11 +171,21 @@ h.shutdown()
     output_ok(python().args(["-c", &script]));
 }
 
-/// An agent that has served origin and snapshot I/O, one refused write and a snapshot, so every
-/// series the dashboards and alerts use exists.
+/// An agent that has served origin and snapshot I/O, one refused write and a snapshot, and has
+/// a second volume with a snapshot policy, so every series the dashboards and alerts use
+/// exists.
 fn busy_agent(dir: &Path) -> Running {
     let r = start(dir, &["--default-volume-size", "67108864"]);
     r.create_snapshot("s1");
+    // On its own volume: the policy's snapshots leave `default`'s figures alone.
+    r.call(
+        "multisnap.v1.VolumeService/CreateVolume",
+        r#"{"name":"policed","sizeBytes":"16777216"}"#,
+    );
+    r.call(
+        "multisnap.v1.PolicyService/SetPolicy",
+        r#"{"volume":"policed","policy":{"intervalSeconds":"3600","keepHourly":24}}"#,
+    );
     qemu_io(
         &r.agent.uri("default"),
         &["write -P 0x61 0 256k", "read -P 0x61 0 64k", "flush"],
@@ -221,6 +235,16 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "seconds",
     ),
     ("multisnap_nbd_connections", "gauge", "-"),
+    ("multisnap_policy_interval_seconds", "gauge", "seconds"),
+    (
+        "multisnap_policy_newest_snapshot_age_seconds",
+        "gauge",
+        "seconds",
+    ),
+    ("multisnap_policy_snapshots", "gauge", "-"),
+    ("multisnap_policy_snapshots_taken", "counter", "-"),
+    ("multisnap_policy_snapshots_pruned", "counter", "-"),
+    ("multisnap_policy_failures", "counter", "-"),
 ];
 
 #[test]
@@ -567,15 +591,18 @@ fn prometheus_scrapes_the_agent_and_evaluates_the_alerts() {
             .collect()
     };
     let copies = eventually(10, "COW series in Prometheus", || {
-        let v = query("multisnap_cow_copies_total{job=\"multisnap-agent\"}");
+        let v = query("multisnap_cow_copies_total{job=\"multisnap-agent\",volume=\"default\"}");
         (!v.is_empty()).then_some(v)
     });
     assert_eq!(copies.len(), 1, "{copies:?}");
     assert!(copies[0].0.contains("volume=default"), "{copies:?}");
     assert_eq!(copies[0].1, 4.0);
-    let bytes = query("multisnap_cow_copied_bytes_total");
+    // `default` carries the traffic; busy_agent's second volume only its policy's snapshots.
+    let bytes = query("multisnap_cow_copied_bytes_total{volume=\"default\"}");
     assert_eq!(bytes.first().map(|b| b.1), Some(262144.0), "{bytes:?}");
-    let lookups = query("multisnap_cache_hits_total + multisnap_cache_misses_total");
+    let lookups = query(
+        "multisnap_cache_hits_total{volume=\"default\"} + multisnap_cache_misses_total{volume=\"default\"}",
+    );
     assert!(lookups.first().map(|l| l.1) >= Some(1.0), "{lookups:?}");
     let cache = query("multisnap_cache_capacity_bytes");
     assert!(cache.first().map(|c| c.1) > Some(0.0), "{cache:?}");
@@ -597,6 +624,7 @@ fn prometheus_scrapes_the_agent_and_evaluates_the_alerts() {
         "MultisnapSnapshotsInvalidated",
         "MultisnapNbdIoErrors",
         "MultisnapReclamationStuck",
+        "MultisnapPolicySnapshotOverdue",
     ] {
         assert!(
             rules.iter().any(|l| l.contains(name)),

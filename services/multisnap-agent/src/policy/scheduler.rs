@@ -95,11 +95,11 @@ impl Scheduler {
         let due = active
             .saved
             .last_slot
-            .map_or(true, |s| active.saved.spec.slot(now) > s);
-        if due && active.retry_at.map_or(true, |t| now >= t) {
+            .is_none_or(|s| active.saved.spec.slot(now) > s);
+        if due && active.retry_at.is_none_or(|t| now >= t) {
             take(v, active, now);
         }
-        if active.prune_retry_at.map_or(true, |t| now >= t) {
+        if active.prune_retry_at.is_none_or(|t| now >= t) {
             self.prune(v, active, now);
         }
         if active.dirty {
