@@ -1,10 +1,12 @@
 //! Fuzzing the gRPC handlers' argument checks: random sequences of volume and snapshot calls
 //! with hostile arguments (empty, over-long, non-ASCII and path-like names, sizes at and past
 //! every limit, chunk sizes that are not powers of two, origin paths that climb out of the
-//! data directory or name devices, unknown enum values) against the real handlers on a real
+//! data directory or name devices, unknown enum values, snapshot policies with every interval,
+//! count and age limit and malformed name templates) against the real handlers on a real
 //! data directory. Whatever the input: no panic, never INTERNAL or UNKNOWN (a caller's mistake
 //! is the caller's code), and the agent still lists, reads and flushes its volumes afterwards.
 
+use super::policies::PolicyApi;
 use super::snapshots::SnapshotApi;
 use super::volumes::VolumeApi;
 use crate::datadir::DataDir;
@@ -12,6 +14,7 @@ use crate::origin_policy::OriginPolicy;
 use crate::ublk_devices::UblkDevices;
 use crate::volumes::Volumes;
 use multisnap_proto::v1 as pb;
+use multisnap_proto::v1::policy_service_server::PolicyService;
 use multisnap_proto::v1::snapshot_service_server::SnapshotService;
 use multisnap_proto::v1::volume_service_server::VolumeService;
 use proptest::prelude::*;
@@ -87,6 +90,52 @@ fn origin_path() -> impl Strategy<Value = String> {
     ]
 }
 
+fn template() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        Just("auto-%Y%m%d-%H%M%S".to_string()),
+        Just("%s".to_string()),
+        Just("%".to_string()),
+        Just("%%".to_string()),
+        Just("-%s".to_string()),
+        Just("%Y%m%d".to_string()),
+        Just(format!("{}%s", "x".repeat(200))),
+        "[a-z%YmdHMSs]{0,12}",
+        any::<String>(),
+    ]
+}
+
+fn policy() -> impl Strategy<Value = pb::SnapshotPolicy> {
+    let interval = prop_oneof![
+        Just(0u64),
+        Just(59),
+        Just(60),
+        Just(3600),
+        Just(366 * 86400),
+        Just(366 * 86400 + 1),
+        Just(u64::MAX),
+        any::<u64>(),
+    ];
+    let keep = prop_oneof![
+        Just(0u32),
+        Just(1),
+        Just(10_000),
+        Just(10_001),
+        any::<u32>()
+    ];
+    (interval, template(), keep.clone(), keep, size()).prop_map(|(i, t, a, b, age)| {
+        pb::SnapshotPolicy {
+            interval_seconds: i,
+            name_template: t,
+            keep_hourly: a,
+            keep_daily: b,
+            keep_weekly: a / 2,
+            keep_monthly: b / 3,
+            max_age_seconds: age,
+        }
+    })
+}
+
 #[derive(Debug, Clone)]
 enum Call {
     CreateVolume(pb::CreateVolumeRequest),
@@ -97,6 +146,9 @@ enum Call {
     DeleteSnapshot(String, String),
     ListSnapshots(String),
     ResizeVolume(String, u64),
+    SetPolicy(String, Option<pb::SnapshotPolicy>),
+    GetPolicy(String),
+    ClearPolicy(String),
 }
 
 fn call() -> impl Strategy<Value = Call> {
@@ -140,12 +192,17 @@ fn call() -> impl Strategy<Value = Call> {
         1 => (name(), name()).prop_map(|(v, n)| Call::DeleteSnapshot(v, n)),
         1 => name().prop_map(Call::ListSnapshots),
         2 => (name(), size()).prop_map(|(n, s)| Call::ResizeVolume(n, s)),
+        2 => (name(), proptest::option::weighted(0.9, policy()))
+            .prop_map(|(n, p)| Call::SetPolicy(n, p)),
+        1 => name().prop_map(Call::GetPolicy),
+        1 => name().prop_map(Call::ClearPolicy),
     ]
 }
 
 struct Agent {
     volumes: VolumeApi,
     snapshots: SnapshotApi,
+    policies: PolicyApi,
     store: Arc<Volumes>,
     data: std::path::PathBuf,
     _tmp: tempfile::TempDir,
@@ -171,7 +228,14 @@ fn agent() -> Agent {
         },
         snapshots: SnapshotApi {
             volumes: volumes.clone(),
-            ublk,
+            ublk: ublk.clone(),
+        },
+        policies: PolicyApi {
+            volumes: volumes.clone(),
+            scheduler: Arc::new(crate::policy::scheduler::Scheduler::new(
+                Arc::new(crate::policy::clock::SystemClock),
+                crate::policy::holds::Holds::standard(ublk),
+            )),
         },
         store: volumes,
         data,
@@ -228,6 +292,24 @@ impl Agent {
             Call::ResizeVolume(name, size_bytes) => code(
                 self.volumes
                     .resize_volume(Request::new(pb::ResizeVolumeRequest { name, size_bytes }))
+                    .await
+                    .map(drop),
+            ),
+            Call::SetPolicy(volume, policy) => code(
+                self.policies
+                    .set_policy(Request::new(pb::SetPolicyRequest { volume, policy }))
+                    .await
+                    .map(drop),
+            ),
+            Call::GetPolicy(volume) => code(
+                self.policies
+                    .get_policy(Request::new(pb::GetPolicyRequest { volume }))
+                    .await
+                    .map(drop),
+            ),
+            Call::ClearPolicy(volume) => code(
+                self.policies
+                    .clear_policy(Request::new(pb::ClearPolicyRequest { volume }))
                     .await
                     .map(drop),
             ),
