@@ -185,8 +185,8 @@ impl Active {
         }
     }
 
-    /// When the next snapshot is due: the start of the slot after the last one taken (now,
-    /// if none was), or the retry time of a failed attempt if later.
+    /// When the next snapshot is due: the start of the slot after the last one taken (when
+    /// the policy was set, if none was), or the retry time of a failed attempt if later.
     pub fn next_due(&self) -> Option<UnixSecs> {
         let spec = &self.saved.spec;
         let slot_start = self
@@ -195,7 +195,7 @@ impl Active {
             .map(|s| (s + 1).saturating_mul(spec.interval));
         match (slot_start, self.retry_at) {
             (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b).or(self.evaluated_at),
+            (a, b) => a.or(b).or(Some(self.saved.since)),
         }
     }
 
