@@ -1,9 +1,9 @@
 //! Snapshot policies end to end, with the `multisnap` CLI against an agent whose policy clock
 //! is a file the test rewrites (`--test-clock-file`): hourly snapshots over 30 simulated hours
 //! keep exactly the expected set by name, a user snapshot named like the template is never
-//! pruned, the policy survives a restart without an extra snapshot, a downtime of 10 intervals
-//! takes exactly one snapshot at start, a snapshot a hydrating clone holds stays until the
-//! clone lets go, bad policies are refused with the reason, and a cleared policy takes and
+//! pruned, the policy survives a restart (clean or kill -9) without an extra snapshot, a
+//! downtime of 10 intervals takes exactly one snapshot at start, a snapshot a hydrating clone
+//! holds stays until the clone lets go, bad policies are refused with the reason, and a cleared policy takes and
 //! prunes nothing more. Metrics follow (taken, pruned, age, interval).
 
 use common::*;
@@ -337,4 +337,41 @@ fn a_snapshot_a_clone_still_hydrates_from_is_not_pruned_until_it_lets_go() {
         .as_array()
         .unwrap()
         .is_empty());
+}
+
+#[test]
+fn the_policy_and_its_record_survive_a_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut p = Policed::start(tmp.path(), &[]);
+    p.cli(&[
+        "policy",
+        "set",
+        "default",
+        "--every",
+        "1h",
+        "--keep-hourly",
+        "2",
+    ]);
+    for h in 0..3 {
+        p.settle("default", START + h * HOUR);
+    }
+    let before = p.ready("default");
+    assert_eq!(before, ["auto-20260101-010000", "auto-20260101-020000"]);
+    // Killed where it stands: the policy file is whole (written by rename), the record too.
+    p.agent.take().unwrap().kill9();
+    p.restart();
+    p.settle("default", START + 2 * HOUR + 60);
+    assert_eq!(
+        p.ready("default"),
+        before,
+        "no extra snapshot, nothing lost"
+    );
+    assert!(!p.data.join("volumes/default/policy.json.tmp").exists());
+    // The recorded snapshots are still the policy's: the next hour prunes the oldest.
+    p.settle("default", START + 3 * HOUR);
+    assert_eq!(
+        p.ready("default"),
+        ["auto-20260101-020000", "auto-20260101-030000"]
+    );
+    p.agent.take().unwrap().stop_and_verify();
 }
