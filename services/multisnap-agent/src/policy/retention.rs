@@ -86,7 +86,7 @@ pub fn kept(all: &[Taken], rule: &Retention, now: UnixSecs) -> BTreeSet<Taken> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::calendar::{DAY, HOUR};
+    use crate::policy::calendar::{days_in_month, DAY, HOUR};
     use proptest::prelude::*;
 
     /// The rule as stated, by brute force over every pair: a snapshot is kept by a class when
@@ -98,21 +98,7 @@ mod tests {
             let mut days = t.div_euclid(DAY);
             let (mut y, mut m) = (1970i64, 0i64);
             loop {
-                let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-                let len = [
-                    31,
-                    if leap { 29 } else { 28 },
-                    31,
-                    30,
-                    31,
-                    30,
-                    31,
-                    31,
-                    30,
-                    31,
-                    30,
-                    31,
-                ][m as usize];
+                let len = i64::from(days_in_month(y, m as u32 + 1));
                 if days < len {
                     return (y - 1970) * 12 + m;
                 }
