@@ -86,6 +86,20 @@ impl Policed {
         }
     }
 
+    /// An hourly policy on `default` keeping `keep` hourly snapshots.
+    fn hourly_policy(&self, keep: u32) {
+        let keep = keep.to_string();
+        self.cli(&[
+            "policy",
+            "set",
+            "default",
+            "--every",
+            "1h",
+            "--keep-hourly",
+            &keep,
+        ]);
+    }
+
     /// The volume's live snapshots by name (deleted ones stay listed while reclaimed).
     fn ready(&self, volume: &str) -> Vec<String> {
         let l = self.json(&["snapshot", "list", volume]);
@@ -297,15 +311,7 @@ fn a_snapshot_a_clone_still_hydrates_from_is_not_pruned_until_it_lets_go() {
     // 64 KiB/s: the 4 MiB below take a minute to hydrate, far longer than the test looks.
     let p = Policed::start(tmp.path(), &["--hydration-bytes-per-sec", "65536"]);
     qemu_io(&p.agent().uri("default"), &["write -P 0x5a 0 4M"]);
-    p.cli(&[
-        "policy",
-        "set",
-        "default",
-        "--every",
-        "1h",
-        "--keep-hourly",
-        "1",
-    ]);
+    p.hourly_policy(1);
     p.settle("default", START);
     let first = "auto-20260101-000000";
     assert_eq!(p.ready("default"), [first]);
@@ -343,15 +349,7 @@ fn a_snapshot_a_clone_still_hydrates_from_is_not_pruned_until_it_lets_go() {
 fn the_policy_and_its_record_survive_a_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
     let mut p = Policed::start(tmp.path(), &[]);
-    p.cli(&[
-        "policy",
-        "set",
-        "default",
-        "--every",
-        "1h",
-        "--keep-hourly",
-        "2",
-    ]);
+    p.hourly_policy(2);
     for h in 0..3 {
         p.settle("default", START + h * HOUR);
     }
