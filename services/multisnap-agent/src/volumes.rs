@@ -4,6 +4,7 @@
 use crate::datadir::{sync_dir, validate_volume_name, DataDir, ORIGIN_FILE, STORE_FILE};
 use crate::io_errors::{IoErrors, ObservedDev};
 use crate::origin_policy::OriginPolicy;
+use crate::policy::persist::POLICY_FILE;
 use crate::policy::PolicySlot;
 use crate::volume_labels::{Labels, LABELS_FILE};
 use anyhow::Context;
@@ -157,6 +158,19 @@ pub struct Volumes {
     journal_bytes: u64,
 }
 
+/// Removes the files the agent keeps in a volume's folder beside its store and origin: its
+/// labels, its snapshot policy and a policy save a crash cut short.
+fn remove_files_beside_the_store(dir: &Path) {
+    let policy = dir.join(POLICY_FILE);
+    for file in [
+        dir.join(LABELS_FILE),
+        crate::datadir::temp_path_for(&policy),
+        policy,
+    ] {
+        let _ = std::fs::remove_file(file);
+    }
+}
+
 /// Removes the folder a volume deletion left when a crash cut it short after the store went
 /// (without its store the folder is no volume, and a new volume of the name must be able to
 /// take it): the files the agent makes in a volume folder go with it. A folder holding anything
@@ -165,9 +179,8 @@ fn clear_deletion_leftover(dir: &Path) -> Result<(), VolumeError> {
     if !dir.exists() {
         return Ok(());
     }
-    for file in [ORIGIN_FILE, LABELS_FILE] {
-        let _ = std::fs::remove_file(dir.join(file));
-    }
+    let _ = std::fs::remove_file(dir.join(ORIGIN_FILE));
+    remove_files_beside_the_store(dir);
     std::fs::remove_dir(dir).map_err(|e| {
         VolumeError::FailedPrecondition(format!(
             "{} holds files the agent did not make ({e}); move them away first",
@@ -536,7 +549,7 @@ impl Volumes {
         if v.owns_origin {
             let _ = std::fs::remove_file(&v.origin_path);
         }
-        let _ = std::fs::remove_file(dir.join(LABELS_FILE));
+        remove_files_beside_the_store(&dir);
         let _ = std::fs::remove_dir(&dir);
         self.io_errors.forget(name);
         // Deleted means deleted after a power cut too: the folder's entry in volumes/ (or, if
@@ -681,6 +694,8 @@ mod creation_tests {
         drop(volumes);
         // A deletion cut after the store went: origin and labels left in the folder.
         std::fs::remove_file(tmp.path().join("volumes/again").join(STORE_FILE)).unwrap();
+        // (and a policy save that a crash cut short)
+        std::fs::write(tmp.path().join("volumes/again/policy.json.tmp"), "{").unwrap();
         let volumes = load(tmp.path());
         assert!(volumes.get("again").is_none());
         volumes.create(&labelled()).unwrap();
