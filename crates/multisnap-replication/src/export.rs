@@ -6,6 +6,7 @@
 //! `RECORD_BYTES` of data; runs of chunks that read as zeros become zero records (or are left
 //! out of a full stream, whose receiver starts from zeros).
 
+use super::ranges::{MapKind, MapQuery};
 use super::{Progress, ReplicationError, Result};
 use multisnap_delta::{DeltaHeader, DeltaWriter, ResumePoint, SnapshotIdent, Target, Trailer};
 use multisnap_store::{SnapshotInfo, SnapshotState, Store, View};
@@ -75,32 +76,28 @@ pub fn header(store: &Store, plan: &ExportPlan) -> DeltaHeader {
     }
 }
 
-/// The chunk runs `(first, count)` the stream carries, in order.
+/// The chunk runs `(first, count)` the stream carries, in order: the block map of the target
+/// (what changed since the base, or what holds data), widened to whole chunks.
 pub fn chunk_runs(store: &Store, plan: &ExportPlan) -> Result<Vec<(u64, u64)>> {
     let cs = u64::from(store.chunk_size());
-    let size = plan.target.size;
-    let view = View::Snapshot(plan.target.id);
+    // Built directly rather than through `MapQuery::new`: an export may also go from a newer
+    // snapshot back to an older one, which the index answers the same way.
+    let query = MapQuery {
+        kind: match &plan.base {
+            Some(base) => MapKind::Changed { base: base.clone() },
+            None => MapKind::Allocated,
+        },
+        target: plan.target.clone(),
+        start: 0,
+    };
     let mut runs: Vec<(u64, u64)> = Vec::new();
-    let mut pos = 0u64;
-    while pos < size {
-        let map = match &plan.base {
-            Some(b) => store.changed_extents(b.id, view, pos, size - pos)?,
-            None => store.allocation(view, pos, size - pos)?,
-        };
-        let covered: u64 = map.iter().map(|(n, _)| n).sum();
-        if covered == 0 {
-            break;
-        }
-        for (len, flagged) in map {
-            if flagged {
-                let first = pos / cs;
-                let end = (pos + len).div_ceil(cs);
-                match runs.last_mut() {
-                    Some((f, n)) if *f + *n >= first => *n = (*n).max(end - *f),
-                    _ => runs.push((first, end - first)),
-                }
-            }
-            pos += len;
+    for range in query.ranges(store) {
+        let range = range?;
+        let first = range.offset / cs;
+        let end = range.end().div_ceil(cs);
+        match runs.last_mut() {
+            Some((f, n)) if *f + *n >= first => *n = (*n).max(end - *f),
+            _ => runs.push((first, end - first)),
         }
     }
     Ok(runs)

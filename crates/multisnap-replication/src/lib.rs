@@ -3,7 +3,8 @@
 //! Replication: turning the difference between two snapshots of a store into a delta stream
 //! (`export`), and a delta stream into a new snapshot of a replica (`apply`). The stream format
 //! is `multisnap-delta`'s; the atomicity of an apply is the store's (`Store::begin_receive` and
-//! friends). This crate only maps one onto the other.
+//! friends). This crate only maps one onto the other. `ranges` gives the same difference (or a
+//! snapshot's allocation) as byte ranges without the data, for changed block tracking.
 //!
 //! Invariants: an export reads only the chunks the exception index says changed (or, for a
 //! full stream, the allocated ones); an apply acts on a record only after the decoder verified
@@ -11,6 +12,7 @@
 
 pub mod apply;
 pub mod export;
+pub mod ranges;
 
 use multisnap_delta::DeltaError;
 use multisnap_store::StoreError;
@@ -38,6 +40,12 @@ pub enum ReplicationError {
     SameSnapshot(String),
     #[error("snapshot {0:?} is not ready (it is being deleted or was invalidated)")]
     NotReady(String),
+    #[error("base snapshot {base:?} was taken after target {target:?}; a delta goes from an older snapshot to a newer one")]
+    BaseNotOlder { base: String, target: String },
+    #[error("starting offset {offset} is past the end of the snapshot ({size} bytes)")]
+    OffsetPastEnd { offset: u64, size: u64 },
+    #[error("the store's block map did not advance at byte {offset}")]
+    MapStalled { offset: u64 },
     #[error("the receiver of the stream went away")]
     ReceiverGone,
 }
