@@ -1,6 +1,7 @@
 //! `multisnap`: the command-line client of the agent's gRPC API (`multisnap.v1`), for people
 //! (tables, progress bars) and scripts (`--output json`, documented exit codes).
 
+mod block_maps;
 mod delta;
 mod endpoint;
 mod exit;

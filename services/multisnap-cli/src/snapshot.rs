@@ -1,5 +1,6 @@
 //! `multisnap snapshot …`: SnapshotService.
 
+use crate::block_maps::{self, Map};
 use crate::exit::rpc;
 use crate::output::{self, state_word, Format, Table};
 use crate::{reclaim, revert, Ctx};
@@ -24,6 +25,24 @@ pub enum SnapshotCommand {
     List { volume: String },
     /// Show one snapshot.
     Show { volume: String, name: String },
+    /// The byte ranges where TARGET differs from the older BASE (whole chunks), from the
+    /// exception index without reading data: what an incremental backup copies.
+    Diff {
+        volume: String,
+        base: String,
+        target: String,
+        /// Start at this byte (the end of the last range seen, to continue).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+    /// The byte ranges of SNAPSHOT that hold data (the rest reads as zeros).
+    Map {
+        volume: String,
+        snapshot: String,
+        /// Start at this byte.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
     /// Delete a snapshot at once; its space is reclaimed in the background.
     Delete {
         volume: String,
@@ -92,6 +111,17 @@ pub async fn run(ctx: &Ctx, cmd: SnapshotCommand) -> Result<()> {
                 .into_inner();
             show(ctx.format, &s)
         }
+        SnapshotCommand::Diff {
+            volume,
+            base,
+            target,
+            from,
+        } => block_maps::run(ctx, volume, Map::Changed { base, target }, from).await,
+        SnapshotCommand::Map {
+            volume,
+            snapshot,
+            from,
+        } => block_maps::run(ctx, volume, Map::Allocated { snapshot }, from).await,
         SnapshotCommand::Delete { volume, name, wait } => {
             let mut pending = client
                 .delete_snapshot(pb::DeleteSnapshotRequest {

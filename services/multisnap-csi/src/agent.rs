@@ -3,6 +3,7 @@
 
 use hyper_util::rt::TokioIo;
 use multisnap_proto::v1 as pb;
+use pb::delta_service_client::DeltaServiceClient;
 use pb::snapshot_service_client::SnapshotServiceClient;
 use pb::ublk_service_client::UblkServiceClient;
 use pb::volume_service_client::VolumeServiceClient;
@@ -48,6 +49,11 @@ impl Agent {
 
     pub fn snapshots(&self) -> SnapshotServiceClient<Channel> {
         SnapshotServiceClient::new(self.channel.clone())
+    }
+
+    /// DeltaService: the block maps behind CSI's SnapshotMetadata.
+    pub fn deltas(&self) -> DeltaServiceClient<Channel> {
+        DeltaServiceClient::new(self.channel.clone())
     }
 
     pub fn ublk(&self) -> UblkServiceClient<Channel> {

@@ -52,6 +52,8 @@ impl Identity for IdentityService {
         &self,
         _req: Request<GetPluginCapabilitiesRequest>,
     ) -> Result<Response<GetPluginCapabilitiesResponse>, Status> {
+        // Changed block tracking, from the agent's exception index (snapshot_metadata.rs).
+        let snapshot_metadata = service_capability(service::Type::SnapshotMetadataService);
         // Expansion is offline: the agent refuses to resize an origin a ublk device serves.
         let offline = PluginCapability {
             r#type: Some(Type::VolumeExpansion(VolumeExpansion {
@@ -63,6 +65,7 @@ impl Identity for IdentityService {
                 service_capability(service::Type::ControllerService),
                 service_capability(service::Type::VolumeAccessibilityConstraints),
                 offline,
+                snapshot_metadata,
             ],
         }))
     }

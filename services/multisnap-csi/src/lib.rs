@@ -1,5 +1,5 @@
 //! multisnap-csi: a Kubernetes CSI (v1.12) driver for multisnap volumes. It serves CSI's
-//! Identity, Controller and Node services on a unix socket and does every change through the
+//! Identity, Controller, Node and SnapshotMetadata services on a unix socket and does every change through the
 //! node agent's gRPC API. One instance runs on every node next to that node's agent (the
 //! sidecars' per-node mode); ids carry the node that holds the data.
 
@@ -15,6 +15,7 @@ pub mod pagination;
 pub mod params;
 pub mod retire;
 pub mod server;
+pub mod snapshot_metadata;
 pub mod status;
 pub mod topology;
 

@@ -1,12 +1,14 @@
-//! Serves Identity, Controller and Node, gRPC reflection (so grpcurl works without proto
+//! Serves Identity, Controller, Node and SnapshotMetadata, gRPC reflection (so grpcurl works without proto
 //! files) and grpc.health.v1 on the CSI unix socket.
 
 use crate::controller::ControllerService;
 use crate::csi::controller_server::ControllerServer;
 use crate::csi::identity_server::IdentityServer;
 use crate::csi::node_server::NodeServer;
+use crate::csi::snapshot_metadata_server::SnapshotMetadataServer;
 use crate::identity::IdentityService;
 use crate::node::NodeService;
+use crate::snapshot_metadata::SnapshotMetadataService;
 use crate::Driver;
 use anyhow::Context;
 use std::path::Path;
@@ -42,6 +44,9 @@ pub async fn serve(
         .set_serving::<ControllerServer<ControllerService>>()
         .await;
     reporter.set_serving::<NodeServer<NodeService>>().await;
+    reporter
+        .set_serving::<SnapshotMetadataServer<SnapshotMetadataService>>()
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::CSI_FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -60,6 +65,9 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(IdentityServer::new(IdentityService(driver.clone())))
         .add_service(ControllerServer::new(ControllerService(driver.clone())))
+        .add_service(SnapshotMetadataServer::new(SnapshotMetadataService(
+            driver.clone(),
+        )))
         .add_service(NodeServer::new(NodeService(driver)))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),

@@ -1,5 +1,6 @@
 //! `multisnap.v1.DeltaService`: export and apply delta streams, the apply's resume state.
 
+use super::block_maps::{stream_map, MapRequest, RangesStream};
 use super::snapshots::snapshot_message;
 use super::status::{blocking, from_replication, from_store};
 use crate::volumes::{Volume, Volumes};
@@ -99,6 +100,8 @@ type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportDeltaResponse, St
 #[tonic::async_trait]
 impl pb::delta_service_server::DeltaService for DeltaApi {
     type ExportDeltaStream = ExportStream;
+    type GetChangedRangesStream = RangesStream;
+    type GetAllocatedRangesStream = RangesStream;
 
     #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume, base = %req.get_ref().base_snapshot, target = %req.get_ref().target_snapshot))]
     async fn export_delta(
@@ -289,5 +292,45 @@ impl pb::delta_service_server::DeltaService for DeltaApi {
             Ok(Response::new(pb::AbortApplyResponse {}))
         })
         .await
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume, base = %req.get_ref().base_snapshot, target = %req.get_ref().target_snapshot))]
+    async fn get_changed_ranges(
+        &self,
+        req: Request<pb::GetChangedRangesRequest>,
+    ) -> Result<Response<RangesStream>, Status> {
+        let r = req.into_inner();
+        if r.base_snapshot.is_empty() || r.target_snapshot.is_empty() {
+            return Err(Status::invalid_argument(
+                "base_snapshot and target_snapshot are required",
+            ));
+        }
+        let v = self.volume(&r.volume)?;
+        let map = MapRequest {
+            base: Some(r.base_snapshot),
+            target: r.target_snapshot,
+            starting_offset: r.starting_offset,
+            max_results: r.max_results,
+        };
+        Ok(Response::new(stream_map(v, map).await?))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume, snapshot = %req.get_ref().snapshot))]
+    async fn get_allocated_ranges(
+        &self,
+        req: Request<pb::GetAllocatedRangesRequest>,
+    ) -> Result<Response<RangesStream>, Status> {
+        let r = req.into_inner();
+        if r.snapshot.is_empty() {
+            return Err(Status::invalid_argument("snapshot is required"));
+        }
+        let v = self.volume(&r.volume)?;
+        let map = MapRequest {
+            base: None,
+            target: r.snapshot,
+            starting_offset: r.starting_offset,
+            max_results: r.max_results,
+        };
+        Ok(Response::new(stream_map(v, map).await?))
     }
 }

@@ -4,6 +4,7 @@
 
 #[cfg(test)]
 mod argument_fuzz;
+mod block_maps;
 mod deltas;
 mod policies;
 mod snapshots;

@@ -80,9 +80,12 @@ pub fn from_replication(e: ReplicationError) -> Status {
         | ReplicationError::NothingToResume
         | ReplicationError::ResumeMismatch(_)
         | ReplicationError::NotReady(_) => Status::failed_precondition(msg),
-        ReplicationError::TargetIsOrigin | ReplicationError::SameSnapshot(_) => {
-            Status::invalid_argument(msg)
-        }
+        ReplicationError::TargetIsOrigin
+        | ReplicationError::SameSnapshot(_)
+        | ReplicationError::BaseNotOlder { .. } => Status::invalid_argument(msg),
+        // gRPC's code for reading past the end; CSI's SnapshotMetadata answers it too.
+        ReplicationError::OffsetPastEnd { .. } => Status::out_of_range(msg),
+        ReplicationError::MapStalled { .. } => Status::internal(msg),
         ReplicationError::ReceiverGone => Status::cancelled(msg),
     }
 }
