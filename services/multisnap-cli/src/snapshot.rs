@@ -3,6 +3,7 @@
 use crate::block_maps::{self, Map};
 use crate::exit::rpc;
 use crate::output::{self, state_word, Format, Table};
+use crate::size::parse_size;
 use crate::{reclaim, revert, Ctx};
 use anyhow::Result;
 use clap::Subcommand;
@@ -31,8 +32,9 @@ pub enum SnapshotCommand {
         volume: String,
         base: String,
         target: String,
-        /// Start at this byte (the end of the last range seen, to continue).
-        #[arg(long, default_value_t = 0)]
+        /// Start at this byte (the end of the last range seen, to continue); K, M, G, T
+        /// suffixes as for sizes.
+        #[arg(long, default_value = "0", value_parser = parse_size)]
         from: u64,
     },
     /// The byte ranges of SNAPSHOT that hold data (the rest reads as zeros).
@@ -40,7 +42,7 @@ pub enum SnapshotCommand {
         volume: String,
         snapshot: String,
         /// Start at this byte.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value = "0", value_parser = parse_size)]
         from: u64,
     },
     /// Delete a snapshot at once; its space is reclaimed in the background.
