@@ -5,75 +5,12 @@
 //! - idempotency across a driver restart, and a retired volume whose reaping a crash
 //!   interrupted being finished by the next driver's start.
 
+use common::CsiDriver as Driver;
 use common::*;
 use multisnap_tests::{self as common, require_tools};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const NODE: &str = "node-1";
-
-struct Driver {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Driver {
-    fn start(dir: &Path, agent: &Agent) -> Driver {
-        let socket = dir.join("csi.sock");
-        let child = Command::new(csi_bin())
-            .arg(format!("--csi-socket=unix://{}", socket.display()))
-            .arg("--agent-socket")
-            .arg(agent.data_dir.join("grpc.sock"))
-            .arg("--nbd-socket")
-            .arg(&agent.nbd_socket)
-            .arg(format!("--node-name={NODE}"))
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_CSI_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start multisnap-csi");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "multisnap-csi never served {}",
-                socket.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Driver { child, socket }
-    }
-
-    fn addr(&self) -> String {
-        format!("unix:{}", self.socket.display())
-    }
-
-    fn call(&self, method: &str, body: &str) -> Result<serde_json::Value, (String, String)> {
-        grpc_call(&self.addr(), method, body)
-    }
-
-    fn ok(&self, method: &str, body: &str) -> serde_json::Value {
-        self.call(method, body)
-            .unwrap_or_else(|(c, m)| panic!("{method} {body}: {c}: {m}"))
-    }
-
-    /// SIGKILL: the driver dies mid-flight, as a crashed pod.
-    fn kill9(mut self) {
-        self.child.kill().expect("kill the driver");
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+const NODE: &str = CSI_NODE;
 
 fn require_grpc_tools() -> bool {
     if python_has(&["grpc", "grpc_tools"]) {

@@ -12,66 +12,20 @@
 use common::*;
 use multisnap_tests::{self as common, require_grpcio, require_tools};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-const NODE: &str = "node-1";
+const NODE: &str = CSI_NODE;
 const MIB: u64 = 1 << 20;
 const VOLUME: u64 = 64 * MIB;
 
-struct Driver {
-    child: Child,
-    addr: String,
-}
-
-impl Driver {
-    fn start(dir: &Path, agent: &Agent) -> Driver {
-        let socket: PathBuf = dir.join("csi.sock");
-        let child = Command::new(csi_bin())
-            .arg(format!("--csi-socket={}", socket.display()))
-            .arg("--agent-socket")
-            .arg(agent.data_dir.join("grpc.sock"))
-            .arg("--nbd-socket")
-            .arg(&agent.nbd_socket)
-            .arg(format!("--node-name={NODE}"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start multisnap-csi");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "multisnap-csi never served");
-            std::thread::sleep(Duration::from_millis(50));
+/// The status code name a failing call gets; it must say why.
+fn code(d: &CsiDriver, method: &str, body: &str) -> String {
+    match d.call(method, body) {
+        Ok(v) => panic!("{method} {body}: expected an error, got {v}"),
+        Err((code, msg)) => {
+            assert!(!msg.is_empty(), "{code} without a message");
+            code
         }
-        Driver {
-            child,
-            addr: format!("unix:{}", socket.display()),
-        }
-    }
-
-    fn ok(&self, method: &str, body: &str) -> Value {
-        grpc_call(&self.addr, method, body)
-            .unwrap_or_else(|(c, m)| panic!("{method} {body}: {c}: {m}"))
-    }
-
-    /// The status code name a failing call gets.
-    fn code(&self, method: &str, body: &str) -> String {
-        match grpc_call(&self.addr, method, body) {
-            Ok(v) => panic!("{method} {body}: expected an error, got {v}"),
-            Err((code, msg)) => {
-                assert!(!msg.is_empty(), "{code} without a message");
-                code
-            }
-        }
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -184,7 +138,7 @@ fn allocated_body(snap: &str, start: i64, max: i32) -> String {
 const DELTA: &str = "csi.v1.SnapshotMetadata/GetMetadataDelta";
 const ALLOCATED: &str = "csi.v1.SnapshotMetadata/GetMetadataAllocated";
 
-fn create_volume(d: &Driver, name: &str) -> String {
+fn create_volume(d: &CsiDriver, name: &str) -> String {
     let body = format!(
         r#"{{"name":"{name}","capacity_range":{{"required_bytes":"{VOLUME}"}},
         "volume_capabilities":[{{"block":{{}},"access_mode":{{"mode":"SINGLE_NODE_WRITER"}}}}]}}"#
@@ -195,7 +149,7 @@ fn create_volume(d: &Driver, name: &str) -> String {
         .to_string()
 }
 
-fn snapshot(d: &Driver, name: &str, volume_id: &str) -> String {
+fn snapshot(d: &CsiDriver, name: &str, volume_id: &str) -> String {
     let body = format!(r#"{{"name":"{name}","source_volume_id":"{volume_id}"}}"#);
     d.ok("csi.v1.Controller/CreateSnapshot", &body)["snapshot"]["snapshot_id"]
         .as_str()
@@ -214,7 +168,7 @@ fn snapshot_metadata_matches_the_nbd_exports() {
     require_grpcio!();
     let tmp = tempfile::tempdir().unwrap();
     let agent = Agent::start(&tmp.path().join("data"), &[]);
-    let d = Driver::start(tmp.path(), &agent);
+    let d = CsiDriver::start(tmp.path(), &agent);
 
     // Advertised, and discoverable by reflection.
     let caps = d.ok("csi.v1.Identity/GetPluginCapabilities", "{}");
@@ -222,7 +176,7 @@ fn snapshot_metadata_matches_the_nbd_exports() {
         caps.to_string().contains("SNAPSHOT_METADATA_SERVICE"),
         "{caps}"
     );
-    let listed = grpcurl().arg(&d.addr).arg("list").output().unwrap();
+    let listed = grpcurl().arg(d.addr()).arg("list").output().unwrap();
     assert!(String::from_utf8_lossy(&listed.stdout).contains("csi.v1.SnapshotMetadata"));
 
     let vol = create_volume(&d, "pvc-cbt");
@@ -375,7 +329,7 @@ fn snapshot_metadata_matches_the_nbd_exports() {
             "FAILED_PRECONDITION",
         ),
     ] {
-        assert_eq!(d.code(method, &body), want, "{method} {body}");
+        assert_eq!(code(&d, method, &body), want, "{method} {body}");
     }
     // The agent's API answers the same mistakes with the same codes.
     let agent_code = |method: &str, body: String| -> String {

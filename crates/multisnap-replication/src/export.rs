@@ -7,9 +7,9 @@
 //! out of a full stream, whose receiver starts from zeros).
 
 use super::ranges::{MapKind, MapQuery};
-use super::{Progress, ReplicationError, Result};
+use super::{ready_snapshot, Progress, ReplicationError, Result};
 use multisnap_delta::{DeltaHeader, DeltaWriter, ResumePoint, SnapshotIdent, Target, Trailer};
-use multisnap_store::{SnapshotInfo, SnapshotState, Store, View};
+use multisnap_store::{SnapshotInfo, Store, View};
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -30,13 +30,7 @@ impl ExportPlan {
         target: &str,
         resume_token: &[u8],
     ) -> Result<ExportPlan> {
-        let ready = |name: &str| -> Result<SnapshotInfo> {
-            let s = store.snapshot_by_name(name)?;
-            if s.state != SnapshotState::Ready {
-                return Err(ReplicationError::NotReady(name.to_string()));
-            }
-            Ok(s)
-        };
+        let ready = |name: &str| ready_snapshot(store, name);
         let target = ready(target)?;
         let base = base.map(ready).transpose()?;
         if base.as_ref().is_some_and(|b| b.id == target.id) {

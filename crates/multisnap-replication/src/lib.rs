@@ -52,6 +52,18 @@ pub enum ReplicationError {
 
 pub type Result<T, E = ReplicationError> = std::result::Result<T, E>;
 
+/// A snapshot by name that can be read: READY (not being deleted, not invalidated).
+pub(crate) fn ready_snapshot(
+    store: &multisnap_store::Store,
+    name: &str,
+) -> Result<multisnap_store::SnapshotInfo> {
+    let s = store.snapshot_by_name(name)?;
+    if s.state != multisnap_store::SnapshotState::Ready {
+        return Err(ReplicationError::NotReady(name.to_string()));
+    }
+    Ok(s)
+}
+
 /// Progress of a long export or apply.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {

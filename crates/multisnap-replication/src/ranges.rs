@@ -7,8 +7,8 @@
 //! a time, so the cost of a delta map follows the changed chunks, not the volume size, and a
 //! caller that stops early (a client gone) stops the work too.
 
-use super::{ReplicationError, Result};
-use multisnap_store::{SnapshotInfo, SnapshotState, Store, View};
+use super::{ready_snapshot, ReplicationError, Result};
+use multisnap_store::{SnapshotInfo, Store, View};
 
 /// One range of bytes, `offset..offset + len`, `len > 0`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,13 +45,7 @@ impl MapQuery {
     /// Looks the snapshots up by name and checks the request: both READY, the base taken
     /// before the target (ids increase in creation order), `start` within the target.
     pub fn new(store: &Store, base: Option<&str>, target: &str, start: u64) -> Result<MapQuery> {
-        let ready = |name: &str| -> Result<SnapshotInfo> {
-            let s = store.snapshot_by_name(name)?;
-            if s.state != SnapshotState::Ready {
-                return Err(ReplicationError::NotReady(name.to_string()));
-            }
-            Ok(s)
-        };
+        let ready = |name: &str| ready_snapshot(store, name);
         let target = ready(target)?;
         let kind = match base.map(ready).transpose()? {
             None => MapKind::Allocated,

@@ -64,6 +64,28 @@ fn block_metadata(m: &pb::BlockRangesResponse) -> Vec<BlockMetadata> {
         .collect()
 }
 
+/// The agent call behind each CSI call.
+enum AgentMap {
+    Allocated(pb::GetAllocatedRangesRequest),
+    Changed(pb::GetChangedRangesRequest),
+}
+
+/// Starts the agent's block map; a refusal (checked before any range) is the call's status.
+async fn agent_map(
+    d: &Driver,
+    what: &str,
+    request: AgentMap,
+) -> Result<Streaming<pb::BlockRangesResponse>, Status> {
+    let mut deltas = d.agent.deltas();
+    let reply = match request {
+        AgentMap::Allocated(r) => deltas.get_allocated_ranges(r).await,
+        AgentMap::Changed(r) => deltas.get_changed_ranges(r).await,
+    };
+    reply
+        .map(|r| r.into_inner())
+        .map_err(|s| from_agent(what, s))
+}
+
 /// The agent's stream, message for message, in CSI's form; an error mid-stream ends it with
 /// the agent's code, as the spec asks (the CO then continues from the last range it got).
 fn relay<T: Send + 'static>(
@@ -90,19 +112,13 @@ impl SnapshotMetadata for SnapshotMetadataService {
         let id = local_snapshot(&self.0, "snapshot_id", &r.snapshot_id)?;
         let (starting_offset, max_results) = limits(r.starting_offset, r.max_results)?;
         let what = format!("mapping the allocated ranges of snapshot {id}");
-        let agent = self
-            .0
-            .agent
-            .deltas()
-            .get_allocated_ranges(pb::GetAllocatedRangesRequest {
-                volume: id.volume.volume.to_string(),
-                snapshot: id.snapshot.to_string(),
-                starting_offset,
-                max_results,
-            })
-            .await
-            .map_err(|s| from_agent(&what, s))?
-            .into_inner();
+        let request = AgentMap::Allocated(pb::GetAllocatedRangesRequest {
+            volume: id.volume.volume.to_string(),
+            snapshot: id.snapshot.to_string(),
+            starting_offset,
+            max_results,
+        });
+        let agent = agent_map(&self.0, &what, request).await?;
         Ok(Response::new(relay(what, agent, |size, ranges| {
             GetMetadataAllocatedResponse {
                 block_metadata_type: BlockMetadataType::VariableLength as i32,
@@ -126,20 +142,14 @@ impl SnapshotMetadata for SnapshotMetadataService {
         }
         let (starting_offset, max_results) = limits(r.starting_offset, r.max_results)?;
         let what = format!("mapping the changes from snapshot {base} to {target}");
-        let agent = self
-            .0
-            .agent
-            .deltas()
-            .get_changed_ranges(pb::GetChangedRangesRequest {
-                volume: target.volume.volume.to_string(),
-                base_snapshot: base.snapshot.to_string(),
-                target_snapshot: target.snapshot.to_string(),
-                starting_offset,
-                max_results,
-            })
-            .await
-            .map_err(|s| from_agent(&what, s))?
-            .into_inner();
+        let request = AgentMap::Changed(pb::GetChangedRangesRequest {
+            volume: target.volume.volume.to_string(),
+            base_snapshot: base.snapshot.to_string(),
+            target_snapshot: target.snapshot.to_string(),
+            starting_offset,
+            max_results,
+        });
+        let agent = agent_map(&self.0, &what, request).await?;
         Ok(Response::new(relay(what, agent, |size, ranges| {
             GetMetadataDeltaResponse {
                 block_metadata_type: BlockMetadataType::VariableLength as i32,
