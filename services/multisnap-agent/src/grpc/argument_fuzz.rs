@@ -1,4 +1,5 @@
 //! Fuzzing the gRPC handlers' argument checks: random sequences of volume and snapshot calls
+//! (and block maps)
 //! with hostile arguments (empty, over-long, non-ASCII and path-like names, sizes at and past
 //! every limit, chunk sizes that are not powers of two, origin paths that climb out of the
 //! data directory or name devices, unknown enum values, snapshot policies with every interval,
@@ -6,6 +7,7 @@
 //! data directory. Whatever the input: no panic, never INTERNAL or UNKNOWN (a caller's mistake
 //! is the caller's code), and the agent still lists, reads and flushes its volumes afterwards.
 
+use super::deltas::DeltaApi;
 use super::policies::PolicyApi;
 use super::snapshots::SnapshotApi;
 use super::volumes::VolumeApi;
@@ -14,6 +16,7 @@ use crate::origin_policy::OriginPolicy;
 use crate::ublk_devices::UblkDevices;
 use crate::volumes::Volumes;
 use multisnap_proto::v1 as pb;
+use multisnap_proto::v1::delta_service_server::DeltaService;
 use multisnap_proto::v1::policy_service_server::PolicyService;
 use multisnap_proto::v1::snapshot_service_server::SnapshotService;
 use multisnap_proto::v1::volume_service_server::VolumeService;
@@ -140,6 +143,8 @@ fn policy() -> impl Strategy<Value = pb::SnapshotPolicy> {
 enum Call {
     CreateVolume(pb::CreateVolumeRequest),
     GetVolume(String),
+    ChangedRanges(pb::GetChangedRangesRequest),
+    AllocatedRanges(pb::GetAllocatedRangesRequest),
     DeleteVolume(String, bool),
     CreateSnapshot(pb::CreateSnapshotRequest),
     GetSnapshot(String, String),
@@ -184,6 +189,23 @@ fn call() -> impl Strategy<Value = Call> {
     prop_oneof![
         4 => create,
         1 => name().prop_map(Call::GetVolume),
+        1 => (name(), name(), name(), size(), any::<u32>()).prop_map(|(volume, base, target, at, max)| {
+            Call::ChangedRanges(pb::GetChangedRangesRequest {
+                volume,
+                base_snapshot: base,
+                target_snapshot: target,
+                starting_offset: at,
+                max_results: max,
+            })
+        }),
+        1 => (name(), name(), size(), any::<u32>()).prop_map(|(volume, snapshot, at, max)| {
+            Call::AllocatedRanges(pb::GetAllocatedRangesRequest {
+                volume,
+                snapshot,
+                starting_offset: at,
+                max_results: max,
+            })
+        }),
         1 => (name(), any::<bool>()).prop_map(|(n, f)| Call::DeleteVolume(n, f)),
         3 => (name(), name(), any::<bool>()).prop_map(|(volume, name, writable)| {
             Call::CreateSnapshot(pb::CreateSnapshotRequest { volume, name, writable })
@@ -203,6 +225,7 @@ struct Agent {
     volumes: VolumeApi,
     snapshots: SnapshotApi,
     policies: PolicyApi,
+    deltas: DeltaApi,
     store: Arc<Volumes>,
     data: std::path::PathBuf,
     _tmp: tempfile::TempDir,
@@ -237,10 +260,29 @@ fn agent() -> Agent {
                 crate::policy::holds::Holds::standard(ublk),
             )),
         },
+        deltas: DeltaApi::new(volumes.clone(), Default::default()),
         store: volumes,
         data,
         _tmp: tmp,
     }
+}
+
+/// A streaming call's status: its refusal, or the first error in its stream, or `Ok`.
+async fn drain<S, T>(reply: Result<tonic::Response<S>, tonic::Status>) -> Code
+where
+    S: tokio_stream::Stream<Item = Result<T, tonic::Status>> + Unpin,
+{
+    use tokio_stream::StreamExt;
+    let mut stream = match reply {
+        Ok(r) => r.into_inner(),
+        Err(s) => return s.code(),
+    };
+    while let Some(item) = stream.next().await {
+        if let Err(s) = item {
+            return s.code();
+        }
+    }
+    Code::Ok
 }
 
 impl Agent {
@@ -252,6 +294,12 @@ impl Agent {
             Call::CreateVolume(mut r) => {
                 r.origin_path = r.origin_path.replacen("DATA", &data, 1);
                 code(self.volumes.create_volume(Request::new(r)).await.map(drop))
+            }
+            Call::ChangedRanges(r) => {
+                drain(self.deltas.get_changed_ranges(Request::new(r)).await).await
+            }
+            Call::AllocatedRanges(r) => {
+                drain(self.deltas.get_allocated_ranges(Request::new(r)).await).await
             }
             Call::GetVolume(name) => code(
                 self.volumes
