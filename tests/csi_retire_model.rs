@@ -30,7 +30,6 @@ use std::path::Path;
 use std::time::Duration;
 use tonic::Code;
 
-const NODE: &str = "node-1";
 const VOLUME_BYTES: i64 = 4 << 20;
 const VOLUME_NAMES: &[&str] = &["pv-a", "pv-b", "pv-c"];
 const RESTORE_NAMES: &[&str] = &["pv-r1", "pv-r2"];
@@ -203,7 +202,7 @@ impl World<'_> {
         if let Some(d) = self.driver.take() {
             d.kill9();
         }
-        self.driver = Some(CsiDriver::start(self.dir, self.agent, NODE));
+        self.driver = Some(CsiDriver::start(self.dir, self.agent));
     }
 
     /// Sends the request; sometimes kills the driver while it is at work, then retries it

@@ -2,21 +2,32 @@
 //! [`Agent`], and a tonic channel to it for tests that make many calls (a Python call per
 //! request would dominate their time).
 
-use crate::{csi_bin, Agent};
+use crate::{csi_bin, grpc_call, Agent};
 use hyper_util::rt::TokioIo;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint, Uri};
 
+/// The node name [`CsiDriver::start`] gives the driver: its ids start with `node-1/`.
+pub const CSI_NODE: &str = "node-1";
+
+/// A `multisnap-csi` driver on a unix socket in a test's directory, in front of an agent (its
+/// gRPC and NBD unix sockets); killed when dropped. `TEST_CSI_LOG` sets its log filter
+/// (default `warn`).
 pub struct CsiDriver {
     child: Child,
     pub socket: PathBuf,
 }
 
 impl CsiDriver {
-    /// Starts the driver for node `node` on `dir/csi.sock` and waits until it serves.
-    pub fn start(dir: &Path, agent: &Agent, node: &str) -> CsiDriver {
+    /// Starts the driver for node [`CSI_NODE`] on `dir/csi.sock` and waits until it serves.
+    pub fn start(dir: &Path, agent: &Agent) -> CsiDriver {
+        CsiDriver::start_on(dir, agent, CSI_NODE)
+    }
+
+    /// [`CsiDriver::start`] for node `node`.
+    pub fn start_on(dir: &Path, agent: &Agent, node: &str) -> CsiDriver {
         let socket = dir.join("csi.sock");
         let child = Command::new(csi_bin())
             .arg(format!("--csi-socket=unix://{}", socket.display()))
@@ -57,6 +68,21 @@ impl CsiDriver {
                     Ok::<_, std::io::Error>(TokioIo::new(stream))
                 }
             }))
+    }
+
+    /// The gRPC address of its socket, for [`grpc_call`] and grpcurl.py.
+    pub fn addr(&self) -> String {
+        format!("unix:{}", self.socket.display())
+    }
+
+    pub fn call(&self, method: &str, body: &str) -> Result<serde_json::Value, (String, String)> {
+        grpc_call(&self.addr(), method, body)
+    }
+
+    /// [`CsiDriver::call`] that must succeed.
+    pub fn ok(&self, method: &str, body: &str) -> serde_json::Value {
+        self.call(method, body)
+            .unwrap_or_else(|(c, m)| panic!("{method} {body}: {c}: {m}"))
     }
 
     /// SIGKILL: the driver dies wherever it is, as a crashed pod.

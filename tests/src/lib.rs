@@ -2,6 +2,7 @@
 //! directory and drive them with real clients. Each file beside `src/` is one scenario.
 
 pub mod csi;
+pub use csi::{CsiDriver, CSI_NODE};
 pub mod vm;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -741,74 +742,4 @@ pub fn sha256(path: &Path) -> String {
 pub fn copy_sha(agent: &Agent, export: &str, to: &Path) -> String {
     run_ok("nbdcopy", &[&agent.uri(export), to.to_str().unwrap()]);
     sha256(to)
-}
-
-/// The node name [`CsiDriver`] gives the driver: its ids start with `node-1/`.
-pub const CSI_NODE: &str = "node-1";
-
-/// A `multisnap-csi` driver on a unix socket in `dir`, in front of `agent` (its gRPC and NBD
-/// unix sockets), node [`CSI_NODE`]; killed when dropped. `TEST_CSI_LOG` sets its log filter
-/// (default `warn`).
-pub struct CsiDriver {
-    child: Child,
-    pub socket: PathBuf,
-}
-
-impl CsiDriver {
-    pub fn start(dir: &Path, agent: &Agent) -> CsiDriver {
-        let socket = dir.join("csi.sock");
-        let child = Command::new(csi_bin())
-            .arg(format!("--csi-socket=unix://{}", socket.display()))
-            .arg("--agent-socket")
-            .arg(agent.data_dir.join("grpc.sock"))
-            .arg("--nbd-socket")
-            .arg(&agent.nbd_socket)
-            .arg(format!("--node-name={CSI_NODE}"))
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_CSI_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start multisnap-csi");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "multisnap-csi never served {}",
-                socket.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        CsiDriver { child, socket }
-    }
-
-    /// The gRPC address of its socket, for [`grpc_call`] and grpcurl.py.
-    pub fn addr(&self) -> String {
-        format!("unix:{}", self.socket.display())
-    }
-
-    pub fn call(&self, method: &str, body: &str) -> Result<serde_json::Value, (String, String)> {
-        grpc_call(&self.addr(), method, body)
-    }
-
-    /// [`CsiDriver::call`] that must succeed.
-    pub fn ok(&self, method: &str, body: &str) -> serde_json::Value {
-        self.call(method, body)
-            .unwrap_or_else(|(c, m)| panic!("{method} {body}: {c}: {m}"))
-    }
-
-    /// SIGKILL: the driver dies mid-flight, as a crashed pod.
-    pub fn kill9(mut self) {
-        self.child.kill().expect("kill the driver");
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for CsiDriver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
