@@ -73,6 +73,9 @@ pub enum StoreError {
     #[error("a snapshot named {0:?} already exists")]
     SnapshotExists(String),
 
+    #[error("volume {0} is named more than once in a group snapshot")]
+    GroupMemberTwice(VolumeUuid),
+
     #[error("invalid snapshot name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
 
@@ -191,6 +194,7 @@ impl StoreError {
             StoreError::InvalidGeometry(_)
             | StoreError::OutOfRange { .. }
             | StoreError::InvalidName { .. }
+            | StoreError::GroupMemberTwice(_)
             | StoreError::BadStage(_) => ErrorKind::InvalidArgument,
             StoreError::StoreFull { .. } => ErrorKind::NoSpace,
             StoreError::ShrinkRefused { .. } | StoreError::GrowthLimit { .. } => {

@@ -50,7 +50,8 @@ pub use format::superblock_io::read_superblock;
 pub use ids::{OriginChunk, SnapshotId, StoreChunk, VolumeUuid};
 pub use latency::LatencyStats;
 pub use store::{
-    is_hidden_snapshot_name, validate_snapshot_name, CloneSource, CreateOptions, HydrationProgress,
-    MergeProgress, ReceivePlan, ReceiveStatus, SnapshotInfo, Store, StoreStats, View, VolumeView,
+    create_snapshot_group, is_hidden_snapshot_name, validate_snapshot_name, CloneSource,
+    CreateOptions, HydrationProgress, MergeProgress, ReceivePlan, ReceiveStatus, SnapshotInfo,
+    Store, StoreStats, View, VolumeView,
 };
 pub use verify::{verify, VerifyReport};

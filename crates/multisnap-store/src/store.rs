@@ -44,6 +44,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod clone;
+mod group;
 mod open;
 mod origin_sync;
 mod read;
@@ -54,6 +55,7 @@ mod snapshots;
 mod view;
 mod write;
 pub use clone::{CloneSource, HydrationProgress};
+pub use group::create_snapshot_group;
 pub use receive::{ReceivePlan, ReceiveStatus};
 pub use revert::MergeProgress;
 pub use snapshots::{is_hidden_snapshot_name, validate_snapshot_name};

@@ -77,6 +77,12 @@ impl Store {
 
     fn create_snapshot_unchecked(&self, name: &str, writable: bool) -> Result<SnapshotInfo> {
         let _barrier = self.exclusive_barrier();
+        self.cut_snapshot(name, writable)
+    }
+
+    /// The cut itself; the caller holds the write barrier exclusively (one volume's for a
+    /// snapshot, every member's for a group, see `group.rs`).
+    pub(super) fn cut_snapshot(&self, name: &str, writable: bool) -> Result<SnapshotInfo> {
         // Writes acknowledged but not yet flushed are part of the snapshot; make them durable
         // so a power cut cannot take them out of it.
         self.sync_origin()?;
