@@ -1,6 +1,7 @@
 //! The data directory: `agent.lock` (held while an agent or an offline tool uses the
 //! directory), `nbd.sock`, and one folder per volume under `volumes/`, holding `store.msnap`
-//! and, unless the volume was made on an existing file or device, its origin `origin.img`.
+//! and, unless the volume was made on an existing file or device, its origin `origin.img`;
+//! `groups/` holds the records of snapshot groups.
 
 use crate::permissions;
 use anyhow::{bail, Context, Result};
@@ -56,6 +57,11 @@ impl DataDir {
 
     pub fn volumes_dir(&self) -> PathBuf {
         self.root.join("volumes")
+    }
+
+    /// Where snapshot groups keep their records (see `groups`).
+    pub fn groups_dir(&self) -> PathBuf {
+        self.root.join("groups")
     }
 
     pub fn volume_dir(&self, name: &str) -> PathBuf {

@@ -5,6 +5,7 @@
 
 mod clones;
 mod datadir;
+mod groups;
 mod grpc;
 mod io_errors;
 mod listen;

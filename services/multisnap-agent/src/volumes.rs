@@ -41,6 +41,11 @@ pub enum VolumeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("no snapshot group named {0:?}")]
+    GroupNotFound(String),
+    /// A group's name taken by something else; the message says by what.
+    #[error("{0}")]
+    GroupExists(String),
     #[error(transparent)]
     Store(#[from] multisnap_store::StoreError),
 }
@@ -150,6 +155,8 @@ pub(crate) fn check_size(field: &str, size: u64, limit: u64) -> Result<(), Volum
 
 pub struct Volumes {
     pub(crate) map: RwLock<BTreeMap<String, Arc<Volume>>>,
+    /// Snapshot groups over these volumes.
+    pub groups: crate::groups::Groups,
     data_dir: DataDir,
     origin_policy: OriginPolicy,
     io_errors: Arc<IoErrors>,
@@ -274,8 +281,10 @@ impl Volumes {
             map.insert(name, Arc::new(v));
         }
         crate::clones::wire_clones(&map);
+        let groups = crate::groups::Groups::load(data_dir.groups_dir(), &map)?;
         Ok(Volumes {
             map: RwLock::new(map),
+            groups,
             data_dir,
             origin_policy,
             io_errors,
@@ -287,6 +296,11 @@ impl Volumes {
     /// Device errors of every volume, for the metrics.
     pub fn io_errors(&self) -> &Arc<IoErrors> {
         &self.io_errors
+    }
+
+    /// The volumes as they are now, for an operation over several of them.
+    pub fn current(&self) -> crate::groups::VolumeMap {
+        self.map.read().clone()
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Volume>> {
@@ -521,12 +535,21 @@ impl Volumes {
     /// Removes a volume: its store, and its origin if the agent made it. Refused while it has
     /// snapshots unless `force`.
     pub fn delete(&self, name: &str, force: bool) -> Result<(), VolumeError> {
+        let _no_group_changes = self.groups.hold_off_changes();
         let mut map = self.map.write();
         let v = map
             .get(name)
             .cloned()
             .ok_or_else(|| VolumeError::NotFound(name.to_string()))?;
         crate::clones::refuse_deleting_a_source(&v)?;
+        let groups = self.groups.groups_of(name);
+        if !groups.is_empty() {
+            let names: Vec<&str> = groups.iter().map(|g| g.as_str()).collect();
+            return Err(VolumeError::FailedPrecondition(format!(
+                "volume {name} holds members of snapshot group(s) {}; delete the group(s) first",
+                names.join(", ")
+            )));
+        }
         let snaps = v.store.list_snapshots().len();
         if snaps > 0 && !force {
             return Err(VolumeError::FailedPrecondition(format!(

@@ -234,6 +234,7 @@ mod tests {
             exclusive_bytes: None,
             source_snapshot_id: 3,
             size_bytes: 1 << 20,
+            group: String::new(),
         };
         let j = snapshot_json(&s);
         assert_eq!(j["id"], 7);

@@ -7,6 +7,7 @@ mod argument_fuzz;
 mod block_maps;
 mod deltas;
 mod policies;
+mod snapshot_groups;
 mod snapshots;
 mod status;
 mod ublk;

@@ -38,7 +38,17 @@ pub fn snapshot_message(volume: &str, s: &SnapshotInfo) -> pb::Snapshot {
         exclusive_bytes: None,
         source_snapshot_id: s.source_id,
         size_bytes: s.size,
+        group: String::new(),
     }
+}
+
+/// [`snapshot_message`] naming the group the snapshot is a member of, if any.
+pub fn member_message(volumes: &Volumes, volume: &str, s: &SnapshotInfo) -> pb::Snapshot {
+    let mut m = snapshot_message(volume, s);
+    if let Some(g) = volumes.groups.member_of(volume, &s.name) {
+        m.group = g.to_string();
+    }
+    m
 }
 
 impl SnapshotApi {
@@ -64,7 +74,16 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotApi {
         let r = req.into_inner();
         require_name(&r.name)?;
         let v = self.volume(&r.volume)?;
+        let volumes = self.volumes.clone();
         blocking(move || {
+            // No group is made or deleted meanwhile, so a group's member names stay its own.
+            let _no_group_changes = volumes.groups.hold_off_changes();
+            if let Some(g) = volumes.groups.member_of(&v.name, &r.name) {
+                return Err(Status::already_exists(format!(
+                    "volume {}'s snapshot {:?} is a member of snapshot group {g}",
+                    v.name, r.name
+                )));
+            }
             let existing = |v: &Volume| -> Result<Response<pb::Snapshot>, Status> {
                 let s = v.store.snapshot_by_name(&r.name).map_err(from_store)?;
                 if s.writable != r.writable {
@@ -94,13 +113,14 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotApi {
         req: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
         let v = self.volume(&req.into_inner().volume)?;
+        let volumes = self.volumes.clone();
         blocking(move || {
             Ok(Response::new(pb::ListSnapshotsResponse {
                 snapshots: v
                     .store
                     .list_snapshots()
                     .iter()
-                    .map(|s| snapshot_message(&v.name, s))
+                    .map(|s| member_message(&volumes, &v.name, s))
                     .collect(),
             }))
         })
@@ -114,9 +134,10 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotApi {
         let r = req.into_inner();
         require_name(&r.name)?;
         let v = self.volume(&r.volume)?;
+        let volumes = self.volumes.clone();
         blocking(move || {
             let s = v.store.snapshot_by_name(&r.name).map_err(from_store)?;
-            Ok(Response::new(snapshot_message(&v.name, &s)))
+            Ok(Response::new(member_message(&volumes, &v.name, &s)))
         })
         .await
     }
@@ -132,6 +153,12 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotApi {
         if let Some(dev) = self.ublk.serving(&r.volume, Some(&r.name)) {
             return Err(Status::failed_precondition(format!(
                 "snapshot {}@{} is served as {dev}; detach it first (multisnap ublk detach {dev})",
+                r.volume, r.name
+            )));
+        }
+        if let Some(g) = self.volumes.groups.member_of(&r.volume, &r.name) {
+            return Err(Status::failed_precondition(format!(
+                "snapshot {}@{} is a member of snapshot group {g}; delete the group instead",
                 r.volume, r.name
             )));
         }
@@ -175,5 +202,35 @@ impl pb::snapshot_service_server::SnapshotService for SnapshotApi {
             }))
         })
         .await
+    }
+
+    #[tracing::instrument(skip_all, fields(group = %req.get_ref().name))]
+    async fn create_snapshot_group(
+        &self,
+        req: Request<pb::CreateSnapshotGroupRequest>,
+    ) -> Result<Response<pb::SnapshotGroup>, Status> {
+        super::snapshot_groups::create(&self.volumes, req.into_inner()).await
+    }
+
+    async fn get_snapshot_group(
+        &self,
+        req: Request<pb::GetSnapshotGroupRequest>,
+    ) -> Result<Response<pb::SnapshotGroup>, Status> {
+        super::snapshot_groups::get(&self.volumes, req.into_inner()).await
+    }
+
+    async fn list_snapshot_groups(
+        &self,
+        _req: Request<pb::ListSnapshotGroupsRequest>,
+    ) -> Result<Response<pb::ListSnapshotGroupsResponse>, Status> {
+        super::snapshot_groups::list(&self.volumes).await
+    }
+
+    #[tracing::instrument(skip_all, fields(group = %req.get_ref().name))]
+    async fn delete_snapshot_group(
+        &self,
+        req: Request<pb::DeleteSnapshotGroupRequest>,
+    ) -> Result<Response<pb::DeleteSnapshotGroupResponse>, Status> {
+        super::snapshot_groups::delete(&self.volumes, req.into_inner()).await
     }
 }

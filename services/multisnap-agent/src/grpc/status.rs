@@ -37,8 +37,12 @@ pub fn from_store(e: StoreError) -> Status {
 
 pub fn from_volume(e: VolumeError) -> Status {
     match e {
-        VolumeError::NotFound(_) | VolumeError::NoPolicy(_) => Status::not_found(e.to_string()),
-        VolumeError::AlreadyExists(_) => Status::already_exists(e.to_string()),
+        VolumeError::NotFound(_) | VolumeError::NoPolicy(_) | VolumeError::GroupNotFound(_) => {
+            Status::not_found(e.to_string())
+        }
+        VolumeError::AlreadyExists(_) | VolumeError::GroupExists(_) => {
+            Status::already_exists(e.to_string())
+        }
         VolumeError::InvalidArgument(m) => Status::invalid_argument(m),
         VolumeError::FailedPrecondition(m) => Status::failed_precondition(m),
         VolumeError::PermissionDenied(m) => Status::permission_denied(m),
