@@ -13,6 +13,7 @@ mod replicate;
 mod revert;
 mod size;
 mod snapshot;
+mod snapshot_group;
 mod ublk;
 mod volume;
 

@@ -95,6 +95,9 @@ pub fn snapshot_json(s: &pb::Snapshot) -> Value {
     if let Some(b) = s.exclusive_bytes {
         doc["exclusiveBytes"] = Value::from(b);
     }
+    if !s.group.is_empty() {
+        doc["group"] = Value::from(s.group.clone());
+    }
     doc
 }
 

@@ -64,6 +64,9 @@ pub enum SnapshotCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Snapshot groups: several volumes cut at one instant.
+    #[command(subcommand)]
+    Group(crate::snapshot_group::GroupCommand),
 }
 
 pub async fn run(ctx: &Ctx, cmd: SnapshotCommand) -> Result<()> {
@@ -156,6 +159,7 @@ pub async fn run(ctx: &Ctx, cmd: SnapshotCommand) -> Result<()> {
             snapshot,
             wait,
         } => revert::run(ctx, &mut client, &volume, &snapshot, wait).await,
+        SnapshotCommand::Group(cmd) => crate::snapshot_group::run(ctx, &mut client, cmd).await,
     }
 }
 
@@ -215,6 +219,9 @@ fn show(format: Format, s: &pb::Snapshot) -> Result<()> {
             ];
             if let Some(b) = s.exclusive_bytes {
                 fields.push(("exclusive", output::bytes_detail(b)));
+            }
+            if !s.group.is_empty() {
+                fields.push(("group", s.group.clone()));
             }
             output::print_details(&fields)
         }

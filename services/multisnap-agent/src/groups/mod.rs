@@ -152,6 +152,20 @@ impl Groups {
             .then(|| rec.name.clone())
     }
 
+    /// The group whose member snapshot `id` of `volume` is, if any (a deleted snapshot of the
+    /// same name, still being reclaimed, is not one).
+    pub fn group_of(&self, volume: &str, id: u64) -> Option<GroupName> {
+        self.records
+            .lock()
+            .values()
+            .find(|r| {
+                r.members
+                    .iter()
+                    .any(|m| m.volume == volume && m.snapshot_id == id)
+            })
+            .map(|r| r.name.clone())
+    }
+
     /// The groups with a member on `volume`.
     pub fn groups_of(&self, volume: &str) -> Vec<GroupName> {
         self.records
@@ -189,7 +203,7 @@ impl Groups {
                 return Ok(rec);
             }
             return Err(VolumeError::GroupExists(format!(
-                "snapshot group {name:?} already exists, of volumes {}",
+                "snapshot group \"{name}\" already exists, of volumes {}",
                 rec.volumes().join(", ")
             )));
         }
@@ -207,7 +221,7 @@ impl Groups {
             .find(|v| v.store.snapshot_by_name(name.as_str()).is_ok())
         {
             return Err(VolumeError::GroupExists(format!(
-                "volume {} already has a snapshot named {name:?}, so it cannot be a member of group {name:?}",
+                "volume {} already has a snapshot named \"{name}\", so it cannot be a member of group \"{name}\"",
                 v.name
             )));
         }

@@ -45,7 +45,7 @@ pub fn snapshot_message(volume: &str, s: &SnapshotInfo) -> pb::Snapshot {
 /// [`snapshot_message`] naming the group the snapshot is a member of, if any.
 pub fn member_message(volumes: &Volumes, volume: &str, s: &SnapshotInfo) -> pb::Snapshot {
     let mut m = snapshot_message(volume, s);
-    if let Some(g) = volumes.groups.member_of(volume, &s.name) {
+    if let Some(g) = volumes.groups.group_of(volume, s.id.0) {
         m.group = g.to_string();
     }
     m
