@@ -102,6 +102,7 @@ class Sanity:
         self.identity = csi_grpc.IdentityStub(ch)
         self.ctrl = csi_grpc.ControllerStub(ch)
         self.nodesvc = csi_grpc.NodeStub(ch)
+        self.group = csi_grpc.GroupControllerStub(ch)
         ach = channel(agent_socket)
         self.agent_volumes = ms_grpc.VolumeServiceStub(ach)
         self.results = []  # (name, status, reason)
@@ -112,6 +113,10 @@ class Sanity:
         self.node_caps = {c.rpc.type for c in ncaps.capabilities}
         pcaps = self.identity.GetPluginCapabilities(csi.GetPluginCapabilitiesRequest())
         self.plugin_caps = {c.service.type for c in pcaps.capabilities if c.HasField("service")}
+        self.group_caps = set()
+        if csi.PluginCapability.Service.GROUP_CONTROLLER_SERVICE in self.plugin_caps:
+            gcaps = self.group.GroupControllerGetCapabilities(csi.GroupControllerGetCapabilitiesRequest())
+            self.group_caps = {c.rpc.type for c in gcaps.capabilities}
         self.kernel_device = os.path.exists("/dev/ublk-control") or os.path.exists("/sys/block/nbd0")
 
     # ---- helpers ----
@@ -119,6 +124,20 @@ class Sanity:
     def need(self, cap):
         if cap not in self.ctrl_caps:
             raise Skip("capability %s not advertised" % csi.ControllerServiceCapability.RPC.Type.Name(cap))
+
+    def need_group(self):
+        if csi.PluginCapability.Service.GROUP_CONTROLLER_SERVICE not in self.plugin_caps:
+            raise Skip("plugin capability GROUP_CONTROLLER_SERVICE not advertised")
+        cap = csi.GroupControllerServiceCapability.RPC.CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT
+        if cap not in self.group_caps:
+            raise Skip("group capability CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT not advertised")
+
+    def create_group(self, volume_ids, name=None):
+        name = name or unique("sanity-group")
+        g = self.group.CreateVolumeGroupSnapshot(
+            csi.CreateVolumeGroupSnapshotRequest(name=name, source_volume_ids=volume_ids)).group_snapshot
+        self.cleanup.append(("group", g.group_snapshot_id))
+        return g
 
     def need_kernel(self):
         if not self.kernel_device:
@@ -178,6 +197,8 @@ class Sanity:
             kind, ident = self.cleanup.pop()
             if kind == "volume":
                 self.ctrl.DeleteVolume(csi.DeleteVolumeRequest(volume_id=ident))
+            elif kind == "group":
+                self.group.DeleteVolumeGroupSnapshot(csi.DeleteVolumeGroupSnapshotRequest(group_snapshot_id=ident))
             else:
                 self.ctrl.DeleteSnapshot(csi.DeleteSnapshotRequest(snapshot_id=ident))
 
@@ -669,6 +690,157 @@ def snapshot_cases(s):
 # ---------------------------------------------------------------------------------------------
 # Node
 
+# ---------------------------------------------------------------------------------------------
+# GroupController: csi-sanity's groupcontroller.go cases, then the group's life with members
+
+def group_cases(s):
+    IA = grpc.StatusCode.INVALID_ARGUMENT
+    NF = grpc.StatusCode.NOT_FOUND
+
+    def capabilities():
+        s.need_group()
+        known = set(csi.GroupControllerServiceCapability.RPC.Type.values()) - {0}
+        for t in s.group_caps:
+            check(t in known, "unknown group capability %s" % t)
+
+    def create_no_name():
+        s.need_group()
+        vol = s.create_volume(size=MIB)
+        expect_code(IA, s.group.CreateVolumeGroupSnapshot,
+                    csi.CreateVolumeGroupSnapshotRequest(source_volume_ids=[vol.volume_id]))
+
+    def create_no_sources():
+        s.need_group()
+        expect_code(IA, s.group.CreateVolumeGroupSnapshot,
+                    csi.CreateVolumeGroupSnapshotRequest(name=unique("g")))
+
+    def get_no_id():
+        s.need_group()
+        expect_code(IA, s.group.GetVolumeGroupSnapshot, csi.GetVolumeGroupSnapshotRequest())
+
+    def get_unknown():
+        s.need_group()
+        for ident in ["fake-group-id", s.node + "/group@csi-000000000000000000000000"]:
+            expect_code(NF, s.group.GetVolumeGroupSnapshot,
+                        csi.GetVolumeGroupSnapshotRequest(group_snapshot_id=ident))
+
+    def delete_no_id():
+        s.need_group()
+        expect_code(IA, s.group.DeleteVolumeGroupSnapshot, csi.DeleteVolumeGroupSnapshotRequest())
+
+    def delete_unknown():
+        s.need_group()
+        for ident in ["fake-group-id", s.node + "/group@csi-000000000000000000000000"]:
+            s.group.DeleteVolumeGroupSnapshot(csi.DeleteVolumeGroupSnapshotRequest(group_snapshot_id=ident))
+
+    def create_idempotent_and_conflicts():
+        s.need_group()
+        v1, v2, v3 = (s.create_volume(size=MIB) for _ in range(3))
+        name = unique("group")
+        a = s.create_group([v1.volume_id, v2.volume_id], name)
+        b = s.group.CreateVolumeGroupSnapshot(csi.CreateVolumeGroupSnapshotRequest(
+            name=name, source_volume_ids=[v2.volume_id, v1.volume_id])).group_snapshot
+        check(a == b, "same name, same volumes, another answer: %s != %s" % (a, b))
+        check(a.ready_to_use and a.HasField("creation_time"), "not ready or no time: %s" % a)
+        check(sorted(m.source_volume_id for m in a.snapshots) == sorted([v1.volume_id, v2.volume_id]),
+              "members %s" % a.snapshots)
+        for m in a.snapshots:
+            check(m.group_snapshot_id == a.group_snapshot_id and m.ready_to_use and m.size_bytes == MIB,
+                  "member %s" % m)
+        expect_code(grpc.StatusCode.ALREADY_EXISTS, s.group.CreateVolumeGroupSnapshot,
+                    csi.CreateVolumeGroupSnapshotRequest(name=name, source_volume_ids=[v1.volume_id, v3.volume_id]))
+        expect_code(NF, s.group.CreateVolumeGroupSnapshot, csi.CreateVolumeGroupSnapshotRequest(
+            name=unique("g"), source_volume_ids=[v1.volume_id, s.node + "/csi-000000000000000000000000"]))
+        expect_code(NF, s.group.CreateVolumeGroupSnapshot, csi.CreateVolumeGroupSnapshotRequest(
+            name=unique("g"), source_volume_ids=["fake-vol-id"]))
+        expect_code(grpc.StatusCode.FAILED_PRECONDITION, s.group.CreateVolumeGroupSnapshot,
+                    csi.CreateVolumeGroupSnapshotRequest(name=unique("g"), source_volume_ids=[
+                        v1.volume_id, "other-node/" + v2.volume_id.split("/", 1)[1]]))
+        expect_code(IA, s.group.CreateVolumeGroupSnapshot, csi.CreateVolumeGroupSnapshotRequest(
+            name=unique("g"), source_volume_ids=[v1.volume_id], parameters={"bogus": "1"}))
+
+    def members_are_snapshots_of_the_group():
+        s.need_group()
+        v1, v2 = s.create_volume(size=MIB), s.create_volume(size=MIB)
+        g = s.create_group([v1.volume_id, v2.volume_id])
+        ids = [m.snapshot_id for m in g.snapshots]
+        for m in g.snapshots:
+            listed = s.ctrl.ListSnapshots(csi.ListSnapshotsRequest(snapshot_id=m.snapshot_id)).entries
+            check(len(listed) == 1 and listed[0].snapshot.group_snapshot_id == g.group_snapshot_id,
+                  "ListSnapshots: %s" % listed)
+            got = s.ctrl.GetSnapshot(csi.GetSnapshotRequest(snapshot_id=m.snapshot_id)).snapshot
+            check(got.group_snapshot_id == g.group_snapshot_id, "GetSnapshot: %s" % got)
+            expect_code(IA, s.ctrl.DeleteSnapshot, csi.DeleteSnapshotRequest(snapshot_id=m.snapshot_id))
+        got = s.group.GetVolumeGroupSnapshot(csi.GetVolumeGroupSnapshotRequest(
+            group_snapshot_id=g.group_snapshot_id, snapshot_ids=list(reversed(ids)))).group_snapshot
+        check(got == g, "Get: %s != %s" % (got, g))
+        expect_code(IA, s.group.GetVolumeGroupSnapshot, csi.GetVolumeGroupSnapshotRequest(
+            group_snapshot_id=g.group_snapshot_id, snapshot_ids=ids[:1]))
+        expect_code(IA, s.group.DeleteVolumeGroupSnapshot, csi.DeleteVolumeGroupSnapshotRequest(
+            group_snapshot_id=g.group_snapshot_id, snapshot_ids=ids + ["x"]))
+        # A single snapshot of a member volume is not in the group.
+        single = s.create_snapshot(v1.volume_id)
+        check(single.group_snapshot_id == "", "single snapshot in a group: %s" % single)
+
+    def restore_a_member():
+        s.need_group()
+        v1, v2 = s.create_volume(size=MIB), s.create_volume(size=MIB)
+        g = s.create_group([v1.volume_id, v2.volume_id])
+        member = g.snapshots[0]
+        source = csi.VolumeContentSource(snapshot=csi.VolumeContentSource.SnapshotSource(snapshot_id=member.snapshot_id))
+        vol = s.restore(unique("from-member"), source, size=MIB)
+        check(vol.content_source.snapshot.snapshot_id == member.snapshot_id, "content_source: %s" % vol)
+
+    def delete_removes_members():
+        s.need_group()
+        v1, v2 = s.create_volume(size=MIB), s.create_volume(size=MIB)
+        g = s.create_group([v1.volume_id, v2.volume_id])
+        before = len(s.ctrl.ListSnapshots(csi.ListSnapshotsRequest()).entries)
+        ids = [m.snapshot_id for m in g.snapshots]
+        s.group.DeleteVolumeGroupSnapshot(csi.DeleteVolumeGroupSnapshotRequest(
+            group_snapshot_id=g.group_snapshot_id, snapshot_ids=ids))
+        after = len(s.ctrl.ListSnapshots(csi.ListSnapshotsRequest()).entries)
+        check(after == before - 2, "ListSnapshots %d -> %d" % (before, after))
+        for ident in ids:
+            check(not s.ctrl.ListSnapshots(csi.ListSnapshotsRequest(snapshot_id=ident)).entries, "member %s left" % ident)
+        expect_code(NF, s.group.GetVolumeGroupSnapshot,
+                    csi.GetVolumeGroupSnapshotRequest(group_snapshot_id=g.group_snapshot_id))
+        # Again: a retry of a delete that already happened.
+        s.group.DeleteVolumeGroupSnapshot(csi.DeleteVolumeGroupSnapshotRequest(
+            group_snapshot_id=g.group_snapshot_id, snapshot_ids=ids))
+
+    def member_volume_deleted_first():
+        s.need_group()
+        v1, v2 = s.create_volume(size=MIB), s.create_volume(size=MIB)
+        g = s.create_group([v1.volume_id, v2.volume_id])
+        before = s.agent_volume_names()
+        # Kubernetes may delete a PV while its group snapshot remains: the volume is retired
+        # and the group stays whole; the group's deletion then takes the volume with it.
+        s.ctrl.DeleteVolume(csi.DeleteVolumeRequest(volume_id=v1.volume_id))
+        got = s.group.GetVolumeGroupSnapshot(csi.GetVolumeGroupSnapshotRequest(
+            group_snapshot_id=g.group_snapshot_id)).group_snapshot
+        check(len(got.snapshots) == 2 and got.ready_to_use, "after DeleteVolume: %s" % got)
+        check(s.agent_volume_names() == before, "the member volume went early")
+        s.group.DeleteVolumeGroupSnapshot(csi.DeleteVolumeGroupSnapshotRequest(group_snapshot_id=g.group_snapshot_id))
+        check(len(s.agent_volume_names()) == len(before) - 1, "the retired member volume was not reaped")
+
+    for name, fn in [
+        ("GroupControllerGetCapabilities: known types only", capabilities),
+        ("CreateVolumeGroupSnapshot: no name is INVALID_ARGUMENT", create_no_name),
+        ("CreateVolumeGroupSnapshot: no source volumes is INVALID_ARGUMENT", create_no_sources),
+        ("GetVolumeGroupSnapshot: no id is INVALID_ARGUMENT", get_no_id),
+        ("GetVolumeGroupSnapshot: unknown id is NOT_FOUND", get_unknown),
+        ("DeleteVolumeGroupSnapshot: no id is INVALID_ARGUMENT", delete_no_id),
+        ("DeleteVolumeGroupSnapshot: unknown id is OK", delete_unknown),
+        ("CreateVolumeGroupSnapshot: idempotent, ALREADY_EXISTS, NOT_FOUND, other node", create_idempotent_and_conflicts),
+        ("Group members: listed with their group, not deletable alone, snapshot_ids checked", members_are_snapshots_of_the_group),
+        ("Group members: restorable with CreateVolume", restore_a_member),
+        ("DeleteVolumeGroupSnapshot: members go, retries are OK", delete_removes_members),
+        ("DeleteVolume of a member's volume: retired until the group goes", member_volume_deleted_first),
+    ]:
+        s.run("GroupController " + name, fn)
+
+
 def node_cases(s):
     IA = grpc.StatusCode.INVALID_ARGUMENT
     N = csi.NodeServiceCapability.RPC
@@ -1003,6 +1175,7 @@ def main():
     identity_cases(s)
     controller_volume_cases(s)
     snapshot_cases(s)
+    group_cases(s)
     node_cases(s)
     sidecar_cases(s)
     bad_input_cases(s)

@@ -64,6 +64,7 @@ impl Identity for IdentityService {
             capabilities: vec![
                 service_capability(service::Type::ControllerService),
                 service_capability(service::Type::VolumeAccessibilityConstraints),
+                service_capability(service::Type::GroupControllerService),
                 offline,
                 snapshot_metadata,
             ],

@@ -1,12 +1,13 @@
 //! multisnap-csi: a Kubernetes CSI (v1.12) driver for multisnap volumes. It serves CSI's
-//! Identity, Controller, Node and SnapshotMetadata services on a unix socket and does every change through the
-//! node agent's gRPC API. One instance runs on every node next to that node's agent (the
+//! Identity, Controller, GroupController, Node and SnapshotMetadata services on a unix socket
+//! and does every change through the node agent's gRPC API. One instance runs on every node next to that node's agent (the
 //! sidecars' per-node mode); ids carry the node that holds the data.
 
 pub mod agent;
 pub mod capability;
 pub mod catalog;
 pub mod controller;
+pub mod group_controller;
 pub mod identity;
 pub mod ids;
 pub mod inflight;

@@ -1,11 +1,13 @@
-//! Serves Identity, Controller, Node and SnapshotMetadata, gRPC reflection (so grpcurl works without proto
-//! files) and grpc.health.v1 on the CSI unix socket.
+//! Serves Identity, Controller, GroupController, Node and SnapshotMetadata, gRPC reflection (so
+//! grpcurl works without proto files) and grpc.health.v1 on the CSI unix socket.
 
 use crate::controller::ControllerService;
 use crate::csi::controller_server::ControllerServer;
+use crate::csi::group_controller_server::GroupControllerServer;
 use crate::csi::identity_server::IdentityServer;
 use crate::csi::node_server::NodeServer;
 use crate::csi::snapshot_metadata_server::SnapshotMetadataServer;
+use crate::group_controller::GroupControllerService;
 use crate::identity::IdentityService;
 use crate::node::NodeService;
 use crate::snapshot_metadata::SnapshotMetadataService;
@@ -43,6 +45,9 @@ pub async fn serve(
     reporter
         .set_serving::<ControllerServer<ControllerService>>()
         .await;
+    reporter
+        .set_serving::<GroupControllerServer<GroupControllerService>>()
+        .await;
     reporter.set_serving::<NodeServer<NodeService>>().await;
     reporter
         .set_serving::<SnapshotMetadataServer<SnapshotMetadataService>>()
@@ -66,6 +71,9 @@ pub async fn serve(
         .add_service(IdentityServer::new(IdentityService(driver.clone())))
         .add_service(ControllerServer::new(ControllerService(driver.clone())))
         .add_service(SnapshotMetadataServer::new(SnapshotMetadataService(
+            driver.clone(),
+        )))
+        .add_service(GroupControllerServer::new(GroupControllerService(
             driver.clone(),
         )))
         .add_service(NodeServer::new(NodeService(driver)))

@@ -7,6 +7,7 @@ mod source;
 mod volumes;
 
 pub use sizes::Range;
+pub use snapshots::{csi_snapshot, restore_size, KUBERNETES_PREFIX};
 pub use volumes::local_id;
 
 use crate::csi::controller_server::Controller;

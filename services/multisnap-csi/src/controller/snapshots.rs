@@ -11,7 +11,7 @@ use multisnap_proto::v1 as pb;
 use tonic::{Response, Status};
 
 /// Snapshot parameters Kubernetes adds (`--extra-create-metadata`); multisnap takes no others.
-const KUBERNETES_PREFIX: &str = "csi.storage.k8s.io/";
+pub const KUBERNETES_PREFIX: &str = "csi.storage.k8s.io/";
 
 /// What a restore of a snapshot needs at least: its size when taken. An agent from before
 /// snapshots reported their size answers 0; the volume's size is the best guess then (it is
@@ -27,7 +27,7 @@ pub async fn restore_size(d: &Driver, volume: &VolumeId, s: &pb::Snapshot) -> Re
     }
 }
 
-fn csi_snapshot(
+pub fn csi_snapshot(
     volume: &VolumeId,
     name: &AgentSnapshotName,
     s: &pb::Snapshot,
@@ -43,7 +43,7 @@ fn csi_snapshot(
         source_volume_id: volume.to_string(),
         creation_time: s.created_at,
         ready_to_use: s.state == pb::SnapshotState::Ready as i32,
-        group_snapshot_id: String::new(),
+        group_snapshot_id: crate::group_controller::group_id_of(&volume.node, &s.group),
     }
 }
 
@@ -153,6 +153,7 @@ pub async fn delete(
         )));
     }
     let _claim = d.inflight.claim(&[format!("volume {}", id.volume)])?;
+    refuse_group_member(d, &id).await?;
     let reply = d
         .agent
         .snapshots()
@@ -166,6 +167,28 @@ pub async fn delete(
     // Also when the snapshot was gone already: a crash may have come between the two steps.
     retire::reap_if_unused(&d.agent, &id.volume.volume).await?;
     Ok(Response::new(DeleteSnapshotResponse {}))
+}
+
+/// A member of a group snapshot goes with its group only: INVALID_ARGUMENT, the spec's code.
+async fn refuse_group_member(d: &Driver, id: &SnapshotId) -> Result<(), Status> {
+    let reply = d
+        .agent
+        .snapshots()
+        .get_snapshot(pb::GetSnapshotRequest {
+            volume: id.volume.volume.to_string(),
+            name: id.snapshot.to_string(),
+        })
+        .await
+        .map(|r| r.into_inner());
+    let snapshot = crate::agent::absent_as_none(reply)
+        .map_err(|s| from_agent(&format!("looking up snapshot {id}"), s))?;
+    match snapshot {
+        Some(s) if !s.group.is_empty() => Err(invalid(format!(
+            "snapshot {id} is a member of group snapshot {}; delete the group snapshot instead",
+            crate::group_controller::group_id_of(&d.node, &s.group)
+        ))),
+        _ => Ok(()),
+    }
 }
 
 pub async fn list(
