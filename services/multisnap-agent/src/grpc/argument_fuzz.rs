@@ -154,6 +154,9 @@ enum Call {
     SetPolicy(String, Option<pb::SnapshotPolicy>),
     GetPolicy(String),
     ClearPolicy(String),
+    CreateSnapshotGroup(String, Vec<String>),
+    GetSnapshotGroup(String),
+    DeleteSnapshotGroup(String),
 }
 
 fn call() -> impl Strategy<Value = Call> {
@@ -218,6 +221,10 @@ fn call() -> impl Strategy<Value = Call> {
             .prop_map(|(n, p)| Call::SetPolicy(n, p)),
         1 => name().prop_map(Call::GetPolicy),
         1 => name().prop_map(Call::ClearPolicy),
+        2 => (name(), proptest::collection::vec(name(), 0..4))
+            .prop_map(|(n, v)| Call::CreateSnapshotGroup(n, v)),
+        1 => name().prop_map(Call::GetSnapshotGroup),
+        1 => name().prop_map(Call::DeleteSnapshotGroup),
     ]
 }
 
@@ -358,6 +365,27 @@ impl Agent {
             Call::ClearPolicy(volume) => code(
                 self.policies
                     .clear_policy(Request::new(pb::ClearPolicyRequest { volume }))
+                    .await
+                    .map(drop),
+            ),
+            Call::CreateSnapshotGroup(name, volumes) => code(
+                self.snapshots
+                    .create_snapshot_group(Request::new(pb::CreateSnapshotGroupRequest {
+                        name,
+                        volumes,
+                    }))
+                    .await
+                    .map(drop),
+            ),
+            Call::GetSnapshotGroup(name) => code(
+                self.snapshots
+                    .get_snapshot_group(Request::new(pb::GetSnapshotGroupRequest { name }))
+                    .await
+                    .map(drop),
+            ),
+            Call::DeleteSnapshotGroup(name) => code(
+                self.snapshots
+                    .delete_snapshot_group(Request::new(pb::DeleteSnapshotGroupRequest { name }))
                     .await
                     .map(drop),
             ),
