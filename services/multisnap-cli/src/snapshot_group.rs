@@ -104,7 +104,18 @@ fn list_table(groups: &[pb::SnapshotGroup]) -> Table {
     let mut t = Table::new(&[("NAME", false), ("CREATED", false), ("VOLUMES", false)]);
     for g in groups {
         let volumes: Vec<&str> = g.members.iter().map(|m| m.volume.as_str()).collect();
-        t.row(vec![g.name.clone(), created(g), volumes.join(",")]);
+        // Whole seconds read better in a table, as in `snapshot list`.
+        let created = g.created_at.as_ref().map_or_else(
+            || "-".into(),
+            |t| {
+                prost_types::Timestamp {
+                    seconds: t.seconds,
+                    nanos: 0,
+                }
+                .to_string()
+            },
+        );
+        t.row(vec![g.name.clone(), created, volumes.join(",")]);
     }
     t
 }
