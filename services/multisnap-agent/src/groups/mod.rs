@@ -243,8 +243,16 @@ impl Groups {
         let cut = match multisnap_store::create_snapshot_group(&stores, name.as_str()) {
             Ok(cut) => cut,
             Err(e) => {
-                self.abandon(&members, &rec)?;
-                return Err(e.into());
+                // A name taken meanwhile (a delta apply reserves its snapshot's name) is
+                // found before any member is cut: the snapshot of that name is not ours.
+                let made_some = !matches!(e, multisnap_store::StoreError::SnapshotExists(_));
+                self.abandon(if made_some { &members[..] } else { &[] }, &rec)?;
+                return Err(match e {
+                    multisnap_store::StoreError::SnapshotExists(_) => VolumeError::GroupExists(
+                        format!("a snapshot named \"{name}\" appeared on a volume of the group while it was being cut"),
+                    ),
+                    e => e.into(),
+                });
             }
         };
         self.checkpoint(Step::MembersCut)?;
@@ -283,7 +291,8 @@ impl Groups {
         Ok(())
     }
 
-    /// A cut that failed part way: the members made so far go, then the record.
+    /// A cut that failed part way: the members made so far go (found by name on `members`;
+    /// a delta apply's snapshot still receiving is never deleted), then the record.
     fn abandon(&self, members: &[Arc<Volume>], rec: &GroupRecord) -> Result<(), VolumeError> {
         for v in members {
             delete_member(v, &rec.name)?;
