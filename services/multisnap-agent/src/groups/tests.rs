@@ -25,6 +25,7 @@ fn with_volumes(root: &Path, names: &[&str]) -> Volumes {
                 store_size_bytes: None,
                 origin_path: None,
                 full_policy: FullPolicy::Error,
+                labels: Default::default(),
             })
             .unwrap();
     }
