@@ -136,6 +136,22 @@ pub struct NewVolume {
     pub labels: Labels,
 }
 
+#[cfg(test)]
+impl NewVolume {
+    /// A plain volume of `size_bytes` in the data directory, 4 KiB chunks, for tests.
+    pub fn for_tests(name: &str, size_bytes: u64) -> NewVolume {
+        NewVolume {
+            name: name.into(),
+            size_bytes,
+            chunk_size: 4096,
+            store_size_bytes: None,
+            origin_path: None,
+            full_policy: FullPolicy::Error,
+            labels: Default::default(),
+        }
+    }
+}
+
 /// The largest origin a volume may have: 64 TiB. The store's allocator bitmap is sized at
 /// creation for eight times the store and written whole, so a larger volume would make creation
 /// write gigabytes of metadata before the first byte of data.

@@ -89,6 +89,18 @@ impl Agent {
         absent_as_none(reply.map(|r| r.into_inner()))
     }
 
+    /// A snapshot by agent volume and snapshot name; None when the agent has none.
+    pub async fn snapshot(&self, volume: &str, name: &str) -> Result<Option<pb::Snapshot>, Status> {
+        let reply = self
+            .snapshots()
+            .get_snapshot(pb::GetSnapshotRequest {
+                volume: volume.to_string(),
+                name: name.to_string(),
+            })
+            .await;
+        absent_as_none(reply.map(|r| r.into_inner()))
+    }
+
     /// A volume's snapshots, in creation order; empty when the volume is gone.
     pub async fn snapshots_of(&self, volume: &str) -> Result<Vec<pb::Snapshot>, Status> {
         let reply = self

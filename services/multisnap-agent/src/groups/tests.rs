@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::volumes::{NewVolume, Volumes};
-use multisnap_store::FullPolicy;
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -18,15 +17,7 @@ fn with_volumes(root: &Path, names: &[&str]) -> Volumes {
     let volumes = load(root);
     for name in names {
         volumes
-            .create(&NewVolume {
-                name: name.to_string(),
-                size_bytes: 1 << 20,
-                chunk_size: 4096,
-                store_size_bytes: None,
-                origin_path: None,
-                full_policy: FullPolicy::Error,
-                labels: Default::default(),
-            })
+            .create(&NewVolume::for_tests(name, 1 << 20))
             .unwrap();
     }
     volumes

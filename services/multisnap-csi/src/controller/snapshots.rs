@@ -171,16 +171,10 @@ pub async fn delete(
 
 /// A member of a group snapshot goes with its group only: INVALID_ARGUMENT, the spec's code.
 async fn refuse_group_member(d: &Driver, id: &SnapshotId) -> Result<(), Status> {
-    let reply = d
+    let snapshot = d
         .agent
-        .snapshots()
-        .get_snapshot(pb::GetSnapshotRequest {
-            volume: id.volume.volume.to_string(),
-            name: id.snapshot.to_string(),
-        })
+        .snapshot(id.volume.volume.as_str(), id.snapshot.as_str())
         .await
-        .map(|r| r.into_inner());
-    let snapshot = crate::agent::absent_as_none(reply)
         .map_err(|s| from_agent(&format!("looking up snapshot {id}"), s))?;
     match snapshot {
         Some(s) if !s.group.is_empty() => Err(invalid(format!(
