@@ -160,6 +160,11 @@ pub enum StoreError {
     #[error("the store stopped accepting changes after an earlier failure ({0}); reopen it")]
     Poisoned(String),
 
+    #[error(
+        "the volume is not failed: it takes writes and flushes, so there is nothing to reopen"
+    )]
+    NotFailed,
+
     /// The store was closed for its users (its volume deleted) while a frontend still held it.
     #[error("{0}")]
     Closed(String),
@@ -217,7 +222,8 @@ impl StoreError {
             | StoreError::RevertToWritable(_)
             | StoreError::HeldByClone { .. }
             | StoreError::CloneOfWritable(_)
-            | StoreError::HydrationInProgress { .. } => ErrorKind::FailedPrecondition,
+            | StoreError::HydrationInProgress { .. }
+            | StoreError::NotFailed => ErrorKind::FailedPrecondition,
             StoreError::Poisoned(_)
             | StoreError::Closed(_)
             | StoreError::CloneSourceMissing { .. } => ErrorKind::Unavailable,
@@ -268,6 +274,40 @@ pub enum ErrorKind {
     Corrupt,
     /// A device read, write or flush failed.
     Io,
+}
+
+/// Why a store stopped taking changes, and whether reopening it on its own is safe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub why: String,
+    pub cause: FailureCause,
+}
+
+/// What made a store stop taking changes (see [`Failure`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureCause {
+    /// A write of the journal or the store's metadata found the host filesystem full (ENOSPC,
+    /// EDQUOT). The write left nothing behind (a full filesystem refuses it before it takes
+    /// the data) and no flush failed, so once space returns a reopen finds the device exactly
+    /// as durable as before: a caller may retry the reopen by itself.
+    HostFull,
+    /// Anything else: a failed flush (whose lost pages a later flush may not report), EIO, a
+    /// failed commit. Only an operator, having checked the disk, should reopen.
+    Device,
+}
+
+impl FailureCause {
+    /// The cause a failure of `err` has.
+    pub fn of(err: &StoreError) -> FailureCause {
+        match err {
+            StoreError::Io { source, .. }
+                if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+            {
+                FailureCause::HostFull
+            }
+            _ => FailureCause::Device,
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -43,7 +43,7 @@ pub mod store;
 pub mod verify;
 
 pub use blockdev::{BlockDev, FileDev, MemDev};
-pub use error::{ErrorKind, StoreError};
+pub use error::{ErrorKind, Failure, FailureCause, StoreError};
 pub use format::snapshot_record::SnapshotState;
 pub use format::superblock::FullPolicy;
 pub use format::superblock_io::read_superblock;

@@ -49,6 +49,7 @@ mod open;
 mod origin_sync;
 mod read;
 mod receive;
+mod reopen;
 mod resize;
 mod revert;
 mod snapshots;
@@ -199,6 +200,10 @@ pub struct Store {
     /// Changed only by [`Store::resize`], under the exclusive barrier, after the commit that
     /// records it.
     origin_size: AtomicU64,
+    /// The node cache budget the store was opened with, for a reopen in place.
+    cache_bytes: usize,
+    /// Held by a reopen in place, before every other lock (see `reopen`).
+    reopen_lock: Mutex<()>,
     meta: RwLock<Meta>,
     commit_lock: Mutex<()>,
     durable_generation: AtomicU64,
@@ -278,6 +283,12 @@ impl Store {
     /// or `None` while it is healthy. Reads still work when it is `Some`.
     pub fn failure(&self) -> Option<String> {
         self.meta.read().check_usable().err().map(|e| e.to_string())
+    }
+
+    /// What made the store stop taking changes, or `None` while it is healthy: whether a
+    /// reopen may be retried without an operator (see [`crate::FailureCause`]).
+    pub fn failure_cause(&self) -> Option<crate::FailureCause> {
+        self.meta.read().poisoned.as_ref().map(|f| f.cause)
     }
 
     /// `Closed` once `VolumeView::close_all` ran: checked by every view request.

@@ -125,7 +125,7 @@ pub struct Meta {
     /// when it wires each clone to its source on start.
     pub clone_holds: BTreeMap<u64, Vec<String>>,
     pub dirty: bool,
-    pub poisoned: Option<String>,
+    pub poisoned: Option<crate::error::Failure>,
     pub commit_latency: LatencyHistogram,
     reclaim: ReclaimPass,
 }
@@ -192,7 +192,7 @@ impl Meta {
 
     pub fn check_usable(&self) -> Result<()> {
         match &self.poisoned {
-            Some(why) => Err(StoreError::Poisoned(why.clone())),
+            Some(failure) => Err(StoreError::Poisoned(failure.why.clone())),
             None => Ok(()),
         }
     }
@@ -691,7 +691,10 @@ impl Meta {
     /// half-applied; the on-disk state stays the last commit.
     pub fn poison(&mut self, err: StoreError) -> StoreError {
         tracing::error!(volume = %self.sb.volume_name, error = %err, "store update failed; refusing further changes until reopened");
-        self.poisoned = Some(err.to_string());
+        self.poisoned = Some(crate::error::Failure {
+            why: err.to_string(),
+            cause: crate::error::FailureCause::of(&err),
+        });
         self.covered.clear();
         err
     }

@@ -115,7 +115,7 @@ impl Store {
         meta.pager.alloc.force_full_write();
         meta.dirty = true;
         meta.commit()?;
-        Ok(Store::assemble(origin, dev, meta))
+        Ok(Store::assemble(origin, dev, meta, opts.cache_bytes))
     }
 
     /// Opens an existing store. Refuses a foreign, newer, corrupt or truncated store, and one
@@ -125,7 +125,25 @@ impl Store {
         dev: Arc<dyn BlockDev>,
         cache_bytes: usize,
     ) -> Result<Store> {
-        let sb = read_superblock(&*dev)?;
+        let meta = Store::load_meta(&origin, &dev, cache_bytes)?;
+        let store = Store::assemble(origin, dev, meta, cache_bytes);
+        if let Err(e) = store.recover_receive() {
+            // The volume stays usable; the apply's state is kept and `finish_receive` (or the
+            // next open) carries it on.
+            tracing::error!(volume = %store.volume_name, error = %e, "could not complete an interrupted delta apply");
+        }
+        Ok(store)
+    }
+
+    /// What opening reads and recovers from the devices: the last landed generation, a grown
+    /// store, the origin write journal replayed into the origin. Shared by [`Store::open`]
+    /// and [`Store::reopen`], so a reopen in place recovers exactly what a start does.
+    pub(super) fn load_meta(
+        origin: &Arc<dyn BlockDev>,
+        dev: &Arc<dyn BlockDev>,
+        cache_bytes: usize,
+    ) -> Result<Meta> {
+        let sb = read_superblock(&**dev)?;
         let store_bytes = dev.size().map_err(|e| StoreError::io("store", 0, 0, e))?;
         let expected = sb.store_blocks * BLOCK_SIZE as u64;
         if store_bytes < expected {
@@ -155,7 +173,7 @@ impl Store {
         let chunk_blocks = sb.chunk_size as u64 / BLOCK_SIZE as u64;
         let copy_start = sb.bitmap_start + sb.bitmap_copy as u64 * sb.bitmap_blocks;
         let alloc = ChunkAllocator::load(
-            &*dev,
+            &**dev,
             sb.store_blocks,
             chunk_blocks,
             copy_start,
@@ -174,14 +192,8 @@ impl Store {
         meta.load_snapshots()?;
         meta.count_node_blocks()?;
         Store::grow_if_bigger(&mut meta, store_bytes)?;
-        Store::replay_journal(&*origin, &mut meta)?;
-        let store = Store::assemble(origin, dev, meta);
-        if let Err(e) = store.recover_receive() {
-            // The volume stays usable; the apply's state is kept and `finish_receive` (or the
-            // next open) carries it on.
-            tracing::error!(volume = %store.volume_name, error = %e, "could not complete an interrupted delta apply");
-        }
-        Ok(store)
+        Store::replay_journal(&**origin, &mut meta)?;
+        Ok(meta)
     }
 
     /// Applies what the origin write journal holds (flushed writes the origin may not have
@@ -226,7 +238,12 @@ impl Store {
         meta.commit()
     }
 
-    fn assemble(origin: Arc<dyn BlockDev>, dev: Arc<dyn BlockDev>, meta: Meta) -> Store {
+    fn assemble(
+        origin: Arc<dyn BlockDev>,
+        dev: Arc<dyn BlockDev>,
+        meta: Meta,
+        cache_bytes: usize,
+    ) -> Store {
         let merge_hint = meta.revert.as_ref().map_or(u64::MAX, |r| r.cursor);
         let hydrate_hint = meta.clone.as_ref().map_or(u64::MAX, |c| c.cursor);
         Store {
@@ -244,6 +261,8 @@ impl Store {
             syncer: origin_sync::OriginSyncer::start(origin.clone(), meta.sb.journal_blocks > 0),
             origin,
             dev,
+            cache_bytes,
+            reopen_lock: Mutex::new(()),
             meta: RwLock::new(meta),
             commit_lock: Mutex::new(()),
             barrier: RwLock::new(()),

@@ -68,7 +68,7 @@ impl OriginSyncer {
     }
 
     /// A background sync that failed since the store was opened, as the error it returned.
-    fn failure(&self) -> Option<std::io::Error> {
+    pub(super) fn failure(&self) -> Option<std::io::Error> {
         let s = self.state.0.lock();
         s.failed.as_ref().map(|(errno, msg)| match errno {
             Some(code) => std::io::Error::from_raw_os_error(*code),
@@ -94,6 +94,19 @@ impl OriginSyncer {
             }
             cv.wait(&mut s);
         }
+    }
+
+    /// Forgets every sync requested or finished, the failed one included, once none runs: for
+    /// a reopen in place, which recovers from the devices what a failed sync may have lost.
+    pub(super) fn reset(&self) {
+        let (m, cv) = &*self.state;
+        let mut s = m.lock();
+        while s.running {
+            cv.wait(&mut s);
+        }
+        s.requested = None;
+        s.done = None;
+        s.failed = None;
     }
 
     pub(super) fn stop(&mut self) {
@@ -187,7 +200,9 @@ impl Store {
         tracing::error!(volume = %self.volume_name, error = %err, "a flush failed; the volume refuses writes and flushes until it is reopened (reads go on)");
         let why = format!("a flush failed: {err}");
         let err = m.poison(err);
-        m.poisoned = Some(why);
+        if let Some(failure) = &mut m.poisoned {
+            failure.why = why;
+        }
         err
     }
 
@@ -232,7 +247,7 @@ impl Store {
         Ok(())
     }
 
-    fn sync_origin_device(&self) -> Result<()> {
+    pub(super) fn sync_origin_device(&self) -> Result<()> {
         self.origin.flush().map_err(|source| StoreError::Flush {
             device: "origin",
             source,
