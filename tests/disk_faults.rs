@@ -6,8 +6,10 @@
 //! - EIO on a read fails that read only.
 //! - ENOSPC on a copy-out fails that write only, and writes work again once it stops.
 //! - A failed fsync of the origin, or a failed write or fsync of the journal, fails that flush
-//!   and every later write and flush until the agent reopens the volume; nothing a successful
-//!   flush acknowledged is lost.
+//!   and every later write and flush until the volume is reopened (an agent restart, or
+//!   `multisnap volume reopen` without one); nothing a successful flush acknowledged is lost.
+//! - ENOSPC on a journal write stops the volume the same way, but the agent reopens it by
+//!   itself once space returns; an NBD connection open throughout goes on.
 
 use multisnap_tests::{self as common, require_tools};
 use std::path::{Path, PathBuf};
@@ -285,4 +287,241 @@ fn a_failed_journal_write_stops_the_volume_until_reopen() {
         "4194304",
         r#"[{"file":"store.msnap","op":"write","errno":"EIO","after":0,"times":1}]"#,
     );
+}
+
+/// An NBD client (libnbd) that keeps one connection open and runs the commands written to it:
+/// `write FILL OFFSET LEN`, `read FILL OFFSET LEN` (checks every byte is FILL), `flush`. Each
+/// answers `ok` or `error ERRNO`.
+struct HeldClient {
+    child: Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+}
+
+const HELD_CLIENT: &str = r#"
+import errno, nbd, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+print("connected", flush=True)
+for line in sys.stdin:
+    cmd, *args = line.split()
+    try:
+        if cmd == "flush":
+            h.flush()
+        else:
+            fill, off, n = int(args[0], 0), int(args[1]), int(args[2])
+            if cmd == "write":
+                h.pwrite(bytes([fill]) * n, off)
+            elif h.pread(n, off) != bytes([fill]) * n:
+                raise SystemExit("read back something else at %d" % off)
+        print("ok", flush=True)
+    except nbd.Error as e:
+        print("error", errno.errorcode.get(e.errnum, e.errnum), flush=True)
+"#;
+
+impl HeldClient {
+    fn connect(uri: &str) -> HeldClient {
+        let mut child = common::python()
+            .args(["-c", HELD_CLIENT, uri])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input = child.stdin.take().unwrap();
+        let output = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut c = HeldClient {
+            child,
+            input,
+            output,
+        };
+        assert_eq!(c.answer(), "connected");
+        c
+    }
+
+    fn answer(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.output.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+
+    fn run(&mut self, cmd: &str) -> String {
+        use std::io::Write;
+        writeln!(self.input, "{cmd}").unwrap();
+        self.answer()
+    }
+}
+
+impl Drop for HeldClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn reopens(agent: &common::Agent, trigger: &str, result: &str) -> f64 {
+    let series =
+        format!(r#"multisnap_volume_reopens_total{{trigger="{trigger}",result="{result}"}}"#);
+    let out = Command::new("curl")
+        .args(["-sf", &format!("http://{}/metrics", agent.metrics)])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with(&series))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// Waits up to `limit` for the volume to take writes again; how long that took.
+fn wait_healthy(agent: &common::Agent, limit: Duration) -> Duration {
+    let started = Instant::now();
+    while !failure(agent).is_empty() {
+        assert!(
+            started.elapsed() < limit,
+            "still failed after {limit:?}: {}",
+            failure(agent)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    started.elapsed()
+}
+
+/// A full host filesystem under the journal stops the volume; once space returns the agent
+/// reopens it by itself, with no restart, and an NBD client connected throughout goes on
+/// on the same connection with every flushed write intact.
+#[test]
+fn enospc_on_a_journal_write_stops_the_volume_until_space_returns_then_it_recovers_by_itself() {
+    require_tools!("qemu-io", "curl");
+    let Some(rig) = rig() else { return };
+    if !common::python_has(&["nbd"]) {
+        common::missing_dependency("python cannot import nbd (python3-libnbd)");
+        return;
+    }
+    let agent = start(&rig, "4194304");
+    let mut held = HeldClient::connect(&agent.uri("default"));
+    assert_eq!(held.run("write 0x41 0 1048576"), "ok");
+    assert_eq!(held.run("flush"), "ok");
+    rig.fs
+        .rules(r#"[{"file":"store.msnap","op":"write","errno":"ENOSPC","after":0,"times":-1}]"#);
+    assert_eq!(held.run("write 0x42 1048576 65536"), "ok");
+    assert_eq!(held.run("flush"), "error ENOSPC");
+    let failed_at = Instant::now();
+    assert!(
+        failure(&agent).contains("No space left"),
+        "{}",
+        failure(&agent)
+    );
+    assert_eq!(
+        metric(&agent, r#"multisnap_volume_failed{volume="default"}"#),
+        1.0
+    );
+    assert_eq!(held.run("write 0x43 2097152 65536"), "error EIO");
+    assert_eq!(held.run("read 0x41 0 1048576"), "ok");
+    // Still full when the first automatic reopen comes: it fails, and is tried again later.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reopens(&agent, "automatic", "failed") < 1.0 {
+        assert!(Instant::now() < deadline, "no automatic reopen was tried");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!failure(&agent).is_empty());
+    rig.fs.rules("[]");
+    let freed = Instant::now();
+    let took = wait_healthy(&agent, Duration::from_secs(30));
+    eprintln!(
+        "recovered by itself {:.1} s after space returned, {:.1} s after the failure",
+        took.as_secs_f64(),
+        failed_at.elapsed().as_secs_f64()
+    );
+    assert!(freed.elapsed() <= Duration::from_secs(25));
+    assert_eq!(reopens(&agent, "automatic", "ok"), 1.0);
+    assert_eq!(reopens(&agent, "operator", "ok"), 0.0);
+    assert_eq!(
+        metric(&agent, r#"multisnap_volume_failed{volume="default"}"#),
+        0.0
+    );
+    // The same connection writes and flushes again; the flushed data is intact.
+    assert_eq!(held.run("write 0x44 2097152 65536"), "ok");
+    assert_eq!(held.run("flush"), "ok");
+    assert_eq!(held.run("read 0x41 0 1048576"), "ok");
+    assert_eq!(held.run("read 0x44 2097152 65536"), "ok");
+    drop(held);
+    common::qemu_io(
+        &agent.uri("default"),
+        &["read -P 0x41 0 1M", "read -P 0x44 2M 64k"],
+    );
+    agent.stop_and_verify();
+}
+
+/// EIO on a metadata write (a snapshot's commit) stops the volume, and the agent leaves it
+/// stopped even once the disk works again: only `multisnap volume reopen` brings it back, with
+/// no restart, and a connected NBD client goes on.
+#[test]
+fn eio_on_a_metadata_write_stops_the_volume_until_the_operator_reopens_it() {
+    require_tools!("qemu-io", "curl");
+    let Some(rig) = rig() else { return };
+    if !common::python_has(&["nbd"]) {
+        common::missing_dependency("python cannot import nbd (python3-libnbd)");
+        return;
+    }
+    let agent = start(&rig, "4194304");
+    let mut held = HeldClient::connect(&agent.uri("default"));
+    assert_eq!(held.run("write 0x41 0 1048576"), "ok");
+    assert_eq!(held.run("flush"), "ok");
+    let reopen = |name: &str| {
+        Command::new(common::cli_bin())
+            .args(["--endpoint", &agent.grpc, "volume", "reopen", name])
+            .output()
+            .unwrap()
+    };
+    let healthy = reopen("default");
+    assert_eq!(healthy.status.code(), Some(5), "{healthy:?}");
+    assert!(
+        String::from_utf8_lossy(&healthy.stderr).contains("not failed"),
+        "{healthy:?}"
+    );
+    rig.fs
+        .rules(r#"[{"file":"store.msnap","op":"write","errno":"EIO","after":0,"times":-1}]"#);
+    let out = Command::new(common::cli_bin())
+        .args([
+            "--endpoint",
+            &agent.grpc,
+            "snapshot",
+            "create",
+            "default",
+            "s",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    rig.fs.rules("[]");
+    assert!(!failure(&agent).is_empty());
+    // Well past the agent's first automatic retry (5 s after a full host filesystem): an EIO
+    // is not retried.
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(!failure(&agent).is_empty(), "an EIO failure was reopened");
+    assert_eq!(reopens(&agent, "automatic", "ok"), 0.0);
+    assert_eq!(reopens(&agent, "automatic", "failed"), 0.0);
+    assert_eq!(held.run("write 0x42 1048576 65536"), "error EIO");
+
+    let started = Instant::now();
+    let out = reopen("default");
+    assert!(out.status.success(), "{out:?}");
+    eprintln!(
+        "operator reopen took {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
+    let show = String::from_utf8_lossy(&out.stdout);
+    assert!(!show.contains("refusing writes"), "{show}");
+    assert_eq!(failure(&agent), "");
+    assert_eq!(reopens(&agent, "operator", "ok"), 1.0);
+    assert_eq!(held.run("read 0x41 0 1048576"), "ok");
+    assert_eq!(held.run("write 0x42 1048576 65536"), "ok");
+    assert_eq!(held.run("flush"), "ok");
+    drop(held);
+    common::qemu_io(
+        &agent.uri("default"),
+        &["read -P 0x41 0 1M", "read -P 0x42 1M 64k"],
+    );
+    agent.stop_and_verify();
 }

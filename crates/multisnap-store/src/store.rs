@@ -288,6 +288,11 @@ impl Store {
     /// What made the store stop taking changes, or `None` while it is healthy: whether a
     /// reopen may be retried without an operator (see [`crate::FailureCause`]).
     pub fn failure_cause(&self) -> Option<crate::FailureCause> {
+        // A background origin sync that failed makes any failure a device one, even before a
+        // flush has found it: a later sync may succeed without the pages it lost.
+        if self.syncer.failure().is_some() {
+            return Some(crate::FailureCause::Device);
+        }
         self.meta.read().poisoned.as_ref().map(|f| f.cause)
     }
 

@@ -19,6 +19,7 @@ mod reclaimer;
 mod ublk_devices;
 mod verify_cmd;
 mod volume_labels;
+mod volume_reopen;
 mod volume_resize;
 mod volumes;
 
@@ -291,6 +292,7 @@ fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
         stop_background.clone(),
         clones::Throttle::new(args.hydration_bytes_per_sec),
     );
+    let recovery = volume_reopen::spawn_recovery(volumes.clone(), stop_background.clone());
     let ublk = Arc::new(ublk_devices::UblkDevices::new(volumes.clone(), data_dir));
     let clock: Arc<dyn policy::clock::Clock> = match &args.test_clock_file {
         Some(path) => {
@@ -321,6 +323,7 @@ fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
     scheduler.wake();
     let _ = policies.join();
     let _ = reclaimer.join();
+    let _ = recovery.join();
     served?;
     // Every frontend has stopped; make everything acknowledged durable.
     volumes.flush_all()?;

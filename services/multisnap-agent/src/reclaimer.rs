@@ -34,6 +34,11 @@ fn run(volumes: &Volumes, stop: &AtomicBool, throttle: &mut crate::clones::Throt
             if stop.load(Ordering::Acquire) {
                 return;
             }
+            // A failed volume refuses every step until it is reopened (`volume_reopen`);
+            // trying would only log the same error every second.
+            if v.store.failure().is_some() {
+                continue;
+            }
             worked |= merge_some(&v);
             worked |= crate::clones::hydrate_some(volumes, &v, throttle);
             let mut last_log = Instant::now();

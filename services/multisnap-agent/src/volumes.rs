@@ -176,6 +176,8 @@ pub struct Volumes {
     data_dir: DataDir,
     origin_policy: OriginPolicy,
     io_errors: Arc<IoErrors>,
+    /// Reopens of failed volumes, for the metrics (see `volume_reopen`).
+    reopens: crate::volume_reopen::Reopens,
     cache_bytes: usize,
     /// Origin write journal of volumes made from now on (see `multisnap_store::journal`).
     journal_bytes: u64,
@@ -304,6 +306,7 @@ impl Volumes {
             data_dir,
             origin_policy,
             io_errors,
+            reopens: Default::default(),
             cache_bytes,
             journal_bytes,
         })
@@ -312,6 +315,11 @@ impl Volumes {
     /// Device errors of every volume, for the metrics.
     pub fn io_errors(&self) -> &Arc<IoErrors> {
         &self.io_errors
+    }
+
+    /// Reopens of failed volumes, for the metrics.
+    pub fn reopens(&self) -> &crate::volume_reopen::Reopens {
+        &self.reopens
     }
 
     /// The volumes as they are now, for an operation over several of them.

@@ -36,6 +36,18 @@ pub enum VolumeCommand {
         #[arg(value_parser = parse_size)]
         size: u64,
     },
+    /// Bring back a volume that stopped taking writes (`volume show` prints `state: refusing
+    /// writes until reopened`), without restarting the agent.
+    ///
+    /// Its state is rebuilt from its files as on a start; NBD clients and ublk devices stay
+    /// attached. Every flushed write is kept; writes never flushed may read as at the last
+    /// flush. Refused (exit 5) for a volume that is not failed; if its files still fail, the
+    /// volume stays failed and the error says why. A volume stopped by a full host filesystem
+    /// is also reopened by the agent itself once there is space.
+    Reopen {
+        /// The volume's name.
+        name: String,
+    },
     /// Delete a volume, its store and (if the agent made it) its origin file.
     Delete {
         name: String,
@@ -153,6 +165,14 @@ pub async fn run(ctx: &Ctx, cmd: VolumeCommand) -> Result<()> {
                 })
                 .await
                 .map_err(rpc(format!("cannot resize volume {name:?}")))?
+                .into_inner();
+            show(ctx.format, &v)
+        }
+        VolumeCommand::Reopen { name } => {
+            let v = client
+                .reopen_volume(pb::ReopenVolumeRequest { name: name.clone() })
+                .await
+                .map_err(rpc(format!("cannot reopen volume {name:?}")))?
                 .into_inner();
             show(ctx.format, &v)
         }

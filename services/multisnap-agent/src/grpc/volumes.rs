@@ -177,6 +177,25 @@ impl pb::volume_service_server::VolumeService for VolumeApi {
         .await
     }
 
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().name))]
+    async fn reopen_volume(
+        &self,
+        req: Request<pb::ReopenVolumeRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let name = req.into_inner().name;
+        if name.is_empty() {
+            return Err(Status::invalid_argument("name is required"));
+        }
+        let volumes = self.volumes.clone();
+        blocking(move || {
+            let v = volumes
+                .reopen(&name, crate::volume_reopen::Trigger::Operator)
+                .map_err(from_volume)?;
+            Ok(Response::new(volume_message(&v)))
+        })
+        .await
+    }
+
     #[tracing::instrument(skip_all, fields(volume = %req.get_ref().name, size = req.get_ref().size_bytes))]
     async fn resize_volume(
         &self,

@@ -54,6 +54,11 @@ impl Metrics {
             "Failed reads, writes and flushes of volumes' origin and store files, by errno (each also logged at WARN, at most once per 10 s per kind).",
             volumes.io_errors().family(),
         );
+        registry.register(
+            "multisnap_volume_reopens",
+            "Reopens of failed volumes in place, by trigger (operator: ReopenVolume; automatic: the agent's retry after a full host filesystem) and result.",
+            volumes.reopens().family(),
+        );
         registry.register_collector(Box::new(policy::PolicyCollector {
             volumes: volumes.clone(),
             scheduler,

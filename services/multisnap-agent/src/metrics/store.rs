@@ -133,7 +133,7 @@ fn store_defs() -> Vec<Def> {
             |s| C(s.deltas[3])),
         d("multisnap_delta_applies_failed", None, "ApplyDelta calls refused or failed (corrupt stream, wrong volume or base, store errors).",
             |s| C(s.deltas[4])),
-        d("multisnap_volume_failed", None, "1 while the volume refuses writes and flushes after a failed flush or commit of its files, until the agent reopens it (GetVolume says why).",
+        d("multisnap_volume_failed", None, "1 while the volume refuses writes and flushes after a failed write of its journal or metadata, flush or commit, until it is reopened: by the agent itself once a full host filesystem has room again, else by ReopenVolume (GetVolume says why).",
             |s| G(u64::from(s.failed))),
         d("multisnap_delta_apply_in_progress", None, "1 while the volume holds an unfinished delta apply (running, or kept for resumption).",
             |s| G(u64::from(s.receiving))),
