@@ -387,21 +387,30 @@ fn wait_healthy(agent: &common::Agent, limit: Duration) -> Duration {
     started.elapsed()
 }
 
+/// The fault rig with a journal, its agent, and a held NBD client that wrote 1 MiB of 0x41 and
+/// flushed it; `None` (after saying why) where this machine cannot.
+fn rig_with_a_held_client() -> Option<(Rig, common::Agent, HeldClient)> {
+    let rig = rig()?;
+    if !common::python_has(&["nbd"]) {
+        common::missing_dependency("python cannot import nbd (python3-libnbd)");
+        return None;
+    }
+    let agent = start(&rig, "4194304");
+    let mut held = HeldClient::connect(&agent.uri("default"));
+    assert_eq!(held.run("write 0x41 0 1048576"), "ok");
+    assert_eq!(held.run("flush"), "ok");
+    Some((rig, agent, held))
+}
+
 /// A full host filesystem under the journal stops the volume; once space returns the agent
 /// reopens it by itself, with no restart, and an NBD client connected throughout goes on
 /// on the same connection with every flushed write intact.
 #[test]
 fn enospc_on_a_journal_write_stops_the_volume_until_space_returns_then_it_recovers_by_itself() {
     require_tools!("qemu-io", "curl");
-    let Some(rig) = rig() else { return };
-    if !common::python_has(&["nbd"]) {
-        common::missing_dependency("python cannot import nbd (python3-libnbd)");
+    let Some((rig, agent, mut held)) = rig_with_a_held_client() else {
         return;
-    }
-    let agent = start(&rig, "4194304");
-    let mut held = HeldClient::connect(&agent.uri("default"));
-    assert_eq!(held.run("write 0x41 0 1048576"), "ok");
-    assert_eq!(held.run("flush"), "ok");
+    };
     rig.fs
         .rules(r#"[{"file":"store.msnap","op":"write","errno":"ENOSPC","after":0,"times":-1}]"#);
     assert_eq!(held.run("write 0x42 1048576 65536"), "ok");
@@ -459,15 +468,9 @@ fn enospc_on_a_journal_write_stops_the_volume_until_space_returns_then_it_recove
 #[test]
 fn eio_on_a_metadata_write_stops_the_volume_until_the_operator_reopens_it() {
     require_tools!("qemu-io", "curl");
-    let Some(rig) = rig() else { return };
-    if !common::python_has(&["nbd"]) {
-        common::missing_dependency("python cannot import nbd (python3-libnbd)");
+    let Some((rig, agent, mut held)) = rig_with_a_held_client() else {
         return;
-    }
-    let agent = start(&rig, "4194304");
-    let mut held = HeldClient::connect(&agent.uri("default"));
-    assert_eq!(held.run("write 0x41 0 1048576"), "ok");
-    assert_eq!(held.run("flush"), "ok");
+    };
     let reopen = |name: &str| {
         Command::new(common::cli_bin())
             .args(["--endpoint", &agent.grpc, "volume", "reopen", name])

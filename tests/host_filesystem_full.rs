@@ -98,13 +98,9 @@ fn enospc_errors(metrics: &str, volume: &str) -> u64 {
         .sum()
 }
 
-fn fill_then_free(fstype: &str, mib: u64) {
-    require_tools!("qemu-io", "losetup", "curl", "fallocate");
-    require_tools!(&format!("mkfs.{fstype}"));
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(fs) = loop_fs(tmp.path(), fstype, mib) else {
-        return;
-    };
+/// An agent with its data directory on `fs`: a 512 MiB volume whose first 32 MiB (0x11) are
+/// flushed and kept by snapshot `before`.
+fn agent_with_a_snapshot(fs: &LoopFs) -> common::Agent {
     let data = fs.mnt.join("data");
     let agent = common::Agent::start(
         &data,
@@ -121,6 +117,32 @@ fn fill_then_free(fstype: &str, mib: u64) {
         "multisnap.v1.SnapshotService/CreateSnapshot",
         r#"{"volume":"default","name":"before"}"#,
     );
+    agent
+}
+
+/// Once space is back: 64 MiB write, flush and read back, snapshot `before` still reads its
+/// 0x11, and the agent stops cleanly with a clean verify.
+fn writes_work_and_the_snapshot_is_intact(agent: common::Agent, fstype: &str) {
+    let out = common::qemu_io_output(
+        &agent.uri("default"),
+        &["write -P 0x33 0 64M", "flush", "read -P 0x33 0 64M"],
+    );
+    assert!(
+        !out.contains("failed") && !out.contains("error"),
+        "{fstype}: {out}"
+    );
+    common::qemu_io_ro(&agent.uri("default@before"), &["read -P 0x11 0 32M"]);
+    agent.stop_and_verify();
+}
+
+fn fill_then_free(fstype: &str, mib: u64) {
+    require_tools!("qemu-io", "losetup", "curl", "fallocate");
+    require_tools!(&format!("mkfs.{fstype}"));
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(fs) = loop_fs(tmp.path(), fstype, mib) else {
+        return;
+    };
+    let agent = agent_with_a_snapshot(&fs);
 
     // Fill the filesystem but for a few MiB.
     let filler = fs.mnt.join("filler");
@@ -142,25 +164,11 @@ fn fill_then_free(fstype: &str, mib: u64) {
     );
     // The snapshot kept its data, and the volume did not fail.
     common::qemu_io_ro(&agent.uri("default@before"), &["read -P 0x11 0 32M"]);
-    let v = agent.grpc(
-        "multisnap.v1.VolumeService/GetVolume",
-        r#"{"name":"default"}"#,
-    );
-    let v: serde_json::Value = serde_json::from_str(&v).unwrap();
-    assert_eq!(v["failure"].as_str().unwrap_or(""), "", "{fstype}: {v}");
+    assert_eq!(volume_failure(&agent), "", "{fstype}");
 
     // Space comes back: writes work again without a restart.
     std::fs::remove_file(&filler).unwrap();
-    let out = common::qemu_io_output(
-        &agent.uri("default"),
-        &["write -P 0x33 0 64M", "flush", "read -P 0x33 0 64M"],
-    );
-    assert!(
-        !out.contains("failed") && !out.contains("error"),
-        "{fstype}: {out}"
-    );
-    common::qemu_io_ro(&agent.uri("default@before"), &["read -P 0x11 0 32M"]);
-    agent.stop_and_verify();
+    writes_work_and_the_snapshot_is_intact(agent, fstype);
     drop(fs);
 }
 
@@ -223,22 +231,7 @@ fn metadata_meets_a_full_filesystem_then_recovers_by_itself(fstype: &str, mib: u
     let Some(fs) = loop_fs(tmp.path(), fstype, mib) else {
         return;
     };
-    let data = fs.mnt.join("data");
-    let agent = common::Agent::start(
-        &data,
-        &[
-            "--default-volume-size",
-            "536870912",
-            "--journal-bytes",
-            "16777216",
-        ],
-    );
-    agent.wait_grpc();
-    common::qemu_io(&agent.uri("default"), &["write -P 0x11 0 32M", "flush"]);
-    agent.grpc(
-        "multisnap.v1.SnapshotService/CreateSnapshot",
-        r#"{"volume":"default","name":"before"}"#,
-    );
+    let agent = agent_with_a_snapshot(&fs);
     let fillers = fill_completely(&fs.mnt);
 
     // Snapshots and the copy-outs of writes over them need new metadata blocks in the sparse
@@ -280,16 +273,7 @@ fn metadata_meets_a_full_filesystem_then_recovers_by_itself(fstype: &str, mib: u
         "{fstype}: failed after {attempts} attempt(s); back by itself {:.1} s after space was freed",
         freed.elapsed().as_secs_f64()
     );
-    common::qemu_io_ro(&agent.uri("default@before"), &["read -P 0x11 0 32M"]);
-    let out = common::qemu_io_output(
-        &agent.uri("default"),
-        &["write -P 0x33 0 64M", "flush", "read -P 0x33 0 64M"],
-    );
-    assert!(
-        !out.contains("failed") && !out.contains("error"),
-        "{fstype}: {out}"
-    );
-    agent.stop_and_verify();
+    writes_work_and_the_snapshot_is_intact(agent, fstype);
     drop(fs);
 }
 
