@@ -19,7 +19,7 @@ use tonic::Status;
 /// | NoSpace | RESOURCE_EXHAUSTED | the store, or the host filesystem under it, is full |
 /// | ReadOnly | FAILED_PRECONDITION | the snapshot's state forbids it; SetWritable changes that |
 /// | FailedPrecondition | FAILED_PRECONDITION | |
-/// | Unavailable | UNAVAILABLE | the store refuses changes until the agent reopens it |
+/// | Unavailable | UNAVAILABLE | the store refuses changes until it is reopened (ReopenVolume, or the agent itself after a full host filesystem) |
 /// | Corrupt, Io | INTERNAL | nothing the caller can change fixes it |
 pub fn from_store(e: StoreError) -> Status {
     let msg = e.to_string();
@@ -163,6 +163,8 @@ mod tests {
                 Code::InvalidArgument,
             ),
             (StoreError::Poisoned("earlier".into()), Code::Unavailable),
+            // ReopenVolume of a volume that takes writes.
+            (StoreError::NotFailed, Code::FailedPrecondition),
             (StoreError::NotAStore, Code::Internal),
         ] {
             let what = err.to_string();
