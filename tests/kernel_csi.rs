@@ -7,8 +7,7 @@
 //!
 //! Without apt or network the test says SKIP and passes, except under CI (env `CI` set).
 
-use common::vm::{skip_or_fail, Boot, BootEnd, VmEnv};
-use common::*;
+use common::vm::{Boot, BootEnd, VmEnv};
 use multisnap_tests as common;
 use std::path::Path;
 use std::time::Duration;
@@ -17,17 +16,8 @@ const VM_TIMEOUT: Duration = Duration::from_secs(480);
 
 #[test]
 fn csi_node_stage_publish_snapshot_restore_on_a_real_kernel() {
-    if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
-        return skip_or_fail("the VM test boots an x86_64 Debian kernel");
-    }
-    for tool in ["apt-get", "dpkg-deb", "xz", "strip", "ldd"] {
-        if !have(tool) {
-            return skip_or_fail(&format!("{tool} is not installed"));
-        }
-    }
-    let env = match VmEnv::fetch() {
-        Ok(env) => env,
-        Err(why) => return skip_or_fail(&why),
+    let Some(env) = VmEnv::for_test(&[]) else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let initrd = dir.path().join("initrd.cpio");

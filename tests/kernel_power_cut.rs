@@ -22,8 +22,7 @@
 //! `MSNAP_POWER_CUTS=N` sets the number of cuts (3 by default, for CI);
 //! `MSNAP_POWER_CUT_SEED` replays a run (the seed is printed).
 
-use common::vm::{skip_or_fail, Boot, BootEnd, VmEnv};
-use common::*;
+use common::vm::{Boot, BootEnd, VmEnv};
 use multisnap_tests as common;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
@@ -321,17 +320,8 @@ fn snapshot_order(name: &str) -> u64 {
 
 #[test]
 fn power_cuts_of_the_whole_guest_lose_nothing_acknowledged() {
-    if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
-        return skip_or_fail("the VM test boots an x86_64 Debian kernel");
-    }
-    for tool in ["apt-get", "dpkg-deb", "xz", "strip", "ldd", "mkfs.ext4"] {
-        if !have(tool) {
-            return skip_or_fail(&format!("{tool} is not installed"));
-        }
-    }
-    let env = match VmEnv::fetch() {
-        Ok(env) => env,
-        Err(why) => return skip_or_fail(&why),
+    let Some(env) = VmEnv::for_test(&["mkfs.ext4"]) else {
+        return;
     };
     let cuts: u32 = std::env::var("MSNAP_POWER_CUTS")
         .ok()

@@ -23,6 +23,22 @@ pub fn skip_or_fail(why: &str) {
 pub struct VmEnv(Vec<(String, String)>);
 
 impl VmEnv {
+    /// What a kernel test needs before it boots: an x86_64 Linux host with the tools that
+    /// fetch.sh and the initramfs builder run (plus `more_tools`), and the fetched packages.
+    /// None after [`skip_or_fail`] has said why the test cannot run.
+    pub fn for_test(more_tools: &[&str]) -> Option<VmEnv> {
+        if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
+            skip_or_fail("the VM test boots an x86_64 Debian kernel");
+            return None;
+        }
+        let tools = ["apt-get", "dpkg-deb", "xz", "strip", "ldd"];
+        if let Some(tool) = tools.iter().chain(more_tools).find(|t| !crate::have(t)) {
+            skip_or_fail(&format!("{tool} is not installed"));
+            return None;
+        }
+        VmEnv::fetch().map_err(|why| skip_or_fail(&why)).ok()
+    }
+
     /// Runs tests/vm/fetch.sh (downloads on first use, cached after).
     pub fn fetch() -> Result<VmEnv, String> {
         let out = Command::new("bash")
