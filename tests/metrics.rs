@@ -172,7 +172,7 @@ h.shutdown()
 }
 
 /// An agent that has served origin and snapshot I/O, one refused write and a snapshot, and has
-/// a second volume with a snapshot policy, so every series the dashboards and alerts use
+/// a second volume with a snapshot policy and a mirror, so every series the dashboards and alerts use
 /// exists.
 fn busy_agent(dir: &Path) -> Running {
     let r = start(dir, &["--default-volume-size", "67108864"]);
@@ -185,6 +185,11 @@ fn busy_agent(dir: &Path) -> Running {
     r.call(
         "multisnap.v1.PolicyService/SetPolicy",
         r#"{"volume":"policed","policy":{"intervalSeconds":"3600","keepHourly":24}}"#,
+    );
+    // A mirror to an agent that is not there: its lag and failure series exist all the same.
+    r.call(
+        "multisnap.v1.MirrorService/SetMirror",
+        r#"{"volume":"policed","target":{"endpoint":"unix:/nonexistent/grpc.sock","volume":"dr"}}"#,
     );
     qemu_io(
         &r.agent.uri("default"),
@@ -245,6 +250,12 @@ const FAMILIES: &[(&str, &str, &str)] = &[
     ("multisnap_policy_snapshots_taken", "counter", "-"),
     ("multisnap_policy_snapshots_pruned", "counter", "-"),
     ("multisnap_policy_failures", "counter", "-"),
+    ("multisnap_mirror_lag_seconds", "gauge", "seconds"),
+    ("multisnap_mirror_pending_bytes", "gauge", "bytes"),
+    ("multisnap_mirror_stopped", "gauge", "-"),
+    ("multisnap_mirror_sent_bytes", "counter", "bytes"),
+    ("multisnap_mirror_syncs", "counter", "-"),
+    ("multisnap_mirror_failures", "counter", "-"),
 ];
 
 #[test]

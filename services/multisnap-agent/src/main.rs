@@ -10,6 +10,7 @@ mod grpc;
 mod io_errors;
 mod listen;
 mod metrics;
+mod mirror;
 mod nbd_exports;
 mod nbd_tls;
 mod origin_policy;
@@ -460,10 +461,18 @@ async fn serve_async(
         _ => None,
     };
     let listeners = grpc::bind(args.grpc_listen.addr(), &grpc_sock, access).await?;
+    let mirrors = Arc::new(mirror::worker::MirrorWorker::new(
+        mirror::backoff::Backoff::STANDARD,
+    ));
+    let (v, sd, m) = (volumes.clone(), shutdown.clone(), mirrors.clone());
+    tasks.spawn(async move {
+        m.run(v, sd).await;
+        Ok(())
+    });
     let (v, sd) = (volumes.clone(), shutdown.clone());
-    tasks.spawn(
-        async move { grpc::serve(v, ublk, scheduler, listeners, tls, &grpc_sock, sd).await },
-    );
+    tasks.spawn(async move {
+        grpc::serve(v, ublk, scheduler, mirrors, listeners, tls, &grpc_sock, sd).await
+    });
 
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),

@@ -3,6 +3,8 @@
 
 use crate::datadir::{sync_dir, validate_volume_name, DataDir, ORIGIN_FILE, STORE_FILE};
 use crate::io_errors::{IoErrors, ObservedDev};
+use crate::mirror::persist::MIRROR_FILE;
+use crate::mirror::MirrorSlot;
 use crate::origin_policy::OriginPolicy;
 use crate::policy::persist::POLICY_FILE;
 use crate::policy::PolicySlot;
@@ -23,6 +25,9 @@ pub enum VolumeError {
     /// GetPolicy on a volume without a snapshot policy.
     #[error("volume {0:?} has no snapshot policy")]
     NoPolicy(String),
+    /// GetMirror on a volume without a mirror.
+    #[error("volume {0:?} has no mirror")]
+    NoMirror(String),
     #[error("a volume named {0:?} already exists")]
     AlreadyExists(String),
     #[error("{0}")]
@@ -108,6 +113,8 @@ pub struct Volume {
     pub labels: Labels,
     /// The volume's snapshot policy, if any (`crate::policy`).
     pub policy: PolicySlot,
+    /// The volume's mirror to another agent, if any (`crate::mirror`).
+    pub mirror: MirrorSlot,
 }
 
 /// Counters of ExportDelta and ApplyDelta calls on one volume.
@@ -187,10 +194,13 @@ pub struct Volumes {
 /// labels, its snapshot policy and a policy save a crash cut short.
 fn remove_files_beside_the_store(dir: &Path) {
     let policy = dir.join(POLICY_FILE);
+    let mirror = dir.join(MIRROR_FILE);
     for file in [
         dir.join(LABELS_FILE),
         crate::datadir::temp_path_for(&policy),
         policy,
+        crate::datadir::temp_path_for(&mirror),
+        mirror,
     ] {
         let _ = std::fs::remove_file(file);
     }
@@ -255,6 +265,7 @@ fn open_volume(
     let owns_origin = !Path::new(store.origin_path()).is_absolute();
     let labels = Labels::read_from(dir).map_err(|e| anyhow::anyhow!("volume {name}: {e}"))?;
     let policy = PolicySlot::load(dir, name, &store.volume_uuid().to_string());
+    let mirror = MirrorSlot::load(dir, name, &store.volume_uuid().to_string());
     Ok(Volume {
         name: name.to_string(),
         store: Arc::new(store),
@@ -264,6 +275,7 @@ fn open_volume(
         deltas: DeltaCounters::default(),
         labels,
         policy,
+        mirror,
     })
 }
 
@@ -450,6 +462,7 @@ impl Volumes {
             deltas: DeltaCounters::default(),
             labels: spec.labels.clone(),
             policy: PolicySlot::empty(Some(dir.clone())),
+            mirror: MirrorSlot::empty(Some(dir.clone())),
         });
         map.insert(spec.name.clone(), v.clone());
         Ok(v)
@@ -584,6 +597,9 @@ impl Volumes {
         v.policy.retire().map_err(io_err(format!(
             "cannot remove the snapshot policy of {name}"
         )))?;
+        v.mirror
+            .retire()
+            .map_err(io_err(format!("cannot remove the mirror of {name}")))?;
         map.remove(name);
         crate::clones::forget_clone(&map, &v);
         // Clients still connected get an error from now on, rather than acknowledgements for
@@ -650,6 +666,7 @@ pub fn volume_for_tests() -> Arc<Volume> {
         deltas: DeltaCounters::default(),
         labels: Labels::default(),
         policy: PolicySlot::empty(None),
+        mirror: MirrorSlot::empty(None),
     })
 }
 

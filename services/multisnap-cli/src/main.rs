@@ -6,6 +6,7 @@ mod delta;
 mod endpoint;
 mod exit;
 mod hydration;
+mod mirror;
 mod output;
 mod policy;
 mod reclaim;
@@ -70,6 +71,9 @@ enum Command {
     /// Snapshot policies: a volume's snapshots taken on a schedule and pruned by retention.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Mirrors: a volume's new snapshots sent by its agent to another agent as they appear.
+    #[command(subcommand)]
+    Mirror(mirror::MirrorCommand),
 }
 
 /// What every command needs: a connected channel and how to print.
@@ -114,6 +118,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Replicate(args) => replicate::run(&ctx, args, cli.timeout).await,
         Command::Ublk(cmd) => ublk::run(&ctx, cmd).await,
         Command::Policy(cmd) => policy::run(&ctx, cmd).await,
+        Command::Mirror(cmd) => mirror::run(&ctx, cmd).await,
     }
 }
 

@@ -58,6 +58,7 @@ pub fn volume_json(v: &pb::Volume) -> Value {
         "hydration": v.hydration.as_ref().map(hydration_json),
         "labels": v.labels,
         "policy": v.policy.as_ref().map(crate::policy::policy_json),
+        "mirror": v.mirror.as_ref().map(crate::mirror::mirror_json),
     })
 }
 

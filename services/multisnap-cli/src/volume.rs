@@ -293,6 +293,12 @@ fn show(format: Format, v: &pb::Volume) -> Result<()> {
                     .as_ref()
                     .map_or_else(|| "-".into(), crate::policy::summary),
             ),
+            (
+                "mirror",
+                v.mirror
+                    .as_ref()
+                    .map_or_else(|| "-".into(), crate::mirror::summary),
+            ),
             ("origin", v.origin_path.clone()),
             ("store", v.store_path.clone()),
             ("nbd export", v.name.clone()),

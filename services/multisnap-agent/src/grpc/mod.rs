@@ -6,6 +6,7 @@
 mod argument_fuzz;
 mod block_maps;
 mod deltas;
+mod mirrors;
 mod policies;
 mod snapshot_groups;
 mod snapshots;
@@ -17,6 +18,7 @@ use crate::ublk_devices::UblkDevices;
 use crate::volumes::Volumes;
 use anyhow::Context;
 use multisnap_proto::v1::delta_service_server::DeltaServiceServer;
+use multisnap_proto::v1::mirror_service_server::MirrorServiceServer;
 use multisnap_proto::v1::policy_service_server::PolicyServiceServer;
 use multisnap_proto::v1::snapshot_service_server::SnapshotServiceServer;
 use multisnap_proto::v1::ublk_service_server::UblkServiceServer;
@@ -82,6 +84,7 @@ pub async fn serve(
     volumes: Arc<Volumes>,
     ublk_devices: Arc<UblkDevices>,
     scheduler: Arc<crate::policy::scheduler::Scheduler>,
+    mirrors: Arc<crate::mirror::worker::MirrorWorker>,
     Listeners { tcp, unix }: Listeners,
     tls: Option<tonic::transport::ServerTlsConfig>,
     sock: &Path,
@@ -110,6 +113,9 @@ pub async fn serve(
         .await;
     reporter
         .set_serving::<PolicyServiceServer<policies::PolicyApi>>()
+        .await;
+    reporter
+        .set_serving::<MirrorServiceServer<mirrors::MirrorApi>>()
         .await;
     let applying = deltas::Applying::default();
     let build = |vols: Arc<Volumes>,
@@ -151,6 +157,10 @@ pub async fn serve(
             .add_service(PolicyServiceServer::new(policies::PolicyApi {
                 volumes: vols.clone(),
                 scheduler: scheduler.clone(),
+            }))
+            .add_service(MirrorServiceServer::new(mirrors::MirrorApi {
+                volumes: vols.clone(),
+                worker: mirrors.clone(),
             }))
             .add_service(
                 // Streams carry up to 1 MiB of delta per message plus framing.

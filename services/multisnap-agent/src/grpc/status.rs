@@ -37,9 +37,10 @@ pub fn from_store(e: StoreError) -> Status {
 
 pub fn from_volume(e: VolumeError) -> Status {
     match e {
-        VolumeError::NotFound(_) | VolumeError::NoPolicy(_) | VolumeError::GroupNotFound(_) => {
-            Status::not_found(e.to_string())
-        }
+        VolumeError::NotFound(_)
+        | VolumeError::NoPolicy(_)
+        | VolumeError::NoMirror(_)
+        | VolumeError::GroupNotFound(_) => Status::not_found(e.to_string()),
         VolumeError::AlreadyExists(_) | VolumeError::GroupExists(_) => {
             Status::already_exists(e.to_string())
         }

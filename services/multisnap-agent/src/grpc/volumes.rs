@@ -51,6 +51,10 @@ pub fn volume_message(v: &Volume) -> pb::Volume {
             .policy
             .get()
             .map(|a| super::policies::policy_message(&v.name, &a)),
+        mirror: v
+            .mirror
+            .get()
+            .map(|a| super::mirrors::mirror_message(v, &a)),
     }
 }
 

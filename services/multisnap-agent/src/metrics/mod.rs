@@ -7,6 +7,7 @@
 //!   byte, error and latency series per volume, view and op;
 //! - the snapshot policies: read at scrape time by `policy::PolicyCollector`, ages by the
 //!   policy clock;
+//! - the mirrors: read at scrape time by `mirror::MirrorCollector`;
 //! - the ublk devices: every finished request reaches a [`UblkMetrics`] observer, with the
 //!   same series under `multisnap_ublk_*`.
 //!
@@ -20,6 +21,7 @@
 //! series, sharing `requests`), `http` (the endpoint).
 
 mod http;
+mod mirror;
 mod nbd;
 mod policy;
 mod requests;
@@ -62,6 +64,9 @@ impl Metrics {
         registry.register_collector(Box::new(policy::PolicyCollector {
             volumes: volumes.clone(),
             scheduler,
+        }));
+        registry.register_collector(Box::new(mirror::MirrorCollector {
+            volumes: volumes.clone(),
         }));
         registry.register_collector(Box::new(StoreCollector { volumes }));
         registry.register(

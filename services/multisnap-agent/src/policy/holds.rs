@@ -2,10 +2,9 @@
 //! whatever retention says, until it is let go (the next look prunes it then).
 //!
 //! Each kind of hold is one [`Hold`]; the scheduler asks them all. Today: a clone hydrating
-//! from the snapshot, a ublk device serving it, a rollback merging from it. A mirror that must
-//! keep its base snapshot until the target has the next one adds its own `Hold` (answering for
-//! the base it recorded) to the list the agent builds in [`Holds::standard`], and nothing else
-//! changes.
+//! from the snapshot, a ublk device serving it, a rollback merging from it, and a mirror's base
+//! (kept until the target has the next one) or the snapshot it is sending
+//! (`crate::mirror::MirrorBase`).
 
 use crate::ublk_devices::UblkDevices;
 use crate::volumes::Volume;
@@ -66,6 +65,7 @@ impl Holds {
             Box::new(CloneSource),
             Box::new(RollbackTarget),
             Box::new(UblkServed(ublk)),
+            Box::new(crate::mirror::MirrorBase),
         ])
     }
 

@@ -1,0 +1,154 @@
+//! `multisnap.v1.MirrorService`: a volume's mirror to another agent (see `crate::mirror`).
+
+use super::status::{blocking, find_volume, from_volume};
+use crate::mirror::target::{MirrorTarget, TlsFiles};
+use crate::mirror::worker::MirrorWorker;
+use crate::mirror::{behind, Active, Phase};
+use crate::volumes::{Volume, VolumeError, Volumes};
+use multisnap_proto::v1 as pb;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tonic::{Request, Response, Status};
+
+pub struct MirrorApi {
+    pub volumes: Arc<Volumes>,
+    pub worker: Arc<MirrorWorker>,
+}
+
+fn timestamp(secs: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: secs,
+        nanos: 0,
+    }
+}
+
+fn path_text(p: &Option<PathBuf>) -> String {
+    p.as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+pub fn target_message(t: &MirrorTarget) -> pb::MirrorTarget {
+    pb::MirrorTarget {
+        endpoint: t.endpoint.to_string(),
+        volume: t.volume.clone(),
+        tls_ca_file: path_text(&t.tls.ca),
+        tls_cert_file: path_text(&t.tls.cert),
+        tls_key_file: path_text(&t.tls.key),
+    }
+}
+
+/// The mirror and its state, as GetMirror and GetVolume show it.
+pub fn mirror_message(v: &Volume, a: &Active) -> pb::VolumeMirror {
+    let state = match a.phase() {
+        Phase::Syncing => pb::MirrorState::Syncing,
+        Phase::InSync => pb::MirrorState::InSync,
+        Phase::Retrying => pb::MirrorState::Retrying,
+        Phase::StoppedDiverged => pb::MirrorState::StoppedDiverged,
+    };
+    let b = behind(v, SystemTime::now());
+    let replicated = a.saved.replicated.as_ref();
+    pb::VolumeMirror {
+        volume: v.name.clone(),
+        target: Some(target_message(&a.saved.target)),
+        status: Some(pb::MirrorStatus {
+            state: state as i32,
+            last_replicated_snapshot: replicated.map(|r| r.name.clone()).unwrap_or_default(),
+            last_replicated_at: replicated.map(|r| timestamp(r.at)),
+            lag_seconds: b.lag_seconds,
+            bytes_pending: b.bytes_pending,
+            last_error: a
+                .saved
+                .stopped
+                .clone()
+                .or_else(|| a.last_error.clone())
+                .unwrap_or_default(),
+            next_attempt_at: a
+                .retry_at
+                .filter(|_| a.phase() == Phase::Retrying)
+                .map(|t| timestamp(crate::mirror::unix_secs(t))),
+            consecutive_failures: a.failures_in_row,
+            syncing_snapshot: a
+                .sending
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default(),
+        }),
+    }
+}
+
+fn target_from(t: Option<pb::MirrorTarget>) -> Result<MirrorTarget, Status> {
+    let t = t.ok_or_else(|| Status::invalid_argument("target is required"))?;
+    let path = |s: String| (!s.is_empty()).then(|| PathBuf::from(s));
+    let target = MirrorTarget::check(
+        &t.endpoint,
+        &t.volume,
+        TlsFiles {
+            ca: path(t.tls_ca_file),
+            cert: path(t.tls_cert_file),
+            key: path(t.tls_key_file),
+        },
+    )
+    .map_err(|m| from_volume(VolumeError::InvalidArgument(m)))?;
+    // Read now, so a wrong path is refused here rather than failing every round.
+    target
+        .tls_config()
+        .map_err(|m| from_volume(VolumeError::InvalidArgument(m)))?;
+    Ok(target)
+}
+
+#[tonic::async_trait]
+impl pb::mirror_service_server::MirrorService for MirrorApi {
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume))]
+    async fn set_mirror(
+        &self,
+        req: Request<pb::SetMirrorRequest>,
+    ) -> Result<Response<pb::VolumeMirror>, Status> {
+        let r = req.into_inner();
+        let v = find_volume(&self.volumes, &r.volume)?;
+        let target = target_from(r.target)?;
+        let msg = blocking(move || {
+            let uuid = v.store.volume_uuid().to_string();
+            let a = v.mirror.set(target, &uuid).map_err(from_volume)?;
+            tracing::info!(volume = %v.name, target = %a.saved.target.endpoint, target_volume = %a.saved.target.volume, "mirror set");
+            Ok(mirror_message(&v, &a))
+        })
+        .await?;
+        self.worker.wake();
+        Ok(Response::new(msg))
+    }
+
+    async fn get_mirror(
+        &self,
+        req: Request<pb::GetMirrorRequest>,
+    ) -> Result<Response<pb::VolumeMirror>, Status> {
+        let r = req.into_inner();
+        let v = find_volume(&self.volumes, &r.volume)?;
+        blocking(move || {
+            let a = v
+                .mirror
+                .get()
+                .ok_or_else(|| from_volume(VolumeError::NoMirror(v.name.clone())))?;
+            Ok(Response::new(mirror_message(&v, &a)))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume))]
+    async fn clear_mirror(
+        &self,
+        req: Request<pb::ClearMirrorRequest>,
+    ) -> Result<Response<pb::ClearMirrorResponse>, Status> {
+        let r = req.into_inner();
+        let v = find_volume(&self.volumes, &r.volume)?;
+        blocking(move || {
+            let cleared = v.mirror.clear().map_err(from_volume)?;
+            if cleared {
+                tracing::info!(volume = %v.name, "mirror cleared");
+            }
+            Ok(Response::new(pb::ClearMirrorResponse { cleared }))
+        })
+        .await
+    }
+}

@@ -1,0 +1,246 @@
+//! `multisnap mirror …`: MirrorService, a volume mirrored continuously to another agent.
+
+use crate::exit::rpc;
+use crate::output::{self, Format};
+use crate::size::human;
+use crate::Ctx;
+use anyhow::Result;
+use clap::Subcommand;
+use multisnap_proto::v1 as pb;
+use multisnap_proto::v1::mirror_service_client::MirrorServiceClient;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum MirrorCommand {
+    /// Mirror VOLUME to a volume on another agent: after each new snapshot (by policy or by
+    /// hand) this agent sends the changes since the newest snapshot the target holds.
+    ///
+    /// The target volume is made with VOLUME's size and chunk size if it does not exist. A cut
+    /// transfer resumes where it stopped; failures are retried with growing waits (up to 30 s).
+    /// A target that was written to or snapshotted stops the mirror instead of being
+    /// overwritten. Setting the same target again restarts a stopped mirror.
+    Set(SetArgs),
+    /// Show VOLUME's mirror: its target, the last snapshot the target holds, lag, last error.
+    Show { volume: String },
+    /// Stop mirroring VOLUME; the target keeps what it received.
+    Clear { volume: String },
+}
+
+#[derive(clap::Args)]
+pub struct SetArgs {
+    volume: String,
+    /// The target agent's gRPC address, as the source agent reaches it: HOST:PORT,
+    /// http://HOST:PORT, https://HOST:PORT (with --tls-ca) or unix:/path/to/grpc.sock.
+    #[arg(long)]
+    to: String,
+    /// The volume on the target agent.
+    #[arg(long)]
+    target_volume: String,
+    /// For https: the CA that signed the target agent's certificate (a path on the source
+    /// agent's machine).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// For a target that requires client certificates: the source agent's certificate and
+    /// key (paths on its machine).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+fn state_word(s: i32) -> &'static str {
+    match pb::MirrorState::try_from(s) {
+        Ok(pb::MirrorState::Syncing) => "syncing",
+        Ok(pb::MirrorState::InSync) => "in-sync",
+        Ok(pb::MirrorState::Retrying) => "retrying",
+        Ok(pb::MirrorState::StoppedDiverged) => "stopped-diverged",
+        _ => "unknown",
+    }
+}
+
+fn time_json(t: &Option<prost_types::Timestamp>) -> Value {
+    t.as_ref()
+        .map_or(Value::Null, |t| Value::from(t.to_string()))
+}
+
+pub fn mirror_json(m: &pb::VolumeMirror) -> Value {
+    let t = m.target.clone().unwrap_or_default();
+    let st = m.status.clone().unwrap_or_default();
+    json!({
+        "volume": m.volume,
+        "target": {
+            "endpoint": t.endpoint,
+            "volume": t.volume,
+            "tlsCaFile": t.tls_ca_file,
+            "tlsCertFile": t.tls_cert_file,
+            "tlsKeyFile": t.tls_key_file,
+        },
+        "status": {
+            "state": state_word(st.state),
+            "lastReplicatedSnapshot": st.last_replicated_snapshot,
+            "lastReplicatedAt": time_json(&st.last_replicated_at),
+            "lagSeconds": st.lag_seconds,
+            "bytesPending": st.bytes_pending,
+            "syncingSnapshot": st.syncing_snapshot,
+            "consecutiveFailures": st.consecutive_failures,
+            "nextAttemptAt": time_json(&st.next_attempt_at),
+            "lastError": st.last_error,
+        },
+    })
+}
+
+fn dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// One line for `volume show`: `in-sync to http://dr:50051 replica, last s7, lag 0s`.
+pub fn summary(m: &pb::VolumeMirror) -> String {
+    let t = m.target.clone().unwrap_or_default();
+    let st = m.status.clone().unwrap_or_default();
+    let mut line = format!(
+        "{} to {} {}, last {}, lag {}s",
+        state_word(st.state),
+        t.endpoint,
+        t.volume,
+        dash(&st.last_replicated_snapshot),
+        st.lag_seconds
+    );
+    if !st.last_error.is_empty() {
+        line.push_str(&format!(" ({})", st.last_error));
+    }
+    line
+}
+
+fn show(format: Format, m: &pb::VolumeMirror) -> Result<()> {
+    if format == Format::Json {
+        return Ok(output::print_json(&mirror_json(m))?);
+    }
+    let t = m.target.clone().unwrap_or_default();
+    let st = m.status.clone().unwrap_or_default();
+    let time = |t: &Option<prost_types::Timestamp>| {
+        t.as_ref().map_or_else(|| "-".into(), |t| t.to_string())
+    };
+    let tls = if t.tls_ca_file.is_empty() {
+        "-".to_string()
+    } else if t.tls_cert_file.is_empty() {
+        format!("CA {}", t.tls_ca_file)
+    } else {
+        format!(
+            "CA {}, client {} / {}",
+            t.tls_ca_file, t.tls_cert_file, t.tls_key_file
+        )
+    };
+    output::print_details(&[
+        ("volume", m.volume.clone()),
+        ("target", t.endpoint.clone()),
+        ("target volume", t.volume.clone()),
+        ("tls", tls),
+        ("state", state_word(st.state).to_string()),
+        (
+            "last replicated",
+            if st.last_replicated_snapshot.is_empty() {
+                "-".into()
+            } else {
+                format!(
+                    "{} ({})",
+                    st.last_replicated_snapshot,
+                    time(&st.last_replicated_at)
+                )
+            },
+        ),
+        ("sending", dash(&st.syncing_snapshot)),
+        ("lag", format!("{}s", st.lag_seconds)),
+        ("pending", human(st.bytes_pending)),
+        ("failures in a row", st.consecutive_failures.to_string()),
+        ("next attempt", time(&st.next_attempt_at)),
+        ("last error", dash(&st.last_error)),
+    ])?;
+    Ok(())
+}
+
+pub async fn run(ctx: &Ctx, cmd: MirrorCommand) -> Result<()> {
+    let mut client = MirrorServiceClient::new(ctx.channel.clone());
+    let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_default();
+    match cmd {
+        MirrorCommand::Set(a) => {
+            let m = client
+                .set_mirror(pb::SetMirrorRequest {
+                    volume: a.volume.clone(),
+                    target: Some(pb::MirrorTarget {
+                        endpoint: a.to,
+                        volume: a.target_volume,
+                        tls_ca_file: path(a.tls_ca),
+                        tls_cert_file: path(a.tls_cert),
+                        tls_key_file: path(a.tls_key),
+                    }),
+                })
+                .await
+                .map_err(rpc(format!("cannot set the mirror of {:?}", a.volume)))?
+                .into_inner();
+            show(ctx.format, &m)
+        }
+        MirrorCommand::Show { volume } => {
+            let m = client
+                .get_mirror(pb::GetMirrorRequest {
+                    volume: volume.clone(),
+                })
+                .await
+                .map_err(rpc(format!("cannot get the mirror of {volume:?}")))?
+                .into_inner();
+            show(ctx.format, &m)
+        }
+        MirrorCommand::Clear { volume } => {
+            let cleared = client
+                .clear_mirror(pb::ClearMirrorRequest {
+                    volume: volume.clone(),
+                })
+                .await
+                .map_err(rpc(format!("cannot clear the mirror of {volume:?}")))?
+                .into_inner()
+                .cleared;
+            match ctx.format {
+                Format::Json => output::print_json(&json!({ "cleared": cleared })),
+                Format::Table if cleared => output::print_line(&format!(
+                    "cleared the mirror of {volume}; the target keeps what it received"
+                )),
+                Format::Table => output::print_line(&format!("{volume} had no mirror")),
+            }?;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_says_state_target_and_error() {
+        let m = pb::VolumeMirror {
+            volume: "db".into(),
+            target: Some(pb::MirrorTarget {
+                endpoint: "http://dr:50051".into(),
+                volume: "db-copy".into(),
+                ..Default::default()
+            }),
+            status: Some(pb::MirrorStatus {
+                state: pb::MirrorState::Retrying as i32,
+                last_replicated_snapshot: "s7".into(),
+                lag_seconds: 42,
+                last_error: "cannot connect".into(),
+                ..Default::default()
+            }),
+        };
+        assert_eq!(
+            summary(&m),
+            "retrying to http://dr:50051 db-copy, last s7, lag 42s (cannot connect)"
+        );
+        assert_eq!(mirror_json(&m)["status"]["state"], "retrying");
+        assert_eq!(state_word(99), "unknown");
+    }
+}

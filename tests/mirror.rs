@@ -1,0 +1,445 @@
+//! Continuous mirroring between two real agents on loopback, set up with `multisnap mirror set`
+//! and checked with nbdcopy + sha256sum: the target's newest snapshot is byte-identical to the
+//! source's through a run of writes and snapshots, with the target killed (-9) mid-stream and
+//! restarted several times, and with the source killed and restarted; a policy keeping one
+//! hourly snapshot never prunes the mirror's base; a target written to (or snapshotted) stops
+//! the mirror with its reason, and the target keeps what was written.
+
+use common::*;
+use multisnap_tests::{self as common, require_tools};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const VOLUME_BYTES: u64 = 128 << 20;
+/// 2026-01-01T00:00:00Z
+const START: i64 = 1_767_225_600;
+const HOUR: i64 = 3600;
+
+fn json(a: &Agent, args: &[&str]) -> Value {
+    let mut all = vec!["--output", "json"];
+    all.extend_from_slice(args);
+    let out = cli_ok(a, &all);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+}
+
+/// A target agent whose gRPC port stays the same across restarts, as a mirror's endpoint.
+struct Target {
+    agent: Option<Agent>,
+    dir: PathBuf,
+    addr: String,
+}
+
+impl Target {
+    fn start(dir: &Path) -> Target {
+        let mut t = Target {
+            agent: None,
+            dir: dir.to_path_buf(),
+            addr: format!("127.0.0.1:{}", free_port()),
+        };
+        t.restart();
+        t
+    }
+
+    fn restart(&mut self) {
+        let a = Agent::start(&self.dir, &["--grpc-listen", &self.addr]);
+        a.wait_grpc();
+        self.agent = Some(a);
+    }
+
+    fn kill9(&mut self) {
+        self.agent.take().expect("target running").kill9();
+    }
+
+    fn agent(&self) -> &Agent {
+        self.agent.as_ref().expect("target running")
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+fn source(dir: &Path, extra: &[&str]) -> Agent {
+    let size = VOLUME_BYTES.to_string();
+    let mut args = vec!["--default-volume-size", size.as_str()];
+    args.extend_from_slice(extra);
+    Agent::start(dir, &args)
+}
+
+fn mirror_to(a: &Agent, t: &Target) -> Value {
+    json(
+        a,
+        &[
+            "mirror",
+            "set",
+            "default",
+            "--to",
+            &t.endpoint(),
+            "--target-volume",
+            "replica",
+        ],
+    )
+}
+
+/// Waits until the mirror's status satisfies `done`; the status.
+fn wait_mirror(a: &Agent, what: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let m = json(a, &["mirror", "show", "default"]);
+        if done(&m["status"]) {
+            return m["status"].clone();
+        }
+        assert!(Instant::now() < deadline, "mirror never {what}: {m}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until the target holds `snap` and the mirror says it is in sync.
+fn wait_in_sync(a: &Agent, snap: &str, secs: u64) -> Value {
+    wait_mirror(a, &format!("in sync at {snap}"), secs, |s| {
+        s["state"] == "in-sync" && s["lastReplicatedSnapshot"] == snap
+    })
+}
+
+/// Random writes through NBD with qemu-io: data of varying patterns, and some zeroing.
+fn scribble(a: &Agent, rng: &mut StdRng, n: usize) {
+    let mut cmds = Vec::new();
+    for _ in 0..n {
+        let len = rng.gen_range(1..64u64) * 4096;
+        let off = rng.gen_range(0..(VOLUME_BYTES - len) / 4096) * 4096;
+        if rng.gen_bool(0.15) {
+            cmds.push(format!("write -z {off} {len}"));
+        } else {
+            cmds.push(format!("write -P {} {off} {len}", rng.gen_range(1..255)));
+        }
+    }
+    let refs: Vec<&str> = cmds.iter().map(String::as_str).collect();
+    qemu_io(&a.uri("default"), &refs);
+}
+
+/// A large change (`mib` MiB from `at`), so the transfer takes long enough to be cut.
+fn bulk(a: &Agent, pattern: u8, at_mib: u64, mib: u64) {
+    let cmd = format!("write -P {pattern} {} {}", at_mib << 20, mib << 20);
+    qemu_io(&a.uri("default"), &[&cmd]);
+}
+
+fn sha(a: &Agent, export: &str, tmp: &Path) -> String {
+    let file = tmp.join(format!("copy-{}.img", export.replace('@', "_")));
+    let sum = copy_sha(a, export, &file);
+    let _ = std::fs::remove_file(&file);
+    sum
+}
+
+fn assert_identical(a: &Agent, t: &Target, snap: &str, tmp: &Path) {
+    let want = sha(a, &format!("default@{snap}"), tmp);
+    let got = sha(t.agent(), &format!("replica@{snap}"), tmp);
+    assert_eq!(got, want, "replica@{snap} differs from default@{snap}");
+}
+
+fn failures(a: &Agent, reason: &str) -> f64 {
+    a.metric(&format!(
+        "multisnap_mirror_failures_total{{volume=\"default\",reason=\"{reason}\"}}"
+    ))
+}
+
+#[test]
+fn the_target_stays_identical_through_target_kills_and_a_source_restart() {
+    require_tools!("qemu-io", "nbdcopy", "sha256sum", "curl");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = source(&tmp.path().join("a"), &[]);
+    let mut t = Target::start(&tmp.path().join("b"));
+    // The target keeps every snapshot the mirror sends: room for all of them.
+    let size = VOLUME_BYTES.to_string();
+    cli_ok(
+        t.agent(),
+        &[
+            "volume",
+            "create",
+            "replica",
+            "--size",
+            &size,
+            "--store-size",
+            "1073741824",
+        ],
+    );
+    let mut rng = StdRng::seed_from_u64(24);
+
+    // A full first sync.
+    bulk(&a, 0x5a, 0, 96);
+    scribble(&a, &mut rng, 60);
+    cli_ok(&a, &["snapshot", "create", "default", "s0"]);
+    let started = Instant::now();
+    let set = mirror_to(&a, &t);
+    assert_eq!(set["target"]["volume"], "replica");
+    wait_in_sync(&a, "s0", 120);
+    let took = started.elapsed();
+    let sent = a.metric("multisnap_mirror_sent_bytes_total{volume=\"default\"}");
+    println!(
+        "first sync: {sent} stream bytes in {took:?} ({:.1} MiB/s on loopback, set to in-sync)",
+        sent / (1 << 20) as f64 / took.as_secs_f64()
+    );
+    assert_identical(&a, &t, "s0", tmp.path());
+
+    // Incrementals, the target killed while each one streams, then restarted.
+    let mut converge = Vec::new();
+    let mut cut_mid_stream = 0;
+    for round in 1..=4u64 {
+        bulk(&a, round as u8, 8 * round, 48);
+        scribble(&a, &mut rng, 10);
+        let snap = format!("s{round}");
+        cli_ok(&a, &["snapshot", "create", "default", &snap]);
+        let s = wait_mirror(&a, &format!("sending {snap}"), 30, |s| {
+            s["syncingSnapshot"] == snap.as_str() || s["lastReplicatedSnapshot"] == snap.as_str()
+        });
+        if s["lastReplicatedSnapshot"] != snap.as_str() {
+            cut_mid_stream += 1;
+        }
+        t.kill9();
+        std::thread::sleep(Duration::from_millis(700));
+        let retrying = json(&a, &["mirror", "show", "default"]);
+        t.restart();
+        let back = Instant::now();
+        let status = wait_in_sync(&a, &snap, 120);
+        converge.push(back.elapsed());
+        assert_eq!(status["lagSeconds"], 0, "{status}");
+        assert_eq!(status["bytesPending"], 0, "{status}");
+        assert_identical(&a, &t, &snap, tmp.path());
+        // The previous base is no longer needed: deleting it keeps the source's store from
+        // filling, and the mirror goes on from the new one.
+        cli_ok(
+            &a,
+            &["snapshot", "delete", "default", &format!("s{}", round - 1)],
+        );
+        println!(
+            "round {round}: while the target was down: {}",
+            retrying["status"]
+        );
+    }
+    println!(
+        "target kills mid-stream: {cut_mid_stream} of 4; converged after restart in {converge:?}"
+    );
+    assert!(cut_mid_stream >= 2, "too few kills hit a transfer");
+    assert!(failures(&a, "connect") + failures(&a, "transfer") >= 2.0);
+
+    // The source killed mid-stream and restarted: the mirror is on disk and carries on.
+    bulk(&a, 0x77, 16, 64);
+    cli_ok(&a, &["snapshot", "create", "default", "s5"]);
+    wait_mirror(&a, "sending s5", 30, |s| {
+        s["syncingSnapshot"] == "s5" || s["lastReplicatedSnapshot"] == "s5"
+    });
+    let a_dir = a.data_dir.clone();
+    a.kill9();
+    a = source(&a_dir, &[]);
+    let shown = cli_ok(&a, &["volume", "show", "default"]);
+    assert!(
+        shown.contains(&format!("to {} replica", t.endpoint())),
+        "{shown}"
+    );
+    wait_in_sync(&a, "s5", 120);
+    assert_identical(&a, &t, "s5", tmp.path());
+    // A clean restart of both, with nothing new: nothing is sent.
+    let a_dir = a.data_dir.clone();
+    a.stop_and_verify();
+    a = source(&a_dir, &[]);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        a.metric("multisnap_mirror_sent_bytes_total{volume=\"default\"}"),
+        0.0
+    );
+    wait_in_sync(&a, "s5", 10);
+    a.stop_and_verify();
+    t.agent.take().unwrap().stop_and_verify();
+}
+
+#[test]
+fn a_policy_keeping_one_hourly_never_prunes_the_mirrors_base() {
+    require_tools!("qemu-io", "nbdcopy", "sha256sum", "curl");
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = tmp.path().join("clock");
+    let set_clock = |t: i64| {
+        let new = clock.with_extension("new");
+        std::fs::write(&new, format!("{t}\n")).unwrap();
+        std::fs::rename(&new, &clock).unwrap();
+    };
+    set_clock(START);
+    let a = source(
+        &tmp.path().join("a"),
+        &["--test-clock-file", clock.to_str().unwrap()],
+    );
+    let mut t = Target::start(&tmp.path().join("b"));
+    bulk(&a, 0x11, 0, 8);
+    cli_ok(
+        &a,
+        &[
+            "policy",
+            "set",
+            "default",
+            "--every",
+            "1h",
+            "--keep-hourly",
+            "1",
+        ],
+    );
+    let first = wait_policy_newest(&a, "");
+    mirror_to(&a, &t);
+    wait_in_sync(&a, &first, 60);
+
+    // The target goes away; two hours pass. Retention wants only the newest, but the base
+    // stays (held), and the one in between goes.
+    t.kill9();
+    bulk(&a, 0x22, 2, 8);
+    set_clock(START + HOUR);
+    let second = wait_policy_newest(&a, &first);
+    bulk(&a, 0x33, 4, 8);
+    set_clock(START + 2 * HOUR);
+    let third = wait_policy_newest(&a, &second);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let policy = loop {
+        let p = json(&a, &["policy", "show", "default"]);
+        let names = ready(&a);
+        if !names.contains(&second) {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{second} was never pruned: {names:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(ready(&a), vec![first.clone(), third.clone()]);
+    let held = policy["status"]["held"].to_string();
+    assert!(
+        held.contains(&first) && held.contains("the mirror to"),
+        "{held}"
+    );
+    let m = json(&a, &["mirror", "show", "default"]);
+    assert_eq!(m["status"]["state"], "retrying", "{m}");
+    assert!(m["status"]["lagSeconds"].as_u64().is_some(), "{m}");
+    // 2..10 MiB and 4..12 MiB changed since the base: 10 MiB, whole chunks.
+    assert_eq!(m["status"]["bytesPending"], 10 << 20, "{m}");
+    assert!(
+        !m["status"]["lastError"].as_str().unwrap().is_empty(),
+        "{m}"
+    );
+
+    // The target is back: the incremental goes from the held base, which is then let go.
+    t.restart();
+    wait_in_sync(&a, &third, 60);
+    assert_identical(&a, &t, &third, tmp.path());
+    set_clock(START + 2 * HOUR + 60);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ready(&a) != vec![third.clone()] {
+        assert!(
+            Instant::now() < deadline,
+            "{first} was not pruned once let go: {:?}",
+            ready(&a)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The newest policy snapshot once it is not `previous`.
+fn wait_policy_newest(a: &Agent, previous: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = json(a, &["policy", "show", "default"]);
+        let newest = p["status"]["newestSnapshot"].as_str().unwrap_or_default();
+        if !newest.is_empty() && newest != previous {
+            return newest.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no policy snapshot after {previous:?}: {p}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ready(a: &Agent) -> Vec<String> {
+    let l = json(a, &["snapshot", "list", "default"]);
+    let mut names: Vec<String> = l["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == "SNAPSHOT_STATE_READY")
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_diverged_target_stops_the_mirror_with_its_reason() {
+    require_tools!("qemu-io", "nbdcopy", "sha256sum", "curl");
+    let tmp = tempfile::tempdir().unwrap();
+    let a = source(&tmp.path().join("a"), &[]);
+    let t = Target::start(&tmp.path().join("b"));
+    bulk(&a, 0x41, 0, 4);
+    cli_ok(&a, &["snapshot", "create", "default", "s0"]);
+    mirror_to(&a, &t);
+    wait_in_sync(&a, "s0", 60);
+
+    // Written to on the target: the next incremental is refused there, and the mirror stops.
+    qemu_io(&t.agent().uri("replica"), &["write -P 0xee 1M 64k"]);
+    let written = sha(t.agent(), "replica", tmp.path());
+    bulk(&a, 0x42, 2, 4);
+    cli_ok(&a, &["snapshot", "create", "default", "s1"]);
+    let s = wait_mirror(&a, "stopped", 60, |s| s["state"] == "stopped-diverged");
+    let why = s["lastError"].as_str().unwrap();
+    assert!(why.contains("origin changed"), "{s}");
+    assert_eq!(s["lastReplicatedSnapshot"], "s0");
+    assert_eq!(
+        sha(t.agent(), "replica", tmp.path()),
+        written,
+        "the target was overwritten"
+    );
+    assert_eq!(
+        a.metric("multisnap_mirror_stopped{volume=\"default\"}"),
+        1.0
+    );
+    assert!(failures(&a, "diverged") >= 1.0);
+    // Stopped means stopped: a new snapshot sends nothing.
+    let sent = a.metric("multisnap_mirror_sent_bytes_total{volume=\"default\"}");
+    cli_ok(&a, &["snapshot", "create", "default", "s2"]);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        a.metric("multisnap_mirror_sent_bytes_total{volume=\"default\"}"),
+        sent
+    );
+    let shown = cli_ok(&a, &["volume", "show", "default"]);
+    assert!(shown.contains("stopped-diverged"), "{shown}");
+
+    // Also snapshotted on the target: set again, the mirror finds a snapshot it did not send.
+    cli_ok(t.agent(), &["snapshot", "create", "replica", "mine"]);
+    mirror_to(&a, &t);
+    let s = wait_mirror(&a, "stopped again", 60, |s| {
+        s["state"] == "stopped-diverged"
+    });
+    assert!(
+        s["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("newest snapshot mine was not sent by this mirror"),
+        "{s}"
+    );
+    assert_eq!(sha(t.agent(), "replica", tmp.path()), written);
+    // The stop is on disk: a restarted source does not try again.
+    let a_dir = a.data_dir.clone();
+    a.stop_and_verify();
+    let a = source(&a_dir, &[]);
+    let m = json(&a, &["mirror", "show", "default"]);
+    assert_eq!(m["status"]["state"], "stopped-diverged", "{m}");
+    // Cleared, the mirror is gone and the target keeps what it had.
+    let out = cli_ok(&a, &["mirror", "clear", "default"]);
+    assert!(out.contains("cleared the mirror of default"), "{out}");
+    let gone = cli(&a, &["mirror", "show", "default"]);
+    assert!(!gone.status.success());
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("has no mirror"),
+        "{}",
+        describe(&gone)
+    );
+}
