@@ -471,7 +471,8 @@ async fn serve_async(
     });
     let (v, sd) = (volumes.clone(), shutdown.clone());
     tasks.spawn(async move {
-        grpc::serve(v, ublk, scheduler, mirrors, listeners, tls, &grpc_sock, sd).await
+        let workers = grpc::Workers { scheduler, mirrors };
+        grpc::serve(v, ublk, workers, listeners, tls, &grpc_sock, sd).await
     });
 
     tokio::select! {

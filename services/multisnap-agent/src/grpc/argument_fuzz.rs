@@ -3,11 +3,13 @@
 //! with hostile arguments (empty, over-long, non-ASCII and path-like names, sizes at and past
 //! every limit, chunk sizes that are not powers of two, origin paths that climb out of the
 //! data directory or name devices, unknown enum values, snapshot policies with every interval,
-//! count and age limit and malformed name templates) against the real handlers on a real
+//! count and age limit and malformed name templates, mirrors to malformed endpoints, bad
+//! target volume names and TLS files that do not exist or do not fit) against the real handlers on a real
 //! data directory. Whatever the input: no panic, never INTERNAL or UNKNOWN (a caller's mistake
 //! is the caller's code), and the agent still lists, reads and flushes its volumes afterwards.
 
 use super::deltas::DeltaApi;
+use super::mirrors::MirrorApi;
 use super::policies::PolicyApi;
 use super::snapshots::SnapshotApi;
 use super::volumes::VolumeApi;
@@ -17,6 +19,7 @@ use crate::ublk_devices::UblkDevices;
 use crate::volumes::Volumes;
 use multisnap_proto::v1 as pb;
 use multisnap_proto::v1::delta_service_server::DeltaService;
+use multisnap_proto::v1::mirror_service_server::MirrorService;
 use multisnap_proto::v1::policy_service_server::PolicyService;
 use multisnap_proto::v1::snapshot_service_server::SnapshotService;
 use multisnap_proto::v1::volume_service_server::VolumeService;
@@ -154,6 +157,9 @@ enum Call {
     SetPolicy(String, Option<pb::SnapshotPolicy>),
     GetPolicy(String),
     ClearPolicy(String),
+    SetMirror(String, Option<pb::MirrorTarget>),
+    GetMirror(String),
+    ClearMirror(String),
     CreateSnapshotGroup(String, Vec<String>),
     GetSnapshotGroup(String),
     DeleteSnapshotGroup(String),
@@ -221,6 +227,10 @@ fn call() -> impl Strategy<Value = Call> {
             .prop_map(|(n, p)| Call::SetPolicy(n, p)),
         1 => name().prop_map(Call::GetPolicy),
         1 => name().prop_map(Call::ClearPolicy),
+        2 => (name(), proptest::option::weighted(0.9, mirror_target()))
+            .prop_map(|(n, t)| Call::SetMirror(n, t)),
+        1 => name().prop_map(Call::GetMirror),
+        1 => name().prop_map(Call::ClearMirror),
         2 => (name(), proptest::collection::vec(name(), 0..4))
             .prop_map(|(n, v)| Call::CreateSnapshotGroup(n, v)),
         1 => name().prop_map(Call::GetSnapshotGroup),
@@ -228,10 +238,43 @@ fn call() -> impl Strategy<Value = Call> {
     ]
 }
 
+/// Mirror targets: endpoints of every form and none, volume names as hostile as any, and TLS
+/// files that are missing, absent where needed or given where they do not belong.
+fn mirror_target() -> impl Strategy<Value = pb::MirrorTarget> {
+    let endpoint = prop_oneof![
+        Just(String::new()),
+        Just("127.0.0.1:1".to_string()),
+        Just("http://127.0.0.1:1".to_string()),
+        Just("https://localhost:1".to_string()),
+        Just("unix:/nonexistent/grpc.sock".to_string()),
+        Just("unix:relative.sock".to_string()),
+        Just("unix:".to_string()),
+        Just("ftp://x".to_string()),
+        Just("http://".to_string()),
+        any::<String>(),
+    ];
+    let file = prop_oneof![
+        3 => Just(String::new()),
+        1 => Just("/nonexistent/ca.pem".to_string()),
+        1 => Just("/dev/null".to_string()),
+        1 => any::<String>(),
+    ];
+    (endpoint, name(), file.clone(), file.clone(), file).prop_map(
+        |(endpoint, volume, tls_ca_file, tls_cert_file, tls_key_file)| pb::MirrorTarget {
+            endpoint,
+            volume,
+            tls_ca_file,
+            tls_cert_file,
+            tls_key_file,
+        },
+    )
+}
+
 struct Agent {
     volumes: VolumeApi,
     snapshots: SnapshotApi,
     policies: PolicyApi,
+    mirrors: MirrorApi,
     deltas: DeltaApi,
     store: Arc<Volumes>,
     data: std::path::PathBuf,
@@ -265,6 +308,12 @@ fn agent() -> Agent {
             scheduler: Arc::new(crate::policy::scheduler::Scheduler::new(
                 Arc::new(crate::policy::clock::SystemClock),
                 crate::policy::holds::Holds::standard(ublk),
+            )),
+        },
+        mirrors: MirrorApi {
+            volumes: volumes.clone(),
+            worker: Arc::new(crate::mirror::worker::MirrorWorker::new(
+                crate::mirror::backoff::Backoff::STANDARD,
             )),
         },
         deltas: DeltaApi::new(volumes.clone(), Default::default()),
@@ -365,6 +414,24 @@ impl Agent {
             Call::ClearPolicy(volume) => code(
                 self.policies
                     .clear_policy(Request::new(pb::ClearPolicyRequest { volume }))
+                    .await
+                    .map(drop),
+            ),
+            Call::SetMirror(volume, target) => code(
+                self.mirrors
+                    .set_mirror(Request::new(pb::SetMirrorRequest { volume, target }))
+                    .await
+                    .map(drop),
+            ),
+            Call::GetMirror(volume) => code(
+                self.mirrors
+                    .get_mirror(Request::new(pb::GetMirrorRequest { volume }))
+                    .await
+                    .map(drop),
+            ),
+            Call::ClearMirror(volume) => code(
+                self.mirrors
+                    .clear_mirror(Request::new(pb::ClearMirrorRequest { volume }))
                     .await
                     .map(drop),
             ),

@@ -78,13 +78,19 @@ pub async fn bind(
     Ok(Listeners { tcp, unix })
 }
 
+/// The background workers whose APIs gRPC serves: the snapshot policy scheduler and the mirror
+/// task.
+pub struct Workers {
+    pub scheduler: Arc<crate::policy::scheduler::Scheduler>,
+    pub mirrors: Arc<crate::mirror::worker::MirrorWorker>,
+}
+
 /// Serves gRPC on the TCP listener, if any (with TLS when `tls` is given), and in plaintext on
 /// the unix socket `sock` (local only, guarded by its mode and group) until `shutdown`.
 pub async fn serve(
     volumes: Arc<Volumes>,
     ublk_devices: Arc<UblkDevices>,
-    scheduler: Arc<crate::policy::scheduler::Scheduler>,
-    mirrors: Arc<crate::mirror::worker::MirrorWorker>,
+    Workers { scheduler, mirrors }: Workers,
     Listeners { tcp, unix }: Listeners,
     tls: Option<tonic::transport::ServerTlsConfig>,
     sock: &Path,

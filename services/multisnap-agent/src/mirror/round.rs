@@ -88,7 +88,7 @@ pub async fn run(v: Arc<Volume>, target: MirrorTarget, generation: u64) -> Resul
         .await
         .map_err(target_call("cannot read the target's apply state"))?
         .into_inner();
-    let apply = state.in_progress.then(|| TargetApply {
+    let apply = state.in_progress.then_some(TargetApply {
         snapshot: state.snapshot_name,
         source_id: state.source_snapshot_id,
         base: state.base_snapshot,

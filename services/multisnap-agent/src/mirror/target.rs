@@ -155,8 +155,12 @@ impl MirrorTarget {
         let fail = |e: tonic::transport::Error| {
             let mut msg = format!("cannot connect to {}: {e}", self.endpoint);
             let mut source = std::error::Error::source(&e);
+            // tonic's own text names some of its causes already: each is said once.
             while let Some(s) = source {
-                msg.push_str(&format!(": {s}"));
+                let text = s.to_string();
+                if !msg.contains(&text) {
+                    msg.push_str(&format!(": {text}"));
+                }
                 source = s.source();
             }
             msg
