@@ -30,21 +30,31 @@ struct Target {
     agent: Option<Agent>,
     dir: PathBuf,
     addr: String,
+    extra: Vec<String>,
+    scheme: &'static str,
 }
 
 impl Target {
     fn start(dir: &Path) -> Target {
+        Target::start_with(dir, &[], "http")
+    }
+
+    fn start_with(dir: &Path, extra: &[&str], scheme: &'static str) -> Target {
         let mut t = Target {
             agent: None,
             dir: dir.to_path_buf(),
             addr: format!("127.0.0.1:{}", free_port()),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            scheme,
         };
         t.restart();
         t
     }
 
     fn restart(&mut self) {
-        let a = Agent::start(&self.dir, &["--grpc-listen", &self.addr]);
+        let mut args = vec!["--grpc-listen", self.addr.as_str()];
+        args.extend(self.extra.iter().map(String::as_str));
+        let a = Agent::start(&self.dir, &args);
         a.wait_grpc();
         self.agent = Some(a);
     }
@@ -58,7 +68,7 @@ impl Target {
     }
 
     fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 }
 
@@ -442,4 +452,84 @@ fn a_diverged_target_stops_the_mirror_with_its_reason() {
         "{}",
         describe(&gone)
     );
+}
+
+#[test]
+fn a_mirror_over_mutual_tls_needs_a_client_certificate_the_target_trusts() {
+    require_tools!("qemu-io", "nbdcopy", "sha256sum", "openssl", "curl");
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = tmp.path().join("pki");
+    make_tls_pki(&pki);
+    let p = |f: &str| pki.join(f).to_string_lossy().into_owned();
+    let t = Target::start_with(
+        &tmp.path().join("b"),
+        &[
+            "--grpc-tls-cert",
+            &p("server-cert.pem"),
+            "--grpc-tls-key",
+            &p("server-key.pem"),
+            "--grpc-tls-client-ca",
+            &p("ca-cert.pem"),
+        ],
+        "https",
+    );
+    let a = source(&tmp.path().join("a"), &[]);
+    bulk(&a, 0x51, 0, 8);
+    cli_ok(&a, &["snapshot", "create", "default", "s0"]);
+    let set = |cert: &str, key: &str| {
+        json(
+            &a,
+            &[
+                "mirror",
+                "set",
+                "default",
+                "--to",
+                &t.endpoint(),
+                "--target-volume",
+                "replica",
+                "--tls-ca",
+                &p("ca-cert.pem"),
+                "--tls-cert",
+                &p(cert),
+                "--tls-key",
+                &p(key),
+            ],
+        )
+    };
+    // A client certificate of another CA: the target refuses the handshake, the mirror retries.
+    set("other-ca/client-cert.pem", "other-ca/client-key.pem");
+    let s = wait_mirror(&a, "refused", 30, |s| {
+        s["state"] == "retrying" && s["consecutiveFailures"].as_u64() >= Some(2)
+    });
+    assert!(
+        s["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("client certificate"),
+        "{s}"
+    );
+    assert!(failures(&a, "connect") >= 2.0);
+    // A plaintext endpoint with TLS files is refused at once, naming the problem.
+    let plain = t.endpoint().replace("https://", "http://");
+    let out = cli(
+        &a,
+        &[
+            "mirror",
+            "set",
+            "default",
+            "--to",
+            &plain,
+            "--target-volume",
+            "replica",
+            "--tls-ca",
+            &p("ca-cert.pem"),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(describe(&out).contains("not https"), "{}", describe(&out));
+    // The right client certificate: in sync, byte for byte.
+    let shown = set("client-cert.pem", "client-key.pem");
+    assert_eq!(shown["target"]["tlsCaFile"], p("ca-cert.pem"));
+    wait_in_sync(&a, "s0", 60);
+    assert_identical(&a, &t, "s0", tmp.path());
 }

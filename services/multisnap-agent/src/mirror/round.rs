@@ -49,13 +49,26 @@ fn failure(reason: FailureReason) -> impl Fn(String) -> Failure {
 }
 
 fn target_call(what: &str) -> impl Fn(tonic::Status) -> Failure + '_ {
-    move |s| Failure {
-        reason: if s.code() == Code::Unavailable {
-            FailureReason::Connect
-        } else {
-            FailureReason::Target
+    move |s| {
+        match s.code() {
+        Code::Unavailable => Failure {
+            reason: FailureReason::Connect,
+            message: format!("{what}: {}", s.message()),
         },
-        message: format!("{what}: {}", s.message()),
+        // With TLS 1.3 a server that refuses the client's certificate says so after the
+        // client's side of the handshake is done: the first call is cut.
+        Code::Cancelled => Failure {
+            reason: FailureReason::Connect,
+            message: format!(
+                "{what}: {} (the target closed the connection; with mutual TLS, check that it trusts this agent's client certificate)",
+                s.message()
+            ),
+        },
+        _ => Failure {
+            reason: FailureReason::Target,
+            message: format!("{what}: {}", s.message()),
+        },
+    }
     }
 }
 
