@@ -41,13 +41,14 @@ pub fn target_message(t: &MirrorTarget) -> pb::MirrorTarget {
 
 /// The mirror and its state, as GetMirror and GetVolume show it.
 pub fn mirror_message(v: &Volume, a: &Active) -> pb::VolumeMirror {
-    let state = match a.phase() {
+    let b = behind(v, SystemTime::now());
+    let phase = a.phase(b.snapshots > 0);
+    let state = match phase {
         Phase::Syncing => pb::MirrorState::Syncing,
         Phase::InSync => pb::MirrorState::InSync,
         Phase::Retrying => pb::MirrorState::Retrying,
         Phase::StoppedDiverged => pb::MirrorState::StoppedDiverged,
     };
-    let b = behind(v, SystemTime::now());
     let replicated = a.saved.replicated.as_ref();
     pb::VolumeMirror {
         volume: v.name.clone(),
@@ -66,7 +67,7 @@ pub fn mirror_message(v: &Volume, a: &Active) -> pb::VolumeMirror {
                 .unwrap_or_default(),
             next_attempt_at: a
                 .retry_at
-                .filter(|_| a.phase() == Phase::Retrying)
+                .filter(|_| phase == Phase::Retrying)
                 .map(|t| timestamp(crate::mirror::unix_secs(t))),
             consecutive_failures: a.failures_in_row,
             syncing_snapshot: a

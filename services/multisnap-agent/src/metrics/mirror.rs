@@ -56,7 +56,7 @@ impl Collector for MirrorCollector {
                     volume: v.name.clone(),
                     active: v.mirror.get().map(|a| {
                         let b = behind(v, now);
-                        let stopped = i64::from(a.phase() == Phase::StoppedDiverged);
+                        let stopped = i64::from(a.phase(b.snapshots > 0) == Phase::StoppedDiverged);
                         (b.lag_seconds as i64, b.bytes_pending as i64, stopped)
                     }),
                     bytes_sent: c.bytes_sent.load(Ordering::Relaxed),

@@ -133,13 +133,16 @@ impl Active {
         }
     }
 
-    pub fn phase(&self) -> Phase {
+    /// The state, given whether the volume has snapshots the target lacks: a mirror between
+    /// rounds with something left to send is syncing (its round starts within a tick), not
+    /// in sync.
+    pub fn phase(&self, lacking: bool) -> Phase {
         if self.saved.stopped.is_some() {
             Phase::StoppedDiverged
-        } else if self.running {
-            Phase::Syncing
-        } else if self.retry_at.is_some() {
+        } else if self.retry_at.is_some() && !self.running {
             Phase::Retrying
+        } else if self.running || lacking {
+            Phase::Syncing
         } else {
             Phase::InSync
         }
@@ -149,6 +152,8 @@ impl Active {
 /// Lag and bytes pending, at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Behind {
+    /// Snapshots of the volume the target lacks.
+    pub snapshots: u64,
     /// Seconds since the oldest snapshot the target lacks was taken.
     pub lag_seconds: u64,
     /// Estimated delta bytes from the base to the newest snapshot.
@@ -345,6 +350,7 @@ pub fn behind(v: &Volume, now: SystemTime) -> Behind {
         }
     };
     Behind {
+        snapshots: missing.len() as u64,
         lag_seconds,
         bytes_pending,
     }
@@ -400,5 +406,63 @@ pub fn replicated_now(s: &SnapshotRef) -> Replicated {
         id: s.id,
         name: s.name.clone(),
         at: unix_secs(SystemTime::now()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::target::TlsFiles;
+    use super::*;
+
+    fn active() -> Active {
+        let target = MirrorTarget::check("h:1", "r", TlsFiles::default()).unwrap();
+        Active::new(
+            Persisted {
+                volume_uuid: "u".into(),
+                target,
+                replicated: None,
+                stopped: None,
+            },
+            1,
+        )
+    }
+
+    #[test]
+    fn the_state_follows_stop_retry_round_and_what_is_lacking() {
+        let mut a = active();
+        assert_eq!(a.phase(false), Phase::InSync);
+        assert_eq!(a.phase(true), Phase::Syncing);
+        a.retry_at = Some(SystemTime::now());
+        assert_eq!(a.phase(true), Phase::Retrying);
+        a.running = true;
+        assert_eq!(a.phase(false), Phase::Syncing);
+        a.saved.stopped = Some("diverged".into());
+        assert_eq!(a.phase(false), Phase::StoppedDiverged);
+    }
+
+    /// A round of an earlier setting records nothing into the current one.
+    #[test]
+    fn updates_of_another_generation_are_dropped() {
+        let slot = MirrorSlot::empty(None);
+        let target = MirrorTarget::check("h:1", "r", TlsFiles::default()).unwrap();
+        let first = slot.set(target.clone(), "u").unwrap().generation;
+        let second = slot.set(target, "u").unwrap().generation;
+        assert_ne!(first, second);
+        assert!(slot
+            .update(first, |a| {
+                a.running = true;
+                true
+            })
+            .is_none());
+        assert!(!slot.get().unwrap().running);
+        assert!(slot
+            .update(second, |a| {
+                a.running = true;
+                true
+            })
+            .is_some());
+        assert!(slot.get().unwrap().running);
+        assert!(slot.clear().unwrap());
+        assert!(slot.update(second, |_| true).is_none());
     }
 }
