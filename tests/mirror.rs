@@ -325,8 +325,8 @@ fn a_policy_keeping_one_hourly_never_prunes_the_mirrors_base() {
         held.contains(&first) && held.contains("the mirror to"),
         "{held}"
     );
-    let m = json(&a, &["mirror", "show", "default"]);
-    assert_eq!(m["status"]["state"], "retrying", "{m}");
+    let m = wait_mirror(&a, "retrying", 30, |s| s["state"] == "retrying");
+    let m = serde_json::json!({ "status": m });
     assert!(m["status"]["lagSeconds"].as_u64().is_some(), "{m}");
     // 2..10 MiB and 4..12 MiB changed since the base: 10 MiB, whole chunks.
     assert_eq!(m["status"]["bytesPending"], 10 << 20, "{m}");
@@ -369,16 +369,7 @@ fn wait_policy_newest(a: &Agent, previous: &str) -> String {
 }
 
 fn ready(a: &Agent) -> Vec<String> {
-    let l = json(a, &["snapshot", "list", "default"]);
-    let mut names: Vec<String> = l["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["state"] == "SNAPSHOT_STATE_READY")
-        .map(|s| s["name"].as_str().unwrap().to_string())
-        .collect();
-    names.sort();
-    names
+    ready_snapshots(a, "default")
 }
 
 #[test]

@@ -102,16 +102,7 @@ impl Policed {
 
     /// The volume's live snapshots by name (deleted ones stay listed while reclaimed).
     fn ready(&self, volume: &str) -> Vec<String> {
-        let l = self.json(&["snapshot", "list", volume]);
-        let mut names: Vec<String> = l["snapshots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| s["state"] == "SNAPSHOT_STATE_READY")
-            .map(|s| s["name"].as_str().unwrap().to_string())
-            .collect();
-        names.sort();
-        names
+        ready_snapshots(self.agent(), volume)
     }
 }
 

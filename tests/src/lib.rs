@@ -743,3 +743,19 @@ pub fn copy_sha(agent: &Agent, export: &str, to: &Path) -> String {
     run_ok("nbdcopy", &[&agent.uri(export), to.to_str().unwrap()]);
     sha256(to)
 }
+
+/// The names of `volume`'s ready snapshots on `agent`, sorted (`multisnap snapshot list`;
+/// deleted ones stay listed while their space is reclaimed, and are left out).
+pub fn ready_snapshots(agent: &Agent, volume: &str) -> Vec<String> {
+    let out = cli_ok(agent, &["--output", "json", "snapshot", "list", volume]);
+    let list: serde_json::Value = serde_json::from_str(&out).expect("snapshot list is JSON");
+    let mut names: Vec<String> = list["snapshots"]
+        .as_array()
+        .expect("a snapshots array")
+        .iter()
+        .filter(|s| s["state"] == "SNAPSHOT_STATE_READY")
+        .map(|s| s["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    names.sort();
+    names
+}

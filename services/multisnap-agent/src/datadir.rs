@@ -157,6 +157,36 @@ pub fn replace_file_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     replace_file_until(path, bytes, ReplaceStep::SyncedDir)
 }
 
+/// Removes a file kept by [`replace_file_durably`] (and a temporary file a cut replacement
+/// left), and makes the removal durable; a file that is not there is fine.
+pub fn remove_replaced_file(path: &Path) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(temp_path_for(path));
+    match std::fs::remove_file(path) {
+        Ok(()) => path.parent().map_or(Ok(()), sync_dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The JSON a file kept by [`replace_file_durably`] holds, `None` if there is none. A leftover
+/// temporary file (a replacement cut short) is removed first: the file it was to replace is
+/// still whole. The error names the file.
+pub fn load_replaced_json(path: &Path) -> Result<Option<serde_json::Value>, String> {
+    let temp = temp_path_for(path);
+    if temp.exists() {
+        std::fs::remove_file(&temp)
+            .map_err(|e| format!("cannot remove {}: {e}", temp.display()))?;
+    }
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| format!("{} is not JSON: {e}", path.display()))
+}
+
 pub(crate) fn replace_file_until(
     path: &Path,
     bytes: &[u8],

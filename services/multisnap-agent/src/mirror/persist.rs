@@ -12,7 +12,7 @@
 //! and the next round finds the newer snapshot there and adopts it (see `plan`).
 
 use super::target::MirrorTarget;
-use crate::datadir::{replace_file_durably, temp_path_for};
+use crate::datadir::{load_replaced_json, remove_replaced_file, replace_file_durably};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -121,43 +121,26 @@ pub fn save(volume_dir: &Path, state: &Persisted) -> std::io::Result<()> {
     replace_file_durably(&path_in(volume_dir), &state.encode()?)
 }
 
-/// Removes the volume's mirror file (ClearMirror, DeleteVolume), durably.
+/// Removes the volume's mirror file, durably.
 pub fn remove(volume_dir: &Path) -> std::io::Result<()> {
-    let file = path_in(volume_dir);
-    let _ = std::fs::remove_file(temp_path_for(&file));
-    match std::fs::remove_file(&file) {
-        Ok(()) => crate::datadir::sync_dir(volume_dir),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
+    remove_replaced_file(&path_in(volume_dir))
 }
 
-/// The volume's mirror file, if it has one. A leftover temporary file (a save cut short) is
-/// removed: the file it was to replace is still whole.
+/// The volume's mirror file, if it has one (a save cut short leaves the old one whole).
 pub fn load(volume_dir: &Path) -> Result<Option<Persisted>, String> {
-    let file = path_in(volume_dir);
-    let temp = temp_path_for(&file);
-    if temp.exists() {
-        std::fs::remove_file(&temp)
-            .map_err(|e| format!("cannot remove {}: {e}", temp.display()))?;
-    }
-    let bytes = match std::fs::read(&file) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
+    let Some(value) = load_replaced_json(&path_in(volume_dir))? else {
+        return Ok(None);
     };
-    let value: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{} is not JSON: {e}", file.display()))?;
     Persisted::from_json(&value)
         .map(Some)
-        .map_err(|e| format!("{}: {e}", file.display()))
+        .map_err(|e| format!("{}: {e}", path_in(volume_dir).display()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::target::TlsFiles;
     use super::*;
-    use crate::datadir::{replace_file_until, ReplaceStep as Step};
+    use crate::datadir::{replace_file_until, temp_path_for, ReplaceStep as Step};
     use proptest::prelude::*;
 
     fn state(id: Option<u64>, stopped: Option<&str>, tls: bool) -> Persisted {

@@ -56,8 +56,9 @@ fn target_call(what: &str) -> impl Fn(tonic::Status) -> Failure + '_ {
             message: format!("{what}: {}", s.message()),
         },
         // With TLS 1.3 a server that refuses the client's certificate says so after the
-        // client's side of the handshake is done: the first call is cut.
-        Code::Cancelled => Failure {
+        // client's side of the handshake is done: the first call is cut (cancelled, or a bare
+        // transport error; the agent itself never answers UNKNOWN).
+        Code::Cancelled | Code::Unknown => Failure {
             reason: FailureReason::Connect,
             message: format!(
                 "{what}: {} (the target closed the connection; with mutual TLS, check that it trusts this agent's client certificate)",
