@@ -66,6 +66,10 @@ impl MirrorWorker {
 
     /// Whether `v` needs a round now; if so, marks it running and returns what the round needs.
     fn due(&self, v: &Volume) -> Option<(super::target::MirrorTarget, u64)> {
+        // Most volumes have no mirror: they cost a lock, not a snapshot list.
+        if v.mirror.state.lock().is_none() {
+            return None;
+        }
         let newest = ready_snapshots(v).last().map(|s| s.id.0);
         let mut state = v.mirror.state.lock();
         let a = state.as_mut()?;
