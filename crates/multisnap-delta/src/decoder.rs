@@ -2,14 +2,15 @@
 //! verified events out. It does no I/O of its own, so the gRPC apply path feeds it messages,
 //! the pull reader feeds it reads, and the fuzz target feeds it arbitrary cuts of one input.
 
+use crate::compress::{RecordDecompressor, Refusal, ENCODING_RAW, ENCODING_ZSTD};
 use crate::error::{DeltaError, Result};
 use crate::frame::{
     FrameHead, Record, Trailer, FRAME_HEADER_LEN, FRAME_OVERHEAD, KIND_DATA, KIND_TRAILER,
     KIND_ZERO, TRAILER_PAYLOAD_LEN,
 };
-use crate::header::{DeltaHeader, HEADER_FIXED_LEN, HEADER_PREFIX_LEN};
+use crate::header::{Compression, DeltaHeader, HEADER_FIXED_LEN, HEADER_PREFIX_LEN};
 use crate::resume::ResumePoint;
-use crate::{trailing_crc, MAX_RECORD_PAYLOAD};
+use crate::{trailing_crc, FORMAT_VERSION, MAX_RECORD_PAYLOAD};
 
 /// What the push decoder reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +44,10 @@ pub struct DeltaDecoder {
     state: ResumePoint,
     resume_from: Option<ResumePoint>,
     trailer: Option<Trailer>,
+    decompressor: RecordDecompressor,
+    /// The newest format version accepted: [`FORMAT_VERSION`], lower only in tests that play
+    /// a reader from before a version existed.
+    highest_version: u16,
 }
 
 impl Default for DeltaDecoder {
@@ -68,6 +73,8 @@ impl DeltaDecoder {
             },
             resume_from: None,
             trailer: None,
+            decompressor: RecordDecompressor::new(),
+            highest_version: FORMAT_VERSION,
         }
     }
 
@@ -76,6 +83,16 @@ impl DeltaDecoder {
     pub fn resume(point: ResumePoint) -> Self {
         DeltaDecoder {
             resume_from: Some(point),
+            ..Self::new()
+        }
+    }
+
+    /// A decoder that implements versions only up to `highest`, as a reader built before a
+    /// newer version existed does: for tests of how such a reader meets a newer stream.
+    #[cfg(test)]
+    pub(crate) fn with_highest_version(highest: u16) -> Self {
+        DeltaDecoder {
+            highest_version: highest,
             ..Self::new()
         }
     }
@@ -175,7 +192,7 @@ impl DeltaDecoder {
     fn complete_unit(&mut self) -> Result<Option<Event>> {
         match self.stage {
             Stage::Prefix => {
-                DeltaHeader::check_prefix(&self.buf)?;
+                DeltaHeader::check_prefix(&self.buf, self.highest_version)?;
                 self.stage = Stage::HeaderFixed;
                 Ok(None)
             }
@@ -238,19 +255,19 @@ impl DeltaDecoder {
     fn complete_frame(&mut self, total: usize) -> Result<Event> {
         let frame = self.buf.get(..total).unwrap_or_default();
         let head = FrameHead::unpack(frame);
-        let crc = self.verify_frame(frame, &head)?;
-        let payload = frame.get(FRAME_HEADER_LEN..total - 4).unwrap_or_default();
         let Some(header) = self.header.as_ref() else {
             return Err(DeltaError::Poisoned);
         };
+        let crc = self.verify_frame(frame, &head, header.compression)?;
         match head.kind {
             KIND_DATA | KIND_ZERO => {
-                let (record, payload_len) = self.decode_record(header, &head, payload)?;
+                let (record, payload_len, crc) = self.decode_record(&head, crc)?;
                 self.state
                     .advance(head.chunk_index, head.chunk_count, payload_len, crc);
                 Ok(Event::Record(record, self.state))
             }
             KIND_TRAILER => {
+                let payload = frame.get(FRAME_HEADER_LEN..total - 4).unwrap_or_default();
                 let trailer = self.decode_trailer(&head, payload)?;
                 self.trailer = Some(trailer);
                 self.stage = Stage::Done;
@@ -264,9 +281,14 @@ impl DeltaDecoder {
         }
     }
 
-    /// Checks the frame's crc, then its reserved bytes, before anything else in it is
-    /// believed. Returns the crc, which the digest chain folds in.
-    fn verify_frame(&self, frame: &[u8], head: &FrameHead) -> Result<u32> {
+    /// Checks the frame's crc, then its reserved bytes and encoding, before anything else in
+    /// it is believed. Returns the crc.
+    fn verify_frame(
+        &self,
+        frame: &[u8],
+        head: &FrameHead,
+        compression: Compression,
+    ) -> Result<u32> {
         let offset = self.offset;
         let record = self.state.records_applied;
         let (stored, computed) = trailing_crc(frame);
@@ -286,20 +308,27 @@ impl DeltaDecoder {
                 }
             });
         }
-        if head.reserved != [0; 3] {
+        let [encoding, reserved @ ..] = head.reserved;
+        // Version 1 knows no encoding byte: all three bytes are reserved there.
+        if reserved != [0; 2] || (compression == Compression::None && encoding != ENCODING_RAW) {
             return Err(DeltaError::ReservedNotZero { record, offset });
+        }
+        let zstd_allowed = head.kind == KIND_DATA;
+        if !(encoding == ENCODING_RAW || (encoding == ENCODING_ZSTD && zstd_allowed)) {
+            return Err(DeltaError::UnknownEncoding {
+                record,
+                offset,
+                encoding,
+            });
         }
         Ok(computed)
     }
 
-    /// A data or zero frame: the record it carries, once its range and length meet the
-    /// ordering and range rules, and the payload length the counters advance by.
-    fn decode_record(
-        &self,
-        header: &DeltaHeader,
-        head: &FrameHead,
-        payload: &[u8],
-    ) -> Result<(Record, u64)> {
+    /// A data or zero frame whose crc verified: the record it carries, once its range and
+    /// length meet the ordering and range rules (a compressed one decompressed and checked
+    /// against its raw crc), the payload length the counters advance by, and the crc the
+    /// digest chains (the raw frame's).
+    fn decode_record(&mut self, head: &FrameHead, frame_crc: u32) -> Result<(Record, u64, u32)> {
         let FrameHead {
             kind,
             chunk_index,
@@ -307,22 +336,44 @@ impl DeltaDecoder {
             payload_len,
             ..
         } = *head;
+        let Some(header) = self.header.as_ref() else {
+            return Err(DeltaError::Poisoned);
+        };
+        let (record, offset) = (self.state.records_applied, self.offset);
         let expected = self
             .state
-            .admit(header, kind, chunk_index, chunk_count, self.offset)?;
+            .admit(header, kind, chunk_index, chunk_count, offset)?;
+        let stored_len = FRAME_HEADER_LEN + payload_len as usize;
+        let stored = self
+            .buf
+            .get(FRAME_HEADER_LEN..stored_len)
+            .unwrap_or_default();
+        if head.encoding() == ENCODING_ZSTD {
+            let bytes = self
+                .decompressor
+                .decompress(chunk_index, chunk_count, stored, expected)
+                .map_err(|refusal| refused(refusal, record, offset, expected, payload_len))?;
+            let raw_crc = crate::get_u32(stored, 0);
+            let rec = Record::Data {
+                chunk_index,
+                chunk_count,
+                bytes,
+            };
+            return Ok((rec, expected, raw_crc));
+        }
         if u64::from(payload_len) != expected {
             return Err(DeltaError::PayloadLength {
-                record: self.state.records_applied,
-                offset: self.offset,
+                record,
+                offset,
                 len: payload_len,
                 expected,
             });
         }
-        let record = if kind == KIND_DATA {
+        let rec = if kind == KIND_DATA {
             Record::Data {
                 chunk_index,
                 chunk_count,
-                bytes: payload.to_vec(),
+                bytes: stored.to_vec(),
             }
         } else {
             Record::Zero {
@@ -330,7 +381,7 @@ impl DeltaDecoder {
                 chunk_count,
             }
         };
-        Ok((record, expected))
+        Ok((rec, expected, frame_crc))
     }
 
     /// The trailer frame: its counts and digest must match what this decoder counted.
@@ -382,5 +433,31 @@ impl DeltaDecoder {
                 },
             }),
         }
+    }
+}
+
+/// The error for a compressed record the decompressor refused.
+fn refused(refusal: Refusal, record: u64, offset: u64, expected: u64, len: u32) -> DeltaError {
+    match refusal {
+        Refusal::Length => DeltaError::Decompress {
+            record,
+            offset,
+            expected,
+            reason: format!(
+                "a compressed payload must be longer than 4 bytes and shorter than its range, and is {len}"
+            ),
+        },
+        Refusal::Decompress(reason) => DeltaError::Decompress {
+            record,
+            offset,
+            expected,
+            reason,
+        },
+        Refusal::Checksum { stored, computed } => DeltaError::UncompressedChecksum {
+            record,
+            offset,
+            stored,
+            computed,
+        },
     }
 }

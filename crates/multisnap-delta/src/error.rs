@@ -11,7 +11,7 @@ pub enum DeltaError {
     Io(#[from] std::io::Error),
     #[error("not a multisnap delta stream: magic is {found:02x?}, expected {MAGIC:02x?}")]
     BadMagic { found: [u8; 8] },
-    #[error("delta stream format version {found} is not supported (this reader handles version {supported})")]
+    #[error("delta stream format version {found} is not supported (this reader handles versions 1 to {supported}; version 2 carries zstd-compressed records)")]
     UnsupportedVersion { found: u16, supported: u16 },
     #[error("delta header checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     HeaderChecksum { stored: u32, computed: u32 },
@@ -28,6 +28,26 @@ pub enum DeltaError {
     UnknownRecordKind { record: u64, offset: u64, kind: u8 },
     #[error("record {record} at byte offset {offset}: reserved bytes are not zero")]
     ReservedNotZero { record: u64, offset: u64 },
+    #[error("record {record} at byte offset {offset}: unknown encoding {encoding} (0 raw, 1 zstd, and zstd only for data records of a stream whose header allows it)")]
+    UnknownEncoding {
+        record: u64,
+        offset: u64,
+        encoding: u8,
+    },
+    #[error("record {record} at byte offset {offset}: compressed payload does not decompress to its {expected}-byte range: {reason}")]
+    Decompress {
+        record: u64,
+        offset: u64,
+        expected: u64,
+        reason: String,
+    },
+    #[error("record {record} at byte offset {offset}: checksum of the uncompressed data mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    UncompressedChecksum {
+        record: u64,
+        offset: u64,
+        stored: u32,
+        computed: u32,
+    },
     #[error("record {record} at byte offset {offset}: covers no chunks")]
     EmptyRecord { record: u64, offset: u64 },
     #[error("record {record} at byte offset {offset}: starts at chunk {chunk_index}, out of order or overlapping the previous record, which ended at chunk {previous_end}")]

@@ -6,6 +6,9 @@ use crate::{checksum, get, get_u32, get_u64, put_u32, put_u64};
 
 // Frame (record or trailer) header: offsets of each field.
 const F_KIND: usize = 0;
+/// Version 1: three reserved bytes. Version 2: the first is the encoding
+/// ([`ENCODING_RAW`](crate::ENCODING_RAW) or [`ENCODING_ZSTD`](crate::ENCODING_ZSTD)), the
+/// other two stay reserved.
 pub(crate) const F_RESERVED: usize = 1;
 const F_CHUNK_INDEX: usize = 4;
 const F_CHUNK_COUNT: usize = 12;
@@ -90,10 +93,12 @@ pub(crate) fn pack_frame_head(
     kind: u8,
     chunk_index: u64,
     chunk_count: u32,
+    encoding: u8,
     payload: &[u8],
 ) -> ([u8; FRAME_HEADER_LEN], u32) {
     let mut f = [0u8; FRAME_HEADER_LEN];
     f[F_KIND] = kind;
+    f[F_RESERVED] = encoding;
     put_u64(&mut f, F_CHUNK_INDEX, chunk_index);
     put_u32(&mut f, F_CHUNK_COUNT, chunk_count);
     // Callers check payload against MAX_RECORD_PAYLOAD (< u32::MAX) first.
@@ -110,7 +115,7 @@ pub(crate) fn pack_frame(
     chunk_count: u32,
     payload: &[u8],
 ) -> (Vec<u8>, u32) {
-    let (head, crc) = pack_frame_head(kind, chunk_index, chunk_count, payload);
+    let (head, crc) = pack_frame_head(kind, chunk_index, chunk_count, 0, payload);
     let mut f = head.to_vec();
     f.extend_from_slice(payload);
     f.extend_from_slice(&crc.to_le_bytes());
@@ -126,6 +131,13 @@ pub(crate) struct FrameHead {
     pub(crate) chunk_index: u64,
     pub(crate) chunk_count: u32,
     pub(crate) payload_len: u32,
+}
+
+impl FrameHead {
+    /// How the payload is stored (version 2's use of the first reserved byte).
+    pub(crate) fn encoding(&self) -> u8 {
+        self.reserved[0]
+    }
 }
 
 impl FrameHead {

@@ -4,7 +4,8 @@
 use crate::error::{DeltaError, Result};
 use crate::{
     checksum, get, get_u16, get_u32, get_u64, put_u16, put_u32, put_u64, trailing_crc,
-    FORMAT_VERSION, MAGIC, MAX_CHUNK_SIZE, MAX_NAME_LEN, MAX_VOLUME_SIZE, MIN_CHUNK_SIZE,
+    FORMAT_VERSION, FORMAT_VERSION_UNCOMPRESSED, MAGIC, MAX_CHUNK_SIZE, MAX_NAME_LEN,
+    MAX_VOLUME_SIZE, MIN_CHUNK_SIZE,
 };
 use multisnap_ids::VolumeUuid;
 
@@ -12,7 +13,11 @@ use multisnap_ids::VolumeUuid;
 pub const FLAG_HAS_BASE: u16 = 1 << 0;
 /// Header flag: the target is the live origin (frozen by the sender), not a named snapshot.
 pub const FLAG_TARGET_IS_ORIGIN: u16 = 1 << 1;
-const KNOWN_FLAGS: u16 = FLAG_HAS_BASE | FLAG_TARGET_IS_ORIGIN;
+/// Header flag (version 2 only, and always set there): data records may be zstd-compressed,
+/// each frame saying whether it is in its encoding byte.
+pub const FLAG_ZSTD_RECORDS: u16 = 1 << 2;
+const KNOWN_FLAGS_V1: u16 = FLAG_HAS_BASE | FLAG_TARGET_IS_ORIGIN;
+const KNOWN_FLAGS_V2: u16 = KNOWN_FLAGS_V1 | FLAG_ZSTD_RECORDS;
 
 // Header fixed part: offsets of each field.
 const H_MAGIC: usize = 0;
@@ -46,6 +51,16 @@ pub enum Target {
     Origin,
 }
 
+/// How the stream's data records are stored. It decides the format version: an uncompressed
+/// stream is written as version 1, which every reader reads; a compressed one needs version 2.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Compression {
+    #[default]
+    None,
+    /// Data records are zstd-compressed where that makes them smaller (per record).
+    Zstd,
+}
+
 /// The stream header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeltaHeader {
@@ -57,6 +72,10 @@ pub struct DeltaHeader {
     pub volume_size: u64,
     /// Nanoseconds since the Unix epoch when the sender began the export.
     pub created_unix_nanos: u64,
+    /// How data records are stored. Not part of the stream's identity: the same delta
+    /// compressed or not has the same identity and digest, so an apply interrupted under one
+    /// setting can be resumed under the other.
+    pub compression: Compression,
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> DeltaError {
@@ -130,15 +149,34 @@ impl DeltaHeader {
         if self.target == Target::Origin {
             f |= FLAG_TARGET_IS_ORIGIN;
         }
+        if self.compression == Compression::Zstd {
+            f |= FLAG_ZSTD_RECORDS;
+        }
         f
+    }
+
+    /// The format version this header is written as.
+    pub fn version(&self) -> u16 {
+        match self.compression {
+            Compression::None => FORMAT_VERSION_UNCOMPRESSED,
+            Compression::Zstd => FORMAT_VERSION,
+        }
     }
 
     /// Serializes the header, crc included. Call [`validate`](Self::validate) first.
     pub fn pack(&self) -> Vec<u8> {
-        self.pack_with_created(self.created_unix_nanos)
+        self.pack_as(self.created_unix_nanos, self.compression)
     }
 
-    fn pack_with_created(&self, created: u64) -> Vec<u8> {
+    fn pack_as(&self, created: u64, compression: Compression) -> Vec<u8> {
+        let this = DeltaHeader {
+            compression,
+            ..self.clone()
+        };
+        this.pack_fields(created)
+    }
+
+    fn pack_fields(&self, created: u64) -> Vec<u8> {
         let (base_id, base_name) = match &self.base {
             Some(b) => (b.id, b.name.as_bytes()),
             None => (0, &[][..]),
@@ -149,7 +187,7 @@ impl DeltaHeader {
         };
         let mut b = vec![0u8; HEADER_FIXED_LEN];
         b[H_MAGIC..H_MAGIC + 8].copy_from_slice(&MAGIC);
-        put_u16(&mut b, H_VERSION, FORMAT_VERSION);
+        put_u16(&mut b, H_VERSION, self.version());
         put_u16(&mut b, H_FLAGS, self.flags());
         b[H_VOLUME_UUID..H_VOLUME_UUID + 16].copy_from_slice(self.volume_uuid.as_bytes());
         put_u64(&mut b, H_BASE_ID, base_id);
@@ -167,11 +205,13 @@ impl DeltaHeader {
         b
     }
 
-    /// Identifies the stream regardless of when it was produced: the crc of the header with
-    /// its creation time zeroed. A resumed export regenerates the header (with a new creation
-    /// time) and must still match the interrupted one; the digest chain starts from it.
+    /// Identifies the stream regardless of when it was produced and of how its records are
+    /// stored: the crc of the header as an uncompressed (version 1) stream with its creation
+    /// time zeroed. A resumed export regenerates the header (with a new creation time, perhaps
+    /// another compression) and must still match the interrupted one; the digest chain starts
+    /// from it.
     pub fn identity_digest(&self) -> u32 {
-        let packed = self.pack_with_created(0);
+        let packed = self.pack_as(0, Compression::None);
         get_u32(&packed, packed.len().saturating_sub(4))
     }
 
@@ -209,19 +249,48 @@ impl DeltaHeader {
         Ok(base_len + target_len + 4)
     }
 
-    pub(crate) fn check_prefix(prefix: &[u8]) -> Result<()> {
+    /// Judges magic and version; `highest` is the newest version the reader implements
+    /// ([`FORMAT_VERSION`], or less where a test plays an older reader).
+    pub(crate) fn check_prefix(prefix: &[u8], highest: u16) -> Result<()> {
         let magic: [u8; 8] = get(prefix, H_MAGIC);
         if magic != MAGIC {
             return Err(DeltaError::BadMagic { found: magic });
         }
         let version = get_u16(prefix, H_VERSION);
-        if version != FORMAT_VERSION {
+        if !(FORMAT_VERSION_UNCOMPRESSED..=highest).contains(&version) {
             return Err(DeltaError::UnsupportedVersion {
                 found: version,
-                supported: FORMAT_VERSION,
+                supported: highest,
             });
         }
         Ok(())
+    }
+
+    /// The flags a version allows, and what they say of the records' storage. Version 2
+    /// exists only for compressed records, so it must say so; version 1 knows no such flag.
+    fn unpack_compression(version: u16, flags: u16) -> Result<Compression> {
+        let known = if version == FORMAT_VERSION_UNCOMPRESSED {
+            KNOWN_FLAGS_V1
+        } else {
+            KNOWN_FLAGS_V2
+        };
+        if flags & !known != 0 {
+            return Err(invalid(
+                "flags",
+                format!("unknown bits {:#06x} for version {version}", flags & !known),
+            ));
+        }
+        if version != FORMAT_VERSION_UNCOMPRESSED && flags & FLAG_ZSTD_RECORDS == 0 {
+            return Err(invalid(
+                "flags",
+                format!("version {version} streams must set the zstd-records flag"),
+            ));
+        }
+        Ok(if flags & FLAG_ZSTD_RECORDS != 0 {
+            Compression::Zstd
+        } else {
+            Compression::None
+        })
     }
 
     /// Parses and verifies a complete serialized header.
@@ -232,7 +301,7 @@ impl DeltaHeader {
                 while_reading: "header",
             });
         }
-        Self::check_prefix(b)?;
+        Self::check_prefix(b, FORMAT_VERSION)?;
         let total = HEADER_FIXED_LEN + Self::rest_len(b)?;
         if b.len() < total {
             return Err(DeltaError::Truncated {
@@ -245,12 +314,7 @@ impl DeltaHeader {
             return Err(DeltaError::HeaderChecksum { stored, computed });
         }
         let flags = get_u16(b, H_FLAGS);
-        if flags & !KNOWN_FLAGS != 0 {
-            return Err(invalid(
-                "flags",
-                format!("unknown bits {:#06x}", flags & !KNOWN_FLAGS),
-            ));
-        }
+        let compression = Self::unpack_compression(get_u16(b, H_VERSION), flags)?;
         let base_len = usize::from(get_u16(b, H_BASE_NAME_LEN));
         let target_len = usize::from(get_u16(b, H_TARGET_NAME_LEN));
         let name_at = |from: usize, len: usize, field: &'static str| -> Result<String> {
@@ -293,6 +357,7 @@ impl DeltaHeader {
             chunk_size: get_u32(b, H_CHUNK_SIZE),
             volume_size: get_u64(b, H_VOLUME_SIZE),
             created_unix_nanos: get_u64(b, H_CREATED),
+            compression,
         };
         h.validate()?;
         Ok(h)

@@ -22,6 +22,7 @@
 //! `reader`; each uses only this file and the modules before it (`reader` is a pull loop over
 //! `decoder`), and this file only declares and re-exports them, so there is no import cycle.
 
+mod compress;
 mod decoder;
 mod error;
 mod frame;
@@ -33,6 +34,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+pub use compress::{ZstdLevel, DEFAULT_ZSTD_LEVEL, ENCODING_RAW, ENCODING_ZSTD};
 pub use decoder::{DeltaDecoder, Event};
 pub use error::{DeltaError, Result};
 pub use frame::{
@@ -40,7 +42,8 @@ pub use frame::{
     TRAILER_LEN, TRAILER_PAYLOAD_LEN,
 };
 pub use header::{
-    DeltaHeader, SnapshotIdent, Target, FLAG_HAS_BASE, FLAG_TARGET_IS_ORIGIN, HEADER_FIXED_LEN,
+    Compression, DeltaHeader, SnapshotIdent, Target, FLAG_HAS_BASE, FLAG_TARGET_IS_ORIGIN,
+    FLAG_ZSTD_RECORDS, HEADER_FIXED_LEN,
 };
 /// The volume identity a stream's header carries (re-exported so users need not name the ids crate).
 pub use multisnap_ids::VolumeUuid;
@@ -50,8 +53,13 @@ pub use writer::DeltaWriter;
 
 /// First 8 bytes of every stream.
 pub const MAGIC: [u8; 8] = *b"MSNAPDLT";
-/// The one format version this code writes and reads (see "Versioning" in docs/DELTA.md).
-pub const FORMAT_VERSION: u16 = 1;
+/// The newest format version this code writes and reads (see "Versioning" in docs/DELTA.md):
+/// version 2 is version 1 plus zstd-compressed records. Every version from
+/// [`FORMAT_VERSION_UNCOMPRESSED`] up to this one is read.
+pub const FORMAT_VERSION: u16 = 2;
+/// The version an uncompressed stream is written as, so a reader that knows only version 1
+/// still reads every stream that does not need version 2.
+pub const FORMAT_VERSION_UNCOMPRESSED: u16 = 1;
 /// Longest snapshot name a header may carry, in bytes of UTF-8.
 pub const MAX_NAME_LEN: usize = 128;
 /// Largest payload a single frame may carry; bounds a reader's buffer.

@@ -47,6 +47,7 @@ impl<R: Read> DeltaReader<R> {
                 chunk_size: 0,
                 volume_size: 0,
                 created_unix_nanos: 0,
+                compression: crate::Compression::None,
             },
         };
         match r.next_event()? {

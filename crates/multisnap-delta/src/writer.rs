@@ -3,11 +3,14 @@
 
 use std::io::Write;
 
+use crate::compress::{
+    RecordCompressor, ZstdLevel, DEFAULT_ZSTD_LEVEL, ENCODING_RAW, ENCODING_ZSTD,
+};
 use crate::error::{DeltaError, Result};
 use crate::frame::{
     pack_frame_head, Record, Trailer, FRAME_OVERHEAD, KIND_DATA, KIND_TRAILER, KIND_ZERO,
 };
-use crate::header::DeltaHeader;
+use crate::header::{Compression, DeltaHeader};
 use crate::resume::ResumePoint;
 use crate::MAX_RECORD_PAYLOAD;
 
@@ -21,6 +24,8 @@ pub struct DeltaWriter<W: Write> {
     /// Only a resumed writer skips records below the resume point; a fresh one rejects
     /// out-of-order records like a reader would.
     resumed: bool,
+    /// Present when the header says records may be compressed.
+    compressor: Option<RecordCompressor>,
 }
 
 impl<W: Write> DeltaWriter<W> {
@@ -43,6 +48,10 @@ impl<W: Write> DeltaWriter<W> {
                 reason: "the header describes another stream",
             });
         }
+        let compressor = match header.compression {
+            Compression::None => None,
+            Compression::Zstd => Some(RecordCompressor::new(DEFAULT_ZSTD_LEVEL)?),
+        };
         let bytes = header.pack();
         out.write_all(&bytes)?;
         Ok(DeltaWriter {
@@ -51,7 +60,17 @@ impl<W: Write> DeltaWriter<W> {
             state: point,
             offset: bytes.len() as u64,
             resumed: true,
+            compressor,
         })
+    }
+
+    /// Compresses at `level` instead of [`DEFAULT_ZSTD_LEVEL`]; no effect on a stream whose
+    /// header says [`Compression::None`].
+    pub fn with_zstd_level(mut self, level: ZstdLevel) -> Result<Self> {
+        if self.compressor.is_some() {
+            self.compressor = Some(RecordCompressor::new(level)?);
+        }
+        Ok(self)
     }
 
     pub fn header(&self) -> &DeltaHeader {
@@ -152,8 +171,9 @@ impl<W: Write> DeltaWriter<W> {
         Ok(())
     }
 
-    /// Writes one frame and returns its crc. Three writes rather than one assembled frame: a
-    /// 16 MiB payload is not copied.
+    /// Writes one frame, compressed when the stream allows it and that makes it smaller, and
+    /// returns the crc the digest chains: the raw frame's, however the frame was stored. Three
+    /// writes rather than one assembled frame: a 16 MiB payload is not copied.
     fn write_frame(
         &mut self,
         kind: u8,
@@ -161,12 +181,25 @@ impl<W: Write> DeltaWriter<W> {
         chunk_count: u32,
         payload: &[u8],
     ) -> Result<u32> {
-        let (head, crc) = pack_frame_head(kind, chunk_index, chunk_count, payload);
+        let (head, raw_crc) =
+            pack_frame_head(kind, chunk_index, chunk_count, ENCODING_RAW, payload);
+        let compressed = match (&mut self.compressor, kind) {
+            (Some(c), KIND_DATA) => c.compress(payload, raw_crc),
+            _ => None,
+        };
+        let (head, stored, crc) = match compressed {
+            Some(stored) => {
+                let (h, crc) =
+                    pack_frame_head(kind, chunk_index, chunk_count, ENCODING_ZSTD, stored);
+                (h, stored, crc)
+            }
+            None => (head, payload, raw_crc),
+        };
         self.out.write_all(&head)?;
-        self.out.write_all(payload)?;
+        self.out.write_all(stored)?;
         self.out.write_all(&crc.to_le_bytes())?;
-        self.offset += (FRAME_OVERHEAD + payload.len()) as u64;
-        Ok(crc)
+        self.offset += (FRAME_OVERHEAD + stored.len()) as u64;
+        Ok(raw_crc)
     }
 
     /// Writes the trailer, flushes, and hands back the writer and what the trailer says.

@@ -5,6 +5,8 @@ use crate::frame::{pack_frame, F_PAYLOAD_LEN, F_RESERVED};
 use crate::header::{H_BASE_NAME_LEN, H_CHUNK_SIZE, H_FLAGS, H_VERSION, H_VOLUME_SIZE};
 use proptest::prelude::*;
 
+mod compressed;
+
 fn header(chunk_size: u32, volume_size: u64) -> DeltaHeader {
     DeltaHeader {
         volume_uuid: VolumeUuid::from_bytes([7; 16]),
@@ -19,6 +21,7 @@ fn header(chunk_size: u32, volume_size: u64) -> DeltaHeader {
         chunk_size,
         volume_size,
         created_unix_nanos: 1_700_000_000_000_000_000,
+        compression: Compression::None,
     }
 }
 
@@ -124,12 +127,12 @@ fn bad_magic_and_version() {
     b[0] ^= 1;
     assert!(matches!(read_all(&b), Err(DeltaError::BadMagic { .. })));
     let mut b = encode(&h, &recs);
-    b[H_VERSION] = 2;
+    b[H_VERSION] = 3;
     assert!(matches!(
         read_all(&b),
         Err(DeltaError::UnsupportedVersion {
-            found: 2,
-            supported: 1
+            found: 3,
+            supported: 2
         })
     ));
 }
@@ -442,6 +445,7 @@ fn arb_stream() -> impl Strategy<Value = (DeltaHeader, Vec<Record>)> {
                 chunk_size: cs,
                 volume_size,
                 created_unix_nanos: tail * 77,
+                compression: Compression::None,
             };
             let vc = h.volume_chunks();
             let mut recs = Vec::new();
