@@ -352,6 +352,14 @@ fn delta_service_by_reflection() {
             r#"{"volume":"default","target_snapshot":"s0","resume_token":"AAAA"}"#,
             "INVALID_ARGUMENT",
         ),
+        (
+            r#"{"volume":"default","target_snapshot":"s0","compression":"DELTA_COMPRESSION_ZSTD","compression_level":23}"#,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            r#"{"volume":"default","target_snapshot":"s0","compression":7}"#,
+            "INVALID_ARGUMENT",
+        ),
     ] {
         assert_eq!(g.code(&format!("{DS}/ExportDelta"), body), code, "{body}");
     }

@@ -2,7 +2,11 @@
 //! with nbdcopy + sha256sum: a full then five incremental replications recreate every snapshot
 //! bit for bit; a stream with one byte flipped is refused with a checksum error and leaves
 //! nothing; an agent killed (-9) mid-apply comes back with no partial snapshot, and the apply
-//! is resumed (resumable) or its space returned (not resumable).
+//! is resumed (resumable) or its space returned (not resumable). `stream_cost` covers the
+//! export options: zstd-compressed streams and the bandwidth limit.
+
+#[path = "replication/stream_cost.rs"]
+mod stream_cost;
 
 use common::*;
 use multisnap_tests::{self as common, require_tools};
@@ -73,18 +77,15 @@ fn export_full(bin: &Path, a: &Agent, snap: &str, file: &Path) -> Vec<u8> {
 
 /// `multisnap replicate default --to B --to-volume replica` on `a`: the JSON summary.
 fn replicate(bin: &Path, a: &Agent, b: &Agent) -> Value {
-    ms_json(
-        bin,
-        a,
-        &[
-            "replicate",
-            "default",
-            "--to",
-            &endpoint(b),
-            "--to-volume",
-            "replica",
-        ],
-    )
+    replicate_to(bin, a, b, "replica", &[])
+}
+
+/// `multisnap replicate default --to B --to-volume VOLUME EXTRA…` on `a`: the JSON summary.
+fn replicate_to(bin: &Path, a: &Agent, b: &Agent, volume: &str, extra: &[&str]) -> Value {
+    let to = endpoint(b);
+    let mut args = vec!["replicate", "default", "--to", &to, "--to-volume", volume];
+    args.extend_from_slice(extra);
+    ms_json(bin, a, &args)
 }
 
 /// sha256 of a whole export, copied out by nbdcopy.

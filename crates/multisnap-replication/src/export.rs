@@ -8,7 +8,9 @@
 
 use super::ranges::{MapKind, MapQuery};
 use super::{ready_snapshot, Progress, ReplicationError, Result};
-use multisnap_delta::{DeltaHeader, DeltaWriter, ResumePoint, SnapshotIdent, Target, Trailer};
+use multisnap_delta::{
+    Compression, DeltaHeader, DeltaWriter, ResumePoint, SnapshotIdent, Target, Trailer, ZstdLevel,
+};
 use multisnap_store::{SnapshotInfo, Store, View};
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -21,6 +23,9 @@ pub struct ExportPlan {
     pub target: SnapshotInfo,
     /// The receiver's resume point: chunks below it are not sent again.
     pub resume: Option<ResumePoint>,
+    /// `Some(level)`: data records are zstd-compressed where that shrinks them (a format
+    /// version 2 stream); `None`: a version 1 stream.
+    pub compression: Option<ZstdLevel>,
 }
 
 impl ExportPlan {
@@ -45,6 +50,7 @@ impl ExportPlan {
             base,
             target,
             resume,
+            compression: None,
         })
     }
 }
@@ -67,6 +73,10 @@ pub fn header(store: &Store, plan: &ExportPlan) -> DeltaHeader {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0),
+        compression: match plan.compression {
+            Some(_) => Compression::Zstd,
+            None => Compression::None,
+        },
     }
 }
 
@@ -112,6 +122,9 @@ pub fn export(
         Some(p) => DeltaWriter::resume(out, header, p)?,
         None => DeltaWriter::new(out, header)?,
     };
+    if let Some(level) = plan.compression {
+        w = w.with_zstd_level(level)?;
+    }
     let cs = u64::from(store.chunk_size());
     let size = plan.target.size;
     let per_record = (RECORD_BYTES / cs).max(1);

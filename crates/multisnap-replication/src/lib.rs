@@ -13,6 +13,7 @@
 pub mod apply;
 pub mod export;
 pub mod ranges;
+pub mod throttle;
 
 use multisnap_delta::DeltaError;
 use multisnap_store::StoreError;

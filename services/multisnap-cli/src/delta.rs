@@ -7,6 +7,7 @@
 use crate::exit::rpc;
 use crate::output::{self, Format};
 use crate::size::human;
+use crate::stream_cost::StreamCost;
 use crate::Ctx;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
@@ -43,6 +44,8 @@ pub enum DeltaCommand {
         /// Continue an interrupted apply: the receiver's token (hex, from `delta status`).
         #[arg(long)]
         resume_token: Option<String>,
+        #[command(flatten)]
+        cost: StreamCost,
     },
     /// Apply a delta stream from a file or stdin to VOLUME (a replica of the stream's volume,
     /// or a new, empty volume for a full stream).
@@ -116,7 +119,8 @@ pub async fn run(ctx: &Ctx, cmd: DeltaCommand) -> Result<()> {
             target,
             file,
             resume_token,
-        } => export(ctx, volume, base, target, file, resume_token).await,
+            cost,
+        } => export(ctx, volume, base, target, file, resume_token, cost).await,
         DeltaCommand::Apply {
             volume,
             file,
@@ -158,15 +162,19 @@ async fn export(
     target: String,
     file: PathBuf,
     resume_token: Option<String>,
+    cost: StreamCost,
 ) -> Result<()> {
     let token = resume_token.as_deref().map(unhex).transpose()?;
+    let mut req = pb::ExportDeltaRequest {
+        volume: volume.clone(),
+        base_snapshot: base.clone().unwrap_or_default(),
+        target_snapshot: target.clone(),
+        resume_token: token.unwrap_or_default(),
+        ..Default::default()
+    };
+    cost.apply(&mut req);
     let mut stream = delta_client(&ctx.channel)
-        .export_delta(pb::ExportDeltaRequest {
-            volume: volume.clone(),
-            base_snapshot: base.clone().unwrap_or_default(),
-            target_snapshot: target.clone(),
-            resume_token: token.unwrap_or_default(),
-        })
+        .export_delta(req)
         .await
         .map_err(rpc(format!("cannot export {volume}@{target}")))?
         .into_inner();

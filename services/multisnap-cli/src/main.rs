@@ -15,6 +15,7 @@ mod revert;
 mod size;
 mod snapshot;
 mod snapshot_group;
+mod stream_cost;
 mod ublk;
 mod volume;
 

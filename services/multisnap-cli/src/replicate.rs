@@ -9,6 +9,7 @@ use crate::delta::{apply_stream, bar, delta_client, report_apply, show_progress}
 use crate::exit::rpc;
 use crate::output::{self, Format};
 use crate::size::human;
+use crate::stream_cost::StreamCost;
 use crate::{endpoint, Ctx};
 use anyhow::Result;
 use clap::Args;
@@ -45,6 +46,8 @@ pub struct ReplicateArgs {
     /// on the next run).
     #[arg(long)]
     pub no_resume: bool,
+    #[command(flatten)]
+    pub cost: StreamCost,
 }
 
 impl ReplicateArgs {
@@ -308,7 +311,7 @@ pub async fn run(ctx: &Ctx, args: ReplicateArgs, timeout: Duration) -> Result<()
         .into_inner();
     let plan = plan(wanted, &state, &args)?;
 
-    let (sent, resp) = transfer(&source, &receiver, volume, to_volume, &plan).await?;
+    let (sent, resp) = transfer(&source, &receiver, volume, to_volume, &plan, &args.cost).await?;
     if !resp.complete {
         report_apply(ctx.format, to_volume, &resp, sent)?;
     }
@@ -383,14 +386,18 @@ async fn transfer(
     volume: &str,
     to_volume: &str,
     plan: &Plan,
+    cost: &StreamCost,
 ) -> Result<(u64, pb::ApplyDeltaResponse)> {
+    let mut req = pb::ExportDeltaRequest {
+        volume: volume.to_string(),
+        base_snapshot: plan.base.clone().unwrap_or_default(),
+        target_snapshot: plan.snapshot.clone(),
+        resume_token: plan.resume_token.clone(),
+        ..Default::default()
+    };
+    cost.apply(&mut req);
     let export = delta_client(source)
-        .export_delta(pb::ExportDeltaRequest {
-            volume: volume.to_string(),
-            base_snapshot: plan.base.clone().unwrap_or_default(),
-            target_snapshot: plan.snapshot.clone(),
-            resume_token: plan.resume_token.clone(),
-        })
+        .export_delta(req)
         .await
         .map_err(rpc(format!("cannot export {volume}@{}", plan.snapshot)))?
         .into_inner();

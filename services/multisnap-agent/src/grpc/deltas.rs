@@ -4,9 +4,11 @@ use super::block_maps::{stream_map, MapRequest, RangesStream};
 use super::snapshots::snapshot_message;
 use super::status::{blocking, from_replication, from_store};
 use crate::volumes::{Volume, Volumes};
+use multisnap_delta::{ZstdLevel, DEFAULT_ZSTD_LEVEL};
 use multisnap_proto::v1 as pb;
 use multisnap_replication::apply::{Applier, Outcome};
 use multisnap_replication::export::{export, ExportPlan};
+use multisnap_replication::throttle::{BytesPerSec, Throttled};
 use multisnap_replication::{Progress, ReplicationError};
 use parking_lot::Mutex;
 use std::cell::Cell;
@@ -21,6 +23,30 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// Stream bytes per ExportDelta message.
 const MESSAGE_BYTES: usize = 1 << 20;
+/// Smallest message under a bandwidth limit, so a low limit does not mean tiny messages.
+const MIN_LIMITED_MESSAGE_BYTES: usize = 16 << 10;
+
+/// The request's compression: `None` for a version 1 stream, else the zstd level to use.
+fn export_compression(r: &pb::ExportDeltaRequest) -> Result<Option<ZstdLevel>, Status> {
+    match pb::DeltaCompression::try_from(r.compression) {
+        Ok(pb::DeltaCompression::None) => Ok(None),
+        Ok(pb::DeltaCompression::Zstd) if r.compression_level == 0 => Ok(Some(DEFAULT_ZSTD_LEVEL)),
+        Ok(pb::DeltaCompression::Zstd) => {
+            ZstdLevel::new(r.compression_level)
+                .map(Some)
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "compression_level {} is not a zstd level (1-22, or 0 for the default)",
+                        r.compression_level
+                    ))
+                })
+        }
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown compression {}",
+            r.compression
+        ))),
+    }
+}
 
 pub struct DeltaApi {
     pub volumes: Arc<Volumes>,
@@ -57,6 +83,8 @@ impl Drop for ApplySlot {
 struct MessageWriter<'a> {
     tx: mpsc::Sender<Result<pb::ExportDeltaResponse, Status>>,
     buf: Vec<u8>,
+    /// Send once this many bytes are buffered.
+    message_bytes: usize,
     sent: u64,
     progress: &'a Cell<Progress>,
 }
@@ -82,7 +110,7 @@ impl MessageWriter<'_> {
 impl Write for MessageWriter<'_> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.buf.extend_from_slice(data);
-        if self.buf.len() >= MESSAGE_BYTES {
+        if self.buf.len() >= self.message_bytes {
             self.send()?;
         }
         Ok(data.len())
@@ -112,14 +140,22 @@ impl pb::delta_service_server::DeltaService for DeltaApi {
         if r.target_snapshot.is_empty() {
             return Err(Status::invalid_argument("target_snapshot is required"));
         }
+        let compression = export_compression(&r)?;
+        let limit = BytesPerSec::new(r.bandwidth_limit_bytes_per_sec);
         let v = self.volume(&r.volume)?;
         let vol = v.clone();
-        let plan = blocking(move || {
+        let mut plan = blocking(move || {
             let base = (!r.base_snapshot.is_empty()).then_some(r.base_snapshot.as_str());
             ExportPlan::new(&vol.store, base, &r.target_snapshot, &r.resume_token)
                 .map_err(from_replication)
         })
         .await?;
+        plan.compression = compression;
+        // Under a limit, messages no larger than the throttle's piece: a 1 MiB message at a
+        // low limit would be the very burst the throttle smooths away.
+        let message_bytes = limit.map_or(MESSAGE_BYTES, |l| {
+            (l.piece() as usize).clamp(MIN_LIMITED_MESSAGE_BYTES, MESSAGE_BYTES)
+        });
         let (tx, rx) = mpsc::channel(4);
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
@@ -127,15 +163,19 @@ impl pb::delta_service_server::DeltaService for DeltaApi {
             let progress = Cell::new(Progress::default());
             let mut out = MessageWriter {
                 tx: tx.clone(),
-                buf: Vec::with_capacity(MESSAGE_BYTES + (64 << 10)),
+                buf: Vec::with_capacity(message_bytes + (64 << 10)),
+                message_bytes,
                 sent: 0,
                 progress: &progress,
             };
-            let result = export(&v.store, &plan, &mut out, |p| progress.set(p)).and_then(|t| {
-                out.flush()
-                    .map(|()| t)
-                    .map_err(|e| ReplicationError::Delta(e.into()))
-            });
+            let mut throttled = Throttled::new(&mut out, limit);
+            let result =
+                export(&v.store, &plan, &mut throttled, |p| progress.set(p)).and_then(|t| {
+                    throttled
+                        .flush()
+                        .map(|()| t)
+                        .map_err(|e| ReplicationError::Delta(e.into()))
+                });
             v.deltas.exported_bytes.fetch_add(out.sent, Relaxed);
             match result {
                 Ok(t) => tracing::info!(

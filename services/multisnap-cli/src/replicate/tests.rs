@@ -11,6 +11,7 @@ fn args() -> ReplicateArgs {
         snapshot: None,
         full: false,
         no_resume: false,
+        cost: StreamCost::default(),
     }
 }
 
