@@ -3,12 +3,17 @@
 //! from the origin and the store counted. Also the full export of B and the apply of both
 //! streams into a fresh replica, as throughput.
 //!
+//! Then compression side by side: the full stream of the random volume and of a compressible
+//! one (text and zero-heavy chunks, a quarter of the size), each exported and applied plain and
+//! with zstd records, with the stream's size and the data rates.
+//!
 //! `cargo run --release -p multisnap-bench --bin delta_cost -- [--volume-mib 4096]
-//!  [--change-percent 1] [--dir PATH]`
+//!  [--change-percent 1] [--zstd-level 3] [--dir PATH]`
 
 use anyhow::Result;
 use clap::Parser;
 use multisnap_bench::{mib, Counting};
+use multisnap_delta::ZstdLevel;
 use multisnap_replication::apply::{Applier, Outcome};
 use multisnap_replication::export::{export, ExportPlan};
 use multisnap_store::{CreateOptions, FileDev, Store, View};
@@ -28,6 +33,9 @@ struct Args {
     /// Percentage of the volume's chunks rewritten between A and B.
     #[arg(long, default_value_t = 1.0)]
     change_percent: f64,
+    /// zstd level of the compressed exports.
+    #[arg(long, default_value_t = 3)]
+    zstd_level: i32,
     /// Directory for the files (default: a temp dir).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
@@ -83,9 +91,17 @@ fn delta(a: [u64; 5], b: [u64; 5]) -> (u64, u64) {
     (b[0] - a[0], b[1] - a[1])
 }
 
-/// Exports `base -> target` of `d` into `path`; prints the cost.
-fn export_to(d: &Devices, base: Option<&str>, target: &str, path: &std::path::Path) -> Result<u64> {
-    let plan = ExportPlan::new(&d.store, base, target, &[])?;
+/// Exports `base -> target` of `d` into `path`, its records compressed at `zstd` if given;
+/// prints the cost and returns the stream's size, the data bytes and the seconds it took.
+fn export_to(
+    d: &Devices,
+    base: Option<&str>,
+    target: &str,
+    path: &std::path::Path,
+    zstd: Option<ZstdLevel>,
+) -> Result<(u64, u64, f64)> {
+    let mut plan = ExportPlan::new(&d.store, base, target, &[])?;
+    plan.compression = zstd;
     let (o0, s0) = (d.origin.snapshot(), d.store_dev.snapshot());
     let started = Instant::now();
     let mut out = BufWriter::with_capacity(4 << 20, File::create(path)?);
@@ -109,10 +125,11 @@ fn export_to(d: &Devices, base: Option<&str>, target: &str, path: &std::path::Pa
         took.as_secs_f64(),
         stream as f64 / (1 << 20) as f64 / took.as_secs_f64()
     );
-    Ok(stream)
+    Ok((stream, trailer.data_bytes, took.as_secs_f64()))
 }
 
-fn apply_from(d: &Devices, path: &std::path::Path) -> Result<()> {
+/// Applies the stream in `path` to `d`, durably; returns the seconds it took.
+fn apply_from(d: &Devices, path: &std::path::Path) -> Result<f64> {
     let started = Instant::now();
     let mut input = BufReader::new(File::open(path)?);
     let mut a = Applier::new(&d.store, false, false)?;
@@ -139,7 +156,63 @@ fn apply_from(d: &Devices, path: &std::path::Path) -> Result<()> {
         took.as_secs_f64(),
         stream as f64 / (1 << 20) as f64 / took.as_secs_f64()
     );
+    Ok(took.as_secs_f64())
+}
+
+/// Fills `d`'s origin with data zstd shrinks: per 64 KiB chunk, 40 KiB of log-like text (a
+/// counter in every line, so no two chunks are equal) and 24 KiB of zeros.
+fn fill_compressible(d: &Devices, volume: u64) -> Result<()> {
+    let mut chunk = vec![0u8; CHUNK as usize];
+    for c in 0..volume / CHUNK {
+        let mut text = Vec::with_capacity(40 << 10);
+        let mut line = 0u64;
+        while text.len() < 40 << 10 {
+            text.extend_from_slice(
+                format!(
+                    "2026-12-06T15:{:02}:{:02}Z volume=default chunk={c} line={line} state=ok\n",
+                    line % 60,
+                    c % 60
+                )
+                .as_bytes(),
+            );
+            line += 1;
+        }
+        chunk[..40 << 10].copy_from_slice(&text[..40 << 10]);
+        chunk[40 << 10..].fill(0);
+        d.store.write_origin(c * CHUNK, &chunk)?;
+    }
+    d.store.flush()?;
     Ok(())
+}
+
+/// The full stream of `d`'s snapshot `snap`, plain and compressed, each applied to a fresh
+/// replica: one row per way, with the stream's size against the data and both data rates.
+fn compare_compression(
+    dir: &std::path::Path,
+    label: &str,
+    d: &Devices,
+    snap: &str,
+    level: ZstdLevel,
+) -> Result<Vec<String>> {
+    let volume = d.store.origin_size();
+    let mut rows = Vec::new();
+    for (way, zstd) in [("plain", None), ("zstd", Some(level))] {
+        let path = dir.join(format!("{label}-{way}.delta"));
+        let (stream, data, export_s) = export_to(d, None, snap, &path, zstd)?;
+        let replica = devices(dir, &format!("{label}-{way}-replica"), volume)?;
+        let apply_s = apply_from(&replica, &path)?;
+        rows.push(format!(
+            "| {label} | {way} | {} | {} | {:.3} | {:.0} | {:.0} |",
+            mib(data),
+            mib(stream),
+            stream as f64 / data as f64,
+            data as f64 / (1 << 20) as f64 / export_s,
+            data as f64 / (1 << 20) as f64 / apply_s,
+        ));
+        drop(replica);
+        let _ = std::fs::remove_file(&path);
+    }
+    Ok(rows)
 }
 
 fn main() -> Result<()> {
@@ -192,8 +265,8 @@ fn main() -> Result<()> {
     let src = reopen(src)?;
     let inc = dir.join("a-b.delta");
     let full = dir.join("b.delta");
-    export_to(&src, Some("a"), "b", &inc)?;
-    export_to(&src, None, "a", &full)?;
+    export_to(&src, Some("a"), "b", &inc, None)?;
+    export_to(&src, None, "a", &full, None)?;
 
     let dst = devices(&dir, "replica", volume)?;
     apply_from(&dst, &full)?;
@@ -209,5 +282,22 @@ fn main() -> Result<()> {
         anyhow::ensure!(x == y, "replica differs at chunk {c}");
     }
     println!("replica spot-check: 2000 random chunks of b equal");
+    drop(dst);
+    let _ = std::fs::remove_file(&full);
+
+    let level = ZstdLevel::new(args.zstd_level)
+        .ok_or_else(|| anyhow::anyhow!("--zstd-level must be 1..=22"))?;
+    let text_volume = (volume / 4).max(CHUNK);
+    let text = devices(&dir, "text", text_volume)?;
+    fill_compressible(&text, text_volume)?;
+    text.store.create_snapshot("t")?;
+    let mut rows = compare_compression(&dir, "random", &src, "a", level)?;
+    rows.extend(compare_compression(&dir, "text+zeros", &text, "t", level)?);
+    println!("\nfull streams, zstd level {}:", level.get());
+    println!("| data | records | data | stream | stream/data | export MiB/s of data | apply MiB/s of data |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    for r in rows {
+        println!("{r}");
+    }
     Ok(())
 }
