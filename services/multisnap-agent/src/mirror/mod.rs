@@ -364,6 +364,8 @@ fn estimate_pending(v: &Volume, base: Option<u64>, newest: &SnapshotInfo) -> u64
         base,
         target: newest.clone(),
         resume: None,
+        // Only the chunk list is read: compression does not change which chunks travel.
+        compression: None,
     };
     match multisnap_replication::export::chunk_runs(&v.store, &plan) {
         Ok(runs) => runs.iter().map(|(_, n)| n).sum::<u64>() * u64::from(v.store.chunk_size()),
