@@ -570,7 +570,7 @@ impl Volumes {
     }
 
     /// Removes a volume: its store, and its origin if the agent made it. Refused while it has
-    /// snapshots unless `force`.
+    /// snapshots unless `force` (ones already deleted and only being reclaimed do not count).
     pub fn delete(&self, name: &str, force: bool) -> Result<(), VolumeError> {
         let _no_group_changes = self.groups.hold_off_changes();
         let mut map = self.map.write();
@@ -587,7 +587,14 @@ impl Volumes {
                 names.join(", ")
             )));
         }
-        let snaps = v.store.list_snapshots().len();
+        // Snapshots already deleted and only waiting for their space to be reclaimed do not
+        // count: the user deleted them, and their space goes with the volume.
+        let snaps = v
+            .store
+            .list_snapshots()
+            .iter()
+            .filter(|s| s.state != multisnap_store::SnapshotState::Deleting)
+            .count();
         if snaps > 0 && !force {
             return Err(VolumeError::FailedPrecondition(format!(
                 "volume {name} has {snaps} snapshot(s); delete them first or pass force"
@@ -773,5 +780,23 @@ mod creation_tests {
             "{e:?}"
         );
         assert!(other.join("notes.txt").exists());
+    }
+
+    #[test]
+    fn a_volume_whose_snapshots_are_all_deleted_goes_while_their_space_is_reclaimed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let volumes = load(tmp.path());
+        let v = volumes.create(&spec("v")).unwrap();
+        let snap = v.store.create_snapshot("s").unwrap();
+        let e = volumes.delete("v", false).expect_err("a snapshot is left");
+        assert!(matches!(e, VolumeError::FailedPrecondition(_)), "{e:?}");
+        // Deleted, not yet reclaimed (no reclaimer runs here): it does not hold the volume.
+        v.store.delete_snapshot(snap.id).unwrap();
+        assert_eq!(
+            v.store.list_snapshots()[0].state,
+            multisnap_store::SnapshotState::Deleting
+        );
+        volumes.delete("v", false).unwrap();
+        assert!(volumes.get("v").is_none());
     }
 }
