@@ -18,6 +18,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 #[derive(Clone)]
 pub struct Agent {
     channel: Channel,
+    /// The same socket without a call deadline, for delta streams that run as long as the
+    /// data takes.
+    streams: Channel,
     socket: PathBuf,
 }
 
@@ -25,20 +28,27 @@ impl Agent {
     /// A channel that connects on first use and again after the agent restarts, so the driver
     /// can start before the agent and outlive its restarts (the sidecars retry meanwhile).
     pub fn new(socket: &Path) -> Agent {
-        let path = socket.to_path_buf();
+        let connect = |endpoint: Endpoint| {
+            let path = socket.to_path_buf();
+            endpoint
+                .connect_timeout(Duration::from_secs(5))
+                .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        let stream = tokio::net::UnixStream::connect(path).await?;
+                        Ok::<_, std::io::Error>(TokioIo::new(stream))
+                    }
+                }))
+        };
         // The URI only becomes HTTP/2's :authority, which must be a plain host name.
-        let channel = Endpoint::from_static("http://localhost")
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(CALL_TIMEOUT)
-            .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(path).await?;
-                    Ok::<_, std::io::Error>(TokioIo::new(stream))
-                }
-            }));
+        let endpoint = Endpoint::from_static("http://localhost");
         Agent {
-            channel,
+            channel: connect(endpoint.clone().timeout(CALL_TIMEOUT)),
+            streams: connect(
+                endpoint
+                    .initial_stream_window_size(8 << 20)
+                    .initial_connection_window_size(16 << 20),
+            ),
             socket: socket.to_path_buf(),
         }
     }
@@ -54,6 +64,11 @@ impl Agent {
     /// DeltaService: the block maps behind CSI's SnapshotMetadata.
     pub fn deltas(&self) -> DeltaServiceClient<Channel> {
         DeltaServiceClient::new(self.channel.clone())
+    }
+
+    /// DeltaService without a call deadline: a pulled snapshot's ApplyDelta.
+    pub fn stream_deltas(&self) -> DeltaServiceClient<Channel> {
+        DeltaServiceClient::new(self.streams.clone())
     }
 
     pub fn ublk(&self) -> UblkServiceClient<Channel> {

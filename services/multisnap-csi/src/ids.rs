@@ -128,6 +128,33 @@ impl fmt::Display for AgentVolumeName {
     }
 }
 
+/// The volume on this node that holds the snapshots pulled from one volume of another node
+/// (a cross-node restore): `csi-replica-<digest of "<node>\0<agent volume>">`. It never
+/// parses as an [`AgentVolumeName`] (no 24-digit digest follows `csi-`), so the catalog, and
+/// with it ListVolumes, ListSnapshots and the retired-volume sweep, never sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReplicaVolumeName(String);
+
+/// How every replica volume's name starts.
+pub const REPLICA_PREFIX: &str = "csi-replica-";
+
+impl ReplicaVolumeName {
+    pub fn of(source: &VolumeId) -> ReplicaVolumeName {
+        let key = format!("{}\0{}", source.node, source.volume);
+        ReplicaVolumeName(format!("{REPLICA_PREFIX}{}", digest_hex(&key)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ReplicaVolumeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The agent snapshot behind a CSI snapshot: `csi-<digest of the CSI name>`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AgentSnapshotName(String);
@@ -284,6 +311,26 @@ mod tests {
             SnapshotId::parse("node-1/csi-000000000000000000000000@before"),
             None
         );
+    }
+
+    #[test]
+    fn replica_names_are_per_source_volume_and_hidden_from_the_catalog() {
+        let v = |s: &str| VolumeId::parse(s).unwrap();
+        let a = ReplicaVolumeName::of(&v("node-a/csi-000000000000000000000000"));
+        assert_eq!(
+            a,
+            ReplicaVolumeName::of(&v("node-a/csi-000000000000000000000000"))
+        );
+        assert_ne!(
+            a,
+            ReplicaVolumeName::of(&v("node-b/csi-000000000000000000000000"))
+        );
+        assert_ne!(
+            a,
+            ReplicaVolumeName::of(&v("node-a/csi-000000000000000000000001"))
+        );
+        assert!(a.as_str().starts_with("csi-replica-") && a.as_str().len() <= 63);
+        assert_eq!(AgentVolumeName::parse(a.as_str()), None);
     }
 
     #[test]

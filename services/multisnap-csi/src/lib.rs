@@ -7,6 +7,7 @@ pub mod agent;
 pub mod capability;
 pub mod catalog;
 pub mod controller;
+pub mod cross_node;
 pub mod group_controller;
 pub mod identity;
 pub mod ids;
@@ -14,6 +15,7 @@ pub mod inflight;
 pub mod node;
 pub mod pagination;
 pub mod params;
+pub mod peer;
 pub mod retire;
 pub mod server;
 pub mod snapshot_metadata;
@@ -44,4 +46,9 @@ pub struct Driver {
     pub inflight: inflight::InFlight,
     /// The agent's NBD unix socket, for the kernel NBD client.
     pub nbd_socket: PathBuf,
+    /// Other nodes' agents, for restores of their snapshots here; None: such a restore is
+    /// refused (RESOURCE_EXHAUSTED) and the scheduler tries the snapshot's node.
+    pub peers: Option<std::sync::Arc<peer::Peers>>,
+    /// The snapshots being pulled from other nodes.
+    pub pulls: cross_node::Pulls,
 }

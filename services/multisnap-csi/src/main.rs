@@ -3,9 +3,10 @@
 use anyhow::Context;
 use clap::Parser;
 use multisnap_csi::{
-    agent::Agent, identity, ids::NodeName, inflight::InFlight, retire, server, Driver,
+    agent::Agent, identity, ids::NodeName, inflight::InFlight, peer::Peers, retire, server, Driver,
 };
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Parser, Debug)]
 #[command(name = "multisnap-csi", version = multisnap_csi::VERSION, about = "multisnap's Kubernetes CSI driver (Identity, Controller and Node on one socket)")]
@@ -33,6 +34,25 @@ struct Args {
         default_value = "/var/lib/multisnap/nbd.sock"
     )]
     nbd_socket: PathBuf,
+    /// Where other nodes' agents serve gRPC on TCP, with {node} for the node name, e.g.
+    /// https://{node}:50052. Set, a volume restored from another node's snapshot is pulled
+    /// here; unset, such a restore is refused and the scheduler tries the snapshot's node.
+    #[arg(long, env = "PEER_AGENT_ENDPOINT")]
+    peer_agent_endpoint: Option<String>,
+    /// PEM file: the CA that signed the other agents' server certificates (https endpoints).
+    #[arg(long, env = "PEER_TLS_CA")]
+    peer_tls_ca: Option<PathBuf>,
+    /// PEM files: this driver's client certificate and key, for agents that require mutual TLS.
+    #[arg(long, env = "PEER_TLS_CERT")]
+    peer_tls_cert: Option<PathBuf>,
+    #[arg(long, env = "PEER_TLS_KEY")]
+    peer_tls_key: Option<PathBuf>,
+    /// Stream bytes per second a pull may take from the source agent; 0: no limit.
+    #[arg(long, env = "PEER_BANDWIDTH_LIMIT", default_value_t = 0)]
+    peer_bandwidth_limit: u64,
+    /// How pulled streams are compressed: zstd (data that does not shrink is sent as is) or none.
+    #[arg(long, env = "PEER_COMPRESSION", default_value = "zstd", value_parser = ["zstd", "none"])]
+    peer_compression: String,
     /// Check the flags, print "ok" and exit.
     #[arg(long)]
     check_args: bool,
@@ -54,6 +74,33 @@ fn socket_path(endpoint: &str) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(path))
 }
 
+/// The peer settings, checked; None without `--peer-agent-endpoint` (TLS files alone are an
+/// error: they would be silently unused).
+fn peers(args: &Args) -> anyhow::Result<Option<Arc<Peers>>> {
+    let Some(template) = &args.peer_agent_endpoint else {
+        anyhow::ensure!(
+            args.peer_tls_ca.is_none()
+                && args.peer_tls_cert.is_none()
+                && args.peer_tls_key.is_none(),
+            "--peer-tls-* files need --peer-agent-endpoint"
+        );
+        return Ok(None);
+    };
+    let mut p = Peers::new(
+        template,
+        args.peer_tls_ca.clone(),
+        args.peer_tls_cert.clone(),
+        args.peer_tls_key.clone(),
+    )
+    .map_err(anyhow::Error::msg)
+    .context("--peer-agent-endpoint")?;
+    p.bandwidth_limit = args.peer_bandwidth_limit;
+    if args.peer_compression == "none" {
+        p.compression = multisnap_proto::v1::DeltaCompression::None;
+    }
+    Ok(Some(Arc::new(p)))
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let socket = socket_path(&args.csi_socket)?;
@@ -69,6 +116,7 @@ fn main() -> anyhow::Result<()> {
             multisnap_csi::ids::MAX_NODE_FOR_SHORT_IDS
         );
     }
+    let peers = peers(&args)?;
     if args.check_args {
         println!("ok");
         return Ok(());
@@ -89,6 +137,8 @@ fn main() -> anyhow::Result<()> {
             agent: Agent::new(&args.agent_socket),
             inflight: InFlight::default(),
             nbd_socket: args.nbd_socket,
+            peers,
+            pulls: Default::default(),
         };
         // Finish deletions of retired volumes that a crash interrupted; an agent that is not
         // up yet is swept on the next DeleteSnapshot instead.

@@ -2,12 +2,12 @@
 //! agent's `CreateVolumeRequest.source`, so the new volume is usable at once and its data is
 //! shared with or copied from the source by the agent, not by a copy the user waits for.
 
-use crate::catalog;
 use crate::csi::volume_content_source::Type;
 use crate::csi::VolumeContentSource;
 use crate::ids::{SnapshotId, VolumeId};
 use crate::status::{from_agent, invalid};
 use crate::Driver;
+use crate::{catalog, cross_node};
 use multisnap_proto::v1 as pb;
 use tonic::Status;
 
@@ -17,9 +17,10 @@ pub enum Source {
     Volume(VolumeId),
 }
 
-/// Checks the ids of a content source: one of another form names nothing (NOT_FOUND); one on
-/// another node cannot be restored here yet (RESOURCE_EXHAUSTED, which makes the scheduler
-/// try another node for a WaitForFirstConsumer claim).
+/// Checks the ids of a content source: one of another form names nothing (NOT_FOUND); a
+/// volume on another node, or a snapshot there without peers configured, cannot be used here
+/// (RESOURCE_EXHAUSTED, which makes the scheduler try another node for a
+/// WaitForFirstConsumer claim).
 pub fn parse(d: &Driver, s: Option<&VolumeContentSource>) -> Result<Option<Source>, Status> {
     let Some(s) = s else { return Ok(None) };
     let (source, node) = match &s.r#type {
@@ -56,7 +57,10 @@ pub fn parse(d: &Driver, s: Option<&VolumeContentSource>) -> Result<Option<Sourc
             (Source::Volume(id), node)
         }
     };
-    if node != d.node {
+    // A snapshot of another node is pulled here when peers are configured (see
+    // [`crate::cross_node`]); a volume is cloned only on its own node.
+    let pullable = matches!(source, Source::Snapshot(_)) && d.peers.is_some();
+    if node != d.node && !pullable {
         return Err(Status::resource_exhausted(format!(
             "the content source lives on node {node}; a volume is restored or cloned on the node that holds its source (this is {})",
             d.node
@@ -86,6 +90,9 @@ impl Source {
     /// The agent's source and the smallest size the new volume may have (the source's).
     pub async fn resolve(&self, d: &Driver) -> Result<(pb::VolumeSource, u64), Status> {
         match self {
+            Source::Snapshot(id) if id.volume.node != d.node => {
+                cross_node::local_source(d, id).await
+            }
             Source::Snapshot(id) => {
                 let snap = d
                     .agent

@@ -6,7 +6,7 @@ use super::source::{self, Source};
 use crate::capability::{self, Access};
 use crate::catalog::{self, Entry};
 use crate::csi::*;
-use crate::ids::VolumeId;
+use crate::ids::{VolumeId, REPLICA_PREFIX};
 use crate::pagination::page;
 use crate::params::VolumeParams;
 use crate::status::{check_name, from_agent, invalid};
@@ -188,7 +188,7 @@ pub async fn create(
                 .params
                 .store_full_policy
                 .unwrap_or(pb::StoreFullPolicy::Unspecified) as i32,
-            source: agent_source,
+            source: agent_source.clone(),
             labels: new.labels(),
             ..Default::default()
         })
@@ -196,6 +196,12 @@ pub async fn create(
         .map_err(|s| from_agent(&format!("creating volume {:?}", new.name), s))?
         .into_inner();
     tracing::info!(csi_name = %new.name, volume = %free_name, size, "volume created");
+    if let Some(src) = agent_source
+        .as_ref()
+        .filter(|s| s.volume.starts_with(REPLICA_PREFIX))
+    {
+        crate::cross_node::prune(d, &src.volume).await;
+    }
     let msg = volume_message(
         d,
         &created.name,
