@@ -28,8 +28,31 @@ impl CsiDriver {
 
     /// [`CsiDriver::start`] for node `node`.
     pub fn start_on(dir: &Path, agent: &Agent, node: &str) -> CsiDriver {
+        CsiDriver::start_with(dir, agent, node, &[], None)
+    }
+
+    /// [`CsiDriver::start_on`] with more flags, and its log (stderr) appended to `log` when
+    /// given, for tests that read what the driver reported.
+    pub fn start_with(
+        dir: &Path,
+        agent: &Agent,
+        node: &str,
+        extra: &[String],
+        log: Option<&Path>,
+    ) -> CsiDriver {
         let socket = dir.join("csi.sock");
+        let stderr = match log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("open the driver's log file"),
+            ),
+            None => Stdio::inherit(),
+        };
         let child = Command::new(csi_bin())
+            .args(extra)
             .arg(format!("--csi-socket=unix://{}", socket.display()))
             .arg("--agent-socket")
             .arg(agent.data_dir.join("grpc.sock"))
@@ -38,10 +61,11 @@ impl CsiDriver {
             .arg(format!("--node-name={node}"))
             .env(
                 "RUST_LOG",
-                std::env::var("TEST_CSI_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("TEST_CSI_LOG")
+                    .unwrap_or_else(|_| if log.is_some() { "info" } else { "warn" }.into()),
             )
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start multisnap-csi");
         let deadline = Instant::now() + Duration::from_secs(30);
