@@ -186,31 +186,44 @@ fn replica_of(snap_id: &str) -> String {
     ReplicaVolumeName::of(&VolumeId::parse(vol).unwrap()).to_string()
 }
 
+/// The apply state of `volume` on `agent`; none while the volume does not exist yet.
 fn apply_state(agent: &Agent, volume: &str) -> pb::ApplyState {
-    let client = AgentClient::new(&agent.data_dir.join("grpc.sock"));
+    let socket = agent.data_dir.join("grpc.sock");
     rt().block_on(async {
-        client
+        // A lazy channel needs the runtime it will run on.
+        AgentClient::new(&socket)
             .deltas()
             .get_apply_state(pb::GetApplyStateRequest {
                 volume: volume.to_string(),
             })
             .await
+            .map(|r| r.into_inner())
+            .or_else(|s| match s.code() {
+                Code::NotFound => Ok(pb::ApplyState::default()),
+                _ => Err(s),
+            })
             .expect("GetApplyState")
-            .into_inner()
     })
 }
 
-/// Waits until B's replica has staged at least `bytes` of the running pull.
-fn wait_staged(agent: &Agent, replica: &str, bytes: u64) -> u64 {
+/// The chunk size of every volume here (the driver's default).
+const CHUNK: u64 = 64 << 10;
+
+/// Waits until B's replica has staged (checkpointed) at least `bytes` of the running pull.
+fn wait_staged(agent: &Agent, replica: &str, bytes: u64, log: &Path) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let s = apply_state(agent, replica);
-        if s.in_progress && s.staged_bytes >= bytes {
-            return s.staged_bytes;
+        // A full stream into an empty volume is written in place, not into the store:
+        // staged chunks, not staged store bytes, say how far it is.
+        let staged = s.staged_chunks * CHUNK;
+        if s.in_progress && staged >= bytes {
+            return staged;
         }
         assert!(
             Instant::now() < deadline,
-            "the pull never staged {bytes} bytes"
+            "the pull never staged {bytes} bytes ({s:?}); driver log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -368,13 +381,22 @@ fn restore_over_mutual_tls_incremental_and_resumed_after_cuts() {
     let cut_replica = replica_of(&snap3);
     let e = create(&driver_b, "pvc-r3", 0, Some(&snap3)).unwrap_err();
     assert_eq!(e.code(), Code::Aborted, "{e:?}");
-    let staged = wait_staged(&b.agent, &cut_replica, 16 * MIB);
+    let staged = wait_staged(&b.agent, &cut_replica, 16 * MIB, &b.log);
     driver_b.kill9();
     let driver_b = b.driver(&slow);
-    let e = create(&driver_b, "pvc-r3", 0, Some(&snap3)).unwrap_err();
-    assert_eq!(e.code(), Code::Aborted, "{e:?}");
-    assert!(e.message().contains("(resumed)"), "{e:?}");
-    let staged2 = wait_staged(&b.agent, &cut_replica, staged + 16 * MIB);
+    // The restarted driver continues the replica's apply: its progress says so once the
+    // pull has read the replica's state.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let e = create(&driver_b, "pvc-r3", 0, Some(&snap3)).unwrap_err();
+        assert_eq!(e.code(), Code::Aborted, "{e:?}");
+        if e.message().contains("(resumed)") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never resumed: {e:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let staged2 = wait_staged(&b.agent, &cut_replica, staged + 16 * MIB, &b.log);
     agent_a.kill9();
     let mut r = Retries::default();
     // A is gone: the cut pull reports itself, further retries find A unreachable.
