@@ -86,6 +86,13 @@ fn localise(arg: &str, root: &Path) -> String {
         | "--nbd-tls-client-ca" => {
             format!("{flag}={}", under_root(value).display())
         }
+        // The driver checks that its peer TLS files exist: the Secret's files, made here.
+        "--peer-tls-ca" | "--peer-tls-cert" | "--peer-tls-key" => {
+            let path = under_root(value);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, "PEM").unwrap();
+            format!("{flag}={}", path.display())
+        }
         "--csi-socket" | "--agent-socket" | "--nbd-socket" => {
             let path = under_root(value);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();

@@ -30,6 +30,7 @@ VALUE_SETS = {
     "tls-and-origins": {
         "grpcTls": {"secretName": "multisnap-tls", "requireClientCert": True},
         "nbdTls": {"secretName": "multisnap-nbd-tls", "requireClientCert": True},
+        "csi": {"peers": {"enabled": True, "tlsSecretName": "multisnap-peer-tls", "bandwidthLimit": 104857600}},
         "agent": {
             "cacheBytes": 134217728,
             "defaultVolumeSize": 2147483648,
@@ -73,6 +74,8 @@ WRONG_VALUES = {
     "unknown-key": {"agnet": {"logLevel": "debug"}},
     "fs-type-unknown": {"storageClass": {"fsType": "btrfs"}},
     "nbd-tls-plaintext-as-string": {"nbdTls": {"allowPlaintext": "yes"}},
+    "peer-compression-unknown": {"csi": {"peers": {"compression": "gzip"}}},
+    "peer-endpoint-without-port": {"csi": {"peers": {"endpointTemplate": "https://{node}"}}},
 }
 
 
