@@ -13,6 +13,12 @@ fn csi(args: &[&str], env: &[(&str, &str)]) -> Output {
         "DRIVER_NAME",
         "AGENT_SOCKET",
         "NBD_SOCKET",
+        "PEER_AGENT_ENDPOINT",
+        "PEER_TLS_CA",
+        "PEER_TLS_CERT",
+        "PEER_TLS_KEY",
+        "PEER_BANDWIDTH_LIMIT",
+        "PEER_COMPRESSION",
     ] {
         cmd.env_remove(var);
     }
@@ -77,6 +83,27 @@ fn bad_flags_are_usage_errors_that_say_why() {
                 "--check-args",
             ],
             "unix",
+        ),
+        (
+            vec![
+                "--node-name=w1",
+                "--peer-agent-endpoint=https://{node}:50051",
+                "--check-args",
+            ],
+            "--peer-tls-ca",
+        ),
+        (
+            vec!["--node-name=w1", "--peer-tls-ca=/ca.pem", "--check-args"],
+            "need --peer-agent-endpoint",
+        ),
+        (
+            vec![
+                "--node-name=w1",
+                "--peer-agent-endpoint=http://{node}:1",
+                "--peer-compression=gzip",
+                "--check-args",
+            ],
+            "gzip",
         ),
     ] {
         let out = csi(&args, &[]);

@@ -165,17 +165,24 @@ async fn held(
         .snapshot(replica.as_str(), id.snapshot.as_str())
         .await
         .map_err(|s| from_agent(&format!("looking up {id} in replica {replica}"), s))?;
-    Ok(snap
-        .filter(|s| s.state == pb::SnapshotState::Ready as i32)
-        .map(|s| {
-            (
-                pb::VolumeSource {
-                    volume: replica.to_string(),
-                    snapshot: s.name.clone(),
-                },
-                s.size_bytes,
-            )
-        }))
+    let Some(snap) = snap.filter(|s| s.state == pb::SnapshotState::Ready as i32) else {
+        return Ok(None);
+    };
+    // A snapshot records its size; one from a store that did not is the replica's.
+    let size = match snap.size_bytes {
+        0 => d
+            .agent
+            .volume(replica.as_str())
+            .await
+            .map_err(|s| from_agent(&format!("looking up replica {replica}"), s))?
+            .map_or(0, |v| v.size_bytes),
+        n => n,
+    };
+    let source = pb::VolumeSource {
+        volume: replica.to_string(),
+        snapshot: snap.name,
+    };
+    Ok(Some((source, size)))
 }
 
 /// After a restore from a replica: its snapshots other than the newest go, unless a volume

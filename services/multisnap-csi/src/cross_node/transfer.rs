@@ -26,6 +26,7 @@ struct Sent {
 }
 
 /// What the replica is asked to do.
+#[derive(Debug, PartialEq, Eq)]
 struct Plan {
     base: Option<String>,
     resume_token: Vec<u8>,
@@ -159,9 +160,53 @@ async fn ensure_replica(
     Ok(())
 }
 
+/// What to do with the replica's apply state, decided without a call.
+#[derive(Debug, PartialEq, Eq)]
+enum Start {
+    /// Continue the interrupted apply of the same snapshot from its token and base.
+    Resume(Plan),
+    /// Past its commit point: it completes by itself; ask again later.
+    Wait(String),
+    /// An apply of something else (or one that cannot be continued) to drop first.
+    DropThenFresh,
+    Fresh,
+}
+
+fn start(state: &pb::ApplyState, target: &pb::Snapshot) -> Start {
+    if !state.in_progress {
+        return Start::Fresh;
+    }
+    let same = state.snapshot_name == target.name && state.source_snapshot_id == target.id;
+    if same && state.resumable && !state.committing && !state.resume_token.is_empty() {
+        return Start::Resume(Plan {
+            base: (!state.base_snapshot.is_empty()).then(|| state.base_snapshot.clone()),
+            resume_token: state.resume_token.clone(),
+        });
+    }
+    if state.committing {
+        return Start::Wait(state.snapshot_name.clone());
+    }
+    Start::DropThenFresh
+}
+
+/// The base of a fresh pull: the newest ready replica snapshot older than the target that
+/// the source still holds under the same name and id; None for a full stream.
+fn base(held: &[pb::Snapshot], source: &[pb::Snapshot], target: &pb::Snapshot) -> Option<String> {
+    let ready = pb::SnapshotState::Ready as i32;
+    held.iter()
+        .filter(|h| h.state == ready && h.source_snapshot_id < target.id)
+        .filter(|h| {
+            source
+                .iter()
+                .any(|s| s.state == ready && s.id == h.source_snapshot_id && s.name == h.name)
+        })
+        .max_by_key(|h| h.source_snapshot_id)
+        .map(|h| h.name.clone())
+}
+
 /// Continue the replica's apply of this snapshot, or start one from the newest snapshot both
-/// sides hold (same name and source id, older than the target); an apply of anything else is
-/// dropped first (the replica belongs to this driver).
+/// sides hold; an apply of anything else is dropped first (the replica belongs to this
+/// driver).
 async fn plan(
     d: &Driver,
     replica: &ReplicaVolumeName,
@@ -177,41 +222,26 @@ async fn plan(
         .await
         .map_err(|s| from_agent(&format!("reading the apply state of {replica}"), s))?
         .into_inner();
-    if state.in_progress {
-        let same = state.snapshot_name == target.name && state.source_snapshot_id == target.id;
-        if same && state.resumable && !state.committing && !state.resume_token.is_empty() {
-            return Ok(Plan {
-                base: (!state.base_snapshot.is_empty()).then_some(state.base_snapshot),
-                resume_token: state.resume_token,
-            });
-        }
-        if state.committing {
+    match start(&state, target) {
+        Start::Resume(plan) => return Ok(plan),
+        Start::Wait(name) => {
             return Err(Status::aborted(format!(
-                "replica volume {replica} is completing the copy of snapshot {}; retry",
-                state.snapshot_name
-            )));
+                "replica volume {replica} is completing the copy of snapshot {name}; retry"
+            )))
         }
-        abort_apply(d, replica).await?;
-        tracing::info!(%replica, dropped = %state.snapshot_name, "unfinished apply of another snapshot dropped");
+        Start::DropThenFresh => {
+            abort_apply(d, replica).await?;
+            tracing::info!(%replica, dropped = %state.snapshot_name, "unfinished apply dropped");
+        }
+        Start::Fresh => {}
     }
     let held = d
         .agent
         .snapshots_of(replica.as_str())
         .await
         .map_err(|s| from_agent(&format!("listing the snapshots of {replica}"), s))?;
-    let ready = pb::SnapshotState::Ready as i32;
-    let base = held
-        .iter()
-        .filter(|h| h.state == ready && h.source_snapshot_id < target.id)
-        .filter(|h| {
-            source_snaps
-                .iter()
-                .any(|s| s.state == ready && s.id == h.source_snapshot_id && s.name == h.name)
-        })
-        .max_by_key(|h| h.source_snapshot_id)
-        .map(|h| h.name.clone());
     Ok(Plan {
-        base,
+        base: base(&held, source_snaps, target),
         resume_token: Vec::new(),
     })
 }
@@ -350,6 +380,78 @@ async fn discard(d: &Driver, replica: &ReplicaVolumeName) {
         Ok(_) => {}
         Err(e) => {
             tracing::warn!(%replica, error = %e, "replica not checked after a refused stream")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(name: &str, id: u64, source_id: u64) -> pb::Snapshot {
+        pb::Snapshot {
+            name: name.into(),
+            id,
+            source_snapshot_id: source_id,
+            state: pb::SnapshotState::Ready as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_base_is_the_newest_older_snapshot_both_sides_hold() {
+        let source = [
+            snap("s1", 1, 0),
+            snap("s2", 2, 0),
+            snap("s4", 4, 0),
+            snap("s5", 5, 0),
+        ];
+        let target = &source[3];
+        // Held here: s1 and s2 (s2 newest), s4 under another name (a different snapshot).
+        let held = [snap("s1", 7, 1), snap("s2", 8, 2), snap("other", 9, 4)];
+        assert_eq!(base(&held, &source, target).as_deref(), Some("s2"));
+        // A snapshot the source deleted cannot be a base; nor one not older than the target.
+        assert_eq!(base(&held, &source[2..], target), None);
+        assert_eq!(base(&held, &source, &source[0]), None);
+        let mut deleting = held.clone();
+        deleting[1].state = pb::SnapshotState::Deleting as i32;
+        assert_eq!(base(&deleting, &source, target).as_deref(), Some("s1"));
+        assert_eq!(base(&[], &source, target), None);
+    }
+
+    #[test]
+    fn an_interrupted_apply_of_the_same_snapshot_is_continued_anything_else_dropped() {
+        let target = snap("s5", 5, 0);
+        let state =
+            |name: &str, id: u64, resumable: bool, committing: bool, token: &[u8]| pb::ApplyState {
+                in_progress: true,
+                snapshot_name: name.into(),
+                source_snapshot_id: id,
+                base_snapshot: "s2".into(),
+                resumable,
+                committing,
+                resume_token: token.to_vec(),
+                ..Default::default()
+            };
+        assert_eq!(start(&pb::ApplyState::default(), &target), Start::Fresh);
+        assert_eq!(
+            start(&state("s5", 5, true, false, b"t"), &target),
+            Start::Resume(Plan {
+                base: Some("s2".into()),
+                resume_token: b"t".to_vec()
+            })
+        );
+        assert_eq!(
+            start(&state("s5", 5, true, true, b"t"), &target),
+            Start::Wait("s5".into())
+        );
+        for other in [
+            state("s4", 4, true, false, b"t"),
+            state("s5", 6, true, false, b"t"),
+            state("s5", 5, false, false, b"t"),
+            state("s5", 5, true, false, b""),
+        ] {
+            assert_eq!(start(&other, &target), Start::DropThenFresh, "{other:?}");
         }
     }
 }
