@@ -336,7 +336,10 @@ fn restore_over_mutual_tls_incremental_and_resumed_after_cuts() {
         took.as_secs_f64()
     );
     // The replica is the driver's own: not a CSI volume.
-    assert_eq!(list_volume_ids(&driver_b), std::slice::from_ref(&v1.volume_id));
+    assert_eq!(
+        list_volume_ids(&driver_b),
+        std::slice::from_ref(&v1.volume_id)
+    );
     // A repeat answers at once from the volume made.
     assert_eq!(create(&driver_b, "pvc-r1", 0, Some(&snap1)).unwrap(), v1);
 
