@@ -15,7 +15,6 @@ use common::*;
 use multisnap_csi::agent::Agent as AgentClient;
 use multisnap_csi::csi::controller_client::ControllerClient;
 use multisnap_csi::csi::volume_capability::{access_mode, AccessMode, AccessType, BlockVolume};
-use multisnap_csi::csi::volume_content_source::{SnapshotSource, Type};
 use multisnap_csi::csi::*;
 use multisnap_csi::ids::{ReplicaVolumeName, VolumeId};
 use multisnap_proto::v1 as pb;
@@ -55,20 +54,7 @@ fn create(
     bytes: u64,
     snapshot: Option<&str>,
 ) -> Result<Volume, tonic::Status> {
-    let req = CreateVolumeRequest {
-        name: name.to_string(),
-        capacity_range: Some(CapacityRange {
-            required_bytes: bytes as i64,
-            limit_bytes: 0,
-        }),
-        volume_capabilities: vec![block_cap()],
-        volume_content_source: snapshot.map(|id| VolumeContentSource {
-            r#type: Some(Type::Snapshot(SnapshotSource {
-                snapshot_id: id.to_string(),
-            })),
-        }),
-        ..Default::default()
-    };
+    let req = common::csi::create_volume_request(name, bytes as i64, block_cap(), snapshot);
     rt().block_on(async {
         ControllerClient::new(d.channel())
             .create_volume(req)
@@ -253,6 +239,17 @@ struct NodeB {
 }
 
 impl NodeB {
+    /// Node B's agent, in `dir/b-data`; its drivers log to `dir/b-driver.log`.
+    fn start(dir: &Path) -> NodeB {
+        let b = NodeB {
+            agent: Agent::start(&dir.join("b-data"), &[]),
+            dir: dir.join("b"),
+            log: dir.join("b-driver.log"),
+        };
+        std::fs::create_dir_all(&b.dir).unwrap();
+        b
+    }
+
     fn driver(&self, peer_flags: &[String]) -> CsiDriver {
         CsiDriver::start_with(&self.dir, &self.agent, NODE_B, peer_flags, Some(&self.log))
     }
@@ -282,12 +279,7 @@ fn restore_over_mutual_tls_incremental_and_resumed_after_cuts() {
     std::fs::create_dir_all(&a_dir).unwrap();
     let agent_a = Agent::start(&a_dir.join("data"), &a_args);
     let driver_a = CsiDriver::start_on(&a_dir, &agent_a, NODE_A);
-    let b = NodeB {
-        agent: Agent::start(&tmp.path().join("b-data"), &[]),
-        dir: tmp.path().join("b"),
-        log: tmp.path().join("b-driver.log"),
-    };
-    std::fs::create_dir_all(&b.dir).unwrap();
+    let b = NodeB::start(tmp.path());
     let peer = vec![
         format!("--peer-agent-endpoint=https://{{node}}:{port}"),
         format!("--peer-tls-ca={}", p("ca-cert.pem")),
@@ -490,12 +482,7 @@ fn a_corrupt_stream_is_refused_and_leaves_nothing() {
     let agent_a = Agent::start(&a_dir.join("data"), &["--grpc-listen", &a_listen]);
     agent_a.wait_grpc();
     let driver_a = CsiDriver::start_on(&a_dir, &agent_a, NODE_A);
-    let b = NodeB {
-        agent: Agent::start(&tmp.path().join("b-data"), &[]),
-        dir: tmp.path().join("b"),
-        log: tmp.path().join("b-driver.log"),
-    };
-    std::fs::create_dir_all(&b.dir).unwrap();
+    let b = NodeB::start(tmp.path());
     let before = b.agent.volume_names();
 
     let size = 16 * MIB;

@@ -19,7 +19,6 @@ use common::csi::CsiDriver;
 use common::*;
 use multisnap_csi::csi::controller_client::ControllerClient;
 use multisnap_csi::csi::volume_capability::{access_mode, AccessMode, AccessType, MountVolume};
-use multisnap_csi::csi::volume_content_source::{SnapshotSource, Type};
 use multisnap_csi::csi::*;
 use multisnap_proto::v1 as pb;
 use multisnap_tests as common;
@@ -83,20 +82,7 @@ fn mount_cap() -> VolumeCapability {
 }
 
 fn create_volume_request(name: &str, snapshot: Option<&str>) -> CreateVolumeRequest {
-    CreateVolumeRequest {
-        name: name.to_string(),
-        capacity_range: Some(CapacityRange {
-            required_bytes: VOLUME_BYTES,
-            limit_bytes: 0,
-        }),
-        volume_capabilities: vec![mount_cap()],
-        volume_content_source: snapshot.map(|id| VolumeContentSource {
-            r#type: Some(Type::Snapshot(SnapshotSource {
-                snapshot_id: id.to_string(),
-            })),
-        }),
-        ..Default::default()
-    }
+    common::csi::create_volume_request(name, VOLUME_BYTES, mount_cap(), snapshot)
 }
 
 struct World<'a> {

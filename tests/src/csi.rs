@@ -122,3 +122,29 @@ impl Drop for CsiDriver {
         let _ = self.child.wait();
     }
 }
+
+/// A CreateVolume request as the external-provisioner makes it: `required_bytes` (0: the
+/// driver's choice), one capability, and a snapshot to restore when given.
+pub fn create_volume_request(
+    name: &str,
+    required_bytes: i64,
+    capability: multisnap_csi::csi::VolumeCapability,
+    snapshot: Option<&str>,
+) -> multisnap_csi::csi::CreateVolumeRequest {
+    use multisnap_csi::csi::volume_content_source::{SnapshotSource, Type};
+    use multisnap_csi::csi::{CapacityRange, CreateVolumeRequest, VolumeContentSource};
+    CreateVolumeRequest {
+        name: name.to_string(),
+        capacity_range: Some(CapacityRange {
+            required_bytes,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![capability],
+        volume_content_source: snapshot.map(|id| VolumeContentSource {
+            r#type: Some(Type::Snapshot(SnapshotSource {
+                snapshot_id: id.to_string(),
+            })),
+        }),
+        ..Default::default()
+    }
+}
