@@ -213,7 +213,7 @@ impl pb::delta_service_server::DeltaService for DeltaApi {
                 v.name
             )));
         }
-        let _slot = ApplySlot {
+        let slot = ApplySlot {
             set: self.applying.clone(),
             volume: v.name.clone(),
         };
@@ -234,15 +234,30 @@ impl pb::delta_service_server::DeltaService for DeltaApi {
                 }
             }
             let (records, bytes) = (a.records, a.progress.bytes);
-            match a.finish() {
-                Ok(o) => Ok((o, records, bytes)),
-                Err(e) => Err(e),
-            }
+            a.finish().map(|o| (o, records, bytes))
+        });
+        // The outcome is counted by a task of its own: the handler is dropped when the client's
+        // connection breaks, and the worker then still ends the apply.
+        // The slot too: no second apply may start on the volume before this one has ended.
+        let counters = v.clone();
+        let worker = tokio::spawn(async move {
+            let _slot = slot;
+            let result = worker
+                .await
+                .map_err(|e| Status::internal(format!("apply worker failed: {e}")))?;
+            let d = &counters.deltas;
+            let ended = match &result {
+                Ok((Outcome::Complete(_), ..)) => &d.applies_complete,
+                Ok((Outcome::Incomplete { .. }, ..)) => &d.applies_incomplete,
+                Err(_) => &d.applies_failed,
+            };
+            ended.fetch_add(1, Relaxed);
+            result.map_err(from_replication)
         });
         let mut next = Some(first.data);
-        let mut received = 0u64;
         while let Some(data) = next.take() {
-            received += data.len() as u64;
+            // Counted as it arrives, so a stream whose client goes away is counted too.
+            v.deltas.applied_bytes.fetch_add(data.len() as u64, Relaxed);
             if tx.send(Some(data)).await.is_err() {
                 break; // the worker stopped on an error; it reports it
             }
@@ -256,18 +271,9 @@ impl pb::delta_service_server::DeltaService for DeltaApi {
             }
         }
         drop(tx);
-        let result = worker
+        let (outcome, records, bytes) = worker
             .await
-            .map_err(|e| Status::internal(format!("apply worker failed: {e}")))?;
-        let counters = &v.deltas;
-        counters.applied_bytes.fetch_add(received, Relaxed);
-        let ended = match &result {
-            Ok((Outcome::Complete(_), ..)) => &counters.applies_complete,
-            Ok((Outcome::Incomplete { .. }, ..)) => &counters.applies_incomplete,
-            Err(_) => &counters.applies_failed,
-        };
-        ended.fetch_add(1, Relaxed);
-        let (outcome, records, bytes) = result.map_err(from_replication)?;
+            .map_err(|e| Status::internal(format!("apply worker failed: {e}")))??;
         let resp = match outcome {
             Outcome::Complete(s) => pb::ApplyDeltaResponse {
                 complete: true,
