@@ -8,7 +8,9 @@
 //!   bytes it received: about the change travels); a pull cut twice, by kill -9 of B's driver
 //!   and of A's agent, resumes without resending what arrived;
 //! - plaintext through a proxy that flips one byte of the stream: refused with DATA_LOSS,
-//!   nothing left on B, and the same restore through a clean path then works.
+//!   nothing left on B, and the same restore through a clean path then works;
+//! - a snapshot a mirror from A already brought to B is restored from the mirror's volume at
+//!   the first call, with nothing pulled; one it never brought is pulled as before.
 
 use common::csi::CsiDriver;
 use common::*;
@@ -522,4 +524,91 @@ fn a_corrupt_stream_is_refused_and_leaves_nothing() {
     drop(driver_a);
     agent_a.stop_and_verify();
     b.agent.stop_and_verify();
+}
+
+/// The CLI's JSON answer.
+fn cli_json(a: &Agent, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--output", "json"];
+    all.extend_from_slice(args);
+    let out = cli_ok(a, &all);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+}
+
+/// Waits until `volume`'s mirror on `a` says the target holds `snap`.
+fn wait_mirrored(a: &Agent, volume: &str, snap: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let m = cli_json(a, &["mirror", "show", volume]);
+        if m["status"]["state"] == "in-sync" && m["status"]["lastReplicatedSnapshot"] == snap {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the mirror never brought {snap}: {m}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_snapshot_a_mirror_already_brought_is_restored_without_a_pull() {
+    require_tools!("nbdcopy", "qemu-io", "sha256sum");
+    let tmp = tempfile::tempdir().unwrap();
+    let a_dir = tmp.path().join("a");
+    std::fs::create_dir_all(&a_dir).unwrap();
+    // A's agent serves gRPC in plaintext on its loopback port: the peer endpoint.
+    let agent_a = Agent::start(&a_dir.join("data"), &[]);
+    let driver_a = CsiDriver::start_on(&a_dir, &agent_a, NODE_A);
+    let b = NodeB::start(tmp.path());
+    let port = agent_a.grpc.rsplit_once(':').unwrap().1.to_string();
+    let driver_b = b.driver(&[format!("--peer-agent-endpoint=http://{{node}}:{port}")]);
+
+    let size = 32 * MIB;
+    let src = create(&driver_a, "pvc-src", size, None).unwrap();
+    let src_vol = agent_name(&src.volume_id).to_string();
+    write_random(&agent_a, &src_vol, tmp.path(), 0, size, 3);
+    let to_b = format!("http://{}", b.agent.grpc);
+    cli_ok(
+        &agent_a,
+        &[
+            "mirror",
+            "set",
+            &src_vol,
+            "--to",
+            &to_b,
+            "--target-volume",
+            "dr-copy",
+        ],
+    );
+    let snap = snapshot(&driver_a, "vs-m1", &src.volume_id);
+    wait_mirrored(
+        &agent_a,
+        &src_vol,
+        agent_name(&snap).split_once('@').unwrap().1,
+    );
+
+    // The mirror's copy is found: OK at the first call, no replica, no stream.
+    let v = create(&driver_b, "pvc-m1", 0, Some(&snap)).expect("restored from the mirror at once");
+    assert_eq!(
+        export_sha(&b.agent, agent_name(&v.volume_id), tmp.path()),
+        export_sha(&agent_a, agent_name(&snap), tmp.path())
+    );
+    let replica = replica_of(&snap);
+    let volumes = cli_json(&b.agent, &["volume", "list"]).to_string();
+    assert!(volumes.contains("dr-copy"), "{volumes}");
+    assert!(!volumes.contains(&replica), "a replica was made: {volumes}");
+    assert!(pulled_lines(&b.log).is_empty(), "something was pulled");
+
+    // A snapshot the mirror never brought (it is cleared) is pulled as before.
+    cli_ok(&agent_a, &["mirror", "clear", &src_vol]);
+    write_random(&agent_a, &src_vol, tmp.path(), 4 * MIB, MIB, 4);
+    let snap2 = snapshot(&driver_a, "vs-m2", &src.volume_id);
+    let mut r = Retries::default();
+    let v2 = restore(&driver_b, "pvc-m2", &snap2, &mut r).expect("restore by a pull");
+    assert!(!r.aborted.is_empty(), "no pull ran");
+    assert_eq!(
+        export_sha(&b.agent, agent_name(&v2.volume_id), tmp.path()),
+        export_sha(&agent_a, agent_name(&snap2), tmp.path())
+    );
+    assert_eq!(pulled_lines(&b.log).len(), 1);
 }

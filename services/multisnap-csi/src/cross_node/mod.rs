@@ -10,6 +10,7 @@
 //! replica's resumable apply, kept by the agent, so a driver restart or a cut connection
 //! costs only the bytes not yet received.
 
+mod mirrored;
 mod transfer;
 
 use crate::ids::{ReplicaVolumeName, SnapshotId};
@@ -128,6 +129,9 @@ pub async fn local_source(d: &Driver, id: &SnapshotId) -> Result<(pb::VolumeSour
         }
     }
     if let Some(found) = held(d, &replica, id).await? {
+        return Ok(found);
+    }
+    if let Some(found) = mirrored::find(d, &peers, id).await? {
         return Ok(found);
     }
     let mut map = d.pulls.lock();
