@@ -1,7 +1,8 @@
 //! CI smoke run of the NBD benchmark harness (bench/nbd/run.py): its smallest mode against
 //! the raw file, nbdkit, this package's agent and qemu-nbd. It asserts only that the harness
 //! completes and prints its tables; the figures of a 32 MiB, one-second run mean nothing and
-//! are never checked (docs/BENCHMARKS.md §5 holds the real run). It also checks that the JSON
+//! are never checked (docs/BENCHMARKS.md §5 holds the real run). Its XFS variant runs where the
+//! machine can make a loop device (else the report says why not). It also checks that the JSON
 //! the run saves prints the same report again through `--report-from`.
 
 use multisnap_tests::{self as common, require_tools};
@@ -36,6 +37,8 @@ fn nbd_bench_harness_smoke() {
     println!("{stdout}");
     for needle in [
         "**4k-write-first**",
+        "**4k-randwrite+fsync32**",
+        "XFS variant: ",
         "| target | IOPS | MiB/s | p99 ms |",
         "multisnap N=1",
         "qemu-nbd N=1",
@@ -47,6 +50,16 @@ fn nbd_bench_harness_smoke() {
             stdout.contains(needle),
             "no {needle:?} in the harness output:\n{stdout}"
         );
+    }
+
+    // The XFS variant ran, or the report says why not (no root, no loop devices, no xfsprogs).
+    if !stdout.contains("XFS variant: skipped") {
+        for needle in ["multisnap N=1 on xfs", "qemu-nbd N=1 cache=writeback on xfs"] {
+            assert!(
+                stdout.contains(needle),
+                "no {needle:?} in the harness output:\n{stdout}"
+            );
+        }
     }
 
     // The saved figures rebuild the same report (targets from the recorded arguments), so an

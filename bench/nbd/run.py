@@ -23,9 +23,16 @@ of them):
      target "overwrite >= 0.9x N = 0" is judged against;
    - seqwrite-1M: 1 MiB sequential writes, iodepth 32, first writes to their region;
    - each write job twice, with no flush and with a flush every 32 writes (`+fsync32`);
+   - 4k-randwrite+fsync32: a database-like job, 4 KiB random writes over a span of its own
+     (64 MiB, past the other regions: no other job writes there), a flush every 32 writes,
+     iodepth 32, timed after a warm-up (10 s after 3 s); with N = 1 the snapshot was taken
+     after the span was filled, so the run mixes first writes and overwrites;
    - randread-snap / randread-origin: 4 KiB random reads, iodepth 32, of the newest snapshot
      and of the origin, in A B B A order, each run after an untimed sequential pass over the
      same view (so both read from the page cache, whatever the host evicted meanwhile).
+With --xfs (on by default where this machine can), multisnap and qemu-nbd at N = 0 and 1 run
+the first-write, sequential and random flush jobs again with every image on an XFS made for
+the run on a loop device (reflink on): what copy_file_range can share there, it shares.
 Medians over the repetitions are reported with the ratios multisnap / qemu-nbd and
 multisnap / nbdkit, pair by pair, and checked against the targets in docs/BENCHMARKS.md.
 """
@@ -49,6 +56,8 @@ GiB = 1 << 30
 COW_GRAIN = 64 * KiB
 QD = 32
 SYNC_EVERY = 32
+# The random flush-heavy job's span, past the regions of the other jobs.
+RAND_SPAN = 64 * MiB
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -137,16 +146,26 @@ class Server:
 class Target:
     kind = ""
     snaps = None  # number of snapshots, None where the target has no snapshots
+    fs = "host"  # where its images live: the work directory's filesystem, or "xfs" (LoopXfs)
 
     def __init__(self, ctx):
         self.ctx = ctx
-        self.dir = os.path.join(ctx.work, self.label().replace("/", "_").replace(" ", "_"))
+        base = ctx.xfs_work if self.fs == "xfs" else ctx.work
+        self.dir = os.path.join(base, self.label().replace("/", "_").replace(" ", "_"))
         self.snap_seconds = None
         self.server = None
         self.peak_rss_kib = None
 
     def label(self):
         raise NotImplementedError
+
+    def on_fs(self):
+        """The label's suffix naming the filesystem, for targets on the run's XFS."""
+        return " on xfs" if self.fs == "xfs" else ""
+
+    def jobs(self):
+        """The jobs run against this target: on XFS, only the ones whose copies it changes."""
+        return XFS_JOBS if self.fs == "xfs" else JOBS
 
     def prepare(self):
         """Image from the seed and snapshots; server stopped."""
@@ -227,14 +246,14 @@ class NbdkitTarget(Target):
 class MultisnapTarget(Target):
     kind = "multisnap"
 
-    def __init__(self, ctx, snaps, chunk):
-        self.snaps, self.chunk = snaps, chunk
+    def __init__(self, ctx, snaps, chunk, fs="host"):
+        self.snaps, self.chunk, self.fs = snaps, chunk, fs
         self.ref_server = None
         super().__init__(ctx)
 
     def label(self):
         chunk = "" if self.chunk == COW_GRAIN and len(self.ctx.args.chunk_sizes) == 1 else f", chunk {fmt_size(self.chunk)}"
-        return f"multisnap N={self.snaps}{chunk}"
+        return f"multisnap N={self.snaps}{chunk}{self.on_fs()}"
 
     def agent_cmd(self, *extra, data="data"):
         return [self.ctx.agent, "--data-dir", os.path.join(self.dir, data), *extra]
@@ -242,7 +261,7 @@ class MultisnapTarget(Target):
     def has_reference(self):
         """With snapshots, a second agent serves a volume without any, made the same way, so
         the overwrite jobs can be run against both in A B B A order (see run_target)."""
-        return bool(self.snaps) and self.ctx.args.overwrite_reference
+        return bool(self.snaps) and self.ctx.args.overwrite_reference and "4k-write-over" in self.jobs()
 
     def make_volume(self, data):
         # The agent makes volume `default` (origin + store) on its first start.
@@ -272,7 +291,7 @@ class MultisnapTarget(Target):
             "--nbd-socket", os.path.join(self.dir, f"nbd-{data}.sock"),
             "--grpc-listen", f"127.0.0.1:{free_port()}",
             "--metrics-listen", f"127.0.0.1:{free_port()}",
-            "--default-volume-size", str(self.ctx.size),
+            "--default-volume-size", str(self.ctx.image_size),
             "--default-chunk-size", str(self.chunk),
             data=data,
         )
@@ -303,8 +322,8 @@ class MultisnapTarget(Target):
 class QemuTarget(Target):
     kind = "qemu"
 
-    def __init__(self, ctx, snaps, cache):
-        self.snaps, self.cache = snaps, cache
+    def __init__(self, ctx, snaps, cache, fs="host"):
+        self.snaps, self.cache, self.fs = snaps, cache, fs
         # io_uring where the page cache is bypassed (the issue's configuration); with the page
         # cache, qemu's thread pool is its default and io_uring adds nothing to buffered I/O.
         self.aio = "io_uring" if cache == "none" else "threads"
@@ -312,7 +331,7 @@ class QemuTarget(Target):
         super().__init__(ctx)
 
     def label(self):
-        return f"qemu-nbd N={self.snaps} cache={self.cache}"
+        return f"qemu-nbd N={self.snaps} cache={self.cache}{self.on_fs()}"
 
     def prepare(self):
         os.makedirs(self.dir, exist_ok=True)
@@ -356,9 +375,10 @@ class QemuTarget(Target):
 # Jobs
 
 
-def regions(size):
+def regions(size, span=0):
     """Disjoint regions of the volume, so each write job writes where no job wrote since the
-    snapshots: 3/8 for each random-write variant, 1/8 for each sequential one."""
+    snapshots: 3/8 of `size` for each strided-write variant, 1/8 for each sequential one, and
+    the random flush job's `span` after `size`."""
     eighth = size // 8
     eighth -= eighth % MiB
     return {
@@ -366,6 +386,7 @@ def regions(size):
         "rand+fsync32": (3 * eighth, 3 * eighth),
         "seq": (6 * eighth, eighth),
         "seq+fsync32": (7 * eighth, eighth),
+        "randspan": (size, span),
     }
 
 
@@ -428,7 +449,8 @@ def combine_runs(runs):
 def run_target(ctx, target, rep):
     """All jobs against one target; returns {job: result}."""
     res = {}
-    regs = regions(ctx.size)
+    regs = regions(ctx.size, ctx.rand_span)
+    jobs = target.jobs()
     log(f"rep {rep + 1}: {target.label()}: preparing")
     target.prepare()
     target.start()
@@ -442,6 +464,8 @@ def run_target(ctx, target, rep):
                 start, length = regs[variant]
                 sync = variant.endswith("fsync32")
                 name = f"4k-write-{phase}" + ("+fsync32" if sync else "")
+                if name not in jobs:
+                    continue
                 base_args = [f"--rw=write:{COW_GRAIN - 4 * KiB}", "--bs=4k", f"--offset={start}"]
                 if sync:
                     base_args.append(f"--fsync={SYNC_EVERY}")
@@ -482,10 +506,21 @@ def run_target(ctx, target, rep):
                 halves = abba(rep, "origin", "reference", over)
                 res[name] = combine_runs(halves["origin"])
                 res[name + "-ref"] = combine_runs(halves["reference"])
+        if RANDOM_JOB in jobs:
+            # Timed after a warm-up: with N = 1 the warm-up takes most of the copies (the span
+            # has 1,024 chunks), and the figure is what a database sees once it runs.
+            start, length = regs["randspan"]
+            os.sync()
+            res[RANDOM_JOB] = fio(ctx, target, "origin", RANDOM_JOB,
+                                  ["--rw=randwrite", "--bs=4k", f"--offset={start}", f"--size={length}",
+                                   f"--fsync={SYNC_EVERY}", "--time_based", f"--runtime={ctx.rand_runtime}",
+                                   f"--ramp_time={ctx.rand_ramp}"], "write")
         for variant in ("seq", "seq+fsync32"):
             start, length = regs[variant]
             extra = [f"--fsync={SYNC_EVERY}"] if variant.endswith("fsync32") else []
             name = "seqwrite-1M" + ("+fsync32" if extra else "")
+            if name not in jobs:
+                continue
             os.sync()
             res[name] = fio(ctx, target, "origin", name,
                             ["--rw=write", "--bs=1M", f"--offset={start}", f"--size={length}",
@@ -500,7 +535,9 @@ def run_target(ctx, target, rep):
             fio(ctx, target, view, f"warm-{name}",
                 ["--rw=read", "--bs=1M", f"--size={ctx.size}"], "read")
 
-        if not target.snaps:
+        if "randread-origin" not in jobs:
+            pass
+        elif not target.snaps:
             os.sync()
             warm("origin", "randread-origin")
             res["randread-origin"] = fio(ctx, target, "origin", "randread-origin", read_args, "read")
@@ -529,11 +566,19 @@ def run_target(ctx, target, rep):
     return res
 
 
+RANDOM_JOB = "4k-randwrite+fsync32"
 JOBS = [
     "4k-write-first", "4k-write-first+fsync32",
     "4k-write-over", "4k-write-over+fsync32",
     "seqwrite-1M", "seqwrite-1M+fsync32",
+    RANDOM_JOB,
     "randread-snap", "randread-origin",
+]
+# On XFS: the jobs whose copy-on-write a shared extent changes.
+XFS_JOBS = [
+    "4k-write-first", "4k-write-first+fsync32",
+    "seqwrite-1M", "seqwrite-1M+fsync32",
+    RANDOM_JOB,
 ]
 
 
@@ -574,11 +619,17 @@ def report(ctx, results, targets, meta):
     """Markdown: per-job tables, ratios, target checks."""
     out = []
     w = out.append
+    # Targets that never ran (the XFS variant where this machine cannot make one) have no rows.
+    targets = [t for t in targets if any(t.label() in rr for rr in results)]
     w(f"Run: {meta['date']}, `{meta['command']}`")
     w("")
+    if meta.get("xfs"):
+        w(f"XFS variant: {meta['xfs']}")
+        w("")
     w(f"Volume {fmt_size(ctx.size)}; write regions: random {fmt_size(regions(ctx.size)['rand'][1])} "
       f"each ({regions(ctx.size)['rand'][1] // COW_GRAIN:,} blocks of 64 KiB), sequential "
-      f"{fmt_size(regions(ctx.size)['seq'][1])} each; write runtime cap {ctx.runtime} s, overwrites "
+      f"{fmt_size(regions(ctx.size)['seq'][1])} each, random flush job {fmt_size(ctx.rand_span)} "
+      f"({ctx.rand_runtime} s after {ctx.rand_ramp} s); write runtime cap {ctx.runtime} s, overwrites "
       f"{ctx.over_runtime} s, reads {ctx.read_runtime} s; iodepth {QD}; {ctx.reps} repetition(s), medians shown. "
       f"Load average (1 min) at start {fnum(meta.get('load_start'), 2)}, end {fnum(meta.get('load_end'), 2)}; "
       f"per-job load is the median of the 1-min load when each run started.")
@@ -613,10 +664,11 @@ def report(ctx, results, targets, meta):
     nbdkit = next((t for t in targets if t.kind == "nbdkit"), None)
     w("**Ratios of median IOPS, pair by pair (same N, same job)**")
     w("")
-    peers = [(f"÷ qemu {c}", lambda t, c=c: next((q for q in qemus if q.snaps == t.snaps and q.cache == c), None))
+    peers = [(f"÷ qemu {c}", lambda t, c=c: next(
+        (q for q in qemus if q.snaps == t.snaps and q.cache == c and q.fs == t.fs), None))
              for c in ctx.args.qemu_cache]
     if nbdkit:
-        peers.append(("÷ nbdkit", lambda t: nbdkit))
+        peers.append(("÷ nbdkit", lambda t: nbdkit if t.fs == nbdkit.fs else None))
     w("| multisnap | job | " + " | ".join(p for p, _ in peers) + " |")
     w("|---|---|" + "---:|" * len(peers))
     for t in ms:
@@ -637,9 +689,13 @@ def report(ctx, results, targets, meta):
     checks = []
     by_chunk = {}
     for t in ms:
-        by_chunk.setdefault(t.chunk, {})[t.snaps] = t
-    for chunk, by_n in by_chunk.items():
-        cs = "" if len(by_chunk) == 1 else f" (chunk {fmt_size(chunk)})"
+        by_chunk.setdefault((t.chunk, t.fs), {})[t.snaps] = t
+    chunks = {c for c, _ in by_chunk}
+    for (chunk, fs), by_n in by_chunk.items():
+        cs = "" if len(chunks) == 1 else f" (chunk {fmt_size(chunk)})"
+        cs += " on xfs" if fs == "xfs" else ""
+        first = len(checks)
+        peers_of = lambda n: [q for q in qemus if q.snaps == n and q.fs == fs]  # noqa: E731
         base = by_n.get(0)
         for n, t in sorted(by_n.items()):
             if n == 0:
@@ -667,14 +723,35 @@ def report(ctx, results, targets, meta):
             for v in ("", "+fsync32"):
                 r = ratio(iops(by_n[1000].label(), "4k-write-first" + v), iops(by_n[1].label(), "4k-write-first" + v))
                 checks.append((f"first-write{v} N=1000 ≥ 0.9× N=1{cs}", r, 0.9))
+        for n, t in sorted(by_n.items()):
+            if n in (1, 16, 1000) and base:
+                # What a copy-out costs: first writes after a snapshot against the same job on
+                # a volume without snapshots, which copies nothing.
+                for v in ("", "+fsync32"):
+                    job = "4k-write-first" + v
+                    r = ratio(iops(t.label(), job), iops(base.label(), job))
+                    checks.append((f"first-write{v} N={n} ≥ 0.25× N=0{cs}", r, 0.25))
         for n in (1, 16, 64):
             if n not in by_n:
                 continue
             t = by_n[n]
-            for q in (q for q in qemus if q.snaps == n):
+            for q in peers_of(n):
                 for job in JOBS[:4]:
+                    if job not in t.jobs():
+                        continue
                     r = ratio(iops(t.label(), job), iops(q.label(), job))
                     checks.append((f"{job} N={n} ≥ 1.5× qemu cache={q.cache}{cs}", r, 1.5))
+                if n == 1:
+                    # qcow2 redirects a first write; multisnap copies the old chunk out first.
+                    # Where the copy shares extents (XFS) it should cost next to nothing.
+                    need = 0.9 if fs == "xfs" else 0.65
+                    r = ratio(iops(t.label(), "seqwrite-1M"), iops(q.label(), "seqwrite-1M"))
+                    checks.append((f"seqwrite-1M N=1 ≥ {need}× qemu cache={q.cache}{cs}", r, need))
+        for n in (0, 1):
+            if n in by_n:
+                for q in peers_of(n):
+                    r = ratio(iops(by_n[n].label(), RANDOM_JOB), iops(q.label(), RANDOM_JOB))
+                    checks.append((f"{RANDOM_JOB} N={n} ≥ 1.5× qemu cache={q.cache}{cs}", r, 1.5))
         for n, t in sorted(by_n.items()):
             if n:
                 # Judged on the paired ratio: both reads of one repetition run against the same
@@ -689,6 +766,9 @@ def report(ctx, results, targets, meta):
                     detail = (f" (median of {len(paired)} per-repetition ratios, "
                               f"{min(paired):.2f}–{max(paired):.2f}; ratio of medians {fnum(of_medians, 2)}×)")
                 checks.append((f"snapshot read N={n} ≥ 0.9× origin read{cs}", r, 0.9, detail))
+        if fs == "xfs":
+            # The XFS variant runs a few jobs only: no row for the ones it does not run.
+            checks[first:] = [c for c in checks[first:] if c[1] is not None]
     for what, r, need, *detail in checks:
         w(f"| {what} | {fnum(r, 2)}×{''.join(detail)} | {'–' if r is None else ('yes' if r >= need else '**no**')} |")
     w("")
@@ -748,6 +828,15 @@ def parse_args(argv):
                          "a volume without snapshots overwritten alongside (A B B A)")
     ap.add_argument("--qemu-cache", help="qemu-nbd cache modes, comma-separated: writeback,none (default both; quick writeback)")
     ap.add_argument("--targets", default="raw,raw-direct,nbdkit,multisnap,qemu", help="which targets to run")
+    ap.add_argument("--xfs", choices=("auto", "off", "only"), default="auto",
+                    help="the XFS variant: multisnap and qemu-nbd again with their images on an XFS made on a "
+                         "loop device (auto: where this machine can, else the report says why not; only: "
+                         "nothing else)")
+    ap.add_argument("--xfs-snapshots",
+                    help="snapshot counts of the XFS variant, comma-separated (default 0,1; smoke 1)")
+    ap.add_argument("--rand-span", type=parse_size, help="the random flush job's span (default 64M; smoke 8M)")
+    ap.add_argument("--rand-runtime", type=int, help="the random flush job's timed seconds (default 10; quick 5)")
+    ap.add_argument("--rand-ramp", type=int, help="its untimed warm-up before, seconds (default 3; quick 2)")
     ap.add_argument("--agent", help="multisnap-agent binary (default: cargo build --release)")
     ap.add_argument("--work-dir", help="where images go (default: a new dir under /var/tmp)")
     ap.add_argument("--keep", action="store_true", help="keep images and fio outputs")
@@ -759,11 +848,14 @@ def parse_args(argv):
     args = ap.parse_args(argv)
 
     if args.smoke:
-        dflt = dict(size=32 * MiB, runtime=1, read_runtime=1, over_runtime=1, reps=1, snapshots="0,1", qemu_cache="writeback")
+        dflt = dict(size=32 * MiB, runtime=1, read_runtime=1, over_runtime=1, reps=1, snapshots="0,1", qemu_cache="writeback",
+                    rand_span=8 * MiB, rand_runtime=1, rand_ramp=0, xfs_snapshots="1")
     elif args.quick:
-        dflt = dict(size=512 * MiB, runtime=5, read_runtime=3, over_runtime=3, reps=1, snapshots="0,1,64,1000", qemu_cache="writeback")
+        dflt = dict(size=512 * MiB, runtime=5, read_runtime=3, over_runtime=3, reps=1, snapshots="0,1,64,1000", qemu_cache="writeback",
+                    rand_span=RAND_SPAN, rand_runtime=5, rand_ramp=2, xfs_snapshots="0,1")
     else:
-        dflt = dict(size=1 * GiB, runtime=10, read_runtime=5, over_runtime=5, reps=3, snapshots="0,1,16,64,1000", qemu_cache="writeback,none")
+        dflt = dict(size=1 * GiB, runtime=10, read_runtime=5, over_runtime=5, reps=3, snapshots="0,1,16,64,1000", qemu_cache="writeback,none",
+                    rand_span=RAND_SPAN, rand_runtime=10, rand_ramp=3, xfs_snapshots="0,1")
     for k, v in dflt.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -771,9 +863,12 @@ def parse_args(argv):
     args.qemu_snapshots = (args.snapshots if args.qemu_snapshots is None
                            else [int(x) for x in args.qemu_snapshots.split(",")])
     args.chunk_sizes = [parse_size(x) for x in args.chunk_sizes.split(",")]
+    args.xfs_snapshots = [int(x) for x in args.xfs_snapshots.split(",")]
     args.qemu_cache = [x.strip() for x in args.qemu_cache.split(",") if x.strip()]
     if args.size % (8 * MiB):
         ap.error("--size must be a multiple of 8 MiB")
+    if args.rand_span % MiB or args.rand_span <= 0:
+        ap.error("--rand-span must be a positive multiple of 1 MiB")
     return args
 
 
@@ -782,8 +877,12 @@ class Ctx:
         self.args = args
         self.size, self.runtime, self.read_runtime, self.reps = args.size, args.runtime, args.read_runtime, args.reps
         self.over_runtime = args.over_runtime
+        self.rand_span, self.rand_runtime, self.rand_ramp = args.rand_span, args.rand_runtime, args.rand_ramp
+        # Every image holds the volume and, past it, the random flush job's span.
+        self.image_size = self.size + self.rand_span
         self.work = args.work_dir or os.path.join("/var/tmp", f"multisnap-nbd-bench-{os.getpid()}")
         self.seed = os.path.join(self.work, "seed.img")
+        self.xfs_work = os.path.join(self.work, "xfs-mnt")
 
 
 def make_targets(ctx):
@@ -791,20 +890,70 @@ def make_targets(ctx):
     args = ctx.args
     wanted = {x.strip() for x in args.targets.split(",")}
     targets = []
-    if "raw" in wanted:
+    host = args.xfs != "only"
+    if "raw" in wanted and host:
         targets.append(RawTarget(ctx, direct=False))
-    if "raw-direct" in wanted:
+    if "raw-direct" in wanted and host:
         targets.append(RawTarget(ctx, direct=True))
-    if "nbdkit" in wanted:
+    if "nbdkit" in wanted and host:
         targets.append(NbdkitTarget(ctx))
-    for n in args.snapshots:
-        if "multisnap" in wanted:
-            for c in args.chunk_sizes:
-                targets.append(MultisnapTarget(ctx, n, c))
-        if "qemu" in wanted and n in args.qemu_snapshots:
-            for c in args.qemu_cache:
-                targets.append(QemuTarget(ctx, n, c))
+    filesystems = (["host"] if host else []) + (["xfs"] if args.xfs != "off" else [])
+    for fs in filesystems:
+        for n in args.snapshots if fs == "host" else args.xfs_snapshots:
+            if "multisnap" in wanted:
+                for c in args.chunk_sizes:
+                    targets.append(MultisnapTarget(ctx, n, c, fs))
+            if "qemu" in wanted and (n in args.qemu_snapshots or fs == "xfs"):
+                for c in args.qemu_cache:
+                    targets.append(QemuTarget(ctx, n, c, fs))
     return targets
+
+
+class LoopXfs:
+    """An XFS with reflink on, made for the run on a loop device over a sparse file in the work
+    directory and mounted at `ctx.xfs_work`; `unavailable()` says why this machine cannot."""
+
+    def __init__(self, ctx):
+        self.mnt = ctx.xfs_work
+        self.image = os.path.join(ctx.work, "xfs.img")
+        # Room for the largest target at once: a multisnap origin and store beside a reference
+        # volume's, with the store filled by copies (XFS refuses less than 300 MB).
+        self.size = max(512 * MiB, 5 * ctx.image_size)
+        self.dev = None
+
+    @staticmethod
+    def unavailable():
+        if os.geteuid() != 0:
+            return "making a loop device needs root"
+        missing = [t for t in ("losetup", "mkfs.xfs", "mount", "umount") if not shutil.which(t)]
+        if missing:
+            return f"{', '.join(missing)} not installed (bash .ci/install-deps installs xfsprogs)"
+        if not os.path.exists("/dev/loop-control"):
+            return "no loop device support here (/dev/loop-control is missing)"
+        return None
+
+    def mount(self):
+        """Makes and mounts the filesystem; returns why not, or None."""
+        why = self.unavailable()
+        if why:
+            return why
+        with open(self.image, "wb") as f:
+            f.truncate(self.size)
+        try:
+            self.dev = run(["losetup", "--find", "--show", self.image]).stdout.strip()
+            run(["mkfs.xfs", "-q", "-f", "-m", "reflink=1", self.dev])
+            os.makedirs(self.mnt, exist_ok=True)
+            run(["mount", self.dev, self.mnt])
+        except RuntimeError as e:
+            self.unmount()
+            return f"could not make it ({e})"
+        return None
+
+    def unmount(self):
+        if self.dev:
+            subprocess.run(["umount", self.mnt], capture_output=True)
+            subprocess.run(["losetup", "-d", self.dev], capture_output=True)
+            self.dev = None
 
 
 def report_from(path, out_md):
@@ -843,9 +992,18 @@ def main():
     cmdline = "python3 bench/nbd/run.py " + " ".join(sys.argv[1:])
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": cmdline.strip(), "argv": sys.argv[1:],
             "load_start": load1(), "per_target": {}}
-    log(f"seed image {fmt_size(ctx.size)} in {ctx.work}")
-    make_seed(ctx.seed, ctx.size)
+    log(f"seed image {fmt_size(ctx.image_size)} in {ctx.work}")
+    make_seed(ctx.seed, ctx.image_size)
     results = []
+    xfs = LoopXfs(ctx)
+    if any(t.fs == "xfs" for t in targets):
+        why = xfs.mount()
+        if why:
+            log(f"SKIP the XFS variant: {why}")
+            meta["xfs"] = f"skipped: {why}"
+            targets = [t for t in targets if t.fs != "xfs"]
+        else:
+            meta["xfs"] = f"an XFS of {fmt_size(xfs.size)} (reflink=1) on {xfs.dev}, mounted for the run"
     try:
         for rep in range(ctx.reps):
             rr = {}
@@ -871,6 +1029,7 @@ def main():
                     with open(args.out_json, "w") as f:
                         json.dump({"meta": meta, "runs": results}, f, indent=1)
     finally:
+        xfs.unmount()
         if not args.keep:
             shutil.rmtree(ctx.work, ignore_errors=True)
     meta["load_end"] = load1()
