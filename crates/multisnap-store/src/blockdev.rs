@@ -34,6 +34,31 @@ pub trait BlockDev: Send + Sync {
         let _ = offset;
         Ok(vec![(len, true)])
     }
+
+    /// The open regular file or block device behind this device, so another device can ask the
+    /// kernel to copy between the two ([`BlockDev::copy_from`]). `None` for anything else.
+    fn as_file(&self) -> Option<&File> {
+        None
+    }
+
+    /// Whether [`BlockDev::copy_from`] can copy from `source` into this device at offsets and
+    /// lengths that are multiples of `granularity`. Asked once, when a store opens.
+    fn can_copy_from(&self, source: &dyn BlockDev, granularity: u64) -> bool {
+        let _ = (source, granularity);
+        false
+    }
+
+    /// Copies `len` bytes at `from` on `source` to `to` on this device without passing them
+    /// through the caller: on files of one filesystem, `copy_file_range(2)` (the filesystem
+    /// shares the extent where it can, XFS and btrfs, or copies in the kernel). The copy is
+    /// like a [`BlockDev::write_at`] of the same bytes: durable after the next
+    /// [`BlockDev::flush`] of this device, not before. `Ok(false)` when this pair cannot copy
+    /// so after all (the kernel refused it); then the caller writes the bytes itself, whatever
+    /// part of the range was copied already.
+    fn copy_from(&self, source: &dyn BlockDev, from: u64, to: u64, len: usize) -> io::Result<bool> {
+        let _ = (source, from, to, len);
+        Ok(false)
+    }
 }
 
 /// `grow_to` of a device that cannot be extended: fine when it holds `wanted` bytes already,
@@ -78,6 +103,66 @@ impl FileDev {
     }
 }
 
+/// The block size of the filesystem holding `file` (`fstatfs`): the unit extents are shared in.
+fn fs_block_size(file: &File) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fstatfs fills the zeroed struct it is given for a descriptor we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
+    (r == 0 && st.f_bsize > 0).then_some(st.f_bsize as u64)
+}
+
+/// Errors with which `copy_file_range` says it cannot copy between these two files at all
+/// (other filesystems, a filesystem or kernel without it, files it does not take), as opposed
+/// to an I/O error of a copy it attempted.
+fn copy_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EXDEV | libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS)
+    )
+}
+
+/// `copy_file_range` of `len` bytes, `from` in `src` to `to` in `dst`, looping over short
+/// copies; `Ok(false)` when the kernel refuses the pair (see [`copy_refused`]).
+fn copy_file_range_all(src: &File, dst: &File, from: u64, to: u64, len: usize) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let offset =
+        |o: u64| libc::loff_t::try_from(o).map_err(|_| io::Error::other("offset overflow"));
+    let mut done = 0usize;
+    while done < len {
+        let mut off_in = offset(from + done as u64)?;
+        let mut off_out = offset(to + done as u64)?;
+        // SAFETY: both descriptors are open files we own; the offsets are our own variables,
+        // so the files' positions are neither used nor moved.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                len - done,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                _ if copy_refused(&e) => return Ok(false),
+                _ => return Err(e),
+            }
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "copy_file_range: the source ends before the range",
+            ));
+        }
+        done += n as usize;
+    }
+    Ok(true)
+}
+
 /// `lseek(fd, offset, whence)` for SEEK_DATA / SEEK_HOLE; `None` past the last data (ENXIO).
 fn seek_extent(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
     use std::os::fd::AsRawFd;
@@ -104,6 +189,30 @@ impl BlockDev for FileDev {
     }
     fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+    fn as_file(&self) -> Option<&File> {
+        Some(&self.file)
+    }
+    /// Both regular files of one filesystem (`copy_file_range` takes nothing else since Linux
+    /// 5.19), and `granularity` a multiple of its block size, the unit a shared extent needs.
+    fn can_copy_from(&self, source: &dyn BlockDev, granularity: u64) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(src) = source.as_file() else {
+            return false;
+        };
+        let (Ok(a), Ok(b)) = (src.metadata(), self.file.metadata()) else {
+            return false;
+        };
+        a.is_file()
+            && b.is_file()
+            && a.dev() == b.dev()
+            && fs_block_size(&self.file).is_some_and(|bs| granularity.is_multiple_of(bs))
+    }
+    fn copy_from(&self, source: &dyn BlockDev, from: u64, to: u64, len: usize) -> io::Result<bool> {
+        match source.as_file() {
+            Some(src) => copy_file_range_all(src, &self.file, from, to, len),
+            None => Ok(false),
+        }
     }
     fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {
         let end = offset + len;
@@ -154,22 +263,45 @@ impl BlockDev for FileDev {
     }
 }
 
+/// [`BlockDev::copy_from`] of a simulated device: the source's bytes read and written as one
+/// write, which is what the copy is to the device's cache, so the store's copy path runs on
+/// RAM disks and power-cut simulations with the same ordering it has on files.
+pub(crate) fn copy_as_one_write(
+    dst: &dyn BlockDev,
+    source: &dyn BlockDev,
+    from: u64,
+    to: u64,
+    len: usize,
+) -> io::Result<bool> {
+    let mut buf = vec![0u8; len];
+    source.read_at(&mut buf, from)?;
+    dst.write_at(&buf, to)?;
+    Ok(true)
+}
+
 /// A RAM disk. Flush is a no-op: it never loses anything (see `fault::CrashDev` for one that
 /// does).
 pub struct MemDev {
     data: RwLock<Vec<u8>>,
+    /// Takes [`BlockDev::copy_from`] from any device (see [`MemDev::copying`]).
+    copies: bool,
 }
 
 impl MemDev {
     pub fn new(size: u64) -> Self {
-        MemDev {
-            data: RwLock::new(vec![0; size as usize]),
-        }
+        MemDev::from_vec(vec![0; size as usize])
     }
     pub fn from_vec(data: Vec<u8>) -> Self {
         MemDev {
             data: RwLock::new(data),
+            copies: false,
         }
+    }
+    /// This device, taking [`BlockDev::copy_from`] from any other: a store on it copies out the
+    /// way it does between files of one filesystem.
+    pub fn copying(mut self) -> Self {
+        self.copies = true;
+        self
     }
     pub fn contents(&self) -> Vec<u8> {
         self.data.read().clone()
@@ -212,6 +344,15 @@ impl BlockDev for MemDev {
         }
         Ok(())
     }
+    fn can_copy_from(&self, _source: &dyn BlockDev, _granularity: u64) -> bool {
+        self.copies
+    }
+    fn copy_from(&self, source: &dyn BlockDev, from: u64, to: u64, len: usize) -> io::Result<bool> {
+        if !self.copies {
+            return Ok(false);
+        }
+        copy_as_one_write(self, source, from, to, len)
+    }
 }
 
 impl<T: BlockDev + ?Sized> BlockDev for std::sync::Arc<T> {
@@ -232,5 +373,14 @@ impl<T: BlockDev + ?Sized> BlockDev for std::sync::Arc<T> {
     }
     fn grow_to(&self, size: u64) -> io::Result<()> {
         (**self).grow_to(size)
+    }
+    fn as_file(&self) -> Option<&File> {
+        (**self).as_file()
+    }
+    fn can_copy_from(&self, source: &dyn BlockDev, granularity: u64) -> bool {
+        (**self).can_copy_from(source, granularity)
+    }
+    fn copy_from(&self, source: &dyn BlockDev, from: u64, to: u64, len: usize) -> io::Result<bool> {
+        (**self).copy_from(source, from, to, len)
     }
 }

@@ -120,6 +120,8 @@ struct DevState {
 pub struct CrashDev {
     rail: Arc<PowerRail>,
     state: Mutex<DevState>,
+    /// Takes [`BlockDev::copy_from`] (see [`CrashDev::copying`]).
+    copies: bool,
 }
 
 impl CrashDev {
@@ -136,7 +138,17 @@ impl CrashDev {
                 current: image,
                 pending: Vec::new(),
             }),
+            copies: false,
         }
+    }
+
+    /// This device, taking [`BlockDev::copy_from`] from any other. A copy is one write on the
+    /// rail into the volatile cache, lost, kept or torn by a cut like any other unflushed
+    /// write: what `copy_file_range` into a file is until its `fdatasync` (a shared extent
+    /// that never reached the disk is not there after the cut).
+    pub fn copying(mut self) -> Self {
+        self.copies = true;
+        self
     }
 
     /// Number of writes not yet made durable by a flush.
@@ -260,5 +272,16 @@ impl BlockDev for CrashDev {
         }
         s.current.resize(size, 0);
         Ok(())
+    }
+
+    fn can_copy_from(&self, _source: &dyn BlockDev, _granularity: u64) -> bool {
+        self.copies
+    }
+
+    fn copy_from(&self, source: &dyn BlockDev, from: u64, to: u64, len: usize) -> io::Result<bool> {
+        if !self.copies {
+            return Ok(false);
+        }
+        crate::blockdev::copy_as_one_write(self, source, from, to, len)
     }
 }

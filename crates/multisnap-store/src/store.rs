@@ -145,6 +145,8 @@ pub struct StoreStats {
     pub origin_size: u64,
     pub copies_total: u64,
     pub bytes_copied_total: u64,
+    /// Copy-outs since open that the kernel made (`copy_file_range`), not the store.
+    pub kernel_copies_total: u64,
     pub exceptions: u64,
     pub snapshots: u64,
     pub store_bytes: u64,
@@ -215,6 +217,12 @@ pub struct Store {
     barrier: RwLock<()>,
     stripes: Vec<RwLock<()>>,
     bytes_copied: AtomicU64,
+    /// Copy-outs go through `BlockDev::copy_from` (the kernel copies, or shares the extent):
+    /// set at open where the store device says it can copy from the origin, cleared for good
+    /// if the kernel refuses (see `copy_chunk`).
+    kernel_copy: AtomicBool,
+    /// Chunks copied out that way since open.
+    kernel_copies: AtomicU64,
     /// Writes went into committed private chunks in place since the last store flush.
     private_data_unflushed: AtomicBool,
     /// Counts the writes that returned, so a burst of flushes shares one (`VolumeView::flush`).
@@ -521,6 +529,7 @@ impl Store {
             origin_size: self.origin_size(),
             copies_total: m.copies_total,
             bytes_copied_total: self.bytes_copied.load(Ordering::Relaxed),
+            kernel_copies_total: self.kernel_copies.load(Ordering::Relaxed),
             exceptions: m.exception_count,
             snapshots: m.live.len() as u64,
             store_bytes: m.pager.alloc.total_blocks() * BLOCK_SIZE as u64,
@@ -552,6 +561,23 @@ impl Store {
             chunks_hydrated_total: self.chunks_hydrated.load(Ordering::Relaxed),
             bytes_hydrated_total: self.bytes_hydrated.load(Ordering::Relaxed),
         }
+    }
+
+    /// Whether copy-outs go through the kernel (`copy_file_range`) now.
+    pub fn kernel_copy(&self) -> bool {
+        self.kernel_copy.load(Ordering::Relaxed)
+    }
+
+    /// Lets copy-outs go through the kernel where the devices allow it (the default), or makes
+    /// them read and write through memory (`false`), e.g. to compare the two. Returns whether
+    /// they go through the kernel now.
+    pub fn allow_kernel_copy(&self, allowed: bool) -> bool {
+        let on = allowed
+            && self
+                .dev
+                .can_copy_from(&*self.origin, self.chunk_size as u64);
+        self.kernel_copy.store(on, Ordering::Relaxed);
+        on
     }
 
     /// The store device (for `verify` of an open store in tests).

@@ -104,7 +104,11 @@ fn run(
         rail.cut_at_write(k);
     }
     let origin = Arc::new(CrashDev::from_image(rail.clone(), base.origin.clone()));
-    let dev = Arc::new(CrashDev::from_image(rail.clone(), base.store.clone()));
+    // Odd seeds copy out through the store device (`BlockDev::copy_from`), even ones through
+    // memory: both orderings meet pipelined commits.
+    let kernel_copy = seed % 2 == 1;
+    let dev = CrashDev::from_image(rail.clone(), base.store.clone());
+    let dev = Arc::new(if kernel_copy { dev.copying() } else { dev });
     let store = Arc::new(
         Store::open(
             origin.clone(),
@@ -163,6 +167,14 @@ fn run(
         .into_iter()
         .map(|h| h.join().expect("writer thread"))
         .collect();
+    if cut_at.is_none() {
+        let copies = store.stats().kernel_copies_total;
+        assert_eq!(
+            copies > 0,
+            kernel_copy,
+            "seed {seed}: {copies} kernel copies"
+        );
+    }
     // Power off without a clean close.
     rail.cut_now();
     drop(store);

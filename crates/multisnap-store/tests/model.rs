@@ -286,6 +286,8 @@ struct Harness {
     store: Option<Store>,
     model: Model,
     step: usize,
+    /// The store device takes copy-outs itself (`MemDev::copying`).
+    kernel_copy: bool,
 }
 
 impl Harness {
@@ -294,7 +296,10 @@ impl Harness {
         // wrong chunk) cannot pass by accident.
         let initial = pattern(seed, origin_size as usize);
         let origin = Arc::new(MemDev::from_vec(initial.clone()));
-        let dev = Arc::new(MemDev::new(store_size));
+        // Odd seeds copy out through the store device (`BlockDev::copy_from`), as between two
+        // files of one filesystem; even ones through memory.
+        let dev = MemDev::new(store_size);
+        let dev = Arc::new(if seed % 2 == 1 { dev.copying() } else { dev });
         let opts = CreateOptions {
             chunk_size: cs,
             cache_bytes: 0,
@@ -307,6 +312,7 @@ impl Harness {
             store: Some(store),
             model: Model::new(cs as u64, initial),
             step: 0,
+            kernel_copy: seed % 2 == 1,
         }
     }
 
@@ -363,6 +369,16 @@ impl Harness {
 
     fn check_counters(&self) {
         let stats = self.store().stats();
+        // Copy-outs went the way this case chose.
+        assert_eq!(
+            self.store().kernel_copy(),
+            self.kernel_copy,
+            "step {}",
+            self.step
+        );
+        if !self.kernel_copy {
+            assert_eq!(stats.kernel_copies_total, 0, "step {}", self.step);
+        }
         assert_eq!(
             stats.copies_total, self.model.copies,
             "step {}: copies_total disagrees with the model",

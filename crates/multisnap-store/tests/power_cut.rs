@@ -11,6 +11,10 @@
 //! agent does on start) with the power cut at every write of that, and what survives must
 //! pass the same checks.
 //!
+//! Every workload runs twice: with copy-outs read and written through memory, and with the
+//! store device taking them as kernel copies (`BlockDev::copy_from`, what `copy_file_range`
+//! does between files of one filesystem), each a write into its volatile cache.
+//!
 //! `MULTISNAP_CRASH_SEEDS=N` raises the number of workloads for a soak.
 
 mod common;
@@ -35,11 +39,20 @@ const SMALL_STORE: usize = 440 * 1024;
 struct Setup {
     store: usize,
     policy: FullPolicy,
+    /// Copy-outs through `BlockDev::copy_from` rather than a read and a write.
+    kernel_copy: bool,
 }
 
 const ROOMY: Setup = Setup {
     store: STORE,
     policy: FullPolicy::Error,
+    kernel_copy: false,
+};
+
+/// The same, with copy-outs made by the store device (`CrashDev::copying`).
+const ROOMY_KERNEL_COPY: Setup = Setup {
+    kernel_copy: true,
+    ..ROOMY
 };
 const CHUNK: u32 = 4096;
 
@@ -125,6 +138,8 @@ struct Outcome {
     maybe_created: Option<(String, Vec<u8>)>,
     /// A snapshot whose deletion was interrupted: it may still exist, intact.
     maybe_deleted: Option<(String, Image)>,
+    /// Copy-outs the store device made itself (`StoreStats::kernel_copies_total`).
+    kernel_copies: u64,
 }
 
 struct Rig {
@@ -158,9 +173,14 @@ fn run(ops: &[Op], base: &(Vec<u8>, Vec<u8>), setup: Setup, cut_at: Option<u64>)
     if let Some(k) = cut_at {
         rail.cut_at_write(k);
     }
+    let store_dev = CrashDev::from_image(rail.clone(), base.1.clone());
     let rig = Rig {
         origin: Arc::new(CrashDev::from_image(rail.clone(), base.0.clone())),
-        store_dev: Arc::new(CrashDev::from_image(rail.clone(), base.1.clone())),
+        store_dev: Arc::new(if setup.kernel_copy {
+            store_dev.copying()
+        } else {
+            store_dev
+        }),
         rail,
     };
     let mut out = Outcome {
@@ -172,6 +192,7 @@ fn run(ops: &[Op], base: &(Vec<u8>, Vec<u8>), setup: Setup, cut_at: Option<u64>)
         snapshots: BTreeMap::new(),
         maybe_created: None,
         maybe_deleted: None,
+        kernel_copies: 0,
     };
     let store = match Store::open(rig.origin.clone(), rig.store_dev.clone(), 0) {
         Ok(s) => s,
@@ -270,6 +291,7 @@ fn run(ops: &[Op], base: &(Vec<u8>, Vec<u8>), setup: Setup, cut_at: Option<u64>)
             out.invalidations += 1;
         }
     }
+    out.kernel_copies = store.stats().kernel_copies_total;
     // Power off without a clean close: the Drop's final commit fails on a cut rail, and on an
     // uncut one it is cut first so nothing after the workload lands.
     rig.rail.cut_now();
@@ -365,11 +387,18 @@ fn check_recovered(origin_img: Vec<u8>, store_img: Vec<u8>, out: &Outcome, what:
 fn crash_every_write(seed: u64, ops: usize, setup: Setup) -> u64 {
     let base = format_rig(setup);
     let work = workload(seed, ops);
-    let (dry, _) = run(&work, &base, setup, None);
+    let (dry, dry_out) = run(&work, &base, setup, None);
     let total = dry.rail.writes();
     assert!(
         total > 20,
         "workload too small to be interesting ({total} writes)"
+    );
+    // The copy path under test is the one that ran.
+    assert_eq!(
+        dry_out.kernel_copies > 0,
+        setup.kernel_copy,
+        "seed {seed}: {} kernel copies in the uncut run",
+        dry_out.kernel_copies
     );
     let mut cases = 0;
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
@@ -479,22 +508,39 @@ fn power_cut_at_every_write() {
 }
 
 #[test]
-fn uncut_run_matches_the_model() {
-    let base = format_rig(ROOMY);
-    let mut work = workload(99, 80);
-    work.push(Op::Flush);
-    let (rig, mut out) = run(&work, &base, ROOMY, None);
-    // Nothing lost: the images with every write applied.
-    out.origin.flushed();
-    for img in out.snapshots.values_mut() {
-        img.flushed();
+fn power_cut_at_every_write_with_kernel_copies() {
+    let seeds: u64 = std::env::var("MULTISNAP_CRASH_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
+    let mut cases = 0;
+    for seed in 0..seeds {
+        cases += crash_every_write(seed, 50, ROOMY_KERNEL_COPY);
     }
-    check_recovered(
-        rig.origin.current_image(),
-        rig.store_dev.current_image(),
-        &out,
-        "no crash",
-    );
+    println!("power-cut cases checked with kernel copies: {cases}");
+    assert!(cases >= 2000, "only {cases} crash cases ran");
+}
+
+#[test]
+fn uncut_run_matches_the_model() {
+    for setup in [ROOMY, ROOMY_KERNEL_COPY] {
+        let base = format_rig(setup);
+        let mut work = workload(99, 80);
+        work.push(Op::Flush);
+        let (rig, mut out) = run(&work, &base, setup, None);
+        assert_eq!(out.kernel_copies > 0, setup.kernel_copy, "{setup:?}");
+        // Nothing lost: the images with every write applied.
+        out.origin.flushed();
+        for img in out.snapshots.values_mut() {
+            img.flushed();
+        }
+        check_recovered(
+            rig.origin.current_image(),
+            rig.store_dev.current_image(),
+            &out,
+            &format!("no crash, {setup:?}"),
+        );
+    }
 }
 
 /// The store fills up during the workload: with the error policy copying writes fail and the
@@ -507,6 +553,8 @@ fn power_cut_with_a_full_store() {
         let setup = Setup {
             store: SMALL_STORE,
             policy,
+            // One policy each way: both paths meet a full store.
+            kernel_copy: policy == FullPolicy::InvalidateOldest,
         };
         let base = format_rig(setup);
         // Workloads that really hit the full store (or this test proves nothing): the first

@@ -64,6 +64,13 @@ impl<D: BlockDev> BlockDev for Delayed<D> {
     fn grow_to(&self, size: u64) -> io::Result<()> {
         self.inner.grow_to(size)
     }
+    // A copy is a write to this device, which passes writes straight on.
+    fn can_copy_from(&self, source: &dyn BlockDev, granularity: u64) -> bool {
+        self.inner.can_copy_from(source, granularity)
+    }
+    fn copy_from(&self, source: &dyn BlockDev, from: u64, to: u64, len: usize) -> io::Result<bool> {
+        self.inner.copy_from(source, from, to, len)
+    }
 }
 
 #[derive(Default)]
@@ -134,6 +141,13 @@ impl<D: BlockDev> BlockDev for FlushGate<D> {
     }
     fn grow_to(&self, size: u64) -> io::Result<()> {
         self.inner.grow_to(size)
+    }
+    // A copy is a write to this device, which passes writes straight on.
+    fn can_copy_from(&self, source: &dyn BlockDev, granularity: u64) -> bool {
+        self.inner.can_copy_from(source, granularity)
+    }
+    fn copy_from(&self, source: &dyn BlockDev, from: u64, to: u64, len: usize) -> io::Result<bool> {
+        self.inner.copy_from(source, from, to, len)
     }
 }
 

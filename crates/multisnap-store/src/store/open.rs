@@ -246,6 +246,7 @@ impl Store {
     ) -> Store {
         let merge_hint = meta.revert.as_ref().map_or(u64::MAX, |r| r.cursor);
         let hydrate_hint = meta.clone.as_ref().map_or(u64::MAX, |c| c.cursor);
+        let kernel_copy = dev.can_copy_from(&*origin, meta.sb.chunk_size as u64);
         Store {
             chunk_size: meta.sb.chunk_size,
             origin_size: AtomicU64::new(meta.sb.origin_size),
@@ -268,6 +269,8 @@ impl Store {
             barrier: RwLock::new(()),
             stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
             bytes_copied: AtomicU64::new(0),
+            kernel_copy: AtomicBool::new(kernel_copy),
+            kernel_copies: AtomicU64::new(0),
             private_data_unflushed: AtomicBool::new(false),
             flush_coalescer: Default::default(),
             closed: Default::default(),

@@ -1,5 +1,5 @@
 use super::*;
-use crate::blockdev::MemDev;
+use crate::blockdev::{FileDev, MemDev};
 use std::sync::mpsc;
 
 const CHUNK: usize = 4096;
@@ -268,4 +268,125 @@ fn flushes_are_counted_once_each_and_only_when_they_succeed() {
         2,
         "every counted flush sits in one bucket"
     );
+}
+
+/// A store whose 16 origin chunks of 1s are kept by snapshot `s`, the first 8 overwritten
+/// with 2s (copied out): returns it and checks what every view reads.
+fn copy_out_half(origin: Arc<dyn BlockDev>, dev: Arc<dyn BlockDev>) -> (Store, SnapshotId) {
+    let opts = CreateOptions {
+        chunk_size: CHUNK as u32,
+        ..Default::default()
+    };
+    let store = Store::create(origin, dev, &opts).unwrap();
+    store.write_origin(0, &vec![1u8; 16 * CHUNK]).unwrap();
+    let snap = store.create_snapshot("s").unwrap().id;
+    store.write_origin(0, &vec![2u8; 8 * CHUNK]).unwrap();
+    store.flush().unwrap();
+    let mut buf = vec![0u8; 16 * CHUNK];
+    store.read(View::Snapshot(snap), 0, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 1), "the snapshot lost its data");
+    store.read(View::Origin, 0, &mut buf).unwrap();
+    assert!(buf[..8 * CHUNK].iter().all(|&b| b == 2));
+    assert!(buf[8 * CHUNK..].iter().all(|&b| b == 1));
+    let report = crate::verify(&*store.dev, Some(store.origin_size())).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    (store, snap)
+}
+
+#[test]
+fn copy_outs_go_through_the_kernel_between_files_of_one_filesystem() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Arc::new(FileDev::create_sparse(&dir.path().join("origin"), 1 << 20).unwrap());
+    let dev = Arc::new(FileDev::create_sparse(&dir.path().join("store"), 8 << 20).unwrap());
+    let (store, _) = copy_out_half(origin, dev);
+    assert!(store.kernel_copy());
+    assert_eq!(store.stats().kernel_copies_total, 8);
+    assert_eq!(store.stats().copies_total, 8);
+}
+
+#[test]
+fn a_memory_origin_is_copied_through_memory_into_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Arc::new(MemDev::new(1 << 20));
+    let dev = Arc::new(FileDev::create_sparse(&dir.path().join("store"), 8 << 20).unwrap());
+    let (store, _) = copy_out_half(origin, dev);
+    assert!(!store.kernel_copy());
+    assert_eq!(store.stats().kernel_copies_total, 0);
+}
+
+/// A store device that looks fit for kernel copies at open, then refuses each one after
+/// scribbling over part of the target (as a copy cut short would leave it).
+struct RefusesCopies {
+    inner: MemDev,
+    refused: AtomicU64,
+}
+
+impl BlockDev for RefusesCopies {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        self.inner.size()
+    }
+    fn grow_to(&self, size: u64) -> std::io::Result<()> {
+        self.inner.grow_to(size)
+    }
+    fn can_copy_from(&self, _source: &dyn BlockDev, _granularity: u64) -> bool {
+        true
+    }
+    fn copy_from(&self, _: &dyn BlockDev, _: u64, to: u64, len: usize) -> std::io::Result<bool> {
+        self.refused.fetch_add(1, Ordering::SeqCst);
+        self.inner.write_at(&vec![0xee; len / 2], to)?;
+        Ok(false)
+    }
+}
+
+#[test]
+fn a_refused_kernel_copy_falls_back_to_memory_for_good() {
+    let dev = Arc::new(RefusesCopies {
+        inner: MemDev::new(8 << 20),
+        refused: AtomicU64::new(0),
+    });
+    let origin = Arc::new(MemDev::new(1 << 20));
+    let (store, _) = copy_out_half(origin, dev.clone());
+    assert!(!store.kernel_copy());
+    assert_eq!(store.stats().kernel_copies_total, 0);
+    // Asked once: the first refusal turned the kernel path off.
+    assert_eq!(dev.refused.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn kernel_copies_can_be_turned_off_and_on() {
+    let origin = Arc::new(MemDev::new(1 << 20));
+    let dev = Arc::new(MemDev::new(8 << 20).copying());
+    let opts = CreateOptions {
+        chunk_size: CHUNK as u32,
+        ..Default::default()
+    };
+    let store = Store::create(origin, dev, &opts).unwrap();
+    assert!(
+        store.kernel_copy(),
+        "a copying device is used from the start"
+    );
+    store.write_origin(0, &vec![1u8; 4 * CHUNK]).unwrap();
+    let snap = store.create_snapshot("s").unwrap().id;
+    // Off: the first two copies go through memory.
+    assert!(!store.allow_kernel_copy(false));
+    store.write_origin(0, &vec![2u8; 2 * CHUNK]).unwrap();
+    assert_eq!(store.stats().kernel_copies_total, 0);
+    // On again: the other two through the device.
+    assert!(store.allow_kernel_copy(true));
+    store
+        .write_origin(2 * CHUNK as u64, &vec![2u8; 2 * CHUNK])
+        .unwrap();
+    assert_eq!(store.stats().kernel_copies_total, 2);
+    let mut buf = vec![0u8; 4 * CHUNK];
+    store.read(View::Snapshot(snap), 0, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 1));
 }

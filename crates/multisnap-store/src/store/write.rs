@@ -107,21 +107,11 @@ impl Store {
             }
         }
         let cs = self.chunk_size as u64;
-        let mut buf = vec![0u8; self.chunk_size as usize];
+        let mut buf = Vec::new();
         let mut copy_result = Ok(());
         for (need, target) in needs.iter().zip(&targets) {
             let len = self.chunk_len(need.chunk.0);
-            let from = need.chunk.0 * cs;
-            let to = target.0 * cs;
-            copy_result = self
-                .origin
-                .read_at(&mut buf[..len], from)
-                .map_err(|e| StoreError::io("origin", from, len, e))
-                .and_then(|()| {
-                    self.dev
-                        .write_at(&buf[..len], to)
-                        .map_err(|e| StoreError::io("store", to, len, e))
-                });
+            copy_result = self.copy_chunk(need.chunk.0 * cs, target.0 * cs, len, &mut buf);
             if copy_result.is_err() {
                 break;
             }
@@ -150,6 +140,36 @@ impl Store {
                 .fetch_add(self.chunk_len(need.chunk.0) as u64, Ordering::Relaxed);
         }
         Ok(m.pager.generation)
+    }
+
+    /// Copies `len` bytes of the origin at `from` into the store at `to`: by the kernel where
+    /// the store found at open that it can (`BlockDev::copy_from`), else through `buf`. Either
+    /// way the copy is only in the store device's cache until the commit that records it
+    /// flushes the device, before the origin may be overwritten (see `preserve`).
+    fn copy_chunk(&self, from: u64, to: u64, len: usize, buf: &mut Vec<u8>) -> Result<()> {
+        if self.kernel_copy.load(Ordering::Relaxed) {
+            match self.dev.copy_from(&*self.origin, from, to, len) {
+                Ok(true) => {
+                    self.kernel_copies.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Ok(false) => {
+                    // Refused though both looked fit at open (a filesystem without it, one
+                    // the files moved to): copy through memory from now on.
+                    if self.kernel_copy.swap(false, Ordering::Relaxed) {
+                        tracing::info!(volume = %self.volume_name, "the kernel refused to copy from the origin into the store; copying through memory");
+                    }
+                }
+                Err(e) => return Err(StoreError::io("store", to, len, e)),
+            }
+        }
+        buf.resize(len, 0);
+        self.origin
+            .read_at(&mut buf[..len], from)
+            .map_err(|e| StoreError::io("origin", from, len, e))?;
+        self.dev
+            .write_at(&buf[..len], to)
+            .map_err(|e| StoreError::io("store", to, len, e))
     }
 
     /// Writes to a writable snapshot. Each chunk it touches first gets a private copy (the
