@@ -54,7 +54,10 @@ fn nbd_bench_harness_smoke() {
 
     // The XFS variant ran, or the report says why not (no root, no loop devices, no xfsprogs).
     if !stdout.contains("XFS variant: skipped") {
-        for needle in ["multisnap N=1 on xfs", "qemu-nbd N=1 cache=writeback on xfs"] {
+        for needle in [
+            "multisnap N=1 on xfs",
+            "qemu-nbd N=1 cache=writeback on xfs",
+        ] {
             assert!(
                 stdout.contains(needle),
                 "no {needle:?} in the harness output:\n{stdout}"

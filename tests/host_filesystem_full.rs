@@ -5,76 +5,10 @@
 //! Filled to the last block, a write of the store's metadata meets ENOSPC too and stops the
 //! volume; freeing space brings it back by itself, again without a restart.
 
+use multisnap_tests::loopfs::{loop_fs, sh, LoopFs};
 use multisnap_tests::{self as common, require_tools};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// A filesystem of `mib` MiB made on a loop device and mounted for the test; unmounted and
-/// detached when dropped.
-struct LoopFs {
-    mnt: PathBuf,
-    dev: String,
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).status();
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
-    }
-}
-
-fn sh(cmd: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{cmd}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// `None` (after saying why) where this machine cannot make one: not root, or no loop driver.
-fn loop_fs(dir: &Path, fstype: &str, mib: u64) -> Option<LoopFs> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP: making a loop-device filesystem needs root");
-        return None;
-    }
-    let image = dir.join(format!("{fstype}.img"));
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(mib << 20)
-        .unwrap();
-    let dev = match sh(
-        "losetup",
-        &["--find", "--show", &image.display().to_string()],
-    ) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("SKIP: no loop device here ({e})");
-            return None;
-        }
-    };
-    let mnt = dir.join(format!("{fstype}-mnt"));
-    std::fs::create_dir_all(&mnt).unwrap();
-    let fs = LoopFs {
-        mnt: mnt.clone(),
-        dev: dev.clone(),
-    };
-    let mkfs = format!("mkfs.{fstype}");
-    let quiet: &[&str] = if fstype == "xfs" {
-        &["-q", "-f"]
-    } else {
-        &["-q", "-F"]
-    };
-    sh(&mkfs, &[quiet, &[dev.as_str()]].concat()).unwrap();
-    sh("mount", &[&dev, &mnt.display().to_string()]).unwrap();
-    Some(fs)
-}
 
 fn free_bytes(path: &Path) -> u64 {
     let out = sh(

@@ -204,6 +204,7 @@ fn busy_agent(dir: &Path) -> Running {
 const FAMILIES: &[(&str, &str, &str)] = &[
     ("multisnap_cow_copies", "counter", "-"),
     ("multisnap_cow_copied_bytes", "counter", "bytes"),
+    ("multisnap_cow_kernel_copies", "counter", "-"),
     ("multisnap_exceptions", "gauge", "-"),
     ("multisnap_snapshots", "gauge", "-"),
     ("multisnap_snapshots_invalidated", "counter", "-"),

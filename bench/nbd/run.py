@@ -246,17 +246,20 @@ class NbdkitTarget(Target):
 class MultisnapTarget(Target):
     kind = "multisnap"
 
-    def __init__(self, ctx, snaps, chunk, fs="host"):
-        self.snaps, self.chunk, self.fs = snaps, chunk, fs
+    def __init__(self, ctx, snaps, chunk, fs="host", copy_out="kernel"):
+        self.snaps, self.chunk, self.fs, self.copy_out = snaps, chunk, fs, copy_out
         self.ref_server = None
         super().__init__(ctx)
 
     def label(self):
         chunk = "" if self.chunk == COW_GRAIN and len(self.ctx.args.chunk_sizes) == 1 else f", chunk {fmt_size(self.chunk)}"
-        return f"multisnap N={self.snaps}{chunk}{self.on_fs()}"
+        # The agent's default (kernel) is unnamed, so labels match runs of older agents.
+        copy = "" if self.copy_out == "kernel" else f", copy-out {self.copy_out}"
+        return f"multisnap N={self.snaps}{chunk}{copy}{self.on_fs()}"
 
     def agent_cmd(self, *extra, data="data"):
-        return [self.ctx.agent, "--data-dir", os.path.join(self.dir, data), *extra]
+        copy = [] if self.copy_out == "kernel" else ["--copy-out", self.copy_out]
+        return [self.ctx.agent, "--data-dir", os.path.join(self.dir, data), *copy, *extra]
 
     def has_reference(self):
         """With snapshots, a second agent serves a volume without any, made the same way, so
@@ -689,10 +692,12 @@ def report(ctx, results, targets, meta):
     checks = []
     by_chunk = {}
     for t in ms:
-        by_chunk.setdefault((t.chunk, t.fs), {})[t.snaps] = t
-    chunks = {c for c, _ in by_chunk}
-    for (chunk, fs), by_n in by_chunk.items():
+        by_chunk.setdefault((t.chunk, t.fs, t.copy_out), {})[t.snaps] = t
+    chunks = {c for c, _, _ in by_chunk}
+    copy_modes = {m for _, _, m in by_chunk}
+    for (chunk, fs, copy_out), by_n in by_chunk.items():
         cs = "" if len(chunks) == 1 else f" (chunk {fmt_size(chunk)})"
+        cs += "" if len(copy_modes) == 1 else f" (copy-out {copy_out})"
         cs += " on xfs" if fs == "xfs" else ""
         first = len(checks)
         peers_of = lambda n: [q for q in qemus if q.snaps == n and q.fs == fs]  # noqa: E731
@@ -832,6 +837,10 @@ def parse_args(argv):
                     help="the XFS variant: multisnap and qemu-nbd again with their images on an XFS made on a "
                          "loop device (auto: where this machine can, else the report says why not; only: "
                          "nothing else)")
+    ap.add_argument("--copy-out", default="kernel",
+                    help="the agent's --copy-out modes to run, comma-separated: kernel (its default: "
+                         "copy_file_range where origin and store share a filesystem), memory (read and "
+                         "write); both side by side compare them in one run")
     ap.add_argument("--xfs-snapshots",
                     help="snapshot counts of the XFS variant, comma-separated (default 0,1; smoke 1)")
     ap.add_argument("--rand-span", type=parse_size, help="the random flush job's span (default 64M; smoke 8M)")
@@ -864,6 +873,9 @@ def parse_args(argv):
                            else [int(x) for x in args.qemu_snapshots.split(",")])
     args.chunk_sizes = [parse_size(x) for x in args.chunk_sizes.split(",")]
     args.xfs_snapshots = [int(x) for x in args.xfs_snapshots.split(",")]
+    args.copy_out = [x.strip() for x in args.copy_out.split(",") if x.strip()]
+    if not args.copy_out or any(x not in ("kernel", "memory") for x in args.copy_out):
+        ap.error("--copy-out takes kernel, memory or both")
     args.qemu_cache = [x.strip() for x in args.qemu_cache.split(",") if x.strip()]
     if args.size % (8 * MiB):
         ap.error("--size must be a multiple of 8 MiB")
@@ -902,7 +914,8 @@ def make_targets(ctx):
         for n in args.snapshots if fs == "host" else args.xfs_snapshots:
             if "multisnap" in wanted:
                 for c in args.chunk_sizes:
-                    targets.append(MultisnapTarget(ctx, n, c, fs))
+                    for copy_out in args.copy_out:
+                        targets.append(MultisnapTarget(ctx, n, c, fs, copy_out))
             if "qemu" in wanted and (n in args.qemu_snapshots or fs == "xfs"):
                 for c in args.qemu_cache:
                     targets.append(QemuTarget(ctx, n, c, fs))

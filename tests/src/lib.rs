@@ -2,6 +2,7 @@
 //! directory and drive them with real clients. Each file beside `src/` is one scenario.
 
 pub mod csi;
+pub mod loopfs;
 pub use csi::{CsiDriver, CSI_NODE};
 pub mod vm;
 

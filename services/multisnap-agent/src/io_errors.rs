@@ -185,6 +185,20 @@ impl BlockDev for ObservedDev {
     fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {
         self.inner.allocation(offset, len)
     }
+    fn as_file(&self) -> Option<&std::fs::File> {
+        self.inner.as_file()
+    }
+    fn can_copy_from(&self, source: &dyn BlockDev, granularity: u64) -> bool {
+        self.inner.can_copy_from(source, granularity)
+    }
+    /// Counted as the store's: the kernel does not say which of the two files failed.
+    fn copy_from(&self, source: &dyn BlockDev, from: u64, to: u64, len: usize) -> io::Result<bool> {
+        self.seen(
+            "copy",
+            Some(to),
+            self.inner.copy_from(source, from, to, len),
+        )
+    }
 }
 
 #[cfg(test)]

@@ -127,6 +127,12 @@ struct ServeArgs {
     /// sequential write; the default store size grows by the journal's size.
     #[arg(long, env = "MULTISNAP_JOURNAL_BYTES", default_value_t = multisnap_store::journal::DEFAULT_JOURNAL_BYTES)]
     journal_bytes: u64,
+    /// How the first write to a chunk after a snapshot copies the chunk's old data into the
+    /// store. `kernel`: copy_file_range(2) where origin and store are files of one filesystem
+    /// (XFS and btrfs share the extent instead of copying it), reads and writes otherwise;
+    /// `memory`: always reads and writes.
+    #[arg(long, env = "MULTISNAP_COPY_OUT", value_enum, default_value_t = CopyOut::Kernel)]
+    copy_out: CopyOut,
     /// Bytes per second each round of clone hydrations may copy, across all clones (0: as fast
     /// as the disks allow). A limit leaves bandwidth to the volumes' own I/O.
     #[arg(long, env = "MULTISNAP_HYDRATION_BYTES_PER_SEC", default_value_t = 0)]
@@ -204,7 +210,15 @@ fn main() -> ExitCode {
 /// Opens the data directory and every volume in it. Serving (`secure`) first brings an
 /// existing directory to the modes a new one gets: it may have been made under a looser umask
 /// by an earlier version, and it must be private before a volume is made or a socket bound.
+/// `--copy-out`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum CopyOut {
+    Kernel,
+    Memory,
+}
+
 fn load_volumes(data_dir: &Path, args: &ServeArgs, secure: bool) -> Result<Volumes> {
+    volumes::allow_kernel_copy(args.copy_out == CopyOut::Kernel);
     let dir = datadir::DataDir::open_locked(data_dir)?;
     if secure {
         permissions::secure_data_dir(data_dir, args.socket_group)?;

@@ -233,6 +233,22 @@ fn resolve_origin(dir: &Path, recorded: &str) -> PathBuf {
     }
 }
 
+/// Whether copy-outs may go through the kernel (`--copy-out`), for every volume opened or
+/// made from now on; the store uses them where its devices allow (see
+/// `multisnap_store::Store::allow_kernel_copy`).
+static KERNEL_COPY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Set once at start, before the volumes are opened.
+pub fn allow_kernel_copy(allowed: bool) {
+    KERNEL_COPY.store(allowed, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn apply_copy_out(store: &Store) {
+    if !KERNEL_COPY.load(std::sync::atomic::Ordering::Relaxed) {
+        store.allow_kernel_copy(false);
+    }
+}
+
 fn open_volume(
     dir: &Path,
     name: &str,
@@ -262,6 +278,7 @@ fn open_volume(
     ));
     let store = Store::open(origin, dev, cache_bytes)
         .with_context(|| format!("cannot open volume {name} ({})", store_path.display()))?;
+    apply_copy_out(&store);
     let owns_origin = !Path::new(store.origin_path()).is_absolute();
     let labels = Labels::read_from(dir).map_err(|e| anyhow::anyhow!("volume {name}: {e}"))?;
     let policy = PolicySlot::load(dir, name, &store.volume_uuid().to_string());
@@ -300,7 +317,7 @@ impl Volumes {
         }
         for name in data_dir.volume_names()? {
             let v = open_volume(&data_dir.volume_dir(&name), &name, cache_bytes, &io_errors)?;
-            tracing::info!(volume = %name, origin = %v.origin_path.display(), store = %v.store_path.display(), snapshots = v.store.list_snapshots().len(), "volume opened");
+            tracing::info!(volume = %name, origin = %v.origin_path.display(), store = %v.store_path.display(), snapshots = v.store.list_snapshots().len(), kernel_copy = v.store.kernel_copy(), "volume opened");
             if !v.owns_origin {
                 if let Err(e) = origin_policy.open(&v.origin_path) {
                     // Made before the rule or under other options: served, but the operator
@@ -415,7 +432,10 @@ impl Volumes {
             journal_bytes: self.journal_for(origin.size().unwrap_or(0)),
         };
         let store = match make_store(origin, dev, &opts) {
-            Ok(s) => s,
+            Ok(s) => {
+                apply_copy_out(&s);
+                s
+            }
             Err(e) => {
                 // Only our own files go; an origin given by the user is never touched.
                 let _ = std::fs::remove_dir_all(&staging);

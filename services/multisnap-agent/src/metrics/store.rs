@@ -59,6 +59,8 @@ fn store_defs() -> Vec<Def> {
             |s| C(s.stats.copies_total)),
         d("multisnap_cow_copied", b(), "Bytes copied from the origin to the store.",
             |s| C(s.stats.bytes_copied_total)),
+        d("multisnap_cow_kernel_copies", None, "Of those copies, the ones the kernel made since the volume was opened (copy_file_range between origin and store files of one filesystem; XFS and btrfs share the extent).",
+            |s| C(s.stats.kernel_copies_total)),
         d("multisnap_exceptions", None, "Exceptions in the store's index (chunk ranges kept for snapshots).",
             |s| G(s.stats.exceptions)),
         d("multisnap_snapshots", None, "Live snapshots of the volume.",
