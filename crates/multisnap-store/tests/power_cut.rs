@@ -493,32 +493,28 @@ fn power_cut_during_recovery() {
     );
 }
 
-#[test]
-fn power_cut_at_every_write() {
+/// Cuts at every write of `MULTISNAP_CRASH_SEEDS` (default 6) workloads on `setup`.
+fn crash_every_write_of_every_seed(setup: Setup) {
     let seeds: u64 = std::env::var("MULTISNAP_CRASH_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(6);
     let mut cases = 0;
     for seed in 0..seeds {
-        cases += crash_every_write(seed, 50, ROOMY);
+        cases += crash_every_write(seed, 50, setup);
     }
-    println!("power-cut cases checked: {cases}");
+    println!("power-cut cases checked ({setup:?}): {cases}");
     assert!(cases >= 2000, "only {cases} crash cases ran");
 }
 
 #[test]
+fn power_cut_at_every_write() {
+    crash_every_write_of_every_seed(ROOMY);
+}
+
+#[test]
 fn power_cut_at_every_write_with_kernel_copies() {
-    let seeds: u64 = std::env::var("MULTISNAP_CRASH_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(6);
-    let mut cases = 0;
-    for seed in 0..seeds {
-        cases += crash_every_write(seed, 50, ROOMY_KERNEL_COPY);
-    }
-    println!("power-cut cases checked with kernel copies: {cases}");
-    assert!(cases >= 2000, "only {cases} crash cases ran");
+    crash_every_write_of_every_seed(ROOMY_KERNEL_COPY);
 }
 
 #[test]
