@@ -1,8 +1,9 @@
 """Crash soak of the real agent: random writes, flushes, snapshot creates and deletes,
 writable-snapshot writes, rollbacks (RevertVolume, merged in the background), clones of
-snapshots (written, flushed and deleted while they hydrate) and qemu-io pattern writes from
-real clients (libnbd and qemu-io for data, grpcio by reflection for the
-API), with the agent killed (SIGKILL) at random moments and restarted, for CYCLES cycles.
+snapshots (written, flushed and deleted while they hydrate), qemu-io pattern writes and fio
+runs with verify (fio_soak.py) from real clients (libnbd, qemu-io and fio for data, grpcio by
+reflection for the API), and the volume mirrored to a second agent (mirror_soak.py), with the
+agents killed (SIGKILL) at random moments and restarted, for CYCLES cycles.
 
 A model keeps what every image must read: per 4 KiB block a version number whose bytes are
 derived from (block, version). A block must read as its version at the last completed flush
@@ -10,7 +11,7 @@ or as one written after it (a disk may lose writes it acknowledged but was never
 flush); a snapshot must read exactly what the origin held when it was taken; a write in
 flight when the agent died may or may not have landed. After each restart every image is read
 whole and compared (the model then takes what was read), and `multisnap-agent verify` runs
-on the stopped data directory.
+on the stopped data directory (of the target agent too when it was killed).
 
   soak.py AGENT_BIN DATA_DIR CYCLES SEED
 
@@ -28,11 +29,13 @@ import time
 
 import grpc
 import nbd
+from fio_soak import FioSoak
 from google.protobuf import descriptor_pool, json_format
 from google.protobuf.message_factory import GetMessageClass
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from mirror_soak import MirrorSoak
 
 BLOCK = 4096
 SIZE = 16 << 20
@@ -98,6 +101,7 @@ class Model:
         # name -> Image: CreateVolume or DeleteVolume was under way when the agent died.
         self.maybe_clones = {}
         self.clones_made = 0
+        self.mirror = None  # MirrorSoak: what the target agent must hold
 
     def images(self):
         return [self.origin] + [img for img, _ in self.snapshots.values()]
@@ -135,8 +139,8 @@ class Api:
 
 
 class Agent:
-    def __init__(self, binary, data):
-        self.binary, self.data = binary, data
+    def __init__(self, binary, data, log="agent.log"):
+        self.binary, self.data, self.log = binary, data, log
         self.proc = None
         self.api = None
 
@@ -147,7 +151,7 @@ class Agent:
                 "--grpc-listen", self.grpc, "--metrics-listen", "none",
                 "--default-volume-size", str(SIZE), "--default-chunk-size", "65536",
                 "--journal-bytes", str(1 << 20)]
-        log = open(os.path.join(os.path.dirname(self.data), "agent.log"), "a")
+        log = open(os.path.join(os.path.dirname(self.data), self.log), "a")
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
         sock = os.path.join(self.data, "nbd.sock")
         deadline = time.time() + 30
@@ -175,6 +179,9 @@ class Agent:
     def kill(self):
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -217,7 +224,7 @@ def check_all(agent, model):
         else:
             model.clones.pop(name, None)
     model.maybe_clones.clear()
-    if set(model.clones) != volumes - {"default"}:
+    if set(model.clones) != volumes - {"default", "fio"}:
         raise SystemExit(f"MISMATCH clones: model {sorted(model.clones)}, agent {sorted(volumes)}")
     for export, image in [("default", model.origin)] + [
             (f"default@{n}", img) for n, (img, _) in model.snapshots.items()] + [
@@ -318,6 +325,7 @@ def workload(agent, model, rng, stop):
             want_writable = rng.random() < 0.3
             # Nothing else writes while this runs, so the snapshot is the origin now.
             model.maybe_snapshots[name] = (model.origin.copy(), want_writable)
+            model.mirror.taken(name, model.origin.versions, want_writable)
             r = agent.call("SnapshotService/CreateSnapshot",
                            {"volume": "default", "name": name, "writable": want_writable})
             if r is None:
@@ -327,6 +335,10 @@ def workload(agent, model, rng, stop):
             model.snapshots[name] = model.maybe_snapshots.pop(name)
         elif op < 0.88 and model.snapshots:
             name = rng.choice(sorted(model.snapshots))
+            # The mirror's base is kept as a policy keeps it, but now and then deleted by
+            # hand: the mirror then stops and is set again to a fresh target volume.
+            if rng.random() < 0.9 and name == model.mirror.base():
+                continue
             model.maybe_snapshots[name] = model.snapshots[name]
             try:
                 gone = agent.call("SnapshotService/DeleteSnapshot",
@@ -392,8 +404,41 @@ def workload(agent, model, rng, stop):
             version = model.next_version
             model.next_version += 1
             img.writing(b, version)
+            model.mirror.wrote(name, b, version)
             writable[name].pwrite(block_bytes(b, version), b * BLOCK)
             img.versions[b] = version
+
+
+def verify(binary, data, what):
+    out = subprocess.run([binary, "--data-dir", data, "verify"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"verify of {what} failed:\n{out.stdout}{out.stderr}")
+
+
+def restart(agent, target, model, fio, rng, cycle):
+    """Starts whichever agent is down and checks everything both hold."""
+    if not target.running():
+        target.start()
+    agent.start()
+    check_all(agent, model)
+    fio.verify_all()
+    model.mirror.ensure()
+    model.mirror.retire()
+    if cycle % 5 == 4:
+        model.mirror.wait_in_sync()
+    model.mirror.check(set(model.snapshots) | set(model.maybe_snapshots))
+    if rng.random() < 0.3:
+        model.mirror.thin(rng)
+    if not fio.ensure_volume():
+        raise SystemExit("the agent died with nobody killing it")
+
+
+def resumed_transfers(data):
+    try:
+        with open(os.path.join(os.path.dirname(data), "agent.log")) as f:
+            return sum(1 for line in f if "mirror sending" in line and "resumed=true" in line)
+    except OSError:
+        return 0
 
 
 def main():
@@ -401,42 +446,63 @@ def main():
     rng = random.Random(seed)
     model = Model()
     agent = Agent(binary, data)
+    target = Agent(binary, os.path.join(os.path.dirname(data), "target"), "target.log")
+    model.mirror = MirrorSoak(agent, target, block_bytes, BLOCK, SIZE)
+    fio = FioSoak(agent)
     started = time.time()
     for cycle in range(cycles):
-        agent.start()
-        check_all(agent, model)
+        restart(agent, target, model, fio, rng, cycle)
         stop = threading.Event()
         errors = []
 
-        def run():
-            try:
-                workload(agent, model, random.Random(rng.random()), stop)
-            except nbd.Error:
-                pass  # the agent died under it
-            except BaseException as e:  # noqa: BLE001
-                errors.append(e)
+        def guarded(body):
+            def run():
+                try:
+                    body()
+                except nbd.Error:
+                    pass  # the agent died under it
+                except BaseException as e:  # noqa: BLE001
+                    errors.append(e)
+            t = threading.Thread(target=run)
+            t.start()
+            return t
 
-        t = threading.Thread(target=run)
-        t.start()
+        threads = [guarded(lambda: workload(agent, model, random.Random(rng.random()), stop))]
+        if rng.random() < 0.5:
+            fio_rng = random.Random(rng.random())
+            threads.append(guarded(lambda: fio.run(fio_rng, stop.is_set)))
+        killer, target_killed = None, []
+        if rng.random() < 0.5:
+            killer, target_killed = model.mirror.killer(random.Random(rng.random()), stop)
         time.sleep(rng.uniform(0.2, 1.5))
-        agent.kill()
         stop.set()
-        t.join()
+        agent.kill()
+        for t in threads + ([killer] if killer else []):
+            t.join()
         if errors:
             raise errors[0]
         model.crashed()
-        verify = subprocess.run([binary, "--data-dir", data, "verify"], capture_output=True,
-                                text=True)
-        if verify.returncode != 0:
-            raise SystemExit(f"verify failed after cycle {cycle}:\n{verify.stdout}{verify.stderr}")
+        verify(binary, data, f"the source after cycle {cycle + 1}")
+        if target_killed:
+            model.mirror.target_kills += 1
+            model.mirror.kills_mid_apply += target_killed[0] == "mid-apply"
+            verify(binary, target.data, f"the target after cycle {cycle + 1}")
         print(f"cycle {cycle + 1}: {len(model.snapshots)} snapshots, "
-              f"{model.next_version - 1} writes so far", flush=True)
-    agent.start()
-    check_all(agent, model)
+              f"{model.next_version - 1} writes so far, "
+              f"{len(model.mirror.applied)} snapshots on the target so far", flush=True)
+    restart(agent, target, model, fio, rng, 4)
     agent.stop()
+    target.stop()
+    m = model.mirror
     print(f"SOAK OK: {cycles} kill -9 cycles, {model.next_version - 1} acknowledged writes "
           f"({len(model.patterns)} by qemu-io), {model.counter} snapshots made, "
-          f"{model.reverts} rollbacks, {model.clones_made} clones, 0 lost, 0 changed, "
+          f"{model.reverts} rollbacks, {model.clones_made} clones, "
+          f"{len(m.applied)} deltas applied on the target ({resumed_transfers(data)} resumed, "
+          f"{m.reseeds} mirrors set anew after their base was deleted, "
+          f"{m.target_kills} target kills, {m.kills_mid_apply} during an apply, "
+          f"{m.syncs_checked} in-sync checks), "
+          f"{fio.runs} fio runs with verify ({fio.cut} cut by a kill), "
+          f"{fio.verifies} fio verify_only passes, 0 lost, 0 changed, 0 verify findings, "
           f"in {time.time() - started:.0f} s")
 
 
