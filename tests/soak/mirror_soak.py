@@ -61,6 +61,7 @@ class MirrorSoak:
         self.target_kills = 0
         self.kills_mid_apply = 0
         self.syncs_checked = 0
+        self.rng = None  # set by the soak: thinning while waiting for a sync
 
     # --- the model's side
 
@@ -100,14 +101,23 @@ class MirrorSoak:
             return
         if m:
             why = status.get("last_error", "")
-            if "was deleted on this volume" not in why:
+            if "deleted on this volume" not in why:
                 raise SystemExit(f"MISMATCH mirror diverged: {why}")
             self.retired.add(m["target"]["volume"])
             self.reseeds += 1
         self.volumes_made += 1
+        name = f"m{self.volumes_made}"
+        # Made here rather than by the mirror, with a store that holds a few full deltas.
+        try:
+            self.target.call("VolumeService/CreateVolume", {
+                "name": name, "size_bytes": self.size, "chunk_size_bytes": 65536,
+                "store_size_bytes": 4 * self.size})
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
         self.source.call("MirrorService/SetMirror", {
             "volume": "default",
-            "target": {"endpoint": self.endpoint(), "volume": f"m{self.volumes_made}"}})
+            "target": {"endpoint": self.endpoint(), "volume": name}})
 
     def retire(self):
         """Deletes the target volumes of earlier mirrors (retried after a kill)."""
@@ -124,8 +134,14 @@ class MirrorSoak:
     # --- checks
 
     def snapshots(self, volume):
-        return self.target.call("SnapshotService/ListSnapshots",
-                                {"volume": volume}).get("snapshots", [])
+        """The target volume's snapshots; none before the mirror made it."""
+        try:
+            return self.target.call("SnapshotService/ListSnapshots",
+                                    {"volume": volume}).get("snapshots", [])
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                return []
+            raise
 
     def apply_state(self, volume):
         return self.target.call("DeltaService/GetApplyState", {"volume": volume})
@@ -186,16 +202,17 @@ class MirrorSoak:
         for name in [n for n in self.expect if int(n[1:]) < oldest - 50]:
             del self.expect[name]
 
-    def thin(self, rng):
-        """Deletes the target's older snapshots by hand (never the newest: the next base)."""
+    def thin(self, rng, keep=2):
+        """Deletes the target's older snapshots by hand (never the newest: the next base), as
+        its store holds a few (a full store is refused with a clear error, and waited out)."""
         m = self.get()
         if not m:
             return
         volume = m["target"]["volume"]
         ready = sorted((int(s["id"]), s["name"]) for s in self.snapshots(volume)
                        if s["state"] == READY)
-        for _, name in ready[:-3]:
-            if rng.random() < 0.7:
+        for _, name in ready[:-keep]:
+            if rng.random() < 0.8:
                 if self.target.call("SnapshotService/DeleteSnapshot",
                                     {"volume": volume, "name": name}) is None:
                     return
@@ -212,6 +229,8 @@ class MirrorSoak:
                       if s["state"] == READY]
             status = m.get("status", {}) if m else {}
             last = status
+            if "store is full" in status.get("last_error", ""):
+                self.thin(self.rng, keep=1)
             if not newest or (status.get("state") == "MIRROR_STATE_IN_SYNC"
                               and status.get("last_replicated_snapshot")
                               == max(newest, key=lambda s: int(s["id"]))["name"]):

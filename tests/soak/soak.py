@@ -427,8 +427,7 @@ def restart(agent, target, model, fio, rng, cycle):
     if cycle % 5 == 4:
         model.mirror.wait_in_sync()
     model.mirror.check(set(model.snapshots) | set(model.maybe_snapshots))
-    if rng.random() < 0.3:
-        model.mirror.thin(rng)
+    model.mirror.thin(rng)
     if not fio.ensure_volume():
         raise SystemExit("the agent died with nobody killing it")
 
@@ -448,7 +447,15 @@ def main():
     agent = Agent(binary, data)
     target = Agent(binary, os.path.join(os.path.dirname(data), "target"), "target.log")
     model.mirror = MirrorSoak(agent, target, block_bytes, BLOCK, SIZE)
+    model.mirror.rng = random.Random(rng.random())
     fio = FioSoak(agent)
+    try:
+        run_cycles(binary, data, cycles, rng, model, agent, target, fio)
+    finally:
+        kill_all([agent, target])
+
+
+def run_cycles(binary, data, cycles, rng, model, agent, target, fio):
     started = time.time()
     for cycle in range(cycles):
         restart(agent, target, model, fio, rng, cycle)
@@ -504,6 +511,13 @@ def main():
           f"{fio.runs} fio runs with verify ({fio.cut} cut by a kill), "
           f"{fio.verifies} fio verify_only passes, 0 lost, 0 changed, 0 verify findings, "
           f"in {time.time() - started:.0f} s")
+
+
+def kill_all(agents):
+    """A failed run leaves no agent behind."""
+    for a in agents:
+        if a.running():
+            a.kill()
 
 
 if __name__ == "__main__":

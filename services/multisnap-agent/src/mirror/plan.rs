@@ -35,6 +35,8 @@ pub struct TargetApply {
     /// Past its commit point: it completes on its own.
     pub committing: bool,
     pub token: Vec<u8>,
+    /// The stream comes from this volume (the target names its source volume's uuid).
+    pub from_this_volume: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +52,10 @@ pub enum Step {
     },
     /// Nothing can be sent now, for the reason given; try again later.
     Wait(String),
+    /// The target holds an apply of this volume's snapshot `snapshot` that this volume no
+    /// longer has (deleted by hand or pruned after the transfer was cut): nobody can ever
+    /// continue it, so it is aborted there, and the round plans again without it.
+    Abandon { snapshot: String },
     /// The target is no longer a copy of this volume; the reason.
     Diverged(String),
 }
@@ -102,6 +108,21 @@ pub fn plan(
                     t.name
                 ))
             }
+            // The target takes streams from one source volume only: holding the recorded base
+            // too, a newer snapshot with a source id is one this mirror sent after it (the
+            // agent stopped before recording it) that was then deleted here.
+            None if recorded.is_some_and(|r| {
+                t.source_id > r.id
+                    && target
+                        .iter()
+                        .any(|o| o.source_id == r.id && o.name == r.name)
+            }) =>
+            {
+                return diverged(format!(
+                    "snapshot {}, the target's newest, was sent by this mirror and then deleted on this volume before the next incremental: the target can only be seeded anew (clear the mirror and mirror to a new volume)",
+                    t.name
+                ))
+            }
             None => {
                 return diverged(format!(
                     "the target's newest snapshot {} was not sent by this mirror (the target was snapshotted or written to)",
@@ -139,6 +160,13 @@ fn resume_step(a: &TargetApply, source: &[SourceSnap], held: Option<&SourceSnap>
     let target = source
         .iter()
         .find(|s| s.id == a.source_id && s.name == a.snapshot);
+    // Snapshot ids are never reused within a volume: one gone from this volume never comes
+    // back, so its apply can only be dropped (the target keeps its own snapshots either way).
+    if target.is_none() && a.from_this_volume && !source.iter().any(|s| s.id == a.source_id) {
+        return Step::Abandon {
+            snapshot: a.snapshot.clone(),
+        };
+    }
     let base_matches = match held {
         Some(h) => a.base == h.name,
         None => a.base.is_empty(),
@@ -243,6 +271,12 @@ mod tests {
         );
         assert!(reason(plan(&src(&[3]), &tgt(&[2]), None, Some(&snap(2))))
             .contains("was deleted on this volume"));
+        // s5 reached the target, then was deleted here before the mirror recorded it.
+        assert!(
+            reason(plan(&src(&[2, 6]), &tgt(&[2, 5]), None, Some(&snap(2)))).contains(
+                "s5, the target's newest, was sent by this mirror and then deleted on this volume"
+            )
+        );
         // Same name, another source id: another volume's snapshot.
         let other = vec![TargetSnap {
             local_id: 1,
@@ -261,6 +295,7 @@ mod tests {
             resumable,
             committing: false,
             token: vec![1, 2, 3],
+            from_this_volume: true,
         };
         // Resumed even though a newer snapshot exists by now: that one comes next.
         let p = plan(
@@ -279,11 +314,9 @@ mod tests {
         );
         let first = plan(&src(&[5]), &[], Some(&apply(5, "", true)), None);
         assert!(matches!(first.step, Step::Send { base: None, .. }));
-        for a in [
-            apply(5, "s2", false),
-            apply(8, "s2", true),
-            apply(5, "s1", true),
-        ] {
+        let mut foreign = apply(8, "s2", true);
+        foreign.from_this_volume = false;
+        for a in [apply(5, "s2", false), apply(5, "s1", true), foreign] {
             let p = plan(&src(&[2, 5]), &tgt(&[2]), Some(&a), Some(&snap(2)));
             assert!(matches!(p.step, Step::Wait(_)), "{a:?}: {:?}", p.step);
         }
@@ -291,6 +324,40 @@ mod tests {
         busy.committing = true;
         let p = plan(&src(&[2, 5]), &tgt(&[2]), Some(&busy), Some(&snap(2)));
         assert!(matches!(p.step, Step::Wait(r) if r.contains("completing")));
+    }
+
+    /// A transfer of s5 was cut, then s5 was deleted here: the target's apply of it can never
+    /// be continued (the mirror used to wait for it forever). It is abandoned, whatever its
+    /// base, and only if it is this volume's and not past its commit point.
+    #[test]
+    fn an_apply_of_a_snapshot_deleted_here_is_abandoned() {
+        let apply = |base: &str| TargetApply {
+            snapshot: "s5".into(),
+            source_id: 5,
+            base: base.into(),
+            resumable: true,
+            committing: false,
+            token: vec![7],
+            from_this_volume: true,
+        };
+        for (target, a) in [(tgt(&[2]), apply("s2")), (vec![], apply(""))] {
+            let recorded = target.first().map(|t| snap(t.source_id));
+            let p = plan(&src(&[2, 6]), &target, Some(&a), recorded.as_ref());
+            assert_eq!(
+                p.step,
+                Step::Abandon {
+                    snapshot: "s5".into()
+                }
+            );
+        }
+        let mut committing = apply("s2");
+        committing.committing = true;
+        let mut foreign = apply("s2");
+        foreign.from_this_volume = false;
+        for a in [committing, foreign] {
+            let p = plan(&src(&[2, 6]), &tgt(&[2]), Some(&a), Some(&snap(2)));
+            assert!(matches!(p.step, Step::Wait(_)), "{a:?}: {:?}", p.step);
+        }
     }
 
     proptest! {

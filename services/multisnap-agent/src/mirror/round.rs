@@ -109,6 +109,7 @@ pub async fn run(v: Arc<Volume>, target: MirrorTarget, generation: u64) -> Resul
         resumable: state.resumable,
         committing: state.committing,
         token: state.resume_token,
+        from_this_volume: state.source_volume_uuid == v.store.volume_uuid().to_string(),
     });
     let source: Vec<SourceSnap> = super::ready_snapshots(&v)
         .into_iter()
@@ -123,7 +124,11 @@ pub async fn run(v: Arc<Volume>, target: MirrorTarget, generation: u64) -> Resul
             name: r.name,
         })
     });
-    let p = plan::plan(&source, &on_target, apply.as_ref(), recorded.as_ref());
+    let mut p = plan::plan(&source, &on_target, apply.as_ref(), recorded.as_ref());
+    if let Step::Abandon { snapshot } = &p.step {
+        abandon(&ch, &tv, snapshot).await?;
+        p = plan::plan(&source, &on_target, None, recorded.as_ref());
+    }
     if let Some(held) = p.held.as_ref().filter(|h| Some(*h) != recorded.as_ref()) {
         // The target holds a newer snapshot than recorded (the agent stopped between the
         // target's answer and the record): it becomes the base.
@@ -138,6 +143,10 @@ pub async fn run(v: Arc<Volume>, target: MirrorTarget, generation: u64) -> Resul
     }
     match p.step {
         Step::InSync => Ok(Done::InSync),
+        Step::Abandon { snapshot } => Err(Failure {
+            reason: FailureReason::Busy,
+            message: format!("the apply of {snapshot} on the target was abandoned twice"),
+        }),
         Step::Wait(why) => Err(Failure {
             reason: FailureReason::Busy,
             message: why,
@@ -152,6 +161,18 @@ pub async fn run(v: Arc<Volume>, target: MirrorTarget, generation: u64) -> Resul
             resume_token,
         } => send(&ch, &v, &tv, generation, base, snap, resume_token).await,
     }
+}
+
+/// Aborts the target's apply of `snapshot`, a snapshot this volume no longer has.
+async fn abandon(ch: &Channel, target_volume: &str, snapshot: &str) -> Result<(), Failure> {
+    delta_client(ch)
+        .abort_apply(pb::AbortApplyRequest {
+            volume: target_volume.to_string(),
+        })
+        .await
+        .map_err(target_call("cannot abort the target's apply"))?;
+    tracing::warn!(target_volume, snapshot, "aborted the target's apply of a snapshot this volume no longer has; sending the newest instead");
+    Ok(())
 }
 
 fn delta_client(ch: &Channel) -> DeltaServiceClient<Channel> {
