@@ -316,12 +316,6 @@ impl pb::delta_service_server::DeltaService for DeltaApi {
                 resume_token: s.token,
                 staged_chunks: s.staged_chunks,
                 staged_bytes: s.staged_bytes,
-                // Bound when the apply began, so during one it is that stream's source.
-                source_volume_uuid: v
-                    .store
-                    .replica_source()
-                    .map(|u| u.to_string())
-                    .unwrap_or_default(),
             }))
         })
         .await

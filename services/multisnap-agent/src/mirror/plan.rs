@@ -35,8 +35,6 @@ pub struct TargetApply {
     /// Past its commit point: it completes on its own.
     pub committing: bool,
     pub token: Vec<u8>,
-    /// The stream comes from this volume (the target names its source volume's uuid).
-    pub from_this_volume: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,8 +73,11 @@ fn diverged(reason: String) -> Plan {
     }
 }
 
-/// Decides the round. `recorded` is the snapshot the mirror last recorded as on the target.
+/// Decides the round. `recorded` is the snapshot the mirror last recorded as on the target;
+/// `replica_of_this`: the target volume is bound to this volume's deltas (`Volume.replica_of`;
+/// a volume applies streams from one source volume only, bound when its first apply begins).
 pub fn plan(
+    replica_of_this: bool,
     source: &[SourceSnap],
     target: &[TargetSnap],
     apply: Option<&TargetApply>,
@@ -108,15 +109,12 @@ pub fn plan(
                     t.name
                 ))
             }
-            // The target takes streams from one source volume only: holding the recorded base
-            // too, a newer snapshot with a source id is one this mirror sent after it (the
-            // agent stopped before recording it) that was then deleted here.
-            None if recorded.is_some_and(|r| {
-                t.source_id > r.id
-                    && target
-                        .iter()
-                        .any(|o| o.source_id == r.id && o.name == r.name)
-            }) =>
+            // A snapshot this volume sent (a replica's snapshots with a source id are its
+            // source's), after the recorded base, then deleted here: the transfer was cut past
+            // its commit point and the agent stopped before recording it.
+            None if replica_of_this
+                && t.source_id != 0
+                && recorded.is_none_or(|r| t.source_id > r.id) =>
             {
                 return diverged(format!(
                     "snapshot {}, the target's newest, was sent by this mirror and then deleted on this volume before the next incremental: the target can only be seeded anew (clear the mirror and mirror to a new volume)",
@@ -132,7 +130,7 @@ pub fn plan(
         },
     };
     if let Some(a) = apply {
-        let step = resume_step(a, source, held.as_ref());
+        let step = resume_step(a, source, held.as_ref(), replica_of_this);
         return Plan { held, step };
     }
     let step = match source.iter().max_by_key(|s| s.id) {
@@ -150,7 +148,12 @@ pub fn plan(
 /// An apply in progress on the target is continued if this mirror can have started it: of a
 /// source snapshot, resumable, from the base the target holds. Anything else is waited out
 /// (an operator's `multisnap replicate` may be running) rather than clobbered.
-fn resume_step(a: &TargetApply, source: &[SourceSnap], held: Option<&SourceSnap>) -> Step {
+fn resume_step(
+    a: &TargetApply,
+    source: &[SourceSnap],
+    held: Option<&SourceSnap>,
+    replica_of_this: bool,
+) -> Step {
     if a.committing {
         return Step::Wait(format!(
             "the target is completing the apply of {}",
@@ -162,7 +165,7 @@ fn resume_step(a: &TargetApply, source: &[SourceSnap], held: Option<&SourceSnap>
         .find(|s| s.id == a.source_id && s.name == a.snapshot);
     // Snapshot ids are never reused within a volume: one gone from this volume never comes
     // back, so its apply can only be dropped (the target keeps its own snapshots either way).
-    if target.is_none() && a.from_this_volume && !source.iter().any(|s| s.id == a.source_id) {
+    if target.is_none() && replica_of_this && !source.iter().any(|s| s.id == a.source_id) {
         return Step::Abandon {
             snapshot: a.snapshot.clone(),
         };
@@ -208,6 +211,26 @@ mod tests {
                 source_id: id,
             })
             .collect()
+    }
+
+    /// A target bound to this volume (or to none yet).
+    fn plan(
+        source: &[SourceSnap],
+        target: &[TargetSnap],
+        apply: Option<&TargetApply>,
+        recorded: Option<&SourceSnap>,
+    ) -> Plan {
+        super::plan(true, source, target, apply, recorded)
+    }
+
+    /// A target bound to another volume's deltas.
+    fn plan_foreign(
+        source: &[SourceSnap],
+        target: &[TargetSnap],
+        apply: Option<&TargetApply>,
+        recorded: Option<&SourceSnap>,
+    ) -> Plan {
+        super::plan(false, source, target, apply, recorded)
     }
 
     fn snap(id: u64) -> SourceSnap {
@@ -271,19 +294,24 @@ mod tests {
         );
         assert!(reason(plan(&src(&[3]), &tgt(&[2]), None, Some(&snap(2))))
             .contains("was deleted on this volume"));
-        // s5 reached the target, then was deleted here before the mirror recorded it.
-        assert!(
-            reason(plan(&src(&[2, 6]), &tgt(&[2, 5]), None, Some(&snap(2)))).contains(
-                "s5, the target's newest, was sent by this mirror and then deleted on this volume"
-            )
-        );
+        // s5 reached the target, then was deleted here before the mirror recorded it; also as
+        // the first snapshot of a new target (nothing recorded yet).
+        let deleted =
+            "s5, the target's newest, was sent by this mirror and then deleted on this volume";
+        let p = plan(&src(&[2, 6]), &tgt(&[2, 5]), None, Some(&snap(2)));
+        assert!(reason(p).contains(deleted));
+        assert!(reason(plan(&src(&[6]), &tgt(&[5]), None, None)).contains(deleted));
+        // The same on a target bound to another volume: not this mirror's.
+        let p = plan_foreign(&src(&[6]), &tgt(&[5]), None, None);
+        assert!(reason(p).contains("not sent by this mirror"));
         // Same name, another source id: another volume's snapshot.
         let other = vec![TargetSnap {
             local_id: 1,
             name: "s2".into(),
             source_id: 77,
         }];
-        assert!(reason(plan(&src(&[2]), &other, None, None)).contains("not sent by this mirror"));
+        let p = plan_foreign(&src(&[2]), &other, None, None);
+        assert!(reason(p).contains("not sent by this mirror"));
     }
 
     #[test]
@@ -295,7 +323,6 @@ mod tests {
             resumable,
             committing: false,
             token: vec![1, 2, 3],
-            from_this_volume: true,
         };
         // Resumed even though a newer snapshot exists by now: that one comes next.
         let p = plan(
@@ -314,9 +341,9 @@ mod tests {
         );
         let first = plan(&src(&[5]), &[], Some(&apply(5, "", true)), None);
         assert!(matches!(first.step, Step::Send { base: None, .. }));
-        let mut foreign = apply(8, "s2", true);
-        foreign.from_this_volume = false;
-        for a in [apply(5, "s2", false), apply(5, "s1", true), foreign] {
+        let p = plan_foreign(&src(&[2, 5]), &[], Some(&apply(8, "", true)), None);
+        assert!(matches!(p.step, Step::Wait(_)), "{:?}", p.step);
+        for a in [apply(5, "s2", false), apply(5, "s1", true)] {
             let p = plan(&src(&[2, 5]), &tgt(&[2]), Some(&a), Some(&snap(2)));
             assert!(matches!(p.step, Step::Wait(_)), "{a:?}: {:?}", p.step);
         }
@@ -338,7 +365,6 @@ mod tests {
             resumable: true,
             committing: false,
             token: vec![7],
-            from_this_volume: true,
         };
         for (target, a) in [(tgt(&[2]), apply("s2")), (vec![], apply(""))] {
             let recorded = target.first().map(|t| snap(t.source_id));
@@ -352,12 +378,10 @@ mod tests {
         }
         let mut committing = apply("s2");
         committing.committing = true;
-        let mut foreign = apply("s2");
-        foreign.from_this_volume = false;
-        for a in [committing, foreign] {
-            let p = plan(&src(&[2, 6]), &tgt(&[2]), Some(&a), Some(&snap(2)));
-            assert!(matches!(p.step, Step::Wait(_)), "{a:?}: {:?}", p.step);
-        }
+        let p = plan(&src(&[2, 6]), &tgt(&[2]), Some(&committing), Some(&snap(2)));
+        assert!(matches!(p.step, Step::Wait(_)), "{:?}", p.step);
+        let p = plan_foreign(&src(&[6]), &[], Some(&apply("")), None);
+        assert!(matches!(p.step, Step::Wait(_)), "{:?}", p.step);
     }
 
     proptest! {

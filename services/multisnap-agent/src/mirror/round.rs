@@ -79,7 +79,8 @@ pub async fn run(v: Arc<Volume>, target: MirrorTarget, generation: u64) -> Resul
         .connect()
         .await
         .map_err(failure(FailureReason::Connect))?;
-    ensure_volume(&ch, &v, &target.volume).await?;
+    let target_volume = ensure_volume(&ch, &v, &target.volume).await?;
+    let replica_of_this = target_volume.replica_of == v.store.volume_uuid().to_string();
     let tv = target.volume.clone();
     let listed = SnapshotServiceClient::new(ch.clone())
         .list_snapshots(pb::ListSnapshotsRequest { volume: tv.clone() })
@@ -109,7 +110,6 @@ pub async fn run(v: Arc<Volume>, target: MirrorTarget, generation: u64) -> Resul
         resumable: state.resumable,
         committing: state.committing,
         token: state.resume_token,
-        from_this_volume: state.source_volume_uuid == v.store.volume_uuid().to_string(),
     });
     let source: Vec<SourceSnap> = super::ready_snapshots(&v)
         .into_iter()
@@ -124,10 +124,22 @@ pub async fn run(v: Arc<Volume>, target: MirrorTarget, generation: u64) -> Resul
             name: r.name,
         })
     });
-    let mut p = plan::plan(&source, &on_target, apply.as_ref(), recorded.as_ref());
+    let mut p = plan::plan(
+        replica_of_this,
+        &source,
+        &on_target,
+        apply.as_ref(),
+        recorded.as_ref(),
+    );
     if let Step::Abandon { snapshot } = &p.step {
         abandon(&ch, &tv, snapshot).await?;
-        p = plan::plan(&source, &on_target, None, recorded.as_ref());
+        p = plan::plan(
+            replica_of_this,
+            &source,
+            &on_target,
+            None,
+            recorded.as_ref(),
+        );
     }
     if let Some(held) = p.held.as_ref().filter(|h| Some(*h) != recorded.as_ref()) {
         // The target holds a newer snapshot than recorded (the agent stopped between the
@@ -183,7 +195,7 @@ fn delta_client(ch: &Channel) -> DeltaServiceClient<Channel> {
 
 /// Makes the target volume with this volume's size and chunk size unless it exists; an
 /// existing one must have them (a delta addresses chunks by index).
-async fn ensure_volume(ch: &Channel, v: &Volume, name: &str) -> Result<(), Failure> {
+async fn ensure_volume(ch: &Channel, v: &Volume, name: &str) -> Result<pb::Volume, Failure> {
     let mut volumes = VolumeServiceClient::new(ch.clone());
     let size = v.store.origin_size();
     let chunk = v.store.chunk_size();
@@ -216,7 +228,7 @@ async fn ensure_volume(ch: &Channel, v: &Volume, name: &str) -> Result<(), Failu
             ),
         });
     }
-    Ok(())
+    Ok(got)
 }
 
 /// Records `snap` as the snapshot the target holds.
