@@ -524,3 +524,148 @@ fn a_mirror_over_mutual_tls_needs_a_client_certificate_the_target_trusts() {
     wait_in_sync(&a, "s0", 60);
     assert_identical(&a, &t, "s0", tmp.path());
 }
+
+fn sent_bytes(a: &Agent) -> f64 {
+    a.metric("multisnap_mirror_sent_bytes_total{volume=\"default\"}")
+}
+
+fn mirror_set(a: &Agent, t: &Target, volume: &str, stream: &[&str]) -> Value {
+    let endpoint = t.endpoint();
+    let mut args = vec![
+        "mirror",
+        "set",
+        "default",
+        "--to",
+        &endpoint,
+        "--target-volume",
+        volume,
+    ];
+    args.extend_from_slice(stream);
+    json(a, &args)
+}
+
+/// The same snapshots mirrored uncompressed to one target volume and zstd-compressed to
+/// another: byte-identical replicas, and the compressed stream far smaller on compressible
+/// data. The settings survive a restart; a bandwidth limit slows an incremental to it.
+#[test]
+fn a_compressed_mirror_sends_fewer_bytes_for_the_same_replica() {
+    require_tools!("qemu-io", "nbdcopy", "sha256sum", "curl");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = source(&tmp.path().join("a"), &[]);
+    let t = Target::start(&tmp.path().join("b"));
+    let mut rng = StdRng::seed_from_u64(21);
+    bulk(&a, 0x5a, 0, 32);
+    scribble(&a, &mut rng, 40);
+    cli_ok(&a, &["snapshot", "create", "default", "s0"]);
+
+    let plain = mirror_set(&a, &t, "plain", &[]);
+    assert_eq!(plain["target"]["compression"], "none", "{plain}");
+    wait_in_sync(&a, "s0", 120);
+    let plain_bytes = sent_bytes(&a);
+    // Another target volume: the mirror starts from nothing, a full stream again.
+    let packed = mirror_set(&a, &t, "packed", &["--compress", "zstd"]);
+    assert_eq!(packed["target"]["compression"], "zstd:3", "{packed}");
+    wait_in_sync(&a, "s0", 120);
+    let packed_bytes = sent_bytes(&a) - plain_bytes;
+    println!("full stream of s0: {plain_bytes} bytes uncompressed, {packed_bytes} with zstd:3");
+    assert!(
+        packed_bytes > 0.0 && packed_bytes * 4.0 < plain_bytes,
+        "zstd sent {packed_bytes} bytes, uncompressed {plain_bytes}"
+    );
+    let want = sha(&a, "default@s0", tmp.path());
+    assert_eq!(sha(t.agent(), "plain@s0", tmp.path()), want);
+    assert_eq!(sha(t.agent(), "packed@s0", tmp.path()), want);
+
+    // The settings are kept on disk: a restarted source still compresses, at level 9.
+    mirror_set(&a, &t, "packed", &["--compress", "zstd:9"]);
+    let dir = a.data_dir.clone();
+    a.stop_and_verify();
+    a = source(&dir, &[]);
+    let shown = cli_ok(&a, &["volume", "show", "default"]);
+    assert!(shown.contains("packed, last s0, lag 0s, zstd:9"), "{shown}");
+    bulk(&a, 0x33, 40, 16);
+    cli_ok(&a, &["snapshot", "create", "default", "s1"]);
+    wait_in_sync(&a, "s1", 120);
+    let packed_incremental = sent_bytes(&a);
+    assert!(
+        packed_incremental < (1 << 20) as f64,
+        "{packed_incremental}"
+    );
+
+    // Uncompressed under a limit, keeping what was replicated (same target): the next
+    // incremental of about 16 MiB takes at least what the limit allows.
+    let limit = 4u64 << 20;
+    let set = mirror_set(
+        &a,
+        &t,
+        "packed",
+        &["--compress", "none", "--bandwidth-limit", "4MiB/s"],
+    );
+    assert_eq!(set["status"]["lastReplicatedSnapshot"], "s1", "{set}");
+    assert_eq!(set["target"]["bandwidthLimitBytesPerSec"], limit, "{set}");
+    bulk(&a, 0x44, 64, 16);
+    let before = sent_bytes(&a);
+    let started = Instant::now();
+    cli_ok(&a, &["snapshot", "create", "default", "s2"]);
+    wait_in_sync(&a, "s2", 120);
+    let took = started.elapsed().as_secs_f64();
+    let sent = sent_bytes(&a) - before;
+    println!("limited incremental: {sent} bytes in {took:.2} s (limit {limit} B/s)");
+    assert!(sent > (15 << 20) as f64, "{sent}");
+    assert!(
+        took >= 0.8 * sent / limit as f64,
+        "{sent} bytes in {took} s"
+    );
+    for snap in ["s1", "s2"] {
+        assert_eq!(
+            sha(t.agent(), &format!("packed@{snap}"), tmp.path()),
+            sha(&a, &format!("default@{snap}"), tmp.path())
+        );
+    }
+    a.stop_and_verify();
+}
+
+/// A transfer cut by a target crash whose snapshot is then deleted here: nobody can continue
+/// the target's apply of it. The mirror used to answer `busy` for ever; it now aborts that
+/// apply and sends the newest snapshot.
+#[test]
+fn an_apply_of_a_snapshot_deleted_here_is_abandoned_not_waited_for() {
+    require_tools!("qemu-io", "nbdcopy", "sha256sum", "curl");
+    let tmp = tempfile::tempdir().unwrap();
+    let a = source(&tmp.path().join("a"), &[]);
+    let mut t = Target::start(&tmp.path().join("b"));
+    bulk(&a, 0x11, 0, 1);
+    cli_ok(&a, &["snapshot", "create", "default", "s0"]);
+    // Slow enough that the target is surely killed while it applies s1.
+    mirror_set(&a, &t, "replica", &["--bandwidth-limit", "2MiB/s"]);
+    wait_in_sync(&a, "s0", 60);
+    bulk(&a, 0x22, 8, 24);
+    cli_ok(&a, &["snapshot", "create", "default", "s1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = json(t.agent(), &["delta", "status", "replica"]);
+        if s["inProgress"] == true && s["snapshotName"] == "s1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the target never began s1: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    t.kill9();
+    cli_ok(&a, &["snapshot", "delete", "default", "s1"]);
+    t.restart();
+    let kept = json(t.agent(), &["delta", "status", "replica"]);
+    assert_eq!(kept["snapshotName"], "s1", "the cut apply is kept: {kept}");
+    // Without the limit from here on (the same target: what was replicated is kept).
+    mirror_set(&a, &t, "replica", &[]);
+    bulk(&a, 0x33, 40, 2);
+    cli_ok(&a, &["snapshot", "create", "default", "s2"]);
+    wait_in_sync(&a, "s2", 60);
+    let after = json(t.agent(), &["delta", "status", "replica"]);
+    assert_eq!(after["inProgress"], false, "{after}");
+    assert_identical(&a, &t, "s2", tmp.path());
+    let snaps = json(t.agent(), &["snapshot", "list", "replica"]);
+    assert!(!snaps.to_string().contains("\"s1\""), "{snaps}");
+    a.stop_and_verify();
+    t.agent.take().unwrap().stop_and_verify();
+}

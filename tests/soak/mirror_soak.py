@@ -115,9 +115,12 @@ class MirrorSoak:
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
+        # Every other target volume gets zstd-compressed streams.
+        compression = ["DELTA_COMPRESSION_NONE", "DELTA_COMPRESSION_ZSTD"][self.volumes_made % 2]
         self.source.call("MirrorService/SetMirror", {
             "volume": "default",
-            "target": {"endpoint": self.endpoint(), "volume": name}})
+            "target": {"endpoint": self.endpoint(), "volume": name,
+                       "compression": compression}})
 
     def retire(self):
         """Deletes the target volumes of earlier mirrors (retried after a kill)."""

@@ -3,6 +3,7 @@
 use crate::exit::rpc;
 use crate::output::{self, Format};
 use crate::size::human;
+use crate::stream_cost::StreamCost;
 use crate::Ctx;
 use anyhow::Result;
 use clap::Subcommand;
@@ -47,6 +48,10 @@ pub struct SetArgs {
     tls_cert: Option<PathBuf>,
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// How every round's stream travels (`--compress zstd` for a link where bytes cost more
+    /// than the source's CPU; the target must read delta format version 2).
+    #[command(flatten)]
+    stream: StreamCost,
 }
 
 fn state_word(s: i32) -> &'static str {
@@ -75,6 +80,8 @@ pub fn mirror_json(m: &pb::VolumeMirror) -> Value {
             "tlsCaFile": t.tls_ca_file,
             "tlsCertFile": t.tls_cert_file,
             "tlsKeyFile": t.tls_key_file,
+            "compression": compression_word(&t),
+            "bandwidthLimitBytesPerSec": t.bandwidth_limit_bytes_per_sec,
         },
         "status": {
             "state": state_word(st.state),
@@ -88,6 +95,30 @@ pub fn mirror_json(m: &pb::VolumeMirror) -> Value {
             "lastError": st.last_error,
         },
     })
+}
+
+/// `none` or `zstd:LEVEL` (the agent fills in the default level).
+fn compression_word(t: &pb::MirrorTarget) -> String {
+    match pb::DeltaCompression::try_from(t.compression) {
+        Ok(pb::DeltaCompression::None) => "none".into(),
+        Ok(pb::DeltaCompression::Zstd) => format!("zstd:{}", t.compression_level),
+        Err(_) => "unknown".into(),
+    }
+}
+
+/// The stream's settings in words: `zstd:3, at most 10.0 MiB/s`; empty for the defaults.
+fn stream_words(t: &pb::MirrorTarget) -> String {
+    let mut words = Vec::new();
+    if t.compression != pb::DeltaCompression::None as i32 {
+        words.push(compression_word(t));
+    }
+    if t.bandwidth_limit_bytes_per_sec > 0 {
+        words.push(format!(
+            "at most {}/s",
+            human(t.bandwidth_limit_bytes_per_sec)
+        ));
+    }
+    words.join(", ")
 }
 
 fn dash(s: &str) -> String {
@@ -110,6 +141,10 @@ pub fn summary(m: &pb::VolumeMirror) -> String {
         dash(&st.last_replicated_snapshot),
         st.lag_seconds
     );
+    let stream = stream_words(&t);
+    if !stream.is_empty() {
+        line.push_str(&format!(", {stream}"));
+    }
     if !st.last_error.is_empty() {
         line.push_str(&format!(" ({})", st.last_error));
     }
@@ -140,6 +175,14 @@ fn show(format: Format, m: &pb::VolumeMirror) -> Result<()> {
         ("target", t.endpoint.clone()),
         ("target volume", t.volume.clone()),
         ("tls", tls),
+        ("stream", {
+            let words = stream_words(&t);
+            if words.is_empty() {
+                "uncompressed, no limit".into()
+            } else {
+                words
+            }
+        }),
         ("state", state_word(st.state).to_string()),
         (
             "last replicated",
@@ -168,6 +211,7 @@ pub async fn run(ctx: &Ctx, cmd: MirrorCommand) -> Result<()> {
     let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_default();
     match cmd {
         MirrorCommand::Set(a) => {
+            let (compression, compression_level, bandwidth_limit_bytes_per_sec) = a.stream.fields();
             let m = client
                 .set_mirror(pb::SetMirrorRequest {
                     volume: a.volume.clone(),
@@ -177,6 +221,9 @@ pub async fn run(ctx: &Ctx, cmd: MirrorCommand) -> Result<()> {
                         tls_ca_file: path(a.tls_ca),
                         tls_cert_file: path(a.tls_cert),
                         tls_key_file: path(a.tls_key),
+                        compression: compression as i32,
+                        compression_level,
+                        bandwidth_limit_bytes_per_sec,
                     }),
                 })
                 .await
@@ -241,6 +288,16 @@ mod tests {
             "retrying to http://dr:50051 db-copy, last s7, lag 42s (cannot connect)"
         );
         assert_eq!(mirror_json(&m)["status"]["state"], "retrying");
+        assert_eq!(mirror_json(&m)["target"]["compression"], "none");
+        let mut packed = m.clone();
+        let t = packed.target.as_mut().unwrap();
+        t.compression = pb::DeltaCompression::Zstd as i32;
+        t.compression_level = 3;
+        t.bandwidth_limit_bytes_per_sec = 10 << 20;
+        assert_eq!(
+            summary(&packed),
+            "retrying to http://dr:50051 db-copy, last s7, lag 42s, zstd:3, at most 10 MiB/s (cannot connect)"
+        );
         assert_eq!(state_word(99), "unknown");
     }
 }

@@ -29,14 +29,19 @@ pub enum Compress {
 impl StreamCost {
     /// Sets the request's compression and bandwidth fields.
     pub fn apply(&self, req: &mut pb::ExportDeltaRequest) {
-        match self.compress {
-            Compress::None => req.set_compression(pb::DeltaCompression::None),
-            Compress::Zstd(level) => {
-                req.set_compression(pb::DeltaCompression::Zstd);
-                req.compression_level = level;
-            }
-        }
-        req.bandwidth_limit_bytes_per_sec = self.bandwidth_limit.unwrap_or(0);
+        let (compression, level, rate) = self.fields();
+        req.set_compression(compression);
+        req.compression_level = level;
+        req.bandwidth_limit_bytes_per_sec = rate;
+    }
+
+    /// The API's compression, level (0: the default) and bytes per second (0: no limit).
+    pub fn fields(&self) -> (pb::DeltaCompression, i32, u64) {
+        let (compression, level) = match self.compress {
+            Compress::None => (pb::DeltaCompression::None, 0),
+            Compress::Zstd(level) => (pb::DeltaCompression::Zstd, level),
+        };
+        (compression, level, self.bandwidth_limit.unwrap_or(0))
     }
 }
 

@@ -259,15 +259,28 @@ fn mirror_target() -> impl Strategy<Value = pb::MirrorTarget> {
         1 => Just("/dev/null".to_string()),
         1 => any::<String>(),
     ];
-    (endpoint, name(), file.clone(), file.clone(), file).prop_map(
-        |(endpoint, volume, tls_ca_file, tls_cert_file, tls_key_file)| pb::MirrorTarget {
-            endpoint,
-            volume,
-            tls_ca_file,
-            tls_cert_file,
-            tls_key_file,
-        },
+    let compression = prop_oneof![Just(0), Just(1), any::<i32>()];
+    let level = prop_oneof![Just(0), 1..=22i32, any::<i32>()];
+    let rate = prop_oneof![Just(0u64), any::<u64>()];
+    (
+        (endpoint, name(), file.clone(), file.clone(), file),
+        (compression, level, rate),
     )
+        .prop_map(
+            |(
+                (endpoint, volume, tls_ca_file, tls_cert_file, tls_key_file),
+                (compression, compression_level, bandwidth_limit_bytes_per_sec),
+            )| pb::MirrorTarget {
+                endpoint,
+                volume,
+                tls_ca_file,
+                tls_cert_file,
+                tls_key_file,
+                compression,
+                compression_level,
+                bandwidth_limit_bytes_per_sec,
+            },
+        )
 }
 
 struct Agent {

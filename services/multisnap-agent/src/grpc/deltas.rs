@@ -3,8 +3,9 @@
 use super::block_maps::{stream_map, MapRequest, RangesStream};
 use super::snapshots::snapshot_message;
 use super::status::{blocking, from_replication, from_store};
+use crate::mirror::stream::{compression_from, message_bytes};
 use crate::volumes::{Volume, Volumes};
-use multisnap_delta::{ZstdLevel, DEFAULT_ZSTD_LEVEL};
+use multisnap_delta::ZstdLevel;
 use multisnap_proto::v1 as pb;
 use multisnap_replication::apply::{Applier, Outcome};
 use multisnap_replication::export::{export, ExportPlan};
@@ -21,31 +22,9 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-/// Stream bytes per ExportDelta message.
-const MESSAGE_BYTES: usize = 1 << 20;
-/// Smallest message under a bandwidth limit, so a low limit does not mean tiny messages.
-const MIN_LIMITED_MESSAGE_BYTES: usize = 16 << 10;
-
 /// The request's compression: `None` for a version 1 stream, else the zstd level to use.
 fn export_compression(r: &pb::ExportDeltaRequest) -> Result<Option<ZstdLevel>, Status> {
-    match pb::DeltaCompression::try_from(r.compression) {
-        Ok(pb::DeltaCompression::None) => Ok(None),
-        Ok(pb::DeltaCompression::Zstd) if r.compression_level == 0 => Ok(Some(DEFAULT_ZSTD_LEVEL)),
-        Ok(pb::DeltaCompression::Zstd) => {
-            ZstdLevel::new(r.compression_level)
-                .map(Some)
-                .ok_or_else(|| {
-                    Status::invalid_argument(format!(
-                        "compression_level {} is not a zstd level (1-22, or 0 for the default)",
-                        r.compression_level
-                    ))
-                })
-        }
-        Err(_) => Err(Status::invalid_argument(format!(
-            "unknown compression {}",
-            r.compression
-        ))),
-    }
+    compression_from(r.compression, r.compression_level).map_err(Status::invalid_argument)
 }
 
 pub struct DeltaApi {
@@ -151,11 +130,7 @@ impl pb::delta_service_server::DeltaService for DeltaApi {
         })
         .await?;
         plan.compression = compression;
-        // Under a limit, messages no larger than the throttle's piece: a 1 MiB message at a
-        // low limit would be the very burst the throttle smooths away.
-        let message_bytes = limit.map_or(MESSAGE_BYTES, |l| {
-            (l.piece() as usize).clamp(MIN_LIMITED_MESSAGE_BYTES, MESSAGE_BYTES)
-        });
+        let message_bytes = message_bytes(limit);
         let (tx, rx) = mpsc::channel(4);
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {

@@ -1,6 +1,7 @@
 //! `multisnap.v1.MirrorService`: a volume's mirror to another agent (see `crate::mirror`).
 
 use super::status::{blocking, find_volume, from_volume};
+use crate::mirror::stream::StreamSettings;
 use crate::mirror::target::{MirrorTarget, TlsFiles};
 use crate::mirror::worker::MirrorWorker;
 use crate::mirror::{behind, Active, Phase};
@@ -30,12 +31,16 @@ fn path_text(p: &Option<PathBuf>) -> String {
 }
 
 pub fn target_message(t: &MirrorTarget) -> pb::MirrorTarget {
+    let (compression, compression_level, bandwidth_limit_bytes_per_sec) = t.stream.to_api();
     pb::MirrorTarget {
         endpoint: t.endpoint.to_string(),
         volume: t.volume.clone(),
         tls_ca_file: path_text(&t.tls.ca),
         tls_cert_file: path_text(&t.tls.cert),
         tls_key_file: path_text(&t.tls.key),
+        compression: compression as i32,
+        compression_level,
+        bandwidth_limit_bytes_per_sec,
     }
 }
 
@@ -82,7 +87,14 @@ pub fn mirror_message(v: &Volume, a: &Active) -> pb::VolumeMirror {
 fn target_from(t: Option<pb::MirrorTarget>) -> Result<MirrorTarget, Status> {
     let t = t.ok_or_else(|| Status::invalid_argument("target is required"))?;
     let path = |s: String| (!s.is_empty()).then(|| PathBuf::from(s));
-    let target = MirrorTarget::check(
+    let invalid = |m: String| from_volume(VolumeError::InvalidArgument(m));
+    let stream = StreamSettings::from_api(
+        t.compression,
+        t.compression_level,
+        t.bandwidth_limit_bytes_per_sec,
+    )
+    .map_err(invalid)?;
+    let mut target = MirrorTarget::check(
         &t.endpoint,
         &t.volume,
         TlsFiles {
@@ -91,11 +103,10 @@ fn target_from(t: Option<pb::MirrorTarget>) -> Result<MirrorTarget, Status> {
             key: path(t.tls_key_file),
         },
     )
-    .map_err(|m| from_volume(VolumeError::InvalidArgument(m)))?;
+    .map_err(invalid)?;
+    target.stream = stream;
     // Read now, so a wrong path is refused here rather than failing every round.
-    target
-        .tls_config()
-        .map_err(|m| from_volume(VolumeError::InvalidArgument(m)))?;
+    target.tls_config().map_err(invalid)?;
     Ok(target)
 }
 

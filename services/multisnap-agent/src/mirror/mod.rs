@@ -3,13 +3,15 @@
 //!
 //! Files by job: `target` (where to, and the connection), `persist` (the mirror file beside
 //! the store), `plan` (what a round does, decided from what both agents report), `backoff`
-//! (waits after failures), `round` (one round's calls and the stream), `worker` (the task that
-//! starts rounds when a new snapshot appears or a retry is due).
+//! (waits after failures), `round` (one round's calls and the stream), `stream` (its
+//! compression and bandwidth limit), `worker` (the task that starts rounds when a new snapshot
+//! appears or a retry is due).
 
 pub mod backoff;
 pub mod persist;
 pub mod plan;
 pub mod round;
+pub mod stream;
 pub mod target;
 pub mod worker;
 

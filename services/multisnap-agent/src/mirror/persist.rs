@@ -11,6 +11,7 @@
 //! holds it. A cut in between leaves the older base recorded: still held, still on the target,
 //! and the next round finds the newer snapshot there and adopts it (see `plan`).
 
+use super::stream::StreamSettings;
 use super::target::MirrorTarget;
 use crate::datadir::{load_replaced_json, remove_replaced_file, replace_file_durably};
 use serde_json::{json, Value};
@@ -18,7 +19,9 @@ use std::path::{Path, PathBuf};
 
 pub const MIRROR_FILE: &str = "mirror.json";
 /// Version of the file's layout; a newer one is refused rather than misread.
-pub const FORMAT_VERSION: u64 = 1;
+/// Version 2 added the stream settings to `target`; a version 1 file reads as an uncompressed
+/// stream without a limit.
+pub const FORMAT_VERSION: u64 = 2;
 
 /// A snapshot of the source volume the target holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,16 +58,21 @@ impl Persisted {
 
     pub fn to_json(&self) -> Value {
         let t = &self.target;
+        let mut target = json!({
+            "endpoint": t.endpoint.to_string(),
+            "volume": t.volume,
+            "tls_ca_file": t.tls.ca,
+            "tls_cert_file": t.tls.cert,
+            "tls_key_file": t.tls.key,
+        });
+        if let (Some(fields), Value::Object(stream)) = (target.as_object_mut(), t.stream.to_json())
+        {
+            fields.extend(stream);
+        }
         json!({
             "format": FORMAT_VERSION,
             "volume_uuid": self.volume_uuid,
-            "target": {
-                "endpoint": t.endpoint.to_string(),
-                "volume": t.volume,
-                "tls_ca_file": t.tls.ca,
-                "tls_cert_file": t.tls.cert,
-                "tls_key_file": t.tls.key,
-            },
+            "target": target,
             "replicated": self.replicated.as_ref().map(|r| json!({"id": r.id, "name": r.name, "at": r.at})),
             "stopped": self.stopped,
         })
@@ -84,7 +92,7 @@ impl Persisted {
                 .ok_or(format!("target.{k} is missing"))
         };
         let path = |k: &str| t[k].as_str().map(PathBuf::from);
-        let target = MirrorTarget::check(
+        let mut target = MirrorTarget::check(
             &text("endpoint")?,
             &text("volume")?,
             super::target::TlsFiles {
@@ -93,6 +101,7 @@ impl Persisted {
                 key: path("tls_key_file"),
             },
         )?;
+        target.stream = StreamSettings::from_json(t)?;
         let replicated = match &v["replicated"] {
             Value::Null => None,
             r => Some(Replicated {

@@ -3,6 +3,7 @@
 //! continues from the target's token on the next round.
 
 use super::plan::{self, SourceSnap, Step, TargetApply, TargetSnap};
+use super::stream::{message_bytes, StreamSettings};
 use super::target::MirrorTarget;
 use super::{replicated_now, FailureReason, SnapshotRef};
 use crate::volumes::Volume;
@@ -11,6 +12,7 @@ use multisnap_proto::v1::delta_service_client::DeltaServiceClient;
 use multisnap_proto::v1::snapshot_service_client::SnapshotServiceClient;
 use multisnap_proto::v1::volume_service_client::VolumeServiceClient;
 use multisnap_replication::export::{export, ExportPlan};
+use multisnap_replication::throttle::Throttled;
 use multisnap_replication::ReplicationError;
 use std::io::Write;
 use std::sync::atomic::Ordering::Relaxed;
@@ -20,8 +22,6 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::Code;
 
-/// Stream bytes per ApplyDelta message, as ExportDelta sends them.
-const MESSAGE_BYTES: usize = 1 << 20;
 /// The target's DeltaService accepts messages up to this size.
 const MAX_MESSAGE: usize = 32 << 20;
 
@@ -171,7 +171,15 @@ pub async fn run(v: Arc<Volume>, target: MirrorTarget, generation: u64) -> Resul
             base,
             target: snap,
             resume_token,
-        } => send(&ch, &v, &tv, generation, base, snap, resume_token).await,
+        } => {
+            let how = Transfer {
+                target_volume: &tv,
+                stream: target.stream,
+                base,
+                resume_token,
+            };
+            send(&ch, &v, how, generation, snap).await
+        }
     }
 }
 
@@ -247,15 +255,22 @@ fn record(v: &Volume, generation: u64, snap: &SnapshotRef) -> Result<(), Failure
     }
 }
 
-/// Streams `snap` (from `base`) to the target and records it once the target holds it.
+/// What a transfer sends and how: where to, its stream settings, the base it goes from (none
+/// for a full stream) and the target's resume token (empty to start from the beginning).
+struct Transfer<'a> {
+    target_volume: &'a str,
+    stream: StreamSettings,
+    base: Option<SourceSnap>,
+    resume_token: Vec<u8>,
+}
+
+/// Streams `snap` to the target as `how` says and records it once the target holds it.
 async fn send(
     ch: &Channel,
     v: &Arc<Volume>,
-    target_volume: &str,
+    how: Transfer<'_>,
     generation: u64,
-    base: Option<SourceSnap>,
     snap: SourceSnap,
-    resume_token: Vec<u8>,
 ) -> Result<Done, Failure> {
     let snapshot = SnapshotRef {
         id: snap.id,
@@ -265,10 +280,10 @@ async fn send(
         a.sending = Some(snapshot.clone());
         false
     });
-    let resumed = !resume_token.is_empty();
-    tracing::info!(volume = %v.name, snapshot = %snap.name, base = ?base.as_ref().map(|b| &b.name), resumed, "mirror sending");
+    let resumed = !how.resume_token.is_empty();
+    tracing::info!(volume = %v.name, snapshot = %snap.name, base = ?how.base.as_ref().map(|b| &b.name), resumed, compressed = how.stream.compression.is_some(), "mirror sending");
     let started = Instant::now();
-    let result = transfer(ch, v, target_volume, base, &snap.name, resume_token).await;
+    let result = transfer(ch, v, how, &snap.name).await;
     v.mirror.update(generation, |a| {
         a.sending = None;
         false
@@ -296,6 +311,7 @@ async fn send(
 struct ApplyWriter {
     tx: mpsc::Sender<pb::ApplyDeltaRequest>,
     buf: Vec<u8>,
+    message_bytes: usize,
     v: Arc<Volume>,
 }
 
@@ -303,7 +319,7 @@ impl ApplyWriter {
     fn send(&mut self) -> std::io::Result<()> {
         let data = std::mem::replace(
             &mut self.buf,
-            Vec::with_capacity(MESSAGE_BYTES + (64 << 10)),
+            Vec::with_capacity(self.message_bytes + (64 << 10)),
         );
         let n = data.len() as u64;
         self.tx
@@ -322,7 +338,7 @@ impl ApplyWriter {
 impl Write for ApplyWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.buf.extend_from_slice(data);
-        if self.buf.len() >= MESSAGE_BYTES {
+        if self.buf.len() >= self.message_bytes {
             self.send()?;
         }
         Ok(data.len())
@@ -341,14 +357,18 @@ impl Write for ApplyWriter {
 async fn transfer(
     ch: &Channel,
     v: &Arc<Volume>,
-    target_volume: &str,
-    base: Option<SourceSnap>,
+    how: Transfer<'_>,
     snapshot: &str,
-    resume_token: Vec<u8>,
 ) -> Result<(u64, pb::ApplyDeltaResponse), Failure> {
     let store_side = v.clone();
+    let Transfer {
+        target_volume,
+        stream,
+        base,
+        resume_token,
+    } = how;
     let (snap, token) = (snapshot.to_string(), resume_token.clone());
-    let plan = tokio::task::spawn_blocking(move || {
+    let mut plan = tokio::task::spawn_blocking(move || {
         let base = base.as_ref().map(|b| b.name.as_str());
         ExportPlan::new(&store_side.store, base, &snap, &token)
     })
@@ -361,6 +381,8 @@ async fn transfer(
         reason: FailureReason::Export,
         message: format!("cannot export {snapshot}: {e}"),
     })?;
+    plan.compression = stream.compression;
+    let message_bytes = message_bytes(stream.bandwidth_limit);
     let (tx, rx) = mpsc::channel(4);
     let first = pb::ApplyDeltaRequest {
         volume: target_volume.to_string(),
@@ -375,12 +397,15 @@ async fn transfer(
         let _enter = span.enter();
         let mut out = ApplyWriter {
             tx,
-            buf: Vec::with_capacity(MESSAGE_BYTES + (64 << 10)),
+            buf: Vec::with_capacity(message_bytes + (64 << 10)),
+            message_bytes,
             v: vol.clone(),
         };
         let before = vol.mirror.counters.bytes_sent.load(Relaxed);
-        let r = export(&vol.store, &plan, &mut out, |_| {}).and_then(|t| {
-            out.flush()
+        let mut throttled = Throttled::new(&mut out, stream.bandwidth_limit);
+        let r = export(&vol.store, &plan, &mut throttled, |_| {}).and_then(|t| {
+            throttled
+                .flush()
                 .map(|()| t)
                 .map_err(|e| ReplicationError::Delta(e.into()))
         });

@@ -1,6 +1,7 @@
 //! Where a mirror sends: the target agent's gRPC address (TCP, TCP with TLS, or a unix
 //! socket), the volume there, and the PEM files for TLS; and the connection to it.
 
+use super::stream::StreamSettings;
 use hyper_util::rt::TokioIo;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -84,6 +85,9 @@ pub struct MirrorTarget {
     pub endpoint: Endpoint,
     pub volume: String,
     pub tls: TlsFiles,
+    /// Compression and bandwidth limit of the stream; not part of where it goes (setting a
+    /// mirror again with other settings keeps what was replicated).
+    pub stream: StreamSettings,
 }
 
 impl MirrorTarget {
@@ -111,6 +115,7 @@ impl MirrorTarget {
             endpoint,
             volume: volume.to_string(),
             tls,
+            stream: StreamSettings::default(),
         })
     }
 
