@@ -62,6 +62,7 @@ class MirrorSoak:
         self.kills_mid_apply = 0
         self.syncs_checked = 0
         self.rng = None  # set by the soak: thinning while waiting for a sync
+        self.versions_so_far = lambda: 0  # set by the soak: the newest version written
 
     # --- the model's side
 
@@ -161,8 +162,18 @@ class MirrorSoak:
             if any(got == self.block_bytes(b, w) for w in want.later.get(b, ())):
                 continue
             raise SystemExit(f"MISMATCH target {volume}@{name} block {b}: not as the source "
-                             f"snapshot read (version {v} or one written to it since)")
+                             f"snapshot read (version {v} or one written to it since); "
+                             f"it reads as {self.identify(b, got)}")
         return hashlib.sha256(data).digest()
+
+    def identify(self, block, data):
+        """What a wrong block holds, for the report: the version it is, if any."""
+        if data == bytes(self.block):
+            return "zeros"
+        for v in range(1, self.versions_so_far() + 1):
+            if data == self.block_bytes(block, v):
+                return f"version {v}"
+        return "no version ever written to it"
 
     def check(self, source_names):
         """Checks every target volume of a mirror; both agents are up. `source_names`: the

@@ -448,6 +448,7 @@ def main():
     target = Agent(binary, os.path.join(os.path.dirname(data), "target"), "target.log")
     model.mirror = MirrorSoak(agent, target, block_bytes, BLOCK, SIZE)
     model.mirror.rng = random.Random(rng.random())
+    model.mirror.versions_so_far = lambda: model.next_version - 1
     fio = FioSoak(agent)
     try:
         run_cycles(binary, data, cycles, rng, model, agent, target, fio)
