@@ -149,6 +149,13 @@ pub fn export(
             let to = ((c + n) * cs).min(size);
             buf.resize((to - from) as usize, 0);
             store.read(view, from, &mut buf)?;
+            // A writable snapshot's writes are durable only once flushed. The receiver keeps
+            // what this stream carries as the base of later incrementals, and those send only
+            // what differs from this store's copy of that base: a write sent here and then
+            // lost in a crash here would stay on the receiver under every later snapshot.
+            if plan.target.writable {
+                store.flush_for_reader()?;
+            }
             // Split into runs of data chunks and zero chunks.
             let mut i = 0u64;
             while i < n {

@@ -277,6 +277,14 @@ impl Store {
         Ok(())
     }
 
+    /// [`flush`](Self::flush) for a reader in this process that hands what it read to
+    /// another system (a delta export of a writable snapshot): nothing it read before this
+    /// call can be taken back by a crash after it. Not counted in the flush latency figures,
+    /// which are the clients'.
+    pub fn flush_for_reader(&self) -> Result<()> {
+        self.flush_untimed()
+    }
+
     fn flush_untimed(&self) -> Result<()> {
         self.sync_origin()?;
         let private_unflushed = self.private_data_unflushed.swap(false, Ordering::AcqRel);
