@@ -19,6 +19,11 @@ Prints one line per cycle and a summary; exits non-zero with the first mismatch.
 """
 import hashlib
 import os
+
+# protobuf's C extension (upb) crashed this process (SIGSEGV in _message.abi3.so) when the
+# cycle's threads built messages at the same time, about once in 50-100 cycles; the pure-Python
+# implementation is slower and has no such crash. Set before protobuf is first imported.
+os.environ["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = "python"
 import random
 import signal
 import socket
