@@ -103,16 +103,7 @@ impl Peers {
     pub async fn connect(&self, node: &NodeName) -> Result<Channel, String> {
         let uri = self.endpoint(node);
         let fail = |e: tonic::transport::Error| {
-            let mut msg = format!("cannot connect to {uri}: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                let text = s.to_string();
-                if !msg.contains(&text) {
-                    msg.push_str(&format!(": {text}"));
-                }
-                source = s.source();
-            }
-            msg
+            multisnap_proto::connect_error(&format!("cannot connect to {uri}"), &e)
         };
         // Large HTTP/2 windows, as the agent's server has: a delta is not throttled by
         // flow-control round trips.

@@ -158,17 +158,7 @@ impl MirrorTarget {
                 .initial_connection_window_size(16 << 20)
         };
         let fail = |e: tonic::transport::Error| {
-            let mut msg = format!("cannot connect to {}: {e}", self.endpoint);
-            let mut source = std::error::Error::source(&e);
-            // tonic's own text names some of its causes already: each is said once.
-            while let Some(s) = source {
-                let text = s.to_string();
-                if !msg.contains(&text) {
-                    msg.push_str(&format!(": {text}"));
-                }
-                source = s.source();
-            }
-            msg
+            multisnap_proto::connect_error(&format!("cannot connect to {}", self.endpoint), &e)
         };
         match &self.endpoint {
             Endpoint::Tcp { uri, .. } => {
