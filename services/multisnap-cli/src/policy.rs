@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 
 #[derive(Subcommand)]
 pub enum PolicyCommand {
-    /// Set (or replace) VOLUME's policy: a snapshot every --every, named by --name-template,
-    /// pruned by the --keep-* classes and --max-age.
+    /// Set (or replace) VOLUME's policy: a snapshot every --every or at the --schedule's
+    /// times, named by --name-template, pruned by the --keep-* classes and --max-age.
     ///
     /// Only snapshots the policy took are ever pruned (the agent records them; a snapshot of
     /// yours named like the template is not one), and never one that a clone, a ublk device or
@@ -30,8 +30,13 @@ pub struct SetArgs {
     volume: String,
     /// Interval between snapshots: 90s, 15m, 1h, 1d, 1w (at least 1m). Snapshots are due on
     /// multiples of it since the Unix epoch: 1h means on the hour (UTC).
-    #[arg(long, value_parser = parse_duration)]
-    every: u64,
+    #[arg(long, value_parser = parse_duration, required_unless_present = "schedule")]
+    every: Option<u64>,
+    /// Instead of --every: snapshots at the times of a cron-like schedule in UTC, `minute hour
+    /// day-of-month month day-of-week`, e.g. '0 */6 * * *' (every 6 hours), '15 2 * * *'
+    /// (02:15 daily), '0 9-17/4 * * mon-fri'.
+    #[arg(long, conflicts_with = "every")]
+    schedule: Option<String>,
     /// Names from the UTC time: %Y %m %d %H %M %S, %s (Unix seconds), %% [agent default:
     /// auto-%Y%m%d-%H%M%S].
     #[arg(long)]
@@ -105,6 +110,7 @@ pub fn policy_json(p: &pb::VolumePolicy) -> Value {
         "volume": p.volume,
         "policy": {
             "intervalSeconds": spec.interval_seconds,
+            "schedule": spec.schedule,
             "nameTemplate": spec.name_template,
             "keepHourly": spec.keep_hourly,
             "keepDaily": spec.keep_daily,
@@ -122,6 +128,15 @@ pub fn policy_json(p: &pb::VolumePolicy) -> Value {
             "held": st.held,
         },
     })
+}
+
+/// When the policy takes snapshots: `every 1h`, or `at '0 */6 * * *' UTC`.
+fn timing_words(spec: &pb::SnapshotPolicy) -> String {
+    if spec.schedule.is_empty() {
+        format!("every {}", duration_word(spec.interval_seconds))
+    } else {
+        format!("at '{}' UTC", spec.schedule)
+    }
 }
 
 /// One line for `volume show`: `every 1h, keep 24 hourly 7 daily`.
@@ -147,8 +162,8 @@ pub fn summary(p: &pb::VolumePolicy) -> String {
         keep.join(" ")
     };
     format!(
-        "every {}, keep {keep}, named {}",
-        duration_word(spec.interval_seconds),
+        "{}, keep {keep}, named {}",
+        timing_words(&spec),
         spec.name_template
     )
 }
@@ -172,7 +187,7 @@ fn show(format: Format, p: &pb::VolumePolicy) -> Result<()> {
     };
     output::print_details(&[
         ("volume", p.volume.clone()),
-        ("every", duration_word(spec.interval_seconds)),
+        ("snapshots", timing_words(&spec)),
         ("name template", spec.name_template.clone()),
         ("keep hourly", count(spec.keep_hourly)),
         ("keep daily", count(spec.keep_daily)),
@@ -229,7 +244,8 @@ pub async fn run(ctx: &Ctx, cmd: PolicyCommand) -> Result<()> {
                 .set_policy(pb::SetPolicyRequest {
                     volume: a.volume.clone(),
                     policy: Some(pb::SnapshotPolicy {
-                        interval_seconds: a.every,
+                        interval_seconds: a.every.unwrap_or(0),
+                        schedule: a.schedule.unwrap_or_default(),
                         name_template: a.name_template.unwrap_or_default(),
                         keep_hourly: a.keep_hourly,
                         keep_daily: a.keep_daily,

@@ -54,3 +54,24 @@ fn usage_errors_exit_1_and_unreachable_agents_exit_7() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A policy takes an interval or a schedule: both, or neither, is a usage error.
+#[test]
+fn a_policy_takes_every_or_schedule_not_both() {
+    let both = multisnap(&[
+        "policy",
+        "set",
+        "v",
+        "--every",
+        "1h",
+        "--schedule",
+        "0 * * * *",
+    ]);
+    assert_eq!(both.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
+    let neither = multisnap(&["policy", "set", "v", "--keep-daily", "7"]);
+    assert_eq!(neither.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&neither.stderr).contains("--every"));
+    let help = multisnap(&["policy", "set", "--help"]);
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--schedule"));
+}

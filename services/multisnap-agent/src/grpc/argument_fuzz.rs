@@ -2,7 +2,7 @@
 //! (and block maps)
 //! with hostile arguments (empty, over-long, non-ASCII and path-like names, sizes at and past
 //! every limit, chunk sizes that are not powers of two, origin paths that climb out of the
-//! data directory or name devices, unknown enum values, snapshot policies with every interval,
+//! data directory or name devices, unknown enum values, snapshot policies with every interval, good, never-matching and malformed schedules,
 //! count and age limit and malformed name templates, mirrors to malformed endpoints, bad
 //! target volume names and TLS files that do not exist or do not fit) against the real handlers on a real
 //! data directory. Whatever the input: no panic, never INTERNAL or UNKNOWN (a caller's mistake
@@ -111,6 +111,24 @@ fn template() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Cron-like schedules: good ones, ones that never match, and malformed ones.
+fn schedule() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => Just(String::new()),
+        1 => Just("0 */6 * * *".to_string()),
+        1 => Just("0 9-17/4 * * mon-fri".to_string()),
+        1 => Just("0 0 29 2 *".to_string()),
+        1 => Just("0 0 31 2 *".to_string()),
+        1 => Just("* * * * *".to_string()),
+        1 => Just("61 * * * *".to_string()),
+        1 => Just("0 0 * * fri-mon".to_string()),
+        1 => Just("*/0 * * * *".to_string()),
+        1 => Just("0 0 * *".to_string()),
+        1 => "[0-9*/,a-z -]{0,24}",
+        1 => any::<String>(),
+    ]
+}
+
 fn policy() -> impl Strategy<Value = pb::SnapshotPolicy> {
     let interval = prop_oneof![
         Just(0u64),
@@ -129,17 +147,18 @@ fn policy() -> impl Strategy<Value = pb::SnapshotPolicy> {
         Just(10_001),
         any::<u32>()
     ];
-    (interval, template(), keep.clone(), keep, size()).prop_map(|(i, t, a, b, age)| {
-        pb::SnapshotPolicy {
+    (interval, schedule(), template(), keep.clone(), keep, size()).prop_map(
+        |(i, c, t, a, b, age)| pb::SnapshotPolicy {
             interval_seconds: i,
+            schedule: c,
             name_template: t,
             keep_hourly: a,
             keep_daily: b,
             keep_weekly: a / 2,
             keep_monthly: b / 3,
             max_age_seconds: age,
-        }
-    })
+        },
+    )
 }
 
 #[derive(Debug, Clone)]

@@ -4,6 +4,7 @@ use super::status::{blocking, find_volume, from_volume};
 use crate::policy::calendar::UnixSecs;
 use crate::policy::retention::Retention;
 use crate::policy::scheduler::Scheduler;
+use crate::policy::timing::Timing;
 use crate::policy::{Active, PolicyRequest, PolicySpec};
 use crate::volumes::{VolumeError, Volumes};
 use multisnap_proto::v1 as pb;
@@ -24,8 +25,13 @@ fn timestamp(t: UnixSecs) -> prost_types::Timestamp {
 
 pub fn spec_message(spec: &PolicySpec) -> pb::SnapshotPolicy {
     let r = &spec.retention;
+    let (interval_seconds, schedule) = match &spec.timing {
+        Timing::Every(i) => (*i as u64, String::new()),
+        Timing::Schedule(c) => (0, c.as_str().to_string()),
+    };
     pb::SnapshotPolicy {
-        interval_seconds: spec.interval as u64,
+        interval_seconds,
+        schedule,
         name_template: spec.template.as_str().to_string(),
         keep_hourly: r.hourly,
         keep_daily: r.daily,
@@ -57,6 +63,7 @@ fn request_from(p: Option<pb::SnapshotPolicy>) -> Result<PolicyRequest, Status> 
     let p = p.ok_or_else(|| Status::invalid_argument("policy is required"))?;
     Ok(PolicyRequest {
         interval_seconds: p.interval_seconds,
+        schedule: p.schedule,
         name_template: p.name_template,
         retention: Retention {
             hourly: p.keep_hourly,
@@ -85,7 +92,7 @@ impl pb::policy_service_server::PolicyService for PolicyApi {
         let active = blocking(move || {
             let uuid = v.store.volume_uuid().to_string();
             let a = v.policy.set(spec, &uuid, now).map_err(from_volume)?;
-            tracing::info!(volume = %v.name, interval_seconds = a.saved.spec.interval, "snapshot policy set");
+            tracing::info!(volume = %v.name, timing = %a.saved.spec.timing.describe(), "snapshot policy set");
             Ok(policy_message(&v.name, &a))
         })
         .await?;

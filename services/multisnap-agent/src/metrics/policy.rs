@@ -1,6 +1,7 @@
 //! Snapshot policy series, read at scrape time from each volume's policy slot: the age of the
-//! newest policy snapshot and the interval (so an alert can compare the two), and what the
-//! policy took, pruned and failed at since the agent started.
+//! newest policy snapshot and the interval (for a schedule, its longest gap between scheduled
+//! times, so one alert rule compares the two for both), and what the policy took, pruned and
+//! failed at since the agent started.
 
 use crate::policy::scheduler::Scheduler;
 use crate::policy::FailureReason;
@@ -37,7 +38,7 @@ struct FailureLabels {
 /// One volume's numbers, taken once per scrape.
 struct Sample {
     volume: String,
-    /// (interval, newest snapshot's age, policy snapshots) while a policy is set.
+    /// (interval or longest gap, newest snapshot's age, policy snapshots) while a policy is set.
     active: Option<(i64, i64, i64)>,
     taken: u64,
     pruned: u64,
@@ -57,7 +58,7 @@ impl Collector for PolicyCollector {
                     volume: v.name.clone(),
                     active: v.policy.get().zip(now).map(|(a, now)| {
                         (
-                            a.saved.spec.interval,
+                            a.saved.spec.timing.longest_gap(),
                             a.newest_age(now),
                             a.saved.taken.len() as i64,
                         )
@@ -74,7 +75,7 @@ impl Collector for PolicyCollector {
         type Gauge = fn(&(i64, i64, i64)) -> i64;
         let gauges: [(&str, Option<Unit>, &str, Gauge); 3] = [
             ("multisnap_policy_interval", Some(Unit::Seconds),
-             "Interval of the volume's snapshot policy (only for volumes with a policy).", |a| a.0),
+             "Interval of the volume's snapshot policy; for a schedule, the longest time between two of its scheduled times (only for volumes with a policy).", |a| a.0),
             ("multisnap_policy_newest_snapshot_age", Some(Unit::Seconds),
              "Age of the newest snapshot the volume's policy took, by the policy clock (before its first: time since the policy was set).", |a| a.1),
             ("multisnap_policy_snapshots", None,

@@ -25,7 +25,7 @@ pub struct Civil {
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian. The era arithmetic
 /// (400-year cycles of 146097 days starting on March 1st) keeps February last in each
 /// computed year so leap days need no special case.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -94,10 +94,19 @@ pub fn iso_week_index(t: UnixSecs) -> i64 {
     (t.div_euclid(DAY) + 3).div_euclid(7)
 }
 
-/// Days in `month` (1..=12) of `year`, by the Gregorian rule spelled out: a reference for
-/// the tests, independent of the era arithmetic above.
-#[cfg(test)]
-pub(crate) fn days_in_month(year: i64, month: u32) -> u32 {
+/// Days in a 400-year Gregorian cycle: the calendar, weekdays included (146097 is a multiple
+/// of 7), repeats with it, so a rule on dates that matches no day of one cycle never does.
+pub const CYCLE_DAYS: i64 = 146_097;
+
+/// The day of the week of the `days`th day since the epoch: 0 is Sunday, 6 Saturday
+/// (1970-01-01 was a Thursday).
+pub fn weekday(days: i64) -> u32 {
+    (days + 4).rem_euclid(7) as u32
+}
+
+/// Days in `month` (1..=12) of `year`, by the Gregorian rule spelled out (the tests use it
+/// as a reference independent of the era arithmetic above).
+pub fn days_in_month(year: i64, month: u32) -> u32 {
     let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
     match month {
         2 if leap => 29,

@@ -1,18 +1,22 @@
-//! Snapshot policies: per volume, snapshots taken every interval under a name template, and
-//! the ones the policy took pruned by retention classes (docs/POLICY.md).
+//! Snapshot policies: per volume, snapshots taken every interval or at the times of a cron-like
+//! schedule under a name template, and the ones the policy took pruned by retention classes
+//! (docs/POLICY.md).
 //!
-//! Files by job: `calendar` (UTC dates, ISO weeks, the classes' buckets), `template` (names),
+//! Files by job: `calendar` (UTC dates, ISO weeks, the classes' buckets), `cron` (schedules),
+//! `timing` (when snapshots are due, by interval or schedule), `template` (names),
 //! `retention` (the kept set), `persist` (the policy file beside the store), `clock` (system
 //! or test clock), `holds` (what pruning must leave alone), `scheduler` (the thread that
 //! takes and prunes).
 
 pub mod calendar;
 pub mod clock;
+pub mod cron;
 pub mod holds;
 pub mod persist;
 pub mod retention;
 pub mod scheduler;
 pub mod template;
+pub mod timing;
 
 use crate::volumes::VolumeError;
 use calendar::UnixSecs;
@@ -22,6 +26,7 @@ use retention::Retention;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use template::NameTemplate;
+use timing::Timing;
 
 /// Shortest interval: the scheduler looks once a second, and a snapshot a second would fill
 /// a store's snapshot table in hours.
@@ -36,8 +41,8 @@ pub const MAX_AGE: u64 = 100 * 366 * calendar::DAY as u64;
 /// A checked policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicySpec {
-    /// Seconds between snapshots.
-    pub interval: i64,
+    /// When snapshots are due.
+    pub timing: Timing,
     pub template: NameTemplate,
     pub retention: Retention,
 }
@@ -45,7 +50,10 @@ pub struct PolicySpec {
 /// A policy as asked for, before checking.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyRequest {
+    /// 0 when `schedule` is given.
     pub interval_seconds: u64,
+    /// A cron-like schedule; empty when `interval_seconds` is given.
+    pub schedule: String,
     /// Empty: [`template::DEFAULT_TEMPLATE`].
     pub name_template: String,
     pub retention: Retention,
@@ -55,13 +63,7 @@ impl PolicySpec {
     /// Checks a requested policy; the error names the field and the limit.
     pub fn check(req: &PolicyRequest) -> Result<PolicySpec, VolumeError> {
         let bad = |m: String| Err(VolumeError::InvalidArgument(m));
-        let interval = req.interval_seconds;
-        if interval < MIN_INTERVAL as u64 || interval > MAX_INTERVAL as u64 {
-            return bad(format!(
-                "interval_seconds {interval} is out of range: give {MIN_INTERVAL} (1 minute) to {MAX_INTERVAL} (366 days)"
-            ));
-        }
-        let interval = interval as i64;
+        let timing = Self::check_timing(req).map_err(VolumeError::InvalidArgument)?;
         let r = &req.retention;
         for class in calendar::Class::ALL {
             let n = r.count(class);
@@ -72,10 +74,15 @@ impl PolicySpec {
                 ));
             }
         }
-        if r.max_age != 0 && (r.max_age < interval as u64 || r.max_age > MAX_AGE) {
+        let floor = timing.shortest_gap();
+        if r.max_age != 0 && (r.max_age < floor as u64 || r.max_age > MAX_AGE) {
             return bad(format!(
-                "max_age_seconds {} is out of range: 0 (no limit) or from the interval ({interval}) to {MAX_AGE} (100 years)",
-                r.max_age
+                "max_age_seconds {} is out of range: 0 (no limit) or from the {} ({floor}) to {MAX_AGE} (100 years)",
+                r.max_age,
+                match timing {
+                    Timing::Every(_) => "interval",
+                    Timing::Schedule(_) => "schedule's shortest gap",
+                }
             ));
         }
         let text = if req.name_template.is_empty() {
@@ -83,17 +90,35 @@ impl PolicySpec {
         } else {
             &req.name_template
         };
-        let template = NameTemplate::parse(text, interval).map_err(VolumeError::InvalidArgument)?;
+        let template =
+            NameTemplate::parse(text, timing.name_gap()).map_err(VolumeError::InvalidArgument)?;
         Ok(PolicySpec {
-            interval,
+            timing,
             template,
             retention: *r,
         })
     }
 
-    /// The interval slot `t` falls in: slots start at the multiples of the interval.
-    pub fn slot(&self, t: UnixSecs) -> i64 {
-        t.div_euclid(self.interval)
+    /// Exactly one of the interval and the schedule, each within its limits.
+    fn check_timing(req: &PolicyRequest) -> Result<Timing, String> {
+        let interval = req.interval_seconds;
+        if !req.schedule.is_empty() {
+            if interval != 0 {
+                return Err(format!(
+                    "interval_seconds {interval} and schedule {:?} are both set: give one",
+                    req.schedule
+                ));
+            }
+            return cron::Cron::parse(&req.schedule)
+                .map(Timing::Schedule)
+                .map_err(|e| format!("schedule {e}"));
+        }
+        if interval < MIN_INTERVAL as u64 || interval > MAX_INTERVAL as u64 {
+            return Err(format!(
+                "interval_seconds {interval} is out of range: give {MIN_INTERVAL} (1 minute) to {MAX_INTERVAL} (366 days), or a schedule instead"
+            ));
+        }
+        Ok(Timing::Every(interval as i64))
     }
 }
 
@@ -188,11 +213,8 @@ impl Active {
     /// When the next snapshot is due: the start of the slot after the last one taken (when
     /// the policy was set, if none was), or the retry time of a failed attempt if later.
     pub fn next_due(&self) -> Option<UnixSecs> {
-        let spec = &self.saved.spec;
-        let slot_start = self
-            .saved
-            .last_slot
-            .map(|s| (s + 1).saturating_mul(spec.interval));
+        let timing = &self.saved.spec.timing;
+        let slot_start = self.saved.last_slot_at.and_then(|s| timing.next_after(s));
         match (slot_start, self.retry_at) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b).or(Some(self.saved.since)),
@@ -239,7 +261,7 @@ impl PolicySlot {
             Ok(Some(p)) if p.volume_uuid == uuid => {
                 tracing::info!(
                     volume,
-                    interval_seconds = p.spec.interval,
+                    timing = %p.spec.timing.describe(),
                     policy_snapshots = p.taken.len(),
                     "snapshot policy loaded"
                 );
@@ -271,14 +293,14 @@ impl PolicySlot {
     /// snapshot is taken for a slot that already has one.
     pub fn set(&self, spec: PolicySpec, uuid: &str, now: UnixSecs) -> Result<Active, VolumeError> {
         let mut state = self.state.lock();
-        let (taken, last_slot) = match state.as_ref() {
-            // The slot numbers of another interval mean other times.
-            Some(a) if a.saved.spec.interval == spec.interval => {
-                (a.saved.taken.clone(), a.saved.last_slot)
+        let (taken, last_slot_at) = match state.as_ref() {
+            Some(a) if a.saved.spec.timing == spec.timing => {
+                (a.saved.taken.clone(), a.saved.last_slot_at)
             }
+            // Other times: the last slot is the new timing's slot of the newest snapshot.
             Some(a) => (
                 a.saved.taken.clone(),
-                a.newest().map(|r| r.at.div_euclid(spec.interval)),
+                a.newest().and_then(|r| spec.timing.slot_start(r.at)),
             ),
             None => (Vec::new(), None),
         };
@@ -286,7 +308,7 @@ impl PolicySlot {
             volume_uuid: uuid.to_string(),
             spec,
             since: now,
-            last_slot,
+            last_slot_at,
             taken,
         });
         self.save(&mut active).map_err(|source| VolumeError::Io {
@@ -360,7 +382,50 @@ mod tests {
         assert!(refused(r).contains("needs %M"));
         let spec = PolicySpec::check(&req(3600)).unwrap();
         assert_eq!(spec.template.as_str(), template::DEFAULT_TEMPLATE);
-        assert_eq!(spec.slot(7199), 1);
-        assert_eq!(spec.slot(-1), -1);
+        assert_eq!(spec.timing.slot_start(7199), Some(3600));
+        assert_eq!(spec.timing.slot_start(-1), Some(-3600));
+    }
+
+    fn scheduled(schedule: &str) -> PolicyRequest {
+        PolicyRequest {
+            schedule: schedule.into(),
+            ..PolicyRequest::default()
+        }
+    }
+
+    #[test]
+    fn schedules_are_checked_and_exclusive_with_the_interval() {
+        let mut both = scheduled("0 * * * *");
+        both.interval_seconds = 3600;
+        assert!(
+            refused(both).contains("interval_seconds 3600 and schedule \"0 * * * *\" are both set")
+        );
+        assert!(refused(req(0)).contains("or a schedule instead"));
+        let e = refused(scheduled("0 0 31 2 *"));
+        assert!(
+            e.starts_with("schedule \"0 0 31 2 *\" never matches"),
+            "{e}"
+        );
+        let e = refused(scheduled("0 25 * * *"));
+        assert!(
+            e.contains("schedule \"0 25 * * *\": hour 25 is out of range"),
+            "{e}"
+        );
+        // The age limit's floor is the shortest gap: 4 hours here, though weekends are longer.
+        let mut r = scheduled("0 9-17/4 * * mon-fri");
+        r.retention.max_age = 3 * 3600;
+        assert!(refused(r.clone()).contains("from the schedule's shortest gap (14400)"));
+        r.retention.max_age = 4 * 3600;
+        let spec = PolicySpec::check(&r).unwrap();
+        assert_eq!(spec.timing.longest_gap(), 64 * 3600);
+        // Names: off the hour, the minute is needed even for a daily schedule.
+        let mut r = scheduled("15 2 * * *");
+        r.name_template = "d-%Y%m%d-%H".into();
+        assert!(refused(r.clone()).contains("needs %M"));
+        r.name_template = "d-%Y%m%d-%H%M".into();
+        assert!(PolicySpec::check(&r).is_ok());
+        let mut r = scheduled("0 0 * * *");
+        r.name_template = "d-%Y%m%d".into();
+        assert!(PolicySpec::check(&r).is_ok());
     }
 }

@@ -1,10 +1,11 @@
 //! The policy thread: looks at every volume with a policy about once a second (or when a
 //! policy is set), takes the snapshot due, then prunes what retention lets go.
 //!
-//! A snapshot is due when the clock is in a later interval slot than the last one taken: a
-//! policy's first look takes one at once, and after the agent was down for many intervals the
-//! first look takes exactly one (the slot it wakes up in), not one per missed slot. A failed
-//! attempt is retried a minute later (or at the next slot, if sooner); a failed prune likewise.
+//! A snapshot is due when the clock is in a later slot than the last one taken (a slot runs
+//! from one scheduled time to the next, `policy::timing`): a policy's first look takes one at
+//! once, and after the agent was down across many scheduled times the first look takes exactly
+//! one (for the slot it wakes up in), not one per missed slot. A failed attempt is retried a
+//! minute later (or after the schedule's shortest gap, if sooner); a failed prune likewise.
 
 use super::calendar::UnixSecs;
 use super::clock::Clock;
@@ -92,12 +93,12 @@ impl Scheduler {
         };
         let _span = tracing::info_span!("snapshot_policy", volume = %v.name, now).entered();
         forget_gone(v, active);
-        let due = active
-            .saved
-            .last_slot
-            .is_none_or(|s| active.saved.spec.slot(now) > s);
-        if due && active.retry_at.is_none_or(|t| now >= t) {
-            take(v, active, now);
+        let slot = active.saved.spec.timing.slot_start(now);
+        let due = slot.filter(|s| active.saved.last_slot_at.is_none_or(|last| *s > last));
+        if let Some(slot) = due {
+            if active.retry_at.is_none_or(|t| now >= t) {
+                take(v, active, now, slot);
+            }
         }
         if active.prune_retry_at.is_none_or(|t| now >= t) {
             self.prune(v, active, now);
@@ -185,17 +186,16 @@ fn forget_gone(v: &Volume, active: &mut Active) {
     }
 }
 
-/// Takes the snapshot due now and records it.
+/// Takes the snapshot due now, for the slot starting at `slot`, and records it.
 #[tracing::instrument(skip_all)]
-fn take(v: &Volume, active: &mut Active, now: UnixSecs) {
-    let spec = &active.saved.spec;
-    let name = spec.template.render(now);
-    let slot = spec.slot(now);
+fn take(v: &Volume, active: &mut Active, now: UnixSecs, slot: UnixSecs) {
+    let name = active.saved.spec.template.render(now);
+    let retry_after = RETRY_SECS.min(active.saved.spec.timing.shortest_gap());
     // Never adopt a snapshot someone else made under the same name.
     if v.store.snapshot_by_name(&name).is_ok() {
         let msg = format!("a snapshot named {name} exists already; the policy did not make it");
         fail(v, active, now, FailureReason::NameTaken, msg);
-        active.retry_at = Some(now + RETRY_SECS.min(active.saved.spec.interval));
+        active.retry_at = Some(now + retry_after);
         return;
     }
     match v.store.create_snapshot(&name) {
@@ -207,7 +207,7 @@ fn take(v: &Volume, active: &mut Active, now: UnixSecs) {
                 name,
                 at: now,
             });
-            active.saved.last_slot = Some(slot);
+            active.saved.last_slot_at = Some(slot);
             active.retry_at = None;
             active.last_error = None;
             active.dirty = true;
@@ -220,7 +220,7 @@ fn take(v: &Volume, active: &mut Active, now: UnixSecs) {
             };
             let msg = format!("cannot take snapshot {name}: {e}");
             fail(v, active, now, reason, msg);
-            active.retry_at = Some(now + RETRY_SECS.min(active.saved.spec.interval));
+            active.retry_at = Some(now + retry_after);
         }
     }
 }

@@ -81,12 +81,12 @@ fn parse_pieces(template: &str) -> Result<Vec<Piece>, String> {
 }
 
 impl NameTemplate {
-    /// Parses `template` for snapshots taken every `interval` seconds. Refused: unknown
-    /// placeholders, text that cannot be in a snapshot name, and templates that could give two
-    /// snapshots of the policy the same name: without `%s` the name needs the date (`%Y`,
-    /// `%m`, `%d`) and, for intervals under a day, `%H`, under an hour `%M`, under a minute
-    /// `%S`.
-    pub fn parse(template: &str, interval: i64) -> Result<NameTemplate, String> {
+    /// Parses `template` for snapshots of slots `gap` seconds apart (the interval, or what a
+    /// schedule's names must tell apart, `Timing::name_gap`). Refused: unknown placeholders,
+    /// text that cannot be in a snapshot name, and templates that could give two snapshots of
+    /// the policy the same name: without `%s` the name needs the date (`%Y`, `%m`, `%d`) and,
+    /// for gaps under a day, `%H`, under an hour `%M`, under a minute `%S`.
+    pub fn parse(template: &str, gap: i64) -> Result<NameTemplate, String> {
         let pieces = parse_pieces(template)?;
         let has = |f: Field| pieces.contains(&Piece::Time(f));
         if !has(Field::Unix) {
@@ -95,13 +95,13 @@ impl NameTemplate {
                 (Field::Month, "%m"),
                 (Field::Day, "%d"),
             ];
-            if interval < DAY {
+            if gap < DAY {
                 needed.push((Field::Hour, "%H"));
             }
-            if interval < HOUR {
+            if gap < HOUR {
                 needed.push((Field::Minute, "%M"));
             }
-            if interval < MINUTE {
+            if gap < MINUTE {
                 needed.push((Field::Second, "%S"));
             }
             let missing: Vec<&str> = needed
@@ -111,7 +111,7 @@ impl NameTemplate {
                 .collect();
             if !missing.is_empty() {
                 return Err(format!(
-                    "name_template {template:?} could give two snapshots the same name at an interval of {interval} s: it needs {} (or %s)",
+                    "name_template {template:?} could give two snapshots of the policy the same name: it needs {} (or %s)",
                     missing.join(" ")
                 ));
             }

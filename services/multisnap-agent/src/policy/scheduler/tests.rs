@@ -90,6 +90,7 @@ fn hourly(keep_hourly: u32, keep_daily: u32) -> PolicyRequest {
             daily: keep_daily,
             ..Default::default()
         },
+        ..Default::default()
     }
 }
 
@@ -211,4 +212,92 @@ fn snapshots_a_user_deleted_are_forgotten_and_cleared_policies_stop() {
     f.at(START + 5 * HOUR);
     assert_eq!(f.names(), ["p-20260101-0100"]);
     assert!(!f.volume.policy.clear().unwrap());
+}
+
+/// 09:00, 13:00 and 17:00 on weekdays, from Thursday 2026-01-01 to the Monday after.
+#[test]
+fn a_weekday_schedule_skips_the_weekend_and_makes_up_a_downtime_once() {
+    let f = fixture(PolicyRequest {
+        schedule: "0 9-17/4 * * mon-fri".into(),
+        name_template: "p-%Y%m%d-%H%M".into(),
+        retention: crate::policy::retention::Retention {
+            hourly: 2,
+            daily: 3,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    // The first look takes one at once (its slot began Wednesday 17:00).
+    f.at(START + 8 * HOUR);
+    let a = f.volume.policy.get().unwrap();
+    assert_eq!(a.next_due(), Some(START + 9 * HOUR));
+    for (day, hour) in [
+        (0, 9),
+        (0, 12),
+        (0, 13),
+        (0, 17),
+        (0, 23),
+        (1, 9),
+        (1, 13),
+        (1, 17),
+    ] {
+        f.at(START + day * DAY + hour * HOUR + 30);
+    }
+    // Keep 2 hourly (Friday 13:00 and 17:00) and the newest of 3 days (Thursday 17:00).
+    assert_eq!(
+        f.names(),
+        ["p-20260101-1700", "p-20260102-1300", "p-20260102-1700"]
+    );
+    assert_eq!(f.volume.policy.counters.taken.load(Ordering::Relaxed), 7);
+    // The weekend takes nothing; next is Monday 09:00.
+    for hour in [9, 13, 17, 30, 37, 41] {
+        f.at(START + 2 * DAY + hour * HOUR);
+    }
+    assert_eq!(f.volume.policy.counters.taken.load(Ordering::Relaxed), 7);
+    let monday = START + 4 * DAY;
+    assert_eq!(
+        f.volume.policy.get().unwrap().next_due(),
+        Some(monday + 9 * HOUR)
+    );
+    // Nothing looked from Sunday until Monday 15:30, past 09:00 and 13:00: one snapshot.
+    f.at(monday + 15 * HOUR + 30 * 60);
+    f.at(monday + 16 * HOUR);
+    assert_eq!(f.volume.policy.counters.taken.load(Ordering::Relaxed), 8);
+    // A clock set back to Friday takes nothing, nor does Monday 15:59 again.
+    f.at(START + DAY + 17 * HOUR + 60);
+    f.at(monday + 15 * HOUR + 59 * 60);
+    assert_eq!(f.volume.policy.counters.taken.load(Ordering::Relaxed), 8);
+    f.at(monday + 17 * HOUR);
+    assert_eq!(
+        f.names(),
+        [
+            "p-20260101-1700",
+            "p-20260102-1700",
+            "p-20260105-1530",
+            "p-20260105-1700"
+        ]
+    );
+}
+
+/// Replacing an interval policy with a schedule keeps the record: the new schedule's slot of
+/// the newest snapshot counts as taken.
+#[test]
+fn replacing_an_interval_with_a_schedule_keeps_the_record_and_the_slot() {
+    let f = fixture(hourly(100, 0));
+    f.at(START + 9 * HOUR + 5 * 60);
+    let spec = PolicySpec::check(&PolicyRequest {
+        schedule: "0 9,12 * * *".into(),
+        name_template: "p-%Y%m%d-%H%M".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    f.volume
+        .policy
+        .set(spec, "uuid", START + 9 * HOUR + 10 * 60)
+        .unwrap();
+    f.at(START + 9 * HOUR + 20 * 60);
+    f.at(START + 11 * HOUR);
+    assert_eq!(f.names(), ["p-20260101-0905"]);
+    f.at(START + 12 * HOUR);
+    assert_eq!(f.names(), ["p-20260101-0905", "p-20260101-1200"]);
 }
