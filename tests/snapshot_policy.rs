@@ -5,6 +5,8 @@
 //! downtime of 10 intervals takes exactly one snapshot at start, a snapshot a hydrating clone
 //! holds stays until the clone lets go, bad policies are refused with the reason, and a cleared policy takes and
 //! prunes nothing more. Metrics follow (taken, pruned, age, interval).
+//! A cron-like schedule on weekdays runs five simulated days: exactly its times, nothing over
+//! the weekend, one snapshot for a downtime across two of them.
 
 use common::*;
 use multisnap_tests::{self as common, require_tools};
@@ -281,6 +283,24 @@ fn bad_policies_are_refused_with_the_reason() {
             "only letters",
         ),
         (vec!["--every", "1y"], 1, "unknown unit"),
+        (vec!["--schedule", "0 0 31 2 *"], 4, "never matches"),
+        (
+            vec!["--schedule", "61 * * * *"],
+            4,
+            "schedule \"61 * * * *\": minute 61 is out of range 0-59",
+        ),
+        (vec!["--schedule", "0 0 * *"], 4, "has 4 fields; give 5"),
+        (
+            vec!["--schedule", "15 2 * * *", "--name-template", "d-%Y%m%d-%H"],
+            4,
+            "needs %M",
+        ),
+        (
+            vec!["--every", "1h", "--schedule", "0 * * * *"],
+            1,
+            "cannot be used with",
+        ),
+        (vec![], 1, "--every"),
     ] {
         let mut all = vec!["policy", "set", "default"];
         all.extend(args.iter());
@@ -362,5 +382,106 @@ fn the_policy_and_its_record_survive_a_kill_9() {
         p.ready("default"),
         ["auto-20260101-020000", "auto-20260101-030000"]
     );
+    p.agent.take().unwrap().stop_and_verify();
+}
+
+/// 09:00, 13:00 and 17:00 UTC on weekdays, from Thursday 2026-01-01 to the Monday after,
+/// keeping 2 hourly and 3 daily: each scheduled time takes one snapshot, the looks between
+/// and the weekend take none, and a downtime from Sunday to Monday 15:30 (past 09:00 and
+/// 13:00) takes one at start.
+#[test]
+fn a_weekday_schedule_over_five_days_with_a_weekend_and_a_downtime() {
+    const DAY: i64 = 24 * HOUR;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut p = Policed::start(tmp.path(), &[]);
+    let schedule = "0 9-17/4 * * mon-fri";
+    let set = p.cli(&[
+        "policy",
+        "set",
+        "default",
+        "--schedule",
+        schedule,
+        "--keep-hourly",
+        "2",
+        "--keep-daily",
+        "3",
+    ]);
+    assert!(set.contains("at '0 9-17/4 * * mon-fri' UTC"), "{set}");
+    // The first look takes one at once, as for an interval.
+    p.settle("default", START);
+    assert_eq!(p.ready("default"), ["auto-20260101-000000"]);
+    let next =
+        |p: &Policed| p.json(&["policy", "show", "default"])["status"]["nextSnapshotAt"].clone();
+    assert_eq!(next(&p), "2026-01-01T09:00:00Z");
+    for (day, hour, minute) in [
+        (0, 8, 59),
+        (0, 9, 0),
+        (0, 12, 0),
+        (0, 13, 0),
+        (0, 17, 0),
+        (0, 23, 0),
+        (1, 9, 0),
+        (1, 13, 0),
+        (1, 17, 0),
+    ] {
+        p.settle("default", START + day * DAY + hour * HOUR + minute * 60);
+    }
+    let friday = names(&[
+        "auto-20260101-170000",
+        "auto-20260102-130000",
+        "auto-20260102-170000",
+    ]);
+    assert_eq!(p.ready("default"), friday);
+    let taken = |p: &Policed| {
+        p.agent()
+            .metric("multisnap_policy_snapshots_taken_total{volume=\"default\"}")
+    };
+    assert_eq!(taken(&p), 7.0);
+    // Saturday and Sunday: nothing is due until Monday 09:00.
+    for hour in [9, 13, 17, 24 + 9, 24 + 12] {
+        p.settle("default", START + 2 * DAY + hour * HOUR);
+    }
+    assert_eq!(p.ready("default"), friday);
+    assert_eq!(taken(&p), 7.0);
+    assert_eq!(next(&p), "2026-01-05T09:00:00Z");
+    // The alert compares the age with the longest gap: Friday 17:00 to Monday 09:00.
+    assert_eq!(
+        p.agent()
+            .metric("multisnap_policy_interval_seconds{volume=\"default\"}"),
+        (64 * HOUR) as f64
+    );
+    let shown = p.cli(&["volume", "show", "default"]);
+    assert!(
+        shown.contains(
+            "at '0 9-17/4 * * mon-fri' UTC, keep 2 hourly 3 daily, named auto-%Y%m%d-%H%M%S"
+        ),
+        "{shown}"
+    );
+
+    // Down from Sunday noon to Monday 15:30: one snapshot at start, for the 13:00 slot.
+    p.agent.take().unwrap().stop_and_verify();
+    let monday = START + 4 * DAY;
+    set_clock(&p.clock, monday + 15 * HOUR + 30 * 60);
+    p.restart();
+    p.settle("default", monday + 15 * HOUR + 30 * 60);
+    p.settle("default", monday + 16 * HOUR);
+    assert_eq!(taken(&p), 1.0);
+    assert_eq!(next(&p), "2026-01-05T17:00:00Z");
+    p.settle("default", monday + 17 * HOUR);
+    assert_eq!(
+        p.ready("default"),
+        names(&[
+            "auto-20260101-170000",
+            "auto-20260102-170000",
+            "auto-20260105-153000",
+            "auto-20260105-170000",
+        ])
+    );
+    assert_eq!(taken(&p), 2.0);
+    let file: Value =
+        serde_json::from_slice(&std::fs::read(p.data.join("volumes/default/policy.json")).unwrap())
+            .unwrap();
+    assert_eq!(file["format"], 2, "{file}");
+    assert_eq!(file["policy"]["schedule"], schedule);
     p.agent.take().unwrap().stop_and_verify();
 }
