@@ -1,6 +1,13 @@
 //! The sans-IO push decoder ("Readers" in docs/DELTA.md): bytes in, in pieces of any size,
 //! verified events out. It does no I/O of its own, so the gRPC apply path feeds it messages,
 //! the pull reader feeds it reads, and the fuzz target feeds it arbitrary cuts of one input.
+//!
+//! A record's data is a [`Bytes`]: fed a shared buffer ([`DeltaDecoder::feed_bytes`]) that
+//! holds a record's whole payload, the decoder hands out a slice of that buffer; otherwise it
+//! gathers the payload once into a buffer of its own and hands that out. Either way the payload
+//! is not copied again on its way to the record.
+
+use bytes::{Bytes, BytesMut};
 
 use crate::compress::{RecordDecompressor, Refusal, ENCODING_RAW, ENCODING_ZSTD};
 use crate::error::{DeltaError, Result};
@@ -10,7 +17,7 @@ use crate::frame::{
 };
 use crate::header::{Compression, DeltaHeader, HEADER_FIXED_LEN, HEADER_PREFIX_LEN};
 use crate::resume::ResumePoint;
-use crate::{trailing_crc, FORMAT_VERSION, MAX_RECORD_PAYLOAD};
+use crate::{checksum, get_u32, FORMAT_VERSION, MAX_RECORD_PAYLOAD};
 
 /// What the push decoder reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,9 +33,18 @@ pub enum Event {
 enum Stage {
     Prefix,
     HeaderFixed,
-    HeaderRest { total: usize },
+    HeaderRest {
+        total: usize,
+    },
     FrameHead,
-    FramePayload { total: usize },
+    /// The frame's head is in `buf`; `len` payload bytes follow.
+    FramePayload {
+        len: usize,
+    },
+    /// The payload is in `payload`; `buf` collects the frame's crc after its head.
+    FrameCrc {
+        len: usize,
+    },
     Done,
     Failed,
 }
@@ -37,8 +53,11 @@ enum Stage {
 /// it returns what became complete. It buffers at most one frame, however the input is cut.
 pub struct DeltaDecoder {
     stage: Stage,
+    /// The header, or the frame's head and then its crc.
     buf: Vec<u8>,
-    /// Stream offset of `buf[0]`.
+    /// The payload of the frame being read, as far as it has arrived.
+    payload: Payload,
+    /// Stream offset of the unit being read (the header, or the frame's first byte).
     offset: u64,
     header: Option<DeltaHeader>,
     state: ResumePoint,
@@ -61,6 +80,7 @@ impl DeltaDecoder {
         DeltaDecoder {
             stage: Stage::Prefix,
             buf: Vec::new(),
+            payload: Payload::Gathering(BytesMut::new()),
             offset: 0,
             header: None,
             state: ResumePoint {
@@ -124,14 +144,25 @@ impl DeltaDecoder {
     /// Decodes everything `input` completes. On error the decoder is poisoned and the
     /// stream as a whole is rejected; events completed earlier in the same call are dropped,
     /// which is fine because a rejected stream must be discarded in full.
-    pub fn feed(&mut self, mut input: &[u8]) -> Result<Vec<Event>> {
+    pub fn feed(&mut self, input: &[u8]) -> Result<Vec<Event>> {
+        self.feed_from(Input::Borrowed(input))
+    }
+
+    /// [`feed`](Self::feed) for a shared buffer (a received gRPC message): a data record whose
+    /// payload lies whole in `input` is a slice of it rather than a copy.
+    pub fn feed_bytes(&mut self, input: &Bytes) -> Result<Vec<Event>> {
+        self.feed_from(Input::Shared(input))
+    }
+
+    fn feed_from(&mut self, input: Input<'_>) -> Result<Vec<Event>> {
         let mut events = Vec::new();
+        let mut at = 0;
         loop {
-            let (used, ev) = self.step(input)?;
-            input = input.get(used..).unwrap_or_default();
+            let (used, ev) = self.step_from(input, at)?;
+            at += used;
             match ev {
                 Some(e) => events.push(e),
-                None if input.is_empty() => return Ok(events),
+                None if at >= input.len() => return Ok(events),
                 None => {}
             }
         }
@@ -140,10 +171,16 @@ impl DeltaDecoder {
     /// Consumes input until one event is complete or the input runs out. Returns how many
     /// bytes were used. The pull reader uses this to stay in step with its caller.
     pub fn step(&mut self, input: &[u8]) -> Result<(usize, Option<Event>)> {
-        let r = self.step_inner(input);
+        self.step_from(Input::Borrowed(input), 0)
+    }
+
+    /// [`step`](Self::step) over `input[at..]`.
+    fn step_from(&mut self, input: Input<'_>, at: usize) -> Result<(usize, Option<Event>)> {
+        let r = self.step_inner(input, at);
         if r.is_err() {
             self.stage = Stage::Failed;
             self.buf = Vec::new();
+            self.payload = Payload::Gathering(BytesMut::new());
         }
         r
     }
@@ -152,29 +189,47 @@ impl DeltaDecoder {
         match self.stage {
             Stage::Prefix => HEADER_PREFIX_LEN,
             Stage::HeaderFixed => HEADER_FIXED_LEN,
-            Stage::HeaderRest { total } | Stage::FramePayload { total } => total,
-            Stage::FrameHead => FRAME_HEADER_LEN,
+            Stage::HeaderRest { total } => total,
+            Stage::FrameHead | Stage::FramePayload { .. } => FRAME_HEADER_LEN,
+            Stage::FrameCrc { .. } => FRAME_HEADER_LEN + 4,
             Stage::Done | Stage::Failed => 0,
         }
     }
 
-    fn step_inner(&mut self, input: &[u8]) -> Result<(usize, Option<Event>)> {
+    /// Bytes of the current unit (header or frame) read so far.
+    fn unit_bytes_read(&self) -> usize {
+        match self.stage {
+            Stage::FramePayload { .. } | Stage::FrameCrc { .. } => {
+                self.buf.len() + self.payload.len()
+            }
+            _ => self.buf.len(),
+        }
+    }
+
+    fn step_inner(&mut self, input: Input<'_>, at: usize) -> Result<(usize, Option<Event>)> {
         let mut used = 0;
         loop {
             match self.stage {
                 Stage::Failed => return Err(DeltaError::Poisoned),
                 Stage::Done => {
-                    if input.len() > used {
+                    if input.len() > at + used {
                         return Err(DeltaError::TrailingGarbage {
                             offset: self.offset,
                         });
                     }
                     return Ok((used, None));
                 }
+                Stage::FramePayload { len } => {
+                    used += self.take_payload(input, at + used, len);
+                    if self.payload.len() < len {
+                        return Ok((used, None));
+                    }
+                    self.stage = Stage::FrameCrc { len };
+                }
                 _ => {}
             }
             let want = self.need().saturating_sub(self.buf.len());
-            let rest = input.get(used..).unwrap_or_default();
+            let rest = input.bytes().get(at + used..).unwrap_or_default();
             let take = want.min(rest.len());
             self.buf
                 .extend_from_slice(rest.get(..take).unwrap_or_default());
@@ -185,6 +240,29 @@ impl DeltaDecoder {
             if let Some(ev) = self.complete_unit()? {
                 return Ok((used, Some(ev)));
             }
+        }
+    }
+
+    /// Takes what `input[at..]` holds of a `len`-byte payload: a slice of a shared input that
+    /// holds all of it, else a copy into the payload being gathered. Returns the bytes used.
+    fn take_payload(&mut self, input: Input<'_>, at: usize, len: usize) -> usize {
+        let rest = input.bytes().get(at..).unwrap_or_default();
+        match (input, &mut self.payload) {
+            (Input::Shared(shared), Payload::Gathering(g)) if g.is_empty() && rest.len() >= len => {
+                self.payload = Payload::Whole(shared.slice(at..at + len));
+                len
+            }
+            (_, Payload::Gathering(gathered)) => {
+                if gathered.is_empty() {
+                    // Allocated only now: a payload sliced from a shared input needs none.
+                    gathered.reserve(len);
+                }
+                let take = (len - gathered.len()).min(rest.len());
+                gathered.extend_from_slice(rest.get(..take).unwrap_or_default());
+                take
+            }
+            // Only ever made whole, so the caller moved on before asking again.
+            (_, Payload::Whole(_)) => 0,
         }
     }
 
@@ -212,21 +290,24 @@ impl DeltaDecoder {
                         max: MAX_RECORD_PAYLOAD,
                     });
                 }
-                let total = FRAME_OVERHEAD + len as usize;
-                self.buf.reserve_exact(total - self.buf.len());
-                self.stage = Stage::FramePayload { total };
+                let len = len as usize;
+                self.payload = Payload::Gathering(BytesMut::new());
+                self.stage = Stage::FramePayload { len };
                 Ok(None)
             }
-            Stage::FramePayload { total } => {
-                let ev = self.complete_frame(total)?;
-                self.offset += total as u64;
+            Stage::FrameCrc { len } => {
+                let payload =
+                    std::mem::replace(&mut self.payload, Payload::Gathering(BytesMut::new()));
+                let ev = self.complete_frame(payload.freeze())?;
+                self.offset += (FRAME_OVERHEAD + len) as u64;
                 self.buf.clear();
                 if !matches!(ev, Event::End(_)) {
                     self.stage = Stage::FrameHead;
                 }
                 Ok(Some(ev))
             }
-            Stage::Done | Stage::Failed => Ok(None),
+            // The payload is taken by `step_inner`, never through `buf`.
+            Stage::FramePayload { .. } | Stage::Done | Stage::Failed => Ok(None),
         }
     }
 
@@ -251,24 +332,22 @@ impl DeltaDecoder {
         Ok(Event::Header(h))
     }
 
-    /// A frame is complete: verify it, then judge it by its kind.
-    fn complete_frame(&mut self, total: usize) -> Result<Event> {
-        let frame = self.buf.get(..total).unwrap_or_default();
-        let head = FrameHead::unpack(frame);
+    /// A frame is complete (its head and crc in `buf`): verify it, then judge it by its kind.
+    fn complete_frame(&mut self, payload: Bytes) -> Result<Event> {
+        let head = FrameHead::unpack(&self.buf);
         let Some(header) = self.header.as_ref() else {
             return Err(DeltaError::Poisoned);
         };
-        let crc = self.verify_frame(frame, &head, header.compression)?;
+        let crc = self.verify_frame(&payload, &head, header.compression)?;
         match head.kind {
             KIND_DATA | KIND_ZERO => {
-                let (record, payload_len, crc) = self.decode_record(&head, crc)?;
+                let (record, payload_len, crc) = self.decode_record(&head, crc, payload)?;
                 self.state
                     .advance(head.chunk_index, head.chunk_count, payload_len, crc);
                 Ok(Event::Record(record, self.state))
             }
             KIND_TRAILER => {
-                let payload = frame.get(FRAME_HEADER_LEN..total - 4).unwrap_or_default();
-                let trailer = self.decode_trailer(&head, payload)?;
+                let trailer = self.decode_trailer(&head, &payload)?;
                 self.trailer = Some(trailer);
                 self.stage = Stage::Done;
                 Ok(Event::End(trailer))
@@ -281,17 +360,19 @@ impl DeltaDecoder {
         }
     }
 
-    /// Checks the frame's crc, then its reserved bytes and encoding, before anything else in
-    /// it is believed. Returns the crc.
+    /// Checks the frame's crc (over the head in `buf`, then `payload`), then its reserved
+    /// bytes and encoding, before anything else in it is believed. Returns the crc.
     fn verify_frame(
         &self,
-        frame: &[u8],
+        payload: &[u8],
         head: &FrameHead,
         compression: Compression,
     ) -> Result<u32> {
         let offset = self.offset;
         let record = self.state.records_applied;
-        let (stored, computed) = trailing_crc(frame);
+        let frame_head = self.buf.get(..FRAME_HEADER_LEN).unwrap_or_default();
+        let stored = get_u32(&self.buf, FRAME_HEADER_LEN);
+        let computed = checksum(&[frame_head, payload]);
         if stored != computed {
             return Err(if head.kind == KIND_TRAILER {
                 DeltaError::TrailerChecksum {
@@ -328,7 +409,12 @@ impl DeltaDecoder {
     /// length meet the ordering and range rules (a compressed one decompressed and checked
     /// against its raw crc), the payload length the counters advance by, and the crc the
     /// digest chains (the raw frame's).
-    fn decode_record(&mut self, head: &FrameHead, frame_crc: u32) -> Result<(Record, u64, u32)> {
+    fn decode_record(
+        &mut self,
+        head: &FrameHead,
+        frame_crc: u32,
+        stored: Bytes,
+    ) -> Result<(Record, u64, u32)> {
         let FrameHead {
             kind,
             chunk_index,
@@ -343,21 +429,16 @@ impl DeltaDecoder {
         let expected = self
             .state
             .admit(header, kind, chunk_index, chunk_count, offset)?;
-        let stored_len = FRAME_HEADER_LEN + payload_len as usize;
-        let stored = self
-            .buf
-            .get(FRAME_HEADER_LEN..stored_len)
-            .unwrap_or_default();
         if head.encoding() == ENCODING_ZSTD {
             let bytes = self
                 .decompressor
-                .decompress(chunk_index, chunk_count, stored, expected)
+                .decompress(chunk_index, chunk_count, &stored, expected)
                 .map_err(|refusal| refused(refusal, record, offset, expected, payload_len))?;
-            let raw_crc = crate::get_u32(stored, 0);
+            let raw_crc = get_u32(&stored, 0);
             let rec = Record::Data {
                 chunk_index,
                 chunk_count,
-                bytes,
+                bytes: Bytes::from(bytes),
             };
             return Ok((rec, expected, raw_crc));
         }
@@ -373,7 +454,7 @@ impl DeltaDecoder {
             Record::Data {
                 chunk_index,
                 chunk_count,
-                bytes: stored.to_vec(),
+                bytes: stored,
             }
         } else {
             Record::Zero {
@@ -426,12 +507,54 @@ impl DeltaDecoder {
             (Stage::Done, Some(t)) => Ok(t),
             (Stage::Failed, _) => Err(DeltaError::Poisoned),
             (stage, _) => Err(DeltaError::Truncated {
-                offset: self.offset + self.buf.len() as u64,
+                offset: self.offset + self.unit_bytes_read() as u64,
                 while_reading: match stage {
                     Stage::Prefix | Stage::HeaderFixed | Stage::HeaderRest { .. } => "header",
                     _ => "record or trailer",
                 },
             }),
+        }
+    }
+}
+
+/// What a decoder is fed: a borrowed slice, whose payloads it copies, or a shared buffer, of
+/// which it hands out slices.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    Borrowed(&'a [u8]),
+    Shared(&'a Bytes),
+}
+
+impl<'a> Input<'a> {
+    fn bytes(self) -> &'a [u8] {
+        match self {
+            Input::Borrowed(b) => b,
+            Input::Shared(b) => b,
+        }
+    }
+    fn len(self) -> usize {
+        self.bytes().len()
+    }
+}
+
+/// A frame's payload: gathered from the pieces it arrived in (one copy), or a slice of the one
+/// shared piece that held it whole (none).
+enum Payload {
+    Gathering(BytesMut),
+    Whole(Bytes),
+}
+
+impl Payload {
+    fn len(&self) -> usize {
+        match self {
+            Payload::Gathering(b) => b.len(),
+            Payload::Whole(b) => b.len(),
+        }
+    }
+    fn freeze(self) -> Bytes {
+        match self {
+            Payload::Gathering(b) => b.freeze(),
+            Payload::Whole(b) => b,
         }
     }
 }

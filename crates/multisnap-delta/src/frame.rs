@@ -2,6 +2,8 @@
 //! the trailer share, so a reader always knows how long the next frame is and can check its
 //! crc before believing anything else in it.
 
+use bytes::Bytes;
+
 use crate::{checksum, get, get_u32, get_u64, put_u32, put_u64};
 
 // Frame (record or trailer) header: offsets of each field.
@@ -37,11 +39,12 @@ pub const TRAILER_LEN: usize = FRAME_OVERHEAD + TRAILER_PAYLOAD_LEN;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     /// `bytes.len() == chunk_count * chunk_size`, less the missing tail when the range ends at
-    /// a volume's final partial chunk.
+    /// a volume's final partial chunk. Shared, so a decoder can hand out a slice of what it was
+    /// fed instead of a copy.
     Data {
         chunk_index: u64,
         chunk_count: u32,
-        bytes: Vec<u8>,
+        bytes: Bytes,
     },
     /// The range reads as zeros on the target (trimmed or zeroed on the source).
     Zero { chunk_index: u64, chunk_count: u32 },

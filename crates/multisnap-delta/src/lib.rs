@@ -34,6 +34,8 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+/// The shared buffer a data record's bytes are (re-exported so users need not name the crate).
+pub use bytes::Bytes;
 pub use compress::{ZstdLevel, DEFAULT_ZSTD_LEVEL, ENCODING_RAW, ENCODING_ZSTD};
 pub use decoder::{DeltaDecoder, Event};
 pub use error::{DeltaError, Result};

@@ -7,7 +7,7 @@
 //! included; any other apply is discarded when it fails or is cut off, and its space reclaimed.
 
 use super::{Progress, ReplicationError, Result};
-use multisnap_delta::{DeltaDecoder, DeltaHeader, Event, Record, ResumePoint, Target};
+use multisnap_delta::{Bytes, DeltaDecoder, DeltaHeader, Event, Record, ResumePoint, Target};
 use multisnap_store::{ReceivePlan, SnapshotInfo, Store};
 use std::time::{Duration, Instant};
 
@@ -76,7 +76,19 @@ impl<'a> Applier<'a> {
     /// Decodes and applies what `bytes` completes. On error the caller must call
     /// [`fail`](Self::fail).
     pub fn feed(&mut self, bytes: &[u8]) -> Result<()> {
-        for event in self.decoder.feed(bytes)? {
+        let events = self.decoder.feed(bytes)?;
+        self.apply_events(events)
+    }
+
+    /// [`feed`](Self::feed) for a received message: records whose data lies whole in it are
+    /// staged from it directly rather than from a copy.
+    pub fn feed_bytes(&mut self, bytes: &Bytes) -> Result<()> {
+        let events = self.decoder.feed_bytes(bytes)?;
+        self.apply_events(events)
+    }
+
+    fn apply_events(&mut self, events: Vec<Event>) -> Result<()> {
+        for event in events {
             match event {
                 Event::Header(h) => self.start(&h)?,
                 Event::Record(r, point) => self.record(r, point)?,
@@ -194,7 +206,7 @@ impl<'a> Applier<'a> {
                     chunk_index,
                     chunk_count,
                     bytes,
-                } => (*chunk_index, *chunk_count, Some(bytes.as_slice())),
+                } => (*chunk_index, *chunk_count, Some(&bytes[..])),
                 Record::Zero {
                     chunk_index,
                     chunk_count,

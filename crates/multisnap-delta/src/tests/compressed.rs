@@ -88,7 +88,7 @@ fn records_that_do_not_shrink_are_stored_raw() {
     let recs = vec![Record::Data {
         chunk_index: 0,
         chunk_count: 16,
-        bytes: noise(64 << 10, 5),
+        bytes: noise(64 << 10, 5).into(),
     }];
     let plain = encode(&h, &recs);
     let packed = encode(&zstd(&h), &recs);
@@ -258,7 +258,7 @@ fn arb_mixed_stream() -> impl Strategy<Value = (DeltaHeader, Vec<Record>)> {
         for (i, r) in recs.iter_mut().enumerate() {
             if let Record::Data { bytes, .. } = r {
                 if (seed >> (i % 64)) & 1 == 1 {
-                    *bytes = noise(bytes.len(), seed.wrapping_add(i as u64));
+                    *bytes = noise(bytes.len(), seed.wrapping_add(i as u64)).into();
                 }
             }
         }
@@ -356,7 +356,7 @@ fn write_compressed_fuzz_seed() {
     };
     let (h, mut recs) = sample();
     if let Some(Record::Data { bytes, .. }) = recs.get_mut(2) {
-        *bytes = noise(bytes.len(), 3);
+        *bytes = noise(bytes.len(), 3).into();
     }
     let b = encode(&zstd(&h), &recs);
     std::fs::write(format!("{dir}/compressed-sample"), b).unwrap();

@@ -3,6 +3,7 @@
 use super::*;
 use crate::frame::{pack_frame, F_PAYLOAD_LEN, F_RESERVED};
 use crate::header::{H_BASE_NAME_LEN, H_CHUNK_SIZE, H_FLAGS, H_VERSION, H_VOLUME_SIZE};
+use bytes::Bytes;
 use proptest::prelude::*;
 
 mod compressed;
@@ -44,6 +45,12 @@ fn read_all(bytes: &[u8]) -> Result<(DeltaHeader, Vec<Record>, Trailer)> {
 }
 
 fn decode_pieces(bytes: &[u8], sizes: &[usize]) -> Result<Vec<Event>> {
+    decode_pieces_as(bytes, sizes, false)
+}
+
+/// Feeds `bytes` cut by `sizes` (in turn), as borrowed slices or (`shared`) as shared buffers
+/// the decoder may slice.
+fn decode_pieces_as(bytes: &[u8], sizes: &[usize], shared: bool) -> Result<Vec<Event>> {
     let mut d = DeltaDecoder::new();
     let mut ev = Vec::new();
     let mut rest = bytes;
@@ -54,7 +61,11 @@ fn decode_pieces(bytes: &[u8], sizes: &[usize]) -> Result<Vec<Event>> {
             .copied()
             .unwrap_or(1)
             .clamp(1, rest.len());
-        ev.extend(d.feed(&rest[..n])?);
+        if shared {
+            ev.extend(d.feed_bytes(&Bytes::copy_from_slice(&rest[..n]))?);
+        } else {
+            ev.extend(d.feed(&rest[..n])?);
+        }
         rest = &rest[n..];
         i += 1;
     }
@@ -69,7 +80,7 @@ fn sample() -> (DeltaHeader, Vec<Record>) {
         Record::Data {
             chunk_index: 0,
             chunk_count: 2,
-            bytes: vec![1; 1024],
+            bytes: vec![1; 1024].into(),
         },
         Record::Zero {
             chunk_index: 2,
@@ -78,12 +89,12 @@ fn sample() -> (DeltaHeader, Vec<Record>) {
         Record::Data {
             chunk_index: 6,
             chunk_count: 1,
-            bytes: vec![2; 512],
+            bytes: vec![2; 512].into(),
         },
         Record::Data {
             chunk_index: 8,
             chunk_count: 2,
-            bytes: vec![3; 612],
+            bytes: vec![3; 612].into(),
         },
     ];
     (h, recs)
@@ -395,7 +406,7 @@ fn resume_trims_a_straddling_record() {
         Some(Record::Data {
             chunk_index: 3,
             chunk_count: 2,
-            bytes: bytes[1024..].to_vec()
+            bytes: bytes[1024..].to_vec().into()
         })
     );
     assert_eq!(r.next_record().unwrap(), None);
@@ -462,7 +473,7 @@ fn arb_stream() -> impl Strategy<Value = (DeltaHeader, Vec<Record>)> {
                     recs.push(Record::Data {
                         chunk_index: idx,
                         chunk_count: count,
-                        bytes: vec![fill; len as usize],
+                        bytes: vec![fill; len as usize].into(),
                     });
                 } else {
                     recs.push(Record::Zero {
@@ -495,6 +506,8 @@ proptest! {
         bytes[i] ^= mask;
         prop_assert!(read_all(&bytes).is_err(), "flip at {} accepted", i);
         prop_assert!(decode_pieces(&bytes, &[7]).is_err());
+        prop_assert!(decode_pieces_as(&bytes, &[bytes.len()], true).is_err());
+        prop_assert!(decode_pieces_as(&bytes, &[700, 5], true).is_err());
     }
 
     #[test]
@@ -508,6 +521,11 @@ proptest! {
             let fin = d.finish();
             let ok = matches!(fin, Err(DeltaError::Truncated { offset, .. }) if offset == cut as u64);
             prop_assert!(ok, "decoder cut {}: {:?}", cut, fin);
+            let mut d = DeltaDecoder::new();
+            d.feed_bytes(&Bytes::copy_from_slice(&bytes[..cut])).unwrap();
+            let fin = d.finish();
+            let ok = matches!(fin, Err(DeltaError::Truncated { offset, .. }) if offset == cut as u64);
+            prop_assert!(ok, "shared cut {}: {:?}", cut, fin);
         }
     }
 
@@ -517,6 +535,10 @@ proptest! {
         let whole = decode_pieces(&bytes, &[bytes.len()]).unwrap();
         let pieces = decode_pieces(&bytes, &sizes).unwrap();
         prop_assert_eq!(&whole, &pieces);
+        let shared_whole = decode_pieces_as(&bytes, &[bytes.len()], true).unwrap();
+        prop_assert_eq!(&whole, &shared_whole);
+        let shared_pieces = decode_pieces_as(&bytes, &sizes, true).unwrap();
+        prop_assert_eq!(&whole, &shared_pieces);
         prop_assert_eq!(whole.len(), recs.len() + 2);
     }
 
@@ -524,7 +546,52 @@ proptest! {
     fn prop_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
         let _ = read_all(&bytes);
         let _ = decode_pieces(&bytes, &[3]);
+        let _ = decode_pieces_as(&bytes, &[3, 200], true);
     }
+}
+
+/// Fed a shared buffer, the decoder hands out a data record whose payload lies whole in it as
+/// a slice of that buffer; a payload cut across pieces is gathered into a buffer of its own.
+#[test]
+fn shared_input_is_sliced_not_copied() {
+    let (h, recs) = sample();
+    let stream = Bytes::from(encode(&h, &recs));
+    let inside = |b: &Bytes, within: &Bytes| {
+        let (p, w) = (b.as_ptr() as usize, within.as_ptr() as usize);
+        p >= w && p + b.len() <= w + within.len()
+    };
+    let mut d = DeltaDecoder::new();
+    let events = d.feed_bytes(&stream).unwrap();
+    let data: Vec<&Bytes> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Record(Record::Data { bytes, .. }, _) => Some(bytes),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(data.len(), 3);
+    assert!(data.iter().all(|b| inside(b, &stream)));
+    d.finish().unwrap();
+
+    // The same stream in two shared pieces cut inside the first record's payload.
+    let cut = h.pack().len() + FRAME_HEADER_LEN + 100;
+    let (first, second) = (stream.slice(..cut), stream.slice(cut..));
+    let mut d = DeltaDecoder::new();
+    let mut events = d.feed_bytes(&first).unwrap();
+    events.extend(d.feed_bytes(&second).unwrap());
+    let bytes: Vec<&Bytes> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Record(Record::Data { bytes, .. }, _) => Some(bytes),
+            _ => None,
+        })
+        .collect();
+    assert!(!inside(bytes[0], &first) && !inside(bytes[0], &second));
+    assert!(inside(bytes[1], &second) && inside(bytes[2], &second));
+    let Record::Data { bytes: want, .. } = &recs[0] else {
+        panic!("the sample starts with a data record")
+    };
+    assert_eq!(bytes[0], want);
 }
 
 /// Writes a few valid streams as fuzz seeds: `DELTA_SEED_DIR=dir cargo test -- --ignored`.
@@ -548,7 +615,7 @@ fn write_fuzz_seeds() {
             &[Record::Data {
                 chunk_index: 1,
                 chunk_count: 3,
-                bytes: vec![9; 512 * 2 + 7],
+                bytes: vec![9; 512 * 2 + 7].into(),
             }],
         ),
         encode(
