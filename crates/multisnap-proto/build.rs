@@ -14,6 +14,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Delta stream bytes as `bytes::Bytes`: a received message's data is a slice of the
+        // buffer tonic decoded it from rather than a copy, so an agent applying a stream and a
+        // CLI relaying one pass each message on without copying it again.
+        .bytes(".multisnap.v1.ExportDeltaResponse.data")
+        .bytes(".multisnap.v1.ApplyDeltaRequest.data")
         .compile_fds(fds)?;
     Ok(())
 }

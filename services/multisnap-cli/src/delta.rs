@@ -244,7 +244,7 @@ async fn apply(
         volume: volume.clone(),
         resumable,
         resume,
-        data: Vec::new(),
+        data: Default::default(),
     };
     let shown = bar.clone();
     let (fed, resp) = apply_stream(&mut delta_client(&ctx.channel), first, |tx| {
@@ -279,7 +279,7 @@ async fn read_pieces(
         total += n as u64;
         if tx
             .send(pb::ApplyDeltaRequest {
-                data: buf,
+                data: buf.into(),
                 ..Default::default()
             })
             .await

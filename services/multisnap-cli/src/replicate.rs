@@ -405,7 +405,7 @@ async fn transfer(
         volume: to_volume.to_string(),
         resumable: plan.resumable,
         resume: plan.resume(),
-        data: Vec::new(),
+        data: Default::default(),
     };
     let bar = bar(&format!("{volume}@{} -> {to_volume}", plan.snapshot));
     let label = plan.snapshot.clone();

@@ -3,9 +3,9 @@
 use super::block_maps::{stream_map, MapRequest, RangesStream};
 use super::snapshots::snapshot_message;
 use super::status::{blocking, from_replication, from_store};
-use crate::mirror::stream::{compression_from, message_bytes};
+use crate::mirror::stream::{compression_from, message_buffer, message_bytes};
 use crate::volumes::{Volume, Volumes};
-use multisnap_delta::ZstdLevel;
+use multisnap_delta::{Bytes, ZstdLevel};
 use multisnap_proto::v1 as pb;
 use multisnap_replication::apply::{Applier, Outcome};
 use multisnap_replication::export::{export, ExportPlan};
@@ -72,8 +72,11 @@ impl MessageWriter<'_> {
     fn send(&mut self) -> std::io::Result<()> {
         let p = self.progress.get();
         self.sent += self.buf.len() as u64;
+        // The next message's buffer is allocated whole, so filling it never reallocates (and
+        // copies) what it holds; this one goes out as it is, not copied.
+        let next = Vec::with_capacity(message_buffer(self.message_bytes));
         let msg = pb::ExportDeltaResponse {
-            data: std::mem::take(&mut self.buf),
+            data: Bytes::from(std::mem::replace(&mut self.buf, next)),
             progress: Some(pb::DeltaProgress {
                 chunks_done: p.chunks_done,
                 chunks_total: p.chunks_total,
@@ -138,7 +141,7 @@ impl pb::delta_service_server::DeltaService for DeltaApi {
             let progress = Cell::new(Progress::default());
             let mut out = MessageWriter {
                 tx: tx.clone(),
-                buf: Vec::with_capacity(message_bytes + (64 << 10)),
+                buf: Vec::with_capacity(message_buffer(message_bytes)),
                 message_bytes,
                 sent: 0,
                 progress: &progress,
@@ -193,7 +196,7 @@ impl pb::delta_service_server::DeltaService for DeltaApi {
             volume: v.name.clone(),
         };
         // `None` marks a broken client stream; a closed channel, a clean end.
-        let (tx, mut rx) = mpsc::channel::<Option<Vec<u8>>>(8);
+        let (tx, mut rx) = mpsc::channel::<Option<Bytes>>(8);
         let vol = v.clone();
         let (resumable, resume) = (first.resumable, first.resume);
         let span = tracing::Span::current();
@@ -204,7 +207,7 @@ impl pb::delta_service_server::DeltaService for DeltaApi {
                 let Some(bytes) = piece else {
                     return Err(a.fail(ReplicationError::ReceiverGone));
                 };
-                if let Err(e) = a.feed(&bytes) {
+                if let Err(e) = a.feed_bytes(&bytes) {
                     return Err(a.fail(e));
                 }
             }

@@ -3,7 +3,7 @@
 //! continues from the target's token on the next round.
 
 use super::plan::{self, SourceSnap, Step, TargetApply, TargetSnap};
-use super::stream::{message_bytes, StreamSettings};
+use super::stream::{message_buffer, message_bytes, StreamSettings};
 use super::target::MirrorTarget;
 use super::{replicated_now, FailureReason, SnapshotRef};
 use crate::volumes::Volume;
@@ -319,12 +319,12 @@ impl ApplyWriter {
     fn send(&mut self) -> std::io::Result<()> {
         let data = std::mem::replace(
             &mut self.buf,
-            Vec::with_capacity(self.message_bytes + (64 << 10)),
+            Vec::with_capacity(message_buffer(self.message_bytes)),
         );
         let n = data.len() as u64;
         self.tx
             .blocking_send(pb::ApplyDeltaRequest {
-                data,
+                data: data.into(), // the Vec's buffer itself, not a copy
                 ..Default::default()
             })
             .map_err(|_| {
@@ -388,7 +388,7 @@ async fn transfer(
         volume: target_volume.to_string(),
         resumable: true,
         resume: !resume_token.is_empty(),
-        data: Vec::new(),
+        data: Default::default(),
     };
     tx.send(first).await.ok();
     let vol = v.clone();
@@ -397,7 +397,7 @@ async fn transfer(
         let _enter = span.enter();
         let mut out = ApplyWriter {
             tx,
-            buf: Vec::with_capacity(message_bytes + (64 << 10)),
+            buf: Vec::with_capacity(message_buffer(message_bytes)),
             message_bytes,
             v: vol.clone(),
         };

@@ -20,6 +20,14 @@ pub fn message_bytes(limit: Option<BytesPerSec>) -> usize {
     })
 }
 
+/// The capacity of a buffer that collects a message of `message_bytes`. A writer sends once it
+/// holds that many; the room past the mark takes the write that crosses it (with the
+/// exporter's records, a payload that starts just after the previous frame's crc and its own
+/// head), so filling the buffer does not reallocate and copy what it holds.
+pub fn message_buffer(message_bytes: usize) -> usize {
+    message_bytes + (64 << 10)
+}
+
 /// A mirror's stream settings; the default sends an uncompressed stream as fast as it can.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamSettings {

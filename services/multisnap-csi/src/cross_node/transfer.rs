@@ -278,7 +278,7 @@ async fn relay(
         volume: replica.to_string(),
         resumable: true,
         resume: resumed,
-        data: Vec::new(),
+        data: Default::default(),
     };
     tx.send(first).await.ok();
     let (pulls, key): (Pulls, ReplicaVolumeName) = (d.pulls.clone(), replica.clone());
