@@ -4,51 +4,138 @@
 #
 #   cargo build --release -p multisnap-bench --bin delta_cost
 #   cargo build --release -p multisnap-agent -p multisnap-cli
-#   bench/replicate_wire.sh [SCRATCH_DIR]      # ~4 min, ~8 GiB of scratch
+#   bench/replicate_wire.sh [SCRATCH_DIR]      # ~5 min, ~8 GiB of scratch
 #
 # First `delta_cost --volume-mib 1024` (export and apply in process, plain and zstd); then two
 # release agents on 127.0.0.1 (gRPC ports 41051 and 42051), a 2 GiB volume holding 1 GiB of
-# random bytes and 512 MiB of repeated text, snapshot s0, and `multisnap replicate` of its full
-# stream to a new volume, plain and `--compress zstd`, twice each. For each transfer it prints
-# the rate of data and of stream bytes and the CPU seconds of the source agent, the receiving
-# agent and the CLI in the middle.
+# random bytes and 512 MiB of repeated text, snapshot s0, and its full stream sent to a new
+# volume on the second agent, plain and zstd, twice each, two ways:
+#   cli     `multisnap replicate`: source agent -> CLI -> receiving agent
+#   mirror  `multisnap mirror set`: the source agent sends to the receiving agent itself; timed
+#           from the command to the source's "mirror synced" log line
+# For each transfer it prints the rate of data and of stream bytes and the CPU seconds of the
+# source agent, the receiving agent and (cli) the CLI in the middle. Each target volume is
+# deleted after its transfer.
+#
+# Environment:
+#   BIN    directory of multisnap-agent, multisnap and delta_cost (default target/release)
+#   BINS   several such directories, taken in turn for every transfer, so a build before a
+#          change and one after it are compared in one run (the agents restart on the same data)
+#   MODES  "cli mirror" (default), or one of them
+#   WAYS   "plain zstd plain zstd" (default)
+#   SKIP_DELTA_COST=1  leave out the in-process part
 set -euo pipefail
 BIN=${BIN:-target/release}
+BINS=${BINS:-$BIN}
+MODES=${MODES:-cli mirror}
+WAYS=${WAYS:-plain zstd plain zstd}
 SCRATCH=${1:-$(mktemp -d)}
+read -r FIRST_BIN _ <<< "$BINS"
 uptime
-"$BIN/delta_cost" --volume-mib 1024 --dir "$SCRATCH"
-rm -rf "${SCRATCH:?}"/*
+if [ -z "${SKIP_DELTA_COST:-}" ]; then
+  "$FIRST_BIN/delta_cost" --volume-mib 1024 --dir "$SCRATCH"
+  rm -rf "${SCRATCH:?}"/*
+fi
 D=$(mktemp -d "$SCRATCH/wire.XXXX")
+DATA_MIB=1536
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-start() { # name grpc-port nbd-port metrics-port
-  "$BIN/multisnap-agent" --data-dir "$D/$1" --grpc-listen "127.0.0.1:$2" \
-    --nbd-listen "127.0.0.1:$3" --metrics-listen "127.0.0.1:$4" \
-    --default-volume-size $((2 << 30)) > "$D/$1.log" 2>&1 &
-  echo $! > "$D/$1.pid"
+start() { # bin name grpc-port nbd-port metrics-port
+  "$1/multisnap-agent" --data-dir "$D/$2" --grpc-listen "127.0.0.1:$3" \
+    --nbd-listen "127.0.0.1:$4" --metrics-listen "127.0.0.1:$5" \
+    --default-volume-size $((2 << 30)) >> "$D/$2.log" 2>&1 &
+  echo $! > "$D/$2.pid"
 }
-start a 41051 41809 41090
-start b 42051 42809 42090
-trap 'kill $(cat "$D/a.pid") $(cat "$D/b.pid") 2>/dev/null || true' EXIT
-sleep 3
-MS=("$BIN/multisnap" --endpoint http://127.0.0.1:41051)
+stop_agents() {
+  for n in a b; do
+    if [ -f "$D/$n.pid" ]; then
+      kill "$(cat "$D/$n.pid")" 2>/dev/null || true
+      while kill -0 "$(cat "$D/$n.pid")" 2>/dev/null; do sleep 0.1; done
+      rm "$D/$n.pid"
+    fi
+  done
+}
+wait_ready() { # bin port
+  for _ in $(seq 100); do
+    "$1/multisnap" --endpoint "http://127.0.0.1:$2" volume list > /dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "agent on port $2 did not start" >&2
+  exit 1
+}
+RUNNING=
+use_bin() { # bin: (re)start both agents from it unless they already run it
+  [ "$RUNNING" = "$1" ] && return 0
+  stop_agents
+  start "$1" a 41051 41809 41090
+  start "$1" b 42051 42809 42090
+  wait_ready "$1" 41051
+  wait_ready "$1" 42051
+  RUNNING=$1
+}
+trap stop_agents EXIT
+use_bin "$FIRST_BIN"
 head -c $((1 << 30)) /dev/urandom > "$D/img"
 yes "2026-12-06T15:00:00Z volume=default state=ok a log line that repeats" \
   | head -c $((512 << 20)) >> "$D/img" || true
 nbdcopy "$D/img" nbd://127.0.0.1:41809/default
 rm "$D/img"
-"${MS[@]}" snapshot create default s0 > /dev/null
+"$FIRST_BIN/multisnap" --endpoint http://127.0.0.1:41051 snapshot create default s0 > /dev/null
+sync
 uptime
-for way in plain zstd plain zstd; do
-  extra=()
-  [ "$way" = zstd ] && extra=(--compress zstd)
+
+report() { # bin mode way seconds stream-bytes cpu-ticks-source cpu-ticks-receiver [cli-cpu]
+  python3 -c "t = $4; s = $5 / 2**20
+print(f'$2 $3 [$1]: stream {s:.0f} MiB in {t:.2f} s, {$DATA_MIB / t:.0f} MiB/s of data, {s / t:.0f} MiB/s of stream')"
+  echo "  cpu s: source agent $6e-2, receiver $7e-2${8:+, cli (user sys) $8}; load $(cut -d' ' -f1 /proc/loadavg)"
+}
+
+cli_transfer() { # bin way target-volume extra...
+  local bin=$1 way=$2 to=$3
+  shift 3
   a0=$(cpu_ticks "$(cat "$D/a.pid")"); b0=$(cpu_ticks "$(cat "$D/b.pid")")
   t0=$(date +%s.%N)
-  out=$(/usr/bin/time -f "%U %S" -o "$D/cli.time" "${MS[@]}" --output json replicate default \
-        --to http://127.0.0.1:42051 --to-volume "r-$way-$RANDOM" "${extra[@]}")
+  out=$(/usr/bin/time -f "%U %S" -o "$D/cli.time" "$bin/multisnap" --endpoint http://127.0.0.1:41051 \
+        --output json replicate default --to http://127.0.0.1:42051 --to-volume "$to" "$@")
   t1=$(date +%s.%N)
   a1=$(cpu_ticks "$(cat "$D/a.pid")"); b1=$(cpu_ticks "$(cat "$D/b.pid")")
   bytes=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["streamBytes"])')
-  python3 -c "t = $t1 - $t0; s = $bytes / 2**20
-print(f'replicate full $way: stream {s:.0f} MiB in {t:.2f} s, {1536 / t:.0f} MiB/s of data, {s / t:.0f} MiB/s of stream')"
-  echo "  cpu s: source agent $(( (a1 - a0) ))e-2, receiver $(( (b1 - b0) ))e-2, cli (user sys) $(cat "$D/cli.time"); load $(cut -d' ' -f1 /proc/loadavg)"
+  report "$bin" cli "$way" "$t1 - $t0" "$bytes" $((a1 - a0)) $((b1 - b0)) "$(cat "$D/cli.time")"
+}
+
+mirror_transfer() { # bin way target-volume extra...
+  local bin=$1 way=$2 to=$3
+  shift 3
+  local ms=("$bin/multisnap" --endpoint http://127.0.0.1:41051)
+  synced=$(grep -c "mirror synced" "$D/a.log" || true)
+  a0=$(cpu_ticks "$(cat "$D/a.pid")"); b0=$(cpu_ticks "$(cat "$D/b.pid")")
+  t0=$(date +%s.%N)
+  "${ms[@]}" mirror set default --to http://127.0.0.1:42051 --target-volume "$to" "$@" > /dev/null
+  until [ "$(grep -c "mirror synced" "$D/a.log" || true)" -gt "$synced" ]; do
+    if python3 -c "import sys,time; sys.exit(time.time() - $t0 < 300)"; then
+      echo "the mirror did not sync in 300 s:" >&2
+      "${ms[@]}" mirror show default >&2
+      exit 1
+    fi
+    sleep 0.05
+  done
+  t1=$(date +%s.%N)
+  a1=$(cpu_ticks "$(cat "$D/a.pid")"); b1=$(cpu_ticks "$(cat "$D/b.pid")")
+  line=$(grep "mirror synced" "$D/a.log" | tail -n 1)
+  bytes=$(echo "$line" | sed -E 's/.*stream_bytes[=":]+([0-9]+).*/\1/')
+  report "$bin" mirror "$way" "$t1 - $t0" "$bytes" $((a1 - a0)) $((b1 - b0))
+  echo "  agent's own timing: $(echo "$line" | grep -oE 'seconds[=":]+[0-9.]+')"
+  "${ms[@]}" mirror clear default > /dev/null
+}
+
+for way in $WAYS; do
+  extra=()
+  [ "$way" = zstd ] && extra=(--compress zstd)
+  for mode in $MODES; do
+    for bin in $BINS; do
+      use_bin "$bin"
+      to="r-$mode-$way-$RANDOM"
+      "${mode}_transfer" "$bin" "$way" "$to" "${extra[@]}"
+      "$bin/multisnap" --endpoint http://127.0.0.1:42051 volume delete "$to" --force > /dev/null
+    done
+  done
 done
