@@ -550,6 +550,17 @@ proptest! {
     }
 }
 
+/// The bytes of the data records among `events`.
+fn data_records(events: &[Event]) -> Vec<&Bytes> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Record(Record::Data { bytes, .. }, _) => Some(bytes),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Fed a shared buffer, the decoder hands out a data record whose payload lies whole in it as
 /// a slice of that buffer; a payload cut across pieces is gathered into a buffer of its own.
 #[test]
@@ -562,13 +573,7 @@ fn shared_input_is_sliced_not_copied() {
     };
     let mut d = DeltaDecoder::new();
     let events = d.feed_bytes(&stream).unwrap();
-    let data: Vec<&Bytes> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Record(Record::Data { bytes, .. }, _) => Some(bytes),
-            _ => None,
-        })
-        .collect();
+    let data = data_records(&events);
     assert_eq!(data.len(), 3);
     assert!(data.iter().all(|b| inside(b, &stream)));
     d.finish().unwrap();
@@ -579,13 +584,7 @@ fn shared_input_is_sliced_not_copied() {
     let mut d = DeltaDecoder::new();
     let mut events = d.feed_bytes(&first).unwrap();
     events.extend(d.feed_bytes(&second).unwrap());
-    let bytes: Vec<&Bytes> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Record(Record::Data { bytes, .. }, _) => Some(bytes),
-            _ => None,
-        })
-        .collect();
+    let bytes = data_records(&events);
     assert!(!inside(bytes[0], &first) && !inside(bytes[0], &second));
     assert!(inside(bytes[1], &second) && inside(bytes[2], &second));
     let Record::Data { bytes: want, .. } = &recs[0] else {
