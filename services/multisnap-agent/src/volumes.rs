@@ -28,6 +28,9 @@ pub enum VolumeError {
     /// GetMirror on a volume without a mirror.
     #[error("volume {0:?} has no mirror")]
     NoMirror(String),
+    /// GetMirror naming a target the volume has no mirror to; the message lists its mirrors.
+    #[error("{0}")]
+    NoSuchMirror(String),
     #[error("a volume named {0:?} already exists")]
     AlreadyExists(String),
     #[error("{0}")]

@@ -177,8 +177,9 @@ enum Call {
     GetPolicy(String),
     ClearPolicy(String),
     SetMirror(String, Option<pb::MirrorTarget>),
-    GetMirror(String),
-    ClearMirror(String),
+    GetMirror(pb::GetMirrorRequest),
+    ListMirrors(String),
+    ClearMirror(pb::ClearMirrorRequest),
     CreateSnapshotGroup(String, Vec<String>),
     GetSnapshotGroup(String),
     DeleteSnapshotGroup(String),
@@ -248,8 +249,13 @@ fn call() -> impl Strategy<Value = Call> {
         1 => name().prop_map(Call::ClearPolicy),
         2 => (name(), proptest::option::weighted(0.9, mirror_target()))
             .prop_map(|(n, t)| Call::SetMirror(n, t)),
-        1 => name().prop_map(Call::GetMirror),
-        1 => name().prop_map(Call::ClearMirror),
+        1 => (name(), mirror_endpoint(), name()).prop_map(|(volume, endpoint, target_volume)| {
+            Call::GetMirror(pb::GetMirrorRequest { volume, endpoint, target_volume })
+        }),
+        1 => name().prop_map(Call::ListMirrors),
+        1 => (name(), mirror_endpoint(), name()).prop_map(|(volume, endpoint, target_volume)| {
+            Call::ClearMirror(pb::ClearMirrorRequest { volume, endpoint, target_volume })
+        }),
         2 => (name(), proptest::collection::vec(name(), 0..4))
             .prop_map(|(n, v)| Call::CreateSnapshotGroup(n, v)),
         1 => name().prop_map(Call::GetSnapshotGroup),
@@ -257,10 +263,9 @@ fn call() -> impl Strategy<Value = Call> {
     ]
 }
 
-/// Mirror targets: endpoints of every form and none, volume names as hostile as any, and TLS
-/// files that are missing, absent where needed or given where they do not belong.
-fn mirror_target() -> impl Strategy<Value = pb::MirrorTarget> {
-    let endpoint = prop_oneof![
+/// Mirror endpoints of every form and none.
+fn mirror_endpoint() -> impl Strategy<Value = String> {
+    prop_oneof![
         Just(String::new()),
         Just("127.0.0.1:1".to_string()),
         Just("http://127.0.0.1:1".to_string()),
@@ -271,7 +276,13 @@ fn mirror_target() -> impl Strategy<Value = pb::MirrorTarget> {
         Just("ftp://x".to_string()),
         Just("http://".to_string()),
         any::<String>(),
-    ];
+    ]
+}
+
+/// Mirror targets: endpoints of every form and none, volume names as hostile as any, and TLS
+/// files that are missing, absent where needed or given where they do not belong.
+fn mirror_target() -> impl Strategy<Value = pb::MirrorTarget> {
+    let endpoint = mirror_endpoint();
     let file = prop_oneof![
         3 => Just(String::new()),
         1 => Just("/nonexistent/ca.pem".to_string()),
@@ -455,18 +466,16 @@ impl Agent {
                     .await
                     .map(drop),
             ),
-            Call::GetMirror(volume) => code(
+            Call::GetMirror(r) => code(self.mirrors.get_mirror(Request::new(r)).await.map(drop)),
+            Call::ListMirrors(volume) => code(
                 self.mirrors
-                    .get_mirror(Request::new(pb::GetMirrorRequest { volume }))
+                    .list_mirrors(Request::new(pb::ListMirrorsRequest { volume }))
                     .await
                     .map(drop),
             ),
-            Call::ClearMirror(volume) => code(
-                self.mirrors
-                    .clear_mirror(Request::new(pb::ClearMirrorRequest { volume }))
-                    .await
-                    .map(drop),
-            ),
+            Call::ClearMirror(r) => {
+                code(self.mirrors.clear_mirror(Request::new(r)).await.map(drop))
+            }
             Call::CreateSnapshotGroup(name, volumes) => code(
                 self.snapshots
                     .create_snapshot_group(Request::new(pb::CreateSnapshotGroupRequest {

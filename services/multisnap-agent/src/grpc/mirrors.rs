@@ -4,7 +4,7 @@ use super::status::{blocking, find_volume, from_volume};
 use crate::mirror::stream::StreamSettings;
 use crate::mirror::target::{MirrorTarget, TlsFiles};
 use crate::mirror::worker::MirrorWorker;
-use crate::mirror::{behind, Active, Phase};
+use crate::mirror::{behind, Active, MirrorSelector, Phase};
 use crate::volumes::{Volume, VolumeError, Volumes};
 use multisnap_proto::v1 as pb;
 use std::path::PathBuf;
@@ -44,9 +44,18 @@ pub fn target_message(t: &MirrorTarget) -> pb::MirrorTarget {
     }
 }
 
-/// The mirror and its state, as GetMirror and GetVolume show it.
+/// Every mirror of `v` and its state, as ListMirrors and GetVolume show them.
+pub fn mirror_messages(v: &Volume) -> Vec<pb::VolumeMirror> {
+    v.mirror
+        .list()
+        .iter()
+        .map(|a| mirror_message(v, a))
+        .collect()
+}
+
+/// A mirror and its state, as GetMirror shows it.
 pub fn mirror_message(v: &Volume, a: &Active) -> pb::VolumeMirror {
-    let b = behind(v, SystemTime::now());
+    let b = behind(v, a, SystemTime::now());
     let phase = a.phase(b.snapshots > 0);
     let state = match phase {
         Phase::Syncing => pb::MirrorState::Syncing,
@@ -82,6 +91,12 @@ pub fn mirror_message(v: &Volume, a: &Active) -> pb::VolumeMirror {
                 .unwrap_or_default(),
         }),
     }
+}
+
+/// Which mirror a GetMirror or ClearMirror names; a malformed endpoint is INVALID_ARGUMENT.
+fn selector(endpoint: &str, target_volume: &str) -> Result<MirrorSelector, Status> {
+    MirrorSelector::from_api(endpoint, target_volume)
+        .map_err(|m| from_volume(VolumeError::InvalidArgument(m)))
 }
 
 fn target_from(t: Option<pb::MirrorTarget>) -> Result<MirrorTarget, Status> {
@@ -122,7 +137,7 @@ impl pb::mirror_service_server::MirrorService for MirrorApi {
         let target = target_from(r.target)?;
         let msg = blocking(move || {
             let uuid = v.store.volume_uuid().to_string();
-            let a = v.mirror.set(target, &uuid).map_err(from_volume)?;
+            let a = v.mirror.set(&v.name, target, &uuid).map_err(from_volume)?;
             tracing::info!(volume = %v.name, target = %a.saved.target.endpoint, target_volume = %a.saved.target.volume, "mirror set");
             Ok(mirror_message(&v, &a))
         })
@@ -137,12 +152,24 @@ impl pb::mirror_service_server::MirrorService for MirrorApi {
     ) -> Result<Response<pb::VolumeMirror>, Status> {
         let r = req.into_inner();
         let v = find_volume(&self.volumes, &r.volume)?;
+        let sel = selector(&r.endpoint, &r.target_volume)?;
         blocking(move || {
-            let a = v
-                .mirror
-                .get()
-                .ok_or_else(|| from_volume(VolumeError::NoMirror(v.name.clone())))?;
+            let a = v.mirror.select(&v.name, &sel).map_err(from_volume)?;
             Ok(Response::new(mirror_message(&v, &a)))
+        })
+        .await
+    }
+
+    async fn list_mirrors(
+        &self,
+        req: Request<pb::ListMirrorsRequest>,
+    ) -> Result<Response<pb::ListMirrorsResponse>, Status> {
+        let r = req.into_inner();
+        let v = find_volume(&self.volumes, &r.volume)?;
+        blocking(move || {
+            Ok(Response::new(pb::ListMirrorsResponse {
+                mirrors: mirror_messages(&v),
+            }))
         })
         .await
     }
@@ -154,12 +181,21 @@ impl pb::mirror_service_server::MirrorService for MirrorApi {
     ) -> Result<Response<pb::ClearMirrorResponse>, Status> {
         let r = req.into_inner();
         let v = find_volume(&self.volumes, &r.volume)?;
+        let sel = selector(&r.endpoint, &r.target_volume)?;
         blocking(move || {
-            let cleared = v.mirror.clear().map_err(from_volume)?;
-            if cleared {
-                tracing::info!(volume = %v.name, "mirror cleared");
+            let cleared = v.mirror.clear(&v.name, &sel).map_err(from_volume)?;
+            if let Some(k) = &cleared {
+                tracing::info!(volume = %v.name, target = %k.endpoint, target_volume = %k.volume, "mirror cleared");
             }
-            Ok(Response::new(pb::ClearMirrorResponse { cleared }))
+            let (endpoint, target_volume) = cleared
+                .as_ref()
+                .map(|k| (k.endpoint.clone(), k.volume.clone()))
+                .unwrap_or_default();
+            Ok(Response::new(pb::ClearMirrorResponse {
+                cleared: cleared.is_some(),
+                endpoint,
+                target_volume,
+            }))
         })
         .await
     }

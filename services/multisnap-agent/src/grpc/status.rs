@@ -40,6 +40,7 @@ pub fn from_volume(e: VolumeError) -> Status {
         VolumeError::NotFound(_)
         | VolumeError::NoPolicy(_)
         | VolumeError::NoMirror(_)
+        | VolumeError::NoSuchMirror(_)
         | VolumeError::GroupNotFound(_) => Status::not_found(e.to_string()),
         VolumeError::AlreadyExists(_) | VolumeError::GroupExists(_) => {
             Status::already_exists(e.to_string())

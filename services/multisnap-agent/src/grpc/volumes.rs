@@ -17,6 +17,7 @@ pub struct VolumeApi {
 
 pub fn volume_message(v: &Volume) -> pb::Volume {
     let stats = v.store.stats();
+    let mirrors = super::mirrors::mirror_messages(v);
     let policy = match v.store.full_policy() {
         FullPolicy::Error => pb::StoreFullPolicy::Error,
         FullPolicy::InvalidateOldest => pb::StoreFullPolicy::InvalidateOldest,
@@ -51,10 +52,11 @@ pub fn volume_message(v: &Volume) -> pb::Volume {
             .policy
             .get()
             .map(|a| super::policies::policy_message(&v.name, &a)),
-        mirror: v
-            .mirror
-            .get()
-            .map(|a| super::mirrors::mirror_message(v, &a)),
+        mirror: match mirrors.as_slice() {
+            [one] => Some(one.clone()),
+            _ => None,
+        },
+        mirrors,
     }
 }
 

@@ -1,6 +1,6 @@
-//! Mirror series, read at scrape time from each volume's mirror slot: how far the target is
-//! behind (seconds and bytes), whether the mirror stopped, and what it sent, synced and failed
-//! at since the agent started.
+//! Mirror series, one per volume and target, read at scrape time from each volume's mirror
+//! slot: how far the target is behind (seconds and bytes), whether the mirror stopped, and
+//! what it sent, synced and failed at since the agent started.
 
 use crate::mirror::{behind, FailureReason, Phase};
 use crate::volumes::Volumes;
@@ -22,56 +22,68 @@ impl std::fmt::Debug for MirrorCollector {
     }
 }
 
+/// A mirror's series: the volume, and the target as `ENDPOINT/VOLUME` (a volume may have
+/// several mirrors, each its own series).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct VolumeLabel {
+struct MirrorLabels {
     volume: String,
+    target: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabels {
     volume: String,
+    target: String,
     reason: &'static str,
 }
 
-/// One volume's numbers, taken once per scrape.
+/// One target's numbers, taken once per scrape.
 struct Sample {
-    volume: String,
-    /// (lag seconds, bytes pending, stopped) while a mirror is set.
+    labels: MirrorLabels,
+    /// (lag seconds, bytes pending, stopped) while its mirror is set.
     active: Option<(i64, i64, i64)>,
     bytes_sent: u64,
     syncs: u64,
     failures: Vec<(FailureReason, u64)>,
 }
 
+/// Every target each volume mirrored to since the agent started: the counters of a cleared
+/// mirror go on; its gauges go.
+fn samples(volumes: &Volumes, now: SystemTime) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for v in volumes.list() {
+        let mirrors = v.mirror.list();
+        for (key, c) in v.mirror.all_counters() {
+            let active = mirrors.iter().find(|a| a.key() == key).map(|a| {
+                let b = behind(&v, a, now);
+                let stopped = i64::from(a.phase(b.snapshots > 0) == Phase::StoppedDiverged);
+                (b.lag_seconds as i64, b.bytes_pending as i64, stopped)
+            });
+            out.push(Sample {
+                labels: MirrorLabels {
+                    volume: v.name.clone(),
+                    target: key.label(),
+                },
+                active,
+                bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+                syncs: c.syncs.load(Ordering::Relaxed),
+                failures: FailureReason::ALL
+                    .iter()
+                    .map(|r| (*r, c.failures(*r)))
+                    .collect(),
+            });
+        }
+    }
+    out
+}
+
 impl Collector for MirrorCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let now = SystemTime::now();
-        let samples: Vec<Sample> = self
-            .volumes
-            .list()
-            .iter()
-            .map(|v| {
-                let c = &v.mirror.counters;
-                Sample {
-                    volume: v.name.clone(),
-                    active: v.mirror.get().map(|a| {
-                        let b = behind(v, now);
-                        let stopped = i64::from(a.phase(b.snapshots > 0) == Phase::StoppedDiverged);
-                        (b.lag_seconds as i64, b.bytes_pending as i64, stopped)
-                    }),
-                    bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
-                    syncs: c.syncs.load(Ordering::Relaxed),
-                    failures: FailureReason::ALL
-                        .iter()
-                        .map(|r| (*r, c.failures(*r)))
-                        .collect(),
-                }
-            })
-            .collect();
+        let samples = samples(&self.volumes, SystemTime::now());
         type Gauge = fn(&(i64, i64, i64)) -> i64;
         let gauges: [(&str, Option<Unit>, &str, Gauge); 3] = [
             ("multisnap_mirror_lag", Some(Unit::Seconds),
-             "Age of the oldest snapshot of the volume its mirror's target does not hold yet; 0 when in sync (only for volumes with a mirror).", |a| a.0),
+             "Age of the oldest snapshot of the volume the mirror's target does not hold yet; 0 when in sync (one series per mirror set).", |a| a.0),
             ("multisnap_mirror_pending", Some(Unit::Bytes),
              "Estimated delta bytes the mirror still has to send to bring its target to the newest snapshot (changed chunks times the chunk size).", |a| a.1),
             ("multisnap_mirror_stopped", None,
@@ -82,10 +94,7 @@ impl Collector for MirrorCollector {
                 encoder.encode_descriptor(name, help, unit.as_ref(), MetricType::Gauge)?;
             for s in &samples {
                 if let Some(a) = &s.active {
-                    let labels = VolumeLabel {
-                        volume: s.volume.clone(),
-                    };
-                    family.encode_family(&labels)?.encode_gauge(&get(a))?;
+                    family.encode_family(&s.labels)?.encode_gauge(&get(a))?;
                 }
             }
         }
@@ -94,13 +103,13 @@ impl Collector for MirrorCollector {
             (
                 "multisnap_mirror_sent",
                 Some(Unit::Bytes),
-                "Delta stream bytes the volume's mirror sent to its target since the agent started.",
+                "Delta stream bytes the volume's mirror sent to the target since the agent started.",
                 |s| s.bytes_sent,
             ),
             (
                 "multisnap_mirror_syncs",
                 None,
-                "Snapshots the volume's mirror brought to its target since the agent started.",
+                "Snapshots the volume's mirror brought to the target since the agent started.",
                 |s| s.syncs,
             ),
         ];
@@ -108,12 +117,9 @@ impl Collector for MirrorCollector {
             let mut family =
                 encoder.encode_descriptor(name, help, unit.as_ref(), MetricType::Counter)?;
             for s in &samples {
-                let labels = VolumeLabel {
-                    volume: s.volume.clone(),
-                };
                 family
-                    .encode_family(&labels)?
-                    .encode_counter::<VolumeLabel, u64, f64>(&get(s), None)?;
+                    .encode_family(&s.labels)?
+                    .encode_counter::<MirrorLabels, u64, f64>(&get(s), None)?;
             }
         }
         let mut family = encoder.encode_descriptor(
@@ -125,7 +131,8 @@ impl Collector for MirrorCollector {
         for s in &samples {
             for (reason, n) in &s.failures {
                 let labels = FailureLabels {
-                    volume: s.volume.clone(),
+                    volume: s.labels.volume.clone(),
+                    target: s.labels.target.clone(),
                     reason: reason.label(),
                 };
                 family

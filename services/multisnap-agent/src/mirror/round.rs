@@ -5,7 +5,7 @@
 use super::plan::{self, SourceSnap, Step, TargetApply, TargetSnap};
 use super::stream::{message_buffer, message_bytes, StreamSettings};
 use super::target::MirrorTarget;
-use super::{replicated_now, FailureReason, SnapshotRef};
+use super::{replicated_now, FailureReason, MirrorCounters, MirrorKey, SnapshotRef};
 use crate::volumes::Volume;
 use multisnap_proto::v1 as pb;
 use multisnap_proto::v1::delta_service_client::DeltaServiceClient;
@@ -118,7 +118,7 @@ pub async fn run(v: Arc<Volume>, target: MirrorTarget, generation: u64) -> Resul
             name: s.name,
         })
         .collect();
-    let recorded = v.mirror.get().and_then(|a| {
+    let recorded = v.mirror.get(generation).and_then(|a| {
         a.saved.replicated.map(|r| SourceSnap {
             id: r.id,
             name: r.name,
@@ -174,6 +174,7 @@ pub async fn run(v: Arc<Volume>, target: MirrorTarget, generation: u64) -> Resul
         } => {
             let how = Transfer {
                 target_volume: &tv,
+                counters: v.mirror.counters_for(&MirrorKey::of(&target)),
                 stream: target.stream,
                 base,
                 resume_token,
@@ -259,6 +260,8 @@ fn record(v: &Volume, generation: u64, snap: &SnapshotRef) -> Result<(), Failure
 /// for a full stream) and the target's resume token (empty to start from the beginning).
 struct Transfer<'a> {
     target_volume: &'a str,
+    /// The target's counters, which count the stream bytes sent.
+    counters: Arc<MirrorCounters>,
     stream: StreamSettings,
     base: Option<SourceSnap>,
     resume_token: Vec<u8>,
@@ -312,7 +315,7 @@ struct ApplyWriter {
     tx: mpsc::Sender<pb::ApplyDeltaRequest>,
     buf: Vec<u8>,
     message_bytes: usize,
-    v: Arc<Volume>,
+    counters: Arc<MirrorCounters>,
 }
 
 impl ApplyWriter {
@@ -330,7 +333,7 @@ impl ApplyWriter {
             .map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the target's apply ended")
             })?;
-        self.v.mirror.counters.bytes_sent.fetch_add(n, Relaxed);
+        self.counters.bytes_sent.fetch_add(n, Relaxed);
         Ok(())
     }
 }
@@ -363,6 +366,7 @@ async fn transfer(
     let store_side = v.clone();
     let Transfer {
         target_volume,
+        counters,
         stream,
         base,
         resume_token,
@@ -399,9 +403,9 @@ async fn transfer(
             tx,
             buf: Vec::with_capacity(message_buffer(message_bytes)),
             message_bytes,
-            v: vol.clone(),
+            counters: counters.clone(),
         };
-        let before = vol.mirror.counters.bytes_sent.load(Relaxed);
+        let before = counters.bytes_sent.load(Relaxed);
         let mut throttled = Throttled::new(&mut out, stream.bandwidth_limit);
         let r = export(&vol.store, &plan, &mut throttled, |_| {}).and_then(|t| {
             throttled
@@ -409,7 +413,7 @@ async fn transfer(
                 .map(|()| t)
                 .map_err(|e| ReplicationError::Delta(e.into()))
         });
-        (r, vol.mirror.counters.bytes_sent.load(Relaxed) - before)
+        (r, counters.bytes_sent.load(Relaxed) - before)
     });
     let answer = delta_client(ch)
         .apply_delta(tokio_stream::wrappers::ReceiverStream::new(rx))

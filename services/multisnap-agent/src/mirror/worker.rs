@@ -1,11 +1,12 @@
-//! The mirror task: every [`TICK`] (or at once when a mirror is set) it looks at each volume
-//! with a mirror and starts a round where there is something to do — a snapshot newer than the
-//! one the target holds, or a retry that is due. One round at a time per volume; rounds of
-//! different volumes run side by side.
+//! The mirror task: every [`TICK`] (or at once when a mirror is set) it looks at each mirror
+//! of each volume and starts a round where there is something to do — a snapshot newer than
+//! the one that mirror's target holds, or a retry that is due. One round at a time per mirror;
+//! rounds of different mirrors, of one volume or several, run side by side as their own
+//! tasks, so a slow or dead target delays nobody else's.
 
 use super::backoff::Backoff;
 use super::round::{self, Done, Failure};
-use super::{ready_snapshots, FailureReason};
+use super::{ready_snapshots, FailureReason, MirrorKey};
 use crate::volumes::{Volume, Volumes};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -42,13 +43,15 @@ impl MirrorWorker {
         let mut rounds = tokio::task::JoinSet::new();
         loop {
             for v in volumes.list() {
-                if let Some((target, generation)) = self.due(&v) {
+                for (target, generation) in self.due(&v) {
                     let span = tracing::info_span!("mirror_round", volume = %v.name, target = %target.endpoint, target_volume = %target.volume);
                     let me = self.clone();
+                    let v = v.clone();
+                    let key = MirrorKey::of(&target);
                     rounds.spawn(
                         async move {
                             let result = round::run(v.clone(), target, generation).await;
-                            me.settle(&v, generation, result);
+                            me.settle(&v, &key, generation, result);
                         }
                         .instrument(span),
                     );
@@ -64,33 +67,29 @@ impl MirrorWorker {
         rounds.shutdown().await;
     }
 
-    /// Whether `v` needs a round now; if so, marks it running and returns what the round needs.
-    fn due(&self, v: &Volume) -> Option<(super::target::MirrorTarget, u64)> {
+    /// The mirrors of `v` that need a round now, marked running, with what their rounds need.
+    fn due(&self, v: &Volume) -> Vec<(super::target::MirrorTarget, u64)> {
         // Most volumes have no mirror: they cost a lock, not a snapshot list.
-        if v.mirror.state.lock().is_none() {
-            return None;
+        if v.mirror.is_empty() {
+            return Vec::new();
         }
         let newest = ready_snapshots(v).last().map(|s| s.id.0);
-        let mut state = v.mirror.state.lock();
-        let a = state.as_mut()?;
-        if a.running || a.saved.stopped.is_some() {
-            return None;
-        }
         let now = SystemTime::now();
-        if a.retry_at.is_some_and(|t| now < t) {
-            return None;
-        }
-        let behind = newest.is_some() && newest != a.saved.replicated.as_ref().map(|r| r.id);
-        if !behind && a.retry_at.is_none() {
-            return None;
-        }
-        a.running = true;
-        Some((a.saved.target.clone(), a.generation))
+        v.mirror.start_rounds(|a| {
+            if a.saved.stopped.is_some() || a.retry_at.is_some_and(|t| now < t) {
+                return false;
+            }
+            let behind = newest.is_some() && newest != a.saved.replicated.as_ref().map(|r| r.id);
+            behind || a.retry_at.is_some()
+        })
     }
 
     /// Records how a round ended: the counters, the state, the next attempt.
-    fn settle(&self, v: &Volume, generation: u64, result: Result<Done, Failure>) {
-        let counters = &v.mirror.counters;
+    fn settle(&self, v: &Volume, key: &MirrorKey, generation: u64, result: Result<Done, Failure>) {
+        // The target's counters count the round even if its mirror was cleared or set anew
+        // meanwhile: it did send.
+        let counters = v.mirror.counters_for(key);
+        let target = key.label();
         match &result {
             Ok(Done::Sent {
                 snapshot,
@@ -100,13 +99,13 @@ impl MirrorWorker {
             }) => {
                 counters.syncs.fetch_add(1, Relaxed);
                 let mib_s = *stream_bytes as f64 / (1 << 20) as f64 / took.as_secs_f64().max(1e-6);
-                tracing::info!(volume = %v.name, snapshot = %snapshot.name, stream_bytes, seconds = took.as_secs_f64(), mib_per_s = format!("{mib_s:.1}"), resumed, "mirror synced");
+                tracing::info!(volume = %v.name, %target, snapshot = %snapshot.name, stream_bytes, seconds = took.as_secs_f64(), mib_per_s = format!("{mib_s:.1}"), resumed, "mirror synced");
             }
             Ok(Done::InSync) => {}
             Err(f) => {
                 counters.failed(f.reason);
                 if f.reason == FailureReason::Diverged {
-                    tracing::warn!(volume = %v.name, reason = %f.message, "mirror stopped: the target diverged");
+                    tracing::warn!(volume = %v.name, %target, reason = %f.message, "mirror stopped: the target diverged");
                 }
             }
         }
@@ -130,7 +129,7 @@ impl MirrorWorker {
                     a.failures_in_row = a.failures_in_row.saturating_add(1);
                     let wait = backoff.delay(a.failures_in_row);
                     a.retry_at = Some(SystemTime::now() + wait);
-                    tracing::warn!(volume = %v.name, reason = f.reason.label(), error = %f.message, attempt = a.failures_in_row, retry_in_seconds = wait.as_secs_f64(), "mirror round failed; retrying");
+                    tracing::warn!(volume = %v.name, %target, reason = f.reason.label(), error = %f.message, attempt = a.failures_in_row, retry_in_seconds = wait.as_secs_f64(), "mirror round failed; retrying");
                     a.last_error = Some(f.message);
                     false
                 }
@@ -138,7 +137,7 @@ impl MirrorWorker {
         });
         if let Some(Err(e)) = saved {
             counters.failed(FailureReason::Persist);
-            tracing::warn!(volume = %v.name, error = %e, "cannot save the mirror's stopped state; it stays stopped until the agent restarts");
+            tracing::warn!(volume = %v.name, %target, error = %e, "cannot save the mirror's stopped state; it stays stopped until the agent restarts");
             v.mirror.update(generation, |a| {
                 a.saved.stopped = a.last_error.clone();
                 false
