@@ -538,7 +538,7 @@ fn cli_json(a: &Agent, args: &[&str]) -> serde_json::Value {
 fn wait_mirrored(a: &Agent, volume: &str, snap: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let m = cli_json(a, &["mirror", "show", volume]);
+        let m = cli_json(a, &["mirror", "show", volume])["mirrors"][0].clone();
         if m["status"]["state"] == "in-sync" && m["status"]["lastReplicatedSnapshot"] == snap {
             return;
         }

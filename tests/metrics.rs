@@ -186,10 +186,15 @@ fn busy_agent(dir: &Path) -> Running {
         "multisnap.v1.PolicyService/SetPolicy",
         r#"{"volume":"policed","policy":{"intervalSeconds":"3600","keepHourly":24}}"#,
     );
-    // A mirror to an agent that is not there: its lag and failure series exist all the same.
+    // Two mirrors to agents that are not there: each has its lag and failure series all the
+    // same, told apart by their target label.
     r.call(
         "multisnap.v1.MirrorService/SetMirror",
         r#"{"volume":"policed","target":{"endpoint":"unix:/nonexistent/grpc.sock","volume":"dr"}}"#,
+    );
+    r.call(
+        "multisnap.v1.MirrorService/SetMirror",
+        r#"{"volume":"policed","target":{"endpoint":"127.0.0.1:1","volume":"far","compression":"DELTA_COMPRESSION_ZSTD"}}"#,
     );
     qemu_io(
         &r.agent.uri("default"),
@@ -328,6 +333,26 @@ fn exposition_parses_with_the_official_python_client() {
         assert!(
             s.labels.iter().all(|(_, v)| !v.contains("s1")),
             "snapshot name leaked into {s:?}"
+        );
+    }
+    // One series per mirror, by target (ENDPOINT/VOLUME).
+    for target in ["unix:/nonexistent/grpc.sock/dr", "http://127.0.0.1:1/far"] {
+        let mirror = [("volume", "policed"), ("target", target)];
+        assert_eq!(
+            om.value("multisnap_mirror_stopped", &mirror),
+            Some(0.0),
+            "{target}"
+        );
+        assert_eq!(
+            om.value("multisnap_mirror_syncs_total", &mirror),
+            Some(0.0),
+            "{target}"
+        );
+        let connect = [mirror.as_slice(), &[("reason", "connect")]].concat();
+        assert!(
+            om.value("multisnap_mirror_failures_total", &connect)
+                .is_some(),
+            "{target}"
         );
     }
     // One snapshot, so the 256k write copied 4 chunks of 64 KiB from the origin.

@@ -5,113 +5,21 @@
 //! hourly snapshot never prunes the mirror's base; a target written to (or snapshotted) stops
 //! the mirror with its reason, and the target keeps what was written.
 
+use common::mirror::*;
 use common::*;
 use multisnap_tests::{self as common, require_tools};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-const VOLUME_BYTES: u64 = 128 << 20;
 /// 2026-01-01T00:00:00Z
 const START: i64 = 1_767_225_600;
 const HOUR: i64 = 3600;
 
-fn json(a: &Agent, args: &[&str]) -> Value {
-    let mut all = vec!["--output", "json"];
-    all.extend_from_slice(args);
-    let out = cli_ok(a, &all);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
-}
-
-/// A target agent whose gRPC port stays the same across restarts, as a mirror's endpoint.
-struct Target {
-    agent: Option<Agent>,
-    dir: PathBuf,
-    addr: String,
-    extra: Vec<String>,
-    scheme: &'static str,
-}
-
-impl Target {
-    fn start(dir: &Path) -> Target {
-        Target::start_with(dir, &[], "http")
-    }
-
-    fn start_with(dir: &Path, extra: &[&str], scheme: &'static str) -> Target {
-        let mut t = Target {
-            agent: None,
-            dir: dir.to_path_buf(),
-            addr: format!("127.0.0.1:{}", free_port()),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            scheme,
-        };
-        t.restart();
-        t
-    }
-
-    fn restart(&mut self) {
-        let mut args = vec!["--grpc-listen", self.addr.as_str()];
-        args.extend(self.extra.iter().map(String::as_str));
-        let a = Agent::start(&self.dir, &args);
-        a.wait_grpc();
-        self.agent = Some(a);
-    }
-
-    fn kill9(&mut self) {
-        self.agent.take().expect("target running").kill9();
-    }
-
-    fn agent(&self) -> &Agent {
-        self.agent.as_ref().expect("target running")
-    }
-
-    fn endpoint(&self) -> String {
-        format!("{}://{}", self.scheme, self.addr)
-    }
-}
-
-fn source(dir: &Path, extra: &[&str]) -> Agent {
-    let size = VOLUME_BYTES.to_string();
-    let mut args = vec!["--default-volume-size", size.as_str()];
-    args.extend_from_slice(extra);
-    Agent::start(dir, &args)
-}
-
 fn mirror_to(a: &Agent, t: &Target) -> Value {
-    json(
-        a,
-        &[
-            "mirror",
-            "set",
-            "default",
-            "--to",
-            &t.endpoint(),
-            "--target-volume",
-            "replica",
-        ],
-    )
-}
-
-/// Waits until the mirror's status satisfies `done`; the status.
-fn wait_mirror(a: &Agent, what: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let m = json(a, &["mirror", "show", "default"]);
-        if done(&m["status"]) {
-            return m["status"].clone();
-        }
-        assert!(Instant::now() < deadline, "mirror never {what}: {m}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Waits until the target holds `snap` and the mirror says it is in sync.
-fn wait_in_sync(a: &Agent, snap: &str, secs: u64) -> Value {
-    wait_mirror(a, &format!("in sync at {snap}"), secs, |s| {
-        s["state"] == "in-sync" && s["lastReplicatedSnapshot"] == snap
-    })
+    mirror_set(a, t, "replica", &[])
 }
 
 /// Random writes through NBD with qemu-io: data of varying patterns, and some zeroing.
@@ -130,29 +38,23 @@ fn scribble(a: &Agent, rng: &mut StdRng, n: usize) {
     qemu_io(&a.uri("default"), &refs);
 }
 
-/// A large change (`mib` MiB from `at`), so the transfer takes long enough to be cut.
-fn bulk(a: &Agent, pattern: u8, at_mib: u64, mib: u64) {
-    let cmd = format!("write -P {pattern} {} {}", at_mib << 20, mib << 20);
-    qemu_io(&a.uri("default"), &[&cmd]);
-}
-
-fn sha(a: &Agent, export: &str, tmp: &Path) -> String {
-    let file = tmp.join(format!("copy-{}.img", export.replace('@', "_")));
-    let sum = copy_sha(a, export, &file);
-    let _ = std::fs::remove_file(&file);
-    sum
-}
-
 fn assert_identical(a: &Agent, t: &Target, snap: &str, tmp: &Path) {
-    let want = sha(a, &format!("default@{snap}"), tmp);
-    let got = sha(t.agent(), &format!("replica@{snap}"), tmp);
-    assert_eq!(got, want, "replica@{snap} differs from default@{snap}");
+    assert_replica(a, t, "replica", snap, tmp);
 }
 
 fn failures(a: &Agent, reason: &str) -> f64 {
-    a.metric(&format!(
-        "multisnap_mirror_failures_total{{volume=\"default\",reason=\"{reason}\"}}"
-    ))
+    let reason = format!("reason=\"{reason}\"");
+    mirror_metric(a, "multisnap_mirror_failures_total", &[&reason])
+}
+
+/// Stream bytes sent to every target since the source started.
+fn sent_bytes(a: &Agent) -> f64 {
+    mirror_metric(a, "multisnap_mirror_sent_bytes_total", &[])
+}
+
+/// Stream bytes sent to `volume` on `t` since the source started.
+fn sent_to(a: &Agent, t: &Target, volume: &str) -> f64 {
+    mirror_metric(a, "multisnap_mirror_sent_bytes_total", &[&t.label(volume)])
 }
 
 #[test]
@@ -186,7 +88,7 @@ fn the_target_stays_identical_through_target_kills_and_a_source_restart() {
     assert_eq!(set["target"]["volume"], "replica");
     wait_in_sync(&a, "s0", 120);
     let took = started.elapsed();
-    let sent = a.metric("multisnap_mirror_sent_bytes_total{volume=\"default\"}");
+    let sent = sent_bytes(&a);
     println!(
         "first sync: {sent} stream bytes in {took:?} ({:.1} MiB/s on loopback, set to in-sync)",
         sent / (1 << 20) as f64 / took.as_secs_f64()
@@ -209,7 +111,7 @@ fn the_target_stays_identical_through_target_kills_and_a_source_restart() {
         }
         t.kill9();
         std::thread::sleep(Duration::from_millis(700));
-        let retrying = json(&a, &["mirror", "show", "default"]);
+        let retrying = json(&a, &["mirror", "show", "default"])["mirrors"][0].clone();
         t.restart();
         let back = Instant::now();
         let status = wait_in_sync(&a, &snap, 120);
@@ -255,10 +157,7 @@ fn the_target_stays_identical_through_target_kills_and_a_source_restart() {
     a.stop_and_verify();
     a = source(&a_dir, &[]);
     std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(
-        a.metric("multisnap_mirror_sent_bytes_total{volume=\"default\"}"),
-        0.0
-    );
+    assert_eq!(sent_bytes(&a), 0.0);
     wait_in_sync(&a, "s5", 10);
     a.stop_and_verify();
     t.agent.take().unwrap().stop_and_verify();
@@ -398,18 +297,15 @@ fn a_diverged_target_stops_the_mirror_with_its_reason() {
         "the target was overwritten"
     );
     assert_eq!(
-        a.metric("multisnap_mirror_stopped{volume=\"default\"}"),
+        mirror_metric(&a, "multisnap_mirror_stopped", &[&t.label("replica")]),
         1.0
     );
     assert!(failures(&a, "diverged") >= 1.0);
     // Stopped means stopped: a new snapshot sends nothing.
-    let sent = a.metric("multisnap_mirror_sent_bytes_total{volume=\"default\"}");
+    let sent = sent_bytes(&a);
     cli_ok(&a, &["snapshot", "create", "default", "s2"]);
     std::thread::sleep(Duration::from_millis(800));
-    assert_eq!(
-        a.metric("multisnap_mirror_sent_bytes_total{volume=\"default\"}"),
-        sent
-    );
+    assert_eq!(sent_bytes(&a), sent);
     let shown = cli_ok(&a, &["volume", "show", "default"]);
     assert!(shown.contains("stopped-diverged"), "{shown}");
 
@@ -431,8 +327,8 @@ fn a_diverged_target_stops_the_mirror_with_its_reason() {
     let a_dir = a.data_dir.clone();
     a.stop_and_verify();
     let a = source(&a_dir, &[]);
-    let m = json(&a, &["mirror", "show", "default"]);
-    assert_eq!(m["status"]["state"], "stopped-diverged", "{m}");
+    let m = mirror_status(&a, &t, "replica");
+    assert_eq!(m["state"], "stopped-diverged", "{m}");
     // Cleared, the mirror is gone and the target keeps what it had.
     let out = cli_ok(&a, &["mirror", "clear", "default"]);
     assert!(out.contains("cleared the mirror of default"), "{out}");
@@ -525,25 +421,6 @@ fn a_mirror_over_mutual_tls_needs_a_client_certificate_the_target_trusts() {
     assert_identical(&a, &t, "s0", tmp.path());
 }
 
-fn sent_bytes(a: &Agent) -> f64 {
-    a.metric("multisnap_mirror_sent_bytes_total{volume=\"default\"}")
-}
-
-fn mirror_set(a: &Agent, t: &Target, volume: &str, stream: &[&str]) -> Value {
-    let endpoint = t.endpoint();
-    let mut args = vec![
-        "mirror",
-        "set",
-        "default",
-        "--to",
-        &endpoint,
-        "--target-volume",
-        volume,
-    ];
-    args.extend_from_slice(stream);
-    json(a, &args)
-}
-
 /// The same snapshots mirrored uncompressed to one target volume and zstd-compressed to
 /// another: byte-identical replicas, and the compressed stream far smaller on compressible
 /// data. The settings survive a restart; a bandwidth limit slows an incremental to it.
@@ -561,12 +438,17 @@ fn a_compressed_mirror_sends_fewer_bytes_for_the_same_replica() {
     let plain = mirror_set(&a, &t, "plain", &[]);
     assert_eq!(plain["target"]["compression"], "none", "{plain}");
     wait_in_sync(&a, "s0", 120);
-    let plain_bytes = sent_bytes(&a);
-    // Another target volume: the mirror starts from nothing, a full stream again.
+    let plain_bytes = sent_to(&a, &t, "plain");
+    // Another target volume: a second mirror, which starts from nothing, a full stream.
     let packed = mirror_set(&a, &t, "packed", &["--compress", "zstd"]);
     assert_eq!(packed["target"]["compression"], "zstd:3", "{packed}");
     wait_in_sync(&a, "s0", 120);
-    let packed_bytes = sent_bytes(&a) - plain_bytes;
+    assert_eq!(
+        sent_to(&a, &t, "plain"),
+        plain_bytes,
+        "plain was sent again"
+    );
+    let packed_bytes = sent_to(&a, &t, "packed");
     println!("full stream of s0: {plain_bytes} bytes uncompressed, {packed_bytes} with zstd:3");
     assert!(
         packed_bytes > 0.0 && packed_bytes * 4.0 < plain_bytes,
@@ -586,7 +468,7 @@ fn a_compressed_mirror_sends_fewer_bytes_for_the_same_replica() {
     bulk(&a, 0x33, 40, 16);
     cli_ok(&a, &["snapshot", "create", "default", "s1"]);
     wait_in_sync(&a, "s1", 120);
-    let packed_incremental = sent_bytes(&a);
+    let packed_incremental = sent_to(&a, &t, "packed");
     assert!(
         packed_incremental < (1 << 20) as f64,
         "{packed_incremental}"
@@ -604,12 +486,12 @@ fn a_compressed_mirror_sends_fewer_bytes_for_the_same_replica() {
     assert_eq!(set["status"]["lastReplicatedSnapshot"], "s1", "{set}");
     assert_eq!(set["target"]["bandwidthLimitBytesPerSec"], limit, "{set}");
     bulk(&a, 0x44, 64, 16);
-    let before = sent_bytes(&a);
+    let before = sent_to(&a, &t, "packed");
     let started = Instant::now();
     cli_ok(&a, &["snapshot", "create", "default", "s2"]);
     wait_in_sync(&a, "s2", 120);
     let took = started.elapsed().as_secs_f64();
-    let sent = sent_bytes(&a) - before;
+    let sent = sent_to(&a, &t, "packed") - before;
     println!("limited incremental: {sent} bytes in {took:.2} s (limit {limit} B/s)");
     assert!(sent > (15 << 20) as f64, "{sent}");
     assert!(

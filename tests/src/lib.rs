@@ -3,6 +3,7 @@
 
 pub mod csi;
 pub mod loopfs;
+pub mod mirror;
 pub use csi::{CsiDriver, CSI_NODE};
 pub mod vm;
 
@@ -473,6 +474,24 @@ impl Agent {
             .lines()
             .find_map(|l| l.strip_prefix(prefix.as_str()))
             .map_or(0.0, |v| v.trim().parse().expect("a number"))
+    }
+
+    /// The sum of every series of `family` whose labels include each of `labels`
+    /// (`volume="v"`): a family split by a label the caller does not care about.
+    pub fn metric_sum(&self, family: &str, labels: &[&str]) -> f64 {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("http://{}/metrics", self.metrics)])
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "scraping /metrics failed");
+        let prefix = format!("{family}{{");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .filter_map(|rest| rest.rsplit_once("} "))
+            .filter(|(set, _)| labels.iter().all(|l| set.split(',').any(|x| x == *l)))
+            .map(|(_, v)| v.trim().parse::<f64>().expect("a number"))
+            .sum()
     }
 
     /// SIGKILL: the agent dies where it stands, like a crashed node.

@@ -17,15 +17,51 @@ pub enum MirrorCommand {
     /// Mirror VOLUME to a volume on another agent: after each new snapshot (by policy or by
     /// hand) this agent sends the changes since the newest snapshot the target holds.
     ///
-    /// The target volume is made with VOLUME's size and chunk size if it does not exist. A cut
-    /// transfer resumes where it stopped; failures are retried with growing waits (up to 30 s).
-    /// A target that was written to or snapshotted stops the mirror instead of being
-    /// overwritten. Setting the same target again restarts a stopped mirror.
+    /// A volume may have up to 8 mirrors, each to its own endpoint and target volume; setting
+    /// the same endpoint and target volume again replaces that mirror (and restarts it if it
+    /// stopped), another pair adds one. The target volume is made with VOLUME's size and chunk
+    /// size if it does not exist. A cut transfer resumes where it stopped; failures are
+    /// retried with growing waits (up to 30 s). A target that was written to or snapshotted
+    /// stops the mirror instead of being overwritten.
     Set(SetArgs),
-    /// Show VOLUME's mirror: its target, the last snapshot the target holds, lag, last error.
-    Show { volume: String },
-    /// Stop mirroring VOLUME; the target keeps what it received.
-    Clear { volume: String },
+    /// Show VOLUME's mirrors (or the one --to and --target-volume name): target, the last
+    /// snapshot the target holds, lag, last error.
+    Show {
+        volume: String,
+        #[command(flatten)]
+        which: Which,
+    },
+    /// Stop one of VOLUME's mirrors; the target keeps what it received. With several
+    /// mirrors, --to (and --target-volume, if the endpoint has several) says which.
+    Clear {
+        volume: String,
+        #[command(flatten)]
+        which: Which,
+    },
+}
+
+/// Which of a volume's mirrors: the parts given must match; none given means the only one.
+#[derive(clap::Args)]
+pub struct Which {
+    /// The mirror's target agent endpoint, as given to `mirror set --to`.
+    #[arg(long)]
+    to: Option<String>,
+    /// The mirror's target volume.
+    #[arg(long)]
+    target_volume: Option<String>,
+}
+
+impl Which {
+    fn given(&self) -> bool {
+        self.to.is_some() || self.target_volume.is_some()
+    }
+
+    fn fields(&self) -> (String, String) {
+        (
+            self.to.clone().unwrap_or_default(),
+            self.target_volume.clone().unwrap_or_default(),
+        )
+    }
 }
 
 #[derive(clap::Args)]
@@ -206,6 +242,24 @@ fn show(format: Format, m: &pb::VolumeMirror) -> Result<()> {
     Ok(())
 }
 
+/// Every mirror of `volume`: their details one after another (a blank line between), or in
+/// JSON `{"volume": ..., "mirrors": [...]}`.
+fn show_all(format: Format, volume: &str, all: &[pb::VolumeMirror]) -> Result<()> {
+    if format == Format::Json {
+        let mirrors: Vec<Value> = all.iter().map(mirror_json).collect();
+        return Ok(output::print_json(
+            &json!({ "volume": volume, "mirrors": mirrors }),
+        )?);
+    }
+    for (i, m) in all.iter().enumerate() {
+        if i > 0 {
+            output::print_line("")?;
+        }
+        show(format, m)?;
+    }
+    Ok(())
+}
+
 pub async fn run(ctx: &Ctx, cmd: MirrorCommand) -> Result<()> {
     let mut client = MirrorServiceClient::new(ctx.channel.clone());
     let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_default();
@@ -231,30 +285,63 @@ pub async fn run(ctx: &Ctx, cmd: MirrorCommand) -> Result<()> {
                 .into_inner();
             show(ctx.format, &m)
         }
-        MirrorCommand::Show { volume } => {
-            let m = client
-                .get_mirror(pb::GetMirrorRequest {
+        MirrorCommand::Show { volume, which } => {
+            let get = |endpoint: String, target_volume: String| pb::GetMirrorRequest {
+                volume: volume.clone(),
+                endpoint,
+                target_volume,
+            };
+            let failed = || rpc(format!("cannot get the mirror of {volume:?}"));
+            if which.given() {
+                let (endpoint, target_volume) = which.fields();
+                let m = client
+                    .get_mirror(get(endpoint, target_volume))
+                    .await
+                    .map_err(failed())?
+                    .into_inner();
+                return show(ctx.format, &m);
+            }
+            let all = client
+                .list_mirrors(pb::ListMirrorsRequest {
                     volume: volume.clone(),
                 })
                 .await
-                .map_err(rpc(format!("cannot get the mirror of {volume:?}")))?
-                .into_inner();
-            show(ctx.format, &m)
+                .map_err(rpc(format!("cannot list the mirrors of {volume:?}")))?
+                .into_inner()
+                .mirrors;
+            if all.is_empty() {
+                // The agent's own answer for a volume without a mirror (NOT_FOUND, exit 2).
+                client
+                    .get_mirror(get(String::new(), String::new()))
+                    .await
+                    .map_err(failed())?;
+            }
+            show_all(ctx.format, &volume, &all)
         }
-        MirrorCommand::Clear { volume } => {
-            let cleared = client
+        MirrorCommand::Clear { volume, which } => {
+            let (endpoint, target_volume) = which.fields();
+            let r = client
                 .clear_mirror(pb::ClearMirrorRequest {
                     volume: volume.clone(),
+                    endpoint,
+                    target_volume,
                 })
                 .await
                 .map_err(rpc(format!("cannot clear the mirror of {volume:?}")))?
-                .into_inner()
-                .cleared;
+                .into_inner();
             match ctx.format {
-                Format::Json => output::print_json(&json!({ "cleared": cleared })),
-                Format::Table if cleared => output::print_line(&format!(
-                    "cleared the mirror of {volume}; the target keeps what it received"
+                Format::Json => output::print_json(&json!({
+                    "cleared": r.cleared,
+                    "endpoint": r.endpoint,
+                    "targetVolume": r.target_volume,
+                })),
+                Format::Table if r.cleared => output::print_line(&format!(
+                    "cleared the mirror of {volume} to {} {}; the target keeps what it received",
+                    r.endpoint, r.target_volume
                 )),
+                Format::Table if which.given() => {
+                    output::print_line(&format!("{volume} had no such mirror"))
+                }
                 Format::Table => output::print_line(&format!("{volume} had no mirror")),
             }?;
             Ok(())

@@ -59,6 +59,7 @@ pub fn volume_json(v: &pb::Volume) -> Value {
         "labels": v.labels,
         "policy": v.policy.as_ref().map(crate::policy::policy_json),
         "mirror": v.mirror.as_ref().map(crate::mirror::mirror_json),
+        "mirrors": v.mirrors.iter().map(crate::mirror::mirror_json).collect::<Vec<_>>(),
     })
 }
 

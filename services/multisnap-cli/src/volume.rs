@@ -248,62 +248,70 @@ fn labels_detail(v: &pb::Volume) -> String {
 fn show(format: Format, v: &pb::Volume) -> Result<()> {
     match format {
         Format::Json => output::print_json(&output::volume_json(v)),
-        Format::Table => output::print_details(&[
-            ("name", v.name.clone()),
-            (
-                "rollback merge",
-                v.merge.as_ref().map_or_else(
-                    || "-".into(),
-                    |m| {
-                        format!(
-                            "to {}: {} of {} chunks",
-                            m.snapshot, m.merged_chunks, m.total_chunks
-                        )
+        Format::Table => {
+            let mut fields = vec![
+                ("name", v.name.clone()),
+                (
+                    "rollback merge",
+                    v.merge.as_ref().map_or_else(
+                        || "-".into(),
+                        |m| {
+                            format!(
+                                "to {}: {} of {} chunks",
+                                m.snapshot, m.merged_chunks, m.total_chunks
+                            )
+                        },
+                    ),
+                ),
+                (
+                    "clone hydration",
+                    crate::hydration::detail(v.hydration.as_ref()),
+                ),
+                ("uuid", v.uuid.clone()),
+                (
+                    "state",
+                    if v.failure.is_empty() {
+                        "healthy".to_string()
+                    } else {
+                        format!("refusing writes until reopened: {}", v.failure)
                     },
                 ),
-            ),
-            (
-                "clone hydration",
-                crate::hydration::detail(v.hydration.as_ref()),
-            ),
-            ("uuid", v.uuid.clone()),
-            (
-                "state",
-                if v.failure.is_empty() {
-                    "healthy".to_string()
-                } else {
-                    format!("refusing writes until reopened: {}", v.failure)
-                },
-            ),
-            ("size", bytes_detail(v.size_bytes)),
-            ("chunk size", bytes_detail(v.chunk_size_bytes.into())),
-            ("store size", bytes_detail(v.store_size_bytes)),
-            ("store used", bytes_detail(v.store_used_bytes)),
-            ("  data", bytes_detail(v.store_data_bytes)),
-            ("  metadata", bytes_detail(v.store_metadata_bytes)),
-            ("  journal", bytes_detail(v.store_journal_bytes)),
-            ("store free", bytes_detail(v.store_free_bytes)),
-            ("snapshots", v.snapshot_count.to_string()),
-            ("exceptions", v.exception_count.to_string()),
-            ("reclaim pending", v.reclaim_pending.to_string()),
-            ("store-full policy", policy_word(v.store_full_policy)),
-            (
-                "snapshot policy",
-                v.policy
-                    .as_ref()
-                    .map_or_else(|| "-".into(), crate::policy::summary),
-            ),
-            (
-                "mirror",
-                v.mirror
-                    .as_ref()
-                    .map_or_else(|| "-".into(), crate::mirror::summary),
-            ),
-            ("origin", v.origin_path.clone()),
-            ("store", v.store_path.clone()),
-            ("nbd export", v.name.clone()),
-            ("labels", labels_detail(v)),
-        ]),
+                ("size", bytes_detail(v.size_bytes)),
+                ("chunk size", bytes_detail(v.chunk_size_bytes.into())),
+                ("store size", bytes_detail(v.store_size_bytes)),
+                ("store used", bytes_detail(v.store_used_bytes)),
+                ("  data", bytes_detail(v.store_data_bytes)),
+                ("  metadata", bytes_detail(v.store_metadata_bytes)),
+                ("  journal", bytes_detail(v.store_journal_bytes)),
+                ("store free", bytes_detail(v.store_free_bytes)),
+                ("snapshots", v.snapshot_count.to_string()),
+                ("exceptions", v.exception_count.to_string()),
+                ("reclaim pending", v.reclaim_pending.to_string()),
+                ("store-full policy", policy_word(v.store_full_policy)),
+                (
+                    "snapshot policy",
+                    v.policy
+                        .as_ref()
+                        .map_or_else(|| "-".into(), crate::policy::summary),
+                ),
+            ];
+            // One line per mirror, in the order they were set.
+            fields.extend(
+                v.mirrors
+                    .iter()
+                    .map(|m| ("mirror", crate::mirror::summary(m))),
+            );
+            if v.mirrors.is_empty() {
+                fields.push(("mirror", "-".into()));
+            }
+            fields.extend([
+                ("origin", v.origin_path.clone()),
+                ("store", v.store_path.clone()),
+                ("nbd export", v.name.clone()),
+                ("labels", labels_detail(v)),
+            ]);
+            output::print_details(&fields)
+        }
     }?;
     Ok(())
 }

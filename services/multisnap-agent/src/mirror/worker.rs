@@ -89,7 +89,6 @@ impl MirrorWorker {
         // The target's counters count the round even if its mirror was cleared or set anew
         // meanwhile: it did send.
         let counters = v.mirror.counters_for(key);
-        let target = key.label();
         match &result {
             Ok(Done::Sent {
                 snapshot,
@@ -99,13 +98,13 @@ impl MirrorWorker {
             }) => {
                 counters.syncs.fetch_add(1, Relaxed);
                 let mib_s = *stream_bytes as f64 / (1 << 20) as f64 / took.as_secs_f64().max(1e-6);
-                tracing::info!(volume = %v.name, %target, snapshot = %snapshot.name, stream_bytes, seconds = took.as_secs_f64(), mib_per_s = format!("{mib_s:.1}"), resumed, "mirror synced");
+                tracing::info!(volume = %v.name, snapshot = %snapshot.name, stream_bytes, seconds = took.as_secs_f64(), mib_per_s = format!("{mib_s:.1}"), resumed, "mirror synced");
             }
             Ok(Done::InSync) => {}
             Err(f) => {
                 counters.failed(f.reason);
                 if f.reason == FailureReason::Diverged {
-                    tracing::warn!(volume = %v.name, %target, reason = %f.message, "mirror stopped: the target diverged");
+                    tracing::warn!(volume = %v.name, reason = %f.message, "mirror stopped: the target diverged");
                 }
             }
         }
@@ -129,7 +128,7 @@ impl MirrorWorker {
                     a.failures_in_row = a.failures_in_row.saturating_add(1);
                     let wait = backoff.delay(a.failures_in_row);
                     a.retry_at = Some(SystemTime::now() + wait);
-                    tracing::warn!(volume = %v.name, %target, reason = f.reason.label(), error = %f.message, attempt = a.failures_in_row, retry_in_seconds = wait.as_secs_f64(), "mirror round failed; retrying");
+                    tracing::warn!(volume = %v.name, reason = f.reason.label(), error = %f.message, attempt = a.failures_in_row, retry_in_seconds = wait.as_secs_f64(), "mirror round failed; retrying");
                     a.last_error = Some(f.message);
                     false
                 }
@@ -137,7 +136,7 @@ impl MirrorWorker {
         });
         if let Some(Err(e)) = saved {
             counters.failed(FailureReason::Persist);
-            tracing::warn!(volume = %v.name, %target, error = %e, "cannot save the mirror's stopped state; it stays stopped until the agent restarts");
+            tracing::warn!(volume = %v.name, error = %e, "cannot save the mirror's stopped state; it stays stopped until the agent restarts");
             v.mirror.update(generation, |a| {
                 a.saved.stopped = a.last_error.clone();
                 false
