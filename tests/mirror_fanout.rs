@@ -75,29 +75,6 @@ fn in_sync_at(snap: &str) -> impl Fn(&Value) -> bool + '_ {
     move |s| s["state"] == "in-sync" && s["lastReplicatedSnapshot"] == snap
 }
 
-fn set_clock(clock: &Path, t: i64) {
-    let new = clock.with_extension("new");
-    std::fs::write(&new, format!("{t}\n")).unwrap();
-    std::fs::rename(&new, clock).unwrap();
-}
-
-/// The newest policy snapshot once it is not `previous`.
-fn wait_policy_newest(a: &Agent, previous: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let p = json(a, &["policy", "show", "default"]);
-        let newest = p["status"]["newestSnapshot"].as_str().unwrap_or_default();
-        if !newest.is_empty() && newest != previous {
-            return newest.to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no policy snapshot after {previous:?}: {p}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn sent_to(a: &Agent, t: &Target) -> f64 {
     mirror_metric(
         a,

@@ -464,28 +464,28 @@ impl Agent {
     }
 
     pub fn metric(&self, series: &str) -> f64 {
-        let out = Command::new("curl")
-            .args(["-sf", &format!("http://{}/metrics", self.metrics)])
-            .output()
-            .expect("curl");
-        assert!(out.status.success(), "scraping /metrics failed");
         let prefix = format!("{series} ");
-        String::from_utf8_lossy(&out.stdout)
+        self.scrape()
             .lines()
             .find_map(|l| l.strip_prefix(prefix.as_str()))
             .map_or(0.0, |v| v.trim().parse().expect("a number"))
     }
 
-    /// The sum of every series of `family` whose labels include each of `labels`
-    /// (`volume="v"`): a family split by a label the caller does not care about.
-    pub fn metric_sum(&self, family: &str, labels: &[&str]) -> f64 {
+    /// The agent's /metrics, scraped with curl.
+    fn scrape(&self) -> String {
         let out = Command::new("curl")
             .args(["-sf", &format!("http://{}/metrics", self.metrics)])
             .output()
             .expect("curl");
         assert!(out.status.success(), "scraping /metrics failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The sum of every series of `family` whose labels include each of `labels`
+    /// (`volume="v"`): a family split by a label the caller does not care about.
+    pub fn metric_sum(&self, family: &str, labels: &[&str]) -> f64 {
         let prefix = format!("{family}{{");
-        String::from_utf8_lossy(&out.stdout)
+        self.scrape()
             .lines()
             .filter_map(|l| l.strip_prefix(prefix.as_str()))
             .filter_map(|rest| rest.rsplit_once("} "))

@@ -159,3 +159,27 @@ pub fn mirror_metric(a: &Agent, family: &str, labels: &[&str]) -> f64 {
     all.extend_from_slice(labels);
     a.metric_sum(family, &all)
 }
+
+/// Sets the time an agent started with `--test-clock-file clock` sees, atomically.
+pub fn set_clock(clock: &Path, t: i64) {
+    let new = clock.with_extension("new");
+    std::fs::write(&new, format!("{t}\n")).unwrap();
+    std::fs::rename(&new, clock).unwrap();
+}
+
+/// The default volume's newest policy snapshot once it is not `previous`.
+pub fn wait_policy_newest(a: &Agent, previous: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = json(a, &["policy", "show", "default"]);
+        let newest = p["status"]["newestSnapshot"].as_str().unwrap_or_default();
+        if !newest.is_empty() && newest != previous {
+            return newest.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no policy snapshot after {previous:?}: {p}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
