@@ -62,21 +62,8 @@ fn the_target_stays_identical_through_target_kills_and_a_source_restart() {
     require_tools!("qemu-io", "nbdcopy", "sha256sum", "curl");
     let tmp = tempfile::tempdir().unwrap();
     let mut a = source(&tmp.path().join("a"), &[]);
-    let mut t = Target::start(&tmp.path().join("b"));
     // The target keeps every snapshot the mirror sends: room for all of them.
-    let size = VOLUME_BYTES.to_string();
-    cli_ok(
-        t.agent(),
-        &[
-            "volume",
-            "create",
-            "replica",
-            "--size",
-            &size,
-            "--store-size",
-            "1073741824",
-        ],
-    );
+    let mut t = Target::start_roomy(&tmp.path().join("b"));
     let mut rng = StdRng::seed_from_u64(24);
 
     // A full first sync.
@@ -175,18 +162,7 @@ fn a_policy_keeping_one_hourly_never_prunes_the_mirrors_base() {
     );
     let mut t = Target::start(&tmp.path().join("b"));
     bulk(&a, 0x11, 0, 8);
-    cli_ok(
-        &a,
-        &[
-            "policy",
-            "set",
-            "default",
-            "--every",
-            "1h",
-            "--keep-hourly",
-            "1",
-        ],
-    );
+    keep_one_hourly(&a);
     let first = wait_policy_newest(&a, "");
     mirror_to(&a, &t);
     wait_in_sync(&a, &first, 60);

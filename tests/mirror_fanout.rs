@@ -34,25 +34,6 @@ fn random_write(a: &Agent, rng: &mut StdRng, tmp: &Path, at_mib: u64, mib: u64) 
     std::fs::remove_file(&file).unwrap();
 }
 
-/// A target agent with a replica volume roomy enough for every snapshot it receives.
-fn target(dir: &Path) -> Target {
-    let t = Target::start(dir);
-    let size = VOLUME_BYTES.to_string();
-    cli_ok(
-        t.agent(),
-        &[
-            "volume",
-            "create",
-            "replica",
-            "--size",
-            &size,
-            "--store-size",
-            "1073741824",
-        ],
-    );
-    t
-}
-
 fn both_identical(a: &Agent, near: &Target, far: &Target, snap: &str, tmp: &Path) {
     assert_replica(a, near, "replica", snap, tmp);
     assert_replica(a, far, "replica", snap, tmp);
@@ -102,8 +83,8 @@ fn one_source_two_targets_one_killed_while_the_other_keeps_in_sync() {
         &tmp.path().join("a"),
         &["--test-clock-file", clock.to_str().unwrap()],
     );
-    let near = target(&tmp.path().join("near"));
-    let mut far = target(&tmp.path().join("far"));
+    let near = Target::start_roomy(&tmp.path().join("near"));
+    let mut far = Target::start_roomy(&tmp.path().join("far"));
     let mut rng = StdRng::seed_from_u64(25);
 
     // Both mirrors set, a full first sync to each.
@@ -215,18 +196,7 @@ fn one_source_two_targets_one_killed_while_the_other_keeps_in_sync() {
 
     // A policy keeping one hourly snapshot, with the far target gone: each snapshot the near
     // mirror has moved past is pruned, the far mirror's base is held.
-    cli_ok(
-        &a,
-        &[
-            "policy",
-            "set",
-            "default",
-            "--every",
-            "1h",
-            "--keep-hourly",
-            "1",
-        ],
-    );
+    keep_one_hourly(&a);
     let p1 = wait_policy_newest(&a, "");
     wait_in_sync(&a, &p1, 60);
     far.kill9();

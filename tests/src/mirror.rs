@@ -44,6 +44,26 @@ impl Target {
         t
     }
 
+    /// A target with a `replica` volume whose store has room for every snapshot the mirror
+    /// sends (the target keeps them all).
+    pub fn start_roomy(dir: &Path) -> Target {
+        let t = Target::start(dir);
+        let size = VOLUME_BYTES.to_string();
+        cli_ok(
+            t.agent(),
+            &[
+                "volume",
+                "create",
+                "replica",
+                "--size",
+                &size,
+                "--store-size",
+                "1073741824",
+            ],
+        );
+        t
+    }
+
     pub fn restart(&mut self) {
         let mut args = vec!["--grpc-listen", self.addr.as_str()];
         args.extend(self.extra.iter().map(String::as_str));
@@ -165,6 +185,21 @@ pub fn set_clock(clock: &Path, t: i64) {
     let new = clock.with_extension("new");
     std::fs::write(&new, format!("{t}\n")).unwrap();
     std::fs::rename(&new, clock).unwrap();
+}
+
+/// An hourly policy on the default volume keeping one hourly snapshot: all it would keep is
+/// the newest, so what it does keep beyond that is held.
+pub fn keep_one_hourly(a: &Agent) {
+    let args = [
+        "policy",
+        "set",
+        "default",
+        "--every",
+        "1h",
+        "--keep-hourly",
+        "1",
+    ];
+    cli_ok(a, &args);
 }
 
 /// The default volume's newest policy snapshot once it is not `previous`.
