@@ -9,6 +9,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tracing::{debug, warn, Span};
 
+use super::buffers::BufferPool;
 use super::reply::{
     base_flags, block_status_reply, descriptors, error_reply, ok_reply, plan_read, read_reply,
     Outgoing, Part, Permits, ReadPiece,
@@ -28,6 +29,8 @@ pub(super) struct Conn {
     pub(super) sparse_reads: bool,
     pub(super) contexts: Vec<(ContextId, MetaContext)>,
     pub(super) observer: Option<Arc<dyn Observer>>,
+    /// WRITE payloads and READ reply data, reused across requests.
+    pub(super) buffers: Arc<BufferPool>,
 }
 
 impl Conn {
@@ -173,7 +176,10 @@ fn read(
     } else {
         vec![ReadPiece::Data(0..total)]
     };
-    let mut buf = vec![0u8; len as usize];
+    // A reused buffer holds an earlier request's bytes: only the data pieces
+    // are sent, each filled by the export below, and a failed read sends
+    // none of it.
+    let mut buf = conn.buffers.take(len as usize);
     for piece in &plan {
         let ReadPiece::Data(r) = piece else { continue };
         let at = offset + r.start;

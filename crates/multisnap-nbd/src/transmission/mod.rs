@@ -57,11 +57,14 @@ use crate::handshake::{read_or_eof, Session};
 use crate::observer::RequestKind;
 use crate::proto::{self, Handle, RequestHeader};
 
+mod buffers;
 mod execute;
 mod reply;
 mod request;
 mod workers;
 
+pub use buffers::Buffer;
+use buffers::{BufferPool, PoolLimits};
 use execute::{work, Conn, Job};
 pub use reply::{base_flags, descriptors, plan_read, ReadPiece};
 use reply::{error_reply, Outgoing, Permits};
@@ -102,6 +105,7 @@ where
         has_contexts: !session.contexts.is_empty(),
         max_payload: session.max_payload,
     };
+    let byte_budget = config.max_in_flight_bytes.max(limits.max_payload).max(1);
     let conn = Arc::new(Conn {
         export_name: session.export_name,
         export: session.export,
@@ -109,9 +113,9 @@ where
         sparse_reads: session.info.sparse_reads,
         contexts: session.contexts,
         observer: config.observer.clone(),
+        buffers: BufferPool::new(PoolLimits::for_connection(config, byte_budget)),
     });
     let count = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
-    let byte_budget = config.max_in_flight_bytes.max(limits.max_payload).max(1);
     let bytes = Arc::new(Semaphore::new(byte_budget as usize));
 
     // Unbounded because the request semaphore already bounds it: every
@@ -291,8 +295,9 @@ impl<R: AsyncRead + Unpin + Send> Reader<R> {
 
     /// Reads a WRITE's payload; `None` if the client went away or `stop`
     /// fired first.
-    async fn read_payload(&mut self, len: u32, span: &Span) -> Result<Option<Vec<u8>>, NbdError> {
-        let mut buf = vec![0u8; len as usize];
+    async fn read_payload(&mut self, len: u32, span: &Span) -> Result<Option<Buffer>, NbdError> {
+        // Every byte is overwritten by the payload before the buffer is used.
+        let mut buf = self.conn.buffers.take(len as usize);
         let read = tokio::select! {
             biased;
             _ = self.stop.cancelled() => return Ok(None),

@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::buffers::Buffer;
+
 use crate::error::{Errno, NbdError};
 use crate::export::Extent;
 use crate::proto::{self, ContextId, Handle};
@@ -20,13 +22,17 @@ const MAX_EXTENTS: usize = 128 * 1024;
 /// One piece of an outgoing reply.
 pub(super) enum Part {
     Bytes(Vec<u8>),
-    Slice(Arc<Vec<u8>>, Range<usize>),
+    /// A READ's data, whole.
+    Data(Buffer),
+    /// Part of a READ's data (one structured chunk).
+    Slice(Arc<Buffer>, Range<usize>),
 }
 
 impl Part {
     pub(super) fn as_slice(&self) -> &[u8] {
         match self {
             Part::Bytes(b) => b,
+            Part::Data(b) => b,
             Part::Slice(b, r) => b.get(r.clone()).unwrap_or(&[]),
         }
     }
@@ -36,6 +42,8 @@ impl Part {
 pub(super) type Permits = (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>);
 
 /// A complete reply plus the permits it holds until it is on the wire.
+/// Fields drop in order: a READ's buffer is back in its pool before the
+/// permits let the next request in.
 pub(super) struct Outgoing {
     pub(super) parts: Vec<Part>,
     pub(super) _permits: Permits,
@@ -130,13 +138,24 @@ pub(super) fn read_reply(
     handle: Handle,
     offset: u64,
     plan: &[ReadPiece],
-    buf: Vec<u8>,
+    buf: Buffer,
 ) -> Vec<Part> {
     if !structured {
+        // A simple reply sends every byte, and a reused buffer holds an
+        // earlier request's bytes where the export wrote nothing: zero any
+        // hole (execute.rs plans none for simple replies; this keeps it so).
+        let mut buf = buf;
+        for piece in plan {
+            if let ReadPiece::Hole(r) = piece {
+                if let Some(hole) = buf.get_mut(r.start as usize..r.end as usize) {
+                    hole.fill(0);
+                }
+            }
+        }
         let mut parts = vec![Part::Bytes(
             proto::encode_simple_reply(handle, Errno(0)).to_vec(),
         )];
-        parts.push(Part::Bytes(buf));
+        parts.push(Part::Data(buf));
         return parts;
     }
     if buf.is_empty() {

@@ -3,6 +3,7 @@
 //! error to reply with. Pure: nothing here does I/O, so the fuzzer and the
 //! unit tests drive it from plain headers.
 
+use super::buffers::Buffer;
 use crate::error::NbdError;
 use crate::export::{Fua, ZeroMode};
 use crate::observer::RequestKind;
@@ -18,7 +19,7 @@ pub enum Op {
     },
     Write {
         offset: u64,
-        data: Vec<u8>,
+        data: Buffer,
         fua: Fua,
     },
     Flush,
@@ -107,7 +108,7 @@ fn check_flags(flags: u16, allowed: u16, cmd: &str) -> Result<(), NbdError> {
 
 /// Turns a parsed header (plus the WRITE payload, already read) into an
 /// [`Op`], or the error to reply with. Pure: no I/O.
-pub fn validate(h: &RequestHeader, payload: Option<Vec<u8>>, l: &Limits) -> Result<Op, NbdError> {
+pub fn validate(h: &RequestHeader, payload: Option<Buffer>, l: &Limits) -> Result<Op, NbdError> {
     let fua = Fua(h.flags & proto::CMD_FLAG_FUA != 0);
     // Clients are known to set FUA on any command, so it is accepted everywhere.
     let base = proto::CMD_FLAG_FUA;

@@ -73,13 +73,13 @@ fn write_past_end_is_enospc() {
     let l = limits();
     let r = validate(
         &hdr(proto::CMD_WRITE, 0, l.size - 1, 2),
-        Some(vec![0; 2]),
+        Some(Buffer::from(vec![0; 2])),
         &l,
     );
     assert_eq!(errno_of(r), Errno::ENOSPC);
     let r = validate(
         &hdr(proto::CMD_WRITE, 0, u64::MAX - 1, 2),
-        Some(vec![0; 2]),
+        Some(Buffer::from(vec![0; 2])),
         &l,
     );
     assert_eq!(errno_of(r), Errno::ENOSPC);
@@ -92,7 +92,7 @@ fn writes_on_read_only_export_are_eperm() {
         ..limits()
     };
     for cmd in [proto::CMD_WRITE, proto::CMD_TRIM, proto::CMD_WRITE_ZEROES] {
-        let r = validate(&hdr(cmd, 0, 0, 4), Some(vec![0; 4]), &l);
+        let r = validate(&hdr(cmd, 0, 0, 4), Some(Buffer::from(vec![0; 4])), &l);
         assert_eq!(errno_of(r), Errno::EPERM, "command {cmd}");
     }
     // Reads and flushes still work.
@@ -302,4 +302,38 @@ fn dropping_the_pool_lets_its_idle_workers_exit() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     panic!("a worker is still waiting on a dropped pool's queue");
+}
+
+/// The bytes a reply puts on the wire after its headers: its data.
+fn data_bytes(parts: &[reply::Part]) -> Vec<u8> {
+    parts
+        .iter()
+        .filter(|p| matches!(p, reply::Part::Data(_) | reply::Part::Slice(..)))
+        .flat_map(|p| p.as_slice().to_vec())
+        .collect()
+}
+
+#[test]
+fn a_simple_read_reply_zeroes_holes_of_a_reused_buffer() {
+    // The buffer still holds an earlier request's bytes where the plan has
+    // a hole; a simple reply sends every byte, so the hole must be zeroed.
+    let mut buf = Buffer::from(vec![0xAB; 12]);
+    buf[..4].fill(0x11);
+    let plan = [ReadPiece::Data(0..4), ReadPiece::Hole(4..12)];
+    let parts = reply::read_reply(false, Handle(1), 0, &plan, buf);
+    assert_eq!(data_bytes(&parts), [[0x11; 4].as_slice(), &[0; 8]].concat());
+}
+
+#[test]
+fn a_structured_read_reply_sends_no_byte_of_a_hole() {
+    let mut buf = Buffer::from(vec![0xAB; 12]);
+    buf[..4].fill(0x11);
+    buf[8..].fill(0x22);
+    let plan = [
+        ReadPiece::Data(0..4),
+        ReadPiece::Hole(4..8),
+        ReadPiece::Data(8..12),
+    ];
+    let parts = reply::read_reply(true, Handle(1), 0, &plan, buf);
+    assert_eq!(data_bytes(&parts), [[0x11; 4], [0x22; 4]].concat());
 }
