@@ -180,6 +180,45 @@ fn seek_extent(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Opti
     Ok(Some(r as u64))
 }
 
+/// [`BlockDev::allocation`] of an open file, from `SEEK_DATA` / `SEEK_HOLE`.
+pub(crate) fn file_allocation(file: &File, offset: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {
+    let end = offset + len;
+    let mut out = Vec::new();
+    let mut pos = offset;
+    while pos < end {
+        let data_at = match seek_extent(file, pos, libc::SEEK_DATA) {
+            Ok(d) => d.unwrap_or(end).min(end),
+            // Filesystems or devices without SEEK_DATA: everything is data.
+            Err(_) => return Ok(vec![(len, true)]),
+        };
+        if data_at > pos {
+            out.push((data_at - pos, false));
+            pos = data_at;
+            continue;
+        }
+        let hole_at = seek_extent(file, pos, libc::SEEK_HOLE)?
+            .unwrap_or(end)
+            .min(end);
+        let hole_at = hole_at.max(pos + 1);
+        out.push((hole_at - pos, true));
+        pos = hole_at;
+    }
+    Ok(out)
+}
+
+/// The size of an open regular file or block device.
+pub(crate) fn file_size(file: &File) -> io::Result<u64> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = file.metadata()?;
+    if meta.file_type().is_block_device() {
+        // Block devices report a zero length in their metadata; seek to the end instead.
+        use std::io::Seek;
+        let mut f = file;
+        return f.seek(io::SeekFrom::End(0));
+    }
+    Ok(meta.len())
+}
+
 impl BlockDev for FileDev {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
@@ -215,40 +254,11 @@ impl BlockDev for FileDev {
         }
     }
     fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, bool)>> {
-        let end = offset + len;
-        let mut out = Vec::new();
-        let mut pos = offset;
-        while pos < end {
-            let data_at = match seek_extent(&self.file, pos, libc::SEEK_DATA) {
-                Ok(d) => d.unwrap_or(end).min(end),
-                // Filesystems or devices without SEEK_DATA: everything is data.
-                Err(_) => return Ok(vec![(len, true)]),
-            };
-            if data_at > pos {
-                out.push((data_at - pos, false));
-                pos = data_at;
-                continue;
-            }
-            let hole_at = seek_extent(&self.file, pos, libc::SEEK_HOLE)?
-                .unwrap_or(end)
-                .min(end);
-            let hole_at = hole_at.max(pos + 1);
-            out.push((hole_at - pos, true));
-            pos = hole_at;
-        }
-        Ok(out)
+        file_allocation(&self.file, offset, len)
     }
 
     fn size(&self) -> io::Result<u64> {
-        use std::os::unix::fs::FileTypeExt;
-        let meta = self.file.metadata()?;
-        if meta.file_type().is_block_device() {
-            // Block devices report a zero length in their metadata; seek to the end instead.
-            use std::io::Seek;
-            let mut f = &self.file;
-            return f.seek(io::SeekFrom::End(0));
-        }
-        Ok(meta.len())
+        file_size(&self.file)
     }
 
     fn grow_to(&self, size: u64) -> io::Result<()> {

@@ -29,6 +29,7 @@
 pub mod blockdev;
 pub mod checksum;
 mod covered;
+pub mod direct_dev;
 pub mod error;
 #[cfg(any(test, feature = "fault-injection"))]
 pub mod fault;
@@ -43,6 +44,7 @@ pub mod store;
 pub mod verify;
 
 pub use blockdev::{BlockDev, FileDev, MemDev};
+pub use direct_dev::DirectDev;
 pub use error::{ErrorKind, Failure, FailureCause, StoreError};
 pub use format::snapshot_record::SnapshotState;
 pub use format::superblock::FullPolicy;
