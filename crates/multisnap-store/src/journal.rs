@@ -21,6 +21,17 @@
 //!   background while flushes go on into the other half).
 //! - Replay runs on open, before anything reads the origin, and ends by syncing the origin
 //!   and moving past both epochs; replaying twice is harmless (it writes the same bytes).
+//!
+//! A store whose origin is direct (`OriginCache::Direct`, opened with `O_DIRECT`) is made
+//! without a journal. Its origin writes leave no dirty pages: each one is in the device (or the
+//! device's volatile cache) when it returns, so the write-back the journal spares a flush does
+//! not exist, and journaling would only read every range back and write it twice. Its flush is
+//! an `fdatasync` of the origin (the device cache flush, plus the file's block allocations for
+//! writes into holes) and the store's commit. After a power cut, every write a flush
+//! acknowledged is on the origin; a write after the last flush may or may not be, in whole
+//! logical blocks, as on a disk. Copy before overwrite is unchanged: the store commits the
+//! copy before the origin write is issued, which matters more here, since a direct write can
+//! reach the disk the moment it is issued.
 
 use crate::blockdev::BlockDev;
 use crate::error::{Result, StoreError};
@@ -54,7 +65,8 @@ pub enum Dirty {
     Nothing,
     /// Sorted, merged ranges.
     Ranges(Vec<(u64, u64)>),
-    /// More than one batch could hold: the flush syncs the origin.
+    /// More than one batch could hold, or the store has no journal: the flush syncs the
+    /// origin.
     TooMany,
 }
 
@@ -94,6 +106,13 @@ impl Noted {
 impl DirtyRanges {
     pub fn note(&self, offset: u64, len: u64) {
         self.noted.lock().push(offset, len);
+    }
+
+    /// Notes a write a flush makes durable by syncing the origin, not by journaling it.
+    pub fn note_unjournaled(&self) {
+        let mut n = self.noted.lock();
+        n.too_many = true;
+        n.ranges = Vec::new();
     }
 
     /// Takes everything noted.

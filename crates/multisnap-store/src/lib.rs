@@ -47,7 +47,7 @@ pub use blockdev::{BlockDev, FileDev, MemDev};
 pub use direct_dev::DirectDev;
 pub use error::{ErrorKind, Failure, FailureCause, StoreError};
 pub use format::snapshot_record::SnapshotState;
-pub use format::superblock::FullPolicy;
+pub use format::superblock::{FullPolicy, OriginCache};
 pub use format::superblock_io::read_superblock;
 pub use ids::{OriginChunk, SnapshotId, StoreChunk, VolumeUuid};
 pub use latency::LatencyStats;

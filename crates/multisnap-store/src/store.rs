@@ -28,7 +28,7 @@ use crate::blockdev::BlockDev;
 use crate::covered::CoveredChunks;
 use crate::error::{Result, StoreError};
 use crate::format::snapshot_record::{SnapshotRecord, SnapshotState};
-use crate::format::superblock::FullPolicy;
+use crate::format::superblock::{FullPolicy, OriginCache};
 use crate::format::BLOCK_SIZE;
 use crate::ids::{OriginChunk, SnapshotId, StoreChunk, VolumeUuid};
 use crate::journal::{DirtyRanges, JournalCursor};
@@ -88,6 +88,8 @@ pub struct CreateOptions {
     /// Size of the origin write journal (see [`crate::journal`]): at most a quarter of the
     /// store is used, and a store with no room for it (or for 16 blocks of it) gets none.
     pub journal_bytes: u64,
+    /// How the origin is opened; recorded in the superblock. A direct store gets no journal.
+    pub origin_cache: OriginCache,
 }
 
 impl Default for CreateOptions {
@@ -99,6 +101,7 @@ impl Default for CreateOptions {
             full_policy: FullPolicy::Error,
             cache_bytes: DEFAULT_CACHE_BYTES,
             journal_bytes: crate::journal::DEFAULT_JOURNAL_BYTES,
+            origin_cache: OriginCache::Buffered,
         }
     }
 }
@@ -233,6 +236,8 @@ pub struct Store {
     flush_latency: Mutex<LatencyHistogram>,
     /// Origin ranges written since a flush last took them (see `origin_sync`).
     dirty_origin: DirtyRanges,
+    /// How the origin is opened (fixed when the store was made).
+    origin_cache: OriginCache,
     /// Where the next journal batch goes; held by the flush writing one.
     journal: Mutex<JournalCursor>,
     journal_start: u64,
@@ -335,6 +340,11 @@ impl Store {
     }
     pub fn origin_path(&self) -> &str {
         &self.origin_path
+    }
+    /// Whether the origin is to be opened with `O_DIRECT` ([`crate::DirectDev`]); the caller
+    /// that opens the origin reads this from the superblock before opening the store.
+    pub fn origin_cache(&self) -> OriginCache {
+        self.origin_cache
     }
     pub fn full_policy(&self) -> FullPolicy {
         self.meta.read().sb.full_policy

@@ -23,7 +23,7 @@ use common::Image;
 
 use multisnap_store::fault::{CrashDev, PowerRail};
 use multisnap_store::{
-    verify, CreateOptions, FullPolicy, MemDev, SnapshotState, Store, StoreError, View,
+    verify, CreateOptions, FullPolicy, MemDev, OriginCache, SnapshotState, Store, StoreError, View,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -41,12 +41,23 @@ struct Setup {
     policy: FullPolicy,
     /// Copy-outs through `BlockDev::copy_from` rather than a read and a write.
     kernel_copy: bool,
+    /// How the store is told the origin is opened: a direct one has no journal and every
+    /// flush syncs the origin. The simulated origin keeps its writes in a volatile cache
+    /// until flushed either way, which is what a direct origin's device does too.
+    origin_cache: OriginCache,
 }
 
 const ROOMY: Setup = Setup {
     store: STORE,
     policy: FullPolicy::Error,
     kernel_copy: false,
+    origin_cache: OriginCache::Buffered,
+};
+
+/// The same, with a direct origin (`OriginCache::Direct`).
+const ROOMY_DIRECT: Setup = Setup {
+    origin_cache: OriginCache::Direct,
+    ..ROOMY
 };
 
 /// The same, with copy-outs made by the store device (`CrashDev::copying`).
@@ -158,9 +169,17 @@ fn format_rig(setup: Setup) -> (Vec<u8>, Vec<u8>) {
         chunk_size: CHUNK,
         full_policy: setup.policy,
         cache_bytes: 0, // the minimum: dirty nodes get evicted mid-transaction too
+        origin_cache: setup.origin_cache,
         ..Default::default()
     };
     drop(Store::create(origin.clone(), dev.clone(), &opts).expect("format"));
+    let sb = multisnap_store::read_superblock(&*dev).expect("superblock");
+    assert_eq!(sb.origin_cache, setup.origin_cache);
+    // The journal is what a direct origin does without; a buffered one here has one.
+    assert_eq!(
+        sb.journal_blocks == 0,
+        setup.origin_cache == OriginCache::Direct
+    );
     (origin.contents(), dev.contents())
 }
 
@@ -512,6 +531,13 @@ fn power_cut_at_every_write() {
     crash_every_write_of_every_seed(ROOMY);
 }
 
+/// A direct origin: no journal, each flush an origin sync; the copy-before-overwrite order
+/// and what a flush acknowledged must survive every cut just the same.
+#[test]
+fn power_cut_at_every_write_with_a_direct_origin() {
+    crash_every_write_of_every_seed(ROOMY_DIRECT);
+}
+
 #[test]
 fn power_cut_at_every_write_with_kernel_copies() {
     crash_every_write_of_every_seed(ROOMY_KERNEL_COPY);
@@ -519,7 +545,7 @@ fn power_cut_at_every_write_with_kernel_copies() {
 
 #[test]
 fn uncut_run_matches_the_model() {
-    for setup in [ROOMY, ROOMY_KERNEL_COPY] {
+    for setup in [ROOMY, ROOMY_KERNEL_COPY, ROOMY_DIRECT] {
         let base = format_rig(setup);
         let mut work = workload(99, 80);
         work.push(Op::Flush);
@@ -551,6 +577,7 @@ fn power_cut_with_a_full_store() {
             policy,
             // One policy each way: both paths meet a full store.
             kernel_copy: policy == FullPolicy::InvalidateOldest,
+            origin_cache: OriginCache::Buffered,
         };
         let base = format_rig(setup);
         // Workloads that really hit the full store (or this test proves nothing): the first

@@ -1,4 +1,4 @@
-//! On-disk format, version 5. Every byte is documented in docs/FORMAT.md; this module is the
+//! On-disk format, version 6. Every byte is documented in docs/FORMAT.md; this module is the
 //! only code that knows where fields live. Integers are little-endian.
 //!
 //! Store layout (4 KiB metadata blocks, data chunks of `chunk_size` aligned to their size):
@@ -16,9 +16,12 @@ pub mod superblock_io;
 
 /// Size of every metadata block (superblocks, B+tree nodes, bitmap blocks).
 pub const BLOCK_SIZE: usize = 4096;
-/// The newest on-disk format version this build reads and writes: a store made as a clone
-/// (see `Superblock::clone_format`). Other stores keep the oldest version that describes them.
-pub const FORMAT_VERSION: u32 = 5;
+/// The newest on-disk format version this build reads and writes: a store whose origin is
+/// read and written with `O_DIRECT` (see `Superblock::origin_cache`). Other stores keep the
+/// oldest version that describes them.
+pub const FORMAT_VERSION: u32 = 6;
+/// The version of a store made as a clone (see `Superblock::clone_format`).
+pub const CLONE_VERSION: u32 = 5;
 /// The version whose snapshot records carry their own size and which may hold a rollback in
 /// place (see `Superblock::sized_snapshots`).
 pub const SIZED_VERSION: u32 = 4;

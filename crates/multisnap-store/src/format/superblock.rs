@@ -76,6 +76,7 @@ const OFF_BITMAP_START: usize = 64;
 const OFF_BITMAP_BLOCKS: usize = 72;
 const OFF_BITMAP_COPY: usize = 80;
 const OFF_FULL_POLICY: usize = 81;
+const OFF_ORIGIN_CACHE: usize = 82;
 const OFF_EXCEPTION_ROOT: usize = 88;
 const OFF_SNAPSHOT_ROOT: usize = 96;
 const OFF_NEXT_SNAPSHOT_ID: usize = 104;
@@ -112,6 +113,17 @@ pub enum FullPolicy {
     Error = 0,
     /// Drop the oldest snapshots to make room.
     InvalidateOldest = 1,
+}
+
+/// How the volume's origin is opened, chosen when the volume is made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OriginCache {
+    /// Through the page cache; flushes journal the origin's dirty ranges (see `journal`).
+    #[default]
+    Buffered = 0,
+    /// With `O_DIRECT` (`crate::direct_dev`): writes bypass the page cache and a flush is
+    /// an `fdatasync` of the origin, without the journal (format version 6).
+    Direct = 1,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,11 +172,16 @@ pub struct Superblock {
     /// The rollback in place being merged, if any (version 4 and later).
     pub revert: Option<RevertState>,
     /// Format version 5: the store was made as a clone and may hold a hydration's state and
-    /// marks. Such a store is written as version 5 for good (older readers never meet one);
-    /// it implies `sized_snapshots`.
+    /// marks. Such a store is written as version 5 (or 6) for good (older readers never meet
+    /// one); it implies `sized_snapshots`. A store with a direct origin has it too.
     pub clone_format: bool,
-    /// The hydration in progress, if any (version 5 only).
+    /// The hydration in progress, if any (version 5 and later).
     pub clone: Option<CloneState>,
+    /// How the origin is opened. A direct origin makes the store version 6 for good, which
+    /// older readers refuse: they would open it buffered, and a journal-less flush of theirs
+    /// is right for that too, but its alignment rules are what the origin was made for. It
+    /// implies `sized_snapshots` and `clone_format` (version 6 is version 5 plus this byte).
+    pub origin_cache: OriginCache,
 }
 
 /// Why a superblock slot was rejected.
@@ -183,8 +200,10 @@ impl Superblock {
         let mut b = vec![0u8; BLOCK_SIZE];
         // A store without a journal is exactly a version 2 store and says so, so that older
         // readers keep opening it (and never see one slot of each version).
-        let version = if self.clone_format {
+        let version = if self.origin_cache == OriginCache::Direct {
             FORMAT_VERSION
+        } else if self.clone_format {
+            CLONE_VERSION
         } else if self.sized_snapshots {
             SIZED_VERSION
         } else if self.journal_blocks > 0 {
@@ -204,6 +223,7 @@ impl Superblock {
         put_u64(&mut b, OFF_BITMAP_BLOCKS, self.bitmap_blocks);
         b[OFF_BITMAP_COPY] = self.bitmap_copy;
         b[OFF_FULL_POLICY] = self.full_policy as u8;
+        b[OFF_ORIGIN_CACHE] = self.origin_cache as u8;
         put_u64(&mut b, OFF_EXCEPTION_ROOT, self.exception_root);
         put_u64(&mut b, OFF_SNAPSHOT_ROOT, self.snapshot_root);
         put_u64(&mut b, OFF_NEXT_SNAPSHOT_ID, self.next_snapshot_id);
@@ -279,6 +299,13 @@ impl Superblock {
             1 => FullPolicy::InvalidateOldest,
             _ => return Err(corrupt("unknown store-full policy")),
         };
+        // Version 5 and older leave this byte zero and unread.
+        let origin_cache = match b[OFF_ORIGIN_CACHE] {
+            _ if version < FORMAT_VERSION => OriginCache::Buffered,
+            0 => OriginCache::Buffered,
+            1 => OriginCache::Direct,
+            _ => return Err(corrupt("unknown origin cache mode")),
+        };
         let name_len = b[OFF_VOLUME_NAME] as usize;
         if name_len > MAX_VOLUME_NAME {
             return Err(corrupt("volume name too long"));
@@ -329,7 +356,7 @@ impl Superblock {
         // Version 4 and older leave these bytes zero and unread.
         let clone = match get_u64(b, OFF_CLONE_SOURCE_SNAPSHOT) {
             0 => None,
-            _ if version < FORMAT_VERSION => None,
+            _ if version < CLONE_VERSION => None,
             source_snapshot => {
                 let mut source_volume = [0u8; 16];
                 source_volume
@@ -371,8 +398,9 @@ impl Superblock {
             journal_epoch: get_u64(b, OFF_JOURNAL_EPOCH),
             sized_snapshots: version >= SIZED_VERSION,
             revert,
-            clone_format: version >= FORMAT_VERSION,
+            clone_format: version >= CLONE_VERSION,
             clone,
+            origin_cache,
         };
         sb.sanity().map_err(SuperblockFault::Corrupt)?;
         Ok(sb)
@@ -433,6 +461,10 @@ impl Superblock {
                     r.target, r.newest, r.cursor, self.next_snapshot_id
                 ));
             }
+        }
+        if self.origin_cache == OriginCache::Direct && !(self.clone_format && self.sized_snapshots)
+        {
+            return Err("a direct origin in a superblock older than version 6".into());
         }
         if let Some(c) = &self.clone {
             if !self.clone_format {

@@ -1,7 +1,7 @@
 use super::bitmap;
 use super::node::{Child, Key, Node, TreeKind};
 use super::snapshot_record::{SnapshotRecord, SnapshotState};
-use super::superblock::{FullPolicy, Superblock, SuperblockFault};
+use super::superblock::{FullPolicy, OriginCache, Superblock, SuperblockFault};
 use super::*;
 
 pub(crate) fn sample_sb() -> Superblock {
@@ -35,6 +35,7 @@ pub(crate) fn sample_sb() -> Superblock {
         revert: None,
         clone_format: false,
         clone: None,
+        origin_cache: OriginCache::Buffered,
     }
 }
 
@@ -221,7 +222,7 @@ fn documented_offsets_are_the_packed_offsets() {
         3,
         "nothing of version 4 in use: written as version 3"
     );
-    assert_eq!(FORMAT_VERSION, 5);
+    assert_eq!(FORMAT_VERSION, 6);
     assert_eq!(SIZED_VERSION, 4);
     assert_eq!(OLDEST_READABLE_VERSION, 2);
     assert_eq!(&b[8..16], b"MSNAPSTR");
@@ -608,4 +609,52 @@ fn clone_state_offsets_and_version() {
     let mut bad = sb.clone();
     bad.clone.as_mut().unwrap().cursor = (1 << 29) / 65536 + 1;
     assert!(bad.sanity().is_err());
+}
+
+/// Version 6: the origin cache byte at offset 82 is written only by a direct store, which is
+/// version 6 for good; older versions' byte there is not read, and an unknown value is
+/// corrupt.
+#[test]
+fn origin_cache_offset_and_version() {
+    let buffered = sample_sb().pack();
+    assert_eq!(buffered[82], 0);
+    assert_eq!(
+        Superblock::unpack(&buffered).unwrap().origin_cache,
+        OriginCache::Buffered
+    );
+
+    let mut sb = sample_sb();
+    sb.origin_cache = OriginCache::Direct;
+    sb.sized_snapshots = true;
+    sb.clone_format = true;
+    let b = sb.pack();
+    assert_eq!(get_u32(&b, 4), 6, "a direct origin is written as version 6");
+    assert_eq!(b[82], 1);
+    let read = Superblock::unpack(&b).unwrap();
+    assert_eq!(read, sb);
+
+    // A version 5 slot with the byte set (never written by a correct writer) is buffered.
+    let mut v5 = sample_sb();
+    v5.sized_snapshots = true;
+    v5.clone_format = true;
+    let mut v5 = v5.pack();
+    assert_eq!(get_u32(&v5, 4), 5);
+    v5[82] = 1;
+    crate::checksum::seal(&mut v5, crate::checksum::SUPERBLOCK_SALT);
+    assert_eq!(
+        Superblock::unpack(&v5).unwrap().origin_cache,
+        OriginCache::Buffered
+    );
+
+    let mut bad = b.clone();
+    bad[82] = 2;
+    crate::checksum::seal(&mut bad, crate::checksum::SUPERBLOCK_SALT);
+    assert!(matches!(
+        Superblock::unpack(&bad),
+        Err(SuperblockFault::Corrupt(_))
+    ));
+    // A direct origin needs the version 6 fields around it.
+    let mut old = sb.clone();
+    old.clone_format = false;
+    assert!(old.sanity().is_err());
 }

@@ -3,7 +3,7 @@
 //! delta apply).
 
 use super::*;
-use crate::format::superblock::{Superblock, MAX_VOLUME_NAME};
+use crate::format::superblock::{OriginCache, Superblock, MAX_VOLUME_NAME};
 use crate::format::superblock_io::read_superblock;
 use crate::format::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use crate::journal::{self, journal_blocks_for};
@@ -50,7 +50,11 @@ impl Store {
         // Room for the reserved area, a few tree nodes and at least one data chunk.
         let minimum = bitmap_end + 16 + 2 * chunk_blocks + crate::meta::RECLAIM_RESERVE_BLOCKS;
         // The journal only speeds flushes up: a store with no room for it goes without.
-        let mut journal_blocks = journal_blocks_for(opts.journal_bytes, total_blocks);
+        // A direct origin has nothing in the page cache for a journal to spare a flush from
+        // (see `Store::sync_origin`), so its store keeps the space.
+        let direct = opts.origin_cache == OriginCache::Direct;
+        let journal_bytes = if direct { 0 } else { opts.journal_bytes };
+        let mut journal_blocks = journal_blocks_for(journal_bytes, total_blocks);
         if total_blocks < minimum + journal_blocks {
             journal_blocks = 0;
         }
@@ -88,11 +92,13 @@ impl Store {
             journal_start: if journal_blocks > 0 { bitmap_end } else { 0 },
             journal_blocks,
             journal_epoch: 1,
-            // Written as version 2 or 3 until the first resize (see `Store::resize`).
-            sized_snapshots: false,
+            // Written as version 2 or 3 until the first resize (see `Store::resize`), unless
+            // the origin is direct (version 6, which has every older version's fields).
+            sized_snapshots: direct,
             revert: None,
-            clone_format: false,
+            clone_format: direct,
             clone: None,
+            origin_cache: opts.origin_cache,
         };
         // Written once now, so flushes later overwrite allocated blocks: on a sparse file the
         // first write into a hole would make every journal flush a file system commit too.
@@ -258,6 +264,7 @@ impl Store {
             origin_path: meta.sb.origin_path.clone(),
             journal_start: meta.sb.journal_start,
             journal_blocks: meta.sb.journal_blocks,
+            origin_cache: meta.sb.origin_cache,
             journal: Mutex::new(JournalCursor::at(meta.journal_epoch)),
             syncer: origin_sync::OriginSyncer::start(origin.clone(), meta.sb.journal_blocks > 0),
             origin,

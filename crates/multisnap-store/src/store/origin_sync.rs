@@ -152,7 +152,13 @@ impl Store {
         self.origin
             .write_at(data, offset)
             .map_err(|e| StoreError::io("origin", offset, data.len(), e))?;
-        self.dirty_origin.note(offset, data.len() as u64);
+        if self.journal_blocks == 0 {
+            // Without a journal (every store with a direct origin) a flush syncs the origin
+            // whatever was written, so the ranges are not worth keeping.
+            self.dirty_origin.note_unjournaled();
+        } else {
+            self.dirty_origin.note(offset, data.len() as u64);
+        }
         Ok(())
     }
 
