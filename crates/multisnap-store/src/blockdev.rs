@@ -101,6 +101,11 @@ impl FileDev {
     pub fn from_file(file: File) -> Self {
         FileDev { file }
     }
+
+    /// The open file, to reopen it another way (`DirectDev::from_file`).
+    pub fn into_file(self) -> File {
+        self.file
+    }
 }
 
 /// The block size of the filesystem holding `file` (`fstatfs`): the unit extents are shared in.

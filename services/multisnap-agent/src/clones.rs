@@ -87,6 +87,7 @@ impl Volumes {
             store_size_bytes: spec.store_size_bytes,
             origin_path: None,
             full_policy: spec.full_policy,
+            origin_cache: spec.origin_cache,
             labels: spec.labels.clone(),
         };
         let source_store = source.store.clone();

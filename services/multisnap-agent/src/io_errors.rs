@@ -4,7 +4,7 @@
 //! thousands of requests a second, so each (volume, file, operation, errno) is logged at most
 //! once per [`LOG_EVERY`], with the number of failures the log did not show.
 
-use multisnap_store::{BlockDev, FileDev};
+use multisnap_store::BlockDev;
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -135,17 +135,23 @@ pub fn errno_name(e: &io::Error) -> String {
 
 /// A volume's origin or store file, reporting its errors to [`IoErrors`].
 pub struct ObservedDev {
-    inner: FileDev,
+    /// A `FileDev`, or a `DirectDev` for a direct origin.
+    inner: Box<dyn BlockDev>,
     volume: String,
     file: &'static str,
     errors: Arc<IoErrors>,
 }
 
 impl ObservedDev {
-    pub fn new(inner: FileDev, volume: &str, file: &'static str, errors: Arc<IoErrors>) -> Self {
+    pub fn new(
+        inner: impl BlockDev + 'static,
+        volume: &str,
+        file: &'static str,
+        errors: Arc<IoErrors>,
+    ) -> Self {
         errors.start(volume, file);
         ObservedDev {
-            inner,
+            inner: Box::new(inner),
             volume: volume.to_string(),
             file,
             errors,

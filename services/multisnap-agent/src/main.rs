@@ -293,6 +293,7 @@ fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
             store_size_bytes: None,
             origin_path: None,
             full_policy: FullPolicy::Error,
+            origin_cache: multisnap_store::OriginCache::Buffered,
             labels: Default::default(),
         })?;
     }

@@ -80,6 +80,7 @@ mod tests {
                 store_size_bytes: None,
                 origin_path: None,
                 full_policy: FullPolicy::Error,
+                origin_cache: multisnap_store::OriginCache::Buffered,
                 labels: Default::default(),
             })
             .unwrap();

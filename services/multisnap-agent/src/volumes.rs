@@ -10,7 +10,9 @@ use crate::policy::persist::POLICY_FILE;
 use crate::policy::PolicySlot;
 use crate::volume_labels::{Labels, LABELS_FILE};
 use anyhow::Context;
-use multisnap_store::{read_superblock, BlockDev, CreateOptions, FileDev, FullPolicy, Store};
+use multisnap_store::{
+    read_superblock, BlockDev, CreateOptions, DirectDev, FileDev, FullPolicy, OriginCache, Store,
+};
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -60,6 +62,46 @@ pub enum VolumeError {
 
 fn io_err(what: String) -> impl FnOnce(std::io::Error) -> VolumeError {
     move |source| VolumeError::Io { what, source }
+}
+
+/// The origin `file` (at `path`) as its volume's `cache` opens it, reporting its errors: a
+/// direct origin is switched to `O_DIRECT`, which fails where the filesystem has no direct I/O
+/// (an `Unsupported` error naming the path) or the size is not aligned (`InvalidInput`).
+fn origin_device(
+    file: std::fs::File,
+    cache: OriginCache,
+    path: &Path,
+    volume: &str,
+    errors: &Arc<IoErrors>,
+) -> std::io::Result<ObservedDev> {
+    let errors = errors.clone();
+    Ok(match cache {
+        OriginCache::Buffered => {
+            ObservedDev::new(FileDev::from_file(file), volume, "origin", errors)
+        }
+        OriginCache::Direct => {
+            let dev = DirectDev::from_file(file).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::Unsupported {
+                    multisnap_store::direct_dev::direct_refused(&path.display().to_string())
+                } else {
+                    e
+                }
+            })?;
+            ObservedDev::new(dev, volume, "origin", errors)
+        }
+    })
+}
+
+/// [`origin_device`] failed for a new volume: the caller's choice, not the agent's fault,
+/// unless the file could not be used at all.
+fn origin_device_err(path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError + '_ {
+    move |e| match e.kind() {
+        std::io::ErrorKind::Unsupported => VolumeError::FailedPrecondition(e.to_string()),
+        std::io::ErrorKind::InvalidInput => {
+            VolumeError::InvalidArgument(format!("{}: {e}", path.display()))
+        }
+        _ => io_err(format!("cannot open the origin {}", path.display()))(e),
+    }
 }
 
 /// Creating a file of `size` bytes failed: EFBIG means the host filesystem cannot hold a file
@@ -143,6 +185,8 @@ pub struct NewVolume {
     /// An existing file or block device to use as the origin instead of a new sparse file.
     pub origin_path: Option<PathBuf>,
     pub full_policy: FullPolicy,
+    /// Whether the origin is opened with `O_DIRECT` (fixed for the volume's life).
+    pub origin_cache: OriginCache,
     pub labels: Labels,
 }
 
@@ -157,6 +201,7 @@ impl NewVolume {
             store_size_bytes: None,
             origin_path: None,
             full_policy: FullPolicy::Error,
+            origin_cache: OriginCache::Buffered,
             labels: Default::default(),
         }
     }
@@ -268,17 +313,15 @@ fn open_volume(
     ));
     let sb = read_superblock(&*dev).with_context(|| format!("store {}", store_path.display()))?;
     let origin_path = resolve_origin(dir, &sb.origin_path);
-    let origin = Arc::new(ObservedDev::new(
-        FileDev::open(&origin_path).with_context(|| {
+    let origin = FileDev::open(&origin_path)
+        .and_then(|f| origin_device(f.into_file(), sb.origin_cache, &origin_path, name, errors))
+        .with_context(|| {
             format!(
                 "cannot open origin {} of volume {name}",
                 origin_path.display()
             )
-        })?,
-        name,
-        "origin",
-        errors.clone(),
-    ));
+        })?;
+    let origin = Arc::new(origin);
     let store = Store::open(origin, dev, cache_bytes)
         .with_context(|| format!("cannot open volume {name} ({})", store_path.display()))?;
     apply_copy_out(&store);
@@ -430,6 +473,7 @@ impl Volumes {
             volume_name: spec.name.clone(),
             origin_path: recorded,
             full_policy: spec.full_policy,
+            origin_cache: spec.origin_cache,
             cache_bytes: self.cache_bytes,
             // Sized once already by make_files; if that fails now, Store::create reports it.
             journal_bytes: self.journal_for(origin.size().unwrap_or(0)),
@@ -501,7 +545,8 @@ impl Volumes {
         {
             Some(p) => {
                 let (file, abs) = self.origin_policy.open(p)?;
-                let dev = self.observed(FileDev::from_file(file), &spec.name, "origin");
+                let dev = origin_device(file, spec.origin_cache, &abs, &spec.name, &self.io_errors)
+                    .map_err(origin_device_err(&abs))?;
                 let size = dev
                     .size()
                     .map_err(io_err(format!("cannot size {}", abs.display())))?;
@@ -522,9 +567,11 @@ impl Volumes {
                     ));
                 }
                 let p = dir.join(ORIGIN_FILE);
-                let dev = crate::permissions::create_private_sparse(&p, spec.size_bytes)
-                    .map_err(too_large_or(spec.size_bytes, &p, "origin"))?;
-                let dev = self.observed(dev, &spec.name, "origin");
+                let file = crate::permissions::create_private_sparse(&p, spec.size_bytes)
+                    .map_err(too_large_or(spec.size_bytes, &p, "origin"))?
+                    .into_file();
+                let dev = origin_device(file, spec.origin_cache, &p, &spec.name, &self.io_errors)
+                    .map_err(origin_device_err(&p))?;
                 (Arc::new(dev), p, ORIGIN_FILE.to_string())
             }
         };
@@ -718,6 +765,7 @@ mod creation_tests {
             store_size_bytes: None,
             origin_path: None,
             full_policy: FullPolicy::Error,
+            origin_cache: OriginCache::Buffered,
             labels: Default::default(),
         }
     }

@@ -27,6 +27,13 @@ fn policy_json(p: i32) -> Value {
     }
 }
 
+fn origin_cache_json(c: i32) -> Value {
+    match pb::OriginCache::try_from(c) {
+        Ok(c) => Value::from(c.as_str_name()),
+        Err(_) => Value::from(c),
+    }
+}
+
 fn state_json(s: i32) -> Value {
     match pb::SnapshotState::try_from(s) {
         Ok(s) => Value::from(s.as_str_name()),
@@ -48,6 +55,7 @@ pub fn volume_json(v: &pb::Volume) -> Value {
         "storeFreeBytes": v.store_free_bytes,
         "snapshotCount": v.snapshot_count,
         "storeFullPolicy": policy_json(v.store_full_policy),
+        "originCache": origin_cache_json(v.origin_cache),
         "originPath": v.origin_path,
         "storePath": v.store_path,
         "uuid": v.uuid,
@@ -195,6 +203,15 @@ pub fn policy_word(p: i32) -> String {
     }
 }
 
+/// The CLI's own spelling of an origin cache mode, the one `--origin-cache` accepts.
+pub fn origin_cache_word(c: i32) -> String {
+    match pb::OriginCache::try_from(c) {
+        Ok(pb::OriginCache::Buffered) => "buffered".into(),
+        Ok(pb::OriginCache::Direct) => "direct".into(),
+        Err(_) => format!("unknown({c})"),
+    }
+}
+
 pub fn state_word(s: i32) -> String {
     match pb::SnapshotState::try_from(s) {
         Ok(pb::SnapshotState::Ready) => "ready".into(),
@@ -250,9 +267,13 @@ mod tests {
         assert_eq!(j["sourceSnapshotId"], 3);
         let v = volume_json(&pb::Volume {
             store_full_policy: 2,
+            origin_cache: 1,
             ..Default::default()
         });
         assert_eq!(v["storeFullPolicy"], "STORE_FULL_POLICY_INVALIDATE_OLDEST");
+        assert_eq!(v["originCache"], "ORIGIN_CACHE_DIRECT");
+        assert_eq!(origin_cache_word(1), "direct");
+        assert_eq!(origin_cache_word(0), "buffered");
         assert_eq!(v["reclaimPending"], 0);
     }
 }

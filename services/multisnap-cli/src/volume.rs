@@ -1,7 +1,7 @@
 //! `multisnap volume …`: VolumeService.
 
 use crate::exit::rpc;
-use crate::output::{self, bytes_detail, policy_word, Format, Table};
+use crate::output::{self, bytes_detail, origin_cache_word, policy_word, Format, Table};
 use crate::size::{human, parse_chunk_size, parse_size};
 use crate::Ctx;
 use anyhow::{Context, Result};
@@ -77,6 +77,11 @@ pub struct CreateArgs {
     /// What a write needing a copy does when the store is full.
     #[arg(long, value_enum)]
     store_full_policy: Option<Policy>,
+    /// How the agent opens the origin: through the page cache (buffered, the default), or
+    /// with O_DIRECT like qemu's cache=none (direct: the filesystem must support O_DIRECT and
+    /// the size be a multiple of 4096). Fixed for the volume's life.
+    #[arg(long, value_enum)]
+    origin_cache: Option<OriginCacheArg>,
     /// Make a clone of VOLUME@SNAPSHOT, or of VOLUME's current contents.
     #[arg(long, value_name = "VOLUME[@SNAPSHOT]", value_parser = crate::hydration::parse_source, conflicts_with = "origin")]
     from: Option<pb::VolumeSource>,
@@ -92,6 +97,14 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OriginCacheArg {
+    /// Through the host's page cache; flushes are journaled.
+    Buffered,
+    /// With O_DIRECT; a flush is the device's cache flush.
+    Direct,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -127,6 +140,10 @@ pub async fn run(ctx: &Ctx, cmd: VolumeCommand) -> Result<()> {
                 } as i32,
                 source: a.from.clone(),
                 labels: a.labels.iter().cloned().collect(),
+                origin_cache: match a.origin_cache {
+                    None | Some(OriginCacheArg::Buffered) => pb::OriginCache::Buffered,
+                    Some(OriginCacheArg::Direct) => pb::OriginCache::Direct,
+                } as i32,
             };
             let mut v = client
                 .create_volume(req)
@@ -288,6 +305,7 @@ fn show(format: Format, v: &pb::Volume) -> Result<()> {
                 ("exceptions", v.exception_count.to_string()),
                 ("reclaim pending", v.reclaim_pending.to_string()),
                 ("store-full policy", policy_word(v.store_full_policy)),
+                ("origin cache", origin_cache_word(v.origin_cache)),
                 (
                     "snapshot policy",
                     v.policy

@@ -212,6 +212,8 @@ fn call() -> impl Strategy<Value = Call> {
                     store_full_policy: policy % 4,
                     source: None,
                     labels,
+                    // Mostly buffered; sometimes direct, or a value no version knows.
+                    origin_cache: (policy >> 4) % 3,
                 })
             },
         );

@@ -6,7 +6,7 @@ use crate::volume_labels::Labels;
 use crate::volume_resize::resize_volume;
 use crate::volumes::{NewVolume, Volume, Volumes};
 use multisnap_proto::v1 as pb;
-use multisnap_store::FullPolicy;
+use multisnap_store::{FullPolicy, OriginCache};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -57,6 +57,7 @@ pub fn volume_message(v: &Volume) -> pb::Volume {
             _ => None,
         },
         mirrors,
+        origin_cache: origin_cache_message(v.store.origin_cache()) as i32,
     }
 }
 
@@ -88,6 +89,23 @@ fn policy_from(p: i32) -> Result<FullPolicy, Status> {
         Err(_) => Err(Status::invalid_argument(format!(
             "unknown store_full_policy {p}"
         ))),
+    }
+}
+
+fn origin_cache_from(c: i32) -> Result<OriginCache, Status> {
+    match pb::OriginCache::try_from(c) {
+        Ok(pb::OriginCache::Buffered) => Ok(OriginCache::Buffered),
+        Ok(pb::OriginCache::Direct) => Ok(OriginCache::Direct),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown origin_cache {c}"
+        ))),
+    }
+}
+
+pub fn origin_cache_message(c: OriginCache) -> pb::OriginCache {
+    match c {
+        OriginCache::Buffered => pb::OriginCache::Buffered,
+        OriginCache::Direct => pb::OriginCache::Direct,
     }
 }
 
@@ -123,6 +141,7 @@ impl pb::volume_service_server::VolumeService for VolumeApi {
             store_size_bytes: (r.store_size_bytes != 0).then_some(r.store_size_bytes),
             origin_path: (!r.origin_path.is_empty()).then(|| r.origin_path.into()),
             full_policy: policy_from(r.store_full_policy)?,
+            origin_cache: origin_cache_from(r.origin_cache)?,
             labels: Labels::new(r.labels).map_err(Status::invalid_argument)?,
         };
         let volumes = self.volumes.clone();
