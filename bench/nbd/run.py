@@ -164,8 +164,10 @@ class Target:
         return " on xfs" if self.fs == "xfs" else ""
 
     def jobs(self):
-        """The jobs run against this target: on XFS, only the ones whose copies it changes."""
-        return XFS_JOBS if self.fs == "xfs" else JOBS
+        """The jobs run against this target: on XFS, only the ones whose copies it changes;
+        only those of --jobs when given."""
+        jobs = XFS_JOBS if self.fs == "xfs" else JOBS
+        return [j for j in jobs if not self.ctx.args.jobs or j in self.ctx.args.jobs]
 
     def prepare(self):
         """Image from the seed and snapshots; server stopped."""
@@ -246,8 +248,9 @@ class NbdkitTarget(Target):
 class MultisnapTarget(Target):
     kind = "multisnap"
 
-    def __init__(self, ctx, snaps, chunk, fs="host", copy_out="kernel"):
+    def __init__(self, ctx, snaps, chunk, fs="host", copy_out="kernel", origin_cache="buffered"):
         self.snaps, self.chunk, self.fs, self.copy_out = snaps, chunk, fs, copy_out
+        self.origin_cache = origin_cache
         self.ref_server = None
         super().__init__(ctx)
 
@@ -255,11 +258,15 @@ class MultisnapTarget(Target):
         chunk = "" if self.chunk == COW_GRAIN and len(self.ctx.args.chunk_sizes) == 1 else f", chunk {fmt_size(self.chunk)}"
         # The agent's default (kernel) is unnamed, so labels match runs of older agents.
         copy = "" if self.copy_out == "kernel" else f", copy-out {self.copy_out}"
-        return f"multisnap N={self.snaps}{chunk}{copy}{self.on_fs()}"
+        # Likewise the default origin cache (buffered).
+        cache = "" if self.origin_cache == "buffered" else f", origin {self.origin_cache}"
+        return f"multisnap N={self.snaps}{chunk}{copy}{cache}{self.on_fs()}"
 
     def agent_cmd(self, *extra, data="data"):
         copy = [] if self.copy_out == "kernel" else ["--copy-out", self.copy_out]
-        return [self.ctx.agent, "--data-dir", os.path.join(self.dir, data), *copy, *extra]
+        # Only the first start, which makes the volume, reads it; later starts ignore it.
+        cache = [] if self.origin_cache == "buffered" else ["--default-origin-cache", self.origin_cache]
+        return [self.ctx.agent, "--data-dir", os.path.join(self.dir, data), *copy, *cache, *extra]
 
     def has_reference(self):
         """With snapshots, a second agent serves a volume without any, made the same way, so
@@ -692,12 +699,14 @@ def report(ctx, results, targets, meta):
     checks = []
     by_chunk = {}
     for t in ms:
-        by_chunk.setdefault((t.chunk, t.fs, t.copy_out), {})[t.snaps] = t
-    chunks = {c for c, _, _ in by_chunk}
-    copy_modes = {m for _, _, m in by_chunk}
-    for (chunk, fs, copy_out), by_n in by_chunk.items():
+        by_chunk.setdefault((t.chunk, t.fs, t.copy_out, t.origin_cache), {})[t.snaps] = t
+    chunks = {c for c, _, _, _ in by_chunk}
+    copy_modes = {m for _, _, m, _ in by_chunk}
+    cache_modes = {m for _, _, _, m in by_chunk}
+    for (chunk, fs, copy_out, origin_cache), by_n in by_chunk.items():
         cs = "" if len(chunks) == 1 else f" (chunk {fmt_size(chunk)})"
         cs += "" if len(copy_modes) == 1 else f" (copy-out {copy_out})"
+        cs += "" if len(cache_modes) == 1 else f" (origin {origin_cache})"
         cs += " on xfs" if fs == "xfs" else ""
         first = len(checks)
         peers_of = lambda n: [q for q in qemus if q.snaps == n and q.fs == fs]  # noqa: E731
@@ -841,6 +850,11 @@ def parse_args(argv):
                     help="the agent's --copy-out modes to run, comma-separated: kernel (its default: "
                          "copy_file_range where origin and store share a filesystem), memory (read and "
                          "write); both side by side compare them in one run")
+    ap.add_argument("--origin-cache", default="buffered",
+                    help="how the agent's volume opens its origin, comma-separated: buffered (the default) "
+                         "or direct (O_DIRECT, like qemu-nbd cache=none)")
+    ap.add_argument("--jobs", help="run only these jobs, comma-separated (an overwrite job brings its "
+                                   "first-write pass along)")
     ap.add_argument("--xfs-snapshots",
                     help="snapshot counts of the XFS variant, comma-separated (default 0,1; smoke 1)")
     ap.add_argument("--rand-span", type=parse_size, help="the random flush job's span (default 64M; smoke 8M)")
@@ -876,6 +890,15 @@ def parse_args(argv):
     args.copy_out = [x.strip() for x in args.copy_out.split(",") if x.strip()]
     if not args.copy_out or any(x not in ("kernel", "memory") for x in args.copy_out):
         ap.error("--copy-out takes kernel, memory or both")
+    args.origin_cache = [x.strip() for x in args.origin_cache.split(",") if x.strip()]
+    if not args.origin_cache or any(x not in ("buffered", "direct") for x in args.origin_cache):
+        ap.error("--origin-cache takes buffered, direct or both")
+    if args.jobs:
+        args.jobs = {x.strip() for x in args.jobs.split(",") if x.strip()}
+        unknown = args.jobs - set(JOBS)
+        if unknown:
+            ap.error(f"--jobs: unknown {', '.join(sorted(unknown))}; the jobs are {', '.join(JOBS)}")
+        args.jobs |= {j.replace("-over", "-first") for j in args.jobs if "-over" in j}
     args.qemu_cache = [x.strip() for x in args.qemu_cache.split(",") if x.strip()]
     if args.size % (8 * MiB):
         ap.error("--size must be a multiple of 8 MiB")
@@ -915,7 +938,8 @@ def make_targets(ctx):
             if "multisnap" in wanted:
                 for c in args.chunk_sizes:
                     for copy_out in args.copy_out:
-                        targets.append(MultisnapTarget(ctx, n, c, fs, copy_out))
+                        for cache in args.origin_cache:
+                            targets.append(MultisnapTarget(ctx, n, c, fs, copy_out, cache))
             if "qemu" in wanted and (n in args.qemu_snapshots or fs == "xfs"):
                 for c in args.qemu_cache:
                     targets.append(QemuTarget(ctx, n, c, fs))

@@ -149,10 +149,20 @@ struct ServeArgs {
     /// Chunk size of the `default` volume.
     #[arg(long, default_value_t = 64 * 1024)]
     default_chunk_size: u32,
+    /// How the `default` volume opens its origin: through the page cache, or with O_DIRECT
+    /// (as `multisnap volume create --origin-cache` does for other volumes).
+    #[arg(long, value_enum, default_value_t = DefaultOriginCache::Buffered)]
+    default_origin_cache: DefaultOriginCache,
     /// Tests only: the snapshot policies' clock is the Unix seconds written in this file
     /// (read at every look, about 20 times a second) instead of the system clock.
     #[arg(long, hide = true, value_name = "PATH")]
     test_clock_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DefaultOriginCache {
+    Buffered,
+    Direct,
 }
 
 #[derive(Subcommand)]
@@ -293,7 +303,10 @@ fn serve(data_dir: &Path, args: &ServeArgs) -> Result<()> {
             store_size_bytes: None,
             origin_path: None,
             full_policy: FullPolicy::Error,
-            origin_cache: multisnap_store::OriginCache::Buffered,
+            origin_cache: match args.default_origin_cache {
+                DefaultOriginCache::Buffered => multisnap_store::OriginCache::Buffered,
+                DefaultOriginCache::Direct => multisnap_store::OriginCache::Direct,
+            },
             labels: Default::default(),
         })?;
     }

@@ -178,8 +178,7 @@ pub struct Superblock {
     /// The hydration in progress, if any (version 5 and later).
     pub clone: Option<CloneState>,
     /// How the origin is opened. A direct origin makes the store version 6 for good, which
-    /// older readers refuse: they would open it buffered, and a journal-less flush of theirs
-    /// is right for that too, but its alignment rules are what the origin was made for. It
+    /// older readers refuse rather than silently serve the volume through the page cache. It
     /// implies `sized_snapshots` and `clone_format` (version 6 is version 5 plus this byte).
     pub origin_cache: OriginCache,
 }
