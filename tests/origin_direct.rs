@@ -144,32 +144,21 @@ fn a_direct_origin_takes_unaligned_writes_keeps_snapshots_and_survives_kill_9() 
     for (p, off, len) in over {
         write(&agent, &mut reference, p, off, len);
     }
-    assert_same(
-        &contents(&agent, "d", tmp.path()),
-        &reference,
-        "origin after overwrite",
-    );
-    assert_same(
-        &contents(&agent, "d@s1", tmp.path()),
-        &at_snapshot,
-        "snapshot after overwrite",
-    );
+    let views = [("d", &reference), ("d@s1", &at_snapshot)];
+    for (export, want) in views {
+        let what = format!("{export} after overwrite");
+        assert_same(&contents(&agent, export, tmp.path()), want, &what);
+    }
 
     // Every write above was flushed: all of it survives a kill -9 and a restart.
     agent.kill9();
     let v = agent_cmd(&dir, &["verify"]);
     assert!(v.status.success(), "verify after kill -9: {}", describe(&v));
     let agent = Agent::start(&dir, &[]);
-    assert_same(
-        &contents(&agent, "d", tmp.path()),
-        &reference,
-        "origin after kill -9",
-    );
-    assert_same(
-        &contents(&agent, "d@s1", tmp.path()),
-        &at_snapshot,
-        "snapshot after kill -9",
-    );
+    for (export, want) in views {
+        let what = format!("{export} after kill -9");
+        assert_same(&contents(&agent, export, tmp.path()), want, &what);
+    }
     let shown = cli_ok(&agent, &["volume", "show", "d"]);
     assert!(
         shown.contains("direct"),
