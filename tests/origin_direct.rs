@@ -24,6 +24,17 @@ fn contents(agent: &Agent, export: &str, tmp: &std::path::Path) -> Vec<u8> {
     std::fs::read(&to).unwrap()
 }
 
+/// The `origin cache:` line of `multisnap volume show VOLUME`.
+fn origin_cache_shown(agent: &Agent, volume: &str) -> String {
+    let shown = cli_ok(agent, &["volume", "show", volume]);
+    shown
+        .lines()
+        .find_map(|l| l.strip_prefix("origin cache:"))
+        .unwrap_or_else(|| panic!("no origin cache line: {shown}"))
+        .trim()
+        .to_string()
+}
+
 /// Whether the agent holds `volume`'s origin open with O_DIRECT (its fdinfo flags, octal).
 fn origin_opened_direct(agent: &Agent, volume: &str) -> bool {
     let pid = agent.child.as_ref().expect("running").id();
@@ -86,20 +97,8 @@ fn a_direct_origin_takes_unaligned_writes_keeps_snapshots_and_survives_kill_9() 
             "direct",
         ],
     );
-    let shown = cli_ok(&agent, &["volume", "show", "d"]);
-    assert!(
-        shown
-            .lines()
-            .any(|l| l.starts_with("origin cache:") && l.trim_end().ends_with("direct")),
-        "{shown}"
-    );
-    let shown = cli_ok(&agent, &["volume", "show", "default"]);
-    assert!(
-        shown
-            .lines()
-            .any(|l| l.starts_with("origin cache:") && l.trim_end().ends_with("buffered")),
-        "the default stays buffered: {shown}"
-    );
+    assert_eq!(origin_cache_shown(&agent, "d"), "direct");
+    assert_eq!(origin_cache_shown(&agent, "default"), "buffered");
     let json: serde_json::Value = serde_json::from_str(&cli_ok(
         &agent,
         &["--output", "json", "volume", "show", "d"],
@@ -159,11 +158,7 @@ fn a_direct_origin_takes_unaligned_writes_keeps_snapshots_and_survives_kill_9() 
         let what = format!("{export} after kill -9");
         assert_same(&contents(&agent, export, tmp.path()), want, &what);
     }
-    let shown = cli_ok(&agent, &["volume", "show", "d"]);
-    assert!(
-        shown.contains("direct"),
-        "still direct after a restart: {shown}"
-    );
+    assert_eq!(origin_cache_shown(&agent, "d"), "direct", "after a restart");
     assert!(origin_opened_direct(&agent, "d"), "reopened with O_DIRECT");
     assert!(agent.stop().success());
 }
