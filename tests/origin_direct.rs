@@ -186,5 +186,34 @@ fn a_direct_origin_of_unaligned_size_is_refused_clearly() {
     assert!(err.contains("multiple of 4096"), "{err}");
     // Nothing was left behind: the same name works buffered.
     cli_ok(&agent, &["volume", "create", "odd", "--size", "1049088"]);
+
+    // A direct volume grows only to whole 4 KiB blocks: an odd size is refused with the
+    // reason, changes nothing, and a whole-block size then works with the data intact.
+    let uri = |volume: &str| agent.uri(volume);
+    cli_ok(
+        &agent,
+        &[
+            "volume",
+            "create",
+            "g",
+            "--size",
+            "4194304",
+            "--origin-cache",
+            "direct",
+        ],
+    );
+    qemu_io(&uri("g"), &["write -P 0x5a 4190208 4096", "flush"]);
+    let out = cli(&agent, &["volume", "resize", "g", "4195328"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "grown to an odd size: {err}");
+    assert!(err.contains("multiples of 4096"), "{err}");
+    assert_eq!(run_ok("nbdinfo", &["--size", &uri("g")]).trim(), "4194304");
+    cli_ok(&agent, &["volume", "resize", "g", "8388608"]);
+    assert_eq!(run_ok("nbdinfo", &["--size", &uri("g")]).trim(), "8388608");
+    let read = qemu_io(
+        &uri("g"),
+        &["read -P 0x5a 4190208 4096", "read -P 0 4194304 4194304"],
+    );
+    assert!(!read.contains("Pattern verification failed"), "{read}");
     assert!(agent.stop().success());
 }
