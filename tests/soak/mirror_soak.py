@@ -109,6 +109,12 @@ class MirrorSoak:
                 raise SystemExit(f"MISMATCH mirror diverged: {why}")
             self.retired.add(m["target"]["volume"])
             self.reseeds += 1
+            # A volume may have several mirrors, so the stopped one is cleared before the new
+            # one is set; a kill in between leaves no mirror, which the next call sets.
+            if self.source.call("MirrorService/ClearMirror", {
+                    "volume": "default", "endpoint": m["target"]["endpoint"],
+                    "target_volume": m["target"]["volume"]}) is None:
+                return
         self.volumes_made += 1
         name = f"m{self.volumes_made}"
         # Made here rather than by the mirror, with a store that holds a few full deltas.
