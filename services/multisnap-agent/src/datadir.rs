@@ -168,6 +168,14 @@ pub fn remove_replaced_file(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// The bytes a JSON file kept by [`replace_file_durably`] is written as: pretty-printed with a
+/// final newline, so an operator can read and diff it; [`load_replaced_json`] reads it back.
+pub fn json_file_bytes(value: &serde_json::Value) -> std::io::Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
 /// The JSON a file kept by [`replace_file_durably`] holds, `None` if there is none. A leftover
 /// temporary file (a replacement cut short) is removed first: the file it was to replace is
 /// still whole. The error names the file.

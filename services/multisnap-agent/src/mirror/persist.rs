@@ -117,10 +117,7 @@ impl Persisted {
 
 impl MirrorFile {
     fn encode(&self) -> std::io::Result<Vec<u8>> {
-        let mut bytes =
-            serde_json::to_vec_pretty(&self.to_json()).map_err(std::io::Error::other)?;
-        bytes.push(b'\n');
-        Ok(bytes)
+        crate::datadir::json_file_bytes(&self.to_json())
     }
 
     pub fn to_json(&self) -> Value {

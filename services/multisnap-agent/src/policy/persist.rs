@@ -60,10 +60,7 @@ pub fn path_in(volume_dir: &Path) -> PathBuf {
 
 impl Persisted {
     fn encode(&self) -> std::io::Result<Vec<u8>> {
-        let mut bytes =
-            serde_json::to_vec_pretty(&self.to_json()).map_err(std::io::Error::other)?;
-        bytes.push(b'\n');
-        Ok(bytes)
+        crate::datadir::json_file_bytes(&self.to_json())
     }
 
     pub fn to_json(&self) -> Value {
