@@ -14,10 +14,6 @@ use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// 2026-01-01T00:00:00Z
-const START: i64 = 1_767_225_600;
-const HOUR: i64 = 3600;
-
 fn mirror_to(a: &Agent, t: &Target) -> Value {
     mirror_set(a, t, "replica", &[])
 }
@@ -154,15 +150,10 @@ fn the_target_stays_identical_through_target_kills_and_a_source_restart() {
 fn a_policy_keeping_one_hourly_never_prunes_the_mirrors_base() {
     require_tools!("qemu-io", "nbdcopy", "sha256sum", "curl");
     let tmp = tempfile::tempdir().unwrap();
-    let clock = tmp.path().join("clock");
-    set_clock(&clock, START);
-    let a = source(
-        &tmp.path().join("a"),
-        &["--test-clock-file", clock.to_str().unwrap()],
-    );
+    let (a, clock) = source_on_clock(tmp.path());
     let mut t = Target::start(&tmp.path().join("b"));
     bulk(&a, 0x11, 0, 8);
-    keep_one_hourly(&a);
+    hourly_policy(&a, 1);
     let first = wait_policy_newest(&a, "");
     mirror_to(&a, &t);
     wait_in_sync(&a, &first, 60);

@@ -15,9 +15,6 @@ use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// 2026-01-01T00:00:00Z
-const START: i64 = 1_767_225_600;
-const HOUR: i64 = 3600;
 /// The far mirror's limit: a 40 MiB incremental of random data takes about 2.5 s, long enough
 /// for the kill to land inside it.
 const FAR_LIMIT: &str = "16MiB/s";
@@ -77,12 +74,7 @@ fn failed(a: &Agent, t: &Target, reason: &str) -> f64 {
 fn one_source_two_targets_one_killed_while_the_other_keeps_in_sync() {
     require_tools!("qemu-io", "nbdcopy", "sha256sum", "curl");
     let tmp = tempfile::tempdir().unwrap();
-    let clock = tmp.path().join("clock");
-    set_clock(&clock, START);
-    let a = source(
-        &tmp.path().join("a"),
-        &["--test-clock-file", clock.to_str().unwrap()],
-    );
+    let (a, clock) = source_on_clock(tmp.path());
     let near = Target::start_roomy(&tmp.path().join("near"));
     let mut far = Target::start_roomy(&tmp.path().join("far"));
     let mut rng = StdRng::seed_from_u64(25);
@@ -196,7 +188,7 @@ fn one_source_two_targets_one_killed_while_the_other_keeps_in_sync() {
 
     // A policy keeping one hourly snapshot, with the far target gone: each snapshot the near
     // mirror has moved past is pruned, the far mirror's base is held.
-    keep_one_hourly(&a);
+    hourly_policy(&a, 1);
     let p1 = wait_policy_newest(&a, "");
     wait_in_sync(&a, &p1, 60);
     far.kill9();

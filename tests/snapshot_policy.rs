@@ -8,15 +8,12 @@
 //! A cron-like schedule on weekdays runs five simulated days: exactly its times, nothing over
 //! the weekend, one snapshot for a downtime across two of them.
 
+use common::policy_clock::*;
 use common::*;
 use multisnap_tests::{self as common, require_tools};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// 2026-01-01T00:00:00Z
-const START: i64 = 1_767_225_600;
-const HOUR: i64 = 3600;
 
 struct Policed {
     agent: Option<Agent>,
@@ -90,16 +87,7 @@ impl Policed {
 
     /// An hourly policy on `default` keeping `keep` hourly snapshots.
     fn hourly_policy(&self, keep: u32) {
-        let keep = keep.to_string();
-        self.cli(&[
-            "policy",
-            "set",
-            "default",
-            "--every",
-            "1h",
-            "--keep-hourly",
-            &keep,
-        ]);
+        hourly_policy(self.agent(), keep);
     }
 
     /// The volume's live snapshots by name (deleted ones stay listed while reclaimed).
@@ -109,12 +97,6 @@ impl Policed {
 }
 
 /// Written beside and renamed over, so the agent never reads a half-written time.
-fn set_clock(path: &Path, t: i64) {
-    let tmp = path.with_extension("new");
-    std::fs::write(&tmp, format!("{t}\n")).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 fn rfc3339(t: i64) -> String {
     run_ok(
         "date",

@@ -4,6 +4,7 @@
 pub mod csi;
 pub mod loopfs;
 pub mod mirror;
+pub mod policy_clock;
 pub use csi::{CsiDriver, CSI_NODE};
 pub mod vm;
 

@@ -2,6 +2,7 @@
 //! agents that keep their gRPC port across restarts, `multisnap mirror` through the CLI, and
 //! replicas compared with the source by nbdcopy + sha256sum.
 
+pub use crate::policy_clock::{hourly_policy, set_clock, HOUR, START};
 use crate::{cli_ok, copy_sha, free_port, qemu_io, Agent};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -98,6 +99,18 @@ pub fn source(dir: &Path, extra: &[&str]) -> Agent {
     Agent::start(dir, &args)
 }
 
+/// A source agent (see [`source`]) whose policies run on a clock file in `dir`, set to
+/// [`START`]; returns the agent and the clock file.
+pub fn source_on_clock(dir: &Path) -> (Agent, PathBuf) {
+    let clock = dir.join("clock");
+    set_clock(&clock, START);
+    let a = source(
+        &dir.join("a"),
+        &["--test-clock-file", clock.to_str().unwrap()],
+    );
+    (a, clock)
+}
+
 /// `multisnap mirror set default` to `volume` on `t`, with `stream`'s flags; the mirror.
 pub fn mirror_set(a: &Agent, t: &Target, volume: &str, stream: &[&str]) -> Value {
     let endpoint = t.endpoint();
@@ -181,27 +194,6 @@ pub fn mirror_metric(a: &Agent, family: &str, labels: &[&str]) -> f64 {
 }
 
 /// Sets the time an agent started with `--test-clock-file clock` sees, atomically.
-pub fn set_clock(clock: &Path, t: i64) {
-    let new = clock.with_extension("new");
-    std::fs::write(&new, format!("{t}\n")).unwrap();
-    std::fs::rename(&new, clock).unwrap();
-}
-
-/// An hourly policy on the default volume keeping one hourly snapshot: all it would keep is
-/// the newest, so what it does keep beyond that is held.
-pub fn keep_one_hourly(a: &Agent) {
-    let args = [
-        "policy",
-        "set",
-        "default",
-        "--every",
-        "1h",
-        "--keep-hourly",
-        "1",
-    ];
-    cli_ok(a, &args);
-}
-
 /// The default volume's newest policy snapshot once it is not `previous`.
 pub fn wait_policy_newest(a: &Agent, previous: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
