@@ -22,7 +22,9 @@
 //! and never lets idle plus in-use buffers exceed the connection's
 //! in-flight byte budget when it keeps or makes a buffer (idle ones are
 //! dropped first to make room). Buffers in use are the requests' own,
-//! already bounded by the byte permits.
+//! already bounded by the byte permits. A connection that waits longer than
+//! [`RELEASE_IDLE_AFTER`] for its next request frees all its idle buffers
+//! (`first_byte` in `mod.rs`), so an idle client holds none.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -44,6 +46,13 @@ const MIN_POOLED_LEN: usize = 64 * 1024;
 /// Most bytes one connection keeps idle: enough for 1 MiB requests at
 /// iodepth 32.
 const MAX_IDLE_BYTES: usize = 32 * 1024 * 1024;
+
+/// How long a connection may wait for its next request before its idle
+/// buffers are freed. A busy client sends its next request within
+/// microseconds; one that has been quiet this long is idle (a mounted
+/// filesystem nobody writes to, a paused VM), and a node may serve hundreds
+/// of those: each would otherwise hold up to [`MAX_IDLE_BYTES`] for nothing.
+pub(super) const RELEASE_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a pool may keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +170,18 @@ impl BufferPool {
         }
         drop(st);
         drop(buf);
+    }
+
+    /// Frees every idle buffer (see [`RELEASE_IDLE_AFTER`]); buffers in use
+    /// are kept, and the pool fills again as requests come back.
+    pub(super) fn release_idle(&self) {
+        let idle = {
+            let mut st = self.lock();
+            st.idle_bytes = 0;
+            std::mem::take(&mut st.idle)
+        };
+        // Freed outside the lock, like evictions.
+        drop(idle);
     }
 
     /// (idle buffers, idle bytes, bytes in use).

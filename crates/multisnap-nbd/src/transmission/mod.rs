@@ -64,7 +64,7 @@ mod request;
 mod workers;
 
 pub use buffers::Buffer;
-use buffers::{BufferPool, PoolLimits};
+use buffers::{BufferPool, PoolLimits, RELEASE_IDLE_AFTER};
 use execute::{work, Conn, Job};
 pub use reply::{base_flags, descriptors, plan_read, ReadPiece};
 use reply::{error_reply, Outgoing, Permits};
@@ -232,7 +232,7 @@ impl<R: AsyncRead + Unpin + Send> Reader<R> {
         let got = tokio::select! {
             biased;
             _ = self.stop.cancelled() => return Ok(None),
-            r = read_or_eof(&mut self.rd, first) => r,
+            r = first_byte(&mut self.rd, first, &self.conn.buffers, RELEASE_IDLE_AFTER) => r,
         };
         match got {
             Ok(Some(())) => {}
@@ -372,6 +372,25 @@ impl<R: AsyncRead + Unpin + Send> Reader<R> {
         // The read half outlives the writer, as it did when the reader
         // looped inline; the socket closes once both halves are gone.
         drop(rd);
+    }
+}
+
+/// Waits for the first byte of the next request. If none comes within
+/// `idle_after`, the connection is idle: its pool's idle buffers are freed,
+/// then the wait goes on without limit. Cancel-safe, like `read_or_eof` on
+/// one byte: a byte is consumed only when the wait ends with it.
+async fn first_byte<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    first: &mut [u8],
+    buffers: &BufferPool,
+    idle_after: Duration,
+) -> Result<Option<()>, NbdError> {
+    match tokio::time::timeout(idle_after, read_or_eof(rd, first)).await {
+        Ok(got) => got,
+        Err(_idle) => {
+            buffers.release_idle();
+            read_or_eof(rd, first).await
+        }
     }
 }
 

@@ -337,3 +337,57 @@ fn a_structured_read_reply_sends_no_byte_of_a_hole() {
     let parts = reply::read_reply(true, Handle(1), 0, &plan, buf);
     assert_eq!(data_bytes(&parts), [[0x11; 4], [0x22; 4]].concat());
 }
+
+fn pool_with_one_idle_buffer() -> Arc<BufferPool> {
+    let pool = BufferPool::new(PoolLimits {
+        max_idle_buffers: 4,
+        max_idle_bytes: 1 << 20,
+        max_buffer: 256 * 1024,
+        budget: 2 << 20,
+    });
+    drop(pool.take(64 * 1024));
+    assert_eq!(pool.usage().0, 1, "the returned buffer is kept idle");
+    pool
+}
+
+#[tokio::test]
+async fn an_idle_connection_frees_its_idle_buffers_and_still_takes_the_next_request() {
+    let pool = pool_with_one_idle_buffer();
+    let (mut client, mut server) = tokio::io::duplex(64);
+    let waiting = pool.clone();
+    let waiter = tokio::spawn(async move {
+        let mut first = [0u8; 1];
+        let got = first_byte(&mut server, &mut first, &waiting, Duration::from_millis(20)).await;
+        (got.unwrap(), first[0])
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pool.usage() != (0, 0, 0) {
+        assert!(
+            Instant::now() < deadline,
+            "idle buffers kept: {:?}",
+            pool.usage()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    client.write_all(&[0x25]).await.unwrap();
+    assert_eq!(waiter.await.unwrap(), (Some(()), 0x25));
+}
+
+#[tokio::test]
+async fn a_request_arriving_in_time_keeps_the_idle_buffers() {
+    let pool = pool_with_one_idle_buffer();
+    let (mut client, mut server) = tokio::io::duplex(64);
+    client.write_all(&[0x25]).await.unwrap();
+    let mut first = [0u8; 1];
+    let got = first_byte(&mut server, &mut first, &pool, Duration::from_secs(60)).await;
+    assert_eq!((got.unwrap(), first[0]), (Some(()), 0x25));
+    assert_eq!(pool.usage().0, 1);
+    drop(client);
+    assert_eq!(
+        first_byte(&mut server, &mut first, &pool, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        None,
+        "the client's end is the end of the wait"
+    );
+}
