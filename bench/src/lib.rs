@@ -191,6 +191,9 @@ impl<D: BlockDev> BlockDev for Counting<D> {
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.inner.flush()
     }
+    fn start_writeback(&self, offset: u64, len: u64) {
+        self.inner.start_writeback(offset, len)
+    }
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
     }

@@ -35,6 +35,14 @@ pub trait BlockDev: Send + Sync {
         Ok(vec![(len, true)])
     }
 
+    /// A hint: start writing the completed writes in `offset..offset+len` to the medium now,
+    /// without waiting for them. Nothing becomes durable by it ([`BlockDev::flush`] still
+    /// decides that, and reports any error the writing met); it only leaves the next flush
+    /// less to do. Devices without a write-back cache ignore it.
+    fn start_writeback(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
+
     /// The open regular file or block device behind this device, so another device can ask the
     /// kernel to copy between the two ([`BlockDev::copy_from`]). `None` for anything else.
     fn as_file(&self) -> Option<&File> {
@@ -234,6 +242,24 @@ impl BlockDev for FileDev {
     fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
     }
+    /// `sync_file_range(SYNC_FILE_RANGE_WRITE)`: queues the range's dirty pages for writing
+    /// and returns. Without a wait flag it does not consume the file's write-back error, so
+    /// the next `fdatasync` still reports one. Its own result is ignored: it is only a hint.
+    fn start_writeback(&self, offset: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: a plain syscall on a descriptor this device owns; no memory is passed.
+        unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                offset,
+                len,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
     fn as_file(&self) -> Option<&File> {
         Some(&self.file)
     }
@@ -382,6 +408,9 @@ impl<T: BlockDev + ?Sized> BlockDev for std::sync::Arc<T> {
     }
     fn flush(&self) -> io::Result<()> {
         (**self).flush()
+    }
+    fn start_writeback(&self, offset: u64, len: u64) {
+        (**self).start_writeback(offset, len)
     }
     fn size(&self) -> io::Result<u64> {
         (**self).size()

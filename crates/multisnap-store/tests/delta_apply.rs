@@ -36,8 +36,51 @@ fn read_all(store: &Store, view: View) -> Vec<u8> {
     common::read(store, view, 0, SIZE as usize)
 }
 
-/// One record of a delta at store level: a chunk and its bytes, or `None` for zeros.
+/// One record of a delta at store level: its first chunk and the bytes of its chunks (one, or
+/// several back to back), or `None` for one chunk of zeros.
 type Rec = (u64, Option<Vec<u8>>);
+
+/// Chunks a record covers.
+fn rec_chunks((_, data): &Rec) -> u32 {
+    data.as_ref()
+        .map_or(1, |d| d.len().div_ceil(CHUNK as usize) as u32)
+}
+
+/// `recs` as a sender with larger records would send them: runs of consecutive chunks merged
+/// into records of up to `per_record` chunks. A zero chunk next to data chunks goes in as
+/// zero bytes, as the store must take it (a zero chunk alone stays a zero record).
+fn merged(recs: &[Rec], per_record: usize) -> Vec<Rec> {
+    let mut out: Vec<(u64, Vec<Option<Vec<u8>>>)> = Vec::new();
+    for (c, data) in recs {
+        match out.last_mut() {
+            Some((first, parts))
+                if *first + parts.len() as u64 == *c && parts.len() < per_record =>
+            {
+                parts.push(data.clone());
+            }
+            _ => out.push((*c, vec![data.clone()])),
+        }
+    }
+    out.into_iter()
+        .flat_map(|(first, parts)| {
+            if parts.iter().all(Option::is_none) {
+                return (first..first + parts.len() as u64)
+                    .map(|c| (c, None))
+                    .collect();
+            }
+            let mut bytes = Vec::new();
+            for (i, part) in parts.iter().enumerate() {
+                let c = first + i as u64;
+                let len = (((c + 1) * CHUNK).min(SIZE) - c * CHUNK) as usize;
+                match part {
+                    Some(d) => bytes.extend_from_slice(d),
+                    None => bytes.resize(bytes.len() + len, 0),
+                }
+            }
+            vec![(first, Some(bytes))]
+        })
+        .collect()
+}
 
 fn chunks_in(runs: Vec<(u64, bool)>) -> Vec<u64> {
     let mut out = Vec::new();
@@ -97,17 +140,18 @@ fn stage_all(dst: &Store, recs: &[Rec], from: u64, every: usize) -> Result<(), S
     let todo: Vec<&Rec> = recs.iter().filter(|(c, _)| *c >= from).collect();
     for batch in todo.chunks(every.max(1)) {
         match batch {
-            [(c, data)] => dst.stage(*c, 1, data.as_deref())?,
+            [r] => dst.stage(r.0, rec_chunks(r), r.1.as_deref())?,
             _ => {
                 let items: Vec<(u64, u32, Option<&[u8]>)> = batch
                     .iter()
-                    .map(|(c, data)| (*c, 1, data.as_deref()))
+                    .map(|r| (r.0, rec_chunks(r), r.1.as_deref()))
                     .collect();
                 dst.stage_batch(&items)?;
             }
         }
         if batch.len() == every {
-            dst.checkpoint_receive(&token(batch[batch.len() - 1].0 + 1))?;
+            let last = batch[batch.len() - 1];
+            dst.checkpoint_receive(&token(last.0 + u64::from(rec_chunks(last))))?;
         }
     }
     Ok(())
@@ -437,8 +481,22 @@ struct Rig {
 /// resuming (from the kept token) or restarting completes the apply. A staged apply never
 /// moves the origin before its commit point; a direct one that cannot be resumed leaves the
 /// origin all zeros again.
-fn crash_every_write_of_an_apply(incremental: bool, resumable: bool) {
+///
+/// `per_record` chunks at most go in one record (consecutive chunks merged, see [`merged`]).
+fn crash_every_write_of_an_apply(incremental: bool, resumable: bool, per_record: usize) {
     let mut src = source_with_two_snapshots(15, 40, 12);
+    src.full = merged(&src.full, per_record);
+    src.inc = merged(&src.inc, per_record);
+    if per_record > 1 {
+        let zero_among_data = |r: &Rec| {
+            r.1.as_ref()
+                .is_some_and(|d| d.chunks(CHUNK as usize).any(|c| c.iter().all(|&b| b == 0)))
+        };
+        assert!(
+            src.full.iter().any(zero_among_data),
+            "no record of the full stream holds a zero chunk among its data chunks"
+        );
+    }
     let zeros = vec![0u8; SIZE as usize];
 
     // The replica as it stands before the apply: holding s0, or empty.
@@ -579,7 +637,7 @@ fn crash_every_write_of_an_apply(incremental: bool, resumable: bool) {
         let rig = run(Some(k));
         for (keep, tear) in [(0.0, 0.0), (1.0, 0.0), (0.5, 0.3), (0.5, 0.8)] {
             let what = format!(
-                "incremental {incremental}, resumable {resumable}: cut at write {k}/{total}, keep {keep} tear {tear}"
+                "incremental {incremental}, resumable {resumable}, {per_record} chunks a record: cut at write {k}/{total}, keep {keep} tear {tear}"
             );
             let o = rig.origin.crash_image(&mut src.rng, keep, tear);
             let d = rig.dev.crash_image(&mut src.rng, keep, tear);
@@ -606,7 +664,7 @@ fn crash_every_write_of_an_apply(incremental: bool, resumable: bool) {
         }
     }
     println!(
-        "apply power-cut cases (incremental {incremental}, resumable {resumable}): {cases}, and {reopen_cuts} with the reopen cut too; over both, {published} published, {resumed} resumed, {restarted} restarted"
+        "apply power-cut cases (incremental {incremental}, resumable {resumable}, up to {per_record} chunks a record): {cases}, and {reopen_cuts} with the reopen cut too; over both, {published} published, {resumed} resumed, {restarted} restarted"
     );
     assert!(published > 0 && restarted > 0 && (resumed > 0) == resumable);
     // A staged apply folds after its commit point, so some cuts leave a fold for the reopen.
@@ -628,12 +686,21 @@ enum Recovered {
 
 #[test]
 fn power_cut_at_every_write_of_a_staged_incremental_apply() {
-    crash_every_write_of_an_apply(true, true);
-    crash_every_write_of_an_apply(true, false);
+    crash_every_write_of_an_apply(true, true, 1);
+    crash_every_write_of_an_apply(true, false, 1);
 }
 
 #[test]
 fn power_cut_at_every_write_of_a_direct_full_apply() {
-    crash_every_write_of_an_apply(false, true);
-    crash_every_write_of_an_apply(false, false);
+    crash_every_write_of_an_apply(false, true, 1);
+    crash_every_write_of_an_apply(false, false, 1);
+}
+
+/// Records of several chunks, as the exporter sends (up to 1 MiB), some with zero chunks among
+/// their data chunks: each batch of a direct apply then covers a wider origin range, which
+/// the store hands to the device to start writing back before the checkpoint's flush.
+#[test]
+fn power_cut_at_every_write_of_a_direct_apply_of_multi_chunk_records() {
+    crash_every_write_of_an_apply(false, true, 5);
+    crash_every_write_of_an_apply(false, false, 5);
 }

@@ -182,6 +182,9 @@ impl BlockDev for ObservedDev {
     fn flush(&self) -> io::Result<()> {
         self.seen("flush", None, self.inner.flush())
     }
+    fn start_writeback(&self, offset: u64, len: u64) {
+        self.inner.start_writeback(offset, len)
+    }
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
     }

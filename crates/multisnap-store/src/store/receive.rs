@@ -362,9 +362,9 @@ impl Store {
                 }
             }
         }
-        if pieces.is_empty() {
+        let (Some(&(first, _)), Some(&(last, last_piece))) = (pieces.first(), pieces.last()) else {
             return Ok(());
-        }
+        };
         self.transact(|m| {
             for (c, _) in &pieces {
                 if m.find_private(staging, OriginChunk(*c))?.is_none() {
@@ -377,6 +377,11 @@ impl Store {
             let off = c * cs;
             self.write_origin_at(p, off)?;
         }
+        // Starts the disk on what was just written: the checkpoint's flush then finds most of
+        // it written back already, rather than writing it all while the stream waits. The
+        // kernel would not start on its own before a tenth of memory is dirty.
+        let end = last * cs + last_piece.len() as u64;
+        self.origin.start_writeback(first * cs, end - first * cs);
         Ok(())
     }
 
