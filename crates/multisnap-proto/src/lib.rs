@@ -9,6 +9,13 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/multisnap_descriptor.bin"));
 
+/// The largest HTTP/2 frame an agent or the CLI accepts (the SETTINGS_MAX_FRAME_SIZE each
+/// announces; the peer sends data frames up to it). HTTP/2's default, 16 KiB, cuts a 1 MiB
+/// delta message into 64 frames, each parsed, flow-controlled and handed up on its own at both
+/// ends and at a relaying CLI; 256 KiB makes that four, while a frame still occupies a
+/// connection shared with other calls for well under a millisecond on a fast link.
+pub const MAX_FRAME_BYTES: u32 = 256 << 10;
+
 /// Why a connection to an agent failed, in words: `what` (e.g. "cannot connect to URI"),
 /// then the error and each of its causes. tonic's own text names some of its causes already:
 /// each is said once.

@@ -62,7 +62,8 @@ pub async fn connect(
         let e = e
             .connect_timeout(timeout)
             .initial_stream_window_size(8 << 20)
-            .initial_connection_window_size(16 << 20);
+            .initial_connection_window_size(16 << 20)
+            .max_frame_size(multisnap_proto::MAX_FRAME_BYTES);
         if streaming {
             e
         } else {

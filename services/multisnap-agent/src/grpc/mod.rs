@@ -141,7 +141,8 @@ pub async fn serve(
         // stream; larger windows let a 1 MiB message travel in one go.
         let mut server = Server::builder()
             .initial_stream_window_size(Some(8 << 20))
-            .initial_connection_window_size(Some(16 << 20));
+            .initial_connection_window_size(Some(16 << 20))
+            .max_frame_size(multisnap_proto::MAX_FRAME_BYTES);
         if let Some(cfg) = tls {
             server = server
                 .tls_config(cfg)

@@ -149,13 +149,14 @@ impl MirrorTarget {
     /// Connects to the target agent.
     pub async fn connect(&self) -> Result<Channel, String> {
         let tune = |e: TonicEndpoint| {
-            // The same large HTTP/2 windows as the server's, so a delta is not throttled by
-            // flow-control round trips.
+            // The same large HTTP/2 windows and frames as the server's, so a delta is not
+            // throttled by flow-control round trips nor cut into 16 KiB frames.
             e.connect_timeout(CONNECT_TIMEOUT)
                 .http2_keep_alive_interval(KEEPALIVE)
                 .keep_alive_timeout(KEEPALIVE)
                 .initial_stream_window_size(8 << 20)
                 .initial_connection_window_size(16 << 20)
+                .max_frame_size(multisnap_proto::MAX_FRAME_BYTES)
         };
         let fail = |e: tonic::transport::Error| {
             multisnap_proto::connect_error(&format!("cannot connect to {}", self.endpoint), &e)
