@@ -210,6 +210,9 @@ const FAMILIES: &[(&str, &str, &str)] = &[
     ("multisnap_cow_copies", "counter", "-"),
     ("multisnap_cow_copied_bytes", "counter", "bytes"),
     ("multisnap_cow_kernel_copies", "counter", "-"),
+    ("multisnap_cow_parked_writes", "counter", "-"),
+    ("multisnap_cow_parked_written_bytes", "counter", "bytes"),
+    ("multisnap_cow_parked_bytes", "gauge", "bytes"),
     ("multisnap_exceptions", "gauge", "-"),
     ("multisnap_snapshots", "gauge", "-"),
     ("multisnap_snapshots_invalidated", "counter", "-"),
@@ -362,6 +365,14 @@ fn exposition_parses_with_the_official_python_client() {
         om.default_volume("multisnap_cow_copied_bytes_total"),
         262144.0
     );
+    // That write needed copies, so it was acknowledged before their commit: parked, then
+    // landed by the flush that followed (nothing is parked any more).
+    assert!(om.default_volume("multisnap_cow_parked_writes_total") >= 1.0);
+    assert_eq!(
+        om.default_volume("multisnap_cow_parked_written_bytes_total"),
+        262144.0
+    );
+    assert_eq!(om.default_volume("multisnap_cow_parked_bytes"), 0.0);
     assert!(om.default_volume("multisnap_commits_total") >= 1.0);
     // qemu-io's flush reached the store once; any further flush request (qemu-io flushes
     // again when it closes) had no write to cover and was answered without one.

@@ -3,11 +3,13 @@
 //!
 //! Ordering, the rule everything else serves: an origin chunk is overwritten in place only
 //! after its old contents and the exception pointing to them are durable in the store. Writers
-//! that need copies do them concurrently and share one commit (group commit); writers that need
-//! none go straight to the origin.
+//! that need copies do them concurrently and park their writes (`write_behind.rs`): they are
+//! acknowledged at once, and land in the origin after one commit takes all their copies (group
+//! commit); writers that need none go straight to the origin.
 //!
 //! Locks, always taken in this order: `barrier` (shared by writers, exclusive for snapshot
-//! creation, so a snapshot is a clean cut between acknowledged writes), the chunk stripes (an
+//! creation, so a snapshot is a clean cut between acknowledged writes), the landing lock of
+//! the parked writes (held by whoever lands them), the chunk stripes (an
 //! origin write holds its chunks' stripes exclusively from its copy decision to its origin
 //! write; snapshot reads that fall through to the origin hold them shared), `commit_lock`, and
 //! `meta`, held only for in-memory work and for sealing a commit (writing its nodes and bitmap
@@ -22,7 +24,8 @@
 //! (`transact`, `commit_wait`, `live_snapshot`, `invalidate_oldest`); each path has its own
 //! file under `store/`: `open.rs` (create, open, recovery), `read.rs`, `write.rs` (origin and
 //! writable-snapshot writes, flush), `snapshots.rs` (and reclamation), `origin_sync.rs` (the
-//! origin write journal) and `receive.rs` (delta apply).
+//! origin write journal), `write_behind.rs` (parked origin writes) and `receive.rs` (delta
+//! apply).
 
 use crate::blockdev::BlockDev;
 use crate::covered::CoveredChunks;
@@ -55,6 +58,7 @@ mod revert;
 mod snapshots;
 mod view;
 mod write;
+mod write_behind;
 pub use clone::{CloneSource, HydrationProgress};
 pub use group::create_snapshot_group;
 pub use receive::{ReceivePlan, ReceiveStatus};
@@ -196,6 +200,12 @@ pub struct StoreStats {
     /// Chunks a clone's hydration copied from its source since open, and the bytes written.
     pub chunks_hydrated_total: u64,
     pub bytes_hydrated_total: u64,
+    /// Origin writes acknowledged before the commit of their copy-outs since open (parked
+    /// until it lands, see `write_behind`), and their bytes.
+    pub parked_writes_total: u64,
+    pub parked_bytes_total: u64,
+    /// Bytes of origin writes parked now, not yet in the origin.
+    pub parked_bytes: u64,
 }
 
 pub struct Store {
@@ -271,6 +281,8 @@ pub struct Store {
     hydrate_hint: AtomicU64,
     chunks_hydrated: AtomicU64,
     bytes_hydrated: AtomicU64,
+    /// Origin writes acknowledged before their copies are committed (see `write_behind`).
+    parked: Arc<write_behind::ParkedWrites>,
     volume_name: String,
     volume_uuid: VolumeUuid,
     origin_path: String,
@@ -533,6 +545,7 @@ impl Store {
     }
 
     pub fn stats(&self) -> StoreStats {
+        let parked = self.parked.stats();
         let m = self.meta.read();
         StoreStats {
             chunk_size: self.chunk_size,
@@ -570,6 +583,9 @@ impl Store {
             chunks_merged_total: self.chunks_merged.load(Ordering::Relaxed),
             chunks_hydrated_total: self.chunks_hydrated.load(Ordering::Relaxed),
             bytes_hydrated_total: self.bytes_hydrated.load(Ordering::Relaxed),
+            parked_writes_total: parked.writes_total,
+            parked_bytes_total: parked.bytes_total,
+            parked_bytes: parked.bytes_now,
         }
     }
 
@@ -600,6 +616,11 @@ impl Drop for Store {
     fn drop(&mut self) {
         // Best effort: a clean shutdown should have called flush(); losing the open
         // transaction here is what a power cut would do, which the format survives.
+        // Parked writes go to the origin first, so the close-time sync below covers them.
+        self.parked.stop();
+        if let Err(e) = self.land_parked() {
+            tracing::warn!(error = %e, "landing parked origin writes on close failed");
+        }
         self.syncer.stop();
         self.detach_clone_source();
         let cursor = self.journal.get_mut();

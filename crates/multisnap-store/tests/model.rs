@@ -188,6 +188,10 @@ enum Op {
         pick: usize,
     },
     Flush,
+    /// Lands the parked origin writes (commit, then origin writes) without a flush. Writes
+    /// that needed copies stay parked until then (or a flush, snapshot, resize or reopen),
+    /// and every read in between must see them.
+    Land,
     /// Grows the volume by `1 + grow % 70_000` bytes (past chunk boundaries, or within the
     /// partial last chunk); with `store`, the store device grows by twice that.
     Resize {
@@ -247,6 +251,7 @@ fn ops_weighted(writes: u32, write_len: BoxedStrategy<Len>) -> impl Strategy<Val
             .prop_map(|(pick, pos, len)| Op::ReadSnapshot { pick, pos, len }),
         1 => any::<usize>().prop_map(|pick| Op::Delete { pick }),
         1 => Just(Op::Flush),
+        1 => Just(Op::Land),
         1 => (any::<u32>(), any::<bool>()).prop_map(|(grow, store)| Op::Resize { grow, store }),
         1 => (any::<bool>(), any::<bool>())
             .prop_map(|(flush, tiny_cache)| Op::Reopen { flush, tiny_cache }),
@@ -526,6 +531,11 @@ impl Harness {
                 // After a flush the committed state on disk is the whole truth.
                 self.verify_clean();
             }
+            Op::Land => {
+                self.store().land_parked().unwrap();
+                assert_eq!(self.store().stats().parked_bytes, 0, "step {}", self.step);
+                self.check_all();
+            }
             Op::Reopen { flush, tiny_cache } => self.reopen(*flush, *tiny_cache),
         }
         self.check_counters();
@@ -643,6 +653,54 @@ fn ten_snapshots_one_write_one_copy() {
     });
     assert_eq!(h.store().stats().copies_total, 1);
     h.check_all();
+}
+
+/// First writes after snapshots park until a landing: overwrites of parked chunks (in part,
+/// across chunk ends), reads of them, snapshots, a delete, a landing and a flush in between,
+/// each checked against the model; the run really parked.
+#[test]
+fn parked_writes_interleaved_with_reads_snapshots_and_flushes() {
+    let mut h = Harness::new(4096, MIB + 100, 8 * MIB, 2);
+    let write = |chunk, len, fill| Op::Write {
+        pos: Pos::NearChunk(chunk, 17),
+        len,
+        fill,
+    };
+    let ops = [
+        Op::Snapshot,
+        write(3, Len::Small(500), 1),
+        write(3, Len::Small(100), 2),
+        Op::ReadOrigin {
+            pos: Pos::NearChunk(3, -5),
+            len: Len::Chunks(2),
+        },
+        write(3, Len::Chunks(2), 3),
+        Op::Snapshot,
+        write(4, Len::Small(9), 4),
+        Op::ReadSnapshot {
+            pick: 1,
+            pos: Pos::NearChunk(3, 0),
+            len: Len::Chunks(3),
+        },
+        Op::Delete { pick: 0 },
+        write(5, Len::Any(10_000), 5),
+        Op::Land,
+        write(5, Len::Small(3), 6),
+        Op::Snapshot,
+        write(6, Len::Small(300), 7),
+        Op::Flush,
+        write(7, Len::Small(30), 8),
+    ];
+    for op in &ops {
+        h.apply(op);
+    }
+    assert!(h.store().stats().parked_writes_total >= 6);
+    assert!(
+        h.store().stats().parked_bytes > 0,
+        "the last write is parked"
+    );
+    h.check_all();
+    h.reopen(false, false);
 }
 
 /// More than 1,000 live snapshots on one volume, with writes between them. Full images are

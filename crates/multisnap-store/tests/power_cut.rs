@@ -84,6 +84,9 @@ enum Op {
     },
     Delete(String),
     Reclaim,
+    /// Lands the parked origin writes (`Store::land_parked`): their copies' commit, then
+    /// the origin writes, without the flush that would make those durable.
+    Land,
     Flush,
 }
 
@@ -127,7 +130,8 @@ fn workload(seed: u64, ops: usize) -> Vec<Op> {
                 let (name, _) = live.remove(rng.gen_range(0..live.len()));
                 out.push(Op::Delete(name));
             }
-            80..=87 => out.push(Op::Reclaim),
+            80..=84 => out.push(Op::Reclaim),
+            85..=89 => out.push(Op::Land),
             _ => out.push(Op::Flush),
         }
     }
@@ -151,6 +155,9 @@ struct Outcome {
     maybe_deleted: Option<(String, Image)>,
     /// Copy-outs the store device made itself (`StoreStats::kernel_copies_total`).
     kernel_copies: u64,
+    /// Origin writes acknowledged before their copies were committed
+    /// (`StoreStats::parked_writes_total`).
+    parked_writes: u64,
 }
 
 struct Rig {
@@ -214,6 +221,7 @@ fn run(ops: &[Op], base: &(Vec<u8>, Vec<u8>), setup: Setup, cut_at: Option<u64>)
         maybe_created: None,
         maybe_deleted: None,
         kernel_copies: 0,
+        parked_writes: 0,
     };
     let store = match Store::open(rig.origin.clone(), rig.store_dev.clone(), 0) {
         Ok(s) => s,
@@ -275,6 +283,7 @@ fn run(ops: &[Op], base: &(Vec<u8>, Vec<u8>), setup: Setup, cut_at: Option<u64>)
                 ok
             }
             Op::Reclaim => store.reclaim_step(8).is_ok(),
+            Op::Land => store.land_parked().is_ok(),
             Op::Flush => {
                 let ok = store.flush().is_ok();
                 if ok {
@@ -313,6 +322,7 @@ fn run(ops: &[Op], base: &(Vec<u8>, Vec<u8>), setup: Setup, cut_at: Option<u64>)
         }
     }
     out.kernel_copies = store.stats().kernel_copies_total;
+    out.parked_writes = store.stats().parked_writes_total;
     // Power off without a clean close: the Drop's final commit fails on a cut rail, and on an
     // uncut one it is cut first so nothing after the workload lands.
     rig.rail.cut_now();
@@ -420,6 +430,12 @@ fn crash_every_write(seed: u64, ops: usize, setup: Setup) -> u64 {
         setup.kernel_copy,
         "seed {seed}: {} kernel copies in the uncut run",
         dry_out.kernel_copies
+    );
+    // Writes were acknowledged before their copies' commit, so the cuts fall between the
+    // two as well.
+    assert!(
+        dry_out.parked_writes > 0,
+        "seed {seed}: no write parked in the uncut run"
     );
     let mut cases = 0;
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);

@@ -301,6 +301,7 @@ impl Store {
             hydrate_hint: AtomicU64::new(hydrate_hint),
             chunks_hydrated: AtomicU64::new(0),
             bytes_hydrated: AtomicU64::new(0),
+            parked: Default::default(),
         }
     }
 }

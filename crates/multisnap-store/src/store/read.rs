@@ -21,6 +21,7 @@ impl Store {
         }
         let chunks = self.chunks_of(offset, buf.len() as u64);
         let snap = match view {
+            View::Origin if self.has_parked() => return self.read_origin_with_parked(offset, buf),
             View::Origin
                 if self.may_meet_merge(*chunks.end()) || self.may_need_source(*chunks.end()) =>
             {
@@ -170,6 +171,11 @@ impl Store {
                 .allocation(off, n)
                 .map_err(|e| StoreError::io("origin", off, n as usize, e))
         };
+        if view == View::Origin {
+            // A parked write into a hole must not read as one: land them (rare; block-status
+            // maps are not on the write path).
+            self.land_parked()?;
+        }
         let cs = self.chunk_size as u64;
         let end = offset + len.min(4096 * cs);
         let end = end.min(offset + len);

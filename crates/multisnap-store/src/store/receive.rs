@@ -154,6 +154,8 @@ impl Store {
         }
         let _r = self.receive_lock.lock();
         let _barrier = self.barrier.write();
+        // The base check reads the origin, and the apply writes it.
+        self.land_parked()?;
         self.transact(|m| {
             m.check_usable()?;
             if m.receive.is_some() {
@@ -407,6 +409,8 @@ impl Store {
     pub fn finish_receive(&self, token: &[u8]) -> Result<SnapshotInfo> {
         let _r = self.receive_lock.lock();
         let _barrier = self.barrier.write();
+        // The fold writes the origin and copies from it.
+        self.land_parked()?;
         let staging = self.staging_id(true)?;
         let folding = self
             .meta
@@ -491,6 +495,7 @@ impl Store {
         };
         self.commit_wait(generation)?;
         let _barrier = self.barrier.write();
+        self.land_parked()?;
         let zeros = vec![0u8; self.chunk_size as usize];
         let cs = u64::from(self.chunk_size);
         loop {

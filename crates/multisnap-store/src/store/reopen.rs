@@ -28,12 +28,14 @@ impl Store {
         let _merge = self.merge_lock.lock();
         let _receive = self.receive_lock.lock();
         let _barrier = self.exclusive_barrier();
+        let _landing = self.landing_lock();
         let mut cursor = self.journal.lock();
         let _commit = self.commit_lock.lock();
         if self.meta.read().poisoned.is_none() && self.syncer.failure().is_none() {
             return Err(StoreError::NotFailed);
         }
         let fresh = Store::load_meta(&self.origin, &self.dev, self.cache_bytes)?;
+        self.discard_parked();
         // The journal replay rewrote every flushed write the origin may have lost; one sync
         // of the origin (the replay does one only when the journal held batches) makes them
         // durable before the failed background sync, if any, is forgotten.
@@ -41,7 +43,9 @@ impl Store {
         self.syncer.reset();
         *cursor = JournalCursor::at(fresh.journal_epoch);
         self.install(fresh);
-        drop((_commit, cursor, _barrier, _receive, _merge, _hydrate));
+        drop((
+            _commit, cursor, _landing, _barrier, _receive, _merge, _hydrate,
+        ));
         if let Err(e) = self.recover_receive() {
             tracing::error!(volume = %self.volume_name, error = %e, "could not complete an interrupted delta apply");
         }

@@ -70,6 +70,8 @@ impl Store {
         // size against the origin's once, at its start.
         let _receive = self.receive_lock.lock();
         let _barrier = self.exclusive_barrier();
+        // Parked writes land at the size they were written for, before the device grows.
+        self.land_parked()?;
         {
             let m = self.meta.read();
             m.check_usable()?;

@@ -51,6 +51,8 @@ impl Store {
         // No origin write in flight; the covered-chunk map starts over, since chunks every
         // snapshot had a copy of may now need merging first.
         let _barrier = self.exclusive_barrier();
+        // The merge copies into the origin and reads through it: no write may be parked.
+        self.land_parked()?;
         // Both superblock slots at version 4 before anything only version 4 describes is
         // written (docs/FORMAT.md, "Versions"); the same conversion a first resize makes.
         self.convert_to_sized_snapshots()?;

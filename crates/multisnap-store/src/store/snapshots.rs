@@ -84,7 +84,9 @@ impl Store {
     /// snapshot, every member's for a group, see `group.rs`).
     pub(super) fn cut_snapshot(&self, name: &str, writable: bool) -> Result<SnapshotInfo> {
         // Writes acknowledged but not yet flushed are part of the snapshot; make them durable
-        // so a power cut cannot take them out of it.
+        // so a power cut cannot take them out of it. Parked ones go to the origin first: the
+        // snapshot reads the origin where it has no copy, and later writes copy from it.
+        self.land_parked()?;
         self.sync_origin()?;
         let info = self.transact(|m| {
             m.check_usable()?;

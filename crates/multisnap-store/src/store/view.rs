@@ -31,8 +31,10 @@ pub struct VolumeView {
 }
 
 impl VolumeView {
-    /// The origin, read-write.
+    /// The origin, read-write. Starts the store's write-behind thread, if it is not running
+    /// yet, so the writes this view takes land without waiting for a flush.
     pub fn origin(store: Arc<Store>) -> VolumeView {
+        store.start_landing();
         VolumeView {
             store,
             view: View::Origin,

@@ -1,16 +1,18 @@
-//! The write paths and flush. An origin write preserves (copies out and commits) what live
-//! snapshots still need of its chunks, then writes the origin: `write_origin ->
-//! try_write_origin -> preserve -> copy_out, commit_wait -> write_origin_at`. A writable
-//! snapshot's write goes to chunks private to it. A flush makes both durable.
+//! The write paths and flush. An origin write copies out what live snapshots still need of
+//! its chunks, then writes the origin, or parks the write until the commit of its copies lands
+//! (`write_behind`): `write_origin -> try_write_origin -> copy_for_write -> copy_out ->
+//! park_if_needed | write_origin_at`. A writable snapshot's write goes to chunks private to
+//! it. A flush lands what is parked and makes both durable.
 
 use super::*;
 use crate::format::exception::Exception;
 use crate::meta::CopyNeed;
 
 impl Store {
-    /// Writes `data` to the origin at `offset`, first preserving (once) the old contents of
-    /// every chunk a live snapshot still needs. Returns once the data is in the origin device's
-    /// cache (durable after the next `flush`); the copies it needed are already durable.
+    /// Writes `data` to the origin at `offset`, first copying out (once) the old contents of
+    /// every chunk a live snapshot still needs. Returns once every later read sees the data:
+    /// in the origin device's cache, or parked until the commit of its copies lands (see
+    /// `write_behind`). Durable after the next `flush` either way.
     pub fn write_origin(&self, offset: u64, data: &[u8]) -> Result<()> {
         let _returned = self.flush_coalescer.count_write();
         self.check_range(offset, data.len() as u64)?;
@@ -21,6 +23,7 @@ impl Store {
     }
 
     fn try_write_origin(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.make_room_to_park()?;
         let chunks = self.chunks_of(offset, data.len() as u64);
         let (_barrier, _stripes) = loop {
             let barrier = self.barrier.read();
@@ -44,14 +47,27 @@ impl Store {
         };
         // Overwrites of chunks every live snapshot already has a copy of skip the metadata
         // lock altogether.
+        let mut unlanded = None;
         if !self.covered.contains_all(chunks.clone()) {
-            self.preserve(chunks.clone())?;
-            // Nothing to copy any more for these chunks (the copies, if any, are durable).
+            unlanded = self.copy_for_write(chunks.clone())?;
+            // Nothing to copy any more for these chunks: the copies, if any, are durable, or
+            // the write parks below until they are (and later writes park behind it).
             for c in chunks {
                 self.covered.insert(c);
             }
         }
+        if self.park_if_needed(offset, data, unlanded) {
+            return Ok(());
+        }
         self.write_origin_at(data, offset)
+    }
+
+    /// Copies out what live snapshots still need of `chunks` without waiting for the commit
+    /// that makes the copies durable: the generation it must wait for, if any. The caller
+    /// holds the chunks' stripes exclusively.
+    fn copy_for_write(&self, chunks: impl IntoIterator<Item = u64>) -> Result<Option<u64>> {
+        let generation = self.copy_needed_through(chunks, None)?;
+        Ok(generation.filter(|g| self.durable_generation.load(Ordering::Acquire) < *g))
     }
 
     /// Copy before overwrite, the store's central rule: gives every live snapshot that still
@@ -69,6 +85,19 @@ impl Store {
         chunks: impl IntoIterator<Item = u64>,
         newest: Option<u64>,
     ) -> Result<()> {
+        if let Some(generation) = self.copy_needed_through(chunks, newest)? {
+            self.commit_wait(generation)?;
+        }
+        Ok(())
+    }
+
+    /// Copies out what the snapshots up to `newest` still need of `chunks`; the generation
+    /// whose commit makes the copies durable, or `None` when nothing needed copying.
+    fn copy_needed_through(
+        &self,
+        chunks: impl IntoIterator<Item = u64>,
+        newest: Option<u64>,
+    ) -> Result<Option<u64>> {
         let needs = {
             let mut m = self.meta.write();
             m.check_usable()?;
@@ -81,11 +110,10 @@ impl Store {
             }
             needs
         };
-        if !needs.is_empty() {
-            let generation = self.copy_out(&needs)?;
-            self.commit_wait(generation)?;
+        if needs.is_empty() {
+            return Ok(None);
         }
-        Ok(())
+        self.copy_out(&needs).map(Some)
     }
 
     /// Copies each needed chunk into a fresh store chunk and records its exception. Returns the
@@ -146,6 +174,10 @@ impl Store {
     /// the store found at open that it can (`BlockDev::copy_from`), else through `buf`. Either
     /// way the copy is only in the store device's cache until the commit that records it
     /// flushes the device, before the origin may be overwritten (see `preserve`).
+    ///
+    /// It reads the origin device, not the parked writes, and that is what the snapshot sees:
+    /// a chunk with writes parked has a copy for every live snapshot already (taking a
+    /// snapshot lands every parked write first), so no copy-out is ever made of one.
     fn copy_chunk(&self, from: u64, to: u64, len: usize, buf: &mut Vec<u8>) -> Result<()> {
         if self.kernel_copy.load(Ordering::Relaxed) {
             match self.dev.copy_from(&*self.origin, from, to, len) {
@@ -286,6 +318,7 @@ impl Store {
     }
 
     fn flush_untimed(&self) -> Result<()> {
+        self.land_parked()?;
         self.sync_origin()?;
         let private_unflushed = self.private_data_unflushed.swap(false, Ordering::AcqRel);
         let (generation, open) = {
