@@ -70,6 +70,8 @@ fn prepare() -> Base {
             .write_origin(at as u64, &pattern(1000 + i as u64, CHUNK))
             .expect("write before base");
     }
+    // Parked until landed: the image below is the origin device's.
+    store.land_parked().expect("land");
     let base = origin.contents();
     store.create_snapshot("base").expect("base snapshot");
     store.flush().expect("flush");
@@ -117,6 +119,9 @@ fn run(
         )
         .expect("open base"),
     );
+    // First writes park until their copies are committed; the background lander commits
+    // and lands them while the writers go on, beside the writers' own flushes.
+    store.start_landing();
     let old = store.snapshot_by_name("old").expect("old").id;
     let start = Arc::new(Barrier::new(WRITERS + 1));
 
@@ -289,8 +294,8 @@ fn power_cut_during_pipelined_commits() {
 }
 
 /// The window this file is about exists: while a commit's flush is stuck, the metadata lock
-/// is free (stats answer, and a second writer's copy goes into the next transaction); the
-/// second writer's commit follows once the first lands.
+/// is free (stats answer, and a second writer's copy goes into the next transaction, its write
+/// acknowledged without waiting); the second write's commit follows once the first lands.
 #[test]
 fn a_landing_commit_does_not_hold_the_metadata_lock() {
     let base = prepare();
@@ -301,18 +306,20 @@ fn a_landing_commit_does_not_hold_the_metadata_lock() {
     let before = store.stats();
     gate.close();
 
+    // Parked: acknowledged before its copy's commit, which the landing below runs.
+    store.write_origin(0, &[1; CHUNK]).expect("first write");
     let first = {
         let store = store.clone();
-        std::thread::spawn(move || store.write_origin(0, &[1; CHUNK]))
+        std::thread::spawn(move || store.land_parked())
     };
     assert!(
         gate.wait_for_waiting_flush(Duration::from_secs(10)),
-        "the first write never reached its commit's flush"
+        "the first write's landing never reached its commit's flush"
     );
-    let second = {
-        let store = store.clone();
-        std::thread::spawn(move || store.write_origin(CHUNK as u64, &[2; CHUNK]))
-    };
+    // Needs no commit to return either, although one is stuck.
+    store
+        .write_origin(CHUNK as u64, &[2; CHUNK])
+        .expect("second write");
     // Both copies recorded while the first commit is stuck in its flush.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -337,10 +344,10 @@ fn a_landing_commit_does_not_hold_the_metadata_lock() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(!first.is_finished() && !second.is_finished());
+    assert!(!first.is_finished());
     gate.open();
-    first.join().expect("first").expect("first write");
-    second.join().expect("second").expect("second write");
+    first.join().expect("first").expect("first landing");
+    store.land_parked().expect("second landing");
     let after = store.stats();
     assert_eq!(after.commits.count, before.commits.count + 2);
     drop(store);

@@ -134,7 +134,18 @@ fn enospc_on_a_write_fails_that_write_and_recovers_when_space_returns() {
     r.store.write_origin(0, &[1u8; CHUNK * 8]).unwrap();
     let snap = r.store.create_snapshot("s").unwrap().id;
     r.store.flush().unwrap();
-    // The origin's filesystem is full.
+    // The origin's filesystem is full. A first write since the snapshot is parked until its
+    // copy is committed, so the landing meets it: the flush says so, the store stays
+    // healthy, reads see the write, and it lands once there is room.
+    r.origin.fail(FailOp::Write, 0, libc::ENOSPC, true);
+    r.store.write_origin(0, &[2u8; CHUNK]).unwrap();
+    assert_eq!(kind(r.store.flush()), ErrorKind::NoSpace);
+    assert_eq!(r.store.failure(), None);
+    assert_eq!(read(&r.store, View::Origin, 0, CHUNK), vec![2u8; CHUNK]);
+    r.origin.heal();
+    r.store.flush().unwrap();
+    assert_eq!(r.store.stats().parked_bytes, 0);
+    // An overwrite of a chunk copied already goes straight to the origin and fails alone.
     r.origin.fail(FailOp::Write, 0, libc::ENOSPC, true);
     assert_eq!(
         kind(r.store.write_origin(0, &[2u8; CHUNK])),

@@ -215,12 +215,17 @@ impl Store {
         self.with_full_policy(|| self.try_write_snapshot(id, offset, data))
     }
 
-    /// Runs a write that fails with `StoreFull` before changing anything; under the
+    /// Runs a write that fails with `StoreFull` before changing anything; first commits the
+    /// open transaction and runs it again, if that may free room; then, under the
     /// invalidate-oldest policy, drops the oldest snapshot to make room and runs it again,
     /// until it succeeds or no snapshot is left to drop.
     pub(super) fn with_full_policy(&self, mut write: impl FnMut() -> Result<()>) -> Result<()> {
+        let mut committed = false;
         loop {
             match write() {
+                Err(StoreError::StoreFull { .. }) if !committed && self.commit_for_room()? => {
+                    committed = true;
+                }
                 Err(e @ StoreError::StoreFull { .. }) => {
                     if self.full_policy() != FullPolicy::InvalidateOldest
                         || !self.invalidate_oldest()?
@@ -231,6 +236,21 @@ impl Store {
                 other => return other,
             }
         }
+    }
+
+    /// Commits the open transaction, if there is one: chunks it freed become reusable only
+    /// then, and parked writes leave commits to their landing, so a nearly full store may
+    /// hold room that no commit has released yet. Whether it committed.
+    fn commit_for_room(&self) -> Result<bool> {
+        let (generation, dirty) = {
+            let m = self.meta.read();
+            (m.pager.generation, m.dirty)
+        };
+        if !dirty {
+            return Ok(false);
+        }
+        self.commit_wait(generation)?;
+        Ok(true)
     }
 
     fn try_write_snapshot(&self, id: SnapshotId, offset: u64, data: &[u8]) -> Result<()> {

@@ -26,6 +26,10 @@ use std::sync::Weak;
 /// a flush spends landing them (64 MiB of origin writes into the page cache).
 const MAX_PARKED_BYTES: u64 = 64 << 20;
 
+/// How long the background lander waits after a landing failed for want of room on the
+/// origin's filesystem before it tries again (a flush tries at once).
+const RETRY_LANDING: Duration = Duration::from_secs(1);
+
 /// One origin chunk's parked writes.
 struct ParkedChunk {
     /// The generation whose commit makes this chunk's copies durable: none of the writes may
@@ -116,6 +120,12 @@ fn landing_loop(parked: &ParkedWrites, store: &Weak<Store>) {
         };
         if let Err(e) = store.land_parked() {
             tracing::error!(volume = %store.volume_name, error = %e, "landing parked origin writes failed");
+            drop(store);
+            // Not again at once: a full filesystem takes time to get room back.
+            let mut st = parked.state.lock();
+            if !st.stop {
+                parked.wake.wait_for(&mut st, RETRY_LANDING);
+            }
         }
     }
 }
@@ -294,6 +304,12 @@ impl Store {
             // Put back whole: writing them again, in order, is harmless, and reads must keep
             // seeing them.
             self.parked.state.lock().chunks.insert(chunk, parked);
+            // A full host filesystem under a sparse origin loses nothing: the writes stay
+            // parked, flushes report it, and they land once there is room (as a direct
+            // write that meets it fails alone). Any other error may have lost pages.
+            if e.kind() == crate::ErrorKind::NoSpace {
+                return Err(e);
+            }
             return Err(self.stall_landing(e));
         }
         let _st = self.parked.state.lock();
