@@ -206,3 +206,32 @@ fn a_failed_landing_origin_write_fails_the_store_and_reads_still_see_the_write()
     assert!(store.land_parked().is_err());
     check_failed_then_reopen(&store, &origin, &dev, s1);
 }
+
+/// Parked bytes are bounded: a writer that finds 64 MiB parked lands them itself first, so
+/// memory does not grow with the writes, and they reach the origin without a flush.
+#[test]
+fn a_writer_over_the_bound_lands_first() {
+    const BOUND: u64 = 64 * MIB;
+    const WRITE: usize = MIB as usize;
+    let (origin, _dev, store) = mem_store(80 * MIB, 200 * MIB, &chunk_opts(64 * 1024));
+    store.create_snapshot("s1").unwrap();
+    let mut peak = 0;
+    for i in 0..72u64 {
+        store
+            .write_origin(i * MIB, &vec![(i % 250) as u8 + 1; WRITE])
+            .unwrap();
+        peak = peak.max(store.stats().parked_bytes);
+    }
+    assert_eq!(store.stats().parked_writes_total, 72);
+    assert!(peak <= BOUND + MIB, "{peak} bytes parked");
+    assert!(peak >= BOUND, "the bound was never reached: {peak}");
+    // The first writes landed (no flush ran), the last ones may still be parked.
+    assert_eq!(origin.contents()[..WRITE], vec![1u8; WRITE][..]);
+    assert!(store.stats().parked_bytes < 72 * MIB);
+    for i in [0u64, 40, 71] {
+        assert_eq!(
+            read(&store, View::Origin, i * MIB, WRITE),
+            vec![(i % 250) as u8 + 1; WRITE]
+        );
+    }
+}
