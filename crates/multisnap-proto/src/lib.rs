@@ -16,6 +16,12 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// connection shared with other calls for well under a millisecond on a fast link.
 pub const MAX_FRAME_BYTES: u32 = 256 << 10;
 
+/// The HTTP/2 flow-control windows every multisnap client and server opens for one stream and
+/// for a whole connection, instead of the default 64 KiB: a delta stream of 1 MiB messages
+/// would otherwise stop for a window update every 64 KiB, a round trip each.
+pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+pub const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+
 /// Why a connection to an agent failed, in words: `what` (e.g. "cannot connect to URI"),
 /// then the error and each of its causes. tonic's own text names some of its causes already:
 /// each is said once.

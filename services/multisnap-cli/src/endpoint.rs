@@ -61,8 +61,8 @@ pub async fn connect(
         // by flow-control round trips.
         let e = e
             .connect_timeout(timeout)
-            .initial_stream_window_size(8 << 20)
-            .initial_connection_window_size(16 << 20)
+            .initial_stream_window_size(multisnap_proto::STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(multisnap_proto::CONNECTION_WINDOW_BYTES)
             .max_frame_size(multisnap_proto::MAX_FRAME_BYTES);
         if streaming {
             e

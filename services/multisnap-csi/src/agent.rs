@@ -46,8 +46,9 @@ impl Agent {
             channel: connect(endpoint.clone().timeout(CALL_TIMEOUT)),
             streams: connect(
                 endpoint
-                    .initial_stream_window_size(8 << 20)
-                    .initial_connection_window_size(16 << 20),
+                    .initial_stream_window_size(multisnap_proto::STREAM_WINDOW_BYTES)
+                    .initial_connection_window_size(multisnap_proto::CONNECTION_WINDOW_BYTES)
+                    .max_frame_size(multisnap_proto::MAX_FRAME_BYTES),
             ),
             socket: socket.to_path_buf(),
         }

@@ -140,8 +140,8 @@ pub async fn serve(
         // HTTP/2's default 64 KiB flow-control windows cost a round trip per 64 KiB of a delta
         // stream; larger windows let a 1 MiB message travel in one go.
         let mut server = Server::builder()
-            .initial_stream_window_size(Some(8 << 20))
-            .initial_connection_window_size(Some(16 << 20))
+            .initial_stream_window_size(Some(multisnap_proto::STREAM_WINDOW_BYTES))
+            .initial_connection_window_size(Some(multisnap_proto::CONNECTION_WINDOW_BYTES))
             .max_frame_size(multisnap_proto::MAX_FRAME_BYTES);
         if let Some(cfg) = tls {
             server = server

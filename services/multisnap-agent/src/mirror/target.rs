@@ -154,8 +154,8 @@ impl MirrorTarget {
             e.connect_timeout(CONNECT_TIMEOUT)
                 .http2_keep_alive_interval(KEEPALIVE)
                 .keep_alive_timeout(KEEPALIVE)
-                .initial_stream_window_size(8 << 20)
-                .initial_connection_window_size(16 << 20)
+                .initial_stream_window_size(multisnap_proto::STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(multisnap_proto::CONNECTION_WINDOW_BYTES)
                 .max_frame_size(multisnap_proto::MAX_FRAME_BYTES)
         };
         let fail = |e: tonic::transport::Error| {
