@@ -58,6 +58,9 @@ impl<D: BlockDev> BlockDev for Delayed<D> {
         pause(self.flush_delay);
         self.inner.flush()
     }
+    fn start_writeback(&self, offset: u64, len: u64) {
+        self.inner.start_writeback(offset, len)
+    }
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
     }
@@ -135,6 +138,9 @@ impl<D: BlockDev> BlockDev for FlushGate<D> {
             g.waiting -= 1;
         }
         self.inner.flush()
+    }
+    fn start_writeback(&self, offset: u64, len: u64) {
+        self.inner.start_writeback(offset, len)
     }
     fn size(&self) -> io::Result<u64> {
         self.inner.size()

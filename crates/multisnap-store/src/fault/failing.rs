@@ -101,6 +101,9 @@ impl<D: BlockDev> BlockDev for Failing<D> {
         self.check(Op::Flush)?;
         self.inner.flush()
     }
+    fn start_writeback(&self, offset: u64, len: u64) {
+        self.inner.start_writeback(offset, len)
+    }
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
     }
