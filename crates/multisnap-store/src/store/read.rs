@@ -22,17 +22,7 @@ impl Store {
         let chunks = self.chunks_of(offset, buf.len() as u64);
         let snap = match view {
             View::Origin if self.has_parked() => return self.read_origin_with_parked(offset, buf),
-            View::Origin
-                if self.may_meet_merge(*chunks.end()) || self.may_need_source(*chunks.end()) =>
-            {
-                return self.read_origin_merging(offset, buf);
-            }
-            View::Origin => {
-                return self
-                    .origin
-                    .read_at(buf, offset)
-                    .map_err(|e| StoreError::io("origin", offset, buf.len(), e));
-            }
+            View::Origin => return self.read_origin_unparked(offset, buf),
             View::Snapshot(id) => id,
         };
         // Stripes first (lock order), then one metadata section for the liveness check and
@@ -64,6 +54,19 @@ impl Store {
             return Err(StoreError::SnapshotIdNotFound(snap));
         }
         Ok(())
+    }
+
+    /// Reads the origin as it stands on its device: through a rollback's pending merge or a
+    /// clone's source where either may still cover the range, else the device alone. Parked
+    /// writes are not laid over it (see `read_origin_with_parked`). `buf` is not empty.
+    pub(super) fn read_origin_unparked(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let last = *self.chunks_of(offset, buf.len() as u64).end();
+        if self.may_meet_merge(last) || self.may_need_source(last) {
+            return self.read_origin_merging(offset, buf);
+        }
+        self.origin
+            .read_at(buf, offset)
+            .map_err(|e| StoreError::io("origin", offset, buf.len(), e))
     }
 
     /// Where live snapshot `snap` finds each of `chunks`, looked up under the metadata lock

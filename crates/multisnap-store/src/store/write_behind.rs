@@ -225,14 +225,8 @@ impl Store {
     /// the parked writes laid over it.
     pub(super) fn read_origin_with_parked(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let chunks = self.chunks_of(offset, buf.len() as u64);
-        let _stripes = self.read_stripes(chunks.clone());
-        if self.may_meet_merge(*chunks.end()) || self.may_need_source(*chunks.end()) {
-            self.read_origin_merging(offset, buf)?;
-        } else {
-            self.origin
-                .read_at(buf, offset)
-                .map_err(|e| StoreError::io("origin", offset, buf.len(), e))?;
-        }
+        let _stripes = self.read_stripes(chunks);
+        self.read_origin_unparked(offset, buf)?;
         self.overlay_parked(offset, buf);
         Ok(())
     }
