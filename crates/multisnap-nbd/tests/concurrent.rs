@@ -21,19 +21,11 @@ async fn parallel_qemu_io_writers() {
             let off = i * 512 * 1024;
             let w = format!("aio_write -P {} {} 512k", i + 1, off);
             let r = format!("read -P {} {} 512k", i + 1, off);
-            run_ok(
-                &qio,
-                &["-f", "raw", &uri, "-c", &w, "-c", "aio_flush", "-c", &r],
-            )
-            .await
+            qemu_io_ok(&qio, &uri, &[&w, "aio_flush", &r]).await
         }));
     }
     for t in tasks {
-        let out = t.await.unwrap();
-        assert!(
-            !out.contains("verification") && !out.contains("failed"),
-            "{out}"
-        );
+        t.await.unwrap();
     }
     let mem = srv.disk.snapshot();
     for i in 0..16usize {

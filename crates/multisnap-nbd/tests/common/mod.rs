@@ -191,6 +191,22 @@ pub async fn run_ok(prog: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Runs qemu-io on `uri` as a raw image with one `-c` per command and asserts that it exited
+/// 0 and that its output names no failure: a command that fails, or a `-P` read whose pattern
+/// does not match, only prints so. Returns stdout.
+pub async fn qemu_io_ok(qio: &Path, uri: &str, commands: &[&str]) -> String {
+    let mut args = vec!["-f", "raw", uri];
+    for c in commands {
+        args.extend(["-c", c]);
+    }
+    let out = run_ok(qio, &args).await;
+    assert!(
+        !out.contains("failed") && !out.contains("verification"),
+        "{out}"
+    );
+    out
+}
+
 /// qemu-io prints I/O failures on stdout/stderr but may still exit 0, so
 /// scripted checks look for its failure messages too.
 pub fn qemu_io_failed(o: &Output) -> bool {
