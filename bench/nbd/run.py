@@ -853,6 +853,9 @@ def parse_args(argv):
     ap.add_argument("--origin-cache", default="buffered",
                     help="how the agent's volume opens its origin, comma-separated: buffered (the default) "
                          "or direct (O_DIRECT, like qemu-nbd cache=none)")
+    ap.add_argument("--direct-snapshots",
+                    help="snapshot counts at which --origin-cache direct runs, comma-separated (default: "
+                         "every count of the run); the buffered origin runs at all of them")
     ap.add_argument("--jobs", help="run only these jobs, comma-separated (an overwrite job brings its "
                                    "first-write pass along)")
     ap.add_argument("--xfs-snapshots",
@@ -893,6 +896,8 @@ def parse_args(argv):
     args.origin_cache = [x.strip() for x in args.origin_cache.split(",") if x.strip()]
     if not args.origin_cache or any(x not in ("buffered", "direct") for x in args.origin_cache):
         ap.error("--origin-cache takes buffered, direct or both")
+    if args.direct_snapshots is not None:
+        args.direct_snapshots = {int(x) for x in args.direct_snapshots.split(",") if x.strip()}
     if args.jobs:
         args.jobs = {x.strip() for x in args.jobs.split(",") if x.strip()}
         unknown = args.jobs - set(JOBS)
@@ -939,6 +944,9 @@ def make_targets(ctx):
                 for c in args.chunk_sizes:
                     for copy_out in args.copy_out:
                         for cache in args.origin_cache:
+                            if (cache == "direct" and args.direct_snapshots is not None
+                                    and n not in args.direct_snapshots):
+                                continue
                             targets.append(MultisnapTarget(ctx, n, c, fs, copy_out, cache))
             if "qemu" in wanted and (n in args.qemu_snapshots or fs == "xfs"):
                 for c in args.qemu_cache:
