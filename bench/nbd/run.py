@@ -401,8 +401,9 @@ def regions(size, span=0):
     }
 
 
-def warm_memory(ctx):
-    """Touches `--warm-memory` bytes of anonymous memory and frees them, just before a write job.
+def settle_before_write(ctx):
+    """Before a write job: `sync`, then touch `--warm-memory` bytes of anonymous memory and free
+    them.
 
     A VM that returns its free memory to the host (free page reporting, a balloon) pays a host
     fault on the first touch of every page it gets back, so a job that needs fresh page cache
@@ -410,13 +411,15 @@ def warm_memory(ctx):
     on machine C (docs/BENCHMARKS.md) 4 KiB first writes after a snapshot ran 2-5x faster with
     the memory touched first. Freed again at once, the pages stay backed until the guest reports
     them again (seconds later), long enough for a job to find them."""
-    size = ctx.args.warm_memory
+    os.sync()
+    size = ctx.warm_memory
     if not size:
         return
     m = mmap.mmap(-1, size)
     piece = b"\1" * MiB
-    for at in range(0, size - size % MiB, MiB):
-        m[at:at + MiB] = piece
+    for at in range(0, size, MiB):
+        n = min(MiB, size - at)
+        m[at:at + n] = piece[:n]
     m.close()
 
 
@@ -500,8 +503,7 @@ def run_target(ctx, target, rep):
                 if sync:
                     base_args.append(f"--fsync={SYNC_EVERY}")
                 if phase == "first":
-                    os.sync()
-                    warm_memory(ctx)
+                    settle_before_write(ctx)
                     r = fio(ctx, target, "origin", name,
                             [*base_args, f"--size={length}", f"--runtime={ctx.runtime}"], "write")
                     res[name] = r
@@ -510,8 +512,7 @@ def run_target(ctx, target, rep):
                         # The reference volume gets the same first pass (no copy: it has no
                         # snapshot), over the blocks the measured pass reached, so both then
                         # overwrite the same blocks, written once before.
-                        os.sync()
-                        warm_memory(ctx)
+                        settle_before_write(ctx)
                         fio(ctx, target, "reference", f"{name}-ref",
                             [*base_args, f"--size={done[variant] * COW_GRAIN}",
                              f"--runtime={ctx.runtime}"], "write")
@@ -542,8 +543,7 @@ def run_target(ctx, target, rep):
             # Timed after a warm-up: with N = 1 the warm-up takes most of the copies (the span
             # has 1,024 chunks), and the figure is what a database sees once it runs.
             start, length = regs["randspan"]
-            os.sync()
-            warm_memory(ctx)
+            settle_before_write(ctx)
             res[RANDOM_JOB] = fio(ctx, target, "origin", RANDOM_JOB,
                                   ["--rw=randwrite", "--bs=4k", f"--offset={start}", f"--size={length}",
                                    f"--fsync={SYNC_EVERY}", "--time_based", f"--runtime={ctx.rand_runtime}",
@@ -554,8 +554,7 @@ def run_target(ctx, target, rep):
             name = "seqwrite-1M" + ("+fsync32" if extra else "")
             if name not in jobs:
                 continue
-            os.sync()
-            warm_memory(ctx)
+            settle_before_write(ctx)
             res[name] = fio(ctx, target, "origin", name,
                             ["--rw=write", "--bs=1M", f"--offset={start}", f"--size={length}",
                              f"--runtime={ctx.runtime}", *extra], "write")
@@ -665,7 +664,7 @@ def report(ctx, results, targets, meta):
       f"{fmt_size(regions(ctx.size)['seq'][1])} each, random flush job {fmt_size(ctx.rand_span)} "
       f"({ctx.rand_runtime} s after {ctx.rand_ramp} s); write runtime cap {ctx.runtime} s, overwrites "
       f"{ctx.over_runtime} s, reads {ctx.read_runtime} s; iodepth {QD}; memory touched before each write job "
-      f"{fmt_size(ctx.args.warm_memory) if ctx.args.warm_memory else 'none'}; {ctx.reps} repetition(s), medians shown. "
+      f"{fmt_size(ctx.warm_memory) if ctx.warm_memory else 'none'}; {ctx.reps} repetition(s), medians shown. "
       f"Load average (1 min) at start {fnum(meta.get('load_start'), 2)}, end {fnum(meta.get('load_end'), 2)}; "
       f"per-job load is the median of the 1-min load when each run started.")
     w("")
@@ -935,8 +934,6 @@ def parse_args(argv):
     args.qemu_cache = [x.strip() for x in args.qemu_cache.split(",") if x.strip()]
     if args.size % (8 * MiB):
         ap.error("--size must be a multiple of 8 MiB")
-    if args.warm_memory is None:
-        args.warm_memory = 2 * (args.size + args.rand_span)
     if args.rand_span % MiB or args.rand_span <= 0:
         ap.error("--rand-span must be a positive multiple of 1 MiB")
     return args
@@ -950,6 +947,7 @@ class Ctx:
         self.rand_span, self.rand_runtime, self.rand_ramp = args.rand_span, args.rand_runtime, args.rand_ramp
         # Every image holds the volume and, past it, the random flush job's span.
         self.image_size = self.size + self.rand_span
+        self.warm_memory = 2 * self.image_size if args.warm_memory is None else args.warm_memory
         self.work = args.work_dir or os.path.join("/var/tmp", f"multisnap-nbd-bench-{os.getpid()}")
         self.seed = os.path.join(self.work, "seed.img")
         self.xfs_work = os.path.join(self.work, "xfs-mnt")
