@@ -22,6 +22,14 @@ pub const MAX_FRAME_BYTES: u32 = 256 << 10;
 pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
 pub const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 
+/// `e` with the windows and frame size above: what every client that carries delta streams
+/// sets, so the agent's server and its clients agree.
+pub fn for_streams(e: tonic::transport::Endpoint) -> tonic::transport::Endpoint {
+    e.initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+}
+
 /// Why a connection to an agent failed, in words: `what` (e.g. "cannot connect to URI"),
 /// then the error and each of its causes. tonic's own text names some of its causes already:
 /// each is said once.

@@ -59,11 +59,7 @@ pub async fn connect(
     let limits = |e: Endpoint| {
         // Larger HTTP/2 windows than the default 64 KiB, so delta streams are not throttled
         // by flow-control round trips.
-        let e = e
-            .connect_timeout(timeout)
-            .initial_stream_window_size(multisnap_proto::STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(multisnap_proto::CONNECTION_WINDOW_BYTES)
-            .max_frame_size(multisnap_proto::MAX_FRAME_BYTES);
+        let e = multisnap_proto::for_streams(e.connect_timeout(timeout));
         if streaming {
             e
         } else {

@@ -44,12 +44,7 @@ impl Agent {
         let endpoint = Endpoint::from_static("http://localhost");
         Agent {
             channel: connect(endpoint.clone().timeout(CALL_TIMEOUT)),
-            streams: connect(
-                endpoint
-                    .initial_stream_window_size(multisnap_proto::STREAM_WINDOW_BYTES)
-                    .initial_connection_window_size(multisnap_proto::CONNECTION_WINDOW_BYTES)
-                    .max_frame_size(multisnap_proto::MAX_FRAME_BYTES),
-            ),
+            streams: connect(multisnap_proto::for_streams(endpoint)),
             socket: socket.to_path_buf(),
         }
     }

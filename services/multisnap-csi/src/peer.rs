@@ -107,14 +107,13 @@ impl Peers {
         };
         // The agent's HTTP/2 windows and frame size: a delta is neither throttled by
         // flow-control round trips nor cut into 16 KiB frames.
-        let mut e = Endpoint::from_shared(uri.clone())
-            .map_err(fail)?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEPALIVE)
-            .keep_alive_timeout(KEEPALIVE)
-            .initial_stream_window_size(multisnap_proto::STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(multisnap_proto::CONNECTION_WINDOW_BYTES)
-            .max_frame_size(multisnap_proto::MAX_FRAME_BYTES);
+        let mut e = multisnap_proto::for_streams(
+            Endpoint::from_shared(uri.clone())
+                .map_err(fail)?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .http2_keep_alive_interval(KEEPALIVE)
+                .keep_alive_timeout(KEEPALIVE),
+        );
         if self.tls {
             let host = e.uri().host().unwrap_or_default().to_string();
             e = e.tls_config(self.tls_config(&host)?).map_err(fail)?;

@@ -151,12 +151,11 @@ impl MirrorTarget {
         let tune = |e: TonicEndpoint| {
             // The same large HTTP/2 windows and frames as the server's, so a delta is not
             // throttled by flow-control round trips nor cut into 16 KiB frames.
-            e.connect_timeout(CONNECT_TIMEOUT)
-                .http2_keep_alive_interval(KEEPALIVE)
-                .keep_alive_timeout(KEEPALIVE)
-                .initial_stream_window_size(multisnap_proto::STREAM_WINDOW_BYTES)
-                .initial_connection_window_size(multisnap_proto::CONNECTION_WINDOW_BYTES)
-                .max_frame_size(multisnap_proto::MAX_FRAME_BYTES)
+            multisnap_proto::for_streams(
+                e.connect_timeout(CONNECT_TIMEOUT)
+                    .http2_keep_alive_interval(KEEPALIVE)
+                    .keep_alive_timeout(KEEPALIVE),
+            )
         };
         let fail = |e: tonic::transport::Error| {
             multisnap_proto::connect_error(&format!("cannot connect to {}", self.endpoint), &e)
