@@ -1,11 +1,13 @@
 //! All store and origin I/O goes through [`BlockDev`], so tests can run the store on RAM disks
 //! and fault injectors (see `fault`) exactly as it runs on files and block devices.
 
+use crate::direct_dev::DirectDev;
 use parking_lot::RwLock;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::OnceLock;
 
 /// A byte-addressed device with disk semantics: writes may sit in a volatile cache until
 /// [`BlockDev::flush`] returns, after which they survive a power cut.
@@ -41,6 +43,20 @@ pub trait BlockDev: Send + Sync {
     /// less to do. Devices without a write-back cache ignore it.
     fn start_writeback(&self, offset: u64, len: u64) {
         let _ = (offset, len);
+    }
+
+    /// Writes `parts` one after the other from `offset`, for a caller that will not read them
+    /// back soon (a full apply filling an empty origin): a file may write them past its page
+    /// cache (`O_DIRECT`), which saves the kernel's copy of every byte into it. Durable after
+    /// the next [`BlockDev::flush`], exactly like [`BlockDev::write_at`], which it is unless a
+    /// device says otherwise.
+    fn write_bulk(&self, parts: &[&[u8]], offset: u64) -> io::Result<()> {
+        let mut at = offset;
+        for p in parts {
+            self.write_at(p, at)?;
+            at += p.len() as u64;
+        }
+        Ok(())
     }
 
     /// The open regular file or block device behind this device, so another device can ask the
@@ -84,6 +100,9 @@ pub fn must_hold(have: u64, wanted: u64) -> io::Result<()> {
 /// A regular file or block device, accessed with positional reads and writes.
 pub struct FileDev {
     file: File,
+    /// The same file opened again with `O_DIRECT` for [`BlockDev::write_bulk`], on its first
+    /// use; `None` where the file refuses direct I/O (its bulk writes then go through `file`).
+    bulk: OnceLock<Option<DirectDev>>,
 }
 
 impl FileDev {
@@ -92,7 +111,7 @@ impl FileDev {
             .read(true)
             .write(true)
             .open(path)?;
-        Ok(FileDev { file })
+        Ok(FileDev::from_file(file))
     }
 
     /// Creates (or truncates) a sparse file of `size` bytes.
@@ -103,11 +122,32 @@ impl FileDev {
             .create_new(true)
             .open(path)?;
         file.set_len(size)?;
-        Ok(FileDev { file })
+        Ok(FileDev::from_file(file))
     }
 
     pub fn from_file(file: File) -> Self {
-        FileDev { file }
+        FileDev {
+            file,
+            bulk: OnceLock::new(),
+        }
+    }
+
+    /// Whether [`BlockDev::write_bulk`] writes past the page cache (it does where the file
+    /// takes `O_DIRECT` and its size was whole blocks when first asked).
+    pub fn writes_bulk_directly(&self) -> bool {
+        self.bulk_dev().is_some()
+    }
+
+    /// The direct twin of this file, opened on first use (`/proc/self/fd` gives a new open
+    /// file of the same inode, whose flags are its own).
+    fn bulk_dev(&self) -> Option<&DirectDev> {
+        use std::os::fd::AsRawFd;
+        self.bulk
+            .get_or_init(|| {
+                let path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+                DirectDev::open(Path::new(&path)).ok()
+            })
+            .as_ref()
     }
 
     /// The open file, to reopen it another way (`DirectDev::from_file`).
@@ -258,6 +298,31 @@ impl BlockDev for FileDev {
                 len,
                 libc::SYNC_FILE_RANGE_WRITE,
             );
+        }
+    }
+    /// Through the direct twin where the file takes `O_DIRECT` and its size is whole blocks;
+    /// the kernel keeps the two coherent (a direct write first writes back and drops any
+    /// cached pages of its range).
+    fn write_bulk(&self, parts: &[&[u8]], offset: u64) -> io::Result<()> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        match self.bulk_dev() {
+            // Whole blocks only: a direct write never widens past the file's end, whatever
+            // the file grew to since the twin was opened.
+            Some(direct)
+                if offset.is_multiple_of(direct.alignment() as u64)
+                    && total.is_multiple_of(direct.alignment())
+                    && total <= crate::direct_dev::KEEP_BOUNCE =>
+            {
+                direct.write_parts(parts, offset)
+            }
+            _ => {
+                let mut at = offset;
+                for p in parts {
+                    self.file.write_all_at(p, at)?;
+                    at += p.len() as u64;
+                }
+                Ok(())
+            }
         }
     }
     fn as_file(&self) -> Option<&File> {
@@ -411,6 +476,9 @@ impl<T: BlockDev + ?Sized> BlockDev for std::sync::Arc<T> {
     }
     fn start_writeback(&self, offset: u64, len: u64) {
         (**self).start_writeback(offset, len)
+    }
+    fn write_bulk(&self, parts: &[&[u8]], offset: u64) -> io::Result<()> {
+        (**self).write_bulk(parts, offset)
     }
     fn size(&self) -> io::Result<u64> {
         (**self).size()

@@ -110,6 +110,32 @@ impl DirectDev {
         (start, (end - start) as usize)
     }
 
+    /// Writes `parts` one after the other from `offset` with as few requests as it can: one,
+    /// from a bounce buffer they are gathered into, when the whole run is block-aligned and
+    /// fits the kept bounce buffer; else each part as [`BlockDev::write_at`] would.
+    pub fn write_parts(&self, parts: &[&[u8]], offset: u64) -> io::Result<()> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let a = self.align as u64;
+        let whole_blocks = offset.is_multiple_of(a) && total.is_multiple_of(self.align);
+        if total > KEEP_BOUNCE || !whole_blocks {
+            let mut at = offset;
+            for p in parts {
+                self.write_at(p, at)?;
+                at += p.len() as u64;
+            }
+            return Ok(());
+        }
+        let _busy = self.busy.lock(offset / a, (offset + total as u64) / a);
+        with_bounce(total, |bounce| {
+            let mut at = 0;
+            for p in parts {
+                bounce[at..at + p.len()].copy_from_slice(p);
+                at += p.len();
+            }
+            self.file.write_all_at(bounce, offset)
+        })
+    }
+
     fn aligned(&self, offset: u64, len: usize, addr: *const u8) -> bool {
         let a = self.align;
         offset.is_multiple_of(a as u64)
@@ -178,6 +204,10 @@ impl BlockDev for DirectDev {
             bounce[skip..end].copy_from_slice(buf);
             self.file.write_all_at(bounce, start)
         })
+    }
+
+    fn write_bulk(&self, parts: &[&[u8]], offset: u64) -> io::Result<()> {
+        self.write_parts(parts, offset)
     }
 
     /// `fdatasync`: with no dirty pages to write back, this is the device's cache flush (and
@@ -300,8 +330,8 @@ impl Drop for AlignedBuf {
 }
 
 /// Bounce buffers larger than this are not kept for reuse (a rare huge request would pin its
-/// memory to the thread).
-const KEEP_BOUNCE: usize = 4 << 20;
+/// memory to the thread); [`DirectDev::write_parts`] gathers at most this much.
+pub const KEEP_BOUNCE: usize = 4 << 20;
 
 thread_local! {
     static BOUNCE: RefCell<Option<AlignedBuf>> = const { RefCell::new(None) };

@@ -185,6 +185,9 @@ impl BlockDev for ObservedDev {
     fn start_writeback(&self, offset: u64, len: u64) {
         self.inner.start_writeback(offset, len)
     }
+    fn write_bulk(&self, parts: &[&[u8]], offset: u64) -> io::Result<()> {
+        self.seen("write", Some(offset), self.inner.write_bulk(parts, offset))
+    }
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
     }

@@ -80,6 +80,127 @@ proptest! {
     }
 }
 
+#[derive(Clone, Debug)]
+enum FileOp {
+    Write {
+        offset: u64,
+        len: usize,
+        seed: u8,
+    },
+    /// `parts` pieces of the given lengths, laid end to end from `offset`.
+    Bulk {
+        offset: u64,
+        parts: Vec<usize>,
+        seed: u8,
+    },
+    Read {
+        offset: u64,
+        len: usize,
+    },
+}
+
+fn file_op() -> impl Strategy<Value = FileOp> {
+    let part = prop_oneof![Just(4096usize), Just(8192), 1..6000usize];
+    let bulk_at = prop_oneof![(0..SIZE / 4096).prop_map(|b| b * 4096), 0..SIZE];
+    prop_oneof![
+        op().prop_map(|o| match o {
+            Op::Write { offset, len, seed } => FileOp::Write { offset, len, seed },
+            Op::Read { offset, len } => FileOp::Read { offset, len },
+        }),
+        (bulk_at, proptest::collection::vec(part, 1..5), any::<u8>()).prop_map(
+            |(offset, mut parts, seed)| {
+                let mut room = (SIZE - offset) as usize;
+                parts.retain_mut(|p| {
+                    *p = (*p).min(room);
+                    room -= *p;
+                    *p > 0
+                });
+                FileOp::Bulk {
+                    offset,
+                    parts,
+                    seed,
+                }
+            }
+        ),
+    ]
+}
+
+/// Runs `ops` on `dev` (of `SIZE` bytes, all zeros) and checks every read, and what `path`
+/// holds once the device is dropped, against an in-memory reference.
+fn check_against_reference(
+    dev: Box<dyn BlockDev>,
+    path: &std::path::Path,
+    ops: Vec<FileOp>,
+) -> Result<(), TestCaseError> {
+    let mut model = vec![0u8; SIZE as usize];
+    let fill = |buf: &mut [u8], seed: u8| {
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = seed.wrapping_add(i as u8).wrapping_mul(29) | 1;
+        }
+    };
+    for op in ops {
+        match op {
+            FileOp::Write { offset, len, seed } => {
+                let mut buf = vec![0u8; len];
+                fill(&mut buf, seed);
+                dev.write_at(&buf, offset).unwrap();
+                model[offset as usize..offset as usize + len].copy_from_slice(&buf);
+            }
+            FileOp::Bulk {
+                offset,
+                parts,
+                seed,
+            } => {
+                // Each part at an odd address, as a record's payload in a message is.
+                let mut storage: Vec<Vec<u8>> = parts.iter().map(|&n| vec![0u8; n + 1]).collect();
+                let mut at = offset as usize;
+                for (i, v) in storage.iter_mut().enumerate() {
+                    fill(&mut v[1..], seed.wrapping_add(i as u8));
+                    model[at..at + v.len() - 1].copy_from_slice(&v[1..]);
+                    at += v.len() - 1;
+                }
+                let slices: Vec<&[u8]> = storage.iter().map(|v| &v[1..]).collect();
+                dev.write_bulk(&slices, offset).unwrap();
+            }
+            FileOp::Read { offset, len } => {
+                let mut buf = vec![0u8; len];
+                dev.read_at(&mut buf, offset).unwrap();
+                prop_assert!(buf == model[offset as usize..offset as usize + len]);
+            }
+        }
+    }
+    dev.flush().unwrap();
+    drop(dev);
+    let mut all = vec![0u8; SIZE as usize];
+    FileDev::open(path).unwrap().read_at(&mut all, 0).unwrap();
+    prop_assert!(all == model);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// A buffered file whose bulk writes go through its direct twin reads back, through the
+    /// page cache, exactly what an in-memory reference does: the kernel drops the cached pages
+    /// a direct write replaces, and an unaligned bulk write falls back to the buffered path.
+    #[test]
+    fn bulk_writes_beside_buffered_ones_match_a_memory_reference(ops in proptest::collection::vec(file_op(), 1..40)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("origin");
+        let dev = FileDev::create_sparse(&path, SIZE).unwrap();
+        // Direct exactly where this filesystem takes O_DIRECT.
+        prop_assert_eq!(dev.writes_bulk_directly(), DirectDev::open(&path).is_ok());
+        check_against_reference(Box::new(dev), &path, ops)?;
+    }
+
+    /// A direct origin's bulk writes, gathered into one request or not, too.
+    #[test]
+    fn direct_bulk_writes_match_a_memory_reference(ops in proptest::collection::vec(file_op(), 1..40)) {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = direct_file(&dir, SIZE);
+        check_against_reference(Box::new(dev), &dir.path().join("origin"), ops)?;
+    }
+}
+
 /// Writes that share only an edge block (each its own 512-byte or odd-sized piece of the
 /// same 4 KiB blocks) all land: a read-modify-write of the shared block must not write back
 /// the bytes it read before the other write changed them.

@@ -162,6 +162,21 @@ impl Store {
         Ok(())
     }
 
+    /// [`Store::write_origin_at`] of `parts` laid end to end from `offset`, as one
+    /// [`BlockDev::write_bulk`].
+    pub(super) fn write_origin_bulk(&self, parts: &[&[u8]], offset: u64) -> Result<()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        self.origin
+            .write_bulk(parts, offset)
+            .map_err(|e| StoreError::io("origin", offset, len, e))?;
+        if self.journal_blocks == 0 {
+            self.dirty_origin.note_unjournaled();
+        } else {
+            self.dirty_origin.note(offset, len as u64);
+        }
+        Ok(())
+    }
+
     /// Makes every origin write that completed before this call durable.
     pub(super) fn sync_origin(&self) -> Result<()> {
         // Held until the ranges are durable: a flush that finds nothing noted may return at

@@ -38,6 +38,10 @@ use crate::format::superblock::{
     ReceiveState, MAX_RECEIVE_TOKEN, RECEIVE_DIRECT, RECEIVE_FOLDING, RECEIVE_RESUMABLE,
 };
 use crate::ids::VolumeUuid;
+
+/// The most a direct apply writes into the origin at once: the bounce buffer a direct write
+/// keeps per thread, so gathering a run into it allocates nothing.
+const BULK_RUN_BYTES: usize = crate::direct_dev::KEEP_BOUNCE;
 use crate::ids::{OriginChunk, SnapshotId, StoreChunk};
 use crate::meta::Meta;
 
@@ -375,9 +379,28 @@ impl Store {
             }
             Ok(())
         })?;
+        // Runs of consecutive chunks go out as one write each (a full stream's are all
+        // consecutive but for zero chunks), past the page cache where the origin allows it:
+        // nothing reads them back before the apply ends.
+        let mut run: Vec<&[u8]> = Vec::new();
+        let (mut run_first, mut run_bytes) = (0u64, 0usize);
         for (c, p) in pieces {
-            let off = c * cs;
-            self.write_origin_at(p, off)?;
+            let joins = !run.is_empty()
+                && c == run_first + run.len() as u64
+                && run_bytes + p.len() <= BULK_RUN_BYTES;
+            if !joins && !run.is_empty() {
+                self.write_origin_bulk(&run, run_first * cs)?;
+                run.clear();
+                run_bytes = 0;
+            }
+            if run.is_empty() {
+                run_first = c;
+            }
+            run.push(p);
+            run_bytes += p.len();
+        }
+        if !run.is_empty() {
+            self.write_origin_bulk(&run, run_first * cs)?;
         }
         // Starts the disk on what was just written: the checkpoint's flush then finds most of
         // it written back already, rather than writing it all while the stream waits. The
