@@ -33,6 +33,9 @@ SCRATCH=${1:-$(mktemp -d)}
 read -r FIRST_BIN _ <<< "$BINS"
 uptime
 if [ -z "${SKIP_DELTA_COST:-}" ]; then
+  # Written back first, so the in-process figures do not pay for what ran before (they swung
+  # 2-3x with and without on one machine); the transfers below start after a sync too.
+  sync
   "$FIRST_BIN/delta_cost" --volume-mib 1024 --dir "$SCRATCH"
   rm -rf "${SCRATCH:?}"/*
 fi
