@@ -18,9 +18,13 @@ pub const MAX_FRAME_BYTES: u32 = 256 << 10;
 
 /// The HTTP/2 flow-control windows every multisnap client and server opens for one stream and
 /// for a whole connection, instead of the default 64 KiB: a delta stream of 1 MiB messages
-/// would otherwise stop for a window update every 64 KiB, a round trip each.
-pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
-pub const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+/// would otherwise stop for a window update every 64 KiB, a round trip each. The stream window
+/// is also how far a sender runs ahead of a receiver that stops to write: an apply pauses at
+/// every commit and checkpoint (its flushes), and with 8 MiB both agents sat idle through
+/// them (docs/BENCHMARKS.md §6, "A full apply past the page cache"). A receiver that falls
+/// behind holds up to this much per stream.
+pub const STREAM_WINDOW_BYTES: u32 = 32 << 20;
+pub const CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
 
 /// `e` with the windows and frame size above: what every client that carries delta streams
 /// sets, so the agent's server and its clients agree.
