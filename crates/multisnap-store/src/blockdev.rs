@@ -51,12 +51,7 @@ pub trait BlockDev: Send + Sync {
     /// the next [`BlockDev::flush`], exactly like [`BlockDev::write_at`], which it is unless a
     /// device says otherwise.
     fn write_bulk(&self, parts: &[&[u8]], offset: u64) -> io::Result<()> {
-        let mut at = offset;
-        for p in parts {
-            self.write_at(p, at)?;
-            at += p.len() as u64;
-        }
-        Ok(())
+        write_each(parts, offset, |p, at| self.write_at(p, at))
     }
 
     /// The open regular file or block device behind this device, so another device can ask the
@@ -95,6 +90,20 @@ pub fn must_hold(have: u64, wanted: u64) -> io::Result<()> {
         io::ErrorKind::InvalidInput,
         format!("the device holds {have} bytes and cannot be extended to {wanted}; grow it first"),
     ))
+}
+
+/// Writes `parts` laid end to end from `offset`, one `write` each.
+pub(crate) fn write_each(
+    parts: &[&[u8]],
+    offset: u64,
+    mut write: impl FnMut(&[u8], u64) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut at = offset;
+    for p in parts {
+        write(p, at)?;
+        at += p.len() as u64;
+    }
+    Ok(())
 }
 
 /// A regular file or block device, accessed with positional reads and writes.
@@ -306,23 +315,11 @@ impl BlockDev for FileDev {
     fn write_bulk(&self, parts: &[&[u8]], offset: u64) -> io::Result<()> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         match self.bulk_dev() {
-            // Whole blocks only: a direct write never widens past the file's end, whatever
-            // the file grew to since the twin was opened.
-            Some(direct)
-                if offset.is_multiple_of(direct.alignment() as u64)
-                    && total.is_multiple_of(direct.alignment())
-                    && total <= crate::direct_dev::KEEP_BOUNCE =>
-            {
-                direct.write_parts(parts, offset)
-            }
-            _ => {
-                let mut at = offset;
-                for p in parts {
-                    self.file.write_all_at(p, at)?;
-                    at += p.len() as u64;
-                }
-                Ok(())
-            }
+            // Only what the twin writes as one gathered request of whole blocks: a direct
+            // write never widens past the file's end, whatever the file grew to since the twin
+            // was opened.
+            Some(direct) if direct.gathers(offset, total) => direct.write_parts(parts, offset),
+            _ => write_each(parts, offset, |p, at| self.write_at(p, at)),
         }
     }
     fn as_file(&self) -> Option<&File> {

@@ -11,7 +11,7 @@
 //! overlap are serialized ([`BusyBlocks`]), so two writes sharing an edge block never undo
 //! each other's bytes.
 
-use crate::blockdev::{must_hold, BlockDev};
+use crate::blockdev::{must_hold, write_each, BlockDev};
 use parking_lot::{Condvar, Mutex};
 use std::alloc::Layout;
 use std::cell::RefCell;
@@ -115,16 +115,10 @@ impl DirectDev {
     /// fits the kept bounce buffer; else each part as [`BlockDev::write_at`] would.
     pub fn write_parts(&self, parts: &[&[u8]], offset: u64) -> io::Result<()> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        let a = self.align as u64;
-        let whole_blocks = offset.is_multiple_of(a) && total.is_multiple_of(self.align);
-        if total > KEEP_BOUNCE || !whole_blocks {
-            let mut at = offset;
-            for p in parts {
-                self.write_at(p, at)?;
-                at += p.len() as u64;
-            }
-            return Ok(());
+        if !self.gathers(offset, total) {
+            return write_each(parts, offset, |p, at| self.write_at(p, at));
         }
+        let a = self.align as u64;
         let _busy = self.busy.lock(offset / a, (offset + total as u64) / a);
         with_bounce(total, |bounce| {
             let mut at = 0;
@@ -134,6 +128,14 @@ impl DirectDev {
             }
             self.file.write_all_at(bounce, offset)
         })
+    }
+
+    /// Whether [`DirectDev::write_parts`] writes `total` bytes at `offset` as one gathered
+    /// request: whole blocks that fit the kept bounce buffer.
+    pub(crate) fn gathers(&self, offset: u64, total: usize) -> bool {
+        offset.is_multiple_of(self.align as u64)
+            && total.is_multiple_of(self.align)
+            && total <= KEEP_BOUNCE
     }
 
     fn aligned(&self, offset: u64, len: usize, addr: *const u8) -> bool {

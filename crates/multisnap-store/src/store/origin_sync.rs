@@ -152,13 +152,7 @@ impl Store {
         self.origin
             .write_at(data, offset)
             .map_err(|e| StoreError::io("origin", offset, data.len(), e))?;
-        if self.journal_blocks == 0 {
-            // Without a journal (every store with a direct origin) a flush syncs the origin
-            // whatever was written, so the ranges are not worth keeping.
-            self.dirty_origin.note_unjournaled();
-        } else {
-            self.dirty_origin.note(offset, data.len() as u64);
-        }
+        self.note_origin_write(offset, data.len());
         Ok(())
     }
 
@@ -169,12 +163,19 @@ impl Store {
         self.origin
             .write_bulk(parts, offset)
             .map_err(|e| StoreError::io("origin", offset, len, e))?;
+        self.note_origin_write(offset, len);
+        Ok(())
+    }
+
+    /// Notes an origin write that completed, for the next flush.
+    fn note_origin_write(&self, offset: u64, len: usize) {
         if self.journal_blocks == 0 {
+            // Without a journal (every store with a direct origin) a flush syncs the origin
+            // whatever was written, so the ranges are not worth keeping.
             self.dirty_origin.note_unjournaled();
         } else {
             self.dirty_origin.note(offset, len as u64);
         }
-        Ok(())
     }
 
     /// Makes every origin write that completed before this call durable.

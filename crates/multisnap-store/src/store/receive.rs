@@ -38,12 +38,12 @@ use crate::format::superblock::{
     ReceiveState, MAX_RECEIVE_TOKEN, RECEIVE_DIRECT, RECEIVE_FOLDING, RECEIVE_RESUMABLE,
 };
 use crate::ids::VolumeUuid;
+use crate::ids::{OriginChunk, SnapshotId, StoreChunk};
+use crate::meta::Meta;
 
 /// The most a direct apply writes into the origin at once: the bounce buffer a direct write
 /// keeps per thread, so gathering a run into it allocates nothing.
 const BULK_RUN_BYTES: usize = crate::direct_dev::KEEP_BOUNCE;
-use crate::ids::{OriginChunk, SnapshotId, StoreChunk};
-use crate::meta::Meta;
 
 /// Staged chunks folded into the origin per commit.
 const FOLD_BATCH: usize = 256;
