@@ -25,7 +25,11 @@ const CHUNK: usize = 4096;
 const WRITERS: usize = 4;
 const CHUNKS_PER_WRITER: usize = 48;
 const ORIGIN: usize = WRITERS * CHUNKS_PER_WRITER * CHUNK;
-const STORE: usize = 1536 << 10;
+/// Room for every copy the writers make even if the reclaimer has not freed a single chunk of
+/// `old` by then, above the reclamation reserve and what landing commits hold: the writers'
+/// progress must not depend on how the threads are scheduled (a store that ran within a few
+/// blocks of its reserve refused the last writes on a loaded machine).
+const STORE: usize = 1792 << 10;
 /// Chunks written between the old snapshot and the one the writers copy for, so deleting the
 /// old one has chunks to reclaim.
 const OLD_CHUNKS: usize = 40;
@@ -89,6 +93,8 @@ fn prepare() -> Base {
 struct WriterLog {
     issued: Vec<(usize, Vec<u8>)>,
     flushed: usize,
+    /// Why the writer stopped early, if it did.
+    error: Option<String>,
 }
 
 struct Outcome {
@@ -143,11 +149,13 @@ fn run(
                 let data = pattern(seed << 32 | (c as u64), CHUNK);
                 let at = c * CHUNK;
                 log.issued.push((at, data.clone()));
-                if store.write_origin(at as u64, &data).is_err() {
+                if let Err(e) = store.write_origin(at as u64, &data) {
+                    log.error = Some(format!("write at {at}: {e}"));
                     break;
                 }
                 if n % FLUSH_EVERY == FLUSH_EVERY - 1 {
-                    if store.flush().is_err() {
+                    if let Err(e) = store.flush() {
+                        log.error = Some(format!("flush: {e}"));
                         break;
                     }
                     log.flushed = log.issued.len();
@@ -251,10 +259,15 @@ fn power_cut_during_pipelined_commits() {
         let (rail, origin, dev, out) = run(&base, seed, None);
         let total = rail.writes();
         let copies: usize = out.writers.iter().map(|l| l.issued.len()).sum();
+        let errors: Vec<&String> = out
+            .writers
+            .iter()
+            .filter_map(|l| l.error.as_ref())
+            .collect();
         assert_eq!(
             copies,
             WRITERS * CHUNKS_PER_WRITER,
-            "uncut run stopped early"
+            "seed {seed}: uncut run stopped early: {errors:?}"
         );
         check(
             &base,
