@@ -46,7 +46,7 @@ const CHUNK: u64 = 64 * 1024;
 struct Devices {
     origin: Arc<Counting<FileDev>>,
     store_dev: Arc<Counting<FileDev>>,
-    store: Store,
+    store: Arc<Store>,
 }
 
 fn devices(dir: &std::path::Path, name: &str, volume: u64) -> Result<Devices> {
@@ -63,7 +63,7 @@ fn devices(dir: &std::path::Path, name: &str, volume: u64) -> Result<Devices> {
         volume_name: name.into(),
         ..Default::default()
     };
-    let store = Store::create(origin.clone(), store_dev.clone(), &opts)?;
+    let store = Arc::new(Store::create(origin.clone(), store_dev.clone(), &opts)?);
     Ok(Devices {
         origin,
         store_dev,
@@ -79,7 +79,7 @@ fn reopen(d: Devices) -> Result<Devices> {
     } = d;
     store.flush()?;
     drop(store);
-    let store = Store::open(origin.clone(), store_dev.clone(), 64 << 20)?;
+    let store = Arc::new(Store::open(origin.clone(), store_dev.clone(), 64 << 20)?);
     Ok(Devices {
         origin,
         store_dev,
@@ -132,7 +132,7 @@ fn export_to(
 fn apply_from(d: &Devices, path: &std::path::Path) -> Result<f64> {
     let started = Instant::now();
     let mut input = BufReader::new(File::open(path)?);
-    let mut a = Applier::new(&d.store, false, false)?;
+    let mut a = Applier::new(d.store.clone(), false, false)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = input.read(&mut buf)?;

@@ -5,10 +5,16 @@
 //! just after them) every `CHECKPOINT_BYTES` or `CHECKPOINT_INTERVAL`, and when the stream
 //! stops early. A resumable apply keeps its checkpointed part across interruptions, crashes
 //! included; any other apply is discarded when it fails or is cut off, and its space reclaimed.
+//!
+//! The store's operations (staging batches, checkpoints) run on a thread of their own
+//! ([`crate::stager`]), in order, while the caller decodes the next records; the applier
+//! waits for them before publishing, stopping or discarding.
 
+use super::stager::{Op, Stager};
 use super::{Progress, ReplicationError, Result};
 use multisnap_delta::{Bytes, DeltaDecoder, DeltaHeader, Event, Record, ResumePoint, Target};
 use multisnap_store::{ReceivePlan, SnapshotInfo, Store};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CHECKPOINT_BYTES: u64 = 64 << 20;
@@ -27,27 +33,30 @@ pub enum Outcome {
     Incomplete { resume_token: Option<Vec<u8>> },
 }
 
-pub struct Applier<'a> {
-    store: &'a Store,
+pub struct Applier {
+    store: Arc<Store>,
+    stager: Stager,
     decoder: DeltaDecoder,
     resumable: bool,
     resume: bool,
     /// The store holds an apply this applier began or continues.
     active: bool,
-    /// The point just after the last staged record.
+    /// The point just after the last record handed to the stager.
     point: Option<ResumePoint>,
     /// Verified records not yet handed to the store, each with the point just after it.
     pending: Vec<(Record, ResumePoint)>,
     pending_bytes: u64,
     unsaved_bytes: u64,
+    batch_bytes: u64,
+    checkpoint_bytes: u64,
     last_checkpoint: Instant,
     pub progress: Progress,
     pub records: u64,
 }
 
-impl<'a> Applier<'a> {
+impl Applier {
     /// A new apply, or (`resume`) the continuation of the store's resumable apply in progress.
-    pub fn new(store: &'a Store, resumable: bool, resume: bool) -> Result<Applier<'a>> {
+    pub fn new(store: Arc<Store>, resumable: bool, resume: bool) -> Result<Applier> {
         let decoder = if resume {
             let status = store
                 .receive_status()?
@@ -58,6 +67,7 @@ impl<'a> Applier<'a> {
             DeltaDecoder::new()
         };
         Ok(Applier {
+            stager: Stager::new(store.clone())?,
             store,
             decoder,
             resumable: resumable || resume,
@@ -67,10 +77,21 @@ impl<'a> Applier<'a> {
             pending: Vec::new(),
             pending_bytes: 0,
             unsaved_bytes: 0,
+            batch_bytes: BATCH_BYTES,
+            checkpoint_bytes: CHECKPOINT_BYTES,
             last_checkpoint: Instant::now(),
             progress: Progress::default(),
             records: 0,
         })
+    }
+
+    /// Hands verified records to the store in batches of about `batch` bytes and checkpoints
+    /// every `checkpoint` bytes, rather than 16 MiB and 64 MiB: tests cross many batch and
+    /// checkpoint boundaries with little data this way.
+    pub fn with_batching(mut self, batch: u64, checkpoint: u64) -> Self {
+        self.batch_bytes = batch;
+        self.checkpoint_bytes = checkpoint;
+        self
     }
 
     /// Decodes and applies what `bytes` completes. On error the caller must call
@@ -180,49 +201,35 @@ impl<'a> Applier<'a> {
         self.unsaved_bytes += len;
         self.progress.chunks_done = first + u64::from(count);
         self.progress.bytes += len;
-        if self.unsaved_bytes >= CHECKPOINT_BYTES
+        if self.unsaved_bytes >= self.checkpoint_bytes
             || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
         {
             self.checkpoint()?;
-        } else if self.pending_bytes >= BATCH_BYTES {
+        } else if self.pending_bytes >= self.batch_bytes {
             self.stage_pending()?;
         }
         Ok(())
     }
 
-    /// Hands the pending records to the store. On failure they are dropped: the apply stands
-    /// at the last point staged before them.
+    /// Hands the pending records to the stager. If they fail to stage, the apply stands at
+    /// the last point staged before them.
     fn stage_pending(&mut self) -> Result<()> {
         let pending = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
-        let Some((_, last)) = pending.last() else {
+        let Some(&(_, point)) = pending.last() else {
             return Ok(());
         };
-        let last = *last;
-        let items: Vec<(u64, u32, Option<&[u8]>)> = pending
-            .iter()
-            .map(|(r, _)| match r {
-                Record::Data {
-                    chunk_index,
-                    chunk_count,
-                    bytes,
-                } => (*chunk_index, *chunk_count, Some(&bytes[..])),
-                Record::Zero {
-                    chunk_index,
-                    chunk_count,
-                } => (*chunk_index, *chunk_count, None),
-            })
-            .collect();
-        self.store.stage_batch(&items)?;
-        self.point = Some(last);
+        let records = pending.into_iter().map(|(r, _)| r).collect();
+        self.stager.submit(Op::Stage { records, point })?;
+        self.point = Some(point);
         Ok(())
     }
 
+    /// Queues a checkpoint behind what is staged so far; the caller goes on meanwhile.
     fn checkpoint(&mut self) -> Result<()> {
         self.stage_pending()?;
         if let Some(p) = self.point {
-            self.store.checkpoint_receive(&p.to_bytes())?;
-            tracing::debug!(volume = %self.store.volume_name(), next_chunk = p.next_chunk, records = p.records_applied, "delta apply checkpoint");
+            self.stager.submit(Op::Checkpoint(p))?;
         }
         self.unsaved_bytes = 0;
         self.last_checkpoint = Instant::now();
@@ -246,6 +253,7 @@ impl<'a> Applier<'a> {
     fn publish(&mut self) -> Result<SnapshotInfo> {
         let trailer = self.decoder.finish()?;
         self.stage_pending()?;
+        self.stager.settle()?;
         let point = self.decoder.resume_point();
         let token = point.map(|p| p.to_bytes().to_vec()).unwrap_or_default();
         let snap = self.store.finish_receive(&token)?;
@@ -279,10 +287,19 @@ impl<'a> Applier<'a> {
             if let Err(e) = self.stage_pending() {
                 tracing::warn!(error = %e, "could not stage the last verified records");
             }
-            self.checkpoint()?;
+            if let Err(e) = self.stager.settle() {
+                tracing::warn!(error = %e, "could not stage the last verified records");
+            }
+            if let Some(p) = self.stager.staged() {
+                self.store.checkpoint_receive(&p.to_bytes())?;
+            }
             let token = self.store.receive_status()?.map(|s| s.token);
             tracing::info!(volume = %self.store.volume_name(), "delta apply interrupted; kept for resumption");
             return Ok(token);
+        }
+        // Nothing may still be staging while the apply is undone.
+        if let Err(e) = self.stager.settle() {
+            tracing::debug!(error = %e, "a batch failed to stage before the apply was discarded");
         }
         self.store.abort_receive()?;
         tracing::info!(volume = %self.store.volume_name(), "delta apply interrupted; discarded");

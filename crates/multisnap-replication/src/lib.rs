@@ -13,6 +13,7 @@
 pub mod apply;
 pub mod export;
 pub mod ranges;
+mod stager;
 pub mod throttle;
 
 use multisnap_delta::DeltaError;
@@ -49,6 +50,8 @@ pub enum ReplicationError {
     MapStalled { offset: u64 },
     #[error("the receiver of the stream went away")]
     ReceiverGone,
+    #[error("the apply's staging thread {0}")]
+    Stager(String),
 }
 
 pub type Result<T, E = ReplicationError> = std::result::Result<T, E>;

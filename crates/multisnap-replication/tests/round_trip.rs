@@ -13,18 +13,20 @@ use std::sync::Arc;
 const CHUNK: u64 = 4096;
 const SIZE: u64 = 200 * CHUNK - 300;
 
-fn store() -> Store {
+fn store() -> Arc<Store> {
     let opts = CreateOptions {
         chunk_size: CHUNK as u32,
         cache_bytes: 0,
         ..Default::default()
     };
-    Store::create(
-        Arc::new(MemDev::new(SIZE)),
-        Arc::new(MemDev::new(8 << 20)),
-        &opts,
+    Arc::new(
+        Store::create(
+            Arc::new(MemDev::new(SIZE)),
+            Arc::new(MemDev::new(8 << 20)),
+            &opts,
+        )
+        .unwrap(),
     )
-    .unwrap()
 }
 
 fn read_all(s: &Store, v: View) -> Vec<u8> {
@@ -50,8 +52,10 @@ fn stream(src: &Store, base: Option<&str>, target: &str) -> Vec<u8> {
 }
 
 /// Feeds `bytes` in random pieces; returns the outcome or the error.
-fn apply(dst: &Store, bytes: &[u8], rng: &mut StdRng) -> Result<Outcome, ReplicationError> {
-    let mut a = Applier::new(dst, false, false)?;
+fn apply(dst: &Arc<Store>, bytes: &[u8], rng: &mut StdRng) -> Result<Outcome, ReplicationError> {
+    let mut a = Applier::new(dst.clone(), false, false)?
+        // Small batches and checkpoints: several are on the staging thread at once.
+        .with_batching(rng.gen_range(1..32) * 1024, rng.gen_range(16..256) * 1024);
     let mut at = 0;
     while at < bytes.len() {
         let n = rng.gen_range(1..=(bytes.len() - at).min(70_000));

@@ -36,11 +36,11 @@ fn first_difference(a: &[u8], b: &[u8]) -> Option<(usize, u8, u8)> {
 }
 
 /// Exports `base..target` from `src` and applies it to `dst`; the new snapshot's id on `dst`.
-fn send(src: &Store, dst: &Store, base: Option<&str>, target: &str) -> SnapshotId {
+fn send(src: &Store, dst: &Arc<Store>, base: Option<&str>, target: &str) -> SnapshotId {
     let plan = ExportPlan::new(src, base, target, &[]).unwrap();
     let mut bytes = Vec::new();
     export(src, &plan, &mut bytes, |_| {}).unwrap();
-    let mut a = Applier::new(dst, false, false).unwrap();
+    let mut a = Applier::new(dst.clone(), false, false).unwrap();
     a.feed(&bytes).unwrap();
     match a.finish().unwrap() {
         Outcome::Complete(made) => made.id,
@@ -54,12 +54,14 @@ fn an_unflushed_write_to_a_writable_snapshot_sent_in_a_delta_survives_a_power_cu
     let origin = Arc::new(CrashDev::new(rail.clone(), SIZE as usize));
     let dev = Arc::new(CrashDev::new(rail.clone(), STORE_BYTES));
     let src = Store::create(origin.clone(), dev.clone(), &options()).unwrap();
-    let dst = Store::create(
-        Arc::new(MemDev::new(SIZE)),
-        Arc::new(MemDev::new(STORE_BYTES as u64)),
-        &options(),
-    )
-    .unwrap();
+    let dst = Arc::new(
+        Store::create(
+            Arc::new(MemDev::new(SIZE)),
+            Arc::new(MemDev::new(STORE_BYTES as u64)),
+            &options(),
+        )
+        .unwrap(),
+    );
 
     src.write_origin(0, &vec![0x11; SIZE as usize]).unwrap();
     src.create_snapshot("a").unwrap();

@@ -202,7 +202,7 @@ impl pb::delta_service_server::DeltaService for DeltaApi {
         let span = tracing::Span::current();
         let worker = tokio::task::spawn_blocking(move || {
             let _enter = span.enter();
-            let mut a = Applier::new(&vol.store, resumable, resume)?;
+            let mut a = Applier::new(vol.store.clone(), resumable, resume)?;
             while let Some(piece) = rx.blocking_recv() {
                 let Some(bytes) = piece else {
                     return Err(a.fail(ReplicationError::ReceiverGone));

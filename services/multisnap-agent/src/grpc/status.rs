@@ -91,7 +91,7 @@ pub fn from_replication(e: ReplicationError) -> Status {
         | ReplicationError::BaseNotOlder { .. } => Status::invalid_argument(msg),
         // gRPC's code for reading past the end; CSI's SnapshotMetadata answers it too.
         ReplicationError::OffsetPastEnd { .. } => Status::out_of_range(msg),
-        ReplicationError::MapStalled { .. } => Status::internal(msg),
+        ReplicationError::MapStalled { .. } | ReplicationError::Stager(_) => Status::internal(msg),
         ReplicationError::ReceiverGone => Status::cancelled(msg),
     }
 }
