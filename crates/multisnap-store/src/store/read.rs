@@ -191,23 +191,38 @@ impl Store {
         }
         let mut out: Vec<(u64, bool)> = Vec::new();
         let mut push = |n: u64, data: bool| push_run(&mut out, n, data);
+        // Consecutive chunks read from the origin are asked about in one query: a file's
+        // SEEK_HOLE may walk everything up to the next hole (tmpfs does, page by page), so one
+        // query per chunk made a full export of a tmpfs origin cost the square of its size.
+        let mut origin_run: Option<u64> = None;
         let mut pos = offset;
         while pos < end {
             let chunk = pos / cs;
             let n = ((chunk + 1) * cs).min(end) - pos;
             let in_store = self.reads_from_store(view, chunk)?;
+            let from_source = !in_store && self.needs_source(chunk);
+            if in_store || from_source {
+                if let Some(at) = origin_run.take() {
+                    for (l, d) in origin_map(at, pos - at)? {
+                        push(l, d);
+                    }
+                }
+            }
             if in_store {
                 push(n, true);
-            } else if self.needs_source(chunk) {
+            } else if from_source {
                 for (l, d) in self.source_allocation(pos, n)? {
                     push(l, d);
                 }
             } else {
-                for (l, d) in origin_map(pos, n)? {
-                    push(l, d);
-                }
+                origin_run.get_or_insert(pos);
             }
             pos += n;
+        }
+        if let Some(at) = origin_run {
+            for (l, d) in origin_map(at, end - at)? {
+                push(l, d);
+            }
         }
         Ok(out)
     }
