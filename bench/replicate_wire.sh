@@ -24,6 +24,10 @@
 #   MODES  "cli mirror" (default), or one of them
 #   WAYS   "plain zstd plain zstd" (default)
 #   SKIP_DELTA_COST=1  leave out the in-process part
+#   WARM_MIB   touch and free this much memory before the in-process part and before every
+#              transfer: on a VM that hands free memory back to its host, fresh page cache
+#              (a SCRATCH_DIR on tmpfs, to take the disk out of the comparison) otherwise pays
+#              a host fault per page (docs/BENCHMARKS.md §5, Method)
 set -euo pipefail
 BIN=${BIN:-target/release}
 BINS=${BINS:-$BIN}
@@ -31,11 +35,18 @@ MODES=${MODES:-cli mirror}
 WAYS=${WAYS:-plain zstd plain zstd}
 SCRATCH=${1:-$(mktemp -d)}
 read -r FIRST_BIN _ <<< "$BINS"
+warm() {
+  [ -n "${WARM_MIB:-}" ] || return 0
+  python3 -c "import mmap,sys; n=int(sys.argv[1]) << 20; m=mmap.mmap(-1, n)
+for at in range(0, n, 1 << 20): m[at:at + (1 << 20)] = b'\1' * (1 << 20)
+m.close()" "$WARM_MIB"
+}
 uptime
 if [ -z "${SKIP_DELTA_COST:-}" ]; then
   # Written back first, so the in-process figures do not pay for what ran before (they swung
   # 2-3x with and without on one machine); the transfers below start after a sync too.
   sync
+  warm
   "$FIRST_BIN/delta_cost" --volume-mib 1024 --dir "$SCRATCH"
   rm -rf "${SCRATCH:?}"/*
 fi
@@ -113,8 +124,11 @@ mirror_transfer() { # bin way target-volume extra...
   a0=$(cpu_ticks "$(cat "$D/a.pid")"); b0=$(cpu_ticks "$(cat "$D/b.pid")")
   t0=$(date +%s.%N)
   "${ms[@]}" mirror set default --to http://127.0.0.1:42051 --target-volume "$to" "$@" > /dev/null
+  # Polled with grep and bash's own clock only: a python3 started every 50 ms took a fifth of
+  # the two vCPUs the agents were measured on.
+  local deadline=$((SECONDS + 300))
   until [ "$(grep -c "mirror synced" "$D/a.log" || true)" -gt "$synced" ]; do
-    if python3 -c "import sys,time; sys.exit(time.time() - $t0 < 300)"; then
+    if [ "$SECONDS" -ge "$deadline" ]; then
       echo "the mirror did not sync in 300 s:" >&2
       "${ms[@]}" mirror show default >&2
       exit 1
@@ -137,6 +151,8 @@ for way in $WAYS; do
     for bin in $BINS; do
       use_bin "$bin"
       to="r-$mode-$way-$RANDOM"
+      sync
+      warm
       "${mode}_transfer" "$bin" "$way" "$to" "${extra[@]}"
       "$bin/multisnap" --endpoint http://127.0.0.1:42051 volume delete "$to" --force > /dev/null
     done
