@@ -5,7 +5,9 @@
 use multisnap_replication::apply::{Applier, Outcome};
 use multisnap_replication::export::{export, ExportPlan};
 use multisnap_replication::ReplicationError;
-use multisnap_store::{verify, CreateOptions, MemDev, Store, View};
+mod common;
+
+use multisnap_store::{verify, Store, View};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
@@ -14,25 +16,11 @@ const CHUNK: u64 = 4096;
 const SIZE: u64 = 200 * CHUNK - 300;
 
 fn store() -> Arc<Store> {
-    let opts = CreateOptions {
-        chunk_size: CHUNK as u32,
-        cache_bytes: 0,
-        ..Default::default()
-    };
-    Arc::new(
-        Store::create(
-            Arc::new(MemDev::new(SIZE)),
-            Arc::new(MemDev::new(8 << 20)),
-            &opts,
-        )
-        .unwrap(),
-    )
+    Arc::new(common::mem_store(SIZE, CHUNK))
 }
 
 fn read_all(s: &Store, v: View) -> Vec<u8> {
-    let mut b = vec![0u8; SIZE as usize];
-    s.read(v, 0, &mut b).unwrap();
-    b
+    common::read_all(s, v, SIZE)
 }
 
 fn writes(s: &Store, rng: &mut StdRng, n: usize) {

@@ -6,11 +6,13 @@
 //! chunk that was not written, everything before that point must be on the replica, and
 //! resuming from it must give a replica identical to the source.
 
+mod common;
+
 use multisnap_delta::ResumePoint;
 use multisnap_replication::apply::{Applier, Outcome};
 use multisnap_replication::export::{export, ExportPlan};
 use multisnap_store::fault::{FailOp as Op, Failing};
-use multisnap_store::{verify, BlockDev, CreateOptions, MemDev, Store, View};
+use multisnap_store::{verify, BlockDev, MemDev, Store, View};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
@@ -20,30 +22,27 @@ const CHUNKS: u64 = 384;
 const SIZE: u64 = CHUNKS * CHUNK;
 const ENOSPC: i32 = 28;
 
-fn options() -> CreateOptions {
-    CreateOptions {
-        chunk_size: CHUNK as u32,
-        cache_bytes: 0,
-        ..Default::default()
-    }
+fn read_all(s: &Store, v: View) -> Vec<u8> {
+    common::read_all(s, v, SIZE)
 }
 
-fn read_all(s: &Store, v: View) -> Vec<u8> {
-    let mut b = vec![0u8; SIZE as usize];
-    s.read(v, 0, &mut b).unwrap();
-    b
+/// An empty replica whose origin device fails what the test arms.
+fn failing_replica() -> (Arc<Failing<MemDev>>, Arc<Store>) {
+    let origin = Arc::new(Failing::new(MemDev::new(SIZE)));
+    let store = Store::create(
+        origin.clone() as Arc<dyn BlockDev>,
+        Arc::new(MemDev::new(8 << 20)),
+        &common::options(CHUNK),
+    )
+    .unwrap();
+    (origin, Arc::new(store))
 }
 
 /// A source volume whose snapshot `s0` holds random chunks with runs of zero chunks between
 /// them (which a full stream sends as zero records); its contents and the indexes of its
 /// non-zero chunks, in the order a full apply writes them.
 fn source(rng: &mut StdRng) -> (Store, Vec<u8>, Vec<u64>) {
-    let src = Store::create(
-        Arc::new(MemDev::new(SIZE)),
-        Arc::new(MemDev::new(8 << 20)),
-        &options(),
-    )
-    .unwrap();
+    let src = common::mem_store(SIZE, CHUNK);
     let mut written = Vec::new();
     let mut c = 0;
     while c < CHUNKS {
@@ -85,15 +84,7 @@ fn a_failed_write_behind_the_decoder_keeps_only_what_was_staged_and_resumes_to_t
     let mut rng = StdRng::seed_from_u64(24);
     for case in 0..40 {
         let (src, image, written) = source(&mut rng);
-        let origin = Arc::new(Failing::new(MemDev::new(SIZE)));
-        let dst = Arc::new(
-            Store::create(
-                origin.clone() as Arc<dyn BlockDev>,
-                Arc::new(MemDev::new(8 << 20)),
-                &options(),
-            )
-            .unwrap(),
-        );
+        let (origin, dst) = failing_replica();
         // A full stream into an empty volume writes its non-zero chunks into the origin in
         // ascending order, each once: the `fail_at`-th write is that of chunk `failed`.
         let fail_at = rng.gen_range(0..written.len());
@@ -160,15 +151,7 @@ fn a_failed_write_behind_the_decoder_discards_an_apply_that_is_not_resumable() {
     let mut rng = StdRng::seed_from_u64(25);
     for case in 0..20 {
         let (src, _, written) = source(&mut rng);
-        let origin = Arc::new(Failing::new(MemDev::new(SIZE)));
-        let dst = Arc::new(
-            Store::create(
-                origin.clone() as Arc<dyn BlockDev>,
-                Arc::new(MemDev::new(8 << 20)),
-                &options(),
-            )
-            .unwrap(),
-        );
+        let (origin, dst) = failing_replica();
         let fail_at = rng.gen_range(0..written.len());
         origin.fail(Op::Write, fail_at as u64, ENOSPC, false);
         let a = Applier::new(dst.clone(), false, false)

@@ -3,6 +3,8 @@
 //! the source's own copy of that base. A write the stream carried but the source then lost
 //! would stay on the receiver under every later snapshot, where the source has other data.
 
+mod common;
+
 use multisnap_replication::apply::{Applier, Outcome};
 use multisnap_replication::export::{export, ExportPlan};
 use multisnap_store::fault::{CrashDev, PowerRail};
@@ -14,17 +16,11 @@ const SIZE: u64 = 64 * CHUNK;
 const STORE_BYTES: usize = 8 << 20;
 
 fn options() -> CreateOptions {
-    CreateOptions {
-        chunk_size: CHUNK as u32,
-        cache_bytes: 0,
-        ..Default::default()
-    }
+    common::options(CHUNK)
 }
 
 fn read_all(s: &Store, v: View) -> Vec<u8> {
-    let mut b = vec![0u8; SIZE as usize];
-    s.read(v, 0, &mut b).unwrap();
-    b
+    common::read_all(s, v, SIZE)
 }
 
 /// The first byte where `a` and `b` differ, with what each holds there.
