@@ -283,12 +283,11 @@ impl Applier {
         }
         self.active = false;
         if self.resumable {
-            // What verified but failed to stage is simply not covered by the kept point.
-            if let Err(e) = self.stage_pending() {
-                tracing::warn!(error = %e, "could not stage the last verified records");
-            }
-            if let Err(e) = self.stager.settle() {
-                tracing::warn!(error = %e, "could not stage the last verified records");
+            // What verified but failed to stage is simply not covered by the kept point: the
+            // point of the last batch that was staged.
+            let handed = self.stage_pending();
+            if let Err(e) = handed.and(self.stager.settle()) {
+                tracing::warn!(error = %e, "could not stage all the verified records");
             }
             if let Some(p) = self.stager.staged() {
                 self.store.checkpoint_receive(&p.to_bytes())?;

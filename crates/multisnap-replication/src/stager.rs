@@ -111,11 +111,10 @@ impl Stager {
         if let Some(e) = self.failure.take() {
             return Err(e);
         }
-        let sent = self.ops.as_ref().map(|ops| ops.send(op).is_ok());
-        if sent != Some(true) {
-            return Err(self.lost());
+        match &self.ops {
+            Some(ops) if ops.send(op).is_ok() => self.in_flight += 1,
+            _ => return Err(self.lost()),
         }
-        self.in_flight += 1;
         Ok(())
     }
 
