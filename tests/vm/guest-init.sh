@@ -38,8 +38,10 @@ finish() {
     echo "--- dmesg (tail)"; dmesg | tail -n 40
     echo "VMTEST FAIL"
   fi
-  sync
-  poweroff -f
+  # Only the agent's data directory is synced, never every filesystem: a device left dead
+  # by a failed step would hold a global sync (and so the power-off) forever.
+  sync -f /data
+  poweroff -f -n
 }
 
 # What every task waits on, for a step that hangs: user-space threads of the agent (its
@@ -71,7 +73,7 @@ STEP_TIMEOUT=150
 step() {
   name=$1; shift
   t0=$(now_ms)
-  ( sleep $STEP_TIMEOUT; hang_report "$name" $STEP_TIMEOUT; echo "VMTEST FAIL $name (hung)"; echo "VMTEST FAIL"; sync; poweroff -f ) &
+  ( sleep $STEP_TIMEOUT; hang_report "$name" $STEP_TIMEOUT; echo "VMTEST FAIL $name (hung)"; echo "VMTEST FAIL"; poweroff -f -n ) &
   watchdog=$!
   # Not in a subshell: start_agent must set AGENT_PID here.
   "$@" >/tmp/step.out 2>&1
@@ -112,7 +114,7 @@ write_tree() {
   while [ $i -lt 100 ]; do echo "document $i of the first tree" >"$1/docs/d$i.txt"; i=$((i + 1)); done
   dd if=/dev/urandom of="$1/data/big" bs=1M count=24 2>/dev/null
   dd if=/dev/urandom of="$1/data/small" bs=4k count=3 2>/dev/null
-  sync
+  sync -f "$1"
 }
 
 change_tree() {
@@ -120,7 +122,7 @@ change_tree() {
   echo "changed after the snapshot" >"$1/docs/d0.txt"
   dd if=/dev/urandom of="$1/data/big" bs=1M seek=4 count=8 conv=notrunc 2>/dev/null
   dd if=/dev/urandom of="$1/data/new" bs=1M count=6 2>/dev/null
-  sync
+  sync -f "$1"
 }
 
 # A snapshot of a mounted filesystem: freeze it (ext4 writes back and marks its journal
@@ -265,22 +267,22 @@ crash_scenario() {
   dd if=/dev/urandom of=/mnt/origin/data/crash bs=1M count=400 conv=fsync 2>/tmp/dd.err &
   DD=$!
   sleep 3
+  # The agent stops answering for a second before it dies (a hung agent an operator kills),
+  # so the kernel has requests sent and never answered when the connection drops.
+  kill -STOP $AGENT_PID
+  sleep 1
   t0=$(now_ms)
   kill -9 $AGENT_PID
   wait $AGENT_PID 2>/dev/null
-  echo "VMTEST info crash: agent killed with SIGKILL during a 400 MiB write ($(( $(now_ms) - t0 ))ms)"
+  echo "VMTEST info crash: agent stopped, then killed with SIGKILL, during a 400 MiB write ($(( $(now_ms) - t0 ))ms)"
   wait $DD
   echo "VMTEST info crash: writer exit $?: $(tail -n 1 /tmp/dd.err)"
-  # Unmount and disconnect in the background: on a connection whose server died, the
-  # kernel's nbd can leave either stuck (seen once in CI: the guest waited forever here).
-  # The rest of the scenario uses fresh nbd devices, so it need not wait for them.
-  ( umount -l /mnt/origin 2>/dev/null; $NBD_CLIENT -d "$origin" >/dev/null 2>&1 ) &
-  cleanup=$!
-  i=0
-  while kill -0 $cleanup 2>/dev/null && [ $i -lt 10 ]; do sleep 1; i=$((i + 1)); done
-  if kill -0 $cleanup 2>/dev/null; then
-    echo "VMTEST info crash: umount/disconnect of the dead $origin still pending after 10 s; going on"
-  fi
+  # Disconnect first, then unmount. Requests sent to the dead server stay in flight (the
+  # device has no request timeout) until a disconnect fails them; an unmount first waits on
+  # them forever, holding the filesystem's superblock and with it every later global sync:
+  # CI's ublk steps hung so, twice in a row, whenever the kill found requests unanswered.
+  step crash.disconnect-dead $NBD_CLIENT -d "$origin"
+  step crash.umount-dead umount /mnt/origin
   step crash.restart-agent start_agent
   snap=$(attach nbd $vol before) && [ -b "$snap" ] || fail "crash: attach snapshot after restart"
   step crash.e2fsck-snapshot $E2FSCK -f -n "$snap"
@@ -310,12 +312,12 @@ ublk_recovery_scenario() {
   dd if=/dev/urandom of=/tmp/before bs=1M count=8 2>/dev/null
   dd if=/dev/urandom of=/tmp/during bs=1M count=8 2>/dev/null
   step recovery.write-before cp /tmp/before /mnt/origin/before
-  sync
+  sync -f /mnt/origin
   kill -9 $AGENT_PID
   wait $AGENT_PID 2>/dev/null
   echo "VMTEST info recovery: agent killed with SIGKILL, $origin mounted"
   t0=$(now_ms)
-  (cp /tmp/during /mnt/origin/during && sync) &
+  (cp /tmp/during /mnt/origin/during && sync -f /mnt/origin) &
   W=$!
   sleep 2
   kill -0 $W 2>/dev/null && echo "VMTEST info recovery: write held while no agent runs"
