@@ -91,6 +91,23 @@ fn delta(a: [u64; 5], b: [u64; 5]) -> (u64, u64) {
     (b[0] - a[0], b[1] - a[1])
 }
 
+/// CPU seconds (user and system) this process has used so far, all its threads together,
+/// ended ones included: what a phase costs the machine, beside the wall time it took (a
+/// transfer between two agents on one machine needs both phases' CPU at once).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces), counted from `state` as 0:
+    // utime is 11, stime 12, in clock ticks (100 a second on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    f.iter().sum::<u64>() as f64 / 100.0
+}
+
 /// Exports `base -> target` of `d` into `path`, its records compressed at `zstd` if given;
 /// prints the cost and returns the stream's size, the data bytes and the seconds it took.
 fn export_to(
@@ -103,18 +120,19 @@ fn export_to(
     let mut plan = ExportPlan::new(&d.store, base, target, &[])?;
     plan.compression = zstd;
     let (o0, s0) = (d.origin.snapshot(), d.store_dev.snapshot());
-    let started = Instant::now();
+    let (started, cpu0) = (Instant::now(), cpu_seconds());
     let mut out = BufWriter::with_capacity(4 << 20, File::create(path)?);
     let trailer = export(&d.store, &plan, &mut out, |_| {})?;
     out.flush()?;
-    let took = started.elapsed();
+    let (took, cpu) = (started.elapsed(), cpu_seconds() - cpu0);
     let (o_ops, o_bytes) = delta(o0, d.origin.snapshot());
     let (s_ops, s_bytes) = delta(s0, d.store_dev.snapshot());
     let stream = std::fs::metadata(path)?.len();
     let volume = d.store.origin_size();
     println!(
         "export {} -> {target}: {} records, {} of data, stream {}; read origin {} in {o_ops} ops, \
-         store {} in {s_ops} ops = {:.2}% of the volume; {:.2} s ({:.0} MiB/s of stream)",
+         store {} in {s_ops} ops = {:.2}% of the volume; {:.2} s ({:.0} MiB/s of stream), \
+         {cpu:.2} CPU s",
         base.unwrap_or("(full)"),
         trailer.record_count,
         mib(trailer.data_bytes),
@@ -130,7 +148,7 @@ fn export_to(
 
 /// Applies the stream in `path` to `d`, durably; returns the seconds it took.
 fn apply_from(d: &Devices, path: &std::path::Path) -> Result<f64> {
-    let started = Instant::now();
+    let (started, cpu0) = (Instant::now(), cpu_seconds());
     let mut input = BufReader::new(File::open(path)?);
     let mut a = Applier::new(d.store.clone(), false, false)?;
     let mut buf = vec![0u8; 1 << 20];
@@ -147,10 +165,10 @@ fn apply_from(d: &Devices, path: &std::path::Path) -> Result<f64> {
         anyhow::bail!("stream incomplete");
     };
     d.store.flush()?;
-    let took = started.elapsed();
+    let (took, cpu) = (started.elapsed(), cpu_seconds() - cpu0);
     let stream = std::fs::metadata(path)?.len();
     println!(
-        "apply -> {}: stream {} in {:.2} s ({:.0} MiB/s), durable",
+        "apply -> {}: stream {} in {:.2} s ({:.0} MiB/s), durable, {cpu:.2} CPU s",
         snap.name,
         mib(stream),
         took.as_secs_f64(),
