@@ -12,6 +12,62 @@ fn push_run(runs: &mut Vec<(u64, bool)>, len: u64, flag: bool) {
     }
 }
 
+/// Where a chunk of a view reads from, for [`Store::allocation`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ChunkSource {
+    /// A copy in the store: data.
+    Store,
+    /// A clone's source snapshot, not yet hydrated: as the source maps it.
+    CloneSource,
+    /// The origin device: as the origin maps it.
+    Origin,
+}
+
+/// The origin's `(length, data)` runs from a start on, handed out piece by piece in increasing
+/// order.
+struct OriginRuns {
+    runs: std::vec::IntoIter<(u64, bool)>,
+    /// Where the next run in `runs` starts.
+    next_at: u64,
+    /// The run being handed out: start, end and flag.
+    current: Option<(u64, u64, bool)>,
+}
+
+impl OriginRuns {
+    fn new(start: u64, runs: Vec<(u64, bool)>) -> OriginRuns {
+        OriginRuns {
+            runs: runs.into_iter(),
+            next_at: start,
+            current: None,
+        }
+    }
+
+    /// Calls `push` with the runs over `at..at + n`, which must not start before the end of
+    /// the last piece taken. What the origin's answer did not cover is data, the answer that
+    /// is always true.
+    fn take(&mut self, at: u64, n: u64, mut push: impl FnMut(u64, bool)) {
+        let end = at + n;
+        let mut pos = at;
+        while pos < end {
+            while !matches!(self.current, Some((_, e, _)) if e > pos) {
+                let Some((len, data)) = self.runs.next() else {
+                    self.current = None;
+                    break;
+                };
+                self.current = Some((self.next_at, self.next_at + len, data));
+                self.next_at += len;
+            }
+            let piece = match self.current {
+                Some((s, _, _)) if s > pos => (s.min(end) - pos, true),
+                Some((_, e, data)) => (e.min(end) - pos, data),
+                None => (end - pos, true),
+            };
+            push(piece.0, piece.1);
+            pos += piece.0;
+        }
+    }
+}
+
 impl Store {
     /// Reads `buf.len()` bytes at `offset` as `view` sees them.
     pub fn read(&self, view: View, offset: u64, buf: &mut [u8]) -> Result<()> {
@@ -189,39 +245,51 @@ impl Store {
         if let View::Snapshot(snap) = view {
             self.meta.read().readable_snapshot(snap)?;
         }
-        let mut out: Vec<(u64, bool)> = Vec::new();
-        let mut push = |n: u64, data: bool| push_run(&mut out, n, data);
-        // Consecutive chunks read from the origin are asked about in one query: a file's
-        // SEEK_HOLE may walk everything up to the next hole (tmpfs does, page by page), so one
-        // query per chunk made a full export of a tmpfs origin cost the square of its size.
-        let mut origin_run: Option<u64> = None;
+        // Where each chunk reads from, as runs in order. The origin is then asked once, over
+        // the span from the first chunk read from it to the end of the last: a file's
+        // SEEK_HOLE may walk every page up to the next hole (tmpfs does), so a question per
+        // chunk made a full export of a tmpfs origin cost the square of its size, and even a
+        // question per run of origin chunks walked to the file's end once per store copy.
+        let mut runs: Vec<(u64, u64, ChunkSource)> = Vec::new();
         let mut pos = offset;
         while pos < end {
             let chunk = pos / cs;
             let n = ((chunk + 1) * cs).min(end) - pos;
-            let in_store = self.reads_from_store(view, chunk)?;
-            let from_source = !in_store && self.needs_source(chunk);
-            if in_store || from_source {
-                if let Some(at) = origin_run.take() {
-                    for (l, d) in origin_map(at, pos - at)? {
-                        push(l, d);
-                    }
-                }
-            }
-            if in_store {
-                push(n, true);
-            } else if from_source {
-                for (l, d) in self.source_allocation(pos, n)? {
-                    push(l, d);
-                }
+            let source = if self.reads_from_store(view, chunk)? {
+                ChunkSource::Store
+            } else if self.needs_source(chunk) {
+                ChunkSource::CloneSource
             } else {
-                origin_run.get_or_insert(pos);
+                ChunkSource::Origin
+            };
+            match runs.last_mut() {
+                Some((_, len, s)) if *s == source => *len += n,
+                _ => runs.push((pos, n, source)),
             }
             pos += n;
         }
-        if let Some(at) = origin_run {
-            for (l, d) in origin_map(at, end - at)? {
-                push(l, d);
+        let span = runs
+            .iter()
+            .filter(|r| r.2 == ChunkSource::Origin)
+            .fold(None, |span: Option<(u64, u64)>, r| {
+                Some((span.map_or(r.0, |s| s.0), r.0 + r.1))
+            });
+        let mut origin = match span {
+            Some((from, to)) => OriginRuns::new(from, origin_map(from, to - from)?),
+            None => OriginRuns::new(offset, Vec::new()),
+        };
+        let mut out: Vec<(u64, bool)> = Vec::new();
+        for (at, n, source) in runs {
+            match source {
+                ChunkSource::Store => push_run(&mut out, n, true),
+                ChunkSource::CloneSource => {
+                    for (l, d) in self.source_allocation(at, n)? {
+                        push_run(&mut out, l, d);
+                    }
+                }
+                ChunkSource::Origin => {
+                    origin.take(at, n, |l, d| push_run(&mut out, l, d));
+                }
             }
         }
         Ok(out)
