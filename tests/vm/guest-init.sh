@@ -281,7 +281,7 @@ crash_scenario() {
   # device has no request timeout) until a disconnect fails them; an unmount first waits on
   # them forever, holding the filesystem's superblock and with it every later global sync:
   # CI's ublk steps hung so, twice in a row, whenever the kill found requests unanswered.
-  step crash.disconnect-dead $NBD_CLIENT -d "$origin"
+  step crash.disconnect-dead detach nbd "$origin"
   step crash.umount-dead umount /mnt/origin
   step crash.restart-agent start_agent
   snap=$(attach nbd $vol before) && [ -b "$snap" ] || fail "crash: attach snapshot after restart"
