@@ -17,6 +17,7 @@ mod origin_policy;
 mod permissions;
 mod policy;
 mod reclaimer;
+mod stream_messages;
 mod ublk_devices;
 mod verify_cmd;
 mod volume_labels;

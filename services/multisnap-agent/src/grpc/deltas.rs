@@ -3,7 +3,8 @@
 use super::block_maps::{stream_map, MapRequest, RangesStream};
 use super::snapshots::snapshot_message;
 use super::status::{blocking, from_replication, from_store};
-use crate::mirror::stream::{compression_from, message_buffer, message_bytes};
+use crate::mirror::stream::compression_from;
+use crate::stream_messages::{message_bytes, MessageCutter};
 use crate::volumes::{Volume, Volumes};
 use multisnap_delta::{Bytes, ZstdLevel};
 use multisnap_proto::v1 as pb;
@@ -61,22 +62,17 @@ impl Drop for ApplySlot {
 /// Cuts the stream into messages, each with the progress as of its last byte.
 struct MessageWriter<'a> {
     tx: mpsc::Sender<Result<pb::ExportDeltaResponse, Status>>,
-    buf: Vec<u8>,
-    /// Send once this many bytes are buffered.
-    message_bytes: usize,
+    cutter: MessageCutter,
     sent: u64,
     progress: &'a Cell<Progress>,
 }
 
 impl MessageWriter<'_> {
-    fn send(&mut self) -> std::io::Result<()> {
+    fn send(&mut self, data: Bytes) -> std::io::Result<()> {
         let p = self.progress.get();
-        self.sent += self.buf.len() as u64;
-        // The next message's buffer is allocated whole, so filling it never reallocates (and
-        // copies) what it holds; this one goes out as it is, not copied.
-        let next = Vec::with_capacity(message_buffer(self.message_bytes));
+        self.sent += data.len() as u64;
         let msg = pb::ExportDeltaResponse {
-            data: Bytes::from(std::mem::replace(&mut self.buf, next)),
+            data,
             progress: Some(pb::DeltaProgress {
                 chunks_done: p.chunks_done,
                 chunks_total: p.chunks_total,
@@ -91,15 +87,14 @@ impl MessageWriter<'_> {
 
 impl Write for MessageWriter<'_> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= self.message_bytes {
-            self.send()?;
+        if let Some(message) = self.cutter.push(data) {
+            self.send(message)?;
         }
         Ok(data.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        if !self.buf.is_empty() {
-            self.send()?;
+        if let Some(message) = self.cutter.rest() {
+            self.send(message)?;
         }
         Ok(())
     }
@@ -141,8 +136,7 @@ impl pb::delta_service_server::DeltaService for DeltaApi {
             let progress = Cell::new(Progress::default());
             let mut out = MessageWriter {
                 tx: tx.clone(),
-                buf: Vec::with_capacity(message_buffer(message_bytes)),
-                message_bytes,
+                cutter: MessageCutter::new(message_bytes),
                 sent: 0,
                 progress: &progress,
             };

@@ -3,10 +3,12 @@
 //! continues from the target's token on the next round.
 
 use super::plan::{self, SourceSnap, Step, TargetApply, TargetSnap};
-use super::stream::{message_buffer, message_bytes, StreamSettings};
+use super::stream::StreamSettings;
 use super::target::MirrorTarget;
 use super::{replicated_now, FailureReason, MirrorCounters, MirrorKey, SnapshotRef};
+use crate::stream_messages::{message_bytes, MessageCutter};
 use crate::volumes::Volume;
+use multisnap_delta::Bytes;
 use multisnap_proto::v1 as pb;
 use multisnap_proto::v1::delta_service_client::DeltaServiceClient;
 use multisnap_proto::v1::snapshot_service_client::SnapshotServiceClient;
@@ -313,21 +315,16 @@ async fn send(
 /// Cuts the export into ApplyDelta messages.
 struct ApplyWriter {
     tx: mpsc::Sender<pb::ApplyDeltaRequest>,
-    buf: Vec<u8>,
-    message_bytes: usize,
+    cutter: MessageCutter,
     counters: Arc<MirrorCounters>,
 }
 
 impl ApplyWriter {
-    fn send(&mut self) -> std::io::Result<()> {
-        let data = std::mem::replace(
-            &mut self.buf,
-            Vec::with_capacity(message_buffer(self.message_bytes)),
-        );
+    fn send(&mut self, data: Bytes) -> std::io::Result<()> {
         let n = data.len() as u64;
         self.tx
             .blocking_send(pb::ApplyDeltaRequest {
-                data: data.into(), // the Vec's buffer itself, not a copy
+                data,
                 ..Default::default()
             })
             .map_err(|_| {
@@ -340,15 +337,14 @@ impl ApplyWriter {
 
 impl Write for ApplyWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= self.message_bytes {
-            self.send()?;
+        if let Some(message) = self.cutter.push(data) {
+            self.send(message)?;
         }
         Ok(data.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        if !self.buf.is_empty() {
-            self.send()?;
+        if let Some(message) = self.cutter.rest() {
+            self.send(message)?;
         }
         Ok(())
     }
@@ -401,8 +397,7 @@ async fn transfer(
         let _enter = span.enter();
         let mut out = ApplyWriter {
             tx,
-            buf: Vec::with_capacity(message_buffer(message_bytes)),
-            message_bytes,
+            cutter: MessageCutter::new(message_bytes),
             counters: counters.clone(),
         };
         let before = counters.bytes_sent.load(Relaxed);

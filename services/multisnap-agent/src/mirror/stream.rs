@@ -7,27 +7,6 @@ use multisnap_proto::v1 as pb;
 use multisnap_replication::throttle::BytesPerSec;
 use serde_json::{json, Value};
 
-/// Stream bytes per gRPC message, ExportDelta's and a mirror's alike.
-pub const MESSAGE_BYTES: usize = 1 << 20;
-/// Smallest message under a bandwidth limit, so a low limit does not mean tiny messages.
-const MIN_LIMITED_MESSAGE_BYTES: usize = 16 << 10;
-
-/// Stream bytes per message under `limit`: no larger than the throttle's piece, since a 1 MiB
-/// message at a low limit would be the very burst the throttle smooths away.
-pub fn message_bytes(limit: Option<BytesPerSec>) -> usize {
-    limit.map_or(MESSAGE_BYTES, |l| {
-        (l.piece() as usize).clamp(MIN_LIMITED_MESSAGE_BYTES, MESSAGE_BYTES)
-    })
-}
-
-/// The capacity of a buffer that collects a message of `message_bytes`. A writer sends once it
-/// holds that many; the room past the mark takes the write that crosses it (with the
-/// exporter's records, a payload that starts just after the previous frame's crc and its own
-/// head), so filling the buffer does not reallocate and copy what it holds.
-pub fn message_buffer(message_bytes: usize) -> usize {
-    message_bytes + (64 << 10)
-}
-
 /// A mirror's stream settings; the default sends an uncompressed stream as fast as it can.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamSettings {
