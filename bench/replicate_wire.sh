@@ -24,6 +24,9 @@
 #   MODES  "cli mirror" (default), or one of them
 #   WAYS   "plain zstd plain zstd" (default)
 #   SKIP_DELTA_COST=1  leave out the in-process part
+#   PIN=1  one vCPU per side, as two nodes have: delta_cost and the source agent on CPU 0, the
+#          receiving agent on CPU 1 (the CLI, in `cli` mode, on either); unpinned, the two
+#          agents of a transfer share the vCPUs each in-process phase had to itself
 #   WARM_MIB   touch and free this much memory before the in-process part and before every
 #              transfer: on a VM that hands free memory back to its host, fresh page cache
 #              (a SCRATCH_DIR on tmpfs, to take the disk out of the comparison) otherwise pays
@@ -35,6 +38,10 @@ MODES=${MODES:-cli mirror}
 WAYS=${WAYS:-plain zstd plain zstd}
 SCRATCH=${1:-$(mktemp -d)}
 read -r FIRST_BIN _ <<< "$BINS"
+pinned() { # cpu: the command prefix that runs on that CPU alone when PIN=1, as PINNED
+  PINNED=()
+  if [ -n "${PIN:-}" ]; then PINNED=(taskset -c "$1"); fi
+}
 warm() {
   [ -n "${WARM_MIB:-}" ] || return 0
   python3 -c "import mmap,sys; n=int(sys.argv[1]) << 20; m=mmap.mmap(-1, n)
@@ -47,14 +54,23 @@ if [ -z "${SKIP_DELTA_COST:-}" ]; then
   # 2-3x with and without on one machine); the transfers below start after a sync too.
   sync
   warm
-  "$FIRST_BIN/delta_cost" --volume-mib 1024 --dir "$SCRATCH"
+  pinned 0
+  "${PINNED[@]}" "$FIRST_BIN/delta_cost" --volume-mib 1024 --dir "$SCRATCH"
   rm -rf "${SCRATCH:?}"/*
 fi
 D=$(mktemp -d "$SCRATCH/wire.XXXX")
 DATA_MIB=1536
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-start() { # bin name grpc-port nbd-port metrics-port
-  "$1/multisnap-agent" --data-dir "$D/$2" --grpc-listen "127.0.0.1:$3" \
+minor_faults() { awk '{print $10}' "/proc/$1/stat"; }
+mark() { # before|after: CPU ticks and minor page faults of both agents, as a_$1, fa_$1, ...
+  local a b
+  a=$(cat "$D/a.pid"); b=$(cat "$D/b.pid")
+  printf -v "a_$1" %s "$(cpu_ticks "$a")"; printf -v "b_$1" %s "$(cpu_ticks "$b")"
+  printf -v "fa_$1" %s "$(minor_faults "$a")"; printf -v "fb_$1" %s "$(minor_faults "$b")"
+}
+start() { # bin name grpc-port nbd-port metrics-port cpu
+  pinned "$6"
+  "${PINNED[@]}" "$1/multisnap-agent" --data-dir "$D/$2" --grpc-listen "127.0.0.1:$3" \
     --nbd-listen "127.0.0.1:$4" --metrics-listen "127.0.0.1:$5" \
     --default-volume-size $((2 << 30)) >> "$D/$2.log" 2>&1 &
   echo $! > "$D/$2.pid"
@@ -80,8 +96,8 @@ RUNNING=
 use_bin() { # bin: (re)start both agents from it unless they already run it
   [ "$RUNNING" = "$1" ] && return 0
   stop_agents
-  start "$1" a 41051 41809 41090
-  start "$1" b 42051 42809 42090
+  start "$1" a 41051 41809 41090 0
+  start "$1" b 42051 42809 42090 1
   wait_ready "$1" 41051
   wait_ready "$1" 42051
   RUNNING=$1
@@ -101,19 +117,20 @@ report() { # bin mode way seconds stream-bytes cpu-ticks-source cpu-ticks-receiv
   python3 -c "t = $4; s = $5 / 2**20
 print(f'$2 $3 [$1]: stream {s:.0f} MiB in {t:.2f} s, {$DATA_MIB / t:.0f} MiB/s of data, {s / t:.0f} MiB/s of stream')"
   echo "  cpu s: source agent $6e-2, receiver $7e-2${8:+, cli (user sys) $8}; load $(cut -d' ' -f1 /proc/loadavg)"
+  echo "  page faults: source agent $((fa_after - fa_before)), receiver $((fb_after - fb_before))"
 }
 
 cli_transfer() { # bin way target-volume extra...
   local bin=$1 way=$2 to=$3
   shift 3
-  a0=$(cpu_ticks "$(cat "$D/a.pid")"); b0=$(cpu_ticks "$(cat "$D/b.pid")")
+  mark before
   t0=$(date +%s.%N)
   out=$(/usr/bin/time -f "%U %S" -o "$D/cli.time" "$bin/multisnap" --endpoint http://127.0.0.1:41051 \
         --output json replicate default --to http://127.0.0.1:42051 --to-volume "$to" "$@")
   t1=$(date +%s.%N)
-  a1=$(cpu_ticks "$(cat "$D/a.pid")"); b1=$(cpu_ticks "$(cat "$D/b.pid")")
+  mark after
   bytes=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["streamBytes"])')
-  report "$bin" cli "$way" "$t1 - $t0" "$bytes" $((a1 - a0)) $((b1 - b0)) "$(cat "$D/cli.time")"
+  report "$bin" cli "$way" "$t1 - $t0" "$bytes" $((a_after - a_before)) $((b_after - b_before)) "$(cat "$D/cli.time")"
 }
 
 mirror_transfer() { # bin way target-volume extra...
@@ -121,7 +138,7 @@ mirror_transfer() { # bin way target-volume extra...
   shift 3
   local ms=("$bin/multisnap" --endpoint http://127.0.0.1:41051)
   synced=$(grep -c "mirror synced" "$D/a.log" || true)
-  a0=$(cpu_ticks "$(cat "$D/a.pid")"); b0=$(cpu_ticks "$(cat "$D/b.pid")")
+  mark before
   t0=$(date +%s.%N)
   "${ms[@]}" mirror set default --to http://127.0.0.1:42051 --target-volume "$to" "$@" > /dev/null
   # Polled with grep and bash's own clock only: a python3 started every 50 ms took a fifth of
@@ -136,10 +153,10 @@ mirror_transfer() { # bin way target-volume extra...
     sleep 0.05
   done
   t1=$(date +%s.%N)
-  a1=$(cpu_ticks "$(cat "$D/a.pid")"); b1=$(cpu_ticks "$(cat "$D/b.pid")")
+  mark after
   line=$(grep "mirror synced" "$D/a.log" | tail -n 1)
   bytes=$(echo "$line" | sed -E 's/.*stream_bytes[=":]+([0-9]+).*/\1/')
-  report "$bin" mirror "$way" "$t1 - $t0" "$bytes" $((a1 - a0)) $((b1 - b0))
+  report "$bin" mirror "$way" "$t1 - $t0" "$bytes" $((a_after - a_before)) $((b_after - b_before))
   echo "  agent's own timing: $(echo "$line" | grep -oE 'seconds[=":]+[0-9.]+')"
   "${ms[@]}" mirror clear default > /dev/null
 }
