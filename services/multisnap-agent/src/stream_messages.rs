@@ -2,9 +2,10 @@
 //! ApplyDelta requests alike.
 //!
 //! A message's buffer is handed to tonic as it is, not copied, and comes back to the stream's
-//! free list once tonic has encoded it. Buffers are reused because a fresh 1 MiB buffer per
-//! message cost a page fault per 4 KiB filled: profiling a mirror transfer on tmpfs put 4.6%
-//! of both agents' CPU in those faults (docs/BENCHMARKS.md §6).
+//! free list once tonic has encoded it. A fresh 1 MiB buffer per message costs a page fault
+//! per 4 KiB filled whenever the allocator has handed the last ones back to the kernel, which
+//! glibc does some of the time: one profile of a mirror transfer on tmpfs had 4.6% of both
+//! agents' samples in those faults (docs/BENCHMARKS.md §6).
 
 use multisnap_delta::Bytes;
 use multisnap_replication::throttle::BytesPerSec;
