@@ -68,6 +68,7 @@ fn kernel_client_ext4_snapshot_and_crash() {
         "nbd.snapshot-holds-old-tree",
         "nbd.origin-holds-new-tree",
         "crash.disconnect-dead",
+        "crash.writer-ends",
         "crash.umount-dead",
         "crash.e2fsck-snapshot",
         "crash.snapshot-holds-old-tree",

@@ -258,6 +258,13 @@ clone_scenario() {
   step clone.detach detach nbd "$clone"
 }
 
+# writer_ends PID: waits for the crash scenario's writer, whose writes fail once its device is
+# gone; says how it ended.
+writer_ends() {
+  wait "$1"
+  echo "crash: writer exit $?: $(tail -n 1 /tmp/dd.err)"
+}
+
 # kill -9 the agent while the kernel writes through nbd; after a restart the snapshot must
 # still be clean and hold the old tree, and the origin's filesystem must be repairable.
 crash_scenario() {
@@ -275,13 +282,13 @@ crash_scenario() {
   kill -9 $AGENT_PID
   wait $AGENT_PID 2>/dev/null
   echo "VMTEST info crash: agent stopped, then killed with SIGKILL, during a 400 MiB write ($(( $(now_ms) - t0 ))ms)"
-  wait $DD
-  echo "VMTEST info crash: writer exit $?: $(tail -n 1 /tmp/dd.err)"
-  # Disconnect first, then unmount. Requests sent to the dead server stay in flight (the
-  # device has no request timeout) until a disconnect fails them; an unmount first waits on
-  # them forever, holding the filesystem's superblock and with it every later global sync:
-  # CI's ublk steps hung so, twice in a row, whenever the kill found requests unanswered.
+  # Disconnect first, then wait for the writer, then unmount. Requests sent to the dead server
+  # stay in flight (the device has no request timeout) until a disconnect fails them: the
+  # writer's fsync waits on them (the guest hung here once, waiting for the writer before the
+  # disconnect), and an unmount first waits on them forever, holding the filesystem's
+  # superblock and with it every later global sync (CI's ublk steps hung so, twice in a row).
   step crash.disconnect-dead detach nbd "$origin"
+  step crash.writer-ends writer_ends $DD
   step crash.umount-dead umount /mnt/origin
   step crash.restart-agent start_agent
   snap=$(attach nbd $vol before) && [ -b "$snap" ] || fail "crash: attach snapshot after restart"
