@@ -268,15 +268,14 @@ impl Store {
             }
             pos += n;
         }
-        let span = runs
-            .iter()
-            .filter(|r| r.2 == ChunkSource::Origin)
-            .fold(None, |span: Option<(u64, u64)>, r| {
-                Some((span.map_or(r.0, |s| s.0), r.0 + r.1))
-            });
-        let mut origin = match span {
-            Some((from, to)) => OriginRuns::new(from, origin_map(from, to - from)?),
-            None => OriginRuns::new(offset, Vec::new()),
+        let from_origin = |r: &&(u64, u64, ChunkSource)| r.2 == ChunkSource::Origin;
+        let first = runs.iter().find(from_origin);
+        let last = runs.iter().rfind(from_origin);
+        let mut origin = match (first, last) {
+            (Some(&(from, _, _)), Some(&(at, n, _))) => {
+                OriginRuns::new(from, origin_map(from, at + n - from)?)
+            }
+            _ => OriginRuns::new(offset, Vec::new()),
         };
         let mut out: Vec<(u64, bool)> = Vec::new();
         for (at, n, source) in runs {
