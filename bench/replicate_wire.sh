@@ -113,10 +113,10 @@ rm "$D/img"
 sync
 uptime
 
-report() { # bin mode way seconds stream-bytes cpu-ticks-source cpu-ticks-receiver [cli-cpu]
+report() { # bin mode way seconds stream-bytes [cli-cpu]; the agents' figures from `mark`
   python3 -c "t = $4; s = $5 / 2**20
 print(f'$2 $3 [$1]: stream {s:.0f} MiB in {t:.2f} s, {$DATA_MIB / t:.0f} MiB/s of data, {s / t:.0f} MiB/s of stream')"
-  echo "  cpu s: source agent $6e-2, receiver $7e-2${8:+, cli (user sys) $8}; load $(cut -d' ' -f1 /proc/loadavg)"
+  echo "  cpu s: source agent $((a_after - a_before))e-2, receiver $((b_after - b_before))e-2${6:+, cli (user sys) $6}; load $(cut -d' ' -f1 /proc/loadavg)"
   echo "  page faults: source agent $((fa_after - fa_before)), receiver $((fb_after - fb_before))"
 }
 
@@ -130,7 +130,7 @@ cli_transfer() { # bin way target-volume extra...
   t1=$(date +%s.%N)
   mark after
   bytes=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["streamBytes"])')
-  report "$bin" cli "$way" "$t1 - $t0" "$bytes" $((a_after - a_before)) $((b_after - b_before)) "$(cat "$D/cli.time")"
+  report "$bin" cli "$way" "$t1 - $t0" "$bytes" "$(cat "$D/cli.time")"
 }
 
 mirror_transfer() { # bin way target-volume extra...
@@ -156,7 +156,7 @@ mirror_transfer() { # bin way target-volume extra...
   mark after
   line=$(grep "mirror synced" "$D/a.log" | tail -n 1)
   bytes=$(echo "$line" | sed -E 's/.*stream_bytes[=":]+([0-9]+).*/\1/')
-  report "$bin" mirror "$way" "$t1 - $t0" "$bytes" $((a_after - a_before)) $((b_after - b_before))
+  report "$bin" mirror "$way" "$t1 - $t0" "$bytes"
   echo "  agent's own timing: $(echo "$line" | grep -oE 'seconds[=":]+[0-9.]+')"
   "${ms[@]}" mirror clear default > /dev/null
 }
