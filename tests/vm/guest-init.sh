@@ -258,9 +258,9 @@ clone_scenario() {
   step clone.detach detach nbd "$clone"
 }
 
-# writer_ends PID: waits for the crash scenario's writer, whose writes fail once its device is
-# gone; says how it ended.
-writer_ends() {
+# crash_writer_ends PID: waits for the crash scenario's writer, whose writes fail once its
+# device is gone; says how it ended.
+crash_writer_ends() {
   wait "$1"
   echo "crash: writer exit $?: $(tail -n 1 /tmp/dd.err)"
 }
@@ -293,7 +293,7 @@ crash_scenario() {
   # disconnect), and an unmount first waits on them forever, holding the filesystem's
   # superblock and with it every later global sync (CI's ublk steps hung so, twice in a row).
   step crash.disconnect-dead detach nbd "$origin"
-  step crash.writer-ends writer_ends $DD
+  step crash.writer-ends crash_writer_ends $DD
   step crash.umount-dead umount /mnt/origin
   step crash.restart-agent start_agent
   snap=$(attach nbd $vol before) && [ -b "$snap" ] || fail "crash: attach snapshot after restart"
